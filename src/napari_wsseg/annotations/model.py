@@ -1,0 +1,148 @@
+"""The weak-annotation data model: classes, points, boxes, tags, sizes and partial masks.
+
+This is the public contract every method, the CLI and the widgets share (see
+``docs/annotations.md``). Coordinates are integer voxel indices in (z, y, x); for a 2D image z is 0.
+Classes are integers ``0..C-1``; each has a name and a colour. Imports no Qt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Default class colours (tab10-like, readable on grey EM), used when a class has no colour.
+DEFAULT_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One segmentation class: its name and display colour (``#rrggbb``)."""
+
+    name: str
+    color: str
+
+
+def default_classes(n_classes: int, names: list[str] | None = None) -> list[ClassInfo]:
+    """Return ``n_classes`` classes named ``names`` (or ``class0``, ``class1``...) with default colours.
+
+    Examples
+    --------
+    >>> [c.name for c in default_classes(2)]
+    ['class0', 'class1']
+    """
+    names = names or [f"class{i}" for i in range(n_classes)]
+    return [ClassInfo(n, DEFAULT_COLORS[i % len(DEFAULT_COLORS)]) for i, n in enumerate(names)]
+
+
+def _empty(columns: int, dtype) -> np.ndarray:
+    return np.zeros((0, columns), dtype=dtype)
+
+
+@dataclass
+class Annotations:
+    """All weak annotations of one image or volume.
+
+    Attributes
+    ----------
+    classes : list of ClassInfo
+        Class ``k`` is ``classes[k]``.
+    points : (N, 4) int64 array
+        Rows ``(z, y, x, class)``: one clicked pixel each.
+    boxes : (N, 6) int64 array
+        Rows ``(z, y0, x0, y1, x1, class)``: an axis-aligned box in slice z around an object of
+        the class; corners inclusive.
+    tags : (N, 2) int64 array
+        Rows ``(z, class)``: the class is present in slice z. On a slice with at least one tag,
+        every untagged class is absent.
+    sizes : (N, 3) float64 array
+        Rows ``(z, class, fraction)``: approximate fraction of slice z covered by the class.
+    masks : (Z, Y, X) integer array or None
+        Partial label image: 0 unlabeled, ``k > 0`` means class ``k - 1``. Same spatial shape as
+        the image (a 2D image's mask is stored as ``(1, Y, X)``).
+    """
+
+    classes: list[ClassInfo]
+    points: np.ndarray = field(default_factory=lambda: _empty(4, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: _empty(6, np.int64))
+    tags: np.ndarray = field(default_factory=lambda: _empty(2, np.int64))
+    sizes: np.ndarray = field(default_factory=lambda: _empty(3, np.float64))
+    masks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=np.int64).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 6)
+        self.tags = np.asarray(self.tags, dtype=np.int64).reshape(-1, 2)
+        self.sizes = np.asarray(self.sizes, dtype=np.float64).reshape(-1, 3)
+        if self.masks is not None:
+            self.masks = np.asarray(self.masks)
+            if self.masks.ndim == 2:
+                self.masks = self.masks[np.newaxis]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def is_empty(self) -> bool:
+        """True when there is no annotation of any kind."""
+        no_mask = self.masks is None or not np.any(self.masks)
+        return (
+            len(self.points) == 0 and len(self.boxes) == 0 and len(self.tags) == 0
+            and len(self.sizes) == 0 and no_mask
+        )
+
+    def annotated_slices(self) -> np.ndarray:
+        """Sorted z indices that carry at least one annotation of any kind."""
+        zs = [self.points[:, 0], self.boxes[:, 0], self.tags[:, 0], self.sizes[:, 0].astype(np.int64)]
+        if self.masks is not None:
+            zs.append(np.flatnonzero(np.any(self.masks.reshape(len(self.masks), -1) > 0, axis=1)))
+        return np.unique(np.concatenate(zs)).astype(np.int64)
+
+    def counts(self) -> dict[str, np.ndarray]:
+        """Per-class annotation counts by kind: ``{'points': (C,), 'boxes': ..., 'mask_pixels': ...}``."""
+        c = self.n_classes
+        out = {
+            "points": np.bincount(self.points[:, 3], minlength=c)[:c],
+            "boxes": np.bincount(self.boxes[:, 5], minlength=c)[:c],
+            "tags": np.bincount(self.tags[:, 1], minlength=c)[:c],
+            "sizes": np.bincount(self.sizes[:, 1].astype(np.int64), minlength=c)[:c],
+        }
+        if self.masks is not None:
+            hist = np.bincount(np.asarray(self.masks).ravel(), minlength=c + 1)
+            out["mask_pixels"] = hist[1 : c + 1]
+        else:
+            out["mask_pixels"] = np.zeros(c, dtype=np.int64)
+        return out
+
+    def summary(self) -> dict:
+        """JSON-able summary (stored with trained models)."""
+        counts = {k: v.tolist() for k, v in self.counts().items()}
+        return {
+            "classes": self.class_names,
+            "counts": counts,
+            "annotated_slices": self.annotated_slices().tolist(),
+        }
+
+    def select_slices(self, slices) -> "Annotations":
+        """A copy keeping only annotations in the given z slices (masks elsewhere are cleared)."""
+        keep = np.asarray(sorted(set(int(s) for s in slices)), dtype=np.int64)
+        masks = None
+        if self.masks is not None:
+            masks = np.zeros_like(self.masks)
+            valid = keep[(keep >= 0) & (keep < len(self.masks))]
+            masks[valid] = self.masks[valid]
+        return Annotations(
+            classes=list(self.classes),
+            points=self.points[np.isin(self.points[:, 0], keep)],
+            boxes=self.boxes[np.isin(self.boxes[:, 0], keep)],
+            tags=self.tags[np.isin(self.tags[:, 0], keep)],
+            sizes=self.sizes[np.isin(self.sizes[:, 0].astype(np.int64), keep)],
+            masks=masks,
+        )

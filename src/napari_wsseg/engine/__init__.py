@@ -1,0 +1,1 @@
+"""Training infrastructure shared by methods: devices, progress/cancel/time budget. No Qt."""
