@@ -146,3 +146,17 @@ class Annotations:
             sizes=self.sizes[np.isin(self.sizes[:, 0].astype(np.int64), keep)],
             masks=masks,
         )
+
+
+def label_colors(classes: list[ClassInfo]) -> dict:
+    """Colours of a napari Labels layer whose label ``k`` is class ``k - 1`` (label 0: transparent).
+
+    Examples
+    --------
+    >>> label_colors([ClassInfo("a", "#ff0000")])
+    {0: 'transparent', 1: '#ff0000', None: 'transparent'}
+    """
+    colors = {0: "transparent"}
+    colors.update({k + 1: c.color for k, c in enumerate(classes)})
+    colors[None] = "transparent"
+    return colors

@@ -12,6 +12,8 @@ from ..errors import WssegError
 
 _REGISTRY: dict[str, str] = {
     "rf": "napari_wsseg.methods.rf:RandomForestMethod",
+    "mews": "napari_wsseg.methods.mews.method:MEWSMethod",
+    "dsp": "napari_wsseg.methods.dsp.method:DSPMethod",
 }
 
 

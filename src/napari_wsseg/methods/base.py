@@ -131,7 +131,6 @@ class Method(ABC):
         from ..annotations.validate import validate_annotations
 
         options = options or FitOptions()
-        validate_annotations(annotations, image.shape, source="annotations")
         if annotations.is_empty():
             raise WssegError(
                 f"no annotations for image {image.name}; add points, boxes, tags, sizes or a mask first"
@@ -139,7 +138,8 @@ class Method(ABC):
         self.classes = list(annotations.classes)
         self.n_channels = image.n_channels
         self.normalization = Normalization.from_image(image)
-        self.training_summary = annotations.summary()
+        warnings = validate_annotations(annotations, image.shape, source="annotations")
+        self.training_summary = {**annotations.summary(), "warnings": warnings}
         return self._fit(image, annotations, options)
 
     @abstractmethod

@@ -1,0 +1,677 @@
+"""Read and write weak annotations as CSV files plus a ``classes.json`` class list. No Qt.
+
+One CSV per kind, with these exact headers (see ``docs/annotations.md``)::
+
+    points.csv  z,y,x,class
+    boxes.csv   z,y0,x0,y1,x1,class
+    tags.csv    z,class
+    sizes.csv   z,class,fraction
+
+For a 2D image the ``z`` column may be left out (``y,x,class``); its rows then lie in slice 0.
+The ``class`` column holds a class id ``0..C-1`` or a class name (names need the class list).
+Files are written with the ``z`` column and integer class ids. Parsing uses the standard ``csv``
+module; each column is converted with numpy at once and rows are only inspected one by one to
+report the first bad value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AnnotationError
+from .model import Annotations, ClassInfo, default_classes
+
+CLASSES_FILE = "classes.json"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    name: str
+    singular: str
+    columns: tuple[str, ...]
+    dtype: type
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.csv"
+
+    @property
+    def header(self) -> str:
+        return ",".join(self.columns)
+
+    @property
+    def header_2d(self) -> str:
+        return ",".join(self.columns[1:])
+
+
+_KINDS = {
+    "points": _Kind("points", "point", ("z", "y", "x", "class"), np.int64),
+    "boxes": _Kind("boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64),
+    "tags": _Kind("tags", "tag", ("z", "class"), np.int64),
+    "sizes": _Kind("sizes", "size", ("z", "class", "fraction"), np.float64),
+}
+
+#: The CSV kinds in the order they are written and documented.
+CSV_KINDS = tuple(_KINDS)
+
+
+# ------------------------------------------------------------------------------------ classes
+def as_class_list(classes) -> list[ClassInfo] | None:
+    """Turn class names or :class:`ClassInfo` objects into a list of ``ClassInfo``; None stays None.
+
+    Examples
+    --------
+    >>> [c.name for c in as_class_list(["cyto", "mito"])]
+    ['cyto', 'mito']
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        raise AnnotationError(
+            f"classes '{classes}' is one string; give a list of class names in id order, "
+            "e.g. ['cytoplasm', 'membrane']"
+        )
+    classes = list(classes)
+    if not classes:
+        raise AnnotationError("the class list is empty; give at least one class name")
+    if all(isinstance(c, ClassInfo) for c in classes):
+        infos = classes
+    elif all(isinstance(c, str) for c in classes):
+        infos = default_classes(len(classes), [c.strip() for c in classes])
+    else:
+        raise AnnotationError(
+            f"classes {classes!r} mixes types; give a list of names or a list of ClassInfo"
+        )
+    _check_class_names([c.name for c in infos], "the class list")
+    return infos
+
+
+def _check_class_names(names: list[str], source: str) -> None:
+    for i, name in enumerate(names):
+        if not name:
+            raise AnnotationError(f"{source}: class {i} has an empty name; give every class a name")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise AnnotationError(
+                f"{source}: classes {seen[name]} and {i} are both named '{name}'; "
+                "class names must be unique"
+            )
+        seen[name] = i
+
+
+def read_classes_json(path) -> list[ClassInfo]:
+    """Read a class list ``[{"id": 0, "name": ..., "color": "#rrggbb"}, ...]``.
+
+    Entries may come in any order but their ids must be exactly ``0..C-1``. Without ``"id"``
+    keys the list order gives the ids; a missing ``"color"`` gets a default colour.
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file.
+
+    Returns
+    -------
+    list of ClassInfo
+        Class ``k`` at index ``k``.
+
+    Raises
+    ------
+    AnnotationError
+        When the file is missing, not JSON, or its ids/names are not valid.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "classes.json"
+    >>> _ = path.write_text('[{"id": 1, "name": "mito"}, {"id": 0, "name": "cyto"}]')
+    >>> [c.name for c in read_classes_json(path)]
+    ['cyto', 'mito']
+    """
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found; check the path to the class list") from None
+    except json.JSONDecodeError as err:
+        raise AnnotationError(
+            f"{path} line {err.lineno}: not valid JSON ({err.msg}); "
+            'write a list like [{"id": 0, "name": "cytoplasm", "color": "#7f7f7f"}]'
+        ) from None
+    if not isinstance(entries, list) or not entries:
+        raise AnnotationError(
+            f'{path}: expected a non-empty list like [{{"id": 0, "name": "cytoplasm", '
+            f'"color": "#7f7f7f"}}], found {type(entries).__name__}'
+        )
+    ids = [_class_entry_id(path, i, e) for i, e in enumerate(entries)]
+    if sorted(ids) != list(range(len(entries))):
+        raise AnnotationError(
+            f"{path}: class ids are {sorted(ids)} but must be 0..{len(entries) - 1}, each once; "
+            "renumber the classes"
+        )
+    defaults = default_classes(len(entries))
+    infos: list[ClassInfo | None] = [None] * len(entries)
+    for i, (class_id, entry) in enumerate(zip(ids, entries)):
+        color = entry.get("color", defaults[class_id].color)
+        if not isinstance(color, str) or not color:
+            raise AnnotationError(
+                f"{path} entry {i + 1}: color {color!r} is not a colour string; "
+                "write e.g. '#ff8c00'"
+            )
+        infos[class_id] = ClassInfo(str(entry["name"]).strip(), color)
+    _check_class_names([c.name for c in infos], str(path))
+    return infos
+
+
+def _class_entry_id(path: Path, index: int, entry) -> int:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise AnnotationError(
+            f'{path} entry {index + 1}: {entry!r} is not an object with a "name"; '
+            'write {"id": 0, "name": "cytoplasm", "color": "#7f7f7f"}'
+        )
+    class_id = entry.get("id", index)
+    if isinstance(class_id, bool) or not isinstance(class_id, int):
+        raise AnnotationError(
+            f"{path} entry {index + 1}: id {class_id!r} is not an integer; use ids 0..C-1"
+        )
+    return class_id
+
+
+def write_classes_json(path, classes) -> Path:
+    """Write ``classes`` (names or ClassInfo) as ``[{"id", "name", "color"}, ...]``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = write_classes_json(pathlib.Path(tempfile.mkdtemp()) / "classes.json", ["a", "b"])
+    >>> [c.name for c in read_classes_json(path)]
+    ['a', 'b']
+    """
+    infos = as_class_list(classes) or []
+    entries = [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(infos)]
+    return _write_atomic(Path(path), json.dumps(entries, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------- reading
+def read_points_csv(path, classes=None) -> np.ndarray:
+    """Read ``points.csv`` (``z,y,x,class``; ``y,x,class`` for a 2D image).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    classes : list of str or list of ClassInfo, optional
+        The class list. Needed when the class column holds names; when given, ids are checked
+        against it. By default ids are taken as they are.
+
+    Returns
+    -------
+    (N, 4) int64 array
+        Rows ``(z, y, x, class)``; ``z`` is 0 when the file has no ``z`` column.
+
+    Raises
+    ------
+    AnnotationError
+        Naming the file and line: wrong header, wrong number of values, a value that is not a
+        number or not an integer, an unknown class, or a file without rows.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+    >>> _ = path.write_text("z,y,x,class\\n0,5,7,mito\\n2,1,3,0\\n")
+    >>> read_points_csv(path, classes=["cyto", "mito"])
+    array([[0, 5, 7, 1],
+           [2, 1, 3, 0]])
+    """
+    return _read_kind(path, "points", as_class_list(classes))[0]
+
+
+def read_boxes_csv(path, classes=None) -> np.ndarray:
+    """Read ``boxes.csv`` (``z,y0,x0,y1,x1,class``, corners inclusive; no ``z`` for 2D).
+
+    Parameters and errors as :func:`read_points_csv`.
+
+    Returns
+    -------
+    (N, 6) int64 array
+        Rows ``(z, y0, x0, y1, x1, class)``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "boxes.csv"
+    >>> _ = path.write_text("y0,x0,y1,x1,class\\n2,3,10,12,1\\n")
+    >>> read_boxes_csv(path)
+    array([[ 0,  2,  3, 10, 12,  1]])
+    """
+    return _read_kind(path, "boxes", as_class_list(classes))[0]
+
+
+def read_tags_csv(path, classes=None) -> np.ndarray:
+    """Read ``tags.csv`` (``z,class``: the class is present in slice z; ``class`` alone for 2D).
+
+    Parameters and errors as :func:`read_points_csv`.
+
+    Returns
+    -------
+    (N, 2) int64 array
+        Rows ``(z, class)``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tags.csv"
+    >>> _ = path.write_text("z,class\\n3,mito\\n3,cyto\\n")
+    >>> read_tags_csv(path, classes=["cyto", "mito"])
+    array([[3, 1],
+           [3, 0]])
+    """
+    return _read_kind(path, "tags", as_class_list(classes))[0]
+
+
+def read_sizes_csv(path, classes=None) -> np.ndarray:
+    """Read ``sizes.csv`` (``z,class,fraction``: the approximate share of slice z a class covers).
+
+    Parameters and errors as :func:`read_points_csv`.
+
+    Returns
+    -------
+    (N, 3) float64 array
+        Rows ``(z, class, fraction)``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "sizes.csv"
+    >>> _ = path.write_text("z,class,fraction\\n0,0,0.75\\n0,1,0.25\\n")
+    >>> read_sizes_csv(path)
+    array([[0.  , 0.  , 0.75],
+           [0.  , 1.  , 0.25]])
+    """
+    return _read_kind(path, "sizes", as_class_list(classes))[0]
+
+
+def _read_kind(path, kind_name: str, classes: list[ClassInfo] | None) -> tuple[np.ndarray, bool]:
+    """Parse one annotation CSV; returns the array and whether the file had a ``z`` column."""
+    kind = _KINDS[kind_name]
+    path = Path(path)
+    lines, rows = _read_rows(path)
+    if not rows:
+        raise AnnotationError(
+            f"{path} is empty; its first line must be the header '{kind.header}' "
+            f"followed by one row per {kind.singular}"
+        )
+    has_z = _check_header(path, kind, rows[0])
+    columns = kind.columns if has_z else kind.columns[1:]
+    data_lines, data = lines[1:], rows[1:]
+    if not data:
+        raise AnnotationError(
+            f"{path} has a header but no rows; add rows '{','.join(columns)}' "
+            "or leave the file out"
+        )
+    _check_row_lengths(path, data_lines, data, columns)
+    table = np.char.strip(np.array(data, dtype=np.str_).reshape(len(data), len(columns)))
+    lines_arr = np.asarray(data_lines)
+    out = np.zeros((len(data), len(kind.columns)), dtype=kind.dtype)
+    offset = 0 if has_z else 1
+    for j, name in enumerate(columns):
+        if name == "class":
+            values = _parse_classes(path, lines_arr, table[:, j], classes)
+        else:
+            values = _parse_numbers(path, lines_arr, table[:, j], name)
+        out[:, j + offset] = values
+    return out, has_z
+
+
+def _check_row_lengths(path: Path, lines: list[int], rows: list[list[str]], columns) -> None:
+    for line, row in zip(lines, rows):
+        if len(row) != len(columns):
+            raise AnnotationError(
+                f"{path} line {line}: {len(row)} values '{','.join(row)}' but the header has "
+                f"{len(columns)} columns ({','.join(columns)}); give one value per column"
+            )
+
+
+def _read_rows(path: Path) -> tuple[list[int], list[list[str]]]:
+    """Non-blank CSV records of ``path`` and their 1-based line numbers."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            lines, rows = [], []
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    lines.append(reader.line_num)
+                    rows.append(row)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found; check the path") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise AnnotationError(
+            f"{path}: not a readable UTF-8 CSV file ({err}); save it as CSV (comma-separated)"
+        ) from None
+    return lines, rows
+
+
+def _check_header(path: Path, kind: _Kind, header: list[str]) -> bool:
+    """True when the header has the ``z`` column, False for the 2D form; raises otherwise."""
+    seen = ",".join(cell.strip().lower() for cell in header)
+    if seen == kind.header:
+        return True
+    if seen == kind.header_2d:
+        return False
+    raise AnnotationError(
+        f"{path} line 1: header is '{','.join(header)}' but must be '{kind.header}' "
+        f"(or '{kind.header_2d}' for a 2D image); fix the first line of the file"
+    )
+
+
+def _parse_numbers(path: Path, lines: np.ndarray, values: np.ndarray, column: str) -> np.ndarray:
+    try:
+        numbers = values.astype(np.float64)
+    except ValueError:
+        bad = next(i for i, v in enumerate(values) if not _is_float(v))
+        raise AnnotationError(
+            f"{path} line {lines[bad]}: {column} is '{values[bad]}', not a number; "
+            f"write {_expected(column)}"
+        ) from None
+    not_finite = ~np.isfinite(numbers)
+    if not_finite.any():
+        bad = int(np.argmax(not_finite))
+        raise AnnotationError(
+            f"{path} line {lines[bad]}: {column} is '{values[bad]}'; write {_expected(column)}"
+        )
+    if column == "fraction":
+        return numbers
+    fractional = numbers != np.round(numbers)
+    if fractional.any():
+        bad = int(np.argmax(fractional))
+        raise AnnotationError(
+            f"{path} line {lines[bad]}: {column} is {values[bad]}, not an integer; coordinates "
+            f"are whole pixel indices, round it (e.g. {column}={int(np.round(numbers[bad]))})"
+        )
+    return numbers.astype(np.int64)
+
+
+def _expected(column: str) -> str:
+    if column == "fraction":
+        return "a fraction between 0 and 1 (e.g. 0.25)"
+    return "a whole pixel index (e.g. 12)"
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_classes(path: Path, lines: np.ndarray, values: np.ndarray, classes) -> np.ndarray:
+    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    ids = np.array(
+        [_parse_class(path, lines[i], v, classes) for v, i in zip(unique, first)], dtype=np.int64
+    )
+    return ids[inverse.ravel()]
+
+
+def _parse_class(path: Path, line: int, value: str, classes: list[ClassInfo] | None) -> int:
+    if not value:
+        raise AnnotationError(f"{path} line {line}: class is empty; write a class id or name")
+    if _is_float(value):
+        number = float(value)
+        if not math.isfinite(number) or number != round(number) or number < 0:
+            raise AnnotationError(
+                f"{path} line {line}: class {value} is not a class id; "
+                "write an integer 0..C-1 or a class name"
+            )
+        class_id = int(number)
+        if classes is not None and class_id >= len(classes):
+            raise AnnotationError(
+                f"{path} line {line}: class {class_id} is not a class id 0..{len(classes) - 1} "
+                f"({_known(classes)}); fix the id or add the class to the class list"
+            )
+        return class_id
+    if classes is None:
+        raise AnnotationError(
+            f"{path} line {line}: class '{value}' is a name but no class list was given; "
+            "pass the class names in id order (--classes on the command line) or write class ids"
+        )
+    names = [c.name for c in classes]
+    if value not in names:
+        raise AnnotationError(
+            f"{path} line {line}: class '{value}' is not a known class ({_known(classes)}); "
+            "fix the name or add the class to the class list"
+        )
+    return names.index(value)
+
+
+def _known(classes: list[ClassInfo]) -> str:
+    return "known: " + ", ".join(f"{i} '{c.name}'" for i, c in enumerate(classes))
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_points_csv(path, points) -> Path:
+    """Write ``(N, 4)`` points as ``z,y,x,class`` (class as integer id).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = write_points_csv(pathlib.Path(tempfile.mkdtemp()) / "points.csv", [[0, 5, 7, 1]])
+    >>> print(path.read_text(), end="")
+    z,y,x,class
+    0,5,7,1
+    """
+    return _write_kind(path, "points", points)
+
+
+def write_boxes_csv(path, boxes) -> Path:
+    """Write ``(N, 6)`` boxes as ``z,y0,x0,y1,x1,class``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = write_boxes_csv(pathlib.Path(tempfile.mkdtemp()) / "b.csv", [[0, 1, 2, 3, 4, 0]])
+    >>> print(path.read_text(), end="")
+    z,y0,x0,y1,x1,class
+    0,1,2,3,4,0
+    """
+    return _write_kind(path, "boxes", boxes)
+
+
+def write_tags_csv(path, tags) -> Path:
+    """Write ``(N, 2)`` tags as ``z,class``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = write_tags_csv(pathlib.Path(tempfile.mkdtemp()) / "tags.csv", [[3, 1]])
+    >>> print(path.read_text(), end="")
+    z,class
+    3,1
+    """
+    return _write_kind(path, "tags", tags)
+
+
+def write_sizes_csv(path, sizes) -> Path:
+    """Write ``(N, 3)`` sizes as ``z,class,fraction``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = write_sizes_csv(pathlib.Path(tempfile.mkdtemp()) / "s.csv", [[0, 1, 0.25]])
+    >>> print(path.read_text(), end="")
+    z,class,fraction
+    0,1,0.25
+    """
+    return _write_kind(path, "sizes", sizes)
+
+
+def _write_kind(path, kind_name: str, array) -> Path:
+    kind = _KINDS[kind_name]
+    array = np.asarray(array, dtype=kind.dtype).reshape(-1, len(kind.columns))
+    rows = [kind.header]
+    if kind_name == "sizes":
+        rows += [f"{int(z)},{int(c)},{float(f)!r}" for z, c, f in array]
+    else:
+        rows += [",".join(map(str, row)) for row in array.tolist()]
+    return _write_atomic(Path(path), "\n".join(rows) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary sibling so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)
+    return path
+
+
+def write_annotations(folder, annotations: Annotations) -> dict[str, Path]:
+    """Write the annotations to ``folder`` as CSV files plus ``classes.json``.
+
+    Each non-empty kind is written to ``points.csv``, ``boxes.csv``, ``tags.csv`` or
+    ``sizes.csv``; the CSV of an empty kind is removed if it exists, so the folder always holds
+    exactly these annotations. Masks are not written here (save them as an image with
+    :mod:`napari_wsseg.io`).
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing.
+    annotations : Annotations
+
+    Returns
+    -------
+    dict
+        ``{"classes": path, "points": path, ...}`` for the files written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> ann = Annotations(default_classes(2), points=[[0, 1, 1, 0], [0, 3, 3, 1]])
+    >>> sorted(write_annotations(tempfile.mkdtemp(), ann))
+    ['classes', 'points']
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"classes": write_classes_json(folder / CLASSES_FILE, annotations.classes)}
+    for name, kind in _KINDS.items():
+        array = getattr(annotations, name)
+        path = folder / kind.file_name
+        if len(array):
+            written[name] = _write_kind(path, name, array)
+        elif path.exists():
+            path.unlink()
+    return written
+
+
+def find_annotation_files(folder) -> dict[str, Path]:
+    """The annotation CSVs present in ``folder``, as keyword arguments for :func:`load_annotations`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_annotations(folder, Annotations(default_classes(1), tags=[[0, 0]]))
+    >>> list(find_annotation_files(folder))
+    ['tags']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AnnotationError(f"{folder}: not a folder; give the folder holding points.csv etc.")
+    found = {name: folder / kind.file_name for name, kind in _KINDS.items()}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
+# ---------------------------------------------------------------------------------- loading
+def load_annotations(
+    *,
+    points=None,
+    boxes=None,
+    tags=None,
+    sizes=None,
+    masks=None,
+    classes=None,
+    image_shape: Sequence[int] | None = None,
+) -> Annotations:
+    """Read the given annotation CSVs (and a mask array) into :class:`Annotations`.
+
+    Parameters
+    ----------
+    points, boxes, tags, sizes : str or Path, optional
+        CSV files in the formats of :func:`read_points_csv` etc. A file that is given must
+        have at least one row.
+    masks : (Z, Y, X) or (Y, X) integer array, optional
+        Partial label image: 0 unlabeled, ``k > 0`` means class ``k - 1``.
+    classes : list of str or list of ClassInfo, optional
+        The class list, class ``k`` at index ``k``. By default the class count is the largest
+        class id in the files (or mask value) + 1 and classes are named ``class0``, ``class1``...;
+        class names in a CSV then raise an error.
+    image_shape : (Z, Y, X) tuple, optional
+        The image the annotations belong to. When given, a CSV without a ``z`` column is only
+        accepted for a 2D image (Z = 1), and the result is checked with
+        :func:`~napari_wsseg.annotations.validate.validate_annotations` (which may warn).
+
+    Returns
+    -------
+    Annotations
+
+    Raises
+    ------
+    AnnotationError
+        For any bad file or row (see :func:`read_points_csv`) and, when ``image_shape`` is
+        given, for annotations that do not fit the image.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+    >>> _ = path.write_text("y,x,class\\n1,2,0\\n3,3,1\\n")
+    >>> ann = load_annotations(points=path, image_shape=(1, 8, 8))
+    >>> ann.class_names, ann.points.tolist()
+    (['class0', 'class1'], [[0, 1, 2, 0], [0, 3, 3, 1]])
+    """
+    infos = as_class_list(classes)
+    given = {"points": points, "boxes": boxes, "tags": tags, "sizes": sizes}
+    arrays = {}
+    for name, path in given.items():
+        if path is None:
+            continue
+        arrays[name], has_z = _read_kind(path, name, infos)
+        if not has_z and image_shape is not None and int(image_shape[0]) > 1:
+            kind = _KINDS[name]
+            raise AnnotationError(
+                f"{path} has no z column (header '{kind.header_2d}') but the image has "
+                f"{int(image_shape[0])} slices; add a z column: '{kind.header}'"
+            )
+    masks = None if masks is None else np.asarray(masks)
+    if infos is None:
+        infos = default_classes(_inferred_class_count(arrays, masks))
+    annotations = Annotations(classes=infos, masks=masks, **arrays)
+    if image_shape is not None:
+        from .validate import validate_annotations
+
+        validate_annotations(annotations, image_shape, source=_source_name(given))
+    return annotations
+
+
+def _inferred_class_count(arrays: dict[str, np.ndarray], masks: np.ndarray | None) -> int:
+    class_columns = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1}
+    top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if k in arrays]
+    if masks is not None and masks.size and np.issubdtype(masks.dtype, np.integer):
+        top.append(int(masks.max()) - 1)
+    return max(top, default=-1) + 1
+
+
+def _source_name(given: dict) -> str:
+    """The folder holding all given files, else a generic name, for validation messages."""
+    folders = {str(Path(p).parent) for p in given.values() if p is not None}
+    return f"annotations in {folders.pop()}" if len(folders) == 1 else "annotations"

@@ -1,0 +1,390 @@
+"""Check weak annotations against the image they belong to, before any training. No Qt.
+
+:func:`validate_annotations` raises :class:`~napari_wsseg.errors.AnnotationError` on the first
+problem, with one line naming the kind, the 1-based row (the data row of the CSV it came from),
+the values seen and the fix, and returns (and warns about) recoverable surprises. All checks are
+vectorised; rows are only looked at one by one to describe the first failing one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import AnnotationError
+from .model import Annotations
+from .targets import tag_matrix
+
+_COLUMNS = {
+    "points": ("z", "y", "x", "class"),
+    "boxes": ("z", "y0", "x0", "y1", "x1", "class"),
+    "tags": ("z", "class"),
+    "sizes": ("z", "class", "fraction"),
+}
+#: Which image axis (0 z, 1 y, 2 x) each coordinate column indexes.
+_AXES = {
+    "points": {0: 0, 1: 1, 2: 2},
+    "boxes": {0: 0, 1: 1, 2: 2, 3: 1, 4: 2},
+    "tags": {0: 0},
+    "sizes": {0: 0},
+}
+_CLASS_COLUMN = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1}
+
+
+def validate_annotations(
+    ann: Annotations,
+    image_shape: Sequence[int],
+    *,
+    source: str = "annotations",
+    size_tolerance: float = 0.1,
+    warn: bool = True,
+) -> list[str]:
+    """Check that ``ann`` is usable for training on an image of shape ``image_shape``.
+
+    Errors (raised): no annotations at all; coordinates outside the image; class ids outside
+    ``0..C-1``; boxes with ``y1 < y0`` or ``x1 < x0``; size fractions outside ``[0, 1]``, given
+    twice for a class and slice, or not summing to 1 within ``size_tolerance`` per slice; points,
+    boxes, mask pixels or positive sizes of a class that the tags of the same slice exclude, and
+    a tagged class with size 0; two points on one pixel with different classes, or a point whose
+    class differs from the mask at that pixel; a mask that is not an integer label image of the
+    image's shape with values ``0..C``.
+
+    Warnings (returned, and emitted with :func:`warnings.warn` unless ``warn`` is False): a class
+    with no points, boxes, tags, positive sizes or mask pixels.
+
+    Parameters
+    ----------
+    ann : Annotations
+    image_shape : (Z, Y, X) tuple of int
+        Spatial shape of the image; ``(Y, X)`` is read as ``(1, Y, X)``.
+    source : str, optional
+        Names the annotations in messages. By default ``"annotations"``.
+    size_tolerance : float, optional
+        How far a slice's size fractions may sum from 1. By default 0.1.
+    warn : bool, optional
+        Also emit the warnings with :func:`warnings.warn`. By default True; callers that show
+        the returned list themselves pass False.
+
+    Returns
+    -------
+    list of str
+        The warnings, empty when there are none.
+
+    Raises
+    ------
+    AnnotationError
+        On the first error found.
+
+    Examples
+    --------
+    >>> from napari_wsseg.annotations.model import Annotations, default_classes
+    >>> ann = Annotations(default_classes(2), points=[[0, 1, 1, 0], [0, 2, 2, 1]])
+    >>> validate_annotations(ann, (1, 4, 4))
+    []
+    >>> validate_annotations(ann, (1, 2, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_wsseg.errors.AnnotationError: annotations: points row 2 (...): y=2 is outside the ...
+    """
+    shape = _image_shape(image_shape, source)
+    if size_tolerance < 0:
+        raise AnnotationError(f"size tolerance {size_tolerance} is negative; give a value >= 0")
+    if ann.is_empty():
+        raise AnnotationError(
+            f"{source}: no annotations; add points, boxes, tags, sizes or a mask with labelled "
+            "pixels first"
+        )
+    if ann.n_classes == 0:
+        raise AnnotationError(f"{source}: the class list is empty; give the class names")
+    for kind in _COLUMNS:
+        _check_rows(ann, kind, shape, source)
+    _check_boxes_ordered(ann, source)
+    _check_sizes(ann, source, size_tolerance)
+    _check_masks(ann, shape, source)
+    _check_against_tags(ann, shape[0], source)
+    _check_point_conflicts(ann, source)
+    messages = _unannotated_classes(ann, source)
+    if warn:
+        for message in messages:
+            warnings.warn(message, UserWarning, stacklevel=2)
+    return messages
+
+
+def _image_shape(image_shape, source: str) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise AnnotationError(
+            f"{source}: image shape {tuple(image_shape)} is not a (Z, Y, X) shape; "
+            "pass the spatial shape of the image"
+        )
+    return shape
+
+
+# ------------------------------------------------------------------------- row descriptions
+def _describe(ann: Annotations, kind: str, i: int) -> str:
+    """``points row 3 (z=0, y=5, x=7, class=1 'mito')`` for 0-based row ``i``."""
+    parts = []
+    for name, value in zip(_COLUMNS[kind], getattr(ann, kind)[i]):
+        if name == "class":
+            parts.append(f"class={_class_label(ann, value)}")
+        elif name == "fraction":
+            parts.append(f"fraction={value:g}")
+        else:
+            parts.append(f"{name}={_number(value)}")
+    return f"{kind} row {i + 1} ({', '.join(parts)})"
+
+
+def _number(value) -> str:
+    """Integers without a decimal point or exponent, other numbers short."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def _class_label(ann: Annotations, value) -> str:
+    if float(value).is_integer() and 0 <= value < ann.n_classes:
+        return f"{int(value)} '{ann.classes[int(value)].name}'"
+    return _number(value)
+
+
+def _first(bad: np.ndarray) -> tuple[int, str]:
+    """Index of the first True and a note on how many more there are."""
+    rows = np.flatnonzero(bad)
+    more = f" ({len(rows) - 1} more rows like it)" if len(rows) > 1 else ""
+    return int(rows[0]), more
+
+
+# ------------------------------------------------------------------------------- row checks
+def _check_rows(ann: Annotations, kind: str, shape: tuple[int, int, int], source: str) -> None:
+    """Integer values, coordinates inside the image and class ids in ``0..C-1``."""
+    array = getattr(ann, kind)
+    if not len(array):
+        return
+    for col, axis in _AXES[kind].items():
+        _check_column(ann, kind, col, 0, shape[axis], source, _bound_hint(kind, col, axis, shape))
+    _check_column(
+        ann, kind, _CLASS_COLUMN[kind], 0, ann.n_classes, source,
+        f"class ids are 0..{ann.n_classes - 1} ({', '.join(ann.class_names)}); "
+        "fix the class or add it to the class list",
+    )
+
+
+def _bound_hint(kind: str, col: int, axis: int, shape: tuple[int, int, int]) -> str:
+    name = _COLUMNS[kind][col]
+    if axis == 0 and shape[0] == 1:
+        bound = "z must be 0 for a 2D image"
+    else:
+        bound = f"{name} must be 0..{shape[axis] - 1} (image shape (Z, Y, X) = {shape})"
+    return f"{bound}; fix the row or use the image it was made on"
+
+
+def _check_column(ann, kind: str, col: int, low: int, high: int, source: str, hint: str) -> None:
+    values = getattr(ann, kind)[:, col]
+    name = _COLUMNS[kind][col]
+    fractional = values != np.round(values)
+    if fractional.any():
+        i, more = _first(fractional)
+        raise AnnotationError(
+            f"{source}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is not an "
+            f"integer; use whole numbers{more}"
+        )
+    outside = (values < low) | (values >= high)
+    if outside.any():
+        i, more = _first(outside)
+        what = "an unknown class" if name == "class" else "outside the image"
+        raise AnnotationError(
+            f"{source}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is {what}, "
+            f"{hint}{more}"
+        )
+
+
+def _check_boxes_ordered(ann: Annotations, source: str) -> None:
+    boxes = ann.boxes
+    for low, high, axis in ((1, 3, "y"), (2, 4, "x")):
+        flipped = boxes[:, high] < boxes[:, low]
+        if flipped.any():
+            i, more = _first(flipped)
+            raise AnnotationError(
+                f"{source}: {_describe(ann, 'boxes', i)}: {axis}1 < {axis}0; corners are "
+                f"(y0, x0) top-left and (y1, x1) bottom-right, inclusive; swap them{more}"
+            )
+
+
+def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
+    sizes = ann.sizes
+    if not len(sizes):
+        return
+    fractions = sizes[:, 2]
+    invalid = (fractions < 0) | (fractions > 1) | ~np.isfinite(fractions)
+    if invalid.any():
+        i, more = _first(invalid)
+        raise AnnotationError(
+            f"{source}: {_describe(ann, 'sizes', i)}: fraction is outside 0..1; give the "
+            f"fraction of the slice the class covers (0.25 for a quarter){more}"
+        )
+    z = sizes[:, 0].astype(np.int64)
+    keys = z * ann.n_classes + sizes[:, 1].astype(np.int64)
+    unique_keys, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        a, b = np.flatnonzero(keys == unique_keys[np.argmax(counts > 1)])[:2]
+        raise AnnotationError(
+            f"{source}: sizes rows {a + 1} and {b + 1} both give the fraction of class "
+            f"{_class_label(ann, sizes[a, 1])} in slice z={z[a]}; keep one of them"
+        )
+    slices, inverse = np.unique(z, return_inverse=True)
+    sums = np.bincount(inverse, weights=fractions)
+    off = np.abs(sums - 1) > tolerance
+    if off.any():
+        s = int(np.argmax(off))
+        rows = ", ".join(str(r + 1) for r in np.flatnonzero(inverse == s))
+        raise AnnotationError(
+            f"{source}: sizes of slice z={slices[s]} (rows {rows}) sum to {sums[s]:.3g}, not "
+            f"1 ± {tolerance:g}; list the fraction of every class present in that slice "
+            "(a class left out counts as 0) so that they add up to 1"
+        )
+
+
+def _check_masks(ann: Annotations, shape: tuple[int, int, int], source: str) -> None:
+    masks = ann.masks
+    if masks is None:
+        return
+    if not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool):
+        raise AnnotationError(
+            f"{source}: mask has dtype {masks.dtype}; give an integer label image "
+            "(0 unlabeled, k > 0 for class k-1)"
+        )
+    if masks.shape != shape:
+        raise AnnotationError(
+            f"{source}: mask shape {masks.shape} is not the image shape (Z, Y, X) = {shape}; "
+            "give a label image of the same shape as the image"
+        )
+    low, high = int(masks.min()), int(masks.max())
+    if low < 0:
+        _raise_mask_value(ann, low, "is negative", source)
+    if high > ann.n_classes:
+        _raise_mask_value(ann, high, "is above the class count", source)
+
+
+def _raise_mask_value(ann: Annotations, value: int, why: str, source: str) -> None:
+    where = np.unravel_index(int(np.argmax(ann.masks == value)), ann.masks.shape)
+    raise AnnotationError(
+        f"{source}: mask value {value} at (z, y, x) = {tuple(map(int, where))} {why}; use 0 "
+        f"for unlabeled and k = 1..{ann.n_classes} for class k-1 ({ann.n_classes} classes)"
+    )
+
+
+# ----------------------------------------------------------------------- cross-kind checks
+def _check_against_tags(ann: Annotations, n_slices: int, source: str) -> None:
+    if not len(ann.tags):
+        return
+    tagged, allowed = tag_matrix(ann, n_slices)
+    for kind, what in (("points", "point"), ("boxes", "box")):
+        rows = getattr(ann, kind)
+        excluded = ~allowed[rows[:, 0], rows[:, _CLASS_COLUMN[kind]]]
+        _raise_first(ann, kind, excluded, source, _excluded_by_tags(ann, kind, allowed),
+                     f"add a tag for the class on that slice or fix the {what}'s class")
+    z, c = ann.sizes[:, 0].astype(np.int64), ann.sizes[:, 1].astype(np.int64)
+    positive = ann.sizes[:, 2] > 0
+    _raise_first(ann, "sizes", positive & ~allowed[z, c], source,
+                 _excluded_by_tags(ann, "sizes", allowed),
+                 "add a tag for the class on that slice or set its fraction to 0")
+    _raise_first(ann, "sizes", tagged[z] & ~positive & allowed[z, c], source,
+                 lambda i: f"the class is tagged present in slice z={z[i]} but its fraction is 0",
+                 "give its approximate fraction or remove its tag")
+    _check_masks_against_tags(ann, tagged, allowed, source)
+
+
+def _excluded_by_tags(ann: Annotations, kind: str, allowed: np.ndarray):
+    """Explains, for row ``i`` of ``kind``, which classes the tags of its slice allow."""
+
+    def explain(i: int) -> str:
+        z = int(getattr(ann, kind)[i, 0])
+        return f"the tags of slice z={z} ({_tagged_names(ann, allowed[z])}) exclude this class"
+
+    return explain
+
+
+def _tagged_names(ann: Annotations, allowed_row: np.ndarray) -> str:
+    return "tagged: " + ", ".join(f"'{n}'" for n, ok in zip(ann.class_names, allowed_row) if ok)
+
+
+def _raise_first(ann: Annotations, kind: str, bad: np.ndarray, source: str, explain, fix: str):
+    if not bad.any():
+        return
+    i, more = _first(bad)
+    raise AnnotationError(f"{source}: {_describe(ann, kind, i)}: {explain(i)}; {fix}{more}")
+
+
+def _check_masks_against_tags(ann, tagged: np.ndarray, allowed: np.ndarray, source: str) -> None:
+    if ann.masks is None:
+        return
+    # One bincount per tagged slice: tags are few, slices are whole images.
+    for z in np.flatnonzero(tagged):
+        counts = np.bincount(ann.masks[z].ravel(), minlength=ann.n_classes + 1)[1:]
+        excluded = (counts > 0) & ~allowed[z]
+        if excluded.any():
+            c = int(np.argmax(excluded))
+            raise AnnotationError(
+                f"{source}: the mask labels {counts[c]} pixels of class {_class_label(ann, c)} "
+                f"in slice z={z} but the tags of that slice ({_tagged_names(ann, allowed[z])}) "
+                "exclude it; add a tag for the class on that slice or fix the mask"
+            )
+
+
+def _check_point_conflicts(ann: Annotations, source: str) -> None:
+    """Two points on one pixel with different classes, or a point that disagrees with the mask."""
+    if len(ann.points) > 1:
+        _check_points_on_one_pixel(ann, source)
+    if ann.masks is not None and len(ann.points):
+        _check_points_against_mask(ann, source)
+
+
+def _check_points_on_one_pixel(ann: Annotations, source: str) -> None:
+    points = ann.points
+    pixels, group = np.unique(points[:, :3], axis=0, return_inverse=True)
+    group = group.ravel()
+    lowest = np.full(len(pixels), np.iinfo(np.int64).max)
+    highest = np.full(len(pixels), -1)
+    np.minimum.at(lowest, group, points[:, 3])
+    np.maximum.at(highest, group, points[:, 3])
+    conflicts = lowest != highest
+    if not conflicts.any():
+        return
+    rows = np.flatnonzero(group == int(np.argmax(conflicts)))
+    a = rows[0]
+    b = rows[np.argmax(points[rows, 3] != points[a, 3])]
+    raise AnnotationError(
+        f"{source}: points rows {a + 1} and {b + 1} mark the same pixel (z, y, x) = "
+        f"{tuple(map(int, points[a, :3]))} with classes {_class_label(ann, points[a, 3])} "
+        f"and {_class_label(ann, points[b, 3])}; delete one of them"
+    )
+
+
+def _check_points_against_mask(ann: Annotations, source: str) -> None:
+    z, y, x, classes = ann.points.T
+    labels = ann.masks[z, y, x].astype(np.int64)
+    disagree = (labels > 0) & (labels != classes + 1)
+
+    def explain(i: int) -> str:
+        return f"the mask labels this pixel class {_class_label(ann, labels[i] - 1)}"
+
+    _raise_first(ann, "points", disagree, source, explain, "fix the point or the mask")
+
+
+# ----------------------------------------------------------------------------------- warnings
+def _unannotated_classes(ann: Annotations, source: str) -> list[str]:
+    seen = np.zeros(ann.n_classes, dtype=bool)
+    seen[ann.points[:, 3]] = True
+    seen[ann.boxes[:, 5]] = True
+    seen[ann.tags[:, 1]] = True
+    seen[ann.sizes[ann.sizes[:, 2] > 0, 1].astype(np.int64)] = True
+    if ann.masks is not None:
+        seen |= np.bincount(ann.masks.ravel(), minlength=ann.n_classes + 1)[1:] > 0
+    return [
+        f"{source}: class {_class_label(ann, c)} has no points, boxes, tags, sizes > 0 or mask "
+        "pixels; the model gets no example of it, so annotate some or remove the class"
+        for c in np.flatnonzero(~seen)
+    ]

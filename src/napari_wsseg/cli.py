@@ -1,0 +1,416 @@
+"""The ``wsseg`` command line: sample, import, simulate, train, predict, evaluate. Imports no Qt.
+
+Method options are not listed here: ``wsseg train --method NAME`` adds one ``--option`` per field of
+that method's config dataclass, so a new method never touches this file. Errors a user can cause
+print one line (``wsseg: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+
+from .errors import WssegError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+# ------------------------------------------------------------------ helpers
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape; write e.g. 16,256,256") from None
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape '{text}' must be Y,X or Z,Y,X with positive sizes")
+    return shape
+
+
+def _load_classes(text: str | None):
+    """--classes: comma-separated names, or a classes.json file."""
+    from .annotations import read_classes_json
+    from .annotations.model import default_classes
+
+    if text is None:
+        return None
+    if text.endswith(".json"):
+        return read_classes_json(text)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise WssegError(f"--classes '{text}' names no class; write e.g. --classes cytoplasm,membrane,mito")
+    return default_classes(len(names), names)
+
+
+def _progress(desc: str):
+    from .engine.progress import tqdm_progress
+
+    return tqdm_progress(desc)
+
+
+# ------------------------------------------------------------- subcommands
+def cmd_sample(args) -> int:
+    from .sample import save_sample
+
+    paths = save_sample(args.out, shape=args.shape, seed=args.seed)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .io import import_tiff_to_omezarr
+
+    update, close = _progress("import")
+    try:
+        out = import_tiff_to_omezarr(args.stack, args.out, chunks=args.chunks, progress=update)
+    finally:
+        close()
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .annotations import write_annotations
+    from .eval.simulate import simulate_annotations
+    from .io import read_labels
+    from .io.writers import write_labels
+    from .predict.slices import parse_slices
+
+    gt = read_labels(args.gt)
+    n_slices = 1 if gt.ndim == 2 else gt.shape[0]
+    classes = _load_classes(args.classes)
+    slices = parse_slices(args.slice_list, n_slices, source="--slice-list")
+    slice_range = None
+    if args.slice_range:
+        parsed = parse_slices(args.slice_range, n_slices, source="--slice-range")
+        slice_range = (parsed[0], parsed[-1])
+    ann = simulate_annotations(
+        gt,
+        classes=classes,
+        n_classes=len(classes) if classes else None,
+        slices=slices if slices is not None else args.slices,
+        slice_range=slice_range,
+        points=args.points,
+        boxes=args.boxes,
+        tags=args.tags,
+        sizes=args.sizes or args.size_noise > 0,
+        size_noise=args.size_noise,
+        masks=args.masks,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    write_annotations(out, ann)
+    if ann.masks is not None:
+        write_labels(out / "masks.npy", ann.masks[0] if gt.ndim == 2 else ann.masks)
+    print(json.dumps({"out": str(out), **ann.summary()}))
+    return 0
+
+
+def cmd_train(args, method_options: dict) -> int:
+    from .annotations import load_annotations
+    from .engine.progress import ProgressEvent
+    from .io import read_image, read_labels
+    from .methods import get_method
+    from .methods.base import FitOptions
+
+    image = read_image(args.image)
+    masks = None
+    if args.masks:
+        masks = read_labels(args.masks)
+        import numpy as np
+
+        masks = np.asarray(masks)
+    annotations = load_annotations(
+        points=args.points, boxes=args.boxes, tags=args.tags, sizes=args.sizes, masks=masks,
+        classes=_load_classes(args.classes), image_shape=image.shape,
+    )
+    method = get_method(args.method)(**method_options)
+    update, close = _progress(f"train {args.method}")
+    last: dict = {}
+
+    def progress(event: ProgressEvent) -> None:
+        last.update(event.metrics)
+        update(event)
+
+    try:
+        result = method.fit(image, annotations, FitOptions(
+            device=args.device, seed=args.seed, time_budget_s=args.time_budget, progress=progress,
+        ))
+    finally:
+        close()
+    folder = method.save(args.out)
+    print(json.dumps({
+        "model": str(folder), "method": args.method, "stopped": result.stopped,
+        "steps": result.steps, "seconds": round(result.seconds, 2), "last_metrics": last,
+        "warnings": method.training_summary.get("warnings", []),
+    }))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    out_path = Path(args.out)
+    if out_path.suffix.lower() == ".zarr" and args.slices is None:
+        return _predict_blockwise(args, out_path)
+    batch_only = [flag for flag, used in (
+        ("--probabilities", args.probabilities), ("--block", args.block is not None),
+        ("--resume", args.resume), ("--scheduler", args.scheduler != "threads"),
+        ("--workers", args.workers is not None),
+    ) if used]
+    if batch_only:
+        raise WssegError(
+            f"{', '.join(batch_only)} apply to block-wise prediction only, which needs a .zarr --out "
+            f"and no --slices (got --out {out_path}{' --slices ' + args.slices if args.slices else ''})"
+        )
+    from .io import read_image
+    from .io.writers import create_labels_zarr, finalize_labels_zarr, write_labels
+    from .methods.base import load_model
+    from .predict.slices import parse_slices, predict_image
+
+    model = load_model(args.model)
+    image = read_image(args.image)
+    model.check_image(image)
+    slices = parse_slices(args.slices, image.n_slices)
+    if out_path.exists() and not args.overwrite:
+        raise WssegError(f"output {out_path} exists; pass --overwrite to replace it or choose another path")
+    update, close = _progress("predict")
+    try:
+        if out_path.suffix == ".zarr":
+            target = create_labels_zarr(out_path, image.shape, classes=model.classes, overwrite=args.overwrite)
+            predict_image(model, image, slices=slices, out=target, progress=update)
+            finalize_labels_zarr(out_path)
+        else:
+            labels = predict_image(model, image, slices=slices, progress=update)
+            write_labels(out_path, labels[0] if image.was_2d else labels, classes=model.classes)
+    finally:
+        close()
+    print(json.dumps({"out": str(out_path), "slices": slices if slices is not None else "all"}))
+    return 0
+
+
+def _predict_blockwise(args, out_path: Path) -> int:
+    from .predict.volume import predict_volume
+
+    update, close = _progress("predict")
+    try:
+        result = predict_volume(
+            args.model, args.image, out_path, block=args.block, probabilities=args.probabilities,
+            scheduler=args.scheduler, n_workers=args.workers, resume=args.resume,
+            overwrite=args.overwrite, progress=update,
+        )
+    finally:
+        close()
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .eval.metrics import evaluate
+    from .io import read_labels
+    from .predict.slices import parse_slices
+
+    pred = read_labels(args.pred)
+    gt = read_labels(args.gt)
+    n_slices = 1 if gt.ndim == 2 else gt.shape[0]
+    classes = _load_classes(args.classes)
+    result = evaluate(
+        pred, gt,
+        n_classes=len(classes) if classes else args.n_classes,
+        slices=parse_slices(args.slices, n_slices),
+        class_names=[c.name for c in classes] if classes else None,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    from .engine.devices import DEVICE_CHOICES
+    from .methods import available_methods
+
+    parser = argparse.ArgumentParser(
+        prog="wsseg", description="Weakly-supervised segmentation of microscopy images and volumes.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="write the procedural FIB-SEM-like phantom (image, labels, classes)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--shape", type=_parse_shape, default=(16, 256, 256), help="Z,Y,X or Y,X (default 16,256,256)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("import", help="convert a TIFF stack to chunked OME-Zarr")
+    p.add_argument("stack", help="TIFF stack")
+    p.add_argument("--out", required=True, help="output .zarr folder (must not exist)")
+    p.add_argument("--chunks", type=_parse_shape, default=None, help="chunk shape Z,Y,X (default 8,512,512)")
+
+    p = sub.add_parser("simulate", help="sample weak annotations (CSV) from dense ground truth")
+    p.add_argument("gt", help="dense label image (.npy, .tif, .png, .zarr)")
+    p.add_argument("--out", required=True, help="output folder for points.csv, boxes.csv, tags.csv, sizes.csv")
+    p.add_argument("--slices", type=int, default=None, help="annotate N evenly spaced slices (default: all)")
+    p.add_argument("--slice-list", default=None, help="annotate exactly these slices, e.g. 0,2,4 or 0-12")
+    p.add_argument("--slice-range", default=None, help="pick the N slices within this range, e.g. 0-12")
+    p.add_argument("--points", type=int, default=0, help="points per class per slice")
+    p.add_argument("--boxes", type=int, default=0, help="boxes per class per slice")
+    p.add_argument("--tags", action="store_true", help="write slice tags (class presence)")
+    p.add_argument("--sizes", action="store_true", help="write class size fractions")
+    p.add_argument("--size-noise", type=float, default=0.0, help="sigma of the multiplicative size noise")
+    p.add_argument("--masks", action="store_true", help="write the full masks of the chosen slices (masks.npy)")
+    p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a method from weak annotations")
+    p.add_argument("image", help="image or volume (.tif, .png, .npy, .zarr)")
+    p.add_argument("--points", help="points.csv (z,y,x,class)")
+    p.add_argument("--boxes", help="boxes.csv (z,y0,x0,y1,x1,class)")
+    p.add_argument("--tags", help="tags.csv (z,class)")
+    p.add_argument("--sizes", help="sizes.csv (z,class,fraction)")
+    p.add_argument("--masks", help="partial label image: 0 unlabeled, k = class k-1")
+    p.add_argument("--classes", help="class names (a,b,c) or classes.json; default: largest class id + 1 classes")
+    p.add_argument("--method", required=True, choices=available_methods(), help="segmentation method")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    if method is not None:
+        _add_method_options(p, method)
+
+    p = sub.add_parser(
+        "predict", help="predict labels with a trained model",
+        description="Predict labels. A .zarr --out (without --slices) is predicted block by block: "
+        "memory stays flat, the run can be resumed after a crash, and dask can spread it over "
+        "processes or a cluster (see docs/batch.md).",
+    )
+    p.add_argument("model", help="model folder written by `wsseg train`")
+    p.add_argument("image", help="image or volume (.zarr/OME-Zarr and .tif are read lazily)")
+    p.add_argument("--out", required=True, help="output labels (.npy, .tif or .zarr)")
+    p.add_argument("--slices", default=None, help="only these slices, e.g. 3,5,7 or 15-19 (others stay 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write uint8 class probabilities to OUT_probabilities.zarr (.zarr --out)")
+    p.add_argument("--block", type=_parse_shape, default=None,
+                   help="block shape Z,Y,X (Y,X for 2D images; default 64,512,512 or 512,512)")
+    p.add_argument("--scheduler", default="threads",
+                   help="threads (default), processes (a local dask cluster) or a dask scheduler "
+                   "address such as tcp://HOST:8786")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler processes")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted .zarr prediction: finished blocks are kept")
+
+    p = sub.add_parser("evaluate", help="Dice/IoU of a prediction against dense ground truth (JSON)")
+    p.add_argument("pred", help="predicted labels")
+    p.add_argument("gt", help="ground-truth labels")
+    p.add_argument("--slices", default=None, help="score only these slices, e.g. 15-19")
+    p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
+    p.add_argument("--n-classes", type=int, default=None, help="number of classes (default: from the data)")
+    return parser
+
+
+def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
+    """One --option per field of the method's config dataclass."""
+    from .methods import get_method
+
+    config_class = get_method(method).config_class
+    group = parser.add_argument_group(f"{method} options")
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        kind = _option_type(hints[field.name])
+        if kind is bool:
+            group.add_argument(flag, dest=f"opt_{field.name}", action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=f"(default {default})")
+        elif kind is tuple:
+            group.add_argument(flag, dest=f"opt_{field.name}", default=argparse.SUPPRESS,
+                               type=lambda s: tuple(_scalar(v) for v in s.split(",")),
+                               help=f"comma-separated (default {','.join(map(str, default))})")
+        else:
+            group.add_argument(flag, dest=f"opt_{field.name}", default=argparse.SUPPRESS,
+                               type=_optional(kind), help=f"(default {default})")
+
+
+def _option_type(hint):
+    if hint in (bool, int, float, str):
+        return hint
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and args[0] in (int, float, str, bool):
+        return args[0]
+    return str
+
+
+def _optional(kind):
+    def convert(text: str):
+        if text.lower() == "none":
+            return None
+        return kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _scalar(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _method_from_argv(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("WSSEG_DEBUG") == "1"
+    try:
+        method = _method_from_argv(argv) if "train" in argv else None
+        from .methods import available_methods
+
+        parser = build_parser(method if method in available_methods() else None)
+        args = parser.parse_args(argv)
+        if args.command == "train":
+            options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+            return cmd_train(args, options)
+        handler = {
+            "sample": cmd_sample, "import": cmd_import, "simulate": cmd_simulate,
+            "predict": cmd_predict, "evaluate": cmd_evaluate,
+        }[args.command]
+        return handler(args)
+    except (WssegError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        if debug:
+            raise
+        print(f"wsseg: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("wsseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: still one line, with the way to get details
+        if debug:
+            raise
+        print(f"wsseg: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if not isinstance(exc, (FileNotFoundError, PermissionError)) or not exc.filename else (
+        f"{exc.strerror}: {exc.filename}")
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Sampling square training crops around annotations, favouring rare classes. Imports no Qt.
+
+Torch methods train on small crops, not whole slices: on a CPU most of the time would otherwise
+go to pixels that carry no annotation. :func:`annotation_anchors` turns annotations into anchor
+pixels ``(z, y, x, class)``; :class:`CropSampler` draws crop origins so that a random anchor lies
+inside the crop (classes drawn uniformly by default, so rare classes are seen as often as common
+ones), plus a share of crops at random places for semi-supervised losses; :class:`SliceStore`
+reads normalised crops from an :class:`~napari_wsseg.io.image.Image`, keeping slices in memory up to
+a byte budget and reading windows directly from lazy (zarr/dask) data beyond it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..annotations.model import Annotations
+from ..io.image import Image
+from ..io.normalize import Normalization
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A ``size`` x ``size`` window with top-left corner ``(y, x)`` in slice ``z``; parts outside
+    the image are padded."""
+
+    z: int
+    y: int
+    x: int
+    size: int
+
+
+def annotation_anchors(
+    annotations: Annotations,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    max_per_class: int = 20000,
+) -> np.ndarray:
+    """Anchor pixels ``(N, 4)`` int64 rows ``(z, y, x, class)`` for crop sampling.
+
+    Points are anchors themselves; boxes and mask pixels contribute random pixels inside them;
+    tags contribute random pixels of their slice. At most ``max_per_class`` anchors per class
+    and kind are kept (drawn at random), so big masks do not cost memory.
+
+    Examples
+    --------
+    >>> from napari_wsseg.annotations.model import default_classes
+    >>> ann = Annotations(default_classes(2), points=[[0, 1, 2, 1]])
+    >>> annotation_anchors(ann, (1, 8, 8), np.random.default_rng(0)).tolist()
+    [[0, 1, 2, 1]]
+    """
+    parts = [annotations.points.astype(np.int64)]
+    parts.append(_box_anchors(annotations.boxes, rng, max_per_class))
+    parts.append(_tag_anchors(annotations.tags, shape, rng, max_per_class))
+    if annotations.masks is not None:
+        parts.append(_mask_anchors(np.asarray(annotations.masks), rng, max_per_class))
+    return np.concatenate(parts).reshape(-1, 4)
+
+
+def _box_anchors(boxes: np.ndarray, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.int64)
+    per_box = max(1, max_per_class // max(1, len(boxes)))
+    rows = np.repeat(boxes, per_box, axis=0)
+    ys = rng.integers(rows[:, 1], rows[:, 3] + 1)
+    xs = rng.integers(rows[:, 2], rows[:, 4] + 1)
+    return np.stack([rows[:, 0], ys, xs, rows[:, 5]], axis=1)
+
+
+def _tag_anchors(tags: np.ndarray, shape, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
+    if len(tags) == 0:
+        return np.zeros((0, 4), np.int64)
+    per_tag = max(1, min(64, max_per_class // max(1, len(tags))))
+    rows = np.repeat(tags, per_tag, axis=0)
+    ys = rng.integers(0, shape[1], len(rows))
+    xs = rng.integers(0, shape[2], len(rows))
+    return np.stack([rows[:, 0], ys, xs, rows[:, 1]], axis=1)
+
+
+def _mask_anchors(masks: np.ndarray, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
+    flat = masks.reshape(-1)
+    labelled = np.flatnonzero(flat)
+    if len(labelled) == 0:
+        return np.zeros((0, 4), np.int64)
+    classes = flat[labelled].astype(np.int64) - 1
+    order = rng.permutation(len(labelled))
+    labelled, classes = labelled[order], classes[order]
+    # keep the first max_per_class of each class in the shuffled order
+    rank = _rank_within_groups(classes)
+    keep = rank < max_per_class
+    z, y, x = np.unravel_index(labelled[keep], masks.shape)
+    return np.stack([z, y, x, classes[keep]], axis=1).astype(np.int64)
+
+
+def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
+    """Position of each element among the elements of its group, in array order."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    counts = np.diff(np.r_[starts, len(groups)])
+    ranks_sorted = np.arange(len(groups)) - np.repeat(starts, counts)
+    ranks = np.empty_like(ranks_sorted)
+    ranks[order] = ranks_sorted
+    return ranks
+
+
+class CropSampler:
+    """Draws training crops: around anchors (by class) or at random places.
+
+    Parameters
+    ----------
+    shape : (Z, Y, X)
+        Spatial shape of the image.
+    anchors : (N, 4) int array
+        Rows ``(z, y, x, class)`` from :func:`annotation_anchors`.
+    crop_size : int
+        Crop side in pixels.
+    rng : numpy Generator
+        Source of randomness.
+    random_fraction : float, default 0.0
+        Share of crops placed uniformly at random in any slice (semi-supervised losses).
+    class_power : float, default 0.0
+        Classes are drawn with probability proportional to ``anchor_count ** class_power``:
+        0 draws every annotated class equally often (rare classes oversampled), 1 follows the
+        anchor counts.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        anchors: np.ndarray,
+        crop_size: int,
+        rng: np.random.Generator,
+        random_fraction: float = 0.0,
+        class_power: float = 0.0,
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.crop_size = int(crop_size)
+        self.rng = rng
+        self.random_fraction = float(random_fraction) if len(anchors) else 1.0
+        self.anchors = np.asarray(anchors, dtype=np.int64).reshape(-1, 4)
+        order = np.argsort(self.anchors[:, 3], kind="stable")
+        self.anchors = self.anchors[order]
+        self.classes, self.starts, self.counts = np.unique(
+            self.anchors[:, 3], return_index=True, return_counts=True
+        )
+        weights = self.counts.astype(np.float64) ** class_power
+        self.class_probs = weights / weights.sum() if len(weights) else weights
+
+    def sample(self, n: int) -> list[Crop]:
+        """``n`` crops; each anchored one contains its anchor at a uniformly random position."""
+        n_random = self.rng.binomial(n, self.random_fraction) if self.random_fraction < 1 else n
+        centres = [self._random_points(n_random), self._anchor_points(n - n_random)]
+        points = np.concatenate(centres)
+        size = self.crop_size
+        offsets = self.rng.integers(0, size, size=(len(points), 2))
+        tops = _clip_origin(points[:, 1] - offsets[:, 0], self.shape[1], size)
+        lefts = _clip_origin(points[:, 2] - offsets[:, 1], self.shape[2], size)
+        return [Crop(int(z), int(y), int(x), size) for z, y, x in zip(points[:, 0], tops, lefts)]
+
+    def _random_points(self, n: int) -> np.ndarray:
+        z = self.rng.integers(0, self.shape[0], n)
+        y = self.rng.integers(0, self.shape[1], n)
+        x = self.rng.integers(0, self.shape[2], n)
+        return np.stack([z, y, x], axis=1)
+
+    def _anchor_points(self, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros((0, 3), np.int64)
+        which = self.rng.choice(len(self.classes), size=n, p=self.class_probs)
+        index = self.starts[which] + (self.rng.random(n) * self.counts[which]).astype(np.int64)
+        return self.anchors[index, :3]
+
+
+def _clip_origin(origin: np.ndarray, length: int, size: int) -> np.ndarray:
+    """Keep crops inside the image where it is larger than the crop; else start at 0."""
+    return np.clip(origin, 0, max(length - size, 0))
+
+
+class SliceStore:
+    """Normalised ``(C, size, size)`` float32 crops of an image, with a bounded slice cache.
+
+    Parameters
+    ----------
+    image : Image
+        Source image (numpy, memory map or lazy dask/zarr).
+    normalization : Normalization
+        Intensity mapping applied to every crop.
+    max_cache_bytes : int, default 2 GiB
+        Whole normalised slices are cached up to this size; beyond it crops are read as windows.
+    """
+
+    def __init__(self, image: Image, normalization: Normalization, max_cache_bytes: int = 2 << 30) -> None:
+        self.image = image
+        self.normalization = normalization
+        self.max_cache_bytes = int(max_cache_bytes)
+        _, height, width = image.shape
+        self._slice_bytes = height * width * image.n_channels * 4
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def slice(self, z: int) -> np.ndarray:
+        """Normalised slice ``z`` as ``(C, Y, X)`` float32 (cached)."""
+        if z in self._cache:
+            self._cache.move_to_end(z)
+            return self._cache[z]
+        data = np.ascontiguousarray(np.moveaxis(self.normalization.apply(self.image.slice(z)), -1, 0))
+        while self._cache and (len(self._cache) + 1) * self._slice_bytes > self.max_cache_bytes:
+            self._cache.popitem(last=False)  # least recently used
+        if self._slice_bytes <= self.max_cache_bytes:
+            self._cache[z] = data
+        return data
+
+    def crop(self, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
+        """The crop's pixels ``(C, S, S)`` float32 (0 outside the image) and ``(S, S)`` bool
+        mask of the pixels inside the image."""
+        _, height, width = self.image.shape
+        y1, x1 = min(crop.y + crop.size, height), min(crop.x + crop.size, width)
+        room = self._slice_bytes * (len(self._cache) + 1) <= self.max_cache_bytes
+        if crop.z in self._cache or room:
+            window = self.slice(crop.z)[:, crop.y : y1, crop.x : x1]
+        else:
+            raw = np.asarray(self.image.data[crop.z, crop.y : y1, crop.x : x1])
+            window = np.moveaxis(self.normalization.apply(raw), -1, 0)
+        pixels = np.zeros((self.image.n_channels, crop.size, crop.size), np.float32)
+        valid = np.zeros((crop.size, crop.size), bool)
+        pixels[:, : y1 - crop.y, : x1 - crop.x] = window
+        valid[: y1 - crop.y, : x1 - crop.x] = True
+        return pixels, valid

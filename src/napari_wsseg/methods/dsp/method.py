@@ -1,0 +1,279 @@
+"""Method ``dsp``: Decoupled Semantic Prototypes trained from any mix of points, boxes, tags and
+masks (Reiß et al., CVPR 2023). Imports no Qt.
+
+Training draws square crops around annotations (every annotated class equally often) plus a share
+of random crops from any slice (unannotated slices included, for the pseudo-label loss), applies
+one random flip/rotation to each crop and its targets, and minimises
+
+    L = L_CE + L_DSP + L_PLF                                                     (Eq. 10)
+
+on the weakly augmented view (jitter 0.2) for L_CE and L_DSP, and on a strongly augmented view
+(jitter 0.4 + CutOut) against filtered pseudo-labels of the weak view for L_PLF. As the paper
+starts its methods from a U-Net trained with L_CE, L_PLF is switched on after ``plf_start`` of
+the schedule. See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...annotations.model import Annotations
+from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
+from ...engine.crops import CropSampler, SliceStore, annotation_anchors
+from ...engine.devices import resolve_device
+from ...engine.trainer import OptimConfig, run_training
+from ...errors import ModelError, WssegError
+from ...io.image import Image
+from ...predict.tiling import predict_tiled
+from ..base import FitOptions, FitResult, Method
+from .losses import KINDS, ce_loss, collate, dsp_loss, filtered_pseudo_labels, plf_loss, transform_targets
+from .model import DSPNet
+from .targets import AnnotationIndex
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class DSPConfig:
+    """Options of the DSP method (architecture, losses, training, prediction).
+
+    Attributes
+    ----------
+    depth, width : int, default 3 and 16
+        U-Net down-sampling steps and channels at full resolution.
+    embed_dim : int, default 64
+        Embedding dimension D of the head (paper: 64).
+    prototypes_per_class : int, default 5
+        ``|P_c|`` (paper: 5).
+    tau : float, default 0.05
+        Softmax temperature (paper: 0.05).
+    lambda_mask, lambda_box, lambda_point, lambda_tag : float, default 0.1
+        Weights of the L_DSP terms by annotation type (paper: 0.1 each).
+    ce_weight, plf_weight : float, default 1.0
+        Weights of L_CE and L_PLF (paper: 1).
+    plf_start : float, default 0.3
+        Share of the schedule trained without L_PLF (the paper starts from a U-Net trained with
+        L_CE; pseudo-labels of an untrained network are noise).
+    boxes_exhaustive : bool, default True
+        The boxes of a class in a slice enclose every object of that class there, so pixels
+        outside all of them are not that class (the paper's box filter). Set False when only
+        some objects are boxed.
+    lr, weight_decay, warmup_fraction : float, default 1e-3, 0.01, 0.05
+        AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
+    max_steps : int, default 3000
+        Training steps when no time budget is given.
+    batch_size, crop_size : int, default 8 and 128
+        Crops per step and their side (a multiple of ``2 ** depth``).
+    random_crop_fraction : float, default 0.25
+        Share of crops drawn at random places of any slice (also unannotated ones).
+    weak_jitter, strong_jitter : float, default 0.2 and 0.4
+        Brightness/contrast jitter of the weak and strong views (paper: 0.2, 0.4).
+    cutout_holes : int, default 9
+        Maximum CutOut holes in the strong view (paper: 9).
+    cpu_bf16 : bool, default True
+        bf16 autocast for training on CPUs that support it natively (about 2x faster there);
+        prediction stays float32.
+    tile, tile_overlap : int, default 512 and 128
+        Tiled prediction.
+    """
+
+    depth: int = 3
+    width: int = 16
+    embed_dim: int = 64
+    prototypes_per_class: int = 5
+    tau: float = 0.05
+    lambda_mask: float = 0.1
+    lambda_box: float = 0.1
+    lambda_point: float = 0.1
+    lambda_tag: float = 0.1
+    ce_weight: float = 1.0
+    plf_weight: float = 1.0
+    plf_start: float = 0.3
+    boxes_exhaustive: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    max_steps: int = 3000
+    batch_size: int = 8
+    crop_size: int = 128
+    random_crop_fraction: float = 0.25
+    weak_jitter: float = 0.2
+    strong_jitter: float = 0.4
+    cutout_holes: int = 9
+    cpu_bf16: bool = True
+    tile: int = 512
+    tile_overlap: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "embed_dim", "prototypes_per_class", "max_steps", "batch_size",
+                     "crop_size", "tile"):
+            if getattr(self, name) < (0 if name == "depth" else 1):
+                raise WssegError(f"dsp option {name}={getattr(self, name)} must be a positive integer")
+        if self.crop_size % 2**self.depth:
+            raise WssegError(
+                f"dsp crop_size {self.crop_size} is not a multiple of 2**depth = {2**self.depth}; "
+                f"use e.g. {-(-self.crop_size // 2**self.depth) * 2**self.depth}"
+            )
+        if self.tau <= 0 or self.lr <= 0:
+            raise WssegError(f"dsp tau ({self.tau}) and lr ({self.lr}) must be positive")
+        for name in ("plf_start", "random_crop_fraction", "warmup_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise WssegError(f"dsp option {name}={getattr(self, name)} must be between 0 and 1")
+
+    @property
+    def lambdas(self) -> dict[str, float]:
+        return {kind: getattr(self, f"lambda_{kind}") for kind in KINDS}
+
+
+class DSPMethod(Method):
+    """Decoupled Semantic Prototypes: a prototype U-Net trained from mixed weak annotations."""
+
+    name = "dsp"
+    config_class = DSPConfig
+    halo = 64
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        self.net: DSPNet | None = None
+        self.fit_info: dict = {}
+
+    def _build_net(self) -> DSPNet:
+        cfg = self.config
+        return DSPNet(self.n_channels, len(self.classes), cfg.depth, cfg.width, cfg.embed_dim,
+                      cfg.prototypes_per_class)
+
+    # ---------------------------------------------------------------- training
+    def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
+        if len(self.classes) < 2:
+            raise WssegError(
+                f"dsp needs at least 2 classes, got {len(self.classes)} ({', '.join(annotations.class_names)}); "
+                "add a background class"
+            )
+        device = resolve_device(options.device)
+        torch.manual_seed(options.seed)
+        rng = np.random.default_rng(options.seed)
+        generator = torch.Generator().manual_seed(options.seed)
+        self.net = self._build_net().to(device)
+        trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
+        cfg = self.config
+        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
+                            max_steps=cfg.max_steps)
+        outcome = run_training(
+            self.net, trainer, optim=optim, device=device, time_budget_s=options.time_budget_s,
+            cancel=options.cancel, progress=options.progress, monitor="supervised",
+            keep_best_after=max(cfg.plf_start, 0.5), autocast_cpu=cfg.cpu_bf16,
+        )
+        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1), "stopped": outcome.stopped}
+        return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
+
+    # -------------------------------------------------------------- prediction
+    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        net = self._require_net()
+        slice_yxc = np.asarray(slice_yxc)
+        if slice_yxc.ndim != 3 or slice_yxc.shape[-1] != self.n_channels:
+            raise ModelError(
+                f"dsp model expects a (Y, X, {self.n_channels}) slice, got shape {slice_yxc.shape}; "
+                "pass one slice of an image with the channels it was trained on"
+            )
+        device = next(net.parameters()).device
+        tau = self.config.tau
+        net.eval()
+
+        def probabilities(tile: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                scores = net(torch.from_numpy(tile)[None].to(device))
+                return F.softmax(scores / tau, dim=1)[0].cpu().numpy()
+
+        normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
+        return predict_tiled(probabilities, normalized, tile=self.config.tile,
+                             overlap=self.config.tile_overlap, align=net.size_multiple)
+
+    def _require_net(self) -> DSPNet:
+        if self.net is None:
+            raise ModelError("dsp model is not trained; call fit() or load a model folder")
+        return self.net
+
+    # ------------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"fit": self.fit_info}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.fit_info = dict(state.get("fit", {}))
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self._require_net().state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the dsp model")
+        net = self._build_net()
+        try:
+            net.load_state_dict(load_file(str(path)))
+        except (RuntimeError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(
+                f"model file {path} does not match the dsp architecture in config.json ({first}); "
+                "retrain the model"
+            ) from None
+        device = resolve_device("auto")
+        self.net = net.to(device).eval()
+
+
+class _DSPTrainStep:
+    """One DSP training step: sample crops, build targets, augment, compute the losses."""
+
+    def __init__(self, method: DSPMethod, image: Image, annotations: Annotations,
+                 rng: np.random.Generator, generator: torch.Generator, device: torch.device) -> None:
+        cfg = method.config
+        self.cfg, self.net, self.device, self.generator = cfg, method.net, device, generator
+        self.index = AnnotationIndex(annotations, image.shape, cfg.boxes_exhaustive)
+        self.store = SliceStore(image, method.normalization)
+        for z in annotations.annotated_slices():
+            self.store.slice(int(z))  # annotated slices stay cached
+        crop = _crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
+        anchors = annotation_anchors(annotations, image.shape, rng)
+        self.sampler = CropSampler(image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction)
+
+    def __call__(self, step: int, fraction: float) -> dict:
+        cfg, generator = self.cfg, self.generator
+        crops = self.sampler.sample(cfg.batch_size)
+        pixels, valid = zip(*(self.store.crop(c) for c in crops))
+        targets = collate([self.index.crop_targets(c) for c in crops], list(valid))
+        geometries = random_geometries(len(crops), generator)
+        images = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)
+        targets = transform_targets(targets, geometries).to(self.device)
+        views = [jitter(images, cfg.weak_jitter, generator)]
+        use_plf = cfg.plf_weight > 0 and fraction >= cfg.plf_start
+        if use_plf:
+            strong, _ = cutout(jitter(images, cfg.strong_jitter, generator), generator, cfg.cutout_holes)
+            views.append(strong)
+        logits = self.net(torch.cat(views).to(self.device)).float() / cfg.tau
+        weak = logits[: len(crops)]
+        losses = {"ce": ce_loss(weak, targets.labels)} | dsp_loss(weak, targets, cfg.lambdas)
+        losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]
+        total = losses["supervised"]
+        if use_plf:
+            pseudo = filtered_pseudo_labels(weak, targets.allowed, targets.valid)
+            losses["plf"] = plf_loss(logits[len(crops):], pseudo)
+            total = total + cfg.plf_weight * losses["plf"]
+        losses["loss"] = total
+        return losses
+
+
+def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
+    """The configured crop side, shrunk to the image (rounded up to ``multiple``) if smaller."""
+    largest = max(shape_yx)
+    return min(crop_size, -(-largest // multiple) * multiple)
+

@@ -1,0 +1,489 @@
+"""MEWS: frozen ViT features + one projection head per class, trained from a few clicks. No Qt.
+
+Apostolidis, Mygdalis, Tzimas & Pitas, "MEWS: Semantic image segmentation with multiclass extreme
+weak supervision", Neurocomputing 680 (2026) 133290. See ``docs/methods/mews.md``.
+
+Training (:meth:`MEWSMethod.fit`):
+
+1. the frozen backbone (:mod:`napari_wsseg.engine.vit`) computes the patch features of every
+   annotated slice once (cached in memory and optionally on disk, :mod:`.cache`);
+2. each clicked point (and each patch under partial-mask pixels) gives a prototype: the backbone
+   feature of the patch under it;
+3. the slices' patch grids are cut into crops of ``crop_patches`` x ``crop_patches`` patches
+   (20 x 20 = 400 patches, the paper's 320 px input at patch 16); the per-patch GMM thresholds of
+   ``L_corr`` only depend on frozen features and are fitted once per crop, all patches batched;
+4. C heads are trained with Adam on ``L_corr + L_proto + L_triplet`` over batches of crops.
+
+Prediction: per patch, ``argmax_c cos(W_c x, z̄_pc)``; the cosines divided by ``temperature``
+are upsampled bilinearly to pixels and turned into probabilities by a softmax over classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...annotations.model import Annotations
+from ...engine.devices import resolve_device
+from ...engine.progress import Budget, ProgressEvent, report
+from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, load_backbone
+from ...errors import AnnotationError, ModelError, WssegError
+from ...io.image import Image
+from ..base import FitOptions, FitResult, Method
+from .cache import FeatureCache, slice_key
+from .heads import ProjectionHeads
+from .losses import correlation_loss, gmm_thresholds, prototype_class_thresholds, prototype_loss, triplet_loss
+
+WEIGHTS_FILE = "model.safetensors"
+#: Patches each clicked prototype's GMM (for β_pc) is fitted over, at most.
+_MAX_PATCHES_FOR_PROTO_GMM = 8192
+#: Crops whose per-patch GMMs are fitted in one batch (bounds memory to ~16 x 400 x 400 x 2 floats).
+_GMM_CROPS_PER_BATCH = 16
+_PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class MEWSConfig:
+    """Options of MEWS. Defaults follow the paper where it gives a value.
+
+    Attributes
+    ----------
+    backbone : str, default "vit_base_patch16_dinov3"
+        timm ViT name (DINOv3 ViT-B/16); ``vit_small_patch16_dinov3`` and ``vit_*_patch14_dinov2*``
+        also work.
+    backbone_weights : str or None, default None
+        None: timm's pretrained weights from the Hugging Face cache; a path: a safetensors or torch
+        state-dict file; ``"random"``: seeded random weights (tests and timing only; recorded as a
+        warning).
+    proj_dim : int, default 70
+        Output size of each class head (D' in the paper).
+    lr : float, default 1e-4
+        Adam learning rate.
+    batch : int, default 24
+        Crops per training step (the paper's 24 images).
+    max_steps : int, default 300
+        Training steps (0 keeps the randomly initialised heads: prototypes only).
+    crop_patches : int, default 20
+        Side of a training crop in patches (20 x 16 px = the paper's 320 px input).
+    use_corr, use_proto, use_triplet : bool, default True
+        Switch each loss term on or off (ablations); at least one must be on.
+    margin : float, default 0.25
+        Triplet margin m.
+    corr_clamp : float, default -0.25
+        Lower clamp r of the projected similarities in ``L_corr``.
+    gmm_init : (float, float), default (0.04, 0.30)
+        Initial means of the per-patch 2-component GMMs.
+    gmm_max_iter : int, default 50
+        EM iterations at most.
+    temperature : float, default 0.05
+        Cosine similarities are divided by this before the softmax that gives probabilities.
+    tile_patches, halo_patches : int, default 64 and 4
+        Slices whose patch grid is larger than ``tile_patches`` per side are computed in tiles with
+        ``halo_patches`` of overlapping context (1024 px tiles for patch 16).
+    feature_batch : int, default 4
+        Tiles per backbone forward pass.
+    extra_slices : int, default 0
+        Unannotated slices (evenly spaced) added to the crops for the unsupervised losses.
+    max_mask_prototypes : int, default 64
+        Patches under partial-mask pixels used as prototypes per class (random subset).
+    cache_dir : str or None, default None
+        Folder of an on-disk feature cache (zarr); None keeps features in memory only.
+    cache_memory_mb : float, default 2048
+        Size of the in-memory feature cache.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    backbone_weights: str | None = None
+    proj_dim: int = 70
+    lr: float = 1e-4
+    batch: int = 24
+    max_steps: int = 300
+    crop_patches: int = 20
+    use_corr: bool = True
+    use_proto: bool = True
+    use_triplet: bool = True
+    margin: float = 0.25
+    corr_clamp: float = -0.25
+    gmm_init: tuple[float, float] = (0.04, 0.30)
+    gmm_max_iter: int = 50
+    temperature: float = 0.05
+    tile_patches: int = 64
+    halo_patches: int = 4
+    feature_batch: int = 4
+    extra_slices: int = 0
+    max_mask_prototypes: int = 64
+    cache_dir: str | None = None
+    cache_memory_mb: float = 2048
+
+    def __post_init__(self) -> None:
+        positive = {"proj_dim": self.proj_dim, "lr": self.lr, "batch": self.batch, "temperature": self.temperature,
+                    "gmm_max_iter": self.gmm_max_iter, "feature_batch": self.feature_batch,
+                    "cache_memory_mb": self.cache_memory_mb, "max_mask_prototypes": self.max_mask_prototypes}
+        for name, value in positive.items():
+            if not value > 0:
+                raise WssegError(f"mews option {name}={value} must be > 0")
+        for name in ("max_steps", "extra_slices", "margin"):
+            if getattr(self, name) < 0:
+                raise WssegError(f"mews option {name}={getattr(self, name)} must be >= 0")
+        if self.crop_patches < 2:
+            raise WssegError(f"mews option crop_patches={self.crop_patches} must be >= 2 patches")
+        if not (self.use_corr or self.use_proto or self.use_triplet):
+            raise WssegError("mews options switch off all three losses; keep at least one of use_corr, "
+                             "use_proto, use_triplet")
+        if len(self.gmm_init) != 2:
+            raise WssegError(f"mews option gmm_init={self.gmm_init} must be two means (low, high)")
+        TileSpec(self.tile_patches, self.halo_patches)
+
+
+class MEWSMethod(Method):
+    """MEWS (multiclass extreme weak supervision) on frozen ViT features."""
+
+    name = "mews"
+    config_class = MEWSConfig
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        self._backbone: FrozenViT | None = None
+        self._cache: FeatureCache | None = None
+        self._device: torch.device | None = None
+        self._heads: ProjectionHeads | None = None
+        self._centroids: torch.Tensor | None = None
+        self._backbone_state: dict = {}
+
+    # ------------------------------------------------------------ public extras
+    @property
+    def feature_cache(self) -> FeatureCache | None:
+        """The feature cache (None until the backbone is built); ``.stats`` counts hits."""
+        return self._cache
+
+    @property
+    def backbone(self) -> FrozenViT:
+        """The frozen backbone, built on first use."""
+        return self._get_backbone()
+
+    def set_device(self, device: str = "auto") -> None:
+        """Run prediction (and the next training) on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
+        self._device = resolve_device(device)
+        if self._backbone is not None:
+            self._backbone.to(self._device)
+        if self._heads is not None:
+            self._heads.to(self._device)
+            self._centroids = self._centroids.to(self._device)
+
+    # ---------------------------------------------------------------- training
+    def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
+        budget = Budget(options.time_budget_s, self.config.max_steps, options.cancel)
+        self._device = resolve_device(options.device)
+        backbone = self._get_backbone()
+        backbone.grid_shape(image.shape[1:])  # a slice smaller than one patch fails here, before any work
+        prototypes = _prototype_pixels(annotations, self.config.max_mask_prototypes, options.seed)
+        _check_every_class_clicked(prototypes, annotations)
+        _warn_unused_annotations(annotations)
+        self.training_summary["warnings"] = [backbone.warning] if backbone.warning else []
+
+        zs = _training_slices(prototypes[:, 0], image.n_slices, self.config.extra_slices)
+        feats = self._training_features(image, zs, options, budget)
+        if feats is None:
+            return FitResult(stopped="cancelled", seconds=budget.elapsed)
+        p = backbone.patch_size
+        index = {z: i for i, z in enumerate(zs)}
+        where = [torch.as_tensor(v, device=self._device) for v in
+                 ([index[z] for z in prototypes[:, 0]], prototypes[:, 1] // p, prototypes[:, 2] // p)]
+        proto_x = feats[where[0], where[1], where[2]]
+        proto_labels = torch.as_tensor(prototypes[:, 3], device=self._device)
+        return self._train(feats, proto_x, proto_labels, options, budget)
+
+    def _train(self, feats, proto_x, proto_labels, options: FitOptions, budget: Budget) -> FitResult:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(int(options.seed))
+        crops = _crop_origins(feats.shape[1:3], cfg.crop_patches)
+        crops = [(s, y, x) for s in range(len(feats)) for y, x in crops]
+        size = (min(cfg.crop_patches, feats.shape[1]), min(cfg.crop_patches, feats.shape[2]))
+        report(options.progress, ProgressEvent(0, cfg.max_steps, "fitting GMM thresholds"))
+        betas = self._crop_thresholds(feats, crops, size) if cfg.use_corr else None
+        beta_proto = prototype_class_thresholds(
+            proto_x, proto_labels, _sample_patches(feats, generator), self.n_classes, **self._gmm_options()
+        )
+        heads = ProjectionHeads(self.n_classes, feats.shape[-1], cfg.proj_dim, generator).to(self._device)
+        optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr)
+        history: list[dict] = []
+        order = torch.empty(0, dtype=torch.long)
+        step, last_report, stopped = 0, 0.0, "done"
+        while step < cfg.max_steps:
+            if (reason := budget.stop_reason()) is not None:
+                stopped = reason
+                break
+            if len(order) < min(cfg.batch, len(crops)):
+                order = torch.cat([order, torch.randperm(len(crops), generator=generator)])
+            batch, order = order[: min(cfg.batch, len(crops))], order[min(cfg.batch, len(crops)) :]
+            x = torch.stack([_crop(feats, crops[i], size) for i in batch.tolist()])
+            terms = self._loss_terms(heads, x, None if betas is None else betas[batch], proto_x, proto_labels,
+                                     beta_proto)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            history.append({"step": step, "loss": float(loss), **{k: float(v) for k, v in terms.items()}})
+            if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S or step == cfg.max_steps:
+                last_report = time.monotonic()
+                report(options.progress, ProgressEvent(step, cfg.max_steps, "training", dict(history[-1]),
+                                                       budget.eta(step)))
+        with torch.no_grad():
+            self._centroids = heads.centroids(proto_x, proto_labels).detach()
+        self._heads = heads.eval().requires_grad_(False)
+        self._backbone_state = self._describe_backbone()
+        self.training_summary["beta_proto"] = [round(float(b), 4) for b in beta_proto]
+        self.training_summary["prototypes_per_class"] = torch.bincount(proto_labels, minlength=self.n_classes).tolist()
+        return FitResult(stopped=stopped, steps=step, seconds=budget.elapsed, history=history)
+
+    def _loss_terms(self, heads, x, betas, proto_x, proto_labels, beta_proto) -> dict:
+        cfg = self.config
+        z = heads(x)  # (C, B, N, P)
+        terms = {}
+        if cfg.use_corr:
+            terms["l_corr"] = correlation_loss(x, z, betas, clamp=cfg.corr_clamp)
+        if cfg.use_proto:
+            centroids = heads.centroids(proto_x, proto_labels)
+            terms["l_proto"] = prototype_loss(x, z, proto_x, proto_labels, centroids, beta_proto)
+        if cfg.use_triplet:
+            terms["l_triplet"] = triplet_loss(heads(proto_x), proto_labels, margin=cfg.margin)
+        return terms
+
+    def _crop_thresholds(self, feats, crops, size) -> torch.Tensor:
+        """Per-patch GMM thresholds β_i of every crop, ``(n_crops, N)``, batched over crops."""
+        betas = []
+        for start in range(0, len(crops), _GMM_CROPS_PER_BATCH):
+            x = torch.stack([_crop(feats, c, size) for c in crops[start : start + _GMM_CROPS_PER_BATCH]])
+            sims = x @ x.transpose(1, 2)  # (b, N, N)
+            betas.append(gmm_thresholds(sims.reshape(-1, sims.shape[-1]), **self._gmm_options()).reshape(len(x), -1))
+        return torch.cat(betas)
+
+    def _gmm_options(self) -> dict:
+        return {"init_means": tuple(self.config.gmm_init), "max_iter": self.config.gmm_max_iter}
+
+    def _training_features(self, image: Image, zs: list[int], options: FitOptions, budget: Budget):
+        """L2-normalised features ``(S, Hp, Wp, D)`` float32 of slices ``zs``; None when cancelled."""
+        total = len(zs)
+
+        def on_chunk(done: int) -> bool:
+            report(options.progress, ProgressEvent(0, self.config.max_steps, f"features {done}/{total} slices"))
+            return budget.stop_reason() == "cancelled"
+
+        try:
+            arrays = self._features([image.slice(z) for z in zs], persist=True, on_chunk=on_chunk)
+        except _Cancelled:
+            if self._heads is None:
+                self.classes = []  # nothing trained: stay untrained instead of half-set-up
+            return None
+        return _normalized(arrays, self._device)
+
+    # -------------------------------------------------------------- prediction
+    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, Y, X)`` float32 of one raw ``(Y, X, C)`` slice."""
+        if self._heads is None:
+            raise ModelError("mews model is not trained; call fit() or load a model folder")
+        slice_yxc = np.asarray(slice_yxc)
+        if slice_yxc.ndim == 2:
+            slice_yxc = slice_yxc[..., None]
+        x = _normalized(self._features([slice_yxc], persist=False), self._get_device())[0]
+        with torch.no_grad():
+            logits = self._heads.similarities(x, self._centroids) / self.config.temperature  # (C, Hp, Wp)
+            p = self.backbone.patch_size
+            up = F.interpolate(logits[None], scale_factor=p, mode="bilinear", align_corners=False)[0]
+            probs = torch.softmax(up[:, : slice_yxc.shape[0], : slice_yxc.shape[1]], dim=0)
+        return probs.float().cpu().numpy()
+
+    # ---------------------------------------------------------------- features
+    def _features(self, slices: list[np.ndarray], *, persist: bool, on_chunk=None) -> list[np.ndarray]:
+        """Cached backbone features ``(Hp, Wp, D)`` float16 of raw ``(Y, X, C)`` slices."""
+        backbone = self._get_backbone()
+        cache = self._get_cache()
+        keys = [slice_key(s, self.normalization) for s in slices]
+
+        def compute(missing: list[int]) -> list[np.ndarray]:
+            out = []
+            step = self.config.feature_batch
+            for start in range(0, len(missing), step):
+                group = np.stack([self.normalization.apply(slices[i]) for i in missing[start : start + step]])
+                out.extend(backbone.features(group))
+                if on_chunk is not None and on_chunk(start + len(group)):
+                    raise _Cancelled
+            return out
+
+        return cache.get_many(keys, compute, persist=persist)
+
+    def _get_device(self) -> torch.device:
+        if self._device is None:
+            self._device = resolve_device("auto")
+        return self._device
+
+    def _get_backbone(self) -> FrozenViT:
+        if self._backbone is None:
+            self._backbone = load_backbone(
+                self.config.backbone,
+                self._weights_spec(),
+                device=self._get_device(),
+                tiles=TileSpec(self.config.tile_patches, self.config.halo_patches),
+                batch_size=self.config.feature_batch,
+            )
+        elif self._backbone.device != self._get_device():
+            self._backbone.to(self._get_device())
+        return self._backbone
+
+    def _weights_spec(self) -> str | None:
+        """Weights to build the backbone from: the trained model's recorded source, else the config."""
+        source = self._backbone_state.get("weights_source")
+        if source is None:
+            return self.config.backbone_weights
+        if source == RANDOM_WEIGHTS:
+            return RANDOM_WEIGHTS
+        if source.startswith("file:"):
+            return source[len("file:") :]
+        return None
+
+    def _get_cache(self) -> FeatureCache:
+        if self._cache is None:
+            self._cache = FeatureCache(
+                self._get_backbone().signature(), self.config.cache_dir, max_memory_mb=self.config.cache_memory_mb
+            )
+        return self._cache
+
+    def _describe_backbone(self) -> dict:
+        b = self._get_backbone()
+        return {"name": b.name, "weights_source": b.weights_source, "weights_hash": b.weights_hash,
+                "patch_size": b.patch_size, "embed_dim": b.embed_dim}
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    # ------------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"backbone": dict(self._backbone_state)}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self._backbone_state = dict(state.get("backbone", {}))
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"heads": self._heads.weight.detach(), "centroids": self._centroids}
+        save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE),
+                  metadata={"method": self.name})
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            raise ModelError(f"model folder {folder}: no {WEIGHTS_FILE}; retrain the mews model")
+        tensors = load_file(str(path))
+        n_classes, in_dim, proj_dim = tensors["heads"].shape
+        if n_classes != len(self.classes):
+            raise ModelError(f"model folder {folder}: {n_classes} heads for {len(self.classes)} classes; retrain")
+        heads = ProjectionHeads(n_classes, in_dim, proj_dim)
+        heads.weight.data.copy_(tensors["heads"])
+        self._check_backbone(folder)
+        device = self._get_device()
+        self._heads = heads.to(device).eval().requires_grad_(False)
+        self._centroids = tensors["centroids"].to(device)
+
+    def _check_backbone(self, folder: Path) -> None:
+        expected = self._backbone_state.get("weights_hash")
+        backbone = self._get_backbone()
+        if expected and backbone.weights_hash != expected:
+            raise ModelError(
+                f"model folder {folder}: backbone '{backbone.name}' from {backbone.weights_source} has weights "
+                f"hash {backbone.weights_hash[:12]} but the model was trained with {expected[:12]}; provide the "
+                "same backbone weights (Hugging Face cache or --backbone-weights file) or retrain"
+            )
+
+
+class _Cancelled(Exception):
+    """Raised inside feature computation when the user cancels; caught in :meth:`MEWSMethod._fit`."""
+
+
+# ------------------------------------------------------------------- helpers
+def _prototype_pixels(annotations: Annotations, max_mask_per_class: int, seed: int) -> np.ndarray:
+    """Rows ``(z, y, x, class)``: every point, plus up to ``max_mask_per_class`` mask pixels per class."""
+    rows = [annotations.points]
+    if annotations.masks is not None and np.any(annotations.masks):
+        rng = np.random.default_rng(seed)
+        z, y, x = np.nonzero(annotations.masks)
+        cls = annotations.masks[z, y, x].astype(np.int64) - 1
+        for c in np.unique(cls):
+            pick = np.flatnonzero(cls == c)
+            pick = rng.choice(pick, min(len(pick), max_mask_per_class), replace=False)
+            rows.append(np.stack([z[pick], y[pick], x[pick], cls[pick]], axis=1))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def _check_every_class_clicked(prototypes: np.ndarray, annotations: Annotations) -> None:
+    counts = np.bincount(prototypes[:, 3], minlength=annotations.n_classes)
+    missing = [k for k in range(annotations.n_classes) if counts[k] == 0]
+    if missing:
+        names = ", ".join(f"{k} '{annotations.classes[k].name}'" for k in missing)
+        raise AnnotationError(
+            f"class {names} has no clicks: MEWS builds each class's prototype from its points (or mask pixels); "
+            "add at least one point per class or remove the class"
+        )
+
+
+def _warn_unused_annotations(annotations: Annotations) -> None:
+    unused = {kind: len(getattr(annotations, kind)) for kind in ("boxes", "tags", "sizes")}
+    unused = {k: n for k, n in unused.items() if n}
+    if unused:
+        warnings.warn(
+            "mews trains from points and mask pixels only; ignoring "
+            + ", ".join(f"{n} {k}" for k, n in unused.items()),
+            stacklevel=4,
+        )
+
+
+def _training_slices(annotated_z: np.ndarray, n_slices: int, extra: int) -> list[int]:
+    """Annotated slices plus ``extra`` evenly spaced unannotated ones, sorted."""
+    annotated = sorted(set(int(z) for z in annotated_z))
+    others = np.setdiff1d(np.arange(n_slices), annotated)
+    if extra and len(others):
+        picks = others[np.unique(np.linspace(0, len(others) - 1, min(extra, len(others))).round().astype(int))]
+        annotated = sorted(set(annotated) | set(int(z) for z in picks))
+    return annotated
+
+
+def _normalized(arrays: list[np.ndarray], device) -> torch.Tensor:
+    """Stack float16 feature grids into an L2-normalised float32 tensor ``(S, Hp, Wp, D)`` on ``device``."""
+    stacked = torch.from_numpy(np.stack(arrays)).to(device=device, dtype=torch.float32)
+    return F.normalize(stacked, dim=-1)
+
+
+def _crop_origins(grid: tuple[int, int], crop: int) -> list[tuple[int, int]]:
+    """Top-left patch of each crop: a half-overlapping grid whose last crops touch the far edges."""
+
+    def starts(n: int) -> list[int]:
+        size = min(crop, n)
+        stride = max(1, size // 2)
+        return sorted(set(list(range(0, n - size + 1, stride)) + [n - size]))
+
+    return [(y, x) for y in starts(grid[0]) for x in starts(grid[1])]
+
+
+def _crop(feats: torch.Tensor, crop: tuple[int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    s, y, x = crop
+    return feats[s, y : y + size[0], x : x + size[1]].reshape(-1, feats.shape[-1])
+
+
+def _sample_patches(feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Up to ``_MAX_PATCHES_FOR_PROTO_GMM`` random patch features ``(M, D)`` of the training slices."""
+    flat = feats.reshape(-1, feats.shape[-1])
+    if len(flat) <= _MAX_PATCHES_FOR_PROTO_GMM:
+        return flat
+    pick = torch.randperm(len(flat), generator=generator)[:_MAX_PATCHES_FOR_PROTO_GMM]
+    return flat[pick.to(flat.device)]

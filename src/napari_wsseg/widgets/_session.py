@@ -1,0 +1,442 @@
+"""The annotation state of one napari viewer, shared by the annotate, train and predict widgets.
+
+An :class:`AnnotationSession` holds the image layer being annotated, the class list, the
+annotation layers (points, boxes, masks), the tags and sizes (which are not layers), the open
+project and the last trained model. It turns all of that into an
+:class:`~napari_wsseg.annotations.model.Annotations` snapshot. There is one session per viewer
+(:func:`session_for`); it holds the viewer only weakly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from psygnal import Signal
+
+from ..annotations.model import Annotations, ClassInfo, default_classes
+from ..errors import AnnotationError, ProjectError
+from . import _layers as L
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..io.image import Image
+    from ..project import Project
+
+ANNOTATION_ROLES = ("points", "boxes", "masks")
+#: A slice's sizes are used only when they sum to 1 within this tolerance (as validation demands).
+SIZE_SUM_TOLERANCE = 0.1
+
+_SESSIONS: dict[int, "AnnotationSession"] = {}
+
+
+def session_for(viewer: "napari.Viewer") -> "AnnotationSession":
+    """The session of ``viewer`` (created on first use, dropped when the viewer is deleted)."""
+    key = id(viewer)
+    session = _SESSIONS.get(key)
+    if session is None or session.viewer is not viewer:
+        session = AnnotationSession(viewer)
+        _SESSIONS[key] = session
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return session
+
+
+class AnnotationSession:
+    """Image, classes, annotation layers, tags, sizes and project of one viewer."""
+
+    #: Annotations changed (a layer was edited, a tag or size set): autosave and status listen.
+    changed = Signal()
+    #: The class list changed (added, renamed, recoloured, removed).
+    classes_changed = Signal()
+    #: The class new annotations get changed.
+    current_class_changed = Signal(int)
+    #: An image layer or a project was attached.
+    attached = Signal()
+
+    def __init__(self, viewer: "napari.Viewer") -> None:
+        self._viewer = weakref.ref(viewer)
+        self.image_layer = None
+        self.image: Image | None = None
+        self.classes: list[ClassInfo] = default_classes(2, ["background", "foreground"])
+        self.current_class = 0
+        self.tags: set[tuple[int, int]] = set()
+        self.sizes: dict[tuple[int, int], float] = {}
+        self.project: Project | None = None
+        #: Serialises writes to the project folder (autosave thread, training thread, main thread).
+        self.project_lock = threading.RLock()
+        self.last_model = None
+        self._layers: dict[str, object] = {}
+
+    @property
+    def viewer(self):
+        return self._viewer()
+
+    # ------------------------------------------------------------------------------ layers
+    def layer(self, role: str):
+        """The annotation layer with ``role`` if it is still in the viewer, else None."""
+        layer = self._layers.get(role)
+        if layer is None or self.viewer is None or layer not in self.viewer.layers:
+            return None
+        return layer
+
+    def require_image(self) -> "Image":
+        """The image being annotated, or a one-line error saying how to pick one."""
+        if self.image_layer is None or self.viewer is None or self.image_layer not in self.viewer.layers:
+            raise AnnotationError(
+                "no image is being annotated; pick an image layer in the Annotate widget first"
+            )
+        return self.image
+
+    def attach_image(self, layer, annotations: Annotations | None = None) -> None:
+        """Annotate ``layer``: reuse its annotation layers if the viewer has them, else create them.
+
+        With ``annotations`` (e.g. from a project), the annotation layers are replaced by them.
+        """
+        image = L.image_from_layer(layer)
+        if self.image is not None and self.image_layer is not layer:
+            self._detach_layers()
+        self.image_layer, self.image = layer, image
+        if annotations is not None:
+            self.classes = list(annotations.classes)
+            self.tags = {(int(z), int(c)) for z, c in annotations.tags}
+            self.sizes = {(int(z), int(c)): float(f) for z, c, f in annotations.sizes}
+        for role in ANNOTATION_ROLES:
+            self._attach_layer(role, annotations)
+        self.set_current_class(min(self.current_class, len(self.classes) - 1))
+        self.attached.emit()
+        self.changed.emit()
+
+    def _attach_layer(self, role: str, annotations: Annotations | None) -> None:
+        viewer = self.viewer
+        existing = [lay for lay in L.find_layers(viewer.layers, role)
+                    if lay.metadata[L.META_KEY].get("image") == self.image_layer.name]
+        layer = existing[0] if existing else None
+        if layer is not None and annotations is not None:
+            viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            layer = self._add_layer(role, annotations)
+        self._layers[role] = layer
+        self._connect(role, layer)
+        self._recolor(role, layer)
+
+    def _add_layer(self, role: str, annotations: Annotations | None):
+        viewer, image = self.viewer, self.image
+        ndim = L.spatial_ndim(image)
+        common = {
+            "name": f"{self.image_layer.name} {role}",
+            "scale": self.image_layer.scale,
+            "translate": self.image_layer.translate,
+            "metadata": L.role_metadata(role, self.project_folder, image=self.image_layer.name),
+        }
+        ann = annotations or Annotations(classes=self.classes)
+        if role == "points":
+            return viewer.add_points(**L.points_layer_kwargs(self.classes, ann.points, ndim), **common)
+        if role == "boxes":
+            return viewer.add_shapes(**L.boxes_layer_kwargs(self.classes, ann.boxes, ndim), **common)
+        masks = L.new_masks(image)
+        if ann.masks is not None:
+            masks[...] = ann.masks[0] if image.was_2d else ann.masks
+        return viewer.add_labels(**L.masks_layer_kwargs(self.classes, masks), **common)
+
+    def _connect(self, role: str, layer) -> None:
+        if getattr(layer, "_wsseg_connected", False):
+            return
+        emitters = {"points": ("data", "features"), "boxes": ("data", "features"),
+                    "masks": ("paint", "data", "labels_update")}[role]
+        for name in emitters:
+            getattr(layer.events, name).connect(self._on_layer_changed)
+        if role == "boxes":
+            layer.events.data.connect(self._on_boxes_changed)
+        layer._wsseg_connected = True
+
+    def _detach_layers(self) -> None:
+        for layer in self._layers.values():
+            for name in ("data", "features", "paint", "labels_update"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.disconnect(self._on_layer_changed)
+            if hasattr(layer.events, "data"):
+                layer.events.data.disconnect(self._on_boxes_changed)
+            layer._wsseg_connected = False
+        self._layers.clear()
+
+    def _on_layer_changed(self, event=None) -> None:
+        action = getattr(event, "action", None)
+        if action in ("adding", "removing", "changing"):  # the change has not happened yet
+            return
+        self.changed.emit()
+
+    def _on_boxes_changed(self, event=None) -> None:
+        if getattr(event, "action", None) in ("added", "changed", None):
+            layer = self.layer("boxes")
+            if layer is not None:
+                L.set_boxes_classes(layer, self.classes)
+
+    def _recolor(self, role: str, layer) -> None:
+        if role == "points":
+            L.set_points_classes(layer, self.classes)
+        elif role == "boxes":
+            L.set_boxes_classes(layer, self.classes)
+        else:
+            layer.colormap = L.labels_colormap(self.classes)
+        for pred in L.find_layers(self.viewer.layers, "prediction"):
+            pred.colormap = L.labels_colormap(self.classes)
+
+    # ----------------------------------------------------------------------------- classes
+    def set_classes(self, classes: list[ClassInfo]) -> None:
+        """Rename / recolour / add classes (class ids keep their meaning)."""
+        if not classes:
+            raise AnnotationError("keep at least one class")
+        names = [c.name.strip() for c in classes]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise AnnotationError(f"class names {names} must be non-empty and unique; rename the class")
+        self.classes = [ClassInfo(n, c.color) for n, c in zip(names, classes)]
+        for role in ANNOTATION_ROLES:
+            layer = self.layer(role)
+            if layer is not None:
+                self._recolor(role, layer)
+        if self.project is not None:
+            self.project.set_classes(self.classes)
+        self.set_current_class(min(self.current_class, len(self.classes) - 1))
+        self.classes_changed.emit()
+        self.changed.emit()
+
+    def add_class(self, name: str, color: str | None = None) -> int:
+        """Append a class (default colour from the palette) and return its id."""
+        color = color or default_classes(len(self.classes) + 1)[-1].color
+        self.set_classes(self.classes + [ClassInfo(name, color)])
+        return len(self.classes) - 1
+
+    def remove_class(self, k: int) -> None:
+        """Delete class ``k`` and its annotations; classes after it move down by one."""
+        if len(self.classes) <= 1:
+            raise AnnotationError("cannot remove the last class; add another class first")
+        for layer in (self.layer("points"), self.layer("boxes")):
+            if layer is not None and len(layer.data):
+                drop = np.flatnonzero(np.asarray(layer.features["class"]) == k)
+                if len(drop):
+                    layer.selected_data = set(drop.tolist())
+                    layer.remove_selected()
+                _shift_class_feature(layer, k)
+        masks = self.layer("masks")
+        if masks is not None:
+            data = masks.data
+            data[data == k + 1] = 0
+            data[data > k + 1] -= 1
+            masks.refresh()
+        self.tags = {(z, c - (c > k)) for z, c in self.tags if c != k}
+        self.sizes = {(z, c - (c > k)): f for (z, c), f in self.sizes.items() if c != k}
+        self.set_classes(self.classes[:k] + self.classes[k + 1:])
+
+    def set_current_class(self, k: int) -> None:
+        """The class new points, boxes and scribbles get."""
+        if not 0 <= k < len(self.classes):
+            raise AnnotationError(f"class {k + 1} does not exist; there are {len(self.classes)} classes")
+        self.current_class = int(k)
+        points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
+        if points is not None:
+            points.feature_defaults["class"] = k
+            points.current_face_color = self.classes[k].color
+        if boxes is not None:
+            boxes.feature_defaults["class"] = k
+            boxes.current_edge_color = self.classes[k].color
+        if masks is not None:
+            masks.selected_label = k + 1
+        self.current_class_changed.emit(k)
+
+    # ------------------------------------------------------------------------ tags / sizes
+    def set_tag(self, z: int, k: int, present: bool) -> None:
+        """Tag class ``k`` as present (or not) in slice ``z``."""
+        key = (int(z), int(k))
+        if present:
+            self.tags.add(key)
+        else:
+            self.tags.discard(key)
+        self.changed.emit()
+
+    def set_size(self, z: int, k: int, fraction: float | None) -> None:
+        """Set (or, with None, clear) the approximate fraction of slice ``z`` covered by class ``k``."""
+        key = (int(z), int(k))
+        if fraction is None:
+            self.sizes.pop(key, None)
+        else:
+            if not 0.0 <= fraction <= 1.0:
+                raise AnnotationError(f"size {fraction} of class {k} in slice {z} is outside [0, 1]")
+            self.sizes[key] = float(fraction)
+        self.changed.emit()
+
+    def clear_sizes(self, z: int) -> None:
+        self.sizes = {key: f for key, f in self.sizes.items() if key[0] != int(z)}
+        self.changed.emit()
+
+    def size_sum(self, z: int) -> float | None:
+        """The running sum of slice ``z``'s sizes, or None when it has none."""
+        values = [f for (zz, _), f in self.sizes.items() if zz == int(z)]
+        return float(sum(values)) if values else None
+
+    def incomplete_size_slices(self) -> list[int]:
+        """Slices whose sizes do not sum to about 1 yet (left out of the snapshot)."""
+        zs = sorted({z for z, _ in self.sizes})
+        return [z for z in zs if abs(self.size_sum(z) - 1.0) > SIZE_SUM_TOLERANCE]
+
+    # ---------------------------------------------------------------------------- snapshot
+    def current_z(self) -> int:
+        """The slice the viewer shows (0 for 2D images)."""
+        if self.image is None or self.image.was_2d:
+            return 0
+        point = self.image_layer.world_to_data(self.viewer.dims.point)
+        return int(np.clip(np.rint(point[-3]), 0, self.image.n_slices - 1))
+
+    def snapshot(self) -> Annotations:
+        """A copy of all annotations (safe to hand to a training thread)."""
+        image = self.require_image()
+        incomplete = set(self.incomplete_size_slices())
+        sizes = [(z, c, f) for (z, c), f in sorted(self.sizes.items()) if z not in incomplete]
+        points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
+        return Annotations(
+            classes=list(self.classes),
+            points=L.points_from_layer(points) if points is not None else np.zeros((0, 4)),
+            boxes=L.boxes_from_layer(boxes) if boxes is not None else np.zeros((0, 6)),
+            tags=sorted(self.tags),
+            sizes=sizes,
+            masks=None if masks is None else _copy(L.masks_from_layer(masks, image.shape)),
+        )
+
+    def validated_snapshot(self) -> tuple[Annotations, list[str]]:
+        """A snapshot checked against the image; errors name the layer, warnings are returned.
+
+        Raises
+        ------
+        AnnotationError
+            The first problem, e.g. a point outside the image or of an unknown class.
+        """
+        from ..annotations.validate import validate_annotations
+
+        ann = self.snapshot()
+        shape = self.image.shape
+        for kind, role in (("points", "points"), ("boxes", "boxes"), ("masks", "masks")):
+            layer = self.layer(role)
+            part = _only(ann, kind)
+            if layer is not None and not part.is_empty():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    validate_annotations(part, shape, source=f"{_layer_kind(role)} layer '{layer.name}'")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            validate_annotations(ann, shape, source=f"annotations of '{self.image_layer.name}'")
+        return ann, [str(w.message) for w in caught]
+
+    # ----------------------------------------------------------------------------- project
+    @property
+    def project_folder(self) -> Path | None:
+        return None if self.project is None else Path(self.project.folder)
+
+    def create_project(self, folder) -> "Project":
+        """Create a project for the current image and classes, and save the annotations into it."""
+        from ..project import Project
+
+        image = self.require_image()
+        source = _layer_source_path(self.image_layer)
+        kwargs = {"image": source} if source else {"image_shape": image.shape, "n_channels": image.n_channels}
+        try:
+            project = Project.create(folder, classes=self.classes, **kwargs)
+        except Exception as exc:  # the image file could not be read: fall back to its shape
+            if not source or isinstance(exc, ProjectError):
+                raise
+            project = Project.create(folder, classes=self.classes, image_shape=image.shape,
+                                     n_channels=image.n_channels)
+        self.project = project
+        self._mark_layers_with_project()
+        self.save(self.snapshot())
+        self.attached.emit()
+        return project
+
+    def open_project(self, folder) -> "Project":
+        """Open a project: its image (unless the current image has its shape), classes and annotations."""
+        from ..project import Project
+
+        project = Project.open(folder)
+        layer = self._image_layer_for(project)
+        self.project = project
+        for role in ANNOTATION_ROLES:  # layers of the previous image stay, unattached
+            self._layers.pop(role, None)
+        self.attach_image(layer, annotations=project.annotations)
+        self._mark_layers_with_project()
+        return project
+
+    def adopt_project_layers(self) -> bool:
+        """Attach to layers a project reader added (image with a project in its metadata)."""
+        from ..project import Project, is_project
+
+        for layer in L.find_layers(self.viewer.layers, "image"):
+            folder = layer.metadata[L.META_KEY].get("project")
+            if folder and is_project(folder) and (self.project is None or
+                                                   Path(folder) != self.project_folder):
+                project = Project.open(folder)
+                self.project = project
+                self.classes = list(project.classes)
+                self.tags = {(int(z), int(c)) for z, c in project.annotations.tags}
+                self.sizes = {(int(z), int(c)): float(f) for z, c, f in project.annotations.sizes}
+                self.attach_image(layer)
+                return True
+        return False
+
+    def _image_layer_for(self, project: "Project"):
+        from ._reader import image_layer_data
+
+        if self.image is not None and self.image_layer in self.viewer.layers \
+                and tuple(self.image.shape) == tuple(project.image_shape):
+            return self.image_layer
+        data, kwargs, _ = image_layer_data(project.load_image())
+        kwargs["metadata"] = L.role_metadata("image", project.folder)
+        return self.viewer.add_image(data, **kwargs)
+
+    def _mark_layers_with_project(self) -> None:
+        for layer in [self.image_layer, *self._layers.values()]:
+            meta = dict(layer.metadata.get(L.META_KEY) or {"role": "image"})
+            meta["project"] = str(self.project.folder)
+            layer.metadata[L.META_KEY] = meta
+
+    def save(self, annotations: Annotations) -> None:
+        """Write ``annotations`` to the project (atomic; callable from any thread)."""
+        if self.project is None:
+            return
+        with self.project_lock:
+            self.project.set_annotations(annotations)
+            self.project.save()
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _copy(array):
+    return None if array is None else np.array(array, copy=True)
+
+
+def _only(ann: Annotations, kind: str) -> Annotations:
+    empty = Annotations(classes=ann.classes)
+    return dataclasses.replace(empty, **{kind: getattr(ann, kind)})
+
+
+def _layer_kind(role: str) -> str:
+    return {"points": "points", "boxes": "shapes", "masks": "labels"}[role]
+
+
+def _shift_class_feature(layer, k: int) -> None:
+    """Class ids above the removed class ``k`` move down by one."""
+    if len(layer.data) == 0:
+        return
+    features = layer.features.copy()
+    classes = np.asarray(features["class"], dtype=np.int64)
+    features["class"] = classes - (classes > k)
+    layer.features = features
+
+
+def _layer_source_path(layer) -> str | None:
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None

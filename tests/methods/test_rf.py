@@ -1,0 +1,85 @@
+"""The rf baseline: learns from points and masks, beats chance, refuses unsafe model files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_wsseg.annotations.model import Annotations
+from napari_wsseg.errors import ModelError, WssegError
+from napari_wsseg.eval.metrics import evaluate
+from napari_wsseg.io.image import as_image
+from napari_wsseg.methods.base import FitOptions, load_model
+from napari_wsseg.methods.rf import RandomForestMethod
+from napari_wsseg.predict.slices import predict_image
+
+
+def test_rf_from_full_masks_segments_held_out_slice_well(phantom_3d):
+    image, labels, classes = phantom_3d
+    masks = np.zeros_like(labels)
+    masks[[0, 3]] = labels[[0, 3]] + 1  # two densely labelled slices
+    rf = RandomForestMethod(n_estimators=30)
+    rf.fit(as_image(image), Annotations(classes=classes, masks=masks), FitOptions(seed=0))
+    pred = rf.predict_slice(image[7][..., None])
+    scores = evaluate(pred, labels[7], n_classes=len(classes))
+    majority = np.bincount(labels[7].ravel()).max() / labels[7].size
+    assert scores["pixel_accuracy"] > majority + 0.05
+    assert scores["dice"][1] > 0.6  # thin dark membranes, not separable by intensity alone
+
+
+def test_rf_clicked_pixels_carry_their_class(phantom_2d):
+    image, labels, classes = phantom_2d
+    rng = np.random.default_rng(0)
+    rows = []
+    for cls in range(len(classes)):
+        ys, xs = np.nonzero(labels == cls)
+        pick = rng.choice(len(ys), 5, replace=False)
+        rows += [[0, ys[i], xs[i], cls] for i in pick]
+    points = np.array(rows)
+    rf = RandomForestMethod(n_estimators=20)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
+    pred = predict_image(rf, as_image(image))[0]
+    assert (pred[points[:, 1], points[:, 2]] == points[:, 3]).mean() >= 0.9
+
+
+def test_rf_needs_pixel_labels(phantom_2d):
+    image, _, classes = phantom_2d
+    ann = Annotations(classes=classes, tags=[[0, 0], [0, 1]])
+    with pytest.raises(WssegError, match="points or a mask"):
+        RandomForestMethod().fit(as_image(image), ann)
+
+
+def test_rf_is_repeatable_with_a_seed(phantom_2d):
+    image, labels, classes = phantom_2d
+    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])],
+                       [0, 100, 30, int(labels[100, 30])]])
+    preds = []
+    for _ in range(2):
+        rf = RandomForestMethod(n_estimators=5)
+        rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=3))
+        preds.append(rf.predict_proba_slice(image[..., None]))
+    np.testing.assert_array_equal(preds[0], preds[1])
+
+
+def test_rf_refuses_a_corrupted_tree(phantom_2d, tmp_path):
+    import skops.io as sio
+
+    image, labels, classes = phantom_2d
+    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])]])
+    rf = RandomForestMethod(n_estimators=2)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
+    rf.forest.estimators_[0].tree_.children_left[0] = 10_000  # out of range: would read out of bounds
+    folder = rf.save(tmp_path / "m")
+    with pytest.raises(ModelError, match="corrupt tree"):
+        load_model(folder)
+    assert sio.get_untrusted_types(file=folder / "model.skops") == ["sklearn.tree._tree.Tree"]
+
+
+def test_rf_channel_mismatch_is_refused(phantom_2d, tmp_path):
+    image, labels, classes = phantom_2d
+    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])]])
+    rf = RandomForestMethod(n_estimators=2)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points))
+    rgb = as_image(np.stack([image] * 3, axis=-1), channel_axis=-1)
+    with pytest.raises(ModelError, match="3 channel"):
+        predict_image(rf, rgb)

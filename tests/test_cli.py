@@ -1,0 +1,126 @@
+"""End to end through the `wsseg` command line, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_wsseg.cli import main
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    assert main(["sample", "--out", str(out), "--shape", "6,96,96", "--seed", "0"]) == 0
+    return out
+
+
+def test_sample_simulate_train_predict_evaluate(sample_dir, tmp_path, capsys):
+    code, out, _ = run(["simulate", sample_dir / "labels.tif", "--out", tmp_path / "ann", "--slices", "2",
+                        "--slice-range", "0-2", "--points", "4", "--tags", "--seed", "1"], capsys)
+    assert code == 0, out
+    assert (tmp_path / "ann" / "points.csv").read_text().startswith("z,y,x,class")
+
+    code, out, err = run(["train", sample_dir / "image.tif", "--points", tmp_path / "ann" / "points.csv",
+                          "--classes", sample_dir / "classes.json", "--method", "rf", "--out", tmp_path / "model",
+                          "--n-estimators", "20"], capsys)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["method"] == "rf"
+
+    code, out, err = run(["predict", tmp_path / "model", sample_dir / "image.tif", "--out", tmp_path / "pred.tif",
+                          "--slices", "4,5"], capsys)
+    assert code == 0, err
+    pred = tifffile.imread(tmp_path / "pred.tif")
+    gt = tifffile.imread(sample_dir / "labels.tif")
+    assert pred.shape == gt.shape
+    assert not pred[:4].any()  # only the asked slices are computed
+
+    code, out, err = run(["evaluate", tmp_path / "pred.tif", sample_dir / "labels.tif", "--slices", "4,5",
+                          "--classes", sample_dir / "classes.json"], capsys)
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["pixel_accuracy"] > 0.6
+
+
+def test_predict_to_zarr_and_npy(sample_dir, tmp_path, capsys):
+    from napari_wsseg.io import read_labels
+
+    ann = tmp_path / "ann"
+    assert run(["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "3"], capsys)[0] == 0
+    assert run(["train", sample_dir / "image.tif", "--points", ann / "points.csv", "--method", "rf",
+                "--out", tmp_path / "m", "--n-estimators", "5"], capsys)[0] == 0
+    for suffix in (".zarr", ".npy"):
+        code, _, err = run(["predict", tmp_path / "m", sample_dir / "image.tif", "--out", tmp_path / f"p{suffix}",
+                            "--slices", "0"], capsys)
+        assert code == 0, err
+        labels = np.asarray(read_labels(tmp_path / f"p{suffix}"))
+        assert labels.shape == (6, 96, 96) and labels[0].any() and not labels[1:].any()
+
+
+def test_2d_image_gives_2d_prediction(tmp_path, capsys):
+    assert run(["sample", "--out", tmp_path / "s", "--shape", "80,80"], capsys)[0] == 0
+    assert run(["simulate", tmp_path / "s" / "labels.tif", "--out", tmp_path / "a", "--points", "3"], capsys)[0] == 0
+    assert run(["train", tmp_path / "s" / "image.tif", "--points", tmp_path / "a" / "points.csv", "--method", "rf",
+                "--out", tmp_path / "m", "--n-estimators", "5"], capsys)[0] == 0
+    assert run(["predict", tmp_path / "m", tmp_path / "s" / "image.tif", "--out", tmp_path / "p.npy"], capsys)[0] == 0
+    assert np.load(tmp_path / "p.npy").shape == (80, 80)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "missing.tif", "--method", "rf", "--out", "m"], "missing.tif"),
+    (["predict", "no-model", "x.tif", "--out", "p.npy"], "no config.json"),
+    (["evaluate", "a.npy", "b.npy"], "a.npy"),
+    (["train", "x.tif", "--method", "rf", "--out", "m", "--classes", ""], ""),
+])
+def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsseg: error:"), err
+    assert message in lines[0]
+
+
+def test_train_with_annotations_of_unknown_class(sample_dir, tmp_path, capsys):
+    points = tmp_path / "points.csv"
+    points.write_text("z,y,x,class\n0,5,5,0\n0,6,6,7\n")
+    code, _, err = run(["train", sample_dir / "image.tif", "--points", points, "--classes",
+                        sample_dir / "classes.json", "--method", "rf", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "class" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_refuses_to_overwrite(sample_dir, tmp_path, capsys):
+    ann = tmp_path / "ann"
+    run(["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "2"], capsys)
+    run(["train", sample_dir / "image.tif", "--points", ann / "points.csv", "--method", "rf", "--out",
+         tmp_path / "m", "--n-estimators", "3"], capsys)
+    (tmp_path / "p.npy").write_bytes(b"")
+    code, _, err = run(["predict", tmp_path / "m", sample_dir / "image.tif", "--out", tmp_path / "p.npy"], capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_method_options_come_from_the_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "rf", "--help"])
+    assert "--n-estimators" in capsys.readouterr().out
+
+
+def test_console_script_help_runs():
+    exe = os.path.join(os.path.dirname(sys.executable), "wsseg")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("sample", "import", "simulate", "train", "predict", "evaluate"):
+        assert command in out.stdout
