@@ -124,3 +124,17 @@ def test_console_script_help_runs():
     assert out.returncode == 0
     for command in ("sample", "import", "simulate", "train", "predict", "evaluate"):
         assert command in out.stdout
+
+
+def test_import_tiff_stack_to_omezarr(tmp_path, capsys):
+    from napari_wsseg.io import read_image
+
+    stack = np.random.default_rng(0).integers(0, 65535, (5, 40, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    code, out, err = run(["import", tmp_path / "stack.tif", "--out", tmp_path / "vol.zarr", "--chunks", "2,16,16"], capsys)
+    assert code == 0, err
+    image = read_image(tmp_path / "vol.zarr")
+    assert image.shape == (5, 40, 30)
+    np.testing.assert_array_equal(image.slice(3)[..., 0], stack[3])
+    code, _, err = run(["import", tmp_path / "stack.tif", "--out", tmp_path / "vol.zarr"], capsys)
+    assert code == 2 and "exists" in err

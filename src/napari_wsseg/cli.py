@@ -57,7 +57,7 @@ def _progress(desc: str):
 def cmd_sample(args) -> int:
     from .sample import save_sample
 
-    paths = save_sample(args.out, shape=args.shape, seed=args.seed)
+    paths = save_sample(args.out, shape=args.shape, seed=args.seed, n_classes=args.n_classes)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -101,6 +101,7 @@ def cmd_simulate(args) -> int:
         sizes=args.sizes or args.size_noise > 0,
         size_noise=args.size_noise,
         masks=args.masks,
+        scribbles=args.scribbles,
         seed=args.seed,
     )
     out = Path(args.out)
@@ -241,6 +242,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write the procedural FIB-SEM-like phantom (image, labels, classes)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shape", type=_parse_shape, default=(16, 256, 256), help="Z,Y,X or Y,X (default 16,256,256)")
+    p.add_argument("--n-classes", type=int, default=4, choices=[3, 4, 5], help="number of classes (default 4)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("import", help="convert a TIFF stack to chunked OME-Zarr")
@@ -260,6 +262,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sizes", action="store_true", help="write class size fractions")
     p.add_argument("--size-noise", type=float, default=0.0, help="sigma of the multiplicative size noise")
     p.add_argument("--masks", action="store_true", help="write the full masks of the chosen slices (masks.npy)")
+    p.add_argument("--scribbles", type=int, default=0, help="scribbles per class per slice (written to masks.npy)")
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
     p.add_argument("--seed", type=int, default=0)
 

@@ -70,7 +70,9 @@ class AnnotationSession:
         self.project: Project | None = None
         #: Serialises writes to the project folder (autosave thread, training thread, main thread).
         self.project_lock = threading.RLock()
+        #: The last model trained in this viewer and its name in the project (None: not saved).
         self.last_model = None
+        self.last_model_name: str | None = None
         self._layers: dict[str, object] = {}
 
     @property
@@ -333,6 +335,29 @@ class AnnotationSession:
             validate_annotations(ann, shape, source=f"annotations of '{self.image_layer.name}'")
         return ann, [str(w.message) for w in caught]
 
+    def replace_annotations(self, ann: Annotations, kinds: tuple[str, ...]) -> None:
+        """Replace the given kinds ('points', 'boxes', 'tags', 'sizes', 'masks') by those of ``ann``."""
+        self.require_image()
+        if list(ann.classes) != list(self.classes):
+            self.set_classes(list(ann.classes))
+        ndim = L.spatial_ndim(self.image)
+        if "points" in kinds:
+            _replace_points(self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim))
+        if "boxes" in kinds:
+            _replace_boxes(self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim))
+        if "masks" in kinds and ann.masks is not None:
+            layer = self.layer("masks")
+            layer.data[...] = ann.masks[0] if self.image.was_2d else ann.masks
+            layer.refresh()
+        if "tags" in kinds:
+            self.tags = {(int(z), int(c)) for z, c in ann.tags}
+        if "sizes" in kinds:
+            self.sizes = {(int(z), int(c)): float(f) for z, c, f in ann.sizes}
+        for role in ANNOTATION_ROLES:
+            self._recolor(role, self.layer(role))
+        self.set_current_class(self.current_class)
+        self.changed.emit()
+
     # ----------------------------------------------------------------------------- project
     @property
     def project_folder(self) -> Path | None:
@@ -435,6 +460,20 @@ def _shift_class_feature(layer, k: int) -> None:
     classes = np.asarray(features["class"], dtype=np.int64)
     features["class"] = classes - (classes > k)
     layer.features = features
+
+
+def _replace_points(layer, kwargs: dict) -> None:
+    layer.data = kwargs["data"]
+    layer.features = kwargs["features"]
+
+
+def _replace_boxes(layer, kwargs: dict) -> None:
+    if len(layer.data):
+        layer.selected_data = set(range(len(layer.data)))
+        layer.remove_selected()
+    if kwargs["data"]:
+        layer.add_rectangles(kwargs["data"])
+        layer.features = kwargs["features"]
 
 
 def _layer_source_path(layer) -> str | None:

@@ -111,8 +111,13 @@ def high_cluster_minimum(values: torch.Tensor, **gmm_options) -> torch.Tensor:
 def prototype_class_thresholds(
     proto_x: torch.Tensor, proto_labels: torch.Tensor, patches_x: torch.Tensor, n_classes: int, **gmm_options
 ) -> torch.Tensor:
-    """β_pc of ``L_proto``, ``(C,)``: per class, the mean over its clicked patches of the smallest
-    similarity in the high-similarity GMM cluster of that patch's similarities to ``patches_x``.
+    """β_pc of ``L_proto``, ``(C,)``, from the clicked patches' minimum similarities.
+
+    For each clicked patch of class c, the smallest cosine to the other clicked patches of class c
+    (the lowest similarity inside the class's own cluster); β_pc is the mean of these minima over
+    the class's clicks, a conservative bound on how similar a patch of class c is to its prototypes.
+    A class with a single click has no such pair: its β_pc is the smallest similarity of the
+    high-similarity component of a 2-component GMM over that click's similarities to ``patches_x``.
 
     Parameters
     ----------
@@ -120,9 +125,20 @@ def prototype_class_thresholds(
         L2-normalised backbone features of the clicked patches.
     proto_labels : (K,) int tensor
     patches_x : (M, D) tensor
-        L2-normalised backbone features the similarity distributions are taken over.
+        L2-normalised backbone features of (a sample of) the training patches, for single clicks.
+    n_classes : int
+    **gmm_options
+        Passed to :func:`fit_gmm_1d`.
     """
-    minima = high_cluster_minimum(proto_x @ patches_x.T, **gmm_options)
+    sims = proto_x @ proto_x.T
+    same = (proto_labels[:, None] == proto_labels[None, :]) & ~torch.eye(len(proto_x), dtype=torch.bool,
+                                                                         device=proto_x.device)
+    minima = torch.where(same, sims, torch.full_like(sims, torch.inf)).min(dim=1).values  # (K,)
+    paired = torch.isfinite(minima)
+    if not bool(paired.all()):
+        lonely = ~paired
+        minima = minima.clone()
+        minima[lonely] = high_cluster_minimum(proto_x[lonely] @ patches_x.T, **gmm_options)
     return _class_mean(minima[:, None], proto_labels, n_classes)[:, 0]
 
 

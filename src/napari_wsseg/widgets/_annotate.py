@@ -1,0 +1,541 @@
+"""The Annotate dock widget: classes, points / boxes / scribbles, per-slice tags and sizes, project.
+
+The widget is thin: the annotation state lives in the viewer's
+:class:`~napari_wsseg.widgets._session.AnnotationSession` (layers + tags + sizes), the layers
+hold the points, boxes and scribbles, and every change is autosaved to the project
+(:mod:`._autosave`).
+
+Keyboard (while the viewer has focus): ``1``..``9``, ``0`` pick class 1..10; ``Shift+D`` points
+(dots), ``Shift+B`` boxes, ``Shift+S`` scribble; ``Ctrl+Z`` is the active layer's own undo
+(napari 0.9 has it for Labels; delete points and boxes with ``Delete``). The digits replace
+napari's digit mode keys on the three annotation layers only; napari's letter keys still work.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import WssegError
+from . import _layers as L
+from ._autosave import Autosaver
+from ._notify import notify_error, notify_info
+from ._session import session_for
+
+if TYPE_CHECKING:
+    import napari
+
+MODES = {"points": "Shift-D", "boxes": "Shift-B", "scribble": "Shift-S"}
+#: Size-grid overlay: cells per side (coarse: 16 cells of 6.25 %, fine: 100 cells of 1 %).
+GRIDS = {"off": 0, "coarse": 4, "fine": 10}
+_STATUS_DELAY_MS = 250
+
+
+class AnnotateWidget(QWidget):
+    """Pick the image, name the classes, annotate, and keep it all in a project."""
+
+    def __init__(self, napari_viewer: "napari.Viewer", parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        if getattr(self.session, "autosaver", None) is None:
+            self.session.autosaver = Autosaver(self.session)
+        self.autosaver: Autosaver = self.session.autosaver
+        self._saved_at = ""
+        self._problem = ""
+
+        self.image_combo = QComboBox()
+        self.project_label = QLabel("no project: annotations are not saved")
+        self.project_label.setWordWrap(True)
+        self.new_project_button = QPushButton("New project…")
+        self.open_project_button = QPushButton("Open project…")
+        self.class_table = _ClassTable()
+        self.add_class_button = QPushButton("Add class")
+        self.remove_class_button = QPushButton("Remove class")
+        self.mode_buttons = {mode: QPushButton(f"{mode.capitalize()} ({key.replace('-', '+')})")
+                             for mode, key in MODES.items()}
+        self.slice_panel = _SlicePanel(self)
+        self.import_button = QPushButton("Import CSV…")
+        self.export_button = QPushButton("Export CSV…")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.RichText)
+        self._status_timer = QTimer(self)
+        self._status_timer.setSingleShot(True)
+        self._status_timer.setInterval(_STATUS_DELAY_MS)
+        self._layout()
+        self._connect()
+        self._refresh_image_choices()
+        self._refresh_classes()
+        self._bind_keys()
+        if not self.session.adopt_project_layers() and self.session.image is None:
+            self._attach_selected_image()
+        self._on_attached()
+
+    # ------------------------------------------------------------------------------- layout
+    def _layout(self) -> None:
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("image"))
+        row.addWidget(self.image_combo, 1)
+        layout.addLayout(row)
+        project = QGroupBox("Project")
+        box = QVBoxLayout(project)
+        box.addWidget(self.project_label)
+        row = QHBoxLayout()
+        row.addWidget(self.new_project_button)
+        row.addWidget(self.open_project_button)
+        box.addLayout(row)
+        layout.addWidget(project)
+        classes = QGroupBox("Classes (keys 1–9, 0)")
+        box = QVBoxLayout(classes)
+        box.addWidget(self.class_table)
+        row = QHBoxLayout()
+        row.addWidget(self.add_class_button)
+        row.addWidget(self.remove_class_button)
+        box.addLayout(row)
+        layout.addWidget(classes)
+        modes = QHBoxLayout()
+        for button in self.mode_buttons.values():
+            modes.addWidget(button)
+        layout.addLayout(modes)
+        layout.addWidget(self.slice_panel)
+        row = QHBoxLayout()
+        row.addWidget(self.import_button)
+        row.addWidget(self.export_button)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        s = self.session
+        self.image_combo.activated.connect(lambda _: self._attach_selected_image())
+        self.new_project_button.clicked.connect(self._ask_new_project)
+        self.open_project_button.clicked.connect(self._ask_open_project)
+        self.add_class_button.clicked.connect(lambda: self.add_class(f"class{len(s.classes)}"))
+        self.remove_class_button.clicked.connect(lambda: self.remove_class(s.current_class))
+        self.class_table.class_selected.connect(self.set_current_class)
+        self.class_table.class_renamed.connect(self.rename_class)
+        self.class_table.color_clicked.connect(self._ask_color)
+        for mode, button in self.mode_buttons.items():
+            button.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
+        self.import_button.clicked.connect(self._ask_import)
+        self.export_button.clicked.connect(self._ask_export)
+        self._status_timer.timeout.connect(self._update_status)
+        s.changed.connect(self._status_timer.start)
+        s.classes_changed.connect(self._refresh_classes)
+        s.current_class_changed.connect(self.class_table.select)
+        s.attached.connect(self._on_attached)
+        self.autosaver.saved.connect(self._on_saved)
+        self.autosaver.problem.connect(self._on_problem)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self.slice_panel.refresh)
+
+    def _bind_keys(self) -> None:
+        keys = {str((k + 1) % 10): (lambda _=None, k=k: self._pick_class_key(k)) for k in range(10)}
+        keys.update({key: (lambda _=None, m=mode: self.set_mode(m)) for mode, key in MODES.items()})
+        self._keys = keys
+        for key, func in keys.items():
+            self.viewer.bind_key(key, func, overwrite=True)
+
+    def _bind_layer_keys(self) -> None:
+        for role in ("points", "boxes", "masks"):
+            layer = self.session.layer(role)
+            if layer is not None:
+                for key, func in self._keys.items():
+                    layer.bind_key(key, func, overwrite=True)
+
+    # ------------------------------------------------------------------------ public actions
+    def set_image_layer(self, layer) -> None:
+        """Annotate ``layer`` (an Image layer of the viewer)."""
+        try:
+            self.session.attach_image(layer)
+        except WssegError as exc:
+            notify_error(str(exc))
+
+    def new_project(self, folder) -> None:
+        """Create a project in ``folder`` for the current image, classes and annotations."""
+        try:
+            self.session.create_project(folder)
+        except WssegError as exc:
+            notify_error(str(exc))
+            return
+        notify_info(f"project {folder} created; annotations are saved automatically")
+
+    def open_project(self, folder) -> None:
+        """Open the project in ``folder`` and restore its image, classes and annotations."""
+        try:
+            self.session.open_project(folder)
+        except WssegError as exc:
+            notify_error(str(exc))
+
+    def add_class(self, name: str, color: str | None = None) -> int | None:
+        return self._guard(lambda: self.session.add_class(name, color))
+
+    def rename_class(self, k: int, name: str) -> None:
+        classes = list(self.session.classes)
+        classes[k] = type(classes[k])(name, classes[k].color)
+        if self._guard(lambda: self.session.set_classes(classes)) is False:
+            self._refresh_classes()
+
+    def set_class_color(self, k: int, color: str) -> None:
+        classes = list(self.session.classes)
+        classes[k] = type(classes[k])(classes[k].name, color)
+        self._guard(lambda: self.session.set_classes(classes))
+
+    def remove_class(self, k: int) -> None:
+        self._guard(lambda: self.session.remove_class(k))
+
+    def set_current_class(self, k: int) -> None:
+        self._guard(lambda: self.session.set_current_class(k))
+
+    def set_mode(self, mode: str) -> None:
+        """Activate the points ('points'), boxes ('boxes') or scribble ('scribble') layer and tool."""
+        role, tool = {"points": ("points", "add"), "boxes": ("boxes", "add_rectangle"),
+                      "scribble": ("masks", "paint")}[mode]
+        layer = self.session.layer(role)
+        if layer is None:
+            notify_error("no annotation layers yet; pick an image layer in the Annotate widget first")
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = tool
+
+    def import_csv(self, folder) -> None:
+        """Replace the kinds found in ``folder`` (points.csv, ... and classes.json) by its contents."""
+        from ..annotations import find_annotation_files, load_annotations, read_classes_json
+
+        def load():
+            folder_path = Path(folder)
+            files = find_annotation_files(folder_path)
+            if not files:
+                raise WssegError(f"{folder_path} holds no points.csv, boxes.csv, tags.csv or sizes.csv; "
+                                 "pick the folder the CSV files are in")
+            classes_file = folder_path / "classes.json"
+            classes = read_classes_json(classes_file) if classes_file.is_file() else self.session.classes
+            image = self.session.require_image()
+            ann = load_annotations(**files, classes=classes, image_shape=image.shape)
+            self.session.replace_annotations(ann, tuple(files))
+            return files
+
+        files = self._guard(load)
+        if files:
+            notify_info(f"imported {', '.join(sorted(files))} from {folder}")
+
+    def export_csv(self, folder) -> None:
+        """Write the annotations as CSV files (+ classes.json, + masks.tif if painted) to ``folder``."""
+        from ..annotations import write_annotations
+        from ..io import write_labels
+
+        def export():
+            ann = self.session.snapshot()
+            written = write_annotations(folder, ann)
+            if ann.masks is not None:
+                written["masks"] = write_labels(Path(folder) / "masks.tif", ann.masks)
+            return written
+
+        written = self._guard(export)
+        if written:
+            notify_info(f"exported {', '.join(sorted(written))} to {folder}")
+
+    def save_now(self) -> None:
+        """Write pending changes to the project immediately."""
+        self.autosaver.flush()
+
+    # ------------------------------------------------------------------------------- slots
+    def _guard(self, action):
+        try:
+            return action()
+        except WssegError as exc:
+            notify_error(str(exc))
+            return False
+
+    def _pick_class_key(self, k: int) -> None:
+        if k < len(self.session.classes):
+            self.set_current_class(k)
+
+    def _ask_new_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "New project: choose an empty folder")
+        if folder:
+            self.new_project(folder)
+
+    def _ask_open_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open project folder")
+        if folder:
+            self.open_project(folder)
+
+    def _ask_import(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Import annotations: folder with CSV files")
+        if folder:
+            self.import_csv(folder)
+
+    def _ask_export(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export annotations to folder")
+        if folder:
+            self.export_csv(folder)
+
+    def _ask_color(self, k: int) -> None:
+        color = QColorDialog.getColor(QColor(self.session.classes[k].color), self, "Class colour")
+        if color.isValid():
+            self.set_class_color(k, color.name())
+
+    def _image_layers(self) -> list:
+        import napari
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
+                and L.layer_role(layer) in (None, "image")]
+
+    def _refresh_image_choices(self) -> None:
+        current = self.session.image_layer
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in self._image_layers():
+            self.image_combo.addItem(layer.name)
+        if current is not None and current in self.viewer.layers:
+            self.image_combo.setCurrentText(current.name)
+        self.image_combo.blockSignals(False)
+
+    def _attach_selected_image(self) -> None:
+        name = self.image_combo.currentText()
+        if name and name in self.viewer.layers and self.viewer.layers[name] is not self.session.image_layer:
+            self.set_image_layer(self.viewer.layers[name])
+
+    def _on_layers_changed(self, event=None) -> None:
+        self._refresh_image_choices()
+        if self.session.image is None or self.session.image_layer not in self.viewer.layers:
+            if not self.session.adopt_project_layers():
+                self._attach_selected_image()
+
+    def _on_attached(self) -> None:
+        self._refresh_image_choices()
+        self._refresh_classes()
+        self._bind_layer_keys()
+        folder = self.session.project_folder
+        self.project_label.setText(f"project: {folder}" if folder else "no project: annotations are not saved")
+        self.slice_panel.refresh()
+        self._update_status()
+
+    def _refresh_classes(self) -> None:
+        self.class_table.show_classes(self.session.classes, self.session.current_class)
+        self.slice_panel.rebuild()
+
+    def _on_saved(self, folder: str) -> None:
+        self._saved_at = time.strftime("%H:%M:%S")
+        self._update_status()
+
+    def _on_problem(self, message: str) -> None:
+        self._problem = message
+        self._update_status()
+
+    def _update_status(self) -> None:
+        self.status.setText(status_text(self.session, self._saved_at, self._problem))
+
+
+def status_text(session, saved_at: str = "", problem: str = "") -> str:
+    """Counts per class and type, the save state, and what keeps sizes from being used."""
+    if session.image is None:
+        return "pick an image layer to annotate"
+    try:
+        counts = session.snapshot().counts()
+    except WssegError as exc:
+        return f"<span style='color:#e05050'>{exc}</span>"
+    lines = []
+    for k, c in enumerate(session.classes):
+        parts = [f"{int(counts[kind][k])} {label}" for kind, label in
+                 (("points", "pts"), ("boxes", "boxes"), ("mask_pixels", "px"), ("tags", "tags"),
+                  ("sizes", "sizes")) if counts[kind][k]]
+        lines.append(f"<span style='color:{c.color}'>■</span> {k + 1} {c.name}: {', '.join(parts) or '—'}")
+    incomplete = session.incomplete_size_slices()
+    if incomplete:
+        lines.append(f"sizes of slice(s) {incomplete} not used: they must sum to 100 % ± 10 %")
+    if problem:
+        lines.append(f"<span style='color:#e05050'>not saved: {problem}</span>")
+    elif session.project is not None and saved_at:
+        lines.append(f"saved {saved_at}")
+    return "<br>".join(lines)
+
+
+class _ClassTable(QTableWidget):
+    """One row per class: key, colour swatch (click to change), editable name."""
+
+    class_selected = Signal(int)
+    class_renamed = Signal(int, str)
+    color_clicked = Signal(int)
+
+    def __init__(self) -> None:
+        super().__init__(0, 3)
+        self.setHorizontalHeaderLabels(["key", "colour", "name"])
+        self.verticalHeader().setVisible(False)
+        self.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.setMaximumHeight(180)
+        self._updating = False
+        self.itemSelectionChanged.connect(self._on_selection)
+        self.itemChanged.connect(self._on_item_changed)
+        self.cellClicked.connect(lambda row, col: col == 1 and self.color_clicked.emit(row))
+
+    def show_classes(self, classes, current: int) -> None:
+        self._updating = True
+        self.setRowCount(len(classes))
+        for k, c in enumerate(classes):
+            key = QTableWidgetItem(str((k + 1) % 10) if k < 10 else "")
+            key.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+            swatch = QTableWidgetItem("")
+            swatch.setBackground(QColor(c.color))
+            swatch.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+            self.setItem(k, 0, key)
+            self.setItem(k, 1, swatch)
+            self.setItem(k, 2, QTableWidgetItem(c.name))
+        self._updating = False
+        self.select(current)
+
+    def select(self, k: int) -> None:
+        self._updating = True
+        self.selectRow(k)
+        self._updating = False
+
+    def _on_selection(self) -> None:
+        rows = {i.row() for i in self.selectedIndexes()}
+        if rows and not self._updating:
+            self.class_selected.emit(min(rows))
+
+    def _on_item_changed(self, item) -> None:
+        if not self._updating and item.column() == 2:
+            self.class_renamed.emit(item.row(), item.text())
+
+
+class _SlicePanel(QGroupBox):
+    """Tags and sizes of the slice the viewer shows, and the size-grid overlay."""
+
+    def __init__(self, owner: AnnotateWidget) -> None:
+        super().__init__("Slice tags and sizes")
+        self.owner = owner
+        self.session = owner.session
+        self.grid_combo = QComboBox()
+        self.grid_combo.addItems(list(GRIDS))
+        self.sum_label = QLabel()
+        self.clear_button = QPushButton("Clear sizes")
+        self.rows: list[tuple[QCheckBox, QSlider, QDoubleSpinBox]] = []
+        self._grid = QGridLayout()
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._grid)
+        row = QHBoxLayout()
+        row.addWidget(self.sum_label, 1)
+        row.addWidget(QLabel("grid"))
+        row.addWidget(self.grid_combo)
+        row.addWidget(self.clear_button)
+        layout.addLayout(row)
+        self.grid_combo.currentTextChanged.connect(self.show_grid)
+        self.clear_button.clicked.connect(self._clear_sizes)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        for widgets in self.rows:
+            for w in widgets:
+                self._grid.removeWidget(w)
+                w.deleteLater()
+        self.rows = []
+        for k, c in enumerate(self.session.classes):
+            tag = QCheckBox(c.name)
+            tag.setToolTip("the class is present in this slice (untagged classes are absent)")
+            slider = QSlider(Qt.Orientation.Horizontal)
+            slider.setRange(0, 100)
+            number = QDoubleSpinBox()
+            number.setRange(0.0, 100.0)
+            number.setSuffix(" %")
+            number.setDecimals(1)
+            number.setToolTip("approximate share of the slice covered by this class")
+            tag.toggled.connect(lambda on, k=k: self.session.set_tag(self.z, k, on))
+            slider.valueChanged.connect(lambda v, k=k: self._set_size(k, float(v)))
+            number.valueChanged.connect(lambda v, k=k: self._set_size(k, float(v)))
+            for col, w in enumerate((tag, slider, number)):
+                self._grid.addWidget(w, k, col)
+            self.rows.append((tag, slider, number))
+        self.refresh()
+
+    @property
+    def z(self) -> int:
+        return self.session.current_z()
+
+    def refresh(self, event=None) -> None:
+        """Show the current slice's tags and sizes."""
+        z = self.z
+        self.setTitle(f"Slice {z}: tags and sizes")
+        for k, (tag, slider, number) in enumerate(self.rows):
+            fraction = self.session.sizes.get((z, k))
+            for w in (tag, slider, number):
+                w.blockSignals(True)
+            tag.setChecked((z, k) in self.session.tags)
+            slider.setValue(int(round(100 * (fraction or 0.0))))
+            number.setValue(100 * (fraction or 0.0))
+            for w in (tag, slider, number):
+                w.blockSignals(False)
+        self._show_sum()
+
+    def _set_size(self, k: int, percent: float) -> None:
+        self.session.set_size(self.z, k, percent / 100.0)
+        self.refresh()
+
+    def _clear_sizes(self) -> None:
+        self.session.clear_sizes(self.z)
+        self.refresh()
+
+    def _show_sum(self) -> None:
+        total = self.session.size_sum(self.z)
+        if total is None:
+            self.sum_label.setText("sizes: none")
+            return
+        ok = abs(total - 1.0) <= 0.1
+        color = "#50c050" if ok else "#e05050"
+        self.sum_label.setText(f"<span style='color:{color}'>sum {100 * total:.0f} %</span>")
+
+    def show_grid(self, name: str) -> None:
+        """Show a coarse (4 x 4) or fine (10 x 10) grid over the image to judge sizes, or none."""
+        viewer = self.owner.viewer
+        for layer in L.find_layers(viewer.layers, "grid"):
+            viewer.layers.remove(layer)
+        n = GRIDS[name]
+        image_layer = self.session.image_layer
+        if not n or image_layer is None:
+            return
+        active = viewer.layers.selection.active
+        _, height, width = self.session.image.shape
+        lines = grid_lines(height, width, n)
+        viewer.add_shapes(lines, shape_type="line", edge_color="yellow", edge_width=1, opacity=0.6,
+                          name=f"size grid ({name})", scale=image_layer.scale[-2:],
+                          translate=image_layer.translate[-2:], metadata=L.role_metadata("grid"))
+        if active is not None:
+            viewer.layers.selection.active = active
+
+
+def grid_lines(height: int, width: int, n: int) -> list[np.ndarray]:
+    """Lines cutting a ``height`` x ``width`` image into ``n`` x ``n`` cells (pixel-edge coordinates)."""
+    ys = np.linspace(-0.5, height - 0.5, n + 1)
+    xs = np.linspace(-0.5, width - 0.5, n + 1)
+    horizontal = [np.array([[y, xs[0]], [y, xs[-1]]]) for y in ys]
+    vertical = [np.array([[ys[0], x], [ys[-1], x]]) for x in xs]
+    return horizontal + vertical

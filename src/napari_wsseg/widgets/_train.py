@@ -1,0 +1,342 @@
+"""The Train dock widget: pick a method and its options, press Train, watch it learn.
+
+Training runs in a napari thread worker (:func:`napari.qt.threading.create_worker`) on a copy
+of the annotations taken when Train is pressed, so the viewer stays responsive and the user can
+keep annotating. The worker runs :func:`~napari_wsseg.widgets._training.run_training` (no Qt);
+its progress and preview callbacks only emit Qt signals, and the slots on the main thread update
+the progress bar, the loss plot and the prediction / uncertainty layers. Cancel sets a
+:class:`threading.Event` the method checks between steps; the best model so far is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine.progress import ProgressEvent
+from ..errors import WssegError
+from ..methods import available_methods, get_method
+from . import _layers as L
+from ._notify import notify_error, notify_exception, notify_info, notify_warning
+from ._options import ConfigForm
+from ._session import session_for
+from ._training import SlicePrediction, TrainingJob, TrainingOutcome, run_training
+
+if TYPE_CHECKING:
+    import napari
+
+DEVICES = ("auto", "cpu", "cuda")
+#: Progress events reach the GUI at most this often (the last one of a run always does).
+PROGRESS_EVERY_S = 0.1
+DEFAULT_BUDGET_S = 60.0
+
+
+class _TrainSignals(QObject):
+    """Emitted from the worker thread, delivered on the main thread (queued connections)."""
+
+    progress = Signal(object)
+    preview = Signal(object)
+
+
+class TrainWidget(QWidget):
+    """Method, options, device, time budget, Train / Cancel, progress, loss plot, live preview."""
+
+    def __init__(self, napari_viewer: "napari.Viewer", parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.worker = None
+        self.job: TrainingJob | None = None
+        self._cancel: threading.Event | None = None
+        self._signals = _TrainSignals()
+
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(available_methods())
+        self.options_box = QGroupBox("Method options")
+        QVBoxLayout(self.options_box)
+        self.options: ConfigForm | None = None
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setRange(0.0, 7 * 24 * 3600.0)
+        self.budget_spin.setValue(DEFAULT_BUDGET_S)
+        self.budget_spin.setSuffix(" s")
+        self.budget_spin.setSpecialValueText("method decides")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.model_name = QLineEdit()
+        self.model_name.setPlaceholderText("method-date-time")
+        self.preview_check = QCheckBox("live preview every")
+        self.preview_check.setChecked(True)
+        self.preview_every = QDoubleSpinBox()
+        self.preview_every.setRange(0.5, 600.0)
+        self.preview_every.setValue(5.0)
+        self.preview_every.setSuffix(" s")
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(50)
+        self.train_button = QPushButton("Train")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_label = QLabel("")
+        self.loss_plot = LossPlot()
+        self._layout()
+        self._connect()
+        self._show_options(self.method_combo.currentText())
+
+    def _layout(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        form.addRow("method", self.method_combo)
+        layout.addLayout(form)
+        layout.addWidget(self.options_box)
+        form = QFormLayout()
+        form.addRow("device", self.device_combo)
+        form.addRow("time budget", self.budget_spin)
+        form.addRow("seed", self.seed_spin)
+        form.addRow("model name", self.model_name)
+        row = QHBoxLayout()
+        row.addWidget(self.preview_check)
+        row.addWidget(self.preview_every)
+        form.addRow(row)
+        form.addRow("prediction opacity", self.opacity_slider)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.train_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.progress_label)
+        layout.addWidget(self.loss_plot)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        self.method_combo.currentTextChanged.connect(self._show_options)
+        self.train_button.clicked.connect(self.train)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.opacity_slider.valueChanged.connect(self._set_opacity)
+        self._signals.progress.connect(self._on_progress)
+        self._signals.preview.connect(self._on_preview)
+        self.viewer.dims.events.current_step.connect(self._follow_slice)
+
+    # ------------------------------------------------------------------------ public actions
+    @property
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def train(self):
+        """Start training in a worker thread and return the worker (None if it could not start)."""
+        if self.is_running:
+            notify_error("training is already running; wait for it or press Cancel")
+            return None
+        try:
+            job = self._build_job()
+        except WssegError as exc:
+            notify_error(str(exc))
+            return None
+        self.job = job
+        self.worker = self._start(job)
+        return self.worker
+
+    def cancel(self) -> None:
+        """Ask the running training to stop; it keeps the best model so far."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.progress_label.setText("cancelling…")
+
+    # ------------------------------------------------------------------------------ helpers
+    def _build_job(self) -> TrainingJob:
+        from ..methods.base import FitOptions
+
+        session = self.session
+        image = session.require_image()
+        annotations, warnings = session.validated_snapshot()
+        method = get_method(self.method_combo.currentText())(config=self.options.config())
+        budget = self.budget_spin.value() or None
+        self._cancel = threading.Event()
+        options = FitOptions(device=self.device_combo.currentText(), seed=self.seed_spin.value(),
+                             time_budget_s=budget, cancel=self._cancel)
+        for message in warnings:
+            notify_warning(f"{message}")
+        name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
+        return TrainingJob(method, image, annotations, options, preview_z=session.current_z(),
+                           preview_every_s=every, save_model=lambda m: self._save_model(m, name))
+
+    def _start(self, job: TrainingJob):
+        from napari.qt.threading import create_worker
+
+        progress = _throttled(self._signals.progress.emit)
+        worker = create_worker(run_training, job, progress=progress, preview=self._signals.preview.emit,
+                               _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(lambda exc: notify_exception(exc, f"training {job.method.name}"))
+        worker.finished.connect(self._on_finished)
+        self.loss_plot.clear()
+        self.progress_bar.setRange(0, 0)
+        self.progress_label.setText(f"training {job.method.name}…")
+        self.train_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return worker
+
+    def _save_model(self, method, name: str) -> str | None:
+        """Runs in the worker thread: save into the project (if any) under the project lock."""
+        project = self.session.project
+        if project is None:
+            return None
+        with self.session.project_lock:
+            project.save_model(method, name)
+        return name
+
+    def _show_options(self, method_name: str) -> None:
+        layout = self.options_box.layout()
+        if self.options is not None:
+            layout.removeWidget(self.options.native)
+            self.options.native.deleteLater()
+        method_class = get_method(method_name)
+        self.options = ConfigForm(method_class.config_class, main=getattr(method_class, "main_options", None))
+        layout.addWidget(self.options.native)
+        self.options_box.setTitle(f"{method_name} options")
+
+    def _follow_slice(self, event=None) -> None:
+        if self.job is not None:
+            self.job.preview_z = self.session.current_z()
+
+    def _set_opacity(self, value: int) -> None:
+        for layer in L.find_layers(self.viewer.layers, "prediction"):
+            layer.opacity = value / 100.0
+
+    # -------------------------------------------------------------------------------- slots
+    def _on_progress(self, event: ProgressEvent) -> None:
+        total = max(int(event.total), 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(int(event.done), total))
+        parts = [f"step {event.done}/{event.total}"]
+        if event.eta_s is not None:
+            parts.append(f"ETA {_duration(event.eta_s)}")
+        loss = event.metrics.get("loss")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4g}")
+            self.loss_plot.add(float(loss))
+        if event.message:
+            parts.append(event.message)
+        self.progress_label.setText(" · ".join(parts))
+
+    def _on_preview(self, result: SlicePrediction) -> None:
+        self._show(result)
+
+    def _show(self, result: SlicePrediction) -> None:
+        session = self.session
+        if session.image_layer is None or session.image_layer not in self.viewer.layers:
+            return
+        L.show_slice_result(self.viewer, session.image_layer, self.job.annotations.classes, result.z,
+                            result.labels, result.uncertainty, opacity=self.opacity_slider.value() / 100.0,
+                            project=session.project_folder)
+
+    def _on_returned(self, outcome: TrainingOutcome) -> None:
+        if not outcome.trained:
+            notify_info(f"{outcome.method.name}: cancelled before a model was trained; nothing saved")
+            return
+        self._show(outcome.final)
+        self.session.last_model = outcome.method
+        self.session.last_model_name = outcome.model_name
+        notify_info(summary(outcome))
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.job = None
+        self._cancel = None
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1)
+
+
+def summary(outcome: TrainingOutcome) -> str:
+    """One line: method, time, steps, why it stopped, where it was saved, Dice on dense slices."""
+    fit = outcome.fit
+    text = f"{outcome.method.name} trained in {_duration(outcome.seconds)}"
+    if fit is not None:
+        text += f" ({fit.steps} steps, {fit.stopped.replace('_', ' ')})"
+    text += f"; saved as model '{outcome.model_name}'" if outcome.model_name else "; not saved (no project)"
+    if outcome.dice:
+        scores = ", ".join(f"slice {z}: {d:.3f}" for z, d in outcome.dice.items() if d is not None)
+        text += f"; mean Dice on densely labelled {scores}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+def _throttled(emit):
+    """Forward progress events at most every :data:`PROGRESS_EVERY_S`, plus every final one."""
+    last = [0.0]
+
+    def forward(event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or event.done >= event.total:
+            last[0] = now
+            emit(event)
+
+    return forward
+
+
+class LossPlot(QWidget):
+    """A tiny line plot of the training loss (no plotting library: a QPainter polyline)."""
+
+    MAX_POINTS = 400
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.values: list[float] = []
+        self.setMinimumHeight(60)
+        self.setToolTip("training loss")
+
+    def clear(self) -> None:
+        self.values = []
+        self.update()
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        if len(self.values) > self.MAX_POINTS:
+            self.values = self.values[::2]
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor(38, 41, 48))
+        if len(self.values) >= 2:
+            low, high = min(self.values), max(self.values)
+            span = (high - low) or 1.0
+            w, h = self.width() - 8, self.height() - 16
+            points = [QPointF(4 + w * i / (len(self.values) - 1), 4 + h * (1 - (v - low) / span))
+                      for i, v in enumerate(self.values)]
+            painter.setPen(QPen(QColor(255, 170, 60), 1.5))
+            painter.drawPolyline(QPolygonF(points))
+            painter.setPen(QColor(200, 200, 200))
+            painter.drawText(4, self.height() - 2, f"loss {self.values[-1]:.4g}  (min {low:.4g})")
+        painter.end()
