@@ -131,10 +131,10 @@ import os, signal, sys
 from napari_wsseg.predict.volume import predict_volume
 
 def kill_after_some_blocks(event):
-    if event.done >= 7:
+    if event.done >= 5:
         os.kill(os.getpid(), signal.SIGKILL)  # kill -9 while blocks are read, computed and written
 
-predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], block=(1, 32, 40), probabilities=True,
+predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], block=(1, 64, 68), probabilities=True,
                progress=kill_after_some_blocks)
 """
 
@@ -144,22 +144,22 @@ def test_killed_run_resumes_to_the_identical_result(model_dir, volume_zarr, tmp_
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(model_dir), str(volume_zarr), str(killed)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    n_blocks = len(block_grid(SHAPE, (1, 32, 40)))
+    n_blocks = len(block_grid(SHAPE, (1, 64, 68)))
     marked = len(os.listdir(killed / PROGRESS_DIR))
-    assert 7 <= marked < n_blocks
+    assert 5 <= marked < n_blocks
 
     with pytest.raises(WssegError, match="exists; pass --overwrite"):
-        predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 40), probabilities=True)
+        predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True)
     with pytest.raises(WssegError, match="block="):
-        predict_volume(model_dir, volume_zarr, killed, block=(1, 16, 40), probabilities=True, resume=True)
-    resumed = predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 40), probabilities=True, resume=True)
+        predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 68), probabilities=True, resume=True)
+    resumed = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True)
     assert (resumed.stopped, resumed.skipped, resumed.computed) == ("done", marked, n_blocks - marked)
 
-    predict_volume(model_dir, volume_zarr, clean, block=(1, 32, 40), probabilities=True)
+    predict_volume(model_dir, volume_zarr, clean, block=(1, 64, 68), probabilities=True)
     _assert_same_stores(killed, clean)
     _assert_same_stores(probabilities_path(killed), probabilities_path(clean))
     assert not list(killed.rglob("*.partial"))
-    again = predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 40), probabilities=True, resume=True)
+    again = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True)
     assert again.computed == 0  # a complete output is left as it is
 
 
@@ -177,6 +177,32 @@ def test_cancel_leaves_a_resumable_output(model_dir, volume_zarr, expected, tmp_
     second = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, resume=True)
     assert second.stopped == "done" and second.skipped == first.computed
     np.testing.assert_array_equal(np.asarray(read_labels(out)), expected[0])
+
+
+def test_resume_refuses_another_model(model_dir, volume_zarr, tmp_path):
+    import shutil
+
+    out, other = tmp_path / "p.zarr", tmp_path / "other_model"
+    stop = threading.Event()
+    stop.set()  # cancelled before the first block: a valid, empty, resumable output
+    assert predict_volume(model_dir, volume_zarr, out, cancel=stop).stopped == "cancelled"
+    shutil.copytree(model_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    with pytest.raises(WssegError, match="started with another model"):
+        predict_volume(other, volume_zarr, out, resume=True)
+
+
+def test_resume_after_a_kill_while_adding_the_pyramid(model_dir, volume_zarr, expected, tmp_path):
+    out = tmp_path / "p.zarr"
+    predict_volume(model_dir, volume_zarr, out, block=(4, 64, 64))
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs[RUN_ATTR] = {**group.attrs[RUN_ATTR], "status": "blocks_done"}  # as a kill leaves it
+    del group["1"]
+    result = predict_volume(model_dir, volume_zarr, out, block=(4, 64, 64), resume=True)
+    assert result.computed == 0
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs[RUN_ATTR]["status"] == "complete"
+    np.testing.assert_array_equal(group["1"][...], expected[0][:, ::2, ::2])
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -265,7 +291,7 @@ def test_model_trained_with_other_channel_count(model_dir, phantom, tmp_path):
 
 
 def test_missing_output_folder(model_dir, volume_zarr, tmp_path):
-    with pytest.raises(WssegError, match=r"output folder .*missing does not exist; create it"):
+    with pytest.raises(WssegError, match=r"p.zarr: folder .*missing does not exist; create it"):
         predict_volume(model_dir, volume_zarr, tmp_path / "missing" / "p.zarr")
 
 

@@ -165,10 +165,11 @@ def run_training(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
             losses = step_fn(step, fraction)
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        if losses["loss"].requires_grad:  # a batch without any target has nothing to learn
+            losses["loss"].backward()
+            optimizer.step()
         step += 1
-        values = {k: float(v) for k, v in losses.items()} | {"lr": lr}
+        values = {k: float(v.detach()) for k, v in losses.items()} | {"lr": lr}
         keeper.update(values, fraction, step)
         if time.monotonic() - last_report >= report_every_s:
             last_report = time.monotonic()

@@ -66,11 +66,12 @@ class UNetConfig:
         return [min(self.width * 2**level, self.max_width) for level in range(self.depth + 1)]
 
     def receptive_radius(self) -> int:
-        """Pixels of context on each side that influence one output pixel (two 3x3 convs a block)."""
-        encoder = sum(2 * 2**level for level in range(self.depth + 1))
+        """Upper bound on the pixels of context on each side that influence one output pixel."""
+        encoder = sum(2 * 2**level for level in range(self.depth + 1))  # two 3x3 convs a level
         decoder = sum(2 * 2**level for level in range(self.depth))
         pooling = sum(2**level for level in range(self.depth))
-        return encoder + decoder + pooling
+        upsampling = sum(2**level for level in range(1, self.depth + 1))  # bilinear: 1 px a level
+        return encoder + decoder + pooling + upsampling
 
 
 def _conv_block(channels_in: int, channels_out: int) -> nn.Sequential:

@@ -363,7 +363,10 @@ def _create_pretrained(name: str):
     try:
         model = _create(name, pretrained=True)
     except OSError as exc:  # huggingface_hub's LocalEntryNotFoundError, connection errors
-        reason = str(exc).splitlines()[0][:160]
+        reason = (
+            "not in the local Hugging Face cache and the Hub cannot be reached"
+            if "local cache" in str(exc) else " ".join(str(exc).split())[:160]
+        )
         raise ModelError(
             f"could not get pretrained weights for backbone '{name}' ({hub_id}): {reason}. "
             f"On an offline machine either copy the folder hub/models--{str(hub_id).replace('/', '--')} "

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str] = {
     "rf": "napari_wsseg.methods.rf:RandomForestMethod",
     "mews": "napari_wsseg.methods.mews.method:MEWSMethod",
     "dsp": "napari_wsseg.methods.dsp.method:DSPMethod",
+    "size": "napari_wsseg.methods.size.method:SizeMethod",
 }
 
 

@@ -160,8 +160,20 @@ def block_region(index, block, shape) -> Region:
     return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, block, shape))
 
 
-def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str = "threads"):
+def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str = "synchronous"):
     """Read a block plus ``halo`` pixels of context in y and x (clipped to the image).
+
+    Parameters
+    ----------
+    image : Image
+        numpy, memory-mapped or dask-backed image.
+    region : tuple of three slices
+        The block in ``(Z, Y, X)`` voxels.
+    halo : int
+        Context in pixels on each side in y and x.
+    scheduler : str, default "synchronous"
+        dask scheduler for lazy data. One block touches few chunks, and a thread pool per read
+        costs more than it saves (4x here); inside a dask worker it must not start another one.
 
     Returns
     -------
@@ -194,6 +206,18 @@ def predict_block_input(model, data: np.ndarray, crop, *, probabilities: bool = 
     Slices go to the model's ``predict_proba_batch(list_of_slices)`` in batches of
     :data:`BATCH_SLICES` when it has one (batched GPU work), else one by one to
     :meth:`~napari_wsseg.methods.base.Method.predict_proba_slice`.
+
+    Examples
+    --------
+    >>> class Bright:
+    ...     classes = ["dark", "bright"]
+    ...     def predict_proba_slice(self, s):
+    ...         p = (s[..., 0] > 0.5).astype(np.float32)
+    ...         return np.stack([1 - p, p])
+    >>> data = np.eye(4)[None, :, :, None]  # one 4x4 slice with context
+    >>> result = predict_block_input(Bright(), data, (slice(1, 3), slice(1, 3)), probabilities=True)
+    >>> result.labels.tolist(), result.probabilities[1, 0].tolist()
+    ([[[1, 0], [0, 1]]], [[255, 0], [0, 255]])
     """
     n_slices = data.shape[0]
     height, width = crop[0].stop - crop[0].start, crop[1].stop - crop[1].start
@@ -248,7 +272,14 @@ def predict_block(model, image: Image, region: Region, *, probabilities: bool = 
 
 
 def model_halo(model) -> int:
-    """Pixels of context the model needs on each side in y and x."""
+    """Pixels of context the model needs on each side in y and x (its ``halo``, default 0).
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> model_halo(RandomForestMethod(sigma_max=4.0)), model_halo(object())
+    (18, 0)
+    """
     halo = int(getattr(model, "halo", 0) or 0)
     if halo < 0:
         raise ModelError(f"{getattr(model, 'name', 'model')} reports a negative halo {halo}; fix the method")
@@ -362,7 +393,8 @@ def _fsync_region(array, region) -> None:
     power cut could keep a block's marker and lose its data.
     """
     root = getattr(array.store, "root", None)
-    if root is None:  # not a local store: nothing we can flush
+    encode = getattr(array.metadata, "encode_chunk_key", None)
+    if root is None or encode is None:  # not a local zarr v3 store: nothing we can flush
         return
     base = Path(root) / array.path
     ranges = []
@@ -371,24 +403,27 @@ def _fsync_region(array, region) -> None:
         ranges.append(range(start // chunk, -(-stop // chunk)))
     folders = set()
     for coords in itertools.product(*ranges):
-        path = base / array.metadata.encode_chunk_key(coords)
+        path = base / encode(coords)
+        folders.add(path.parent)  # also where zarr deleted an all-zero chunk: the deletion must last
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # an all-zero chunk is not stored
+            fd = os.open(path, _FSYNC_FLAGS)
+        except FileNotFoundError:
             continue
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        folders.add(path.parent)
     for folder in folders:
         _fsync_dir(folder)
+
+
+_FSYNC_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY  # Windows flushes writable handles only
 
 
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
+    except OSError:  # a folder not created (all chunks empty), or no directory handles (Windows)
         return
     try:
         os.fsync(fd)
@@ -399,8 +434,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- run records
-def model_signature(model_or_dir) -> str:
-    """sha256 of a model folder's files, or of an in-memory model's metadata."""
+def _model_signature(model_or_dir) -> str:
+    """sha256 of a model folder's files, or of an in-memory model's metadata (recorded for resume)."""
     digest = hashlib.sha256()
     if isinstance(model_or_dir, (str, os.PathLike)):
         folder = Path(model_or_dir)
@@ -447,6 +482,12 @@ def _check_resumable(path: Path, stored: dict | None, wanted: dict) -> None:
             f"output {path} has no wsseg run record ('{RUN_ATTR}'), so it cannot be resumed; "
             "pass --overwrite to start again"
         )
+    if stored.get("model_signature") != wanted["model_signature"]:
+        raise WssegError(
+            f"output {path} was started with another model (signature {str(stored.get('model_signature'))[:12]}, "
+            f"this one {wanted['model_signature'][:12]}); resume with the same model folder or pass --overwrite "
+            "to start again"
+        )
     for key in _RESUME_KEYS:
         if stored.get(key) != wanted[key]:
             raise WssegError(
@@ -479,7 +520,7 @@ def check_output_location(out_path) -> Path:
     >>> check_output_location("/no/such/folder/pred.zarr")
     Traceback (most recent call last):
     ...
-    napari_wsseg.errors.ImageFormatError: output folder /no/such/folder for /no/such/folder/pred.zarr does not exist; create it or choose another --out
+    napari_wsseg.errors.ImageFormatError: output /no/such/folder/pred.zarr: folder /no/such/folder does not exist; create it or choose another --out
     """
     out_path = Path(out_path).expanduser().absolute()
     if out_path.suffix.lower() != ".zarr":
@@ -489,14 +530,14 @@ def check_output_location(out_path) -> Path:
     parent = out_path.parent
     if not parent.is_dir():
         raise ImageFormatError(
-            f"output folder {parent} for {out_path} does not exist; create it or choose another --out"
+            f"output {out_path}: folder {parent} does not exist; create it or choose another --out"
         )
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
         raise ImageFormatError(
-            f"output folder {parent} is not writable ({exc.strerror}); choose a writable --out"
+            f"output {out_path}: folder {parent} is not writable ({exc.strerror}); choose a writable --out"
         ) from None
     return out_path
 
@@ -688,7 +729,7 @@ def predict_volume(
     halo = model_halo(model)
     out_path = check_output_location(out_path)
     probs_path = probabilities_path(out_path) if probabilities else None
-    signature = model_signature(model_dir if model_dir is not None else model)
+    signature = _model_signature(model_dir if model_dir is not None else model)
     record = _run_record(signature, image, block, halo, probabilities)
     complete = _prepare_outputs(out_path, probs_path, record, model.classes, was_2d=image.was_2d,
                                 resume=resume, overwrite=overwrite)
@@ -738,7 +779,17 @@ def _resolve_image(image_or_path):
 
 
 def open_image(path) -> Image:
-    """Open an image for block-wise reading: TIFFs through tifffile's zarr interface, others lazily."""
+    """Open an image for block-wise reading: TIFFs through tifffile's zarr interface, others lazily.
+
+    Examples
+    --------
+    >>> import tempfile, tifffile
+    >>> path = Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8))
+    >>> image = open_image(path)
+    >>> image.shape, type(image.data).__name__
+    ((3, 8, 8), 'Array')
+    """
     from ..io.readers import read_image, read_tiff_lazily
 
     if Path(path).suffix.lower() in (".tif", ".tiff"):
@@ -819,11 +870,24 @@ def _run_threads(model, image: Image, output: VolumeOutput, pending: list[BlockI
                 writes.append(writer.submit(write, index, prediction))
                 while len(writes) > 1 or (writes and writes[0].done()):
                     counter.block_done(writes.popleft().result())
+        except BaseException:  # an error or Ctrl-C: still record the blocks already computed
+            _drain(writes, counter, raise_errors=False)
+            raise
         finally:
             for future in reads:
                 future.cancel()
-            while writes:  # finish (and record) every block already computed
-                counter.block_done(writes.popleft().result())
+        _drain(writes, counter, raise_errors=True)
+
+
+def _drain(writes: deque, counter: _Progress, *, raise_errors: bool) -> None:
+    while writes:
+        future = writes.popleft()
+        try:
+            counter.block_done(future.result())
+        except Exception:
+            if raise_errors:
+                raise
+            logger.exception("writing a block failed while stopping")
 
 
 # ---------------------------------------------------------------------- dask.distributed
@@ -840,7 +904,7 @@ class _WorkerTask:
     run_id: str
 
 
-def predict_and_write_block(task: _WorkerTask, index: BlockIndex, image) -> BlockIndex:
+def _predict_and_write_block(task: _WorkerTask, index: BlockIndex, image) -> BlockIndex:
     """Worker side: predict block ``index`` and write it durably (model and stores cached per worker)."""
     model = _cached(("model", task.model_dir, task.model_signature), lambda: _load_model(task.model_dir))
     if isinstance(image, str):
@@ -848,7 +912,7 @@ def predict_and_write_block(task: _WorkerTask, index: BlockIndex, image) -> Bloc
     output = _cached(("output", task.out_path, task.run_id),
                      lambda: VolumeOutput(task.out_path, task.probs_path, was_2d=task.was_2d))
     region = task.run.region(index)
-    data, crop = read_block_input(image, region, task.run.halo, scheduler="synchronous")
+    data, crop = read_block_input(image, region, task.run.halo)
     prediction = predict_block_input(model, data, crop, probabilities=task.run.probabilities)
     output.write(index, region, prediction)
     return index
@@ -891,9 +955,9 @@ def _run_dask(scheduler, n_workers, task: _WorkerTask, image_source, pending, co
         return
     with _dask_client(scheduler, n_workers) as client:
         image_ref = image_source if isinstance(image_source, str) else client.scatter(image_source, broadcast=True)
-        futures = client.map(predict_and_write_block, [task] * len(pending), pending,
+        futures = client.map(_predict_and_write_block, [task] * len(pending), pending,
                              image=image_ref, pure=False, key=[f"wsseg-block-{task.run_id}-{i}" for i in range(len(pending))])
-        completed = as_completed(futures)
+        completed = as_completed(futures, loop=client.loop)
         try:
             for future in completed:
                 counter.block_done(future.result())

@@ -42,13 +42,14 @@ from qtpy.QtWidgets import (
 from ..errors import WssegError
 from . import _layers as L
 from ._autosave import Autosaver
+from ._links import link
 from ._notify import notify_error, notify_info
 from ._session import session_for
 
 if TYPE_CHECKING:
     import napari
 
-MODES = {"points": "Shift-D", "boxes": "Shift-B", "scribble": "Shift-S"}
+MODES = {"points": "Shift+D", "boxes": "Shift+B", "scribble": "Shift+S"}
 #: Size-grid overlay: cells per side (coarse: 16 cells of 6.25 %, fine: 100 cells of 1 %).
 GRIDS = {"off": 0, "coarse": 4, "fine": 10}
 _STATUS_DELAY_MS = 250
@@ -61,9 +62,7 @@ class AnnotateWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
-        if getattr(self.session, "autosaver", None) is None:
-            self.session.autosaver = Autosaver(self.session)
-        self.autosaver: Autosaver = self.session.autosaver
+        self.autosaver = Autosaver(self.session, parent=self)
         self._saved_at = ""
         self._problem = ""
 
@@ -75,7 +74,7 @@ class AnnotateWidget(QWidget):
         self.class_table = _ClassTable()
         self.add_class_button = QPushButton("Add class")
         self.remove_class_button = QPushButton("Remove class")
-        self.mode_buttons = {mode: QPushButton(f"{mode.capitalize()} ({key.replace('-', '+')})")
+        self.mode_buttons = {mode: QPushButton(f"{mode.capitalize()} ({key})")
                              for mode, key in MODES.items()}
         self.slice_panel = _SlicePanel(self)
         self.import_button = QPushButton("Import CSV…")
@@ -145,15 +144,16 @@ class AnnotateWidget(QWidget):
         self.import_button.clicked.connect(self._ask_import)
         self.export_button.clicked.connect(self._ask_export)
         self._status_timer.timeout.connect(self._update_status)
-        s.changed.connect(self._status_timer.start)
-        s.classes_changed.connect(self._refresh_classes)
-        s.current_class_changed.connect(self.class_table.select)
-        s.attached.connect(self._on_attached)
+        link(self, s.changed, lambda: self._status_timer.start())
+        link(self, s.changed, self.slice_panel.refresh)
+        link(self, s.classes_changed, self._refresh_classes)
+        link(self, s.current_class_changed, self.class_table.select)
+        link(self, s.attached, self._on_attached)
         self.autosaver.saved.connect(self._on_saved)
         self.autosaver.problem.connect(self._on_problem)
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self.slice_panel.refresh)
+        link(self, self.viewer.layers.events.inserted, self._on_layers_changed)
+        link(self, self.viewer.layers.events.removed, self._on_layers_changed)
+        link(self, self.viewer.dims.events.current_step, self.slice_panel.refresh)
 
     def _bind_keys(self) -> None:
         keys = {str((k + 1) % 10): (lambda _=None, k=k: self._pick_class_key(k)) for k in range(10)}
@@ -498,11 +498,9 @@ class _SlicePanel(QGroupBox):
 
     def _set_size(self, k: int, percent: float) -> None:
         self.session.set_size(self.z, k, percent / 100.0)
-        self.refresh()
 
     def _clear_sizes(self) -> None:
         self.session.clear_sizes(self.z)
-        self.refresh()
 
     def _show_sum(self) -> None:
         total = self.session.size_sum(self.z)

@@ -17,6 +17,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..errors import WssegError
+from ._links import link
 from ._notify import notify_error
 
 if TYPE_CHECKING:
@@ -45,10 +46,19 @@ class Autosaver(QObject):
         self._worker = None
         self._pending = False
         self._last_problem = ""
-        session.changed.connect(self.schedule)
+        link(self, session.changed, self.schedule)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(self.flush)
+            link(self, app.aboutToQuit, self.flush)
+
+    @property
+    def delay_ms(self) -> int:
+        """Milliseconds between the last change and the save."""
+        return self._timer.interval()
+
+    @delay_ms.setter
+    def delay_ms(self, value: int) -> None:
+        self._timer.setInterval(int(value))
 
     @property
     def is_pending(self) -> bool:
@@ -77,7 +87,7 @@ class Autosaver(QObject):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
 
     def flush(self) -> None:
@@ -94,6 +104,9 @@ class Autosaver(QObject):
                 self._report(str(exc))
 
     def _checked_snapshot(self):
+        viewer = self.session.viewer
+        if viewer is None or self.session.image_layer not in viewer.layers:  # the viewer is closing
+            return None
         try:
             annotations = self.session.snapshot()
             if not annotations.is_empty():

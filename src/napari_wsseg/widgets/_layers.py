@@ -16,6 +16,8 @@ annotate widget keeps them (see :mod:`._session`).
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,7 +105,8 @@ def points_layer_kwargs(classes: list[ClassInfo], points: np.ndarray, ndim: int)
 
 def points_from_layer(layer) -> np.ndarray:
     """``(N, 4)`` int64 ``(z, y, x, class)`` rows of a points layer (z = 0 for 2D)."""
-    coords = np.rint(np.asarray(layer.data, dtype=float)).astype(np.int64).reshape(len(layer.data), -1)
+    data = np.asarray(layer.data, dtype=float)
+    coords = np.rint(data).astype(np.int64).reshape(len(data), layer.ndim)
     if coords.shape[1] == 2:
         coords = np.column_stack([np.zeros(len(coords), dtype=np.int64), coords])
     classes = _class_feature(layer, len(coords))
@@ -112,9 +115,19 @@ def points_from_layer(layer) -> np.ndarray:
 
 def set_points_classes(layer, classes: list[ClassInfo]) -> None:
     """Re-colour a points layer after the class list changed."""
-    layer.face_color_cycle = class_color_map(classes)
-    layer.face_color = "class"
-    layer.refresh_colors()
+    with quiet_categorical_guess():
+        layer.face_color_cycle = class_color_map(classes)
+        layer.face_color = "class"
+        layer.refresh_colors()
+
+
+@contextmanager
+def quiet_categorical_guess():
+    """Silence napari's note that the integer 'class' feature looks categorical (it is, on purpose)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Feature 'class' looks like categorical",
+                                category=RuntimeWarning)
+        yield
 
 
 def _class_feature(layer, n: int) -> np.ndarray:

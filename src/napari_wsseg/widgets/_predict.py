@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -33,9 +33,10 @@ from qtpy.QtWidgets import (
 from ..engine.progress import ProgressEvent
 from ..errors import ModelError, WssegError
 from . import _layers as L
+from ._links import link
 from ._notify import notify_error, notify_exception, notify_info
 from ._session import session_for
-from ._training import SlicePrediction, predict_slice
+from ._training import SlicePrediction, avoid_triton_llvm_crash, predict_slice
 
 if TYPE_CHECKING:
     import napari
@@ -97,7 +98,7 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button.clicked.connect(self.cancel)
         self._signals.progress.connect(self._on_progress)
-        self.session.attached.connect(self.refresh_models)
+        link(self, self.session.attached, self.refresh_models)
         self.refresh_models()
 
     def _layout(self) -> None:
@@ -148,6 +149,7 @@ class PredictWidget(QWidget):
         if self.worker is not None:
             notify_error("a prediction is already running; wait for it or press Cancel")
             return None
+        avoid_triton_llvm_crash()
         try:
             image = self.session.require_image()
             source = self._model_source()
@@ -161,7 +163,7 @@ class PredictWidget(QWidget):
                                        cancel=self._cancel, _ignore_errors=True, _start_thread=False)
             else:
                 z = self.session.current_z()
-                region = self._visible_region(image) if scope == "visible region" else None
+                region = self.visible_region(image) if scope == "visible region" else None
                 worker = create_worker(_predict_region, source, image, z, region,
                                        _ignore_errors=True, _start_thread=False)
         except WssegError as exc:
@@ -175,7 +177,7 @@ class PredictWidget(QWidget):
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
         self.progress_label.setText(f"predicting the {scope}…")
-        worker.start()
+        QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
 
     def cancel(self) -> None:
@@ -210,9 +212,12 @@ class PredictWidget(QWidget):
         project = self.session.project
         if project is None:
             raise WssegError("no output for the whole volume: type an OUT.zarr path, or open a project")
-        return project.prediction_path(self._model_name())
+        path = project.prediction_path(self._model_name())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
-    def _visible_region(self, image) -> tuple[slice, slice]:
+    def visible_region(self, image) -> tuple[slice, slice]:
+        """The (y, x) window of the image the canvas shows (napari's ``corner_pixels``)."""
         corners = np.asarray(self.session.image_layer.corner_pixels)  # (2, ndim) data coordinates
         _, height, width = image.shape
         y0, x0 = np.clip(corners[0, -2:], 0, [height - 1, width - 1]).astype(int)

@@ -20,7 +20,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..annotations.model import Annotations, ClassInfo, default_classes
-from ..errors import AnnotationError, ProjectError
+from ..errors import AnnotationError, ProjectError, WssegError
 from . import _layers as L
 
 if TYPE_CHECKING:
@@ -139,7 +139,8 @@ class AnnotationSession:
         }
         ann = annotations or Annotations(classes=self.classes)
         if role == "points":
-            return viewer.add_points(**L.points_layer_kwargs(self.classes, ann.points, ndim), **common)
+            with L.quiet_categorical_guess():
+                return viewer.add_points(**L.points_layer_kwargs(self.classes, ann.points, ndim), **common)
         if role == "boxes":
             return viewer.add_shapes(**L.boxes_layer_kwargs(self.classes, ann.boxes, ndim), **common)
         masks = L.new_masks(image)
@@ -245,10 +246,8 @@ class AnnotationSession:
         points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
         if points is not None:
             points.feature_defaults["class"] = k
-            points.current_face_color = self.classes[k].color
         if boxes is not None:
             boxes.feature_defaults["class"] = k
-            boxes.current_edge_color = self.classes[k].color
         if masks is not None:
             masks.selected_label = k + 1
         self.current_class_changed.emit(k)
@@ -369,14 +368,17 @@ class AnnotationSession:
 
         image = self.require_image()
         source = _layer_source_path(self.image_layer)
-        kwargs = {"image": source} if source else {"image_shape": image.shape, "n_channels": image.n_channels}
-        try:
-            project = Project.create(folder, classes=self.classes, **kwargs)
-        except Exception as exc:  # the image file could not be read: fall back to its shape
-            if not source or isinstance(exc, ProjectError):
-                raise
+        project = None
+        if source:
+            try:
+                project = Project.create(folder, classes=self.classes, image=source)
+            except WssegError as exc:
+                if isinstance(exc, ProjectError):
+                    raise
+        if project is None:  # an image made in napari (or unreadable): keep a copy in the project
             project = Project.create(folder, classes=self.classes, image_shape=image.shape,
                                      n_channels=image.n_channels)
+            _set_image_path(project, _copy_image(image, project.folder / "image.zarr"))
         self.project = project
         self._mark_layers_with_project()
         self.save(self.snapshot())
@@ -474,6 +476,31 @@ def _replace_boxes(layer, kwargs: dict) -> None:
     if kwargs["data"]:
         layer.add_rectangles(kwargs["data"])
         layer.features = kwargs["features"]
+
+
+def _copy_image(image: "Image", path: Path) -> Path:
+    """Write ``image`` as a plain zarr array ((Y, X), (Z, Y, X) or (Z, Y, X, C)), slice by slice."""
+    import zarr
+
+    data = image.data if image.n_channels > 1 else image.data[..., 0]
+    chunks = (1, *(min(s, 512) for s in data.shape[1:3]), *data.shape[3:])
+    if image.was_2d:
+        data, chunks = data[0], chunks[1:]
+    array = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=chunks)
+    if image.was_2d:
+        array[...] = np.asarray(data)
+    else:
+        for z in range(image.n_slices):
+            array[z] = np.asarray(data[z])
+    return path
+
+
+def _set_image_path(project: "Project", path: Path) -> None:
+    if hasattr(project, "set_image_path"):
+        project.set_image_path(path)
+        return
+    project._meta["image"]["path"] = str(Path(path).resolve())  # until Project has a public setter
+    project._write_meta()
 
 
 def _layer_source_path(layer) -> str | None:

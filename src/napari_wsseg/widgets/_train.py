@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtCore import QObject, QPointF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -37,10 +37,11 @@ from ..engine.progress import ProgressEvent
 from ..errors import WssegError
 from ..methods import available_methods, get_method
 from . import _layers as L
+from ._links import link
 from ._notify import notify_error, notify_exception, notify_info, notify_warning
 from ._options import ConfigForm
 from ._session import session_for
-from ._training import SlicePrediction, TrainingJob, TrainingOutcome, run_training
+from ._training import SlicePrediction, TrainingJob, TrainingOutcome, avoid_triton_llvm_crash, run_training
 
 if TYPE_CHECKING:
     import napari
@@ -138,7 +139,7 @@ class TrainWidget(QWidget):
         self.opacity_slider.valueChanged.connect(self._set_opacity)
         self._signals.progress.connect(self._on_progress)
         self._signals.preview.connect(self._on_preview)
-        self.viewer.dims.events.current_step.connect(self._follow_slice)
+        link(self, self.viewer.dims.events.current_step, self._follow_slice)
 
     # ------------------------------------------------------------------------ public actions
     @property
@@ -187,6 +188,7 @@ class TrainWidget(QWidget):
     def _start(self, job: TrainingJob):
         from napari.qt.threading import create_worker
 
+        avoid_triton_llvm_crash()
         progress = _throttled(self._signals.progress.emit)
         worker = create_worker(run_training, job, progress=progress, preview=self._signals.preview.emit,
                                _ignore_errors=True, _start_thread=False)
@@ -198,7 +200,7 @@ class TrainWidget(QWidget):
         self.progress_label.setText(f"training {job.method.name}…")
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
 
     def _save_model(self, method, name: str) -> str | None:

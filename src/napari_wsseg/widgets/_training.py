@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -177,6 +178,28 @@ class _PreviewHook:
         self.last_cost = self.last - now
         if result is not None:
             self.preview(result)
+
+
+def avoid_triton_llvm_crash() -> bool:
+    """Keep torch from importing triton in a process whose OpenGL driver loaded libLLVM.
+
+    Importing triton (torch imports it when the first optimizer is built) after Mesa's
+    OpenGL driver has loaded the system libLLVM crashes the process (two LLVMs, one symbol
+    table): napari under Xvfb, llvmpipe or AMD GPUs. None of napari-wsseg's methods needs
+    triton (no ``torch.compile``), so in such a process ``import triton`` is made to fail
+    cleanly instead. Returns True when it did so.
+    """
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            llvm_loaded = any("libLLVM" in line for line in maps)
+    except OSError:
+        return False
+    if llvm_loaded:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+        logger.info("libLLVM is loaded by the OpenGL driver: triton is disabled in this process")
+    return llvm_loaded
 
 
 def _training_modes(method: Method) -> list[tuple[object, bool]]:

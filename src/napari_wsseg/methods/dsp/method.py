@@ -27,6 +27,7 @@ from ...engine.augment import apply_geometries, cutout, jitter, random_geometrie
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors
 from ...engine.devices import resolve_device
 from ...engine.trainer import OptimConfig, run_training
+from ...engine.unet import UNetConfig
 from ...errors import ModelError, WssegError
 from ...io.image import Image
 from ...predict.tiling import predict_tiled
@@ -135,7 +136,10 @@ class DSPMethod(Method):
 
     name = "dsp"
     config_class = DSPConfig
-    halo = 64
+
+    @property
+    def halo(self) -> int:  # type: ignore[override]
+        return UNetConfig(depth=self.config.depth).receptive_radius()
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)

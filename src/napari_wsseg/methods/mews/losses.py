@@ -28,12 +28,21 @@ class Gmm1d:
     weights: torch.Tensor
     iterations: int
 
-    def log_responsibilities(self, values: torch.Tensor) -> torch.Tensor:
-        """``(M, N, 2)`` log posterior of each component for ``values`` ``(M, N)``."""
-        means, var, w = self.means[:, None, :], self.variances[:, None, :], self.weights[:, None, :]
-        log_prob = -0.5 * (torch.log(2 * torch.pi * var) + (values[..., None] - means) ** 2 / var)
-        joint = log_prob + torch.log(w)
-        return joint - torch.logsumexp(joint, dim=-1, keepdim=True)
+    def high_logit(self, values: torch.Tensor) -> torch.Tensor:
+        """``(M, N)`` log-odds that each value belongs to component 1 rather than component 0.
+
+        For two 1D Gaussians this is a quadratic in the value, so the E-step needs one pass over
+        the data instead of evaluating both log-densities.
+        """
+        inv = 0.5 / self.variances  # (M, 2)
+        quad = inv[:, 0] - inv[:, 1]
+        lin = 2 * (self.means[:, 1] * inv[:, 1] - self.means[:, 0] * inv[:, 0])
+        const = (
+            self.means[:, 0] ** 2 * inv[:, 0] - self.means[:, 1] ** 2 * inv[:, 1]
+            + torch.log(self.weights[:, 1] / self.weights[:, 0])
+            - 0.5 * torch.log(self.variances[:, 1] / self.variances[:, 0])
+        )
+        return (quad[:, None] * values + lin[:, None]) * values + const[:, None]
 
 
 def fit_gmm_1d(
@@ -42,7 +51,7 @@ def fit_gmm_1d(
     init_means: tuple[float, float] = GMM_INIT_MEANS,
     init_std: float = GMM_INIT_STD,
     max_iter: int = 50,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
     reg_covar: float = 1e-6,
 ) -> Gmm1d:
     """Fit one 2-component 1D Gaussian mixture per row of ``values`` by EM, all rows at once.
@@ -56,10 +65,10 @@ def fit_gmm_1d(
         initial standard deviations ``init_std``.
     max_iter : int, default 50
         At most this many EM iterations.
-    tol : float, default 1e-5
+    tol : float, default 1e-4
         Stop early when no mean moves by more than this; 0 runs ``max_iter`` iterations.
     reg_covar : float, default 1e-6
-        Added to the variances, as in scikit-learn's ``GaussianMixture``.
+        Added to the variances, as in scikit-learn's ``GaussianMixture`` (whose updates these are).
 
     Returns
     -------
@@ -71,12 +80,16 @@ def fit_gmm_1d(
     means = torch.tensor(init_means, dtype=values.dtype, device=values.device).expand(m, 2).clone()
     gmm = Gmm1d(means, torch.full_like(means, init_std**2), torch.full_like(means, 0.5), 0)
     tiny = 10 * torch.finfo(values.dtype).eps
+    # Per row: count, sum and sum of squares; the M-step only needs these weighted by the responsibilities.
+    powers = torch.stack([torch.ones_like(values), values, values * values], dim=-1)  # (M, N, 3)
+    totals = powers.sum(dim=1)  # (M, 3)
     for iteration in range(1, max_iter + 1):
-        resp = gmm.log_responsibilities(values).exp()
-        nk = resp.sum(dim=1) + tiny
-        new_means = torch.einsum("mnk,mn->mk", resp, values) / nk
-        diff2 = (values[..., None] - new_means[:, None, :]) ** 2
-        variances = torch.einsum("mnk,mnk->mk", resp, diff2) / nk + reg_covar
+        resp_high = torch.sigmoid(gmm.high_logit(values))  # (M, N)
+        high = (resp_high[:, None, :] @ powers)[:, 0, :]  # (M, 3)
+        stats = torch.stack([totals - high, high], dim=1)  # (M, 2 components, 3)
+        nk = stats[..., 0] + tiny
+        new_means = stats[..., 1] / nk
+        variances = (stats[..., 2] / nk - new_means**2).clamp(min=0) + reg_covar
         shift = (new_means - gmm.means).abs().max()
         gmm = Gmm1d(new_means, variances, nk / nk.sum(dim=1, keepdim=True), iteration)
         if shift <= tol:
@@ -98,11 +111,9 @@ def high_cluster_minimum(values: torch.Tensor, **gmm_options) -> torch.Tensor:
     Rows whose high component claims no value fall back to the GMM threshold (mean of the means).
     """
     gmm = fit_gmm_1d(values, **gmm_options)
-    high = gmm.means.argmax(dim=1)
-    log_resp = gmm.log_responsibilities(values)
-    in_high = log_resp.gather(2, high[:, None, None].expand(-1, values.shape[1], 1))[..., 0] > torch.log(
-        torch.tensor(0.5, dtype=values.dtype)
-    )
+    logit = gmm.high_logit(values)  # > 0 where component 1 is more likely
+    component_1_is_high = (gmm.means[:, 1] >= gmm.means[:, 0])[:, None]
+    in_high = torch.where(component_1_is_high, logit > 0, logit < 0)
     masked = torch.where(in_high, values, torch.full_like(values, torch.inf))
     minimum = masked.min(dim=1).values
     return torch.where(torch.isfinite(minimum), minimum, gmm.means.mean(dim=1))

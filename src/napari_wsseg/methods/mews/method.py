@@ -156,12 +156,30 @@ class MEWSMethod(Method):
         self._heads: ProjectionHeads | None = None
         self._centroids: torch.Tensor | None = None
         self._backbone_state: dict = {}
+        self._beta_memo: dict = {}  # per-slice crop thresholds, reused when retraining
 
     # ------------------------------------------------------------ public extras
     @property
     def feature_cache(self) -> FeatureCache | None:
         """The feature cache (None until the backbone is built); ``.stats`` counts hits."""
         return self._cache
+
+    def share_feature_cache(self, other: "MEWSMethod") -> None:
+        """Use ``other``'s backbone, feature cache and GMM thresholds, e.g. to retrain with changed options.
+
+        Raises
+        ------
+        ModelError
+            If the two models' backbones or tilings differ.
+        """
+        fields = ("backbone", "backbone_weights", "tile_patches", "halo_patches")
+        if any(getattr(self.config, f) != getattr(other.config, f) for f in fields):
+            raise ModelError(
+                f"cannot share the feature cache of a '{other.config.backbone}' model with a "
+                f"'{self.config.backbone}' model: backbone, weights or tiling differ"
+            )
+        self._backbone, self._cache = other._get_backbone(), other._get_cache()
+        self._beta_memo = other._beta_memo  # GMM thresholds are a function of the features too
 
     @property
     def backbone(self) -> FrozenViT:
@@ -189,7 +207,8 @@ class MEWSMethod(Method):
         self.training_summary["warnings"] = [backbone.warning] if backbone.warning else []
 
         zs = _training_slices(prototypes[:, 0], image.n_slices, self.config.extra_slices)
-        feats = self._training_features(image, zs, options, budget)
+        slices = [image.slice(z) for z in zs]
+        feats = self._training_features(slices, options, budget)
         if feats is None:
             return FitResult(stopped="cancelled", seconds=budget.elapsed)
         p = backbone.patch_size
@@ -198,16 +217,17 @@ class MEWSMethod(Method):
                  ([index[z] for z in prototypes[:, 0]], prototypes[:, 1] // p, prototypes[:, 2] // p)]
         proto_x = feats[where[0], where[1], where[2]]
         proto_labels = torch.as_tensor(prototypes[:, 3], device=self._device)
-        return self._train(feats, proto_x, proto_labels, options, budget)
+        keys = [slice_key(s, self.normalization) for s in slices]
+        return self._train(feats, keys, proto_x, proto_labels, options, budget)
 
-    def _train(self, feats, proto_x, proto_labels, options: FitOptions, budget: Budget) -> FitResult:
+    def _train(self, feats, keys, proto_x, proto_labels, options: FitOptions, budget: Budget) -> FitResult:
         cfg = self.config
         generator = torch.Generator().manual_seed(int(options.seed))
-        crops = _crop_origins(feats.shape[1:3], cfg.crop_patches)
-        crops = [(s, y, x) for s in range(len(feats)) for y, x in crops]
+        origins = _crop_origins(feats.shape[1:3], cfg.crop_patches)
+        crops = [(s, y, x) for s in range(len(feats)) for y, x in origins]
         size = (min(cfg.crop_patches, feats.shape[1]), min(cfg.crop_patches, feats.shape[2]))
         report(options.progress, ProgressEvent(0, cfg.max_steps, "fitting GMM thresholds"))
-        betas = self._crop_thresholds(feats, crops, size) if cfg.use_corr else None
+        betas = self._crop_thresholds(feats, keys, origins, size) if cfg.use_corr else None
         beta_proto = prototype_class_thresholds(
             proto_x, proto_labels, _sample_patches(feats, generator), self.n_classes, **self._gmm_options()
         )
@@ -231,7 +251,7 @@ class MEWSMethod(Method):
             loss.backward()
             optimizer.step()
             step += 1
-            history.append({"step": step, "loss": float(loss), **{k: float(v) for k, v in terms.items()}})
+            history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
             if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S or step == cfg.max_steps:
                 last_report = time.monotonic()
                 report(options.progress, ProgressEvent(step, cfg.max_steps, "training", dict(history[-1]),
@@ -257,11 +277,24 @@ class MEWSMethod(Method):
             terms["l_triplet"] = triplet_loss(heads(proto_x), proto_labels, margin=cfg.margin)
         return terms
 
-    def _crop_thresholds(self, feats, crops, size) -> torch.Tensor:
-        """Per-patch GMM thresholds β_i of every crop, ``(n_crops, N)``, batched over crops."""
+    def _crop_thresholds(self, feats, keys, origins, size) -> torch.Tensor:
+        """Per-patch GMM thresholds β_i of every crop, ``(S * n_origins, N)``, batched over crops.
+
+        They depend only on frozen features, so they are kept per slice for the next training.
+        """
+        per_slice = []
+        for s, key in enumerate(keys):
+            memo_key = (key, tuple(origins), size, self._gmm_options()["init_means"], self.config.gmm_max_iter)
+            if memo_key not in self._beta_memo:
+                self._beta_memo[memo_key] = self._slice_crop_thresholds(feats[s], origins, size)
+            per_slice.append(self._beta_memo[memo_key].to(feats.device))
+        return torch.cat(per_slice)
+
+    def _slice_crop_thresholds(self, grid, origins, size) -> torch.Tensor:
         betas = []
-        for start in range(0, len(crops), _GMM_CROPS_PER_BATCH):
-            x = torch.stack([_crop(feats, c, size) for c in crops[start : start + _GMM_CROPS_PER_BATCH]])
+        for start in range(0, len(origins), _GMM_CROPS_PER_BATCH):
+            chunk = origins[start : start + _GMM_CROPS_PER_BATCH]
+            x = torch.stack([_crop(grid[None], (0, y, x), size) for y, x in chunk])
             sims = x @ x.transpose(1, 2)  # (b, N, N)
             betas.append(gmm_thresholds(sims.reshape(-1, sims.shape[-1]), **self._gmm_options()).reshape(len(x), -1))
         return torch.cat(betas)
@@ -269,16 +302,16 @@ class MEWSMethod(Method):
     def _gmm_options(self) -> dict:
         return {"init_means": tuple(self.config.gmm_init), "max_iter": self.config.gmm_max_iter}
 
-    def _training_features(self, image: Image, zs: list[int], options: FitOptions, budget: Budget):
-        """L2-normalised features ``(S, Hp, Wp, D)`` float32 of slices ``zs``; None when cancelled."""
-        total = len(zs)
+    def _training_features(self, slices: list[np.ndarray], options: FitOptions, budget: Budget):
+        """L2-normalised features ``(S, Hp, Wp, D)`` float32 of raw slices; None when cancelled."""
+        total = len(slices)
 
         def on_chunk(done: int) -> bool:
             report(options.progress, ProgressEvent(0, self.config.max_steps, f"features {done}/{total} slices"))
             return budget.stop_reason() == "cancelled"
 
         try:
-            arrays = self._features([image.slice(z) for z in zs], persist=True, on_chunk=on_chunk)
+            arrays = self._features(slices, persist=True, on_chunk=on_chunk)
         except _Cancelled:
             if self._heads is None:
                 self.classes = []  # nothing trained: stay untrained instead of half-set-up
@@ -465,12 +498,11 @@ def _normalized(arrays: list[np.ndarray], device) -> torch.Tensor:
 
 
 def _crop_origins(grid: tuple[int, int], crop: int) -> list[tuple[int, int]]:
-    """Top-left patch of each crop: a half-overlapping grid whose last crops touch the far edges."""
+    """Top-left patch of each crop: tiles of ``crop`` patches, the last ones flush with the far edges."""
 
     def starts(n: int) -> list[int]:
         size = min(crop, n)
-        stride = max(1, size // 2)
-        return sorted(set(list(range(0, n - size + 1, stride)) + [n - size]))
+        return sorted(set(list(range(0, n - size + 1, size)) + [n - size]))
 
     return [(y, x) for y in starts(grid[0]) for x in starts(grid[1])]
 

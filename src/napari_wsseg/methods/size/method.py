@@ -1,0 +1,389 @@
+"""Method ``size``: a U-Net trained from approximate class sizes per slice (Approximate Size
+Targets Are Sufficient for Accurate Semantic Segmentation), optionally with points, masks and
+tags. Imports no Qt.
+
+The network is the project's plain U-Net with a classifier head; the method is the loss
+
+    L = size_weight * KL(v || y_bar) + tag_weight * L_tag + crf_weight * L_CRF + pce_weight * L_pCE
+
+where ``v`` is a slice's target size distribution, ``y_bar`` the mean softmax prediction over the
+whole slice (see :mod:`.slice_means` for how crops see whole-slice means), ``L_tag`` the size
+constraint of slices with tags but no sizes, ``L_CRF`` the bilinear Potts relaxation over a local
+window and ``L_pCE`` the cross-entropy on clicked points and mask pixels (:mod:`.losses`).
+
+Each step draws ``batch_size`` crops aligned to the size cache's cells: a share
+``anchor_crop_fraction`` around labelled pixels (every class equally often), the rest uniformly
+over the slices with sizes or tags. Crops get one random flip/rotation and a brightness/contrast
+jitter. See ``docs/methods/size.md`` for the defaults and the benchmark that chose them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...annotations.model import Annotations
+from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
+from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
+from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
+from ...engine.devices import resolve_device
+from ...engine.trainer import OptimConfig, run_training
+from ...engine.unet import UNet, UNetConfig
+from ...errors import ModelError, WssegError
+from ...io.image import Image
+from ...predict.tiling import predict_tiled
+from ..base import FitOptions, FitResult, Method
+from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
+from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class SizeConfig:
+    """Options of the size-target method (architecture, losses, training, prediction).
+
+    Attributes
+    ----------
+    depth, width : int, default 3 and 16
+        U-Net down-sampling steps and channels at full resolution.
+    size_weight : float, default 1.0
+        Weight of the size loss ``KL(v || y_bar)``.
+    tag_weight : float, default 1.0
+        Weight of the tag size loss (slices with tags but no sizes).
+    tag_min_fraction : float, default 0.002
+        A tagged class is pushed up only while its predicted share of the slice is below this.
+    crf_weight : float, default 0.1
+        Weight of the CRF (Potts) loss; 0 switches it off.
+    crf_radius : int, default 2
+        The CRF window is ``(2 * crf_radius + 1)`` pixels square.
+    crf_sigma_intensity, crf_sigma_xy : float, default 0.15 and 1.5
+        Intensity (normalised units, 0 to 1 spans the 1st-99.5th percentile) and spatial (pixels)
+        bandwidths of the CRF affinities.
+    pce_weight : float, default 1.0
+        Weight of the partial cross-entropy on points and mask pixels.
+    kl_epsilon : float, default 1e-6
+        Guard of the mean prediction inside the size losses' logarithms.
+    lr, weight_decay, warmup_fraction : float, default 1e-3, 0.01, 0.05
+        AdamW with linear warm-up then cosine decay.
+    max_steps : int, default 2000
+        Training steps when no time budget stops the run first.
+    batch_size, crop_size : int, default 4 and 128
+        Crops per step and their side (a multiple of ``size_cell`` and of ``2 ** depth``); a
+        smaller slice is trained whole.
+    size_cell : int, default 16
+        Side of the cells in which whole-slice mean predictions are cached; crops are aligned to
+        them.
+    anchor_crop_fraction : float, default 0.5
+        Share of crops placed around labelled pixels (points, masks) when there are any.
+    jitter : float, default 0.2
+        Brightness/contrast jitter strength.
+    cpu_bf16 : bool, default False
+        bf16 autocast for training on CPUs with native support (prediction stays float32).
+    tile, tile_overlap : int, default 1024 and 128
+        Tiled prediction.
+    """
+
+    depth: int = 3
+    width: int = 16
+    size_weight: float = 1.0
+    tag_weight: float = 1.0
+    tag_min_fraction: float = 0.002
+    crf_weight: float = 0.1
+    crf_radius: int = 2
+    crf_sigma_intensity: float = 0.15
+    crf_sigma_xy: float = 1.5
+    pce_weight: float = 1.0
+    kl_epsilon: float = 1e-6
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    max_steps: int = 2000
+    batch_size: int = 4
+    crop_size: int = 128
+    size_cell: int = 16
+    anchor_crop_fraction: float = 0.5
+    jitter: float = 0.2
+    cpu_bf16: bool = False
+    tile: int = 1024
+    tile_overlap: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius"):
+            if getattr(self, name) < 1:
+                raise WssegError(f"size option {name}={getattr(self, name)} must be a positive integer")
+        if self.depth < 0:
+            raise WssegError(f"size option depth={self.depth} must be 0 or more")
+        multiple = self.crop_multiple
+        if self.crop_size % multiple:
+            raise WssegError(
+                f"size crop_size {self.crop_size} is not a multiple of size_cell ({self.size_cell}) and "
+                f"2**depth ({2**self.depth}); use e.g. {-(-self.crop_size // multiple) * multiple}"
+            )
+        for name in ("size_weight", "tag_weight", "crf_weight", "pce_weight", "kl_epsilon", "jitter",
+                     "weight_decay"):
+            if getattr(self, name) < 0:
+                raise WssegError(f"size option {name}={getattr(self, name)} must be 0 or more")
+        for name in ("lr", "crf_sigma_intensity", "crf_sigma_xy"):
+            if getattr(self, name) <= 0:
+                raise WssegError(f"size option {name}={getattr(self, name)} must be positive")
+        for name in ("anchor_crop_fraction", "warmup_fraction", "tag_min_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise WssegError(f"size option {name}={getattr(self, name)} must be between 0 and 1")
+
+    @property
+    def crop_multiple(self) -> int:
+        """Crop sides are multiples of this (cache cells and U-Net down-sampling)."""
+        return math.lcm(self.size_cell, 2**self.depth)
+
+
+class SizeMethod(Method):
+    """A U-Net trained with the size-target KL loss (+ CRF, + partial CE on points and masks)."""
+
+    name = "size"
+    config_class = SizeConfig
+    halo = 64
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        self.net: UNet | None = None
+        self.fit_info: dict = {}
+
+    def _build_net(self) -> UNet:
+        cfg = self.config
+        return UNet(UNetConfig(in_channels=self.n_channels, out_channels=len(self.classes), depth=cfg.depth,
+                               width=cfg.width, head="classifier"))
+
+    # ---------------------------------------------------------------- training
+    def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
+        _check_trainable(annotations)
+        device = resolve_device(options.device)
+        torch.manual_seed(options.seed)
+        rng = np.random.default_rng(options.seed)
+        generator = torch.Generator().manual_seed(options.seed)
+        self.net = self._build_net().to(device)
+        step = _SizeTrainStep(self, image, annotations, rng, generator, device)
+        cfg = self.config
+        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
+                            max_steps=cfg.max_steps)
+        outcome = run_training(
+            self.net, step, optim=optim, device=device, time_budget_s=options.time_budget_s,
+            cancel=options.cancel, progress=options.progress, autocast_cpu=cfg.cpu_bf16,
+        )
+        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
+                         "stopped": outcome.stopped, "crop_size": step.crop_size,
+                         "size_slices": sorted(step.sizes), "tag_slices": sorted(step.present)}
+        return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
+
+    # -------------------------------------------------------------- prediction
+    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        net = self._require_net()
+        slice_yxc = np.asarray(slice_yxc)
+        if slice_yxc.ndim != 3 or slice_yxc.shape[-1] != self.n_channels:
+            raise ModelError(
+                f"size model expects a (Y, X, {self.n_channels}) slice, got shape {slice_yxc.shape}; "
+                "pass one slice of an image with the channels it was trained on"
+            )
+        device = next(net.parameters()).device
+        net.eval()
+
+        def probabilities(tile: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                logits = net(torch.from_numpy(tile)[None].to(device))
+                return F.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+        normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
+        return predict_tiled(probabilities, normalized, tile=self.config.tile,
+                             overlap=min(self.config.tile_overlap, self.config.tile - 1), align=net.size_multiple)
+
+    def _require_net(self) -> UNet:
+        if self.net is None:
+            raise ModelError("size model is not trained; call fit() or load a model folder")
+        return self.net
+
+    # ------------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"fit": self.fit_info}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.fit_info = dict(state.get("fit", {}))
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self._require_net().state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the size model")
+        net = self._build_net()
+        try:
+            net.load_state_dict(load_file(str(path)))
+        except (RuntimeError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(
+                f"model file {path} does not match the size architecture in config.json ({first}); "
+                "retrain the model"
+            ) from None
+        self.net = net.to(resolve_device("auto")).eval()
+
+
+def _check_trainable(annotations: Annotations) -> None:
+    """The method learns from sizes, tags, points and masks; boxes alone give it nothing."""
+    if len(annotations.classes) < 2:
+        raise WssegError(
+            f"size needs at least 2 classes, got {len(annotations.classes)} "
+            f"({', '.join(annotations.class_names)}); add a background class"
+        )
+    has_masks = annotations.masks is not None and bool(np.any(annotations.masks))
+    usable = len(annotations.sizes) or len(annotations.tags) or len(annotations.points) or has_masks
+    if not usable:
+        raise WssegError(
+            "the size method learns from sizes, tags, points or masks; boxes alone are not used by it "
+            "(give sizes.csv, or use --method dsp for boxes)"
+        )
+    if len(annotations.boxes):
+        warnings.warn(f"the size method ignores the {len(annotations.boxes)} box(es); use dsp to learn "
+                      "from boxes", stacklevel=3)
+
+
+class _SizeTrainStep:
+    """One training step: sample aligned crops, augment, predict, compute the losses, refresh the
+    whole-slice mean cache."""
+
+    def __init__(self, method: SizeMethod, image: Image, annotations: Annotations,
+                 rng: np.random.Generator, generator: torch.Generator, device: torch.device) -> None:
+        cfg = method.config
+        self.cfg, self.net, self.device, self.rng, self.generator = cfg, method.net, device, rng, generator
+        self.shape_yx = image.shape[1:]
+        self.crop_size = _crop_size(cfg.crop_size, self.shape_yx, cfg.crop_multiple)
+        self.sizes, self.present = _slice_constraints(annotations, image.shape[0])
+        initial = dict(self.sizes) | {z: p / p.sum() for z, p in self.present.items()}
+        self.cache = SliceMeanCache(self.shape_yx, cfg.size_cell, initial)
+        self.labels = _pixel_labels(annotations, self.shape_yx)
+        self.store = SliceStore(image, method.normalization)
+        for z in sorted(set(initial) | set(self.labels)):
+            self.store.slice(int(z))  # annotated slices stay cached
+        self.sampler = self._anchor_sampler(annotations, image.shape)
+        constrained = sorted(initial) or sorted(self.labels)
+        self.uniform_slices = np.asarray(constrained, dtype=np.int64)
+
+    def _anchor_sampler(self, annotations: Annotations, shape) -> CropSampler | None:
+        pixel_labels = Annotations(annotations.classes, points=annotations.points, masks=annotations.masks)
+        anchors = annotation_anchors(pixel_labels, shape, self.rng)
+        if not len(anchors):
+            return None
+        side = self.crop_size - self.cfg.size_cell if self.crop_size > self.cfg.size_cell else self.crop_size
+        return CropSampler(shape, anchors, side, self.rng)
+
+    def _sample(self) -> list[Crop]:
+        n = self.cfg.batch_size
+        n_anchored = self.rng.binomial(n, self.cfg.anchor_crop_fraction) if self.sampler is not None else 0
+        if not len(self.uniform_slices):
+            n_anchored = n
+        anchored = align_crops(self.sampler.sample(n_anchored), self.cfg.size_cell, self.crop_size) if n_anchored else []
+        uniform = uniform_aligned_crops(self.uniform_slices, self.shape_yx, self.crop_size, self.cfg.size_cell,
+                                        n - n_anchored, self.rng)
+        return anchored + uniform
+
+    def __call__(self, step: int, fraction: float) -> dict:
+        cfg = self.cfg
+        crops = self._sample()
+        pixels, valid = zip(*(self.store.crop(c) for c in crops))
+        labels = np.stack([self._label_window(c) for c in crops])
+        geometries = random_geometries(len(crops), self.generator)
+        images = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)
+        valid_t = apply_geometries(torch.from_numpy(np.stack(valid)), geometries).to(self.device)
+        labels_t = apply_geometries(torch.from_numpy(labels), geometries).to(self.device)
+        logits = self.net(jitter(images, cfg.jitter, self.generator).to(self.device)).float()
+        probabilities = F.softmax(logits, dim=1)
+        masked = probabilities * valid_t[:, None]
+        losses = {"pce": partial_ce(logits, labels_t)}
+        losses |= self._size_losses(crops, masked, valid_t)
+        if cfg.crf_weight > 0:
+            losses["crf"] = crf_loss(probabilities, images.to(self.device), valid_t, radius=cfg.crf_radius,
+                                     sigma_intensity=cfg.crf_sigma_intensity, sigma_xy=cfg.crf_sigma_xy)
+        self._refresh_cache(crops, masked.detach(), geometries)
+        losses["loss"] = (cfg.pce_weight * losses["pce"] + cfg.size_weight * losses.get("size", 0.0)
+                          + cfg.tag_weight * losses.get("tag", 0.0) + cfg.crf_weight * losses.get("crf", 0.0))
+        return losses
+
+    def _size_losses(self, crops: list[Crop], masked: torch.Tensor, valid: torch.Tensor) -> dict:
+        """Size KL of crops on sized slices and tag loss of crops on tag-only slices."""
+        out = {}
+        crop_sums = masked.sum(dim=(2, 3))
+        # Scale the gradient by N / n so each crop pixel gets the gradient of a whole-slice step:
+        # the crop's share of the full-slice gradient, averaged over crop positions, is unbiased.
+        scale = self.cache.n_pixels / valid.sum(dim=(1, 2)).clamp(min=1)
+        for key, table in (("size", self.sizes), ("tag", self.present)):
+            index = [i for i, c in enumerate(crops) if c.z in table]
+            if not index:
+                continue
+            mean = self.cache.mean_with([crops[i] for i in index], crop_sums[index])
+            target = torch.as_tensor(np.stack([table[crops[i].z] for i in index]), device=mean.device)
+            if key == "size":
+                value = size_kl(target, mean, self.cfg.kl_epsilon)
+            else:
+                value = tag_size_loss(target, mean, self.cfg.tag_min_fraction, self.cfg.kl_epsilon)
+            scaled = value.detach() + scale[index] * (value - value.detach())
+            out[key] = scaled.mean()
+        return out
+
+    def _refresh_cache(self, crops: list[Crop], masked: torch.Tensor, geometries: list[Geometry]) -> None:
+        cell = self.cfg.size_cell
+        cell_sums = F.avg_pool2d(masked, cell) * cell**2
+        undone = torch.stack([_undo_geometry(g, s) for g, s in zip(geometries, cell_sums)])
+        self.cache.update(crops, undone.cpu().numpy().astype(np.float64))
+
+    def _label_window(self, crop: Crop) -> np.ndarray:
+        window = np.full((crop.size, crop.size), -1, np.int64)
+        labels = self.labels.get(crop.z)
+        if labels is not None:
+            part = labels[crop.y : crop.y + crop.size, crop.x : crop.x + crop.size]
+            window[: part.shape[0], : part.shape[1]] = part
+        return window
+
+
+def _undo_geometry(geometry: Geometry, x: torch.Tensor) -> torch.Tensor:
+    """Invert :meth:`Geometry.apply` on the last two axes."""
+    if geometry.rot90:
+        x = torch.rot90(x, -geometry.rot90, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if geometry.flip_x else x
+
+
+def _slice_constraints(annotations: Annotations, n_slices: int) -> tuple[dict, dict]:
+    """Per slice: target sizes ``{z: (C,) float32}``, and tagged classes of slices with tags but
+    no sizes ``{z: (C,) bool}``."""
+    sizes = {}
+    for z in np.unique(annotations.sizes[:, 0].astype(np.int64)):
+        fractions = sizes_for_slice(annotations, int(z))
+        if fractions is not None:
+            sizes[int(z)] = fractions.astype(np.float32)
+    tagged, allowed = tag_matrix(annotations, n_slices)
+    present = {int(z): allowed[z] for z in np.flatnonzero(tagged) if int(z) not in sizes}
+    return sizes, present
+
+
+def _pixel_labels(annotations: Annotations, shape_yx: tuple[int, int]) -> dict[int, np.ndarray]:
+    """``{z: (Y, X) int16}`` class of each labelled pixel (points, masks), -1 elsewhere."""
+    slices = set(annotations.points[:, 0].tolist())
+    if annotations.masks is not None:
+        flat = np.asarray(annotations.masks).reshape(len(annotations.masks), -1)
+        slices.update(np.flatnonzero(flat.max(axis=1) > 0).tolist())
+    return {int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16) for z in sorted(slices)}
+
+
+def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
+    """The configured crop side, shrunk to the slice (rounded up to ``multiple``) if smaller."""
+    return min(crop_size, -(-max(shape_yx) // multiple) * multiple)

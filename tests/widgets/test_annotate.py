@@ -1,0 +1,186 @@
+"""The Annotate widget: classes, points, boxes, scribbles, tags and sizes through the layers' API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_wsseg.annotations.model import default_classes
+from napari_wsseg.widgets import _layers as L
+
+
+def _press(owner, key: str) -> None:
+    """Run what ``key`` is bound to on a viewer or layer (as napari does on a key press)."""
+    from app_model.types import KeyBinding
+
+    owner.keymap[KeyBinding.from_str(key)](owner)
+
+
+def _rgba(color):
+    return np.asarray(L.rgba(color))
+
+
+def test_classes_can_be_added_renamed_recoloured_and_removed(annotate, small_3d):
+    image, _, _ = small_3d
+    viewer, _, widget = annotate(image)
+    session = widget.session
+    assert widget.add_class("mito") == 2
+    widget.rename_class(0, "cyto")
+    widget.set_class_color(1, "#00ff00")
+    assert [c.name for c in session.classes] == ["cyto", "foreground", "mito"]
+    assert session.classes[1].color == "#00ff00"
+    assert widget.class_table.rowCount() == 3
+    assert widget.class_table.item(0, 2).text() == "cyto"
+    points = session.layer("points")
+    points.feature_defaults["class"] = 2
+    points.add([[0, 5, 5]])
+    points.feature_defaults["class"] = 1
+    points.add([[0, 6, 6]])
+    widget.remove_class(0)  # no points of class 0: the others shift down by one
+    assert [c.name for c in session.classes] == ["foreground", "mito"]
+    assert sorted(np.asarray(points.features["class"]).tolist()) == [0, 1]
+    widget.remove_class(1)  # removes the 'mito' point
+    assert len(points.data) == 1 and session.classes[0].name == "foreground"
+
+
+def test_a_duplicate_class_name_is_refused_with_a_notification(annotate, small_2d, notifications):
+    image, _, _ = small_2d
+    _, _, widget = annotate(image)
+    widget.rename_class(1, "background")
+    assert [c.name for c in widget.session.classes] == ["background", "foreground"]
+    assert any("unique" in m for m in notifications)
+
+
+def test_points_boxes_scribbles_tags_and_sizes_make_one_annotation_set(annotate, small_3d):
+    image, labels, classes = small_3d
+    viewer, _, widget = annotate(image, classes)
+    session = widget.session
+    viewer.dims.set_current_step(0, 2)
+    assert session.current_z() == 2
+    widget.set_current_class(1)
+    session.layer("points").add([[2, 10, 12]])  # the current class is the new point's class
+    widget.set_mode("boxes")
+    assert viewer.layers.selection.active is session.layer("boxes")
+    session.layer("boxes").add_rectangles([np.array([[2, 4, 5], [2, 4, 20], [2, 15, 20], [2, 15, 5]])])
+    masks = session.layer("masks")
+    assert masks.selected_label == 2
+    masks.paint((2, 30, 30), 2)  # a brush stroke of class 1 (label 2)
+    panel = widget.slice_panel
+    panel.rows[0][0].setChecked(True)  # tag class 0 in slice 2
+    panel.rows[1][0].setChecked(True)
+    panel.rows[0][2].setValue(70.0)  # sizes: 70 % + 30 %
+    panel.rows[1][1].setValue(30)
+    ann = session.snapshot()
+    assert ann.points.tolist() == [[2, 10, 12, 1]]
+    assert ann.boxes.tolist() == [[2, 4, 5, 15, 20, 1]]
+    assert set(np.unique(ann.masks[2])) == {0, 2} and not ann.masks[[0, 1, 3]].any()
+    assert ann.tags.tolist() == [[2, 0], [2, 1]]
+    np.testing.assert_allclose(ann.sizes, [[2, 0, 0.7], [2, 1, 0.3]])
+    assert "sum 100 %" in panel.sum_label.text()
+    session.validated_snapshot()  # consistent: no error
+    viewer.dims.set_current_step(0, 1)  # the panel follows the viewer's slice
+    assert not panel.rows[0][0].isChecked() and panel.rows[0][2].value() == 0
+
+
+def test_incomplete_sizes_are_left_out_until_they_sum_to_one(annotate, small_2d):
+    image, _, _ = small_2d
+    _, _, widget = annotate(image)
+    widget.session.set_size(0, 0, 0.4)
+    assert len(widget.session.snapshot().sizes) == 0
+    assert "sum 40 %" in widget.slice_panel.sum_label.text()
+    widget._update_status()
+    assert "not used" in widget.status.text()
+    widget.session.set_size(0, 1, 0.6)
+    assert len(widget.session.snapshot().sizes) == 2
+
+
+def test_class_colours_are_identical_in_points_boxes_labels_and_predictions(annotate, small_2d):
+    image, _, _ = small_2d
+    viewer, image_layer, widget = annotate(image, default_classes(3))
+    session = widget.session
+    widget.set_class_color(2, "#123456")
+    for k in range(3):
+        widget.set_current_class(k)
+        session.layer("points").add([[3 + k, 3]])
+        session.layer("boxes").add_rectangles([np.array([[10, 10 + 5 * k], [12, 12 + 5 * k]])])
+    L.show_slice_result(viewer, image_layer, session.classes, 0, np.full(image.shape, 2), None)
+    prediction = L.find_layers(viewer.layers, "prediction")[0]
+    for k, c in enumerate(session.classes):
+        expected = _rgba(c.color)
+        np.testing.assert_allclose(session.layer("points").face_color[k], expected, atol=1e-3)
+        np.testing.assert_allclose(session.layer("boxes").edge_color[k], expected, atol=1e-3)
+        np.testing.assert_allclose(session.layer("masks").colormap.map(k + 1), expected, atol=1e-3)
+        np.testing.assert_allclose(prediction.colormap.map(k + 1), expected, atol=1e-3)
+
+
+def test_number_keys_pick_the_class_and_mode_keys_pick_the_layer(annotate, small_2d):
+    image, _, _ = small_2d
+    viewer, _, widget = annotate(image, default_classes(3))
+    _press(viewer, "3")
+    assert widget.session.current_class == 2
+    assert widget.class_table.currentRow() == 2
+    points = widget.session.layer("points")
+    _press(points, "2")  # the digits work while an annotation layer is active, too
+    assert widget.session.current_class == 1
+    _press(viewer, "Shift+S")
+    masks = widget.session.layer("masks")
+    assert viewer.layers.selection.active is masks and masks.mode == "paint"
+    _press(viewer, "Shift+D")
+    assert viewer.layers.selection.active is points and points.mode == "add"
+
+
+def test_status_line_counts_annotations_per_class_and_type(annotate, small_2d):
+    image, _, _ = small_2d
+    _, _, widget = annotate(image)
+    session = widget.session
+    session.layer("points").add([[1, 1], [2, 2]])
+    widget._update_status()
+    assert "2 pts" in widget.status.text()
+
+
+def test_a_point_outside_the_image_names_the_layer(annotate, small_2d):
+    image, _, _ = small_2d
+    _, _, widget = annotate(image)
+    widget.session.layer("points").add([[200, 5]])
+    with pytest.raises(ValueError, match="points layer 'img points'"):
+        widget.session.validated_snapshot()
+
+
+def test_csv_export_then_import_restores_points_boxes_tags_and_sizes(annotate, small_3d, tmp_path, notifications):
+    image, _, classes = small_3d
+    _, _, widget = annotate(image, classes)
+    session = widget.session
+    session.layer("points").add([[1, 4, 4]])
+    session.layer("boxes").add_rectangles([np.array([[3, 2, 2], [3, 2, 9], [3, 9, 9], [3, 9, 2]])])
+    session.set_tag(1, 0, True)
+    session.set_size(3, 0, 1.0)
+    before = session.snapshot()
+    widget.export_csv(tmp_path / "csv")
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == [
+        "boxes.csv", "classes.json", "points.csv", "sizes.csv", "tags.csv"]
+    session.layer("points").data = np.zeros((0, 3))
+    session.set_tag(1, 0, False)
+    widget.import_csv(tmp_path / "csv")
+    after = session.snapshot()
+    for kind in ("points", "boxes", "tags", "sizes"):
+        np.testing.assert_array_equal(getattr(after, kind), getattr(before, kind))
+    assert any("imported" in m for m in notifications)
+
+
+def test_importing_a_folder_without_csv_files_shows_the_fix(annotate, small_2d, tmp_path, notifications):
+    image, _, _ = small_2d
+    _, _, widget = annotate(image)
+    widget.import_csv(tmp_path)
+    assert any("holds no points.csv" in m for m in notifications)
+
+
+def test_size_grid_overlay_has_coarse_and_fine_cells(annotate, small_2d):
+    image, _, _ = small_2d
+    viewer, _, widget = annotate(image)
+    widget.slice_panel.grid_combo.setCurrentText("fine")
+    grid = L.find_layers(viewer.layers, "grid")
+    assert len(grid) == 1 and len(grid[0].data) == 22
+    widget.slice_panel.grid_combo.setCurrentText("coarse")
+    assert len(L.find_layers(viewer.layers, "grid")[0].data) == 10
+    widget.slice_panel.grid_combo.setCurrentText("off")
+    assert not L.find_layers(viewer.layers, "grid")
