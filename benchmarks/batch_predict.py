@@ -115,12 +115,14 @@ def compute_limit(model_dir: Path, volume: Path, min_seconds: float = 10.0) -> d
     region = block_region(block_grid(image.shape, block)[len(block_grid(image.shape, block)) // 2], block, image.shape)
     data, crop = read_block_input(image, region, model_halo(model))
     voxels = seconds = 0.0
+    cpu_start = time.process_time()
     while seconds < min_seconds:
         start = time.perf_counter()
         predict_block_input(model, data, crop)
         seconds += time.perf_counter() - start
         voxels += data.shape[0] * (crop[0].stop - crop[0].start) * (crop[1].stop - crop[1].start)
-    return {"seconds": seconds, "voxels_per_s": voxels / seconds}
+    return {"seconds": seconds, "voxels_per_s": voxels / seconds,
+            "cpu_s_per_mvox": (time.process_time() - cpu_start) / voxels * 1e6}
 
 
 # -------------------------------------------------------------------------------- pipeline
@@ -133,8 +135,10 @@ result = predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], block=tuple(json.
                         scheduler="processes" if scheduler == "cluster" else scheduler, n_workers=2,
                         progress=lambda event: events.append(time.perf_counter()))
 end = time.perf_counter()
-# events[0]: outputs created; events[1]: first block written; events[-1]: last block written
-print(json.dumps({**result.to_dict(), "times": [events[1] - events[0], events[-1] - events[1], end - events[-1]]}))
+# events[0]: outputs created; events[1]: first block written; events[-1]: last block written.
+# perf_counter is CLOCK_MONOTONIC, shared with the parent, which samples CPU time on that clock.
+print(json.dumps({**result.to_dict(), "times": [events[1] - events[0], events[-1] - events[1], end - events[-1]],
+                  "marks": [events[1], events[-1]]}))
 """
 
 
@@ -150,8 +154,11 @@ def pipeline(model_dir: Path, volume: Path, out: Path, scheduler: str, shape) ->
                                  json.dumps(block)], stdout=stdout, stderr=stderr, text=True)
         root = psutil.Process(proc.pid)
         peak_tree = 0
+        cpu_by_pid: dict[int, float] = {}
+        cpu_samples = []  # (perf_counter, CPU seconds of the whole tree so far)
         while proc.poll() is None:
-            peak_tree = max(peak_tree, _tree_rss(root))
+            peak_tree = max(peak_tree, _tree_sample(root, cpu_by_pid))
+            cpu_samples.append((time.perf_counter(), sum(cpu_by_pid.values())))
             time.sleep(0.1)
         seconds = time.perf_counter() - start
         stdout.seek(0)
@@ -167,12 +174,21 @@ def pipeline(model_dir: Path, volume: Path, out: Path, scheduler: str, shape) ->
     # loading, cluster start and the first block, and the pyramid at the end are listed apart).
     first_block, blocks, pyramid = result["times"]
     steady = voxels * (result["blocks"] - 1) / result["blocks"] / blocks if result["blocks"] > 1 else voxels / first_block
+    steady_cpu = _cpu_at(cpu_samples, result["marks"][1]) - _cpu_at(cpu_samples, result["marks"][0])
+    steady_voxels = voxels * (result["blocks"] - 1) / result["blocks"]
     return {"seconds": seconds, "startup_seconds": seconds - blocks - pyramid, "pyramid_seconds": pyramid,
             "voxels_per_s": steady, "wall_voxels_per_s": voxels / seconds,
+            "cpu_s_per_mvox": steady_cpu / steady_voxels * 1e6 if steady_voxels else None,
             "peak_rss_tree_mb": peak_tree / 2**20, "blocks": result["blocks"]}
 
 
-def _tree_rss(root) -> int:
+def _cpu_at(samples, when: float) -> float:
+    """CPU seconds of the tree at the sample nearest to ``when``."""
+    return min(samples, key=lambda sample: abs(sample[0] - when))[1]
+
+
+def _tree_sample(root, cpu_by_pid: dict) -> int:
+    """RSS of the process tree now; updates the CPU seconds seen per process."""
     import psutil
 
     total = 0
@@ -183,6 +199,8 @@ def _tree_rss(root) -> int:
     for process in processes:
         try:
             total += process.memory_info().rss
+            times = process.cpu_times()
+            cpu_by_pid[process.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
     return total
@@ -222,7 +240,9 @@ def main(argv=None) -> int:
                 limit = min(io["voxels_per_s"], compute["voxels_per_s"])
                 row = {"size_gib": size, "shape": list(shape), "method": method, "scheduler": scheduler,
                        "io_limit_vox_s": io["voxels_per_s"], "compute_limit_vox_s": compute["voxels_per_s"],
+                       "compute_cpu_s_per_mvox": compute["cpu_s_per_mvox"],
                        **{f"pipeline_{k}": v for k, v in run.items()}, "fraction_of_limit": run["voxels_per_s"] / limit,
+                       "cpu_efficiency": compute["cpu_s_per_mvox"] / run["cpu_s_per_mvox"] if run["cpu_s_per_mvox"] else None,
                        "load_avg_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
                 results.append(row)
                 _save(args.json, results)
@@ -245,15 +265,16 @@ def _save(path, results) -> None:
 def markdown(results: list[dict]) -> str:
     lines = [
         "| volume | method | scheduler | pipeline Mvox/s | I/O limit Mvox/s | compute limit Mvox/s | "
-        "pipeline / slower limit | peak RSS (MiB) | start-up s | wall s | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "pipeline / slower limit | CPU efficiency | peak RSS (MiB) | start-up s | wall s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         volume = f"{r['size_gib']:g} GiB {tuple(r['shape'])}"
+        efficiency = f"{100 * r['cpu_efficiency']:.0f} %" if r.get("cpu_efficiency") else "-"
         lines.append(
             f"| {volume} | {r['method']} | {r['scheduler']} | {r['pipeline_voxels_per_s'] / 1e6:.2f} | "
             f"{r['io_limit_vox_s'] / 1e6:.1f} | {r['compute_limit_vox_s'] / 1e6:.2f} | "
-            f"{100 * r['fraction_of_limit']:.0f} % | {r['pipeline_peak_rss_tree_mb']:.0f} | "
+            f"{100 * r['fraction_of_limit']:.0f} % | {efficiency} | {r['pipeline_peak_rss_tree_mb']:.0f} | "
             f"{r['pipeline_startup_seconds']:.0f} | {r['pipeline_seconds']:.0f} | {r['load_avg_1min']:.1f} |"
         )
     env = f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}"

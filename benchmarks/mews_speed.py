@@ -225,6 +225,8 @@ def main() -> None:
     speed.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     speed.add_argument("--click-backbone", default="vit_small_patch16_dinov3")
     speed.add_argument("--click-steps", type=int, nargs="+", default=[100, 300])
+    speed.add_argument("--parts", nargs="+", choices=["features", "train_step", "click"],
+                       default=["features", "train_step", "click"])
     ablation = sub.add_parser("ablation")
     ablation.add_argument("--backbone", default="vit_small_patch16_dinov3")
     ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -243,9 +245,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")  # every run here is random, by design
     device = resolve_device(args.device)
     if args.command == "speed":
-        bench_features(args.backbones, args.sizes, device, args.out)
-        bench_train_step([384, 768], 5, device, args.out)
-        bench_click_to_prediction(args.click_backbone, args.click_steps, device, args.out)
+        if "features" in args.parts:
+            bench_features(args.backbones, args.sizes, device, args.out)
+        if "train_step" in args.parts:
+            bench_train_step([384, 768], 5, device, args.out)
+        if "click" in args.parts:
+            bench_click_to_prediction(args.click_backbone, args.click_steps, device, args.out)
     else:
         run_ablation(args.backbone, args.seeds, args.steps, args.lr, device, args.out)
 

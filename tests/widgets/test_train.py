@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -9,12 +11,14 @@ from qtpy.QtCore import Qt
 from napari_wsseg.methods import available_methods
 from napari_wsseg.project import Project
 from napari_wsseg.widgets import _layers as L
-from napari_wsseg.widgets._train import TrainWidget
+from napari_wsseg.widgets._predict import LAST_TRAINED, PredictWidget
+from napari_wsseg.widgets._train import TrainWidget, auto_run_mode
+from napari_wsseg.widgets._training import run_training, run_training_in_subprocess
 
 WAIT_MS = 120_000  # only guards against a hang
 
 
-def _setup(annotate, clicks, phantom, tmp_path=None, per_class=6):
+def _setup(annotate, clicks, phantom, tmp_path=None, per_class=6, run_in="napari process"):
     image, labels, classes = phantom
     viewer, image_layer, annotate_widget = annotate(image, classes)
     rows = clicks.from_truth(labels, per_class)
@@ -23,6 +27,7 @@ def _setup(annotate, clicks, phantom, tmp_path=None, per_class=6):
         annotate_widget.new_project(tmp_path / "proj")
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)
+    train.run_combo.setCurrentText(run_in)
     return viewer, image_layer, train, rows
 
 
@@ -32,7 +37,8 @@ def _prediction(viewer):
 
 
 def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks, small_2d, tmp_path, qtbot, notifications):
-    viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path)
+    viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path, run_in="separate process")
+    assert TrainWidget(viewer).run_combo.currentText() == "auto"  # the default
     train.method_combo.setCurrentText("rf")
     train.options.set_values(n_estimators=20)
     qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
@@ -51,7 +57,15 @@ def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks,
     models = Project.open(tmp_path / "proj").list_models()
     assert len(models) == 1 and models[0].startswith("rf-")
     assert any(m.startswith("rf trained in") and "saved as model" in m for m in notifications)
-    assert train.train_button.isEnabled() and train.session.last_model is not None
+    assert train.train_button.isEnabled()
+    # the model the separate process saved is the Predict widget's "last trained" model
+    predict = PredictWidget(viewer)
+    assert predict.model_combo.currentText() == LAST_TRAINED
+    before = prediction.data.copy()
+    prediction.data[:] = 0
+    with qtbot.waitSignal(predict.predict().finished, timeout=WAIT_MS):
+        pass
+    np.testing.assert_array_equal(prediction.data, before)
 
 
 def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(annotate, clicks, small_3d, qtbot,
@@ -72,8 +86,19 @@ def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(ann
     assert any("mean Dice on densely labelled slice 1" in m for m in notifications)
 
 
+def test_auto_trains_torch_methods_in_a_separate_process_and_rf_in_napari():
+    from napari_wsseg.methods import get_method
+
+    assert auto_run_mode(get_method("rf")) is run_training
+    for name in available_methods():
+        method_class = get_method(name)
+        if "torch" in vars(sys.modules[method_class.__module__]):
+            assert auto_run_mode(method_class) is run_training_in_subprocess
+
+
 @pytest.mark.parametrize("method", [m for m in ("dsp",) if m in available_methods()])
 def test_deep_methods_train_with_a_tiny_budget(annotate, clicks, small_2d, qtbot, method):
+    # in the napari process: this also checks the libLLVM/triton guard under Xvfb
     viewer, image_layer, train, _ = _setup(annotate, clicks, small_2d)
     train.method_combo.setCurrentText(method)
     train.budget_spin.setValue(3.0)
@@ -109,6 +134,7 @@ def test_each_error_path_is_a_notification(annotate, clicks, small_2d, slow_meth
     image, labels, classes = small_2d
     viewer, _, annotate_widget = annotate(image, classes)
     train = TrainWidget(viewer)
+    train.run_combo.setCurrentText("napari process")  # the slow test method exists in this process only
 
     def attempt(expected: str) -> None:
         notifications.clear()
@@ -141,6 +167,7 @@ def test_a_class_without_annotations_is_a_warning_with_the_fix(annotate, clicks,
     rows = clicks.from_truth(labels, 3)
     clicks.add(annotate_widget.session.layer("points"), rows[rows[:, -1] != 2])
     train = TrainWidget(viewer)
+    train.run_combo.setCurrentText("napari process")
     train.method_combo.setCurrentText(slow_method)
     train.options.set_values(steps=3)
     worker = train.train()
@@ -157,3 +184,23 @@ def test_train_while_training_is_refused(annotate, clicks, small_2d, slow_method
     assert any("already running" in m for m in notifications)
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         train.cancel()
+
+
+def test_a_separate_training_process_relays_errors_and_cancel(annotate, clicks, small_2d, qtbot, notifications):
+    image, labels, classes = small_2d
+    viewer, _, annotate_widget = annotate(image, classes)
+    session = annotate_widget.session
+    session.layer("boxes").add_rectangles([np.array([[2, 2], [20, 20]])])
+    train = TrainWidget(viewer)
+    train.run_combo.setCurrentText("separate process")
+    train.method_combo.setCurrentText("rf")
+    worker = train.train()  # rf cannot learn from boxes alone: the process says so
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        pass
+    assert any("rf method learns from labelled pixels" in m for m in notifications), notifications
+    clicks.add(session.layer("points"), clicks.from_truth(labels, 3))
+    worker = train.train()
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        train.cancel()  # before the process has computed anything
+    assert any("cancelled before a model was trained; nothing saved" in m for m in notifications), notifications
+    assert train.session.last_model is None

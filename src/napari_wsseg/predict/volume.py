@@ -785,10 +785,10 @@ def open_image(path) -> Image:
     --------
     >>> import tempfile, tifffile
     >>> path = Path(tempfile.mkdtemp()) / "stack.tif"
-    >>> tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8))
+    >>> tifffile.imwrite(path, np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
     >>> image = open_image(path)
     >>> image.shape, type(image.data).__name__
-    ((3, 8, 8), 'Array')
+    ((4, 8, 8), 'Array')
     """
     from ..io.readers import read_image, read_tiff_lazily
 

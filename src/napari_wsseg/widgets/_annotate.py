@@ -53,6 +53,8 @@ MODES = {"points": "Shift+D", "boxes": "Shift+B", "scribble": "Shift+S"}
 #: Size-grid overlay: cells per side (coarse: 16 cells of 6.25 %, fine: 100 cells of 1 %).
 GRIDS = {"off": 0, "coarse": 4, "fine": 10}
 _STATUS_DELAY_MS = 250
+#: Scribbled pixels are counted in the status line only for masks up to this size.
+STATUS_MAX_MASK_VOXELS = 2**26
 
 
 class AnnotateWidget(QWidget):
@@ -359,9 +361,12 @@ def status_text(session, saved_at: str = "", problem: str = "") -> str:
     if session.image is None:
         return "pick an image layer to annotate"
     try:
-        counts = session.snapshot().counts()
+        ann = session.snapshot(copy=False)
     except WssegError as exc:
         return f"<span style='color:#e05050'>{exc}</span>"
+    if ann.masks is not None and ann.masks.size > STATUS_MAX_MASK_VOXELS:
+        ann.masks = None  # counting scribbled pixels of a huge volume would stall the viewer
+    counts = ann.counts()
     lines = []
     for k, c in enumerate(session.classes):
         parts = [f"{int(counts[kind][k])} {label}" for kind, label in

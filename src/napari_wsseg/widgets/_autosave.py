@@ -1,7 +1,7 @@
 """Debounced autosave of a session's annotations into its project.
 
 Every annotation change restarts a single-shot timer (2 s by default); when it fires, the
-annotations are copied and validated on the main thread (fast, vectorised) and written with
+annotations are copied on the main thread, then validated and written with
 :meth:`Project.save <napari_wsseg.project.Project.save>` in a worker thread (atomic: a snapshot
 folder plus an atomic rename of ``project.json``), so painting never waits for the disk. Invalid
 annotations are not saved (the last valid save stays on disk); the error is shown once as a
@@ -18,7 +18,8 @@ from qtpy.QtWidgets import QApplication
 
 from ..errors import WssegError
 from ._links import link
-from ._notify import notify_error
+from ._notify import notify_error, user_message
+from ._session import validate_for_layers
 
 if TYPE_CHECKING:
     from ._session import AnnotationSession
@@ -71,7 +72,7 @@ class Autosaver(QObject):
             self._timer.start()
 
     def save_soon(self):
-        """Validate a snapshot now and write it in a worker thread; returns the worker (or None)."""
+        """Copy the annotations now; validate and write them in a worker thread (returned)."""
         from napari.qt.threading import create_worker
 
         if self.session.project is None:
@@ -79,11 +80,12 @@ class Autosaver(QObject):
         if self._worker is not None:  # one save at a time; save again when it is done
             self._pending = True
             return None
-        annotations = self._checked_snapshot()
-        if annotations is None:
+        snapshot = self._snapshot()
+        if snapshot is None:
             return None
-        worker = create_worker(self.session.save, annotations, _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(lambda _: self.saved.emit(str(self.session.project_folder)))
+        worker = create_worker(_validate_and_save, self.session, *snapshot, _ignore_errors=True,
+                               _start_thread=False)
+        worker.returned.connect(self._on_saved)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -96,28 +98,32 @@ class Autosaver(QObject):
             return
         self._timer.stop()
         self._pending = False
-        annotations = self._checked_snapshot()
-        if annotations is not None:
-            try:
-                self.session.save(annotations)
-            except WssegError as exc:
-                self._report(str(exc))
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
+        try:
+            _validate_and_save(self.session, *snapshot)
+        except WssegError as exc:
+            self._report(str(exc))
+            return
+        self._on_saved()
 
-    def _checked_snapshot(self):
+    def _snapshot(self):
+        """(annotations copy, image shape, layer names), or None when there is nothing to save."""
         viewer = self.session.viewer
         if viewer is None or self.session.image_layer not in viewer.layers:  # the viewer is closing
             return None
         try:
-            annotations = self.session.snapshot()
-            if not annotations.is_empty():
-                annotations, _ = self.session.validated_snapshot()
+            return self.session.snapshot(), self.session.image.shape, self.session.sources()
         except WssegError as exc:
             self._report(str(exc))
             return None
+
+    def _on_saved(self, _=None) -> None:
         if self._last_problem:
             self._last_problem = ""
             self.problem.emit("")
-        return annotations
+        self.saved.emit(str(self.session.project_folder))
 
     def _report(self, message: str) -> None:
         if message != self._last_problem:
@@ -126,10 +132,20 @@ class Autosaver(QObject):
         self.problem.emit(message)
 
     def _on_error(self, exc: Exception) -> None:
-        self._report(f"saving project {self.session.project_folder} failed: {exc}")
+        if isinstance(exc, WssegError):  # invalid annotations: the message names the layer and the fix
+            self._report(str(exc))
+        else:
+            self._report(user_message(exc, f"saving project {self.session.project_folder}"))
 
     def _on_finished(self) -> None:
         self._worker = None
         if self._pending:
             self._pending = False
             QTimer.singleShot(0, self.save_soon)
+
+
+def _validate_and_save(session: "AnnotationSession", annotations, shape, sources) -> None:
+    """Worker thread: check the snapshot (errors name the layer) and write it to the project."""
+    if not annotations.is_empty():
+        validate_for_layers(annotations, shape, sources)
+    session.save(annotations)

@@ -273,7 +273,6 @@ def show_slice_result(
     if opacity is not None:
         pred_layer.opacity = opacity
     _write_slice(pred_layer, image, z, values, region)
-    pred_layer.colormap = labels_colormap(classes)
     if uncertainty is not None:
         unc_layer = _result_layer(viewer, image_layer, image, "uncertainty", classes, project)
         _write_slice(unc_layer, image, z, np.asarray(uncertainty, dtype=np.float32), region)

@@ -70,7 +70,8 @@ class AnnotationSession:
         self.project: Project | None = None
         #: Serialises writes to the project folder (autosave thread, training thread, main thread).
         self.project_lock = threading.RLock()
-        #: The last model trained in this viewer and its name in the project (None: not saved).
+        #: The last model trained in this viewer (a trained method, or the folder a separate
+        #: training process saved it in) and its name in the project (None: not saved).
         self.last_model = None
         self.last_model_name: str | None = None
         self._layers: dict[str, object] = {}
@@ -295,20 +296,28 @@ class AnnotationSession:
         point = self.image_layer.world_to_data(self.viewer.dims.point)
         return int(np.clip(np.rint(point[-3]), 0, self.image.n_slices - 1))
 
-    def snapshot(self) -> Annotations:
-        """A copy of all annotations (safe to hand to a training thread)."""
+    def snapshot(self, *, copy: bool = True) -> Annotations:
+        """All annotations; with ``copy`` (default) safe to hand to another thread."""
         image = self.require_image()
         incomplete = set(self.incomplete_size_slices())
         sizes = [(z, c, f) for (z, c), f in sorted(self.sizes.items()) if z not in incomplete]
         points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
+        mask_data = None if masks is None else L.masks_from_layer(masks, image.shape)
         return Annotations(
             classes=list(self.classes),
             points=L.points_from_layer(points) if points is not None else np.zeros((0, 4)),
             boxes=L.boxes_from_layer(boxes) if boxes is not None else np.zeros((0, 6)),
             tags=sorted(self.tags),
             sizes=sizes,
-            masks=None if masks is None else _copy(L.masks_from_layer(masks, image.shape)),
+            masks=_copy(mask_data) if copy else mask_data,
         )
+
+    def sources(self) -> dict[str, str]:
+        """How validation messages name each kind: the layer ('points layer \'x\''), or the image."""
+        names = {kind: f"{_layer_kind(kind)} layer '{self.layer(kind).name}'"
+                 for kind in ANNOTATION_ROLES if self.layer(kind) is not None}
+        names["all"] = f"annotations of '{self.image_layer.name}'"
+        return names
 
     def validated_snapshot(self) -> tuple[Annotations, list[str]]:
         """A snapshot checked against the image; errors name the layer, warnings are returned.
@@ -318,21 +327,8 @@ class AnnotationSession:
         AnnotationError
             The first problem, e.g. a point outside the image or of an unknown class.
         """
-        from ..annotations.validate import validate_annotations
-
         ann = self.snapshot()
-        shape = self.image.shape
-        for kind, role in (("points", "points"), ("boxes", "boxes"), ("masks", "masks")):
-            layer = self.layer(role)
-            part = _only(ann, kind)
-            if layer is not None and not part.is_empty():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    validate_annotations(part, shape, source=f"{_layer_kind(role)} layer '{layer.name}'")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            validate_annotations(ann, shape, source=f"annotations of '{self.image_layer.name}'")
-        return ann, [str(w.message) for w in caught]
+        return ann, validate_for_layers(ann, self.image.shape, self.sources())
 
     def replace_annotations(self, ann: Annotations, kinds: tuple[str, ...]) -> None:
         """Replace the given kinds ('points', 'boxes', 'tags', 'sizes', 'masks') by those of ``ann``."""
@@ -443,6 +439,25 @@ class AnnotationSession:
 # --------------------------------------------------------------------------------------- helpers
 def _copy(array):
     return None if array is None else np.array(array, copy=True)
+
+
+def validate_for_layers(ann: Annotations, shape, sources: dict[str, str]) -> list[str]:
+    """Validate each layer's kind alone (errors name the layer), then all together; the warnings.
+
+    Thread-safe: works on a snapshot and the names from :meth:`AnnotationSession.sources`.
+    """
+    from ..annotations.validate import validate_annotations
+
+    for kind in ANNOTATION_ROLES:
+        part = _only(ann, kind)
+        if kind in sources and not part.is_empty():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                validate_annotations(part, shape, source=sources[kind])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validate_annotations(ann, shape, source=sources["all"])
+    return [str(w.message) for w in caught]
 
 
 def _only(ann: Annotations, kind: str) -> Annotations:

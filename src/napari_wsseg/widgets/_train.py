@@ -41,14 +41,26 @@ from ._links import link
 from ._notify import notify_error, notify_exception, notify_info, notify_warning
 from ._options import ConfigForm
 from ._session import session_for
-from ._training import SlicePrediction, TrainingJob, TrainingOutcome, avoid_triton_llvm_crash, run_training
+from ._training import (
+    SlicePrediction,
+    TrainingJob,
+    TrainingOutcome,
+    avoid_triton_llvm_crash,
+    run_training,
+    run_training_in_subprocess,
+    throttle,
+)
 
 if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda")
-#: Progress events reach the GUI at most this often (the last one of a run always does).
-PROGRESS_EVERY_S = 0.1
+#: Where training runs: a separate Python process (never competes with napari for the GIL, GPU
+#: memory and native crashes stay out of napari; costs a process start, imports and an image
+#: copy) or a thread of the napari process (starts at once). "auto" picks the separate process
+#: for methods built on torch (long runs) and the napari process for the others (rf: seconds).
+#: See docs/benchmarks_widgets.md for the measurements behind this.
+RUN_MODES = {"auto": None, "separate process": run_training_in_subprocess, "napari process": run_training}
 DEFAULT_BUDGET_S = 60.0
 
 
@@ -78,6 +90,11 @@ class TrainWidget(QWidget):
         self.options: ConfigForm | None = None
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.run_combo = QComboBox()
+        self.run_combo.addItems(list(RUN_MODES))
+        self.run_combo.setToolTip("separate process: the viewer stays smoothest and GPU memory is freed "
+                                  "after each run (a few seconds to start); napari process: starts at "
+                                  "once; auto: separate process for torch methods")
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.0, 7 * 24 * 3600.0)
         self.budget_spin.setValue(DEFAULT_BUDGET_S)
@@ -114,6 +131,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.options_box)
         form = QFormLayout()
         form.addRow("device", self.device_combo)
+        form.addRow("run in", self.run_combo)
         form.addRow("time budget", self.budget_spin)
         form.addRow("seed", self.seed_spin)
         form.addRow("model name", self.model_name)
@@ -182,16 +200,18 @@ class TrainWidget(QWidget):
             notify_warning(f"{message}")
         name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
+        model_dir = None if session.project is None else session.project.model_dir(name)
         return TrainingJob(method, image, annotations, options, preview_z=session.current_z(),
-                           preview_every_s=every, save_model=lambda m: self._save_model(m, name))
+                           preview_every_s=every, model_dir=model_dir,
+                           save_model=lambda m, folder: self._save_model(m, folder, name, method.name))
 
     def _start(self, job: TrainingJob):
         from napari.qt.threading import create_worker
 
         avoid_triton_llvm_crash()
-        progress = _throttled(self._signals.progress.emit)
-        worker = create_worker(run_training, job, progress=progress, preview=self._signals.preview.emit,
-                               _ignore_errors=True, _start_thread=False)
+        run = RUN_MODES[self.run_combo.currentText()] or auto_run_mode(type(job.method))
+        worker = create_worker(run, job, progress=throttle(self._signals.progress.emit),
+                               preview=self._signals.preview.emit, _ignore_errors=True, _start_thread=False)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(lambda exc: notify_exception(exc, f"training {job.method.name}"))
         worker.finished.connect(self._on_finished)
@@ -203,13 +223,17 @@ class TrainWidget(QWidget):
         QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
 
-    def _save_model(self, method, name: str) -> str | None:
-        """Runs in the worker thread: save into the project (if any) under the project lock."""
+    def _save_model(self, method, folder, name: str, method_name: str) -> str | None:
+        """Worker thread: save the trained ``method`` (or record ``folder``, saved by the training
+        process) in the project, under the project lock."""
         project = self.session.project
         if project is None:
             return None
         with self.session.project_lock:
-            project.save_model(method, name)
+            if method is not None:
+                project.save_model(method, name)
+            else:
+                record_model(project, name, method_name)
         return name
 
     def _show_options(self, method_name: str) -> None:
@@ -262,7 +286,8 @@ class TrainWidget(QWidget):
             notify_info(f"{outcome.method.name}: cancelled before a model was trained; nothing saved")
             return
         self._show(outcome.final)
-        self.session.last_model = outcome.method
+        # a model trained in a separate process is loaded (from its folder) when it is used
+        self.session.last_model = outcome.model_dir or outcome.method
         self.session.last_model_name = outcome.model_name
         notify_info(summary(outcome))
 
@@ -274,6 +299,25 @@ class TrainWidget(QWidget):
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)
+
+
+def auto_run_mode(method_class: type):
+    """The separate process for methods whose module uses torch, else the napari process."""
+    import sys
+
+    module = sys.modules.get(method_class.__module__)
+    torch = sys.modules.get("torch")
+    uses_torch = torch is not None and any(value is torch for value in vars(module).values())
+    return run_training_in_subprocess if uses_torch else run_training
+
+
+def record_model(project, name: str, method_name: str) -> None:
+    """Record a model folder already saved in ``project.model_dir(name)`` in ``project.json``."""
+    if hasattr(project, "record_model"):
+        project.record_model(name, method_name)
+        return
+    project._meta["models"][name] = {"method": method_name, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    project._write_meta()  # until Project has a public record_model (asked for)
 
 
 def summary(outcome: TrainingOutcome) -> str:
@@ -292,19 +336,6 @@ def summary(outcome: TrainingOutcome) -> str:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
-
-
-def _throttled(emit):
-    """Forward progress events at most every :data:`PROGRESS_EVERY_S`, plus every final one."""
-    last = [0.0]
-
-    def forward(event: ProgressEvent) -> None:
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY_S or event.done >= event.total:
-            last[0] = now
-            emit(event)
-
-    return forward
 
 
 class LossPlot(QWidget):

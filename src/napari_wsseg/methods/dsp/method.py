@@ -162,7 +162,7 @@ class DSPMethod(Method):
         torch.manual_seed(options.seed)
         rng = np.random.default_rng(options.seed)
         generator = torch.Generator().manual_seed(options.seed)
-        self.net = self._build_net().to(device)
+        self.net = self._build_net().to(device, memory_format=torch.channels_last)
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
         optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
@@ -190,7 +190,8 @@ class DSPMethod(Method):
 
         def probabilities(tile: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                scores = net(torch.from_numpy(tile)[None].to(device))
+                batch = torch.from_numpy(tile)[None].to(device, memory_format=torch.channels_last)
+                scores = net(batch)
                 return F.softmax(scores / tau, dim=1)[0].cpu().numpy()
 
         normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
@@ -232,7 +233,7 @@ class DSPMethod(Method):
                 "retrain the model"
             ) from None
         device = resolve_device("auto")
-        self.net = net.to(device).eval()
+        self.net = net.to(device, memory_format=torch.channels_last).eval()
 
 
 class _DSPTrainStep:
@@ -263,7 +264,8 @@ class _DSPTrainStep:
         if use_plf:
             strong, _ = cutout(jitter(images, cfg.strong_jitter, generator), generator, cfg.cutout_holes)
             views.append(strong)
-        logits = self.net(torch.cat(views).to(self.device)).float() / cfg.tau
+        inputs = torch.cat(views).to(self.device, memory_format=torch.channels_last)
+        logits = self.net(inputs) / cfg.tau
         weak = logits[: len(crops)]
         losses = {"ce": ce_loss(weak, targets.labels)} | dsp_loss(weak, targets, cfg.lambdas)
         losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]

@@ -1,0 +1,79 @@
+"""Crop sampling: anchors from every annotation kind, anchored crops contain their anchor, rare
+classes are drawn as often as common ones, and crops read from numpy or lazy data agree."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from napari_wsseg.annotations.model import Annotations, default_classes
+from napari_wsseg.engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
+from napari_wsseg.io.image import as_image
+from napari_wsseg.io.normalize import Normalization
+
+
+def test_anchors_come_from_points_boxes_masks_and_tags(rng):
+    masks = np.zeros((3, 20, 20), np.uint8)
+    masks[2, 5:8, 5:8] = 2
+    ann = Annotations(
+        default_classes(3), points=[[0, 1, 2, 0]], boxes=[[1, 3, 4, 6, 9, 2]], tags=[[0, 1]], masks=masks
+    )
+    anchors = annotation_anchors(ann, (3, 20, 20), rng, max_per_class=50)
+    assert [0, 1, 2, 0] in anchors.tolist()
+    boxes = anchors[(anchors[:, 0] == 1)]
+    assert len(boxes) and (boxes[:, 3] == 2).all()
+    assert ((boxes[:, 1] >= 3) & (boxes[:, 1] <= 6) & (boxes[:, 2] >= 4) & (boxes[:, 2] <= 9)).all()
+    mask_anchors = anchors[anchors[:, 0] == 2]
+    assert len(mask_anchors) == 9 and (mask_anchors[:, 3] == 1).all()
+    assert (masks[2, mask_anchors[:, 1], mask_anchors[:, 2]] == 2).all()
+    assert ((anchors[:, 0] == 0) & (anchors[:, 3] == 1)).any()  # the tag
+
+
+def test_mask_anchors_are_capped_per_class(rng):
+    masks = np.ones((1, 50, 50), np.uint8)
+    masks[0, :5] = 2
+    anchors = annotation_anchors(Annotations(default_classes(2), masks=masks), (1, 50, 50), rng, max_per_class=30)
+    assert np.bincount(anchors[:, 3]).tolist() == [30, 30]
+
+
+def test_anchored_crops_contain_their_anchor_and_stay_inside(rng):
+    anchors = np.array([[0, 5, 5, 0], [1, 90, 70, 1]])
+    sampler = CropSampler((2, 100, 80), anchors, 32, rng)
+    for crop in sampler.sample(200):
+        assert 0 <= crop.y <= 100 - 32 and 0 <= crop.x <= 80 - 32
+        inside = [(a[0] == crop.z and crop.y <= a[1] < crop.y + 32 and crop.x <= a[2] < crop.x + 32) for a in anchors]
+        assert any(inside)
+
+
+def test_rare_classes_are_drawn_as_often_as_common_ones(rng):
+    anchors = np.array([[0, 0, 0, 0]] * 1000 + [[1, 0, 0, 1]] * 10)
+    crops = CropSampler((2, 64, 64), anchors, 16, rng).sample(2000)
+    share_rare = np.mean([c.z == 1 for c in crops])
+    assert 0.45 < share_rare < 0.55
+    proportional = CropSampler((2, 64, 64), anchors, 16, rng, class_power=1.0).sample(2000)
+    assert np.mean([c.z == 1 for c in proportional]) < 0.05
+
+
+def test_without_anchors_all_crops_are_random(rng):
+    crops = CropSampler((4, 64, 64), np.zeros((0, 4), np.int64), 16, rng).sample(100)
+    assert len({c.z for c in crops}) == 4
+
+
+def test_crops_match_the_normalised_slice_and_are_padded():
+    volume = np.arange(2 * 10 * 12, dtype=np.uint16).reshape(2, 10, 12)
+    norm = Normalization(low=(0.0,), high=(100.0,))
+    store = SliceStore(as_image(volume), norm)
+    pixels, valid = store.crop(Crop(1, 4, 6, 8))
+    np.testing.assert_allclose(pixels[0, :6, :6], volume[1, 4:10, 6:12] / 100.0)
+    assert valid[:6, :6].all() and not valid[6:].any() and not valid[:, 6:].any()
+    assert (pixels[0][~valid] == 0).all()
+
+
+def test_lazy_data_beyond_the_cache_is_read_as_windows():
+    volume = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 2), dtype=np.uint8)
+    norm = Normalization(low=(0.0, 10.0), high=(255.0, 200.0))
+    cached = SliceStore(as_image(volume, channel_axis=-1), norm)
+    lazy = SliceStore(as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1), norm, max_cache_bytes=0)
+    crop = Crop(2, 3, 5, 8)
+    np.testing.assert_allclose(lazy.crop(crop)[0], cached.crop(crop)[0])
+    assert not lazy._cache and cached._cache

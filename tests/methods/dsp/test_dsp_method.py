@@ -1,0 +1,199 @@
+"""Method ``dsp``: training on the phantom beats chance, checkpoints round-trip, runs repeat with a
+seed, budgets/cancel/progress work, lazy volumes work, and bad input gives clear errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from napari_wsseg.annotations.model import Annotations, default_classes
+from napari_wsseg.errors import AnnotationError, ModelError, WssegError
+from napari_wsseg.eval.metrics import evaluate
+from napari_wsseg.eval.simulate import simulate_annotations
+from napari_wsseg.io.image import as_image
+from napari_wsseg.methods import get_method
+from napari_wsseg.methods.base import FitOptions, load_model
+from napari_wsseg.methods.dsp.method import DSPConfig, DSPMethod
+
+#: A network small enough to train in seconds on a CPU.
+TINY = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 64, "batch_size": 4, "cpu_bf16": False}
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_3d):
+    """A dsp model trained briefly on clicks in slices 0, 2, 4 of the phantom."""
+    image, labels, classes = phantom_3d
+    ann = simulate_annotations(labels, slices=[0, 2, 4], points=10, boxes=1, tags=True, seed=0, classes=classes)
+    method = DSPMethod(**(TINY | {"max_steps": 80, "lr": 3e-3, "boxes_exhaustive": False}))
+    result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
+    return method, result
+
+
+def test_short_training_clearly_beats_chance(trained, phantom_3d):
+    image, labels, classes = phantom_3d
+    method, result = trained
+    assert result.stopped == "done" and result.steps == 80
+    held_out = [6, 7]  # never annotated, not next to an annotated slice
+    pred = np.stack([method.predict_slice(image[z][..., None]) for z in held_out])
+    scores = evaluate(pred, labels[held_out], n_classes=len(classes))
+    # predicting the majority class everywhere scores 0; uniform guessing about 0.1
+    assert scores["mean_fg_dice"] > 0.3, scores["dice"]
+
+
+def test_history_reports_every_loss_term(trained):
+    _, result = trained
+    last = result.history[-1]
+    for key in ("loss", "ce", "dsp", "dsp_point", "dsp_box", "dsp_tag", "plf", "lr"):
+        assert key in last and np.isfinite(last[key])
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(trained, phantom_3d, tmp_path):
+    image = phantom_3d[0]
+    method, _ = trained
+    folder = method.save(tmp_path / "model")
+    assert (folder / "model.safetensors").is_file()
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["method"] == "dsp" and meta["config"]["width"] == 8 and meta["state"]["fit"]["steps"] == 80
+    reloaded = load_model(folder)
+    assert isinstance(reloaded, DSPMethod) and reloaded.config == method.config
+    np.testing.assert_array_equal(reloaded.predict_proba_slice(image[7][..., None]),
+                                  method.predict_proba_slice(image[7][..., None]))
+
+
+def test_a_damaged_weights_file_is_refused(trained, tmp_path):
+    method, _ = trained
+    folder = method.save(tmp_path / "model")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="model.safetensors"):
+        load_model(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_model(folder)
+
+
+def test_weights_of_another_architecture_are_refused(trained, tmp_path):
+    method, _ = trained
+    folder = method.save(tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"]["width"] = 4
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="does not match the dsp architecture"):
+        load_model(folder)
+
+
+def _small_problem(n_slices=2, size=32):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (n_slices, size, size), dtype=np.uint8)
+    ann = Annotations(default_classes(2), points=[[0, 3, 3, 0], [0, 20, 20, 1]])
+    return image, ann
+
+
+def test_same_seed_repeats_a_cpu_run_exactly():
+    image, ann = _small_problem()
+    states = []
+    for _ in range(2):
+        method = DSPMethod(**(TINY | {"max_steps": 3, "crop_size": 32}))
+        method.fit(as_image(image), ann, FitOptions(device="cpu", seed=5))
+        states.append(method.net.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_time_budget_stops_training_and_leaves_a_usable_model():
+    image, ann = _small_problem()
+    method = DSPMethod(**(TINY | {"max_steps": 10**6, "crop_size": 32}))
+    result = method.fit(as_image(image), ann, FitOptions(device="cpu", time_budget_s=1.0))
+    assert result.stopped == "time_budget" and 0 < result.steps < 10**6
+    assert method.predict_proba_slice(image[1][..., None]).shape == (2, 32, 32)
+
+
+def test_cancel_stops_at_a_step_boundary_and_reports_progress():
+    image, ann = _small_problem()
+    cancel = threading.Event()
+    events = []
+
+    def progress(event):
+        events.append(event)
+        if event.done >= 2:
+            cancel.set()
+
+    method = DSPMethod(**(TINY | {"max_steps": 1000, "crop_size": 32}))
+    result = method.fit(as_image(image), ann, FitOptions(device="cpu", progress=progress, cancel=cancel))
+    assert result.stopped == "cancelled" and result.steps < 1000
+    training = [e for e in events if e.message == "training"]
+    assert training and "loss" in training[0].metrics and training[-1].eta_s is not None
+
+
+def test_trains_and_predicts_on_a_lazy_multichannel_volume():
+    rng = np.random.default_rng(1)
+    volume = da.from_array(rng.integers(0, 255, (3, 40, 48, 2), dtype=np.uint8), chunks=(1, 20, 24, 2))
+    image = as_image(volume, channel_axis=-1)
+    ann = Annotations(default_classes(2), points=[[1, 5, 5, 0], [1, 30, 30, 1]], tags=[[0, 0]])
+    method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32, "tile": 32, "tile_overlap": 8}))
+    method.fit(image, ann, FitOptions(device="cpu"))
+    proba = method.predict_proba_slice(image.slice(2))
+    assert proba.shape == (2, 40, 48) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_is_registered_as_dsp():
+    assert get_method("dsp") is DSPMethod
+    assert DSPMethod().halo >= 64
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_annotations_for_a_class_the_model_lacks_are_refused():
+    image, _ = _small_problem()
+    ann = Annotations(default_classes(2), points=[[0, 3, 3, 0], [0, 5, 5, 2]])
+    with pytest.raises(AnnotationError, match="unknown class"):
+        DSPMethod(**TINY).fit(as_image(image), ann, FitOptions(device="cpu"))
+
+
+def test_empty_annotations_are_refused():
+    image, _ = _small_problem()
+    with pytest.raises(WssegError, match="no annotations"):
+        DSPMethod(**TINY).fit(as_image(image), Annotations(default_classes(2)), FitOptions(device="cpu"))
+
+
+def test_a_zero_time_budget_is_refused():
+    with pytest.raises(WssegError, match="time budget 0 s is not positive"):
+        FitOptions(device="cpu", time_budget_s=0)
+
+
+def test_a_single_class_is_refused():
+    image, _ = _small_problem()
+    ann = Annotations(default_classes(1), points=[[0, 3, 3, 0]])
+    with pytest.raises(WssegError, match="at least 2 classes"):
+        DSPMethod(**TINY).fit(as_image(image), ann, FitOptions(device="cpu"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"crop_size": 100}, "not a multiple of 2\\*\\*depth"),
+        ({"tau": 0}, "must be positive"),
+        ({"plf_start": 1.5}, "between 0 and 1"),
+        ({"nonsense": 1}, "unknown option"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(WssegError, match=message):
+        DSPMethod(**options)
+
+
+def test_untrained_model_cannot_predict_and_wrong_channels_are_refused(trained):
+    with pytest.raises(ModelError, match="not trained"):
+        DSPMethod().predict_proba_slice(np.zeros((8, 8, 1), np.uint8))
+    method, _ = trained
+    with pytest.raises(ModelError, match="expects a \\(Y, X, 1\\) slice"):
+        method.predict_proba_slice(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_config_round_trips_through_json():
+    config = DSPConfig(width=8, lr=2e-3)
+    assert DSPConfig(**json.loads(json.dumps(config.__dict__))) == config
