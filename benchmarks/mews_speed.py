@@ -1,9 +1,10 @@
 """MEWS speed, feature-cache memory and loss ablation (CPU; CUDA when one is visible).
 
-No pretrained weights can be downloaded on the development machine, so every number here uses a
+No pretrained weights can be downloaded on the development machine, so the recorded numbers use a
 backbone with RANDOM weights (``--backbone-weights random``). Speed does not depend on the weights;
-the ablation's Dice values only show that the machinery runs end to end and are NOT the quality
-MEWS reaches with DINOv3 weights.
+the ablation's Dice values then only show that the machinery runs end to end and are NOT the quality
+MEWS reaches with DINOv3 weights. On a machine with the weights cached, run the ablation with
+``--weights pretrained`` (or ``--weights FILE``).
 
     .venv/bin/python benchmarks/mews_speed.py speed --out benchmarks/results/mews_speed.jsonl
     .venv/bin/python benchmarks/mews_speed.py ablation --backbone vit_small_patch16_dinov3 \
@@ -118,7 +119,7 @@ def bench_train_step(embed_dims, n_classes, device, out) -> None:
                     "device": _device_name(device), "s_per_step": round(seconds, 4)})
 
 
-def bench_click_to_prediction(backbone, steps_list, device, out) -> None:
+def bench_click_to_prediction(backbone, runs, device, out) -> None:
     """Train on 8 drosophila slices (features computed once), add one click, retrain, predict a slice."""
     from napari_wsseg.eval.simulate import simulate_annotations
     from napari_wsseg.io.image import as_image
@@ -130,28 +131,29 @@ def bench_click_to_prediction(backbone, steps_list, device, out) -> None:
     ann = simulate_annotations(labels, slices=8, slice_range=(0, 12), points=4, seed=0, classes=classes)
     options = FitOptions(device=str(device), seed=0)
     with tempfile.TemporaryDirectory() as cache_dir:
-        first = MEWSMethod(backbone=backbone, backbone_weights="random", max_steps=steps_list[0], cache_dir=cache_dir)
+        first = MEWSMethod(backbone=backbone, backbone_weights="random", max_steps=runs[0][0], cache_dir=cache_dir)
         start = time.perf_counter()
         first.fit(img, ann, options)
         first_s = time.perf_counter() - start
         disk_mb = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
     memory_mb = first.feature_cache.memory_bytes / 2**20
     ann.points = np.concatenate([ann.points, ann.points[:1] + [0, 1, 1, 0]])  # the "new click"
-    for steps in steps_list:
-        method = MEWSMethod(backbone=backbone, backbone_weights="random", max_steps=steps)
+    for steps, corr_patches in runs:
+        method = MEWSMethod(backbone=backbone, backbone_weights="random", max_steps=steps, corr_patches=corr_patches)
         method.share_feature_cache(first)
         start = time.perf_counter()
         method.fit(img, ann, options)
         method.predict_proba_slice(img.slice(int(ann.points[-1, 0])))  # the clicked slice: cached features
         again = time.perf_counter() - start
         _emit(out, {"bench": "click_to_prediction", "backbone": backbone, "device": _device_name(device),
-                    "max_steps": steps, "slices": 8, "slice_px": 1024, "first_training_s": round(first_s, 1),
+                    "max_steps": steps, "corr_patches": corr_patches, "slices": 8, "slice_px": 1024,
+                    "first_training_s": round(first_s, 1),
                     "new_click_to_prediction_s": round(again, 1),
                     "disk_cache_mb_per_slice": round(disk_mb / 8, 2),
                     "memory_cache_mb_per_slice": round(memory_mb / 8, 2)})
 
 
-def run_ablation(backbone, seeds, steps, lr, device, out) -> None:
+def run_ablation(backbone, weights, seeds, steps, lr, device, out) -> None:
     from napari_wsseg.eval.metrics import evaluate
     from napari_wsseg.eval.simulate import simulate_annotations
     from napari_wsseg.io.image import as_image
@@ -164,7 +166,7 @@ def run_ablation(backbone, seeds, steps, lr, device, out) -> None:
         ann = simulate_annotations(labels, slices=8, slice_range=(0, 12), points=4, seed=seed, classes=classes)
         shared = None
         for run, switches in ABLATIONS.items():
-            method = MEWSMethod(backbone=backbone, backbone_weights="random", max_steps=steps, lr=lr, **switches)
+            method = MEWSMethod(backbone=backbone, backbone_weights=weights, max_steps=steps, lr=lr, **switches)
             if shared is not None:
                 method.share_feature_cache(shared)
             start = time.perf_counter()
@@ -174,8 +176,8 @@ def run_ablation(backbone, seeds, steps, lr, device, out) -> None:
             pred = np.zeros((len(EVAL_SLICES),) + image.shape[1:], np.uint8)
             for i, z in enumerate(EVAL_SLICES):
                 pred[i] = method.predict_slice(img.slice(z))
-            _emit(out, _score(run, backbone, seed, steps, lr, seconds, pred, labels, names, evaluate))
-        _emit(out, _score("raw prototypes (no heads)", backbone, seed, 0, 0, 0.0,
+            _emit(out, _score(run, backbone, weights, seed, steps, lr, seconds, pred, labels, names, evaluate))
+        _emit(out, _score("raw prototypes (no heads)", backbone, weights, seed, 0, 0, 0.0,
                           _nearest_centroid(shared, img, ann), labels, names, evaluate))
 
 
@@ -198,10 +200,11 @@ def _nearest_centroid(method, img, ann) -> np.ndarray:
     return np.stack(pred).astype(np.uint8)
 
 
-def _score(run, backbone, seed, steps, lr, seconds, pred, labels, names, evaluate) -> dict:
+def _score(run, backbone, weights, seed, steps, lr, seconds, pred, labels, names, evaluate) -> dict:
     gt = np.asarray(labels[EVAL_SLICES])
     result = evaluate(pred, gt, n_classes=len(names), class_names=names)
-    return {"bench": "ablation", "run": run, "backbone": f"{backbone} (RANDOM weights)", "seed": seed,
+    source = "RANDOM weights" if weights == "random" else f"weights {weights or 'pretrained (timm)'}"
+    return {"bench": "ablation", "run": run, "backbone": f"{backbone} ({source})", "seed": seed,
             "max_steps": steps, "lr": lr, "train_s": round(seconds, 1),
             "dice": {n: None if d is None else round(d, 3) for n, d in zip(names, result["dice"])},
             "mean_fg_dice": round(result["mean_fg_dice"], 3), "miou": round(result["miou"], 3)}
@@ -211,7 +214,7 @@ def print_table(path: Path) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for kind in dict.fromkeys(r["bench"] for r in records):
         rows = [r for r in records if r["bench"] == kind]
-        keys = [k for k in rows[0] if k != "bench"]
+        keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "bench"]
         print(f"\n**{kind}**\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         for r in rows:
             print("| " + " | ".join(str(r.get(k)) for k in keys) + " |")
@@ -224,11 +227,14 @@ def main() -> None:
     speed.add_argument("--backbones", nargs="+", default=["vit_small_patch16_dinov3", "vit_base_patch16_dinov3"])
     speed.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     speed.add_argument("--click-backbone", default="vit_small_patch16_dinov3")
-    speed.add_argument("--click-steps", type=int, nargs="+", default=[100, 300])
+    speed.add_argument("--click-runs", nargs="+", default=["100", "300", "100:128"],
+                       help="retrainings after the new click: MAX_STEPS or MAX_STEPS:CORR_PATCHES")
     speed.add_argument("--parts", nargs="+", choices=["features", "train_step", "click"],
                        default=["features", "train_step", "click"])
     ablation = sub.add_parser("ablation")
     ablation.add_argument("--backbone", default="vit_small_patch16_dinov3")
+    ablation.add_argument("--weights", default="random",
+                          help="'random' (default), 'pretrained' (Hugging Face cache) or a weights file")
     ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
     ablation.add_argument("--steps", type=int, default=300)
     ablation.add_argument("--lr", type=float, default=1e-4)
@@ -250,9 +256,11 @@ def main() -> None:
         if "train_step" in args.parts:
             bench_train_step([384, 768], 5, device, args.out)
         if "click" in args.parts:
-            bench_click_to_prediction(args.click_backbone, args.click_steps, device, args.out)
+            runs = [(int(r.split(":")[0]), int(r.split(":")[1]) if ":" in r else None) for r in args.click_runs]
+            bench_click_to_prediction(args.click_backbone, runs, device, args.out)
     else:
-        run_ablation(args.backbone, args.seeds, args.steps, args.lr, device, args.out)
+        weights = None if args.weights == "pretrained" else args.weights
+        run_ablation(args.backbone, weights, args.seeds, args.steps, args.lr, device, args.out)
 
 
 if __name__ == "__main__":

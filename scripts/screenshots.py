@@ -3,7 +3,7 @@
 Runs the first-segmentation tutorial on the 3D phantom (annotate -> train rf -> predict) in a
 real napari window and saves small 8-bit PNGs into docs/images/. Needs a display; headless::
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1400x24" python scripts/screenshots.py
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ def save_small(qimage, path: Path, max_width: int = MAX_WIDTH) -> None:
     print(f"{path} ({path.stat().st_size // 1024} kB)")
 
 
+def grab(widget):
+    """The widget drawn at (at least) the height its layout asks for."""
+    from qtpy.QtCore import QRect
+
+    height = widget.sizeHint().height()
+    widget.resize(widget.width(), max(widget.height(), height))
+    widget.layout().activate()
+    return widget.grab(QRect(0, 0, widget.width(), height)).toImage()
+
+
 def wait(app, done, timeout_s: float = 600) -> None:
     end = time.monotonic() + timeout_s
     while not done() and time.monotonic() < end:
@@ -50,14 +60,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     image, labels, classes = sample_3d()
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)  # screenshots only: a fixed window size
+    viewer.window._qt_window.resize(1500, 1300)  # screenshots only: a fixed window size
     app = QApplication.instance()
     viewer.add_image(image, name="phantom")
     annotate = AnnotateWidget(viewer)
-    train = TrainWidget(viewer)
-    predict = PredictWidget(viewer)
-    for widget, name in ((annotate, "Annotate"), (train, "Train"), (predict, "Predict")):
-        viewer.window.add_dock_widget(widget, name=name, tabify=True)
+    viewer.window.add_dock_widget(annotate, name="Annotate")
     session = annotate.session
     session.set_classes(list(classes))
     annotate.new_project(Path(tempfile.mkdtemp()) / "phantom-project")
@@ -78,26 +85,30 @@ def main() -> int:
                                                      [z, y0 + 20, x0]])])
     session.layer("masks").data[z, 20:24, 20:120] = labels[z, 20:24, 20:120] + 1
     session.layer("masks").refresh()
-    session.set_tag(z, 0, True)
-    session.set_tag(z, 1, True)
-    session.set_tag(z, 2, True)
+    for k in np.unique(labels[z]):
+        session.set_tag(z, int(k), True)
     annotate.set_current_class(1)
     wait(app, lambda: False, 1.0)
-    save_small(annotate.grab().toImage(), OUT / "annotate_widget.png", 420)
+    save_small(grab(annotate), OUT / "annotate_widget.png", 420)
 
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Train", tabify=True)
     train.method_combo.setCurrentText("rf")
     train.options.set_values(n_estimators=50)
-    worker = train.train()
-    wait(app, lambda: train.worker is None and worker is not None)
-    viewer.window._qt_window.findChild(type(train.parent()), None)
-    save_small(train.grab().toImage(), OUT / "train_widget.png", 420)
+    if train.train() is None:
+        raise SystemExit("training did not start; see the notification above")
+    wait(app, lambda: train.worker is None)
+    save_small(grab(train), OUT / "train_widget.png", 420)
 
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict, name="Predict", tabify=True)
     predict.refresh_models()
     predict.scope_combo.setCurrentText("whole volume")
-    worker = predict.predict()
+    if predict.predict() is None:
+        raise SystemExit("prediction did not start; see the notification above")
     wait(app, lambda: predict.worker is None)
     wait(app, lambda: False, 1.0)
-    save_small(predict.grab().toImage(), OUT / "predict_widget.png", 420)
+    save_small(grab(predict), OUT / "predict_widget.png", 420)
     for layer in viewer.layers:
         layer.visible = layer.name in ("phantom", "phantom points", "phantom boxes") or "prediction" in layer.name
     wait(app, lambda: False, 1.0)

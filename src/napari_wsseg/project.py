@@ -155,6 +155,24 @@ class Project:
     def schema_version(self) -> int:
         return self._meta["schema_version"]
 
+    def set_image_path(self, path: str | os.PathLike) -> None:
+        """Point the project at another copy of its image (same shape and channels)."""
+        from .io import read_image
+
+        image = read_image(path)
+        if image.shape != self.image_shape:
+            raise ProjectError(
+                f"image {path} has shape {image.shape}, but project {self.folder} annotates an image of shape "
+                f"{self.image_shape}; pick the image the project was made for"
+            )
+        self._meta["image"].update(path=str(Path(path).resolve()), n_channels=image.n_channels, was_2d=image.was_2d)
+        self._write_meta()
+
+    @property
+    def predictions(self) -> dict:
+        """Recorded predictions: ``{name: {"model": ..., "path": "predictions/<name>.zarr"}}``."""
+        return dict(self._meta["predictions"])
+
     def load_image(self):
         """Read the project's image (lazily for zarr)."""
         from .io import read_image
@@ -253,9 +271,16 @@ class Project:
     def save_model(self, model, name: str) -> Path:
         """Save a trained method into ``models/<name>`` and record it in ``project.json``."""
         path = model.save(self.model_dir(name))
-        self._meta["models"][name] = {"method": model.name, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self._write_meta()
+        self.record_model(name, model.name)
         return path
+
+    def record_model(self, name: str, method_name: str) -> None:
+        """Record a model folder already written to ``model_dir(name)`` (e.g. by another process)."""
+        from .methods.base import read_model_config
+
+        read_model_config(self.model_dir(name))  # refuses a missing or damaged folder
+        self._meta["models"][name] = {"method": method_name, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._write_meta()
 
     def load_model(self, name: str):
         from .methods.base import load_model

@@ -100,7 +100,8 @@ def test_weights_file_is_loaded_and_hashed(tmp_path, suffix):
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     vit = load_backbone("test_vit", path)
     assert vit.weights_source == f"file:{path.resolve()}" and vit.warning is None
-    torch.testing.assert_close(vit.model.state_dict()["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
+    key = "blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(vit.model.state_dict()[key], state[key])
     head_free = timm.create_model("test_vit", pretrained=False, num_classes=0)
     head_free.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
     assert vit.weights_hash == hash_weights(head_free)

@@ -184,3 +184,21 @@ def test_size_grid_overlay_has_coarse_and_fine_cells(annotate, small_2d):
     assert len(L.find_layers(viewer.layers, "grid")[0].data) == 10
     widget.slice_panel.grid_combo.setCurrentText("off")
     assert not L.find_layers(viewer.layers, "grid")
+
+
+def test_a_lazy_volume_too_big_for_memory_is_annotated_without_loading_it(annotate, notifications):
+    import dask.array as da
+
+    volume = da.zeros((1100, 512, 512), dtype=np.uint8, chunks=(1, 512, 512))  # 288 M voxels, lazy
+    viewer, image_layer, widget = annotate(volume)
+    session = widget.session
+    assert session.layer("masks") is None  # no 288 MB scribble layer
+    widget.set_mode("scribble")
+    assert any("scribbles are off" in m for m in notifications)
+    viewer.dims.set_current_step(0, 700)
+    session.layer("points").add([[700, 10, 10]])
+    assert session.snapshot().points.tolist() == [[700, 10, 10, 0]]
+    L.show_slice_result(viewer, image_layer, session.classes, 700, np.ones((512, 512), np.uint8), None)
+    prediction = L.find_layers(viewer.layers, "prediction")[0]
+    assert prediction.data.shape == (1, 512, 512)  # one slice, moved to z = 700
+    assert prediction.translate[0] == 700 and prediction.data[0, 0, 0] == 2

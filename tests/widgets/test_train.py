@@ -40,7 +40,7 @@ def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks,
     viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path, run_in="separate process")
     assert TrainWidget(viewer).run_combo.currentText() == "auto"  # the default
     train.method_combo.setCurrentText("rf")
-    train.options.set_values(n_estimators=20)
+    train.options.set_values(n_estimators=10, sigma_max=4.0)
     qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
     worker = train.worker
     assert worker is not None and not train.train_button.isEnabled()
@@ -76,7 +76,7 @@ def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(ann
     masks.data[1] = labels[1] + 1  # a densely labelled slice
     viewer.dims.set_current_step(0, 1)
     train.method_combo.setCurrentText("rf")
-    train.options.set_values(n_estimators=10)
+    train.options.set_values(n_estimators=10, sigma_max=4.0)
     worker = train.train()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         pass
@@ -101,6 +101,9 @@ def test_deep_methods_train_with_a_tiny_budget(annotate, clicks, small_2d, qtbot
     # in the napari process: this also checks the libLLVM/triton guard under Xvfb
     viewer, image_layer, train, _ = _setup(annotate, clicks, small_2d)
     train.method_combo.setCurrentText(method)
+    small = {"depth": 2, "width": 8, "batch_size": 2, "crop_size": 32}  # a tiny network: fast steps
+    fields = train.options.config_class.__dataclass_fields__
+    train.options.set_values(**{k: v for k, v in small.items() if k in fields})
     train.budget_spin.setValue(3.0)
     worker = train.train()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):

@@ -11,7 +11,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 def resolve_device(device: str = "auto"):
     """Return a ``torch.device`` for ``'auto'`` (CUDA if available, else CPU), ``'cpu'``, ``'cuda'``
-    or ``'cuda:N'``. On the CPU, torch is told to use every core."""
+    or ``'cuda:N'``. On the CPU, torch uses every core unless ``OMP_NUM_THREADS`` is set."""
     import torch
 
     name = str(device).lower()
@@ -24,7 +24,8 @@ def resolve_device(device: str = "auto"):
         )
     if name != "cpu" and not name.startswith("cuda"):
         raise WssegError(f"unknown device '{device}'; use one of {', '.join(DEVICE_CHOICES)}")
-    if name == "cpu":
+    if name == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Use every core the process may run on, unless the user chose a thread count.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     return torch.device(name)
 

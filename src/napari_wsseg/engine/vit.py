@@ -39,7 +39,7 @@ DEFAULT_BACKBONE = "vit_base_patch16_dinov3"
 RANDOM_WEIGHTS = "random"
 #: Seed of the "random" weights, so that a model folder can re-create exactly the same backbone.
 RANDOM_WEIGHTS_SEED = 0
-#: Classifier parameters a weights file may carry; they are not used for patch features.
+#: Classifier parameters a weights file may carry; unless the model has them, they are ignored.
 _IGNORED_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 
 _log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def _load_weights_file(model, path: Path, name: str) -> None:
     state = _read_state_dict(path)
     state = _adapt_to_timm(state, model)
     expected = model.state_dict()
-    used = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
+    used = {k: v for k, v in state.items() if k in expected or not k.startswith(_IGNORED_PREFIXES)}
     missing = sorted(set(expected) - set(used))
     unexpected = sorted(set(used) - set(expected))
     wrong_shape = sorted(k for k in set(used) & set(expected) if tuple(used[k].shape) != tuple(expected[k].shape))
@@ -423,21 +423,26 @@ def _read_state_dict(path: Path) -> dict:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"backbone weights file {path} does not hold a state dict of tensors; save model.state_dict()")
+        raise ModelError(
+            f"backbone weights file {path} does not hold a state dict of tensors; save model.state_dict()"
+        )
     return state
 
 
 def _adapt_to_timm(state: dict, model) -> dict:
-    """Convert an original-repo checkpoint (DINOv2/DINOv3 layouts) with timm's own filter, if needed."""
+    """Convert an original-repo checkpoint (DINOv2/DINOv3 layouts) with timm's own filter, if that fits better."""
     import sys
 
-    if set(state) >= set(model.state_dict()):
+    expected = set(model.state_dict())
+    if set(state) == expected:
         return state
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is None:
         return state
     try:
-        return filter_fn(dict(state), model)
+        converted = filter_fn(dict(state), model)
     except Exception as exc:  # a foreign checkpoint the filter does not understand: report key counts
         _log.debug("timm checkpoint filter failed: %s", exc)
         return state
+    mismatch = lambda keys: len(set(keys) ^ expected)  # noqa: E731
+    return converted if mismatch(converted) < mismatch(state) else state

@@ -971,8 +971,22 @@ def _run_dask(scheduler, n_workers, task: _WorkerTask, image_source, pending, co
         # by their markers and picked up by the next resume.
 
 
+def _worker_environ() -> dict:
+    """dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting it pins glibc's mmap threshold at 128 KiB, so every slice-sized numpy array is mapped
+    and unmapped afresh: prediction then costs 2.3x the CPU time (measured with rf).
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
 @contextmanager
 def _dask_client(scheduler, n_workers) -> Iterator[Any]:
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if isinstance(scheduler, Client):
@@ -983,8 +997,9 @@ def _dask_client(scheduler, n_workers) -> Iterator[Any]:
             yield client
         return
     if scheduler == "processes":
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                             dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
             yield client
         return
     try:

@@ -220,6 +220,10 @@ class AnnotateWidget(QWidget):
         role, tool = {"points": ("points", "add"), "boxes": ("boxes", "add_rectangle"),
                       "scribble": ("masks", "paint")}[mode]
         layer = self.session.layer(role)
+        if layer is None and role == "masks" and self.session.image is not None:
+            notify_error(f"scribbles are off for volumes over {L.MAX_IN_MEMORY_VOXELS:,} voxels (the mask "
+                         "would not fit in memory); annotate with points, boxes, tags and sizes")
+            return
         if layer is None:
             notify_error("no annotation layers yet; pick an image layer in the Annotate widget first")
             return
@@ -397,11 +401,11 @@ class _ClassTable(QTableWidget):
         self.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.setMaximumHeight(180)
+        self.setMinimumHeight(110)
+        self.setMaximumHeight(200)
         self._updating = False
         self.itemSelectionChanged.connect(self._on_selection)
         self.itemChanged.connect(self._on_item_changed)
-        self.cellClicked.connect(lambda row, col: col == 1 and self.color_clicked.emit(row))
 
     def show_classes(self, classes, current: int) -> None:
         self._updating = True
@@ -409,11 +413,12 @@ class _ClassTable(QTableWidget):
         for k, c in enumerate(classes):
             key = QTableWidgetItem(str((k + 1) % 10) if k < 10 else "")
             key.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-            swatch = QTableWidgetItem("")
-            swatch.setBackground(QColor(c.color))
-            swatch.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+            swatch = QPushButton("")
+            swatch.setToolTip("change the colour")
+            swatch.setStyleSheet(f"background-color: {c.color}; border: none;")
+            swatch.clicked.connect(lambda _=False, k=k: self.color_clicked.emit(k))
             self.setItem(k, 0, key)
-            self.setItem(k, 1, swatch)
+            self.setCellWidget(k, 1, swatch)
             self.setItem(k, 2, QTableWidgetItem(c.name))
         self._updating = False
         self.select(current)
@@ -445,7 +450,9 @@ class _SlicePanel(QGroupBox):
         self.sum_label = QLabel()
         self.clear_button = QPushButton("Clear sizes")
         self.rows: list[tuple[QCheckBox, QSlider, QDoubleSpinBox]] = []
+        self._names: list[str] | None = None
         self._grid = QGridLayout()
+        self._grid.setColumnStretch(1, 1)  # the size sliders take the spare width
         layout = QVBoxLayout(self)
         layout.addLayout(self._grid)
         row = QHBoxLayout()
@@ -459,9 +466,17 @@ class _SlicePanel(QGroupBox):
         self.rebuild()
 
     def rebuild(self) -> None:
+        """One row per class (only when the class names changed), then :meth:`refresh`."""
+        names = [c.name for c in self.session.classes]
+        if names == self._names:
+            self.refresh()
+            return
+        self._names = names
         for widgets in self.rows:
             for w in widgets:
                 self._grid.removeWidget(w)
+                w.hide()
+                w.setParent(None)
                 w.deleteLater()
         self.rows = []
         for k, c in enumerate(self.session.classes):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def napari_get_project_reader(path):
     """Return :func:`read_project` if ``path`` is a napari-wsseg project folder, else None."""
@@ -49,16 +51,17 @@ def project_layers(project) -> list[tuple]:
 
     points = L.points_layer_kwargs(classes, ann.points, ndim)
     boxes = L.boxes_layer_kwargs(classes, ann.boxes, ndim)
-    masks = L.new_masks(image)
-    if ann.masks is not None:
-        masks[...] = ann.masks[0] if image.was_2d else ann.masks
-    labels_kwargs = {"colormap": _label_color_dict(classes), "opacity": 0.6}
     layers = [
         (data, kwargs, "image"),
         (points.pop("data"), {**points, "name": f"{name} points", "metadata": meta("points")}, "points"),
         (boxes.pop("data"), {**boxes, "name": f"{name} boxes", "metadata": meta("boxes")}, "shapes"),
-        (masks, {**labels_kwargs, "name": f"{name} masks", "metadata": meta("masks")}, "labels"),
     ]
+    if int(np.prod(image.shape)) <= L.MAX_IN_MEMORY_VOXELS:  # as the Annotate widget: no masks layer beyond
+        masks = L.new_masks(image)
+        if ann.masks is not None:
+            masks[...] = ann.masks[0] if image.was_2d else ann.masks
+        labels_kwargs = {"colormap": _label_color_dict(classes), "opacity": 0.6}
+        layers.append((masks, {**labels_kwargs, "name": f"{name} masks", "metadata": meta("masks")}, "labels"))
     return layers + _prediction_layers(project, name, classes, meta)
 
 
@@ -66,7 +69,7 @@ def _prediction_layers(project, image_name: str, classes, meta) -> list[tuple]:
     from ..io import read_labels
 
     layers = []
-    for pred_name, record in sorted(_recorded_predictions(project).items()):
+    for pred_name, record in sorted(project.predictions.items()):
         path = Path(project.folder) / record["path"]
         if path.exists():
             labels = read_labels(path) + 1  # lazy: label k = class k - 1, as in every wsseg layer
@@ -75,13 +78,6 @@ def _prediction_layers(project, image_name: str, classes, meta) -> list[tuple]:
                       "metadata": meta("prediction", path=str(path), volume=True)}
             layers.append((labels, kwargs, "labels"))
     return layers
-
-
-def _recorded_predictions(project) -> dict:
-    """``{name: {"model": ..., "path": ...}}`` of the predictions recorded in ``project.json``."""
-    if hasattr(project, "predictions"):
-        return dict(project.predictions)
-    return dict(project._meta.get("predictions", {}))  # until Project exposes them publicly
 
 
 def _label_color_dict(classes) -> dict:

@@ -88,6 +88,11 @@ class AnnotationSession:
             return None
         return layer
 
+    def scribbles_possible(self) -> bool:
+        """False for volumes too big for an in-memory scribble (masks) layer."""
+        z, y, x = self.image.shape
+        return z * y * x <= L.MAX_IN_MEMORY_VOXELS
+
     def require_image(self) -> "Image":
         """The image being annotated, or a one-line error saying how to pick one."""
         if self.image_layer is None or self.viewer is None or self.image_layer not in self.viewer.layers:
@@ -110,6 +115,8 @@ class AnnotationSession:
             self.tags = {(int(z), int(c)) for z, c in annotations.tags}
             self.sizes = {(int(z), int(c)): float(f) for z, c, f in annotations.sizes}
         for role in ANNOTATION_ROLES:
+            if role == "masks" and not self.scribbles_possible():
+                continue  # a full-size in-memory label image of this volume would not fit
             self._attach_layer(role, annotations)
         self.set_current_class(min(self.current_class, len(self.classes) - 1))
         self.attached.emit()
@@ -340,7 +347,7 @@ class AnnotationSession:
             _replace_points(self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim))
         if "boxes" in kinds:
             _replace_boxes(self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim))
-        if "masks" in kinds and ann.masks is not None:
+        if "masks" in kinds and ann.masks is not None and self.layer("masks") is not None:
             layer = self.layer("masks")
             layer.data[...] = ann.masks[0] if self.image.was_2d else ann.masks
             layer.refresh()
@@ -349,7 +356,8 @@ class AnnotationSession:
         if "sizes" in kinds:
             self.sizes = {(int(z), int(c)): float(f) for z, c, f in ann.sizes}
         for role in ANNOTATION_ROLES:
-            self._recolor(role, self.layer(role))
+            if self.layer(role) is not None:
+                self._recolor(role, self.layer(role))
         self.set_current_class(self.current_class)
         self.changed.emit()
 
@@ -374,7 +382,7 @@ class AnnotationSession:
         if project is None:  # an image made in napari (or unreadable): keep a copy in the project
             project = Project.create(folder, classes=self.classes, image_shape=image.shape,
                                      n_channels=image.n_channels)
-            _set_image_path(project, _copy_image(image, project.folder / "image.zarr"))
+            project.set_image_path(_copy_image(image, project.folder / "image.zarr"))
         self.project = project
         self._mark_layers_with_project()
         self.save(self.snapshot())
@@ -508,14 +516,6 @@ def _copy_image(image: "Image", path: Path) -> Path:
         for z in range(image.n_slices):
             array[z] = np.asarray(data[z])
     return path
-
-
-def _set_image_path(project: "Project", path: Path) -> None:
-    if hasattr(project, "set_image_path"):
-        project.set_image_path(path)
-        return
-    project._meta["image"]["path"] = str(Path(path).resolve())  # until Project has a public setter
-    project._write_meta()
 
 
 def _layer_source_path(layer) -> str | None:

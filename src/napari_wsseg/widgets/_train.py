@@ -233,7 +233,7 @@ class TrainWidget(QWidget):
             if method is not None:
                 project.save_model(method, name)
             else:
-                record_model(project, name, method_name)
+                project.record_model(name, method_name)
         return name
 
     def _show_options(self, method_name: str) -> None:
@@ -241,6 +241,7 @@ class TrainWidget(QWidget):
         if self.options is not None:
             layout.removeWidget(self.options.native)
             self.options.native.deleteLater()
+        avoid_triton_llvm_crash()  # importing a torch method's module may pull torch in
         method_class = get_method(method_name)
         self.options = ConfigForm(method_class.config_class, main=getattr(method_class, "main_options", None))
         layout.addWidget(self.options.native)
@@ -311,15 +312,6 @@ def auto_run_mode(method_class: type):
     return run_training_in_subprocess if uses_torch else run_training
 
 
-def record_model(project, name: str, method_name: str) -> None:
-    """Record a model folder already saved in ``project.model_dir(name)`` in ``project.json``."""
-    if hasattr(project, "record_model"):
-        project.record_model(name, method_name)
-        return
-    project._meta["models"][name] = {"method": method_name, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    project._write_meta()  # until Project has a public record_model (asked for)
-
-
 def summary(outcome: TrainingOutcome) -> str:
     """One line: method, time, steps, why it stopped, where it was saved, Dice on dense slices."""
     fit = outcome.fit
@@ -347,6 +339,7 @@ class LossPlot(QWidget):
         super().__init__(parent)
         self.values: list[float] = []
         self.setMinimumHeight(60)
+        self.setMaximumHeight(120)
         self.setToolTip("training loss")
 
     def clear(self) -> None:
@@ -362,7 +355,11 @@ class LossPlot(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(38, 41, 48))
-        if len(self.values) >= 2:
+        if len(self.values) < 2:
+            painter.setPen(QColor(140, 140, 140))
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                             "training loss (if the method reports one)")
+        else:
             low, high = min(self.values), max(self.values)
             span = (high - low) or 1.0
             w, h = self.width() - 8, self.height() - 16

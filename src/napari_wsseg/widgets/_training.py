@@ -10,7 +10,8 @@ which the method calls *in the training thread between two steps*, runs
 (and never more than a third of the time), and hands the result to ``preview``. The model being
 trained is only touched by that one thread, so this is safe; torch modules the preview switches
 to eval mode are switched back to train mode afterwards. Methods that have no usable model before
-the end of ``fit`` (rf) raise :class:`~napari_wsseg.errors.ModelError`, which just skips the preview.
+the end of ``fit`` (rf) raise :class:`~napari_wsseg.errors.ModelError`, which just skips the
+preview.
 """
 
 from __future__ import annotations
@@ -167,8 +168,9 @@ def run_training_in_subprocess(
     The process gets the method's name and config, the image (numpy data is copied, a lazy zarr
     image is re-opened there) and the annotation snapshot; it sends progress events, previews and
     the outcome back through a queue and saves the model into ``job.model_dir``; the outcome's
-    ``model_dir`` points there (the method object here stays untrained). ``job.options.cancel`` and ``job.preview_z`` are forwarded while it runs. The calling
-    thread mostly waits on the queue, so it hardly holds the GIL: the napari event loop stays free.
+    ``model_dir`` points there (the method object here stays untrained). ``job.options.cancel``
+    and ``job.preview_z`` are forwarded while it runs. The calling thread mostly waits on the
+    queue, so it hardly holds the GIL: the napari event loop stays free.
     """
     import multiprocessing
 

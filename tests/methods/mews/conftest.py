@@ -33,7 +33,8 @@ def patch_centre_clicks(labels: np.ndarray, n_classes: int, per_class: int, seed
     """Points ``(z, y, x, class)`` at the centres of patches that are >= 75 % one class."""
     z_, y_, x_ = labels.shape
     crop = labels[:, : y_ // PATCH * PATCH, : x_ // PATCH * PATCH]
-    purity = np.eye(n_classes)[crop].reshape(z_, y_ // PATCH, PATCH, x_ // PATCH, PATCH, n_classes).mean(axis=(2, 4))
+    one_hot = np.eye(n_classes)[crop].reshape(z_, y_ // PATCH, PATCH, x_ // PATCH, PATCH, n_classes)
+    purity = one_hot.mean(axis=(2, 4))
     rng = np.random.default_rng(seed)
     rows = []
     for cls in range(n_classes):

@@ -29,7 +29,8 @@ def test_train_and_predict_from_the_command_line(volume, blocky_phantom, blocky_
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["method"] == "mews" and report["steps"] == 3
     assert any("RANDOM weights" in w for w in report["warnings"])  # shown to the CLI user
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "p.npy")]) == 0
+    out = tmp_path / "p.npy"
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(out)]) == 0
     pred = np.load(tmp_path / "p.npy")
     assert pred.shape == data.shape and pred.max() < 4
 

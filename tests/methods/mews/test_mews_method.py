@@ -136,6 +136,9 @@ def test_loss_switches_select_the_terms(blocky_phantom, blocky_clicks):
     method = MEWSMethod(**FAST, max_steps=2, use_corr=False, use_triplet=False)
     result = method.fit(as_image(image), Annotations(classes, points=blocky_clicks), FitOptions(device="cpu"))
     assert set(result.history[-1]) == {"step", "loss", "l_proto"}
+    sampled = MEWSMethod(**FAST, max_steps=2, corr_patches=8)
+    assert "l_corr" in sampled.fit(as_image(image), Annotations(classes, points=blocky_clicks),
+                                   FitOptions(device="cpu")).history[-1]
     with pytest.raises(WssegError, match="keep at least one"):
         MEWSConfig(use_corr=False, use_proto=False, use_triplet=False)
 

@@ -131,8 +131,9 @@ class FeatureCache:
         if stored is None:
             group.attrs["signature"] = self.signature
         elif stored != _jsonable(self.signature):
-            diff = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != _jsonable(self.signature).get(k))
-            details = ", ".join(f"{k}: cached {stored.get(k)!r} vs now {self.signature.get(k)!r}" for k in diff)
+            now = _jsonable(self.signature)
+            diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+            details = ", ".join(f"{k}: cached {stored.get(k)!r} vs now {now.get(k)!r}" for k in diff)
             raise ModelError(
                 f"feature cache {self.directory} was computed with different settings ({details}); "
                 "delete that folder or give another cache_dir"

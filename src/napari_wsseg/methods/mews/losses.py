@@ -164,7 +164,9 @@ def _class_mean(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> t
     return _averaging_matrix(labels, n_classes, values.dtype).T @ values
 
 
-def correlation_loss(x: torch.Tensor, z: torch.Tensor, betas: torch.Tensor, *, clamp: float = -0.25) -> torch.Tensor:
+def correlation_loss(
+    x: torch.Tensor, z: torch.Tensor, betas: torch.Tensor, *, clamp: float = -0.25
+) -> torch.Tensor:
     """``L_corr``, STEGO's correlation loss with per-patch thresholds, summed over the C heads.
 
     ``-1/N² Σ_ij (x_i·x_j - β_i) · max(cos(z_ci, z_cj), clamp)``, averaged over the batch.
