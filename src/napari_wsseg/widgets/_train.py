@@ -59,7 +59,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: memory and native crashes stay out of napari; costs a process start, imports and an image
 #: copy) or a thread of the napari process (starts at once). "auto" picks the separate process
 #: for methods built on torch (long runs) and the napari process for the others (rf: seconds).
-#: See docs/benchmarks_widgets.md for the measurements behind this.
+#: See docs/benchmarks.md (GUI responsiveness) for the measurements behind this.
 RUN_MODES = {"auto": None, "separate process": run_training_in_subprocess, "napari process": run_training}
 DEFAULT_BUDGET_S = 60.0
 
