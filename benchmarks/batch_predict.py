@@ -11,11 +11,15 @@ Measured in the same run:
 - the compute limit: the model on block inputs already in memory;
 - the pipeline as a fraction of the slower of the two.
 
-Volumes and outputs are deleted as soon as they are measured. Results go to a JSON file and a
-Markdown table. Example (what produced docs/benchmarks_batch.md)::
+CPU time of the tree is sampled too: "CPU efficiency" (CPU seconds per voxel of the model alone
+over those of the whole pipeline) does not depend on what else runs on a shared machine.
 
-    python benchmarks/batch_predict.py --sizes 0.25,1,4 --methods rf --schedulers threads,cluster
-    python benchmarks/batch_predict.py --sizes 0.0078125 --methods dsp --schedulers threads,cluster
+Volumes and outputs are deleted as soon as they are measured. Results are appended to a JSON file;
+``--md`` writes them as a Markdown table. What produced docs/benchmarks_batch.md::
+
+    python benchmarks/batch_predict.py --sizes 0.25,1 --methods rf --schedulers threads,cluster
+    python benchmarks/batch_predict.py --sizes 4 --methods rf --schedulers cluster,threads
+    python benchmarks/batch_predict.py --sizes 0.00390625 --methods dsp --schedulers threads,cluster
 """
 
 from __future__ import annotations

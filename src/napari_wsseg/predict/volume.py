@@ -975,7 +975,7 @@ def _worker_environ() -> dict:
     """dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
 
     Setting it pins glibc's mmap threshold at 128 KiB, so every slice-sized numpy array is mapped
-    and unmapped afresh: prediction then costs 2.3x the CPU time (measured with rf).
+    and unmapped afresh: prediction then costs 2.2x the CPU time (measured with rf).
     """
     import dask
 

@@ -239,6 +239,9 @@ def test_pseudo_labels_follow_the_allowed_classes():
     valid = torch.tensor([[[True, True, False]]])
     # pixel 0: free argmax; pixel 1: class 0 excluded (e.g. outside its boxes); pixel 2: padding
     assert filtered_pseudo_labels(logits, allowed, valid).tolist() == [[[0, 2, -1]]]
+    # with a confidence threshold, pixel 0 (about 0.98 for class 0) stays, pixel 1
+    # (softmax of 1 vs 3 over classes 1, 2: 0.88) is dropped at 0.9
+    assert filtered_pseudo_labels(logits, allowed, valid, threshold=0.9).tolist() == [[[0, -1, -1]]]
 
 
 def test_ce_ignores_unknown_pixels_and_is_zero_without_labels():

@@ -220,15 +220,19 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Ten
     return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=-1)
 
 
-def filtered_pseudo_labels(logits: torch.Tensor, allowed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def filtered_pseudo_labels(
+    logits: torch.Tensor, allowed: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0
+) -> torch.Tensor:
     """Pseudo-label filtering: the argmax over the classes still allowed at each pixel.
 
     Excluding a class where ``A(j)`` forbids it covers all of the paper's filters at once:
     classes absent by the slice's tags, a class outside all its boxes, and the known class at
-    point and mask pixels. Padding pixels get -1 (ignored).
+    point and mask pixels. Padding pixels, and pixels whose filtered probability is below
+    ``threshold`` (FixMatch's confidence mask; 0 keeps all, as the paper does), get -1 (ignored).
     """
     filtered = logits.detach().float().masked_fill(~allowed, float("-inf"))
-    return filtered.argmax(dim=1).masked_fill(~valid, -1)
+    confidence, labels = F.softmax(filtered, dim=1).max(dim=1)
+    return labels.masked_fill(~valid | (confidence < threshold), -1)
 
 
 def plf_loss(logits_strong: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,9 @@ class DSPConfig:
     plf_start : float, default 0.3
         Share of the schedule trained without L_PLF (the paper starts from a U-Net trained with
         L_CE; pseudo-labels of an untrained network are noise).
+    plf_threshold : float, default 0.0
+        Pixels whose filtered pseudo-label probability is below this are left out of L_PLF
+        (FixMatch's confidence mask; 0 keeps every pixel, as the paper does).
     boxes_exhaustive : bool, default True
         The boxes of a class in a slice enclose every object of that class there, so pixels
         outside all of them are not that class (the paper's box filter). Set False when only
@@ -95,6 +98,7 @@ class DSPConfig:
     ce_weight: float = 1.0
     plf_weight: float = 1.0
     plf_start: float = 0.3
+    plf_threshold: float = 0.0
     boxes_exhaustive: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -122,7 +126,7 @@ class DSPConfig:
             )
         if self.tau <= 0 or self.lr <= 0:
             raise WssegError(f"dsp tau ({self.tau}) and lr ({self.lr}) must be positive")
-        for name in ("plf_start", "random_crop_fraction", "warmup_fraction"):
+        for name in ("plf_start", "plf_threshold", "random_crop_fraction", "warmup_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise WssegError(f"dsp option {name}={getattr(self, name)} must be between 0 and 1")
 
@@ -271,7 +275,7 @@ class _DSPTrainStep:
         losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]
         total = losses["supervised"]
         if use_plf:
-            pseudo = filtered_pseudo_labels(weak, targets.allowed, targets.valid)
+            pseudo = filtered_pseudo_labels(weak, targets.allowed, targets.valid, cfg.plf_threshold)
             losses["plf"] = plf_loss(logits[len(crops):], pseudo)
             total = total + cfg.plf_weight * losses["plf"]
         losses["loss"] = total
