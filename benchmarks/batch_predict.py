@@ -52,19 +52,22 @@ def volume_shape(size_gib: float) -> tuple[int, int, int]:
 
 
 def make_volume(path: Path, shape, tile: np.ndarray, seed: int = 0) -> float:
-    """Write a uint8 zarr volume chunk by chunk from shifted, flipped copies of ``tile``; seconds."""
+    """Write a uint8 zarr volume chunk by chunk from shifted, flipped copies of ``tile``.
+
+    Returns the seconds it took."""
     import zarr
 
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    array = zarr.create_array(str(path), shape=shape, chunks=tuple(min(c, s) for c, s in zip(INPUT_CHUNKS, shape)),
-                              dtype=np.uint8)
+    chunks = tuple(min(c, s) for c, s in zip(INPUT_CHUNKS, shape))
+    array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=np.uint8)
     cz, cy, cx = array.chunks
     for z0 in range(0, shape[0], cz):
         for y0 in range(0, shape[1], cy):
             for x0 in range(0, shape[2], cx):
                 z1, y1, x1 = min(z0 + cz, shape[0]), min(y0 + cy, shape[1]), min(x0 + cx, shape[2])
-                oy, ox = rng.integers(0, TILE[1] - (y1 - y0) + 1), rng.integers(0, TILE[2] - (x1 - x0) + 1)
+                oy = rng.integers(0, TILE[1] - (y1 - y0) + 1)
+                ox = rng.integers(0, TILE[2] - (x1 - x0) + 1)
                 piece = tile[np.arange(z0, z1) % TILE[0], oy : oy + y1 - y0, ox : ox + x1 - x0]
                 array[z0:z1, y0:y1, x0:x1] = piece[:, ::-1] if rng.random() < 0.5 else piece
     return time.perf_counter() - start
@@ -84,7 +87,8 @@ def train_models(methods, tile, labels, classes, folder: Path) -> dict[str, Path
         if name == "rf":
             model, options = get_method("rf")(**RF_OPTIONS), FitOptions(seed=0)
         else:
-            model, options = get_method(name)(), FitOptions(seed=0, device="auto", time_budget_s=DSP_TRAIN_SECONDS)
+            model = get_method(name)()
+            options = FitOptions(seed=0, device="auto", time_budget_s=DSP_TRAIN_SECONDS)
         model.fit(as_image(tile[:4]), annotations, options)
         paths[name] = model.save(folder / name)
     return paths
@@ -100,7 +104,8 @@ def io_limit(volume: Path, scratch: Path) -> dict:
 
     source = zarr.open_array(str(volume), mode="r")
     block = tuple(min(b, s) for b, s in zip(BLOCK, source.shape))
-    target = zarr.create_array(str(scratch), shape=source.shape, chunks=output_chunks(block), dtype=np.uint8)
+    target = zarr.create_array(str(scratch), shape=source.shape, chunks=output_chunks(block),
+                               dtype=np.uint8)
     start = time.perf_counter()
     da.store(da.from_zarr(source, chunks=block), target, lock=False, scheduler="threads")
     seconds = time.perf_counter() - start
@@ -111,12 +116,15 @@ def io_limit(volume: Path, scratch: Path) -> dict:
 def compute_limit(model_dir: Path, volume: Path, min_seconds: float = 10.0) -> dict:
     """The model on block inputs already in memory (reading excluded), at least ``min_seconds``."""
     from napari_wsseg.methods.base import load_model
-    from napari_wsseg.predict.volume import block_grid, block_region, model_halo, open_image, predict_block_input, read_block_input
+    from napari_wsseg.predict.volume import (
+        block_grid, block_region, model_halo, open_image, predict_block_input, read_block_input,
+    )
 
     model = load_model(model_dir)
     image = open_image(volume)
     block = tuple(min(b, s) for b, s in zip(BLOCK, image.shape))
-    region = block_region(block_grid(image.shape, block)[len(block_grid(image.shape, block)) // 2], block, image.shape)
+    grid = block_grid(image.shape, block)
+    region = block_region(grid[len(grid) // 2], block, image.shape)
     data, crop = read_block_input(image, region, model_halo(model))
     voxels = seconds = 0.0
     cpu_start = time.process_time()
@@ -141,8 +149,8 @@ result = predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], block=tuple(json.
 end = time.perf_counter()
 # events[0]: outputs created; events[1]: first block written; events[-1]: last block written.
 # perf_counter is CLOCK_MONOTONIC, shared with the parent, which samples CPU time on that clock.
-print(json.dumps({**result.to_dict(), "times": [events[1] - events[0], events[-1] - events[1], end - events[-1]],
-                  "marks": [events[1], events[-1]]}))
+times = [events[1] - events[0], events[-1] - events[1], end - events[-1]]
+print(json.dumps({**result.to_dict(), "times": times, "marks": [events[1], events[-1]]}))
 """
 
 
@@ -154,8 +162,9 @@ def pipeline(model_dir: Path, volume: Path, out: Path, scheduler: str, shape) ->
     # Output to files, not pipes: dask workers inherit them and would block on a full pipe.
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(model_dir), str(volume), str(out), scheduler,
-                                 json.dumps(block)], stdout=stdout, stderr=stderr, text=True)
+        command = [sys.executable, "-c", RUN_SCRIPT, str(model_dir), str(volume), str(out),
+                   scheduler, json.dumps(block)]
+        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True)
         root = psutil.Process(proc.pid)
         peak_tree = 0
         cpu_by_pid: dict[int, float] = {}
@@ -177,10 +186,14 @@ def pipeline(model_dir: Path, volume: Path, out: Path, scheduler: str, shape) ->
     # Steady throughput: from the first block written to the last (start-up, i.e. imports, model
     # loading, cluster start and the first block, and the pyramid at the end are listed apart).
     first_block, blocks, pyramid = result["times"]
-    steady = voxels * (result["blocks"] - 1) / result["blocks"] / blocks if result["blocks"] > 1 else voxels / first_block
+    if result["blocks"] > 1:
+        steady = voxels * (result["blocks"] - 1) / result["blocks"] / blocks
+    else:
+        steady = voxels / first_block
     steady_cpu = _cpu_at(cpu_samples, result["marks"][1]) - _cpu_at(cpu_samples, result["marks"][0])
     steady_voxels = voxels * (result["blocks"] - 1) / result["blocks"]
-    return {"seconds": seconds, "startup_seconds": seconds - blocks - pyramid, "pyramid_seconds": pyramid,
+    return {"seconds": seconds, "startup_seconds": seconds - blocks - pyramid,
+            "pyramid_seconds": pyramid,
             "voxels_per_s": steady, "wall_voxels_per_s": voxels / seconds,
             "cpu_s_per_mvox": steady_cpu / steady_voxels * 1e6 if steady_voxels else None,
             "peak_rss_tree_mb": peak_tree / 2**20, "blocks": result["blocks"]}
@@ -212,14 +225,18 @@ def _tree_sample(root, cpu_by_pid: dict) -> int:
 
 # ------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="0.25,1,4", help="volume sizes in GiB (default 0.25,1,4)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="0.25,1,4",
+                        help="volume sizes in GiB (default 0.25,1,4)")
     parser.add_argument("--methods", default="rf", help="methods, e.g. rf,dsp (default rf)")
     parser.add_argument("--schedulers", default="threads,cluster",
                         help="threads and/or cluster (a LocalCluster of 2 worker processes)")
-    parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary folder)")
+    parser.add_argument("--workdir", default=None,
+                        help="scratch folder (default: a temporary folder)")
     parser.add_argument("--json", default="benchmark_batch.json", help="results file (appended to)")
-    parser.add_argument("--md", default=None, help="write a Markdown table of all results in --json here")
+    parser.add_argument("--md", default=None,
+                        help="write a Markdown table of all results in --json here")
     args = parser.parse_args(argv)
 
     from napari_wsseg.sample import make_phantom
@@ -235,19 +252,25 @@ def main(argv=None) -> int:
         volume = workdir / f"volume_{size}.zarr"
         generate_s = make_volume(volume, shape, tile)
         io = io_limit(volume, workdir / "io_limit.zarr")
-        print(f"{size} GiB {shape}: generated in {generate_s:.0f} s, I/O limit {io['voxels_per_s'] / 1e6:.1f} Mvox/s",
-              flush=True)
+        print(f"{size} GiB {shape}: generated in {generate_s:.0f} s, "
+              f"I/O limit {io['voxels_per_s'] / 1e6:.1f} Mvox/s", flush=True)
         for method in methods:
             compute = compute_limit(models[method], volume)
             for scheduler in args.schedulers.split(","):
                 run = pipeline(models[method], volume, workdir / "pred.zarr", scheduler, shape)
                 limit = min(io["voxels_per_s"], compute["voxels_per_s"])
-                row = {"size_gib": size, "shape": list(shape), "method": method, "scheduler": scheduler,
-                       "io_limit_vox_s": io["voxels_per_s"], "compute_limit_vox_s": compute["voxels_per_s"],
+                efficiency = None
+                if run["cpu_s_per_mvox"]:
+                    efficiency = compute["cpu_s_per_mvox"] / run["cpu_s_per_mvox"]
+                row = {"size_gib": size, "shape": list(shape), "method": method,
+                       "scheduler": scheduler, "io_limit_vox_s": io["voxels_per_s"],
+                       "compute_limit_vox_s": compute["voxels_per_s"],
                        "compute_cpu_s_per_mvox": compute["cpu_s_per_mvox"],
-                       **{f"pipeline_{k}": v for k, v in run.items()}, "fraction_of_limit": run["voxels_per_s"] / limit,
-                       "cpu_efficiency": compute["cpu_s_per_mvox"] / run["cpu_s_per_mvox"] if run["cpu_s_per_mvox"] else None,
-                       "load_avg_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                       **{f"pipeline_{k}": v for k, v in run.items()},
+                       "fraction_of_limit": run["voxels_per_s"] / limit,
+                       "cpu_efficiency": efficiency,
+                       "load_avg_1min": os.getloadavg()[0], "cpus": os.cpu_count(),
+                       "date": time.strftime("%Y-%m-%d %H:%M")}
                 results.append(row)
                 _save(args.json, results)
                 print(json.dumps(row), flush=True)
@@ -268,18 +291,21 @@ def _save(path, results) -> None:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| volume | method | scheduler | pipeline Mvox/s | I/O limit Mvox/s | compute limit Mvox/s | "
-        "pipeline / slower limit | CPU efficiency | peak RSS (MiB) | start-up s | wall s | load avg |",
+        "| volume | method | scheduler | pipeline Mvox/s | I/O limit Mvox/s | "
+        "compute limit Mvox/s | pipeline / slower limit | CPU efficiency | peak RSS (MiB) | "
+        "start-up s | wall s | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         volume = f"{r['size_gib']:g} GiB {tuple(r['shape'])}"
         efficiency = f"{100 * r['cpu_efficiency']:.0f} %" if r.get("cpu_efficiency") else "-"
         lines.append(
-            f"| {volume} | {r['method']} | {r['scheduler']} | {r['pipeline_voxels_per_s'] / 1e6:.2f} | "
-            f"{r['io_limit_vox_s'] / 1e6:.1f} | {r['compute_limit_vox_s'] / 1e6:.2f} | "
-            f"{100 * r['fraction_of_limit']:.0f} % | {efficiency} | {r['pipeline_peak_rss_tree_mb']:.0f} | "
-            f"{r['pipeline_startup_seconds']:.0f} | {r['pipeline_seconds']:.0f} | {r['load_avg_1min']:.1f} |"
+            f"| {volume} | {r['method']} | {r['scheduler']} | "
+            f"{r['pipeline_voxels_per_s'] / 1e6:.2f} | {r['io_limit_vox_s'] / 1e6:.1f} | "
+            f"{r['compute_limit_vox_s'] / 1e6:.2f} | {100 * r['fraction_of_limit']:.0f} % | "
+            f"{efficiency} | {r['pipeline_peak_rss_tree_mb']:.0f} | "
+            f"{r['pipeline_startup_seconds']:.0f} | {r['pipeline_seconds']:.0f} | "
+            f"{r['load_avg_1min']:.1f} |"
         )
     env = f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}"
     return "\n".join(lines) + f"\n\n{env}\n"

@@ -111,6 +111,8 @@ def run_once(data: str, spec: dict, budget: float, seed: int, steps: int | None 
         "measured_mre": measured_mre(labels, ann), "points_per_class": spec["points"], "masks": spec["masks"],
         "options": spec["options"], "steps": result.steps, "train_s": round(train_s, 1),
         "mean_fg_dice": scores["mean_fg_dice"], "dice": scores["dice"], "class_names": scores["class_names"],
+        "pred_fractions": class_fractions(pred, len(classes)).round(4).tolist(),
+        "gt_fractions": class_fractions(np.asarray(labels)[EVAL_SLICES], len(classes)).round(4).tolist(),
     }
 
 

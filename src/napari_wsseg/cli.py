@@ -163,9 +163,10 @@ def cmd_predict(args) -> int:
         ("--workers", args.workers is not None),
     ) if used]
     if batch_only:
+        given = f"--out {out_path}" + (f" --slices {args.slices}" if args.slices else "")
         raise WssegError(
-            f"{', '.join(batch_only)} apply to block-wise prediction only, which needs a .zarr --out "
-            f"and no --slices (got --out {out_path}{' --slices ' + args.slices if args.slices else ''})"
+            f"{', '.join(batch_only)} apply to block-wise prediction only, which needs a .zarr "
+            f"--out and no --slices (got {given})"
         )
     from .io import read_image
     from .io.writers import create_labels_zarr, finalize_labels_zarr, write_labels

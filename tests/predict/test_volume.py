@@ -68,7 +68,8 @@ def expected(phantom, model_dir):
     """Whole-slice prediction: labels (Z, Y, X) and uint8 probabilities (C, Z, Y, X)."""
     model = load_model(model_dir)
     proba = np.stack([model.predict_proba_slice(s[..., None]) for s in phantom[0]], axis=1)
-    return np.argmax(proba, axis=0).astype(np.uint8), np.clip(np.round(proba * 255), 0, 255).astype(np.uint8)
+    quantized = np.clip(np.round(proba * 255), 0, 255).astype(np.uint8)
+    return np.argmax(proba, axis=0).astype(np.uint8), quantized
 
 
 def _store_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -115,7 +116,8 @@ class _BatchedRF(RandomForestMethod):
         return [self.predict_proba_slice(s) for s in slices]
 
 
-def test_methods_with_a_batch_api_get_batches(model_dir, volume_zarr, expected, tmp_path, monkeypatch):
+def test_methods_with_a_batch_api_get_batches(model_dir, volume_zarr, expected, tmp_path,
+                                              monkeypatch):
     model = _BatchedRF()
     model.__dict__.update(load_model(model_dir).__dict__)
     model.batch_sizes = []
@@ -141,8 +143,8 @@ predict_volume(sys.argv[1], sys.argv[2], sys.argv[3], block=(1, 64, 68), probabi
 
 def test_killed_run_resumes_to_the_identical_result(model_dir, volume_zarr, tmp_path):
     killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(model_dir), str(volume_zarr), str(killed)],
-                          capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", KILL_SCRIPT, str(model_dir), str(volume_zarr), str(killed)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     n_blocks = len(block_grid(SHAPE, (1, 64, 68)))
     marked = len(os.listdir(killed / PROGRESS_DIR))
@@ -151,15 +153,19 @@ def test_killed_run_resumes_to_the_identical_result(model_dir, volume_zarr, tmp_
     with pytest.raises(WssegError, match="exists; pass --overwrite"):
         predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True)
     with pytest.raises(WssegError, match="block="):
-        predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 68), probabilities=True, resume=True)
-    resumed = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True)
-    assert (resumed.stopped, resumed.skipped, resumed.computed) == ("done", marked, n_blocks - marked)
+        predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 68), probabilities=True,
+                       resume=True)
+    resumed = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True,
+                             resume=True)
+    assert (resumed.stopped, resumed.skipped, resumed.computed) == ("done", marked,
+                                                                    n_blocks - marked)
 
     predict_volume(model_dir, volume_zarr, clean, block=(1, 64, 68), probabilities=True)
     _assert_same_stores(killed, clean)
     _assert_same_stores(probabilities_path(killed), probabilities_path(clean))
     assert not list(killed.rglob("*.partial"))
-    again = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True)
+    again = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True,
+                           resume=True)
     assert again.computed == 0  # a complete output is left as it is
 
 
@@ -171,7 +177,8 @@ def test_cancel_leaves_a_resumable_output(model_dir, volume_zarr, expected, tmp_
         if event.done >= 2:
             stop.set()
 
-    first = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, progress=cancel_after_two, cancel=stop)
+    first = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, progress=cancel_after_two,
+                           cancel=stop)
     assert first.stopped == "cancelled" and 2 <= first.computed < first.n_blocks
     assert zarr.open_group(str(out), mode="r").attrs[RUN_ATTR]["status"] == "running"
     second = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, resume=True)
@@ -196,7 +203,7 @@ def test_resume_after_a_kill_while_adding_the_pyramid(model_dir, volume_zarr, ex
     out = tmp_path / "p.zarr"
     predict_volume(model_dir, volume_zarr, out, block=(4, 64, 64))
     group = zarr.open_group(str(out), mode="r+")
-    group.attrs[RUN_ATTR] = {**group.attrs[RUN_ATTR], "status": "blocks_done"}  # as a kill leaves it
+    group.attrs[RUN_ATTR] = {**group.attrs[RUN_ATTR], "status": "blocks_done"}  # as a kill would
     del group["1"]
     result = predict_volume(model_dir, volume_zarr, out, block=(4, 64, 64), resume=True)
     assert result.computed == 0
@@ -217,13 +224,15 @@ def test_output_is_ngff_labels_for_ome_zarr_and_napari(model_dir, volume_zarr, p
     out = tmp_path / "pred.zarr"
     predict_volume(model_dir, volume_zarr, out, block=(4, 64, 64), probabilities=True)
     assert isinstance(open_ome_zarr(zarr.open_group(str(out), mode="r")), ImageLabel)
-    assert isinstance(open_ome_zarr(zarr.open_group(str(probabilities_path(out)), mode="r")), NgffImage)
+    probs_group = zarr.open_group(str(probabilities_path(out)), mode="r")
+    assert isinstance(open_ome_zarr(probs_group), NgffImage)
 
     node = next(iter(Reader(parse_url(str(out)))()))
     assert node.load(Label) is not None
     classes = phantom[2]
-    assert [node.metadata["properties"][k]["name"] for k in range(len(classes))] == [c.name for c in classes]
-    assert [d.shape for d in node.data] == [SHAPE, (4, 64, 68)]  # level 0 and the nearest-downsampled level
+    names = [node.metadata["properties"][k]["name"] for k in range(len(classes))]
+    assert names == [c.name for c in classes]
+    assert [d.shape for d in node.data] == [SHAPE, (4, 64, 68)]  # level 0 and a downsampled level
 
     [(data, *_)] = napari_get_reader(str(out))(str(out))
     assert [level.shape for level in data] == [SHAPE, (4, 64, 68)]
@@ -237,10 +246,11 @@ def test_local_cluster_equals_threads(model_dir, volume_zarr, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=volume.__name__)
     threads, cluster_out = tmp_path / "threads.zarr", tmp_path / "cluster.zarr"
     predict_volume(model_dir, volume_zarr, threads, block=ODD_BLOCK, probabilities=True)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as client:
-        result = predict_volume(model_dir, volume_zarr, cluster_out, block=ODD_BLOCK, probabilities=True,
-                                scheduler=client)
+        result = predict_volume(model_dir, volume_zarr, cluster_out, block=ODD_BLOCK,
+                                probabilities=True, scheduler=client)
     assert result.stopped == "done"
     _assert_same_stores(threads, cluster_out)
     _assert_same_stores(probabilities_path(threads), probabilities_path(cluster_out))
@@ -250,7 +260,8 @@ def test_local_cluster_equals_threads(model_dir, volume_zarr, tmp_path, caplog):
 
 def test_dask_schedulers_need_the_model_folder(model_dir, volume_zarr, tmp_path):
     with pytest.raises(WssegError, match="pass the model folder"):
-        predict_volume(load_model(model_dir), volume_zarr, tmp_path / "p.zarr", scheduler="processes")
+        predict_volume(load_model(model_dir), volume_zarr, tmp_path / "p.zarr",
+                       scheduler="processes")
 
 
 def test_unknown_scheduler_is_refused(model_dir, volume_zarr, tmp_path):
@@ -260,7 +271,8 @@ def test_unknown_scheduler_is_refused(model_dir, volume_zarr, tmp_path):
 
 # ------------------------------------------------------------------------------- errors
 def test_2d_image_given_a_3d_block(phantom, model_dir, tmp_path):
-    with pytest.raises(WssegError, match=r"is 2D \(128, 136\) but block \(4, 32, 32\) is 3D; give a Y,X block"):
+    message = r"is 2D \(128, 136\) but block \(4, 32, 32\) is 3D; give a Y,X block"
+    with pytest.raises(WssegError, match=message):
         predict_volume(model_dir, as_image(phantom[0][0]), tmp_path / "p.zarr", block=(4, 32, 32))
 
 
@@ -284,7 +296,8 @@ def test_foreign_folder_is_never_replaced(model_dir, volume_zarr, tmp_path):
 
 
 def test_model_trained_with_other_channel_count(model_dir, phantom, tmp_path):
-    two_channels = as_image(np.stack([phantom[0], phantom[0]], axis=-1), channel_axis=-1, source="rgb.zarr")
+    two_channels = as_image(np.stack([phantom[0], phantom[0]], axis=-1), channel_axis=-1,
+                            source="rgb.zarr")
     with pytest.raises(ModelError, match="has 2 channel.*trained on 1"):
         predict_volume(model_dir, two_channels, tmp_path / "p.zarr")
     assert not (tmp_path / "p.zarr").exists()
@@ -326,7 +339,8 @@ def test_output_must_be_zarr(model_dir, volume_zarr, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- CLI
-def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expected, tmp_path, capsys):
+def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expected, tmp_path,
+                                                 capsys):
     out = tmp_path / "cli.zarr"
     args = ["predict", str(model_dir), str(volume_zarr), "--out", str(out), "--block", "3,37,53"]
     assert main(args + ["--probabilities"]) == 0
@@ -340,4 +354,5 @@ def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expecte
     assert "exclude each other" in capsys.readouterr().err
     assert main(["predict", str(model_dir), str(volume_zarr), "--out", str(tmp_path / "p.npy"),
                  "--probabilities", "--resume"]) == 2
-    assert "--probabilities, --resume apply to block-wise prediction only" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--probabilities, --resume apply to block-wise prediction only" in error

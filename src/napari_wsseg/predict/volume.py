@@ -100,7 +100,8 @@ class VolumeResult:
     def to_dict(self) -> dict:
         return {
             "out": str(self.out),
-            "probabilities": None if self.probabilities_out is None else str(self.probabilities_out),
+            "probabilities": None if self.probabilities_out is None else str(
+                self.probabilities_out),
             "blocks": self.n_blocks, "computed": self.computed, "skipped": self.skipped,
             "stopped": self.stopped, "seconds": round(self.seconds, 2),
         }
@@ -126,7 +127,9 @@ def resolve_block(block, image: Image) -> tuple[int, int, int]:
     try:
         block = tuple(int(b) for b in block)
     except (TypeError, ValueError):
-        raise WssegError(f"block {block!r} is not a shape; give Z,Y,X (e.g. 64,512,512) or Y,X") from None
+        raise WssegError(
+            f"block {block!r} is not a shape; give Z,Y,X (e.g. 64,512,512) or Y,X"
+        ) from None
     if len(block) not in (2, 3) or min(block) < 1:
         raise WssegError(f"block {block} must be Z,Y,X or Y,X with positive sizes; e.g. 64,512,512")
     if image.was_2d and len(block) == 3:
@@ -185,7 +188,8 @@ def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str 
     Examples
     --------
     >>> from napari_wsseg.io.image import as_image
-    >>> data, crop = read_block_input(as_image(np.zeros((2, 10, 10))), block_region((0, 0, 1), (2, 4, 4), (2, 10, 10)), 3)
+    >>> image = as_image(np.zeros((2, 10, 10)))
+    >>> data, crop = read_block_input(image, block_region((0, 0, 1), (2, 4, 4), image.shape), 3)
     >>> data.shape, crop
     ((2, 7, 9, 1), (slice(0, 4, None), slice(3, 7, None)))
     """
@@ -200,7 +204,8 @@ def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str 
     return np.asarray(data), crop
 
 
-def predict_block_input(model, data: np.ndarray, crop, *, probabilities: bool = False) -> BlockPrediction:
+def predict_block_input(model, data: np.ndarray, crop, *,
+                        probabilities: bool = False) -> BlockPrediction:
     """Predict the slices of ``data`` (from :func:`read_block_input`) and crop them to the block.
 
     Slices go to the model's ``predict_proba_batch(list_of_slices)`` in batches of
@@ -223,7 +228,9 @@ def predict_block_input(model, data: np.ndarray, crop, *, probabilities: bool = 
     height, width = crop[0].stop - crop[0].start, crop[1].stop - crop[1].start
     n_classes = len(model.classes)
     labels = np.empty((n_slices, height, width), dtype=_label_dtype(n_classes))
-    probs = np.empty((n_classes, n_slices, height, width), dtype=np.uint8) if probabilities else None
+    probs = None
+    if probabilities:
+        probs = np.empty((n_classes, n_slices, height, width), dtype=np.uint8)
     for start in range(0, n_slices, BATCH_SLICES):
         batch = [data[z] for z in range(start, min(start + BATCH_SLICES, n_slices))]
         for offset, proba in enumerate(_predict_proba_slices(model, batch)):
@@ -234,7 +241,8 @@ def predict_block_input(model, data: np.ndarray, crop, *, probabilities: bool = 
     return BlockPrediction(labels, probs)
 
 
-def predict_block(model, image: Image, region: Region, *, probabilities: bool = False) -> BlockPrediction:
+def predict_block(model, image: Image, region: Region, *,
+                  probabilities: bool = False) -> BlockPrediction:
     """Predict one block of ``image``: the pure function the GUI, the CLI and dask workers call.
 
     Parameters
@@ -282,7 +290,8 @@ def model_halo(model) -> int:
     """
     halo = int(getattr(model, "halo", 0) or 0)
     if halo < 0:
-        raise ModelError(f"{getattr(model, 'name', 'model')} reports a negative halo {halo}; fix the method")
+        name = getattr(model, "name", "model")
+        raise ModelError(f"{name} reports a negative halo {halo}; fix the method's halo")
     return halo
 
 
@@ -299,7 +308,7 @@ def _label_dtype(n_classes: int) -> np.dtype:
 
 # --------------------------------------------------------------------------------- outputs
 def probabilities_path(out_path) -> Path:
-    """Where the probabilities of labels store ``OUT.zarr`` go: ``OUT_probabilities.zarr`` beside it.
+    """Where the probabilities of label store ``OUT.zarr`` go: ``OUT_probabilities.zarr``.
 
     They are a separate OME-Zarr image because readers (napari's among them) open the first
     sub-group of a store, which must stay the labels.
@@ -404,7 +413,7 @@ def _fsync_region(array, region) -> None:
     folders = set()
     for coords in itertools.product(*ranges):
         path = base / encode(coords)
-        folders.add(path.parent)  # also where zarr deleted an all-zero chunk: the deletion must last
+        folders.add(path.parent)  # also where zarr deleted an all-zero chunk: make that last
         try:
             fd = os.open(path, _FSYNC_FLAGS)
         except FileNotFoundError:
@@ -417,7 +426,8 @@ def _fsync_region(array, region) -> None:
         _fsync_dir(folder)
 
 
-_FSYNC_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY  # Windows flushes writable handles only
+# Windows flushes writable handles only.
+_FSYNC_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -435,7 +445,7 @@ def _fsync_dir(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- run records
 def _model_signature(model_or_dir) -> str:
-    """sha256 of a model folder's files, or of an in-memory model's metadata (recorded for resume)."""
+    """sha256 of a model folder's files, or of an in-memory model's metadata (for resume)."""
     digest = hashlib.sha256()
     if isinstance(model_or_dir, (str, os.PathLike)):
         folder = Path(model_or_dir)
@@ -473,7 +483,8 @@ def _run_record(model_sig: str, image: Image, block, halo: int, probabilities: b
     }
 
 
-_RESUME_KEYS = ("model_signature", "image_shape", "image_channels", "image_dtype", "block", "halo", "probabilities")
+_RESUME_KEYS = ("model_signature", "image_shape", "image_channels", "image_dtype", "block", "halo",
+                "probabilities")
 
 
 def _check_resumable(path: Path, stored: dict | None, wanted: dict) -> None:
@@ -483,16 +494,17 @@ def _check_resumable(path: Path, stored: dict | None, wanted: dict) -> None:
             "pass --overwrite to start again"
         )
     if stored.get("model_signature") != wanted["model_signature"]:
+        before, now = str(stored.get("model_signature"))[:12], wanted["model_signature"][:12]
         raise WssegError(
-            f"output {path} was started with another model (signature {str(stored.get('model_signature'))[:12]}, "
-            f"this one {wanted['model_signature'][:12]}); resume with the same model folder or pass --overwrite "
-            "to start again"
+            f"output {path} was started with another model (signature {before}, this one {now}); "
+            "resume with the same model folder or pass --overwrite to start again"
         )
     for key in _RESUME_KEYS:
         if stored.get(key) != wanted[key]:
             raise WssegError(
                 f"output {path} was started with {key}={stored.get(key)!r}, this run has "
-                f"{wanted[key]!r}; resume with the original settings or pass --overwrite to start again"
+                f"{wanted[key]!r}; resume with the original settings or pass --overwrite to start "
+                "again"
             )
 
 
@@ -520,12 +532,14 @@ def check_output_location(out_path) -> Path:
     >>> check_output_location("/no/such/folder/pred.zarr")
     Traceback (most recent call last):
     ...
-    napari_wsseg.errors.ImageFormatError: output /no/such/folder/pred.zarr: folder /no/such/folder does not exist; create it or choose another --out
+    napari_wsseg.errors.ImageFormatError: output /no/such/folder/pred.zarr: folder /no/such/folder
+    does not exist; create it or choose another --out
     """
     out_path = Path(out_path).expanduser().absolute()
     if out_path.suffix.lower() != ".zarr":
         raise ImageFormatError(
-            f"output {out_path}: block-wise prediction writes OME-Zarr; name it {out_path.stem}.zarr"
+            f"output {out_path}: block-wise prediction writes OME-Zarr; name it "
+            f"{out_path.stem}.zarr"
         )
     parent = out_path.parent
     if not parent.is_dir():
@@ -537,13 +551,14 @@ def check_output_location(out_path) -> Path:
             pass
     except OSError as exc:
         raise ImageFormatError(
-            f"output {out_path}: folder {parent} is not writable ({exc.strerror}); choose a writable --out"
+            f"output {out_path}: folder {parent} is not writable ({exc.strerror}); choose a "
+            "writable --out"
         ) from None
     return out_path
 
 
-def _prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *, was_2d: bool,
-                     resume: bool, overwrite: bool) -> bool:
+def _prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
+                     was_2d: bool, resume: bool, overwrite: bool) -> bool:
     """Create (or check for resuming) the stores; True when the run is already complete."""
     if resume and overwrite:
         raise WssegError("resume and overwrite exclude each other; pass one of them")
@@ -552,7 +567,10 @@ def _prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, clas
         stored = _read_run_record(out_path)
         _check_resumable(out_path, stored, record)
         if probs_path is not None and not probs_path.exists():
-            raise WssegError(f"probability store {probs_path} of run {out_path} is missing; pass --overwrite to start again")
+            raise WssegError(
+                f"probability store {probs_path} of run {out_path} is missing; pass --overwrite "
+                "to start again"
+            )
         if stored.get("status") == "complete":
             return True
         if stored.get("status") == "blocks_done":  # killed while adding the pyramid
@@ -569,7 +587,8 @@ def _prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, clas
     return False
 
 
-def _create_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *, was_2d: bool) -> None:
+def _create_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
+                    was_2d: bool) -> None:
     from ..io.writers import create_labels_zarr
 
     shape = tuple(record["image_shape"])
@@ -593,7 +612,8 @@ def _create_probabilities(path: Path, shape, chunks, classes, record: dict) -> N
 
     axes = "czyx" if len(shape) == 4 else "cyx"
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.create_array("0", shape=shape, chunks=chunks, dtype=np.uint8, fill_value=0, dimension_names=list(axes))
+    group.create_array("0", shape=shape, chunks=chunks, dtype=np.uint8, fill_value=0,
+                       dimension_names=list(axes))
     write_multiscales(group, 1, axes, name=path.stem)
     group.attrs[RUN_ATTR] = {**record, "probabilities_of": [c.name for c in classes], "scale": 255}
 
@@ -602,12 +622,14 @@ def _remove_probabilities(path: Path) -> None:
     if not path.exists():
         return
     if _read_run_record(path) is None:
-        raise WssegError(f"{path} exists and is not a wsseg probability store; delete it or choose another --out")
+        raise WssegError(
+            f"{path} exists and is not a wsseg probability store; delete it or choose another --out"
+        )
     shutil.rmtree(path)
 
 
 def _clean_partial_files(*stores: Path | None) -> None:
-    """Remove temporary chunk files a killed run left behind (zarr writes ``*.partial`` then renames)."""
+    """Remove the temporary chunk files (``*.partial``, renamed by zarr once written) of a kill."""
     for store in stores:
         if store is None:
             continue
@@ -618,7 +640,7 @@ def _clean_partial_files(*stores: Path | None) -> None:
 
 
 def _finish_outputs(out_path: Path, probs_path: Path | None, record: dict) -> None:
-    """Mark all blocks written, drop the markers, add the pyramid, mark complete (each step resumable)."""
+    """Mark the blocks written, drop the markers, add the pyramid, mark complete (resumable)."""
     from ..io.writers import finalize_labels_zarr
 
     _write_run_record(out_path, {**record, "status": "blocks_done"})
@@ -735,7 +757,8 @@ def predict_volume(
                                 resume=resume, overwrite=overwrite)
     grid = block_grid(image.shape, block)
     if complete:
-        return VolumeResult(out_path, probs_path, len(grid), 0, len(grid), "done", time.monotonic() - started)
+        return VolumeResult(out_path, probs_path, len(grid), 0, len(grid), "done",
+                            time.monotonic() - started)
     output = VolumeOutput(out_path, probs_path, was_2d=image.was_2d)
     done = output.done_blocks()
     pending = [index for index in grid if index not in done]
@@ -746,8 +769,8 @@ def predict_volume(
     else:
         if model_dir is None:
             raise WssegError(
-                f"scheduler {scheduler!r} loads the model on each worker from its folder; pass the model "
-                "folder (not a model object) or use scheduler='threads'"
+                f"scheduler {scheduler!r} loads the model on each worker from its folder; pass the "
+                "model folder (not a model object) or use scheduler='threads'"
             )
         task = _WorkerTask(str(model_dir), signature, str(out_path),
                            None if probs_path is None else str(probs_path), image.was_2d, run,
@@ -804,8 +827,8 @@ def _is_threads(scheduler) -> bool:
         if scheduler == "processes" or "://" in scheduler or ":" in scheduler:
             return False
         raise WssegError(
-            f"scheduler '{scheduler}' is unknown; use threads, processes or a dask scheduler address "
-            "such as tcp://HOST:8786"
+            f"scheduler '{scheduler}' is unknown; use threads, processes or a dask scheduler "
+            "address such as tcp://HOST:8786"
         )
     return False
 
@@ -842,8 +865,8 @@ class _Progress:
 
 
 # ------------------------------------------------------------------- threads: a pipeline
-def _run_threads(model, image: Image, output: VolumeOutput, pending: list[BlockIndex], run: _RunSpec,
-                 counter: _Progress, cancel, prefetch: int) -> None:
+def _run_threads(model, image: Image, output: VolumeOutput, pending: list[BlockIndex],
+                 run: _RunSpec, counter: _Progress, cancel, prefetch: int) -> None:
     """Read ahead in one thread, compute here, write in another; at most a few blocks in memory."""
     prefetch = max(int(prefetch), 1)
 
@@ -905,8 +928,9 @@ class _WorkerTask:
 
 
 def _predict_and_write_block(task: _WorkerTask, index: BlockIndex, image) -> BlockIndex:
-    """Worker side: predict block ``index`` and write it durably (model and stores cached per worker)."""
-    model = _cached(("model", task.model_dir, task.model_signature), lambda: _load_model(task.model_dir))
+    """Worker side: predict block ``index`` and write it durably (model and stores cached)."""
+    model = _cached(("model", task.model_dir, task.model_signature),
+                    lambda: _load_model(task.model_dir))
     if isinstance(image, str):
         image = _cached(("image", image, _mtime(image)), lambda: open_image(image))
     output = _cached(("output", task.out_path, task.run_id),
@@ -948,15 +972,19 @@ def _cached(key, factory):
         return _CACHE[key]
 
 
-def _run_dask(scheduler, n_workers, task: _WorkerTask, image_source, pending, counter: _Progress, cancel) -> None:
+def _run_dask(scheduler, n_workers, task: _WorkerTask, image_source, pending,
+              counter: _Progress, cancel) -> None:
     from dask.distributed import as_completed
 
     if not pending:
         return
     with _dask_client(scheduler, n_workers) as client:
-        image_ref = image_source if isinstance(image_source, str) else client.scatter(image_source, broadcast=True)
+        image_ref = image_source
+        if not isinstance(image_source, str):
+            image_ref = client.scatter(image_source, broadcast=True)
+        keys = [f"wsseg-block-{task.run_id}-{i}" for i in range(len(pending))]
         futures = client.map(_predict_and_write_block, [task] * len(pending), pending,
-                             image=image_ref, pure=False, key=[f"wsseg-block-{task.run_id}-{i}" for i in range(len(pending))])
+                             image=image_ref, pure=False, key=keys)
         completed = as_completed(futures, loop=client.loop)
         try:
             for future in completed:
@@ -992,21 +1020,23 @@ def _dask_client(scheduler, n_workers) -> Iterator[Any]:
     if isinstance(scheduler, Client):
         yield scheduler
         return
-    if hasattr(scheduler, "scheduler_address"):  # a cluster object (LocalCluster, SLURMCluster, ...)
+    if hasattr(scheduler, "scheduler_address"):  # a cluster (LocalCluster, SLURMCluster, ...)
         with Client(scheduler, set_as_default=False) as client:
             yield client
         return
     if scheduler == "processes":
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
                 LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+                             dashboard_address=None) as cluster, \
+                Client(cluster, set_as_default=False) as client:
             yield client
         return
     try:
         client = Client(scheduler, set_as_default=False, timeout="30s")
     except OSError as exc:
         raise WssegError(
-            f"cannot reach dask scheduler {scheduler!r} ({exc}); check the address or use --scheduler threads"
+            f"cannot reach dask scheduler {scheduler!r} ({exc}); check the address or use "
+            "--scheduler threads"
         ) from None
     with client:
         yield client

@@ -192,7 +192,7 @@ def test_time_budget_stops_training_with_a_usable_model(blocky_phantom, blocky_c
     events = []
     method = MEWSMethod(**FAST, max_steps=100_000)
     result = method.fit(as_image(image), Annotations(classes, points=blocky_clicks),
-                        FitOptions(device="cpu", time_budget_s=1.0, progress=events.append))
+                        FitOptions(device="cpu", time_budget_s=5.0, progress=events.append))
     assert result.stopped == "time_budget" and 0 < result.steps < 100_000
     assert events and events[-1].metrics and "loss" in events[-1].metrics
     assert method.predict_proba_slice(image[0][..., None]).shape == (4, 176, 176)

@@ -132,7 +132,8 @@ def run(argv, capsys):
 
 
 @pytest.mark.parametrize("volume", [False, True], ids=["2d", "3d"])
-def test_cli_trains_from_sizes_and_points_and_predicts(phantom, tmp_path, capsys, volume):
+@pytest.mark.parametrize("with_points", [False, True], ids=["sizes", "sizes+points"])
+def test_cli_trains_from_sizes_and_points_and_predicts(phantom, tmp_path, capsys, volume, with_points):
     image, labels, classes = phantom
     data = image if volume else image[1]
     np.save(tmp_path / "image.npy", data)
@@ -143,8 +144,9 @@ def test_cli_trains_from_sizes_and_points_and_predicts(phantom, tmp_path, capsys
     _write_sizes(tmp_path / "sizes.csv", f"{z}class,fraction\n{sizes}")
     ys, xs = np.nonzero(labels[1] == 2)
     (tmp_path / "points.csv").write_text(f"{z}y,x,class\n{zval}{ys[0]},{xs[0]},2\n")
-    code, out, err = run(["train", tmp_path / "image.npy", "--sizes", tmp_path / "sizes.csv", "--points",
-                          tmp_path / "points.csv", "--classes", ",".join(c.name for c in classes), "--method", "size",
+    points = ["--points", tmp_path / "points.csv"] if with_points else []
+    code, out, err = run(["train", tmp_path / "image.npy", "--sizes", tmp_path / "sizes.csv", *points,
+                          "--classes", ",".join(c.name for c in classes), "--method", "size",
                           "--out", tmp_path / "model", "--max-steps", "3", "--width", "4", "--depth", "2",
                           "--crop-size", "32", "--tile", "64"], capsys)
     assert code == 0, err
