@@ -146,6 +146,7 @@ def run_job(job: dict) -> dict:
     predict_s = time.perf_counter() - start
     names = [c.name for c in classes]
     scores = evaluate(pred, labels, slices=EVAL_SLICES, class_names=names)
+    uncorrected = _without_prior_correction(method, image, labels, names)
     record = {
         **{k: job[k] for k in ("data", "scenario", "method", "seed", "options")},
         "dice": scores["dice"], "mean_fg_dice": scores["mean_fg_dice"], "miou": scores["miou"],
@@ -154,10 +155,29 @@ def run_job(job: dict) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "threads": torch.get_num_threads(),
     }
+    if uncorrected is not None:
+        record["prior_shift"] = [round(v, 3) for v in method.log_prior_shift]
+        record["dice_uncorrected"], record["mean_fg_dice_uncorrected"] = uncorrected
     if snapshots:
         record["curve"] = _score_snapshots(method, snapshots, image, labels, names)
         record["time_to_plateau_s"] = _plateau(record["curve"])
     return record
+
+
+def _without_prior_correction(method, image, labels, names):
+    """(dice, mean_fg_dice) of a dsp model with its class-prior correction switched off."""
+    from napari_wsseg.eval.metrics import evaluate
+
+    shift = getattr(method, "log_prior_shift", None)
+    if shift is None:
+        return None
+    method.log_prior_shift = None
+    pred = np.zeros(labels.shape, np.uint8)
+    for z in EVAL_SLICES:
+        pred[z] = method.predict_slice(image.slice(z))
+    method.log_prior_shift = shift
+    scores = evaluate(pred, labels, slices=EVAL_SLICES, class_names=names)
+    return scores["dice"], scores["mean_fg_dice"]
 
 
 def _snapshotter(method, snapshots: list, job: dict):

@@ -103,16 +103,22 @@ def run_once(data: str, spec: dict, budget: float, seed: int, steps: int | None 
     result = method.fit(img, ann, FitOptions(device="cpu", seed=seed, time_budget_s=budget))
     train_s = time.perf_counter() - start
     pred = np.stack([method.predict_slice(img.slice(z)) for z in EVAL_SLICES])
-    scores = evaluate(pred, np.asarray(labels)[EVAL_SLICES], n_classes=len(classes),
-                      class_names=[c.name for c in classes])
+    gt = np.asarray(labels)[EVAL_SLICES]
+    scores = evaluate(pred, gt, n_classes=len(classes), class_names=[c.name for c in classes])
+    uncalibrated = None
+    if getattr(method, "class_bias", None) is not None:  # the same network without the size calibration
+        method.class_bias = None
+        raw = np.stack([method.predict_slice(img.slice(z)) for z in EVAL_SLICES])
+        uncalibrated = evaluate(raw, gt, n_classes=len(classes))["mean_fg_dice"]
     return {
         "data": data, "run": spec["name"], "method": spec["method"], "seed": seed, "budget_s": budget,
         "sigma": spec["sigma"], "expected_mre": None if spec["sigma"] is None else size_noise_mre(spec["sigma"]),
         "measured_mre": measured_mre(labels, ann), "points_per_class": spec["points"], "masks": spec["masks"],
         "options": spec["options"], "steps": result.steps, "train_s": round(train_s, 1),
         "mean_fg_dice": scores["mean_fg_dice"], "dice": scores["dice"], "class_names": scores["class_names"],
+        "mean_fg_dice_uncalibrated": uncalibrated,
         "pred_fractions": class_fractions(pred, len(classes)).round(4).tolist(),
-        "gt_fractions": class_fractions(np.asarray(labels)[EVAL_SLICES], len(classes)).round(4).tolist(),
+        "gt_fractions": class_fractions(gt, len(classes)).round(4).tolist(),
     }
 
 

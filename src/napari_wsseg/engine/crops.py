@@ -160,6 +160,14 @@ class CropSampler:
         lefts = _clip_origin(points[:, 2] - offsets[:, 1], self.shape[2], size)
         return [Crop(int(z), int(y), int(x), size) for z, y, x in zip(points[:, 0], tops, lefts)]
 
+    def sample_random(self, n: int) -> list[Crop]:
+        """``n`` crops placed uniformly at random in any slice."""
+        points = self._random_points(n)
+        size = self.crop_size
+        tops = _clip_origin(points[:, 1] - size // 2, self.shape[1], size)
+        lefts = _clip_origin(points[:, 2] - size // 2, self.shape[2], size)
+        return [Crop(int(z), int(y), int(x), size) for z, y, x in zip(points[:, 0], tops, lefts)]
+
     def _random_points(self, n: int) -> np.ndarray:
         z = self.rng.integers(0, self.shape[0], n)
         y = self.rng.integers(0, self.shape[1], n)

@@ -28,7 +28,7 @@ TINY = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 64, "batch_size": 
 def trained(phantom_3d):
     """A dsp model trained briefly on clicks in slices 0, 2, 4 of the phantom."""
     image, labels, classes = phantom_3d
-    ann = simulate_annotations(labels, slices=[0, 2, 4], points=10, boxes=1, tags=True, seed=0, classes=classes)
+    ann = simulate_annotations(labels, slices=[0, 2, 4], points=20, boxes=1, tags=True, seed=0, classes=classes)
     method = DSPMethod(**(TINY | {"max_steps": 80, "lr": 3e-3, "boxes_exhaustive": False}))
     result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
     return method, result
@@ -84,6 +84,37 @@ def test_weights_of_another_architecture_are_refused(trained, tmp_path):
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="does not match the dsp architecture"):
         load_model(folder)
+
+
+def test_class_prior_correction_is_estimated_stored_and_applied(trained, phantom_3d):
+    image = phantom_3d[0]
+    method, _ = trained
+    info = method.fit_info
+    assert sum(info["image_prior"]) == pytest.approx(1.0, abs=1e-3)
+    assert sum(info["train_prior"]) == pytest.approx(1.0, abs=1e-3)
+    expected = np.log(np.maximum(info["image_prior"], 1e-6) / np.array(info["train_prior"]))
+    np.testing.assert_allclose(method.log_prior_shift, expected, atol=1e-3)
+    corrected = method.predict_proba_slice(image[7][..., None])
+    shift, method.log_prior_shift = method.log_prior_shift, None
+    try:
+        plain = method.predict_proba_slice(image[7][..., None])
+    finally:
+        method.log_prior_shift = shift
+    # re-weighting by the prior ratio is exactly what the shift does to the probabilities
+    reweighted = plain * np.exp(np.array(shift))[:, None, None]
+    np.testing.assert_allclose(corrected, reweighted / reweighted.sum(axis=0), atol=1e-4)
+
+
+def test_no_prior_correction_without_labelled_pixels_or_when_off():
+    image, _ = _small_problem()
+    boxes_only = Annotations(default_classes(2), boxes=[[0, 0, 0, 10, 10, 0], [0, 12, 12, 30, 30, 1]])
+    method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32}))
+    method.fit(as_image(image), boxes_only, FitOptions(device="cpu"))
+    assert method.log_prior_shift is None
+    image, ann = _small_problem()
+    method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32, "prior_correction": False}))
+    method.fit(as_image(image), ann, FitOptions(device="cpu"))
+    assert method.log_prior_shift is None
 
 
 def _small_problem(n_slices=2, size=32):

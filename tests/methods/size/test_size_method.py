@@ -64,10 +64,20 @@ def test_sizes_and_points_train_clearly_better_than_chance(phantom):
 def test_sizes_alone_pull_the_whole_slice_mean_to_the_targets(phantom):
     image, labels, classes = phantom
     ann = simulate_annotations(labels, slices=[0, 2], points=0, sizes=True, seed=0, classes=classes)
-    method = _fit(phantom, ann)
+    method = _fit(phantom, ann, calibrate=False)
     for z in (0, 2):
         mean = method.predict_proba_slice(as_image(image).slice(z)).mean(axis=(1, 2))
         assert np.abs(mean - class_fractions(labels[z], 3)).sum() < 0.1, (z, mean)
+
+
+def test_calibration_makes_the_labels_cover_the_target_sizes(phantom):
+    image, labels, classes = phantom
+    ann = simulate_annotations(labels, slices=[0, 2], points=1, sizes=True, seed=0, classes=classes)
+    method = _fit(phantom, ann, steps=20)
+    assert method.class_bias is not None
+    pred = np.stack([method.predict_slice(as_image(image).slice(z)) for z in (0, 2)])
+    target = (class_fractions(labels[0], 3) + class_fractions(labels[2], 3)) / 2
+    np.testing.assert_allclose(class_fractions(pred, 3), target, atol=0.02)
 
 
 def test_tags_suppress_an_absent_class(phantom):
@@ -87,7 +97,7 @@ def test_checkpoint_round_trip(phantom, tmp_path):
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.pkl"))
     meta = json.loads((folder / "config.json").read_text())
     assert meta["method"] == "size" and meta["config"]["crf_weight"] == 0.25
-    assert meta["state"]["fit"]["size_slices"] == [0]
+    assert meta["state"]["fit"]["size_slices"] == [0] and len(meta["state"]["class_bias"]) == 3
     reloaded = load_model(folder)
     assert isinstance(reloaded, SizeMethod) and reloaded.config == method.config
     np.testing.assert_allclose(reloaded.predict_proba_slice(as_image(image).slice(1)), before, atol=1e-5)

@@ -67,6 +67,11 @@ class DSPConfig:
         The boxes of a class in a slice enclose every object of that class there, so pixels
         outside all of them are not that class (the paper's box filter). Set False when only
         some objects are boxed.
+    prior_correction : bool, default True
+        Crops are drawn class-balanced, so the network learns as if every class were equally
+        common. After training, the image's class prior is estimated as the mean predicted
+        probability over random crops (one EM step of Saerens et al. 2002) and predictions are
+        re-weighted by it over the prior of the labelled pixels seen in training. Not in the paper.
     lr, weight_decay, warmup_fraction : float, default 1e-3, 0.01, 0.05
         AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
     max_steps : int, default 3000
@@ -100,6 +105,7 @@ class DSPConfig:
     plf_start: float = 0.3
     plf_threshold: float = 0.0
     boxes_exhaustive: bool = True
+    prior_correction: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
@@ -149,6 +155,8 @@ class DSPMethod(Method):
         super().__init__(config, **options)
         self.net: DSPNet | None = None
         self.fit_info: dict = {}
+        #: log(image prior / training prior) per class, added to the logits; None: no correction.
+        self.log_prior_shift: list[float] | None = None
 
     def _build_net(self) -> DSPNet:
         cfg = self.config
@@ -177,7 +185,31 @@ class DSPMethod(Method):
             keep_best_after=max(cfg.plf_start, 0.5), autocast_cpu=cfg.cpu_bf16,
         )
         self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1), "stopped": outcome.stopped}
+        self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
         return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
+
+    def _estimate_prior_shift(self, trainer: "_DSPTrainStep", n_crops: int = 32) -> list[float] | None:
+        """log(image prior / training prior): the image prior is the mean predicted probability
+        over random crops, the training prior the class frequency of the labelled pixels that
+        L_CE saw. None when training saw no labelled pixel (e.g. boxes only)."""
+        counts = trainer.label_counts
+        if counts.sum() == 0:
+            return None
+        net, tau = self._require_net(), self.config.tau
+        net.eval()
+        crops = trainer.sampler.sample_random(n_crops)
+        sums = torch.zeros(len(self.classes), dtype=torch.float64)
+        with torch.no_grad():
+            for start in range(0, n_crops, self.config.batch_size):
+                pixels, valid = zip(*(trainer.store.crop(c) for c in crops[start : start + self.config.batch_size]))
+                batch = torch.from_numpy(np.stack(pixels)).to(trainer.device, memory_format=torch.channels_last)
+                proba = F.softmax(net(batch) / tau, dim=1).cpu()
+                sums += (proba * torch.from_numpy(np.stack(valid))[:, None]).sum(dim=(0, 2, 3)).double()
+        image_prior = (sums / sums.sum()).numpy()
+        train_prior = (counts + 1) / (counts.sum() + len(counts))
+        self.fit_info |= {"image_prior": np.round(image_prior, 4).tolist(),
+                          "train_prior": np.round(train_prior, 4).tolist()}
+        return np.log(np.maximum(image_prior, 1e-6) / train_prior).tolist()
 
     # -------------------------------------------------------------- prediction
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
@@ -190,13 +222,14 @@ class DSPMethod(Method):
             )
         device = next(net.parameters()).device
         tau = self.config.tau
+        shift = torch.tensor(self.log_prior_shift or [0.0] * len(self.classes), device=device)[None, :, None, None]
         net.eval()
 
         def probabilities(tile: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 batch = torch.from_numpy(tile)[None].to(device, memory_format=torch.channels_last)
                 scores = net(batch)
-                return F.softmax(scores / tau, dim=1)[0].cpu().numpy()
+                return F.softmax(scores / tau + shift, dim=1)[0].cpu().numpy()
 
         normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
         return predict_tiled(probabilities, normalized, tile=self.config.tile,
@@ -209,10 +242,11 @@ class DSPMethod(Method):
 
     # ------------------------------------------------------------- persistence
     def _state_dict(self) -> dict:
-        return {"fit": self.fit_info}
+        return {"fit": self.fit_info, "log_prior_shift": self.log_prior_shift}
 
     def _load_state_dict(self, state: dict) -> None:
         self.fit_info = dict(state.get("fit", {}))
+        self.log_prior_shift = state.get("log_prior_shift")
 
     def _save_weights(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -254,6 +288,7 @@ class _DSPTrainStep:
         crop = _crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
         anchors = annotation_anchors(annotations, image.shape, rng)
         self.sampler = CropSampler(image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction)
+        self.label_counts = np.zeros(len(method.classes), np.int64)  # labelled pixels L_CE saw, by class
 
     def __call__(self, step: int, fraction: float) -> dict:
         cfg, generator = self.cfg, self.generator
@@ -271,6 +306,8 @@ class _DSPTrainStep:
         inputs = torch.cat(views).to(self.device, memory_format=torch.channels_last)
         logits = self.net(inputs) / cfg.tau
         weak = logits[: len(crops)]
+        known = targets.labels[targets.labels >= 0]
+        self.label_counts += torch.bincount(known, minlength=len(self.label_counts)).cpu().numpy()
         losses = {"ce": ce_loss(weak, targets.labels)} | dsp_loss(weak, targets, cfg.lambdas)
         losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]
         total = losses["supervised"]

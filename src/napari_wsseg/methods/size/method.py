@@ -39,6 +39,7 @@ from ...errors import ModelError, WssegError
 from ...io.image import Image
 from ...predict.tiling import predict_tiled
 from ..base import FitOptions, FitResult, Method
+from .calibration import fit_class_bias
 from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
 from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
 
@@ -86,6 +87,11 @@ class SizeConfig:
         Brightness/contrast jitter strength.
     cpu_bf16 : bool, default False
         bf16 autocast for training on CPUs with native support (prediction stays float32).
+    calibrate : bool, default True
+        After training, fit one log-probability offset per class so that the predicted labels
+        of the sized slices cover the target fractions (:mod:`.calibration`; not in the paper).
+    calibration_pixels : int, default 20000
+        Pixels sampled per sized slice for the calibration.
     tile, tile_overlap : int, default 1024 and 128
         Tiled prediction.
     """
@@ -111,11 +117,14 @@ class SizeConfig:
     anchor_crop_fraction: float = 0.5
     jitter: float = 0.2
     cpu_bf16: bool = False
+    calibrate: bool = True
+    calibration_pixels: int = 20000
     tile: int = 1024
     tile_overlap: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius"):
+        for name in ("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius",
+                     "calibration_pixels"):
             if getattr(self, name) < 1:
                 raise WssegError(f"size option {name}={getattr(self, name)} must be a positive integer")
         if self.depth < 0:
@@ -154,6 +163,7 @@ class SizeMethod(Method):
         super().__init__(config, **options)
         self.net: UNet | None = None
         self.fit_info: dict = {}
+        self.class_bias: np.ndarray | None = None
 
     def _build_net(self) -> UNet:
         cfg = self.config
@@ -176,13 +186,35 @@ class SizeMethod(Method):
             self.net, step, optim=optim, device=device, time_budget_s=options.time_budget_s,
             cancel=options.cancel, progress=options.progress, autocast_cpu=cfg.cpu_bf16,
         )
+        self.class_bias = None
+        if cfg.calibrate and step.sizes and outcome.stopped != "cancelled":
+            self.class_bias = self._fit_class_bias(image, step.sizes, rng)
         self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
                          "stopped": outcome.stopped, "crop_size": step.crop_size,
                          "size_slices": sorted(step.sizes), "tag_slices": sorted(step.present)}
         return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
 
+    def _fit_class_bias(self, image: Image, sizes: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Offsets making the labels of the sized slices cover their target sizes (pooled)."""
+        samples = []
+        for z in sorted(sizes):
+            proba = self._raw_proba(image.slice(z)).reshape(len(self.classes), -1)
+            count = min(self.config.calibration_pixels, proba.shape[1])
+            picked = rng.choice(proba.shape[1], size=count, replace=False)
+            samples.append(np.log(proba[:, picked].T + 1e-12))
+        target = np.mean([sizes[z] for z in sorted(sizes)], axis=0)
+        return fit_class_bias(np.concatenate(samples), target)
+
     # -------------------------------------------------------------- prediction
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        proba = self._raw_proba(slice_yxc)
+        if self.class_bias is None:
+            return proba
+        proba *= np.exp(self.class_bias - self.class_bias.max()).astype(np.float32)[:, None, None]
+        return proba / proba.sum(axis=0, keepdims=True)
+
+    def _raw_proba(self, slice_yxc: np.ndarray) -> np.ndarray:
+        """Network softmax ``(C, Y, X)`` of one raw slice, without the size calibration."""
         net = self._require_net()
         slice_yxc = np.asarray(slice_yxc)
         if slice_yxc.ndim != 3 or slice_yxc.shape[-1] != self.n_channels:
@@ -209,10 +241,18 @@ class SizeMethod(Method):
 
     # ------------------------------------------------------------- persistence
     def _state_dict(self) -> dict:
-        return {"fit": self.fit_info}
+        bias = None if self.class_bias is None else [float(b) for b in self.class_bias]
+        return {"fit": self.fit_info, "class_bias": bias}
 
     def _load_state_dict(self, state: dict) -> None:
         self.fit_info = dict(state.get("fit", {}))
+        bias = state.get("class_bias")
+        if bias is not None and len(bias) != len(self.classes):
+            raise ModelError(
+                f"size model: {len(bias)} class offsets for {len(self.classes)} classes in config.json; "
+                "the model folder is inconsistent, retrain it"
+            )
+        self.class_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
 
     def _save_weights(self, folder: Path) -> None:
         from safetensors.torch import save_file
