@@ -124,17 +124,21 @@ def run_once(data: str, spec: dict, budget: float, seed: int, steps: int | None 
 
 def print_table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    full = {r["data"]: r["mean_fg_dice"] for r in rows if r["run"] == "full_mask"}
+    full = {(r["data"], r["seed"]): r["mean_fg_dice"] for r in rows if r["run"] == "full_mask"}
     names = rows[0]["class_names"] if rows else []
-    print("| data | run | σ | mRE measured (expected) | steps | mean fg Dice | % of full mask | "
-          + " | ".join(names) + " |")
-    print("|" + "---|" * (7 + len(names)))
+    print("| data | run | seed | σ | mRE measured (expected) | steps | mean fg Dice | without calibration | "
+          "% of full mask | " + " | ".join(names) + " |")
+    print("|" + "---|" * (9 + len(names)))
     for r in rows:
-        mre = "–" if r["measured_mre"] is None else f"{100 * r['measured_mre']:.1f} % ({100 * r['expected_mre']:.1f} %)"
+        mre = "–" if r["measured_mre"] is None else f"{100 * r['measured_mre']:.1f} % ({100 * r['expected_mre']:.0f} %)"
         sigma = "–" if r["sigma"] is None else f"{r['sigma']:g}"
-        ratio = f"{100 * r['mean_fg_dice'] / full[r['data']]:.0f} %" if r["data"] in full else "–"
+        reference = full.get((r["data"], r["seed"]), full.get((r["data"], 0)))
+        ratio = "–" if reference is None else f"{100 * r['mean_fg_dice'] / reference:.0f} %"
+        raw = r.get("mean_fg_dice_uncalibrated")
+        raw = "–" if raw is None else f"{raw:.3f}"
         dice = " | ".join("–" if d is None else f"{d:.3f}" for d in r["dice"])
-        print(f"| {r['data']} | {r['run']} | {sigma} | {mre} | {r['steps']} | {r['mean_fg_dice']:.3f} | {ratio} | {dice} |")
+        print(f"| {r['data']} | {r['run']} | {r['seed']} | {sigma} | {mre} | {r['steps']} | "
+              f"{r['mean_fg_dice']:.3f} | {raw} | {ratio} | {dice} |")
 
 
 def main() -> None:

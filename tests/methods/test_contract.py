@@ -55,6 +55,23 @@ def test_method_trains_saves_and_reloads_identically(name, phantom_3d, tmp_path)
 
 
 @pytest.mark.parametrize("name", available_methods())
+def test_batch_prediction_equals_slice_prediction(name, phantom_3d):
+    """Block-wise prediction hands slices over in batches when a method can take them."""
+    image, labels, classes = phantom_3d
+    img = as_image(image[:4, :64, :64])
+    method = get_method(name)(**FAST_OPTIONS.get(name, {}))
+    method.fit(img, Annotations(classes=classes, points=_clicks(labels[:4, :64, :64], len(classes))),
+               FitOptions(device="cpu", seed=0))
+    if not hasattr(method, "predict_proba_batch"):
+        pytest.skip(f"{name} predicts slice by slice")
+    slices = [img.slice(z) for z in range(3)] + [img.slice(3)[:40, :50]]  # two shapes
+    batched = method.predict_proba_batch(slices)
+    assert [b.shape for b in batched] == [(len(classes), 64, 64)] * 3 + [(len(classes), 40, 50)]
+    for one, together in zip(slices, batched):
+        np.testing.assert_allclose(together, method.predict_proba_slice(one), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", available_methods())
 def test_method_refuses_empty_annotations(name, phantom_3d):
     image, _, classes = phantom_3d
     with pytest.raises(WssegError, match="no annotations"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_wsseg.engine.unet import UNet, UNetConfig
-from napari_wsseg.predict.tiling import predict_tiled, tile_starts
+from napari_wsseg.predict.tiling import predict_tiled, predict_tiled_batch, tile_starts
 
 
 def _conv_fn(seed: int = 0):
@@ -31,6 +31,21 @@ def test_tiled_equals_untiled_for_a_limited_receptive_field(shape):
     untiled = fn(image)
     tiled = predict_tiled(fn, image, tile=24, overlap=12)  # zero band 3 >= radius 2
     np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+
+
+def test_batched_tiling_equals_tiling_each_slice():
+    images = np.random.default_rng(2).normal(size=(3, 2, 45, 70)).astype(np.float32)
+    fn = _conv_fn()
+    calls = []
+
+    def batch_fn(tiles):
+        calls.append(len(tiles))
+        return np.stack([fn(t) for t in tiles])
+
+    batched = predict_tiled_batch(batch_fn, images, tile=24, overlap=12, align=4)
+    assert batched.shape == (3, 3, 45, 70) and set(calls) == {3}  # every slice in each call
+    for image, out in zip(images, batched):
+        np.testing.assert_allclose(out, predict_tiled(fn, image, tile=24, overlap=12, align=4), atol=1e-6)
 
 
 def test_unet_tiles_blend_without_seams():

@@ -129,6 +129,42 @@ def test_number_keys_pick_the_class_and_mode_keys_pick_the_layer(annotate, small
     assert viewer.layers.selection.active is points and points.mode == "add"
 
 
+def test_ctrl_z_undoes_and_ctrl_shift_z_redoes_points_and_boxes(annotate, small_2d, notifications):
+    image, _, classes = small_2d
+    viewer, _, widget = annotate(image, classes)
+    session = widget.session
+    points, boxes = session.layer("points"), session.layer("boxes")
+    widget.set_current_class(1)
+    points.add([[10, 12]])
+    widget.set_current_class(2)
+    points.add([[20, 22]])
+    boxes.add_rectangles([np.array([[4, 5], [4, 20], [15, 20], [15, 5]])])
+    assert session.snapshot().points.tolist() == [[0, 10, 12, 1], [0, 20, 22, 2]]
+
+    _press(points, "Control-Z")
+    assert session.snapshot().points.tolist() == [[0, 10, 12, 1]]
+    _press(points, "Control-Z")
+    assert len(session.snapshot().points) == 0
+    _press(points, "Control-Z")  # nothing left: a notification, no error
+    assert any("nothing to undo on the points layer" in m for m in notifications)
+    _press(points, "Control-Shift-Z")
+    ann = session.snapshot()
+    assert ann.points.tolist() == [[0, 10, 12, 1]]
+    assert ann.boxes.tolist() == [[0, 4, 5, 15, 20, 2]]  # the other layer is untouched
+    np.testing.assert_allclose(points.face_color[0], _rgba(classes[1].color))  # colour restored
+
+    _press(boxes, "Control-Z")
+    assert len(session.snapshot().boxes) == 0
+    _press(boxes, "Control-Shift-Z")
+    assert session.snapshot().boxes.tolist() == [[0, 4, 5, 15, 20, 2]]
+    np.testing.assert_allclose(boxes.edge_color[0], _rgba(classes[2].color))
+
+    _press(points, "Control-Z")
+    points.add([[30, 31]])  # a new edit after an undo drops the redo states
+    assert not session.redo("points")
+    assert session.snapshot().points.tolist() == [[0, 30, 31, 2]]
+
+
 def test_status_line_counts_annotations_per_class_and_type(annotate, small_2d):
     image, _, _ = small_2d
     _, _, widget = annotate(image)

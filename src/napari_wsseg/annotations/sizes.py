@@ -17,7 +17,9 @@ from ..errors import AnnotationError
 GRID_DIVISIONS = {"coarse": 5, "fine": 10}
 
 
-def estimate_sizes_from_mask(mask_slice, n_classes: int, *, unlabeled_as: int | None = None) -> np.ndarray:
+def estimate_sizes_from_mask(
+    mask_slice, n_classes: int, *, unlabeled_as: int | None = None
+) -> np.ndarray:
     """Class fractions of one painted label slice.
 
     Parameters
@@ -53,17 +55,20 @@ def estimate_sizes_from_mask(mask_slice, n_classes: int, *, unlabeled_as: int | 
     mask = np.asarray(mask_slice)
     if mask.ndim != 2 or mask.dtype.kind not in "iub":
         raise AnnotationError(
-            f"painted mask has shape {mask.shape} and dtype {mask.dtype}; give one (Y, X) integer label slice"
+            f"painted mask has shape {mask.shape} and dtype {mask.dtype}; give one (Y, X) "
+            "integer label slice"
         )
     if unlabeled_as is not None and not 0 <= unlabeled_as < n_classes:
         raise AnnotationError(
-            f"unlabeled_as={unlabeled_as} is not a class id (0..{n_classes - 1}); pick a class or None"
+            f"unlabeled_as={unlabeled_as} is not a class id (0..{n_classes - 1}); pick a class "
+            "or None"
         )
     low, high = (int(mask.min()), int(mask.max())) if mask.size else (0, 0)
     if low < 0 or high > n_classes:
         bad = high if high > n_classes else low
         raise AnnotationError(
-            f"painted mask holds label {bad}, but there are {n_classes} classes (labels 1..{n_classes}); "
+            f"painted mask holds label {bad}, but there are {n_classes} classes "
+            f"(labels 1..{n_classes}); "
             "paint with the class labels only"
         )
     counts = np.bincount(mask.ravel().astype(np.int64), minlength=n_classes + 1)
@@ -118,11 +123,14 @@ def grid_lines(shape_yx: tuple[int, int], coarse: bool = False) -> np.ndarray:
     """
     height, width = (float(s) for s in shape_yx)
     if height <= 0 or width <= 0:
-        raise AnnotationError(f"grid for a slice of shape {tuple(shape_yx)}; give a positive (Y, X) shape")
+        raise AnnotationError(
+            f"grid for a slice of shape {tuple(shape_yx)}; give a positive (Y, X) shape"
+        )
     n = GRID_DIVISIONS["coarse" if coarse else "fine"]
     steps = np.arange(1, n) / n
     ys = -0.5 + steps * height
     xs = -0.5 + steps * width
-    horizontal = np.stack([np.stack([ys, np.full(n - 1, -0.5)], 1), np.stack([ys, np.full(n - 1, width - 0.5)], 1)], 1)
-    vertical = np.stack([np.stack([np.full(n - 1, -0.5), xs], 1), np.stack([np.full(n - 1, height - 0.5), xs], 1)], 1)
+    start, end = np.full(n - 1, -0.5), np.full(n - 1, 1.0)
+    horizontal = np.stack([np.stack([ys, start], 1), np.stack([ys, end * width - 0.5], 1)], 1)
+    vertical = np.stack([np.stack([start, xs], 1), np.stack([end * height - 0.5, xs], 1)], 1)
     return np.concatenate([horizontal, vertical])

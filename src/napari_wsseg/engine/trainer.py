@@ -79,7 +79,8 @@ class TrainOutcome:
 class _BestKeeper:
     """Keeps a copy of the weights with the lowest moving average of a monitored loss."""
 
-    def __init__(self, model: torch.nn.Module, key: str | None, after_fraction: float, smoothing: float = 0.98):
+    def __init__(self, model: torch.nn.Module, key: str | None, after_fraction: float,
+                 smoothing: float = 0.98):
         self.model, self.key, self.after_fraction, self.smoothing = model, key, after_fraction, smoothing
         self.average: float | None = None
         self.best: float = math.inf
@@ -89,7 +90,8 @@ class _BestKeeper:
         if self.key is None:
             return
         value = float(losses[self.key])
-        self.average = value if self.average is None else self.smoothing * self.average + (1 - self.smoothing) * value
+        previous = value if self.average is None else self.average
+        self.average = self.smoothing * previous + (1 - self.smoothing) * value
         warm = step >= 1.0 / (1.0 - self.smoothing)
         if fraction >= self.after_fraction and warm and self.average < self.best:
             self.best = self.average

@@ -6,9 +6,10 @@ hold the points, boxes and scribbles, and every change is autosaved to the proje
 (:mod:`._autosave`).
 
 Keyboard (while the viewer has focus): ``1``..``9``, ``0`` pick class 1..10; ``Shift+D`` points
-(dots), ``Shift+B`` boxes, ``Shift+S`` scribble; ``Ctrl+Z`` is the active layer's own undo
-(napari 0.9 has it for Labels; delete points and boxes with ``Delete``). The digits replace
-napari's digit mode keys on the three annotation layers only; napari's letter keys still work.
+(dots), ``Shift+B`` boxes, ``Shift+S`` scribble; ``Ctrl+Z`` / ``Ctrl+Shift+Z`` undo / redo
+on the points and boxes layers (the session's history, :mod:`._history`) and napari's own undo
+on the scribble layer. The digits replace napari's digit mode keys on the three annotation
+layers only; napari's letter keys still work.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from . import _layers as L
 from ._autosave import Autosaver
 from ._links import link
 from ._notify import notify_error, notify_info
-from ._session import session_for
+from ._session import UNDO_ROLES, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -167,9 +168,23 @@ class AnnotateWidget(QWidget):
     def _bind_layer_keys(self) -> None:
         for role in ("points", "boxes", "masks"):
             layer = self.session.layer(role)
-            if layer is not None:
-                for key, func in self._keys.items():
-                    layer.bind_key(key, func, overwrite=True)
+            if layer is None:
+                continue
+            for key, func in self._keys.items():
+                layer.bind_key(key, func, overwrite=True)
+            if role in UNDO_ROLES:
+                layer.bind_key("Control-Z", lambda _=None, r=role: self.undo(r), overwrite=True)
+                layer.bind_key("Control-Shift-Z", lambda _=None, r=role: self.redo(r), overwrite=True)
+
+    def undo(self, role: str) -> None:
+        """Undo the last edit of the points or boxes layer (Ctrl+Z on that layer)."""
+        if not self.session.undo(role):
+            notify_info(f"nothing to undo on the {role} layer")
+
+    def redo(self, role: str) -> None:
+        """Redo the last undone edit of the points or boxes layer (Ctrl+Shift+Z)."""
+        if not self.session.redo(role):
+            notify_info(f"nothing to redo on the {role} layer")
 
     # ------------------------------------------------------------------------ public actions
     def set_image_layer(self, layer) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from psygnal import Signal
 from ..annotations.model import Annotations, ClassInfo, default_classes
 from ..errors import AnnotationError, ProjectError, WssegError
 from . import _layers as L
+from ._history import EditHistory
 
 if TYPE_CHECKING:
     import napari
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from ..project import Project
 
 ANNOTATION_ROLES = ("points", "boxes", "masks")
+#: Layers whose edits the session can undo (the masks layer has napari's own undo).
+UNDO_ROLES = ("points", "boxes")
 #: A slice's sizes are used only when they sum to 1 within this tolerance (as validation demands).
 SIZE_SUM_TOLERANCE = 0.1
 
@@ -75,6 +79,8 @@ class AnnotationSession:
         self.last_model = None
         self.last_model_name: str | None = None
         self._layers: dict[str, object] = {}
+        self._history = {role: EditHistory() for role in UNDO_ROLES}
+        self._restoring = False
 
     @property
     def viewer(self):
@@ -135,6 +141,8 @@ class AnnotationSession:
         self._layers[role] = layer
         self._connect(role, layer)
         self._recolor(role, layer)
+        if role in UNDO_ROLES:
+            self._history[role].reset(self._rows(role))
 
     def _add_layer(self, role: str, annotations: Annotations | None):
         viewer, image = self.viewer, self.image
@@ -182,7 +190,55 @@ class AnnotationSession:
         action = getattr(event, "action", None)
         if action in ("adding", "removing", "changing"):  # the change has not happened yet
             return
+        if not self._restoring:
+            self._record_edits()
         self.changed.emit()
+
+    # ------------------------------------------------------------------------- undo / redo
+    def undo(self, role: str) -> bool:
+        """Undo the last edit of the points or boxes layer; False when there is none."""
+        return self._restore(role, self._history[role].undo())
+
+    def redo(self, role: str) -> bool:
+        """Redo the last undone edit of the points or boxes layer; False when there is none."""
+        return self._restore(role, self._history[role].redo())
+
+    def _rows(self, role: str) -> np.ndarray:
+        layer = self.layer(role)
+        if layer is None:
+            return np.zeros((0, 4 if role == "points" else 6), np.int64)
+        return L.points_from_layer(layer) if role == "points" else L.boxes_from_layer(layer)
+
+    def _record_edits(self) -> None:
+        for role in UNDO_ROLES:
+            try:
+                self._history[role].record(self._rows(role))
+            except AnnotationError:
+                pass  # e.g. a non-rectangle shape: validation reports it, it is not a box state
+
+    def _restore(self, role: str, rows: np.ndarray | None) -> bool:
+        layer = self.layer(role)
+        if rows is None or layer is None:
+            return False
+        ndim = L.spatial_ndim(self.image)
+        with self._quiet_history():
+            if role == "points":
+                _replace_points(layer, L.points_layer_kwargs(self.classes, rows, ndim))
+            else:
+                _replace_boxes(layer, L.boxes_layer_kwargs(self.classes, rows, ndim))
+            self._recolor(role, layer)
+        self.set_current_class(self.current_class)  # replacing features resets their defaults
+        self.changed.emit()
+        return True
+
+    @contextmanager
+    def _quiet_history(self):
+        """Layer changes inside are not recorded as edits (restores, bulk replacements)."""
+        restoring, self._restoring = self._restoring, True
+        try:
+            yield
+        finally:
+            self._restoring = restoring
 
     def _on_boxes_changed(self, event=None) -> None:
         if getattr(event, "action", None) in ("added", "changed", None):
@@ -245,6 +301,8 @@ class AnnotationSession:
         self.tags = {(z, c - (c > k)) for z, c in self.tags if c != k}
         self.sizes = {(z, c - (c > k)): f for (z, c), f in self.sizes.items() if c != k}
         self.set_classes(self.classes[:k] + self.classes[k + 1:])
+        for role in UNDO_ROLES:  # older states hold the removed class
+            self._history[role].reset(self._rows(role))
 
     def set_current_class(self, k: int) -> None:
         """The class new points, boxes and scribbles get."""
@@ -343,10 +401,12 @@ class AnnotationSession:
         if list(ann.classes) != list(self.classes):
             self.set_classes(list(ann.classes))
         ndim = L.spatial_ndim(self.image)
-        if "points" in kinds:
-            _replace_points(self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim))
-        if "boxes" in kinds:
-            _replace_boxes(self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim))
+        with self._quiet_history():  # one undoable step, not remove-all then add
+            if "points" in kinds:
+                _replace_points(self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim))
+            if "boxes" in kinds:
+                _replace_boxes(self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim))
+        self._record_edits()
         if "masks" in kinds and ann.masks is not None and self.layer("masks") is not None:
             layer = self.layer("masks")
             layer.data[...] = ann.masks[0] if self.image.was_2d else ann.masks

@@ -29,7 +29,9 @@ def trained(phantom_3d):
     """A dsp model trained briefly on clicks in slices 0, 2, 4 of the phantom."""
     image, labels, classes = phantom_3d
     ann = simulate_annotations(labels, slices=[0, 2, 4], points=20, boxes=1, tags=True, seed=0, classes=classes)
-    method = DSPMethod(**(TINY | {"max_steps": 80, "lr": 3e-3, "boxes_exhaustive": False}))
+    options = {"max_steps": 80, "lr": 3e-3, "boxes_exhaustive": False,
+               "plf_weight": 1.0, "plf_start": 0.3, "plf_threshold": 0.0}  # exercise L_PLF too
+    method = DSPMethod(**(TINY | options))
     result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
     return method, result
 

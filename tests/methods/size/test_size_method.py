@@ -180,3 +180,17 @@ def test_cli_reports_bad_sizes_in_one_line(phantom, tmp_path, capsys, sizes, mes
                         ",".join(c.name for c in classes), "--method", "size", "--out", tmp_path / "m"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m").exists()
+
+
+def test_cancelled_training_returns_a_model_that_saves_and_loads(phantom, tmp_path):
+    import threading
+
+    image, labels, classes = phantom
+    ann = simulate_annotations(labels, slices=[0], points=1, sizes=True, seed=0, classes=classes)
+    cancel = threading.Event()
+    cancel.set()
+    method = SizeMethod(**TINY)
+    result = method.fit(as_image(image), ann, FitOptions(device="cpu", cancel=cancel))
+    assert result.stopped == "cancelled" and method.class_bias is None
+    reloaded = load_model(method.save(tmp_path / "m"))
+    assert reloaded.predict_slice(as_image(image).slice(0)).shape == (64, 64)

@@ -94,13 +94,15 @@ def transform_targets(targets: BatchTargets, geometries: list[Geometry]) -> Batc
         if mine.any():
             boxes[mine], swapped = geometry.apply_boxes(targets.boxes[mine], size)
             if swapped:
-                rows_valid[mine], cols_valid[mine] = targets.box_cols_valid[mine], targets.box_rows_valid[mine]
+                rows_valid[mine] = targets.box_cols_valid[mine]
+                cols_valid[mine] = targets.box_rows_valid[mine]
     maps = {
         name: per_crop(getattr(targets, name))
         for name in ("labels", "is_point", "components", "allowed", "valid")
     }
     rest = {f.name: getattr(targets, f.name) for f in fields(targets)}
-    return BatchTargets(**(rest | maps | {"boxes": boxes, "box_rows_valid": rows_valid, "box_cols_valid": cols_valid}))
+    moved_boxes = {"boxes": boxes, "box_rows_valid": rows_valid, "box_cols_valid": cols_valid}
+    return BatchTargets(**(rest | maps | moved_boxes))
 
 
 # ------------------------------------------------------------------------------------ L_DSP
@@ -185,7 +187,9 @@ def _box_positives(logits, targets):
     return values, classes
 
 
-def dsp_loss(logits: torch.Tensor, targets: BatchTargets, weights: dict[str, float]) -> dict[str, torch.Tensor]:
+def dsp_loss(
+    logits: torch.Tensor, targets: BatchTargets, weights: dict[str, float]
+) -> dict[str, torch.Tensor]:
     """L_DSP by kind and in total (key ``"dsp"``).
 
     Parameters
@@ -213,11 +217,11 @@ def dsp_loss(logits: torch.Tensor, targets: BatchTargets, weights: dict[str, flo
 
 
 # ----------------------------------------------------------------------------- L_CE, L_PLF
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on pixels with a known class (``labels >= 0``); 0 when there are none."""
     if not bool((labels >= 0).any()):
         return logits.new_zeros(())
-    return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=-1)
+    return F.cross_entropy(logits, labels, ignore_index=-1)
 
 
 def filtered_pseudo_labels(

@@ -2,21 +2,22 @@
 masks (Reiß et al., CVPR 2023). Imports no Qt.
 
 Training draws square crops around annotations (every annotated class equally often) plus a share
-of random crops from any slice (unannotated slices included, for the pseudo-label loss), applies
-one random flip/rotation to each crop and its targets, and minimises
+of random crops from any slice (unannotated slices included), applies one random flip/rotation
+to each crop and its targets, and minimises
 
     L = L_CE + L_DSP + L_PLF                                                     (Eq. 10)
 
-on the weakly augmented view (jitter 0.2) for L_CE and L_DSP, and on a strongly augmented view
-(jitter 0.4 + CutOut) against filtered pseudo-labels of the weak view for L_PLF. As the paper
-starts its methods from a U-Net trained with L_CE, L_PLF is switched on after ``plf_start`` of
-the schedule. See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
+with L_CE and L_DSP on a weakly augmented view (jitter 0.2) and L_PLF on a strongly augmented view
+(jitter 0.4 + CutOut) against filtered pseudo-labels of the weak view. As the paper starts its
+methods from a U-Net trained with L_CE, L_PLF starts after ``plf_start`` of the schedule; it is
+off by default (``plf_weight`` 0) because it did not pay off on CPU budgets. After training, the
+class prior the class-balanced sampling implied is corrected (``prior_correction``).
+See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,18 +26,15 @@ from torch.nn import functional as F
 from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors
-from ...engine.devices import resolve_device
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNetConfig
-from ...errors import ModelError, WssegError
+from ...errors import WssegError
 from ...io.image import Image
-from ...predict.tiling import predict_tiled
-from ..base import FitOptions, FitResult, Method
+from .._torch import TorchSliceMethod
+from ..base import FitOptions, FitResult
 from .losses import KINDS, ce_loss, collate, dsp_loss, filtered_pseudo_labels, plf_loss, transform_targets
 from .model import DSPNet
 from .targets import AnnotationIndex
-
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,14 +53,17 @@ class DSPConfig:
         Softmax temperature (paper: 0.05).
     lambda_mask, lambda_box, lambda_point, lambda_tag : float, default 0.1
         Weights of the L_DSP terms by annotation type (paper: 0.1 each).
-    ce_weight, plf_weight : float, default 1.0
-        Weights of L_CE and L_PLF (paper: 1).
-    plf_start : float, default 0.3
+    ce_weight : float, default 1.0
+        Weight of L_CE (paper: 1).
+    plf_weight : float, default 0.0
+        Weight of L_PLF (paper: 1). Off by default: on a CPU budget it did not raise Dice and
+        costs 1.5-2x per step (docs/benchmarks_dsp.md); 1 restores Eq. 10.
+    plf_start : float, default 0.5
         Share of the schedule trained without L_PLF (the paper starts from a U-Net trained with
         L_CE; pseudo-labels of an untrained network are noise).
-    plf_threshold : float, default 0.0
+    plf_threshold : float, default 0.9
         Pixels whose filtered pseudo-label probability is below this are left out of L_PLF
-        (FixMatch's confidence mask; 0 keeps every pixel, as the paper does).
+        (FixMatch's confidence mask; 0 keeps every pixel, as the paper does, and measured worse).
     boxes_exhaustive : bool, default True
         The boxes of a class in a slice enclose every object of that class there, so pixels
         outside all of them are not that class (the paper's box filter). Set False when only
@@ -72,7 +73,7 @@ class DSPConfig:
         common. After training, the image's class prior is estimated as the mean predicted
         probability over random crops (one EM step of Saerens et al. 2002) and predictions are
         re-weighted by it over the prior of the labelled pixels seen in training. Not in the paper.
-    lr, weight_decay, warmup_fraction : float, default 1e-3, 0.01, 0.05
+    lr, weight_decay, warmup_fraction : float, default 2e-3, 0.01, 0.05
         AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
     max_steps : int, default 3000
         Training steps when no time budget is given.
@@ -101,12 +102,12 @@ class DSPConfig:
     lambda_point: float = 0.1
     lambda_tag: float = 0.1
     ce_weight: float = 1.0
-    plf_weight: float = 1.0
-    plf_start: float = 0.3
-    plf_threshold: float = 0.0
+    plf_weight: float = 0.0
+    plf_start: float = 0.5
+    plf_threshold: float = 0.9
     boxes_exhaustive: bool = True
     prior_correction: bool = True
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     max_steps: int = 3000
@@ -141,11 +142,12 @@ class DSPConfig:
         return {kind: getattr(self, f"lambda_{kind}") for kind in KINDS}
 
 
-class DSPMethod(Method):
+class DSPMethod(TorchSliceMethod):
     """Decoupled Semantic Prototypes: a prototype U-Net trained from mixed weak annotations."""
 
     name = "dsp"
     config_class = DSPConfig
+    channels_last = True
 
     @property
     def halo(self) -> int:  # type: ignore[override]
@@ -153,8 +155,6 @@ class DSPMethod(Method):
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
-        self.net: DSPNet | None = None
-        self.fit_info: dict = {}
         #: log(image prior / training prior) per class, added to the logits; None: no correction.
         self.log_prior_shift: list[float] | None = None
 
@@ -167,14 +167,10 @@ class DSPMethod(Method):
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         if len(self.classes) < 2:
             raise WssegError(
-                f"dsp needs at least 2 classes, got {len(self.classes)} ({', '.join(annotations.class_names)}); "
-                "add a background class"
+                f"dsp needs at least 2 classes, got {len(self.classes)} "
+                f"({', '.join(annotations.class_names)}); add a background class"
             )
-        device = resolve_device(options.device)
-        torch.manual_seed(options.seed)
-        rng = np.random.default_rng(options.seed)
-        generator = torch.Generator().manual_seed(options.seed)
-        self.net = self._build_net().to(device, memory_format=torch.channels_last)
+        device, rng, generator = self._start_training(options)
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
         optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
@@ -184,7 +180,8 @@ class DSPMethod(Method):
             cancel=options.cancel, progress=options.progress, monitor="supervised",
             keep_best_after=max(cfg.plf_start, 0.5), autocast_cpu=cfg.cpu_bf16,
         )
-        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1), "stopped": outcome.stopped}
+        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
+                         "stopped": outcome.stopped}
         self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
         return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
 
@@ -201,8 +198,9 @@ class DSPMethod(Method):
         sums = torch.zeros(len(self.classes), dtype=torch.float64)
         with torch.no_grad():
             for start in range(0, n_crops, self.config.batch_size):
-                pixels, valid = zip(*(trainer.store.crop(c) for c in crops[start : start + self.config.batch_size]))
-                batch = torch.from_numpy(np.stack(pixels)).to(trainer.device, memory_format=torch.channels_last)
+                chunk = crops[start : start + self.config.batch_size]
+                pixels, valid = zip(*(trainer.store.crop(c) for c in chunk))
+                batch = self._place(torch.from_numpy(np.stack(pixels)), trainer.device)
                 proba = F.softmax(net(batch) / tau, dim=1).cpu()
                 sums += (proba * torch.from_numpy(np.stack(valid))[:, None]).sum(dim=(0, 2, 3)).double()
         image_prior = (sums / sums.sum()).numpy()
@@ -212,33 +210,9 @@ class DSPMethod(Method):
         return np.log(np.maximum(image_prior, 1e-6) / train_prior).tolist()
 
     # -------------------------------------------------------------- prediction
-    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
-        net = self._require_net()
-        slice_yxc = np.asarray(slice_yxc)
-        if slice_yxc.ndim != 3 or slice_yxc.shape[-1] != self.n_channels:
-            raise ModelError(
-                f"dsp model expects a (Y, X, {self.n_channels}) slice, got shape {slice_yxc.shape}; "
-                "pass one slice of an image with the channels it was trained on"
-            )
-        device = next(net.parameters()).device
-        tau = self.config.tau
-        shift = torch.tensor(self.log_prior_shift or [0.0] * len(self.classes), device=device)[None, :, None, None]
-        net.eval()
-
-        def probabilities(tile: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                batch = torch.from_numpy(tile)[None].to(device, memory_format=torch.channels_last)
-                scores = net(batch)
-                return F.softmax(scores / tau + shift, dim=1)[0].cpu().numpy()
-
-        normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
-        return predict_tiled(probabilities, normalized, tile=self.config.tile,
-                             overlap=self.config.tile_overlap, align=net.size_multiple)
-
-    def _require_net(self) -> DSPNet:
-        if self.net is None:
-            raise ModelError("dsp model is not trained; call fit() or load a model folder")
-        return self.net
+    def _tile_probabilities(self, net: DSPNet, tiles: torch.Tensor) -> torch.Tensor:
+        shift = torch.tensor(self.log_prior_shift or [0.0] * len(self.classes), device=tiles.device)
+        return F.softmax(net(tiles) / self.config.tau + shift[None, :, None, None], dim=1)
 
     # ------------------------------------------------------------- persistence
     def _state_dict(self) -> dict:
@@ -247,31 +221,6 @@ class DSPMethod(Method):
     def _load_state_dict(self, state: dict) -> None:
         self.fit_info = dict(state.get("fit", {}))
         self.log_prior_shift = state.get("log_prior_shift")
-
-    def _save_weights(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self._require_net().state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
-
-    def _load_weights(self, folder: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = folder / WEIGHTS_FILE
-        if not path.is_file():
-            raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the dsp model")
-        net = self._build_net()
-        try:
-            net.load_state_dict(load_file(str(path)))
-        except (RuntimeError, SafetensorError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelError(
-                f"model file {path} does not match the dsp architecture in config.json ({first}); "
-                "retrain the model"
-            ) from None
-        device = resolve_device("auto")
-        self.net = net.to(device, memory_format=torch.channels_last).eval()
 
 
 class _DSPTrainStep:
@@ -287,7 +236,8 @@ class _DSPTrainStep:
             self.store.slice(int(z))  # annotated slices stay cached
         crop = _crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
         anchors = annotation_anchors(annotations, image.shape, rng)
-        self.sampler = CropSampler(image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction)
+        self.sampler = CropSampler(image.shape, anchors, crop, rng,
+                                   random_fraction=cfg.random_crop_fraction)
         self.label_counts = np.zeros(len(method.classes), np.int64)  # labelled pixels L_CE saw, by class
 
     def __call__(self, step: int, fraction: float) -> dict:

@@ -57,7 +57,8 @@ class AnnotationIndex:
     Assumes annotations that passed :func:`~napari_wsseg.annotations.validate.validate_annotations`.
     """
 
-    def __init__(self, annotations: Annotations, shape: tuple[int, int, int], boxes_exhaustive: bool = True):
+    def __init__(self, annotations: Annotations, shape: tuple[int, int, int],
+                 boxes_exhaustive: bool = True) -> None:
         self.n_classes = annotations.n_classes
         self.shape = tuple(int(s) for s in shape)
         self.boxes_exhaustive = boxes_exhaustive
@@ -89,7 +90,7 @@ class AnnotationIndex:
             allowed &= _box_coverage(boxes, crop, n_classes)
         known = labels >= 0
         allowed[:, known] = np.arange(n_classes)[:, None] == labels[known][None, :]
-        box_fields = _clip_boxes(boxes, crop, self.shape)
+        box_fields = _clip_boxes(boxes, crop)
         tagged = self.slice_allowed(crop.z) & self.tagged[crop.z]
         return CropTargets(labels, is_point, components, component_classes, allowed, *box_fields, tagged)
 
@@ -128,13 +129,13 @@ def _box_coverage(boxes: np.ndarray, crop: Crop, n_classes: int) -> np.ndarray:
     cols_in = (xs[None, :] >= boxes[:, 1:2]) & (xs[None, :] <= boxes[:, 3:4])  # (nb, S)
     for_class = np.arange(n_classes)[:, None] == boxes[None, :, 4]  # (C, nb)
     # a pixel is covered for class c if any box of c contains both its row and its column
-    weights = for_class.astype(np.float32)
-    covered = np.einsum("cb,by,bx->cyx", weights, rows_in.astype(np.float32), cols_in.astype(np.float32)) > 0
+    rows, cols = rows_in.astype(np.float32), cols_in.astype(np.float32)
+    covered = np.einsum("cb,by,bx->cyx", for_class.astype(np.float32), rows, cols) > 0
     has_boxes = for_class.any(axis=1)
     return covered | ~has_boxes[:, None, None]
 
 
-def _clip_boxes(boxes: np.ndarray, crop: Crop, shape) -> tuple[np.ndarray, ...]:
+def _clip_boxes(boxes: np.ndarray, crop: Crop) -> tuple[np.ndarray, ...]:
     """Boxes overlapping the crop in crop coordinates, clipped, with row/column validity."""
     local = boxes[:, :4] - np.array([crop.y, crop.x, crop.y, crop.x])
     last = crop.size - 1

@@ -70,6 +70,7 @@ def fit_class_bias(log_probs: np.ndarray, target: np.ndarray, iterations: int = 
             break
         rate = rate * 0.7 if error > previous else rate
         previous = error
-        step = np.clip(rate * (np.log(target[active]) - np.log(np.maximum(fractions[active], floor))), -1, 1)
+        log_ratio = np.log(target[active]) - np.log(np.maximum(fractions[active], floor))
+        step = np.clip(rate * log_ratio, -1, 1)
         bias[active] += step - step.mean()
     return best

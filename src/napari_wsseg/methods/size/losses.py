@@ -27,7 +27,9 @@ from torch.nn import functional as F
 KL_EPSILON = 1e-6
 
 
-def size_kl(target: torch.Tensor, mean_prediction: torch.Tensor, eps: float = KL_EPSILON) -> torch.Tensor:
+def size_kl(
+    target: torch.Tensor, mean_prediction: torch.Tensor, eps: float = KL_EPSILON
+) -> torch.Tensor:
     """Forward KL divergence ``KL(v || y_bar)`` per row.
 
     Parameters
@@ -56,9 +58,12 @@ def size_kl(target: torch.Tensor, mean_prediction: torch.Tensor, eps: float = KL
 
 
 def tag_size_loss(
-    present: torch.Tensor, mean_prediction: torch.Tensor, min_fraction: float, eps: float = KL_EPSILON
+    present: torch.Tensor,
+    mean_prediction: torch.Tensor,
+    min_fraction: float,
+    eps: float = KL_EPSILON,
 ) -> torch.Tensor:
-    """Size loss of a tagged slice whose fractions are unknown: absent classes to 0, present ones > 0.
+    """Size loss of a tagged slice with unknown fractions: absent classes to 0, present ones > 0.
 
     Parameters
     ----------
@@ -159,7 +164,8 @@ def crf_loss(
         s_i, s_j = _shifted_pair(probabilities, dy, dx)
         i_i, i_j = _shifted_pair(image, dy, dx)
         v_i, v_j = _shifted_pair(valid_f, dy, dx)
-        distance = ((i_i - i_j) ** 2).sum(dim=1) / (2 * sigma_intensity**2) + (dy**2 + dx**2) / (2 * sigma_xy**2)
+        colour = ((i_i - i_j) ** 2).sum(dim=1) / (2 * sigma_intensity**2)
+        distance = colour + (dy**2 + dx**2) / (2 * sigma_xy**2)
         weight = torch.exp(-distance) * v_i * v_j
         # both orders of the pair: sum_k S_ik (1 - S_jk) + S_jk (1 - S_ik)
         cut = (s_i + s_j - 2 * s_i * s_j).sum(dim=1)

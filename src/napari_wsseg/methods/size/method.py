@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,19 +31,16 @@ from ...annotations.model import Annotations
 from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
-from ...engine.devices import resolve_device
+from ...engine.progress import ProgressEvent, is_cancelled, report
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...errors import ModelError, WssegError
 from ...io.image import Image
-from ...predict.tiling import predict_tiled
-from ..base import FitOptions, FitResult, Method
+from .._torch import TorchSliceMethod
+from ..base import FitOptions, FitResult
 from .calibration import fit_class_bias
 from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
 from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
-
-WEIGHTS_FILE = "model.safetensors"
-
 
 @dataclass(frozen=True)
 class SizeConfig:
@@ -123,28 +119,26 @@ class SizeConfig:
     tile_overlap: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius",
-                     "calibration_pixels"):
-            if getattr(self, name) < 1:
-                raise WssegError(f"size option {name}={getattr(self, name)} must be a positive integer")
-        if self.depth < 0:
-            raise WssegError(f"size option depth={self.depth} must be 0 or more")
+        rules = (
+            (("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius",
+              "calibration_pixels"), lambda v: v >= 1, "a positive integer"),
+            (("depth", "size_weight", "tag_weight", "crf_weight", "pce_weight", "kl_epsilon",
+              "jitter", "weight_decay"), lambda v: v >= 0, "0 or more"),
+            (("lr", "crf_sigma_intensity", "crf_sigma_xy"), lambda v: v > 0, "positive"),
+            (("anchor_crop_fraction", "warmup_fraction", "tag_min_fraction"), lambda v: 0 <= v <= 1,
+             "between 0 and 1"),
+        )
+        for names, ok, what in rules:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise WssegError(f"size option {name}={getattr(self, name)} must be {what}")
         multiple = self.crop_multiple
         if self.crop_size % multiple:
             raise WssegError(
-                f"size crop_size {self.crop_size} is not a multiple of size_cell ({self.size_cell}) and "
-                f"2**depth ({2**self.depth}); use e.g. {-(-self.crop_size // multiple) * multiple}"
+                f"size crop_size {self.crop_size} is not a multiple of size_cell "
+                f"({self.size_cell}) and 2**depth ({2**self.depth}); use e.g. "
+                f"{-(-self.crop_size // multiple) * multiple}"
             )
-        for name in ("size_weight", "tag_weight", "crf_weight", "pce_weight", "kl_epsilon", "jitter",
-                     "weight_decay"):
-            if getattr(self, name) < 0:
-                raise WssegError(f"size option {name}={getattr(self, name)} must be 0 or more")
-        for name in ("lr", "crf_sigma_intensity", "crf_sigma_xy"):
-            if getattr(self, name) <= 0:
-                raise WssegError(f"size option {name}={getattr(self, name)} must be positive")
-        for name in ("anchor_crop_fraction", "warmup_fraction", "tag_min_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise WssegError(f"size option {name}={getattr(self, name)} must be between 0 and 1")
 
     @property
     def crop_multiple(self) -> int:
@@ -152,7 +146,7 @@ class SizeConfig:
         return math.lcm(self.size_cell, 2**self.depth)
 
 
-class SizeMethod(Method):
+class SizeMethod(TorchSliceMethod):
     """A U-Net trained with the size-target KL loss (+ CRF, + partial CE on points and masks)."""
 
     name = "size"
@@ -161,44 +155,44 @@ class SizeMethod(Method):
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
-        self.net: UNet | None = None
-        self.fit_info: dict = {}
         self.class_bias: np.ndarray | None = None
 
     def _build_net(self) -> UNet:
         cfg = self.config
-        return UNet(UNetConfig(in_channels=self.n_channels, out_channels=len(self.classes), depth=cfg.depth,
-                               width=cfg.width, head="classifier"))
+        return UNet(UNetConfig(in_channels=self.n_channels, out_channels=len(self.classes),
+                               depth=cfg.depth, width=cfg.width, head="classifier"))
 
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         _check_trainable(annotations)
-        device = resolve_device(options.device)
-        torch.manual_seed(options.seed)
-        rng = np.random.default_rng(options.seed)
-        generator = torch.Generator().manual_seed(options.seed)
-        self.net = self._build_net().to(device)
+        device, rng, generator = self._start_training(options)
         step = _SizeTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
-        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
-                            max_steps=cfg.max_steps)
+        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            warmup_fraction=cfg.warmup_fraction, max_steps=cfg.max_steps)
         outcome = run_training(
             self.net, step, optim=optim, device=device, time_budget_s=options.time_budget_s,
             cancel=options.cancel, progress=options.progress, autocast_cpu=cfg.cpu_bf16,
         )
         self.class_bias = None
         if cfg.calibrate and step.sizes and outcome.stopped != "cancelled":
-            self.class_bias = self._fit_class_bias(image, step.sizes, rng)
+            self.class_bias = self._fit_class_bias(image, step.sizes, rng, options)
         self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
                          "stopped": outcome.stopped, "crop_size": step.crop_size,
                          "size_slices": sorted(step.sizes), "tag_slices": sorted(step.present)}
         return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
 
-    def _fit_class_bias(self, image: Image, sizes: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        """Offsets making the labels of the sized slices cover their target sizes (pooled)."""
+    def _fit_class_bias(self, image: Image, sizes: dict[int, np.ndarray],
+                        rng: np.random.Generator, options: FitOptions) -> np.ndarray | None:
+        """Offsets making the labels of the sized slices cover their target sizes (pooled);
+        None when cancelled."""
         samples = []
-        for z in sorted(sizes):
-            proba = self._raw_proba(image.slice(z)).reshape(len(self.classes), -1)
+        for done, z in enumerate(sorted(sizes)):
+            if is_cancelled(options.cancel):
+                return None
+            event = ProgressEvent(done, len(sizes), f"size calibration, slice {z}")
+            report(options.progress, event)
+            proba = self._network_proba([image.slice(z)])[0].reshape(len(self.classes), -1)
             count = min(self.config.calibration_pixels, proba.shape[1])
             picked = rng.choice(proba.shape[1], size=count, replace=False)
             samples.append(np.log(proba[:, picked].T + 1e-12))
@@ -206,38 +200,16 @@ class SizeMethod(Method):
         return fit_class_bias(np.concatenate(samples), target)
 
     # -------------------------------------------------------------- prediction
-    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
-        proba = self._raw_proba(slice_yxc)
+    def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
+        """The network's probabilities, re-weighted by the size calibration when there is one."""
+        probabilities = self._network_proba(slices)
         if self.class_bias is None:
-            return proba
-        proba *= np.exp(self.class_bias - self.class_bias.max()).astype(np.float32)[:, None, None]
-        return proba / proba.sum(axis=0, keepdims=True)
+            return probabilities
+        weights = np.exp(self.class_bias - self.class_bias.max()).astype(np.float32)[:, None, None]
+        return [p * weights / (p * weights).sum(axis=0, keepdims=True) for p in probabilities]
 
-    def _raw_proba(self, slice_yxc: np.ndarray) -> np.ndarray:
-        """Network softmax ``(C, Y, X)`` of one raw slice, without the size calibration."""
-        net = self._require_net()
-        slice_yxc = np.asarray(slice_yxc)
-        if slice_yxc.ndim != 3 or slice_yxc.shape[-1] != self.n_channels:
-            raise ModelError(
-                f"size model expects a (Y, X, {self.n_channels}) slice, got shape {slice_yxc.shape}; "
-                "pass one slice of an image with the channels it was trained on"
-            )
-        device = next(net.parameters()).device
-        net.eval()
-
-        def probabilities(tile: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                logits = net(torch.from_numpy(tile)[None].to(device))
-                return F.softmax(logits.float(), dim=1)[0].cpu().numpy()
-
-        normalized = np.moveaxis(self.normalization.apply(slice_yxc), -1, 0)
-        return predict_tiled(probabilities, normalized, tile=self.config.tile,
-                             overlap=min(self.config.tile_overlap, self.config.tile - 1), align=net.size_multiple)
-
-    def _require_net(self) -> UNet:
-        if self.net is None:
-            raise ModelError("size model is not trained; call fit() or load a model folder")
-        return self.net
+    def _tile_probabilities(self, net: UNet, tiles: torch.Tensor) -> torch.Tensor:
+        return F.softmax(net(tiles).float(), dim=1)
 
     # ------------------------------------------------------------- persistence
     def _state_dict(self) -> dict:
@@ -249,34 +221,10 @@ class SizeMethod(Method):
         bias = state.get("class_bias")
         if bias is not None and len(bias) != len(self.classes):
             raise ModelError(
-                f"size model: {len(bias)} class offsets for {len(self.classes)} classes in config.json; "
-                "the model folder is inconsistent, retrain it"
+                f"size model: {len(bias)} class offsets for {len(self.classes)} classes in "
+                "config.json; the model folder is inconsistent, retrain it"
             )
         self.class_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
-
-    def _save_weights(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self._require_net().state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
-
-    def _load_weights(self, folder: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = folder / WEIGHTS_FILE
-        if not path.is_file():
-            raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the size model")
-        net = self._build_net()
-        try:
-            net.load_state_dict(load_file(str(path)))
-        except (RuntimeError, SafetensorError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ModelError(
-                f"model file {path} does not match the size architecture in config.json ({first}); "
-                "retrain the model"
-            ) from None
-        self.net = net.to(resolve_device("auto")).eval()
 
 
 def _check_trainable(annotations: Annotations) -> None:
@@ -290,12 +238,12 @@ def _check_trainable(annotations: Annotations) -> None:
     usable = len(annotations.sizes) or len(annotations.tags) or len(annotations.points) or has_masks
     if not usable:
         raise WssegError(
-            "the size method learns from sizes, tags, points or masks; boxes alone are not used by it "
-            "(give sizes.csv, or use --method dsp for boxes)"
+            "the size method learns from sizes, tags, points or masks; boxes alone are not used "
+            "by it (give sizes.csv, or use --method dsp for boxes)"
         )
     if len(annotations.boxes):
-        warnings.warn(f"the size method ignores the {len(annotations.boxes)} box(es); use dsp to learn "
-                      "from boxes", stacklevel=3)
+        warnings.warn(f"the size method ignores the {len(annotations.boxes)} box(es); use dsp to "
+                      "learn from boxes", stacklevel=3)
 
 
 class _SizeTrainStep:
@@ -303,9 +251,11 @@ class _SizeTrainStep:
     whole-slice mean cache."""
 
     def __init__(self, method: SizeMethod, image: Image, annotations: Annotations,
-                 rng: np.random.Generator, generator: torch.Generator, device: torch.device) -> None:
+                 rng: np.random.Generator, generator: torch.Generator,
+                 device: torch.device) -> None:
         cfg = method.config
-        self.cfg, self.net, self.device, self.rng, self.generator = cfg, method.net, device, rng, generator
+        self.cfg, self.net, self.device = cfg, method.net, device
+        self.rng, self.generator = rng, generator
         self.shape_yx = image.shape[1:]
         self.crop_size = _crop_size(cfg.crop_size, self.shape_yx, cfg.crop_multiple)
         self.sizes, self.present = _slice_constraints(annotations, image.shape[0])
@@ -320,20 +270,26 @@ class _SizeTrainStep:
         self.uniform_slices = np.asarray(constrained, dtype=np.int64)
 
     def _anchor_sampler(self, annotations: Annotations, shape) -> CropSampler | None:
-        pixel_labels = Annotations(annotations.classes, points=annotations.points, masks=annotations.masks)
+        pixel_labels = Annotations(annotations.classes, points=annotations.points,
+                                   masks=annotations.masks)
         anchors = annotation_anchors(pixel_labels, shape, self.rng)
         if not len(anchors):
             return None
-        side = self.crop_size - self.cfg.size_cell if self.crop_size > self.cfg.size_cell else self.crop_size
+        cell = self.cfg.size_cell
+        side = self.crop_size - cell if self.crop_size > cell else self.crop_size
         return CropSampler(shape, anchors, side, self.rng)
 
     def _sample(self) -> list[Crop]:
-        n = self.cfg.batch_size
-        n_anchored = self.rng.binomial(n, self.cfg.anchor_crop_fraction) if self.sampler is not None else 0
+        n, cell = self.cfg.batch_size, self.cfg.size_cell
+        n_anchored = 0
+        if self.sampler is not None:
+            n_anchored = self.rng.binomial(n, self.cfg.anchor_crop_fraction)
         if not len(self.uniform_slices):
             n_anchored = n
-        anchored = align_crops(self.sampler.sample(n_anchored), self.cfg.size_cell, self.crop_size) if n_anchored else []
-        uniform = uniform_aligned_crops(self.uniform_slices, self.shape_yx, self.crop_size, self.cfg.size_cell,
+        anchored = []
+        if n_anchored:
+            anchored = align_crops(self.sampler.sample(n_anchored), cell, self.crop_size)
+        uniform = uniform_aligned_crops(self.uniform_slices, self.shape_yx, self.crop_size, cell,
                                         n - n_anchored, self.rng)
         return anchored + uniform
 
@@ -352,11 +308,13 @@ class _SizeTrainStep:
         losses = {"pce": partial_ce(logits, labels_t)}
         losses |= self._size_losses(crops, masked, valid_t)
         if cfg.crf_weight > 0:
-            losses["crf"] = crf_loss(probabilities, images.to(self.device), valid_t, radius=cfg.crf_radius,
-                                     sigma_intensity=cfg.crf_sigma_intensity, sigma_xy=cfg.crf_sigma_xy)
+            losses["crf"] = crf_loss(probabilities, images.to(self.device), valid_t,
+                                     radius=cfg.crf_radius, sigma_intensity=cfg.crf_sigma_intensity,
+                                     sigma_xy=cfg.crf_sigma_xy)
         self._refresh_cache(crops, masked.detach(), geometries)
-        losses["loss"] = (cfg.pce_weight * losses["pce"] + cfg.size_weight * losses.get("size", 0.0)
-                          + cfg.tag_weight * losses.get("tag", 0.0) + cfg.crf_weight * losses.get("crf", 0.0))
+        weights = {"pce": cfg.pce_weight, "size": cfg.size_weight, "tag": cfg.tag_weight,
+                   "crf": cfg.crf_weight}
+        losses["loss"] = sum(w * losses[key] for key, w in weights.items() if key in losses)
         return losses
 
     def _size_losses(self, crops: list[Crop], masked: torch.Tensor, valid: torch.Tensor) -> dict:
@@ -371,7 +329,8 @@ class _SizeTrainStep:
             if not index:
                 continue
             mean = self.cache.mean_with([crops[i] for i in index], crop_sums[index])
-            target = torch.as_tensor(np.stack([table[crops[i].z] for i in index]), device=mean.device)
+            target = np.stack([table[crops[i].z] for i in index])
+            target = torch.as_tensor(target, device=mean.device)
             if key == "size":
                 value = size_kl(target, mean, self.cfg.kl_epsilon)
             else:
@@ -380,7 +339,8 @@ class _SizeTrainStep:
             out[key] = scaled.mean()
         return out
 
-    def _refresh_cache(self, crops: list[Crop], masked: torch.Tensor, geometries: list[Geometry]) -> None:
+    def _refresh_cache(self, crops: list[Crop], masked: torch.Tensor,
+                       geometries: list[Geometry]) -> None:
         cell = self.cfg.size_cell
         cell_sums = F.avg_pool2d(masked, cell) * cell**2
         undone = torch.stack([_undo_geometry(g, s) for g, s in zip(geometries, cell_sums)])
@@ -421,7 +381,8 @@ def _pixel_labels(annotations: Annotations, shape_yx: tuple[int, int]) -> dict[i
     if annotations.masks is not None:
         flat = np.asarray(annotations.masks).reshape(len(annotations.masks), -1)
         slices.update(np.flatnonzero(flat.max(axis=1) > 0).tolist())
-    return {int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16) for z in sorted(slices)}
+    return {int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16)
+            for z in sorted(slices)}
 
 
 def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:

@@ -43,7 +43,8 @@ class SliceMeanCache:
     [[0.5625, 0.4375]]
     """
 
-    def __init__(self, shape_yx: tuple[int, int], cell: int, initial: dict[int, np.ndarray]) -> None:
+    def __init__(self, shape_yx: tuple[int, int], cell: int,
+                 initial: dict[int, np.ndarray]) -> None:
         self.cell = int(cell)
         height, width = (int(s) for s in shape_yx)
         self.n_pixels = height * width
@@ -68,7 +69,8 @@ class SliceMeanCache:
         rows = []
         for crop in crops:
             sums = self.sums[crop.z]
-            rows.append(sums.sum(axis=(1, 2)) - sums[(slice(None), *self._cells(crop))].sum(axis=(1, 2)))
+            inside = sums[(slice(None), *self._cells(crop))].sum(axis=(1, 2))
+            rows.append(sums.sum(axis=(1, 2)) - inside)
         return np.stack(rows)
 
     def mean_with(self, crops: list[Crop], crop_sums: torch.Tensor) -> torch.Tensor:
@@ -103,7 +105,12 @@ def align_crops(crops: list[Crop], cell: int, size: int) -> list[Crop]:
 
 
 def uniform_aligned_crops(
-    slices: np.ndarray, shape_yx: tuple[int, int], size: int, cell: int, n: int, rng: np.random.Generator
+    slices: np.ndarray,
+    shape_yx: tuple[int, int],
+    size: int,
+    cell: int,
+    n: int,
+    rng: np.random.Generator,
 ) -> list[Crop]:
     """``n`` crops of side ``size`` at uniformly random cell-aligned places of the given slices.
 

@@ -1,0 +1,152 @@
+"""What the methods that train one torch network on 2D slices share (dsp, size). No Qt.
+
+:class:`TorchSliceMethod` holds the network, seeds and places it for training, runs it over
+overlapping tiles of one slice or a batch of same-sized slices (:mod:`napari_wsseg.predict.tiling`)
+and saves and loads its weights as safetensors. A subclass builds the network
+(:meth:`~TorchSliceMethod._build_net`) and turns a batch of normalised tiles into class
+probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..engine.devices import resolve_device
+from ..errors import ModelError
+from ..predict.tiling import predict_tiled_batch
+from .base import FitOptions, Method
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class TorchSliceMethod(Method):
+    """A :class:`~napari_wsseg.methods.base.Method` whose model is one torch network on slices.
+
+    The config must have ``tile`` and ``tile_overlap`` (prediction tiles, pixels).
+    """
+
+    #: Keep the network and its inputs channels-last (faster convolutions on CPU).
+    channels_last: ClassVar[bool] = False
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        self.net: torch.nn.Module | None = None
+        self.fit_info: dict = {}
+
+    @abstractmethod
+    def _build_net(self) -> torch.nn.Module:
+        """A fresh network for ``self.classes`` and ``self.n_channels``."""
+
+    @abstractmethod
+    def _tile_probabilities(self, net: torch.nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, K, h, w)`` of normalised tiles ``(N, C, h, w)``."""
+
+    # ---------------------------------------------------------------- training
+    def _start_training(self, options: FitOptions):
+        """Seed torch and numpy from ``options.seed`` and build the network on the device.
+
+        Returns ``(device, numpy Generator, torch Generator)``.
+        """
+        device = resolve_device(options.device)
+        torch.manual_seed(options.seed)
+        self.net = self._place(self._build_net(), device)
+        return device, np.random.default_rng(options.seed), torch.Generator().manual_seed(options.seed)
+
+    def _place(self, module_or_tensor, device):
+        if self.channels_last:
+            return module_or_tensor.to(device, memory_format=torch.channels_last)
+        return module_or_tensor.to(device)
+
+    def _require_net(self) -> torch.nn.Module:
+        if self.net is None:
+            raise ModelError(f"{self.name} model is not trained; call fit() or load a model folder")
+        return self.net
+
+    # -------------------------------------------------------------- prediction
+    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        return self.predict_proba_batch([slice_yxc])[0]
+
+    def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
+        """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice."""
+        return self._network_proba(slices)
+
+    def _network_proba(self, slices: list[np.ndarray]) -> list[np.ndarray]:
+        """The network's probabilities of each slice, tiled and blended.
+
+        Same-sized slices share forward passes on a GPU; on a CPU a bigger batch is no faster
+        and only raises peak memory, so slices go one at a time.
+        """
+        net = self._require_net()
+        arrays = [self._check_slice(s) for s in slices]
+        device = next(net.parameters()).device
+        per_pass = len(arrays) if device.type == "cuda" else 1
+        net.eval()
+
+        def probabilities(tiles: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                batch = self._place(torch.from_numpy(tiles), device)
+                return self._tile_probabilities(net, batch).float().cpu().numpy()
+
+        overlap = min(self.config.tile_overlap, self.config.tile - 1)
+        align = getattr(net, "size_multiple", 1)
+        results: list[np.ndarray] = []
+        for group in _same_shape_groups(arrays, per_pass):
+            normalized = np.stack([np.moveaxis(self.normalization.apply(a), -1, 0) for a in group])
+            out = predict_tiled_batch(probabilities, normalized, tile=self.config.tile,
+                                      overlap=overlap, align=align)
+            results.extend(out)
+        return results
+
+    def _check_slice(self, slice_yxc) -> np.ndarray:
+        array = np.asarray(slice_yxc)
+        if array.ndim != 3 or array.shape[-1] != self.n_channels:
+            raise ModelError(
+                f"{self.name} model expects a (Y, X, {self.n_channels}) slice, got shape "
+                f"{array.shape}; pass one slice of an image with the channels it was trained on"
+            )
+        return array
+
+    # ------------------------------------------------------------- persistence
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        weights = self._require_net().state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                  str(folder / WEIGHTS_FILE))
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            raise ModelError(
+                f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the {self.name} model"
+            )
+        net = self._build_net()
+        try:
+            net.load_state_dict(load_file(str(path)))
+        except (RuntimeError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(
+                f"model file {path} does not match the {self.name} architecture in config.json "
+                f"({first}); retrain the model"
+            ) from None
+        self.net = self._place(net, resolve_device("auto")).eval()
+
+
+def _same_shape_groups(arrays: list[np.ndarray], limit: int):
+    """Consecutive runs of equally shaped arrays, at most ``limit`` long, in order."""
+    group: list[np.ndarray] = []
+    for array in arrays:
+        if group and (array.shape != group[0].shape or len(group) >= limit):
+            yield group
+            group = []
+        group.append(array)
+    if group:
+        yield group
