@@ -58,6 +58,56 @@ def click_points(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarra
     return np.concatenate(rows).astype(np.int64)
 
 
+class StackSampler:
+    """With ``--trace``: samples the main thread's stack while it is stalled, to see what blocks.
+
+    A background thread looks every 10 ms; when the main-thread timer has not fired for 40 ms it
+    records the innermost frames of the main thread (as ``file:line function``).
+    """
+
+    def __init__(self, meter: "StallMeter") -> None:
+        import threading
+
+        self.meter, self.samples = meter, []
+        self.main_id = threading.main_thread().ident
+        self.running = False
+        self.thread = None
+
+    def start(self) -> None:
+        import threading
+
+        self.samples, self.running = [], True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.running = False
+        if self.thread is not None:
+            self.thread.join()
+
+    def _run(self) -> None:
+        import traceback
+
+        while self.running:
+            time.sleep(0.01)
+            last = self.meter.last
+            now = time.perf_counter()
+            if last is not None and now - last > 0.04:
+                frame = sys._current_frames().get(self.main_id)
+                if frame is not None:
+                    stack = traceback.extract_stack(frame)[-8:]
+                    where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack]
+                    self.samples.append((round(now - self.meter.t0, 2), where))
+
+    def report(self, worst: list[tuple[float, float]]) -> None:
+        """Print the stacks sampled inside each of the ``worst`` (ms, end s) stalls."""
+        for ms, end in worst:
+            inside = [w for t, w in self.samples if end - ms / 1000 - 0.01 <= t <= end + 0.01]
+            print(f"stall {ms} ms ending at {end} s: {len(inside)} samples", flush=True)
+            for where in inside[:2]:
+                print("    " + " <- ".join(reversed(where)), flush=True)
+
+
 class StallMeter:
     """Records gaps between the firings of a fast QTimer on the main thread."""
 
@@ -160,6 +210,9 @@ def main(argv=None) -> int:
         for run in range(1, args.repeat + 1):
             start = time.monotonic()
             meter.start()
+            sampler = StackSampler(meter)
+            if args.trace:
+                sampler.start()
             worker = train.train()
             trace = []
             if args.trace:
@@ -169,7 +222,9 @@ def main(argv=None) -> int:
             run_until(app, lambda: train.worker is None and time.monotonic() - start > 1, 1800)
             result = meter.stop()
             if args.trace:
+                sampler.stop()
                 print("worst stalls (ms, at s):", meter.worst(), flush=True)
+                sampler.report(meter.worst(3))
                 print("events:", [(n, round(t, 2)) for n, t in trace], flush=True)
             phase = f"training in the {mode}, run {run}" + (" (imports)" if run == 1 and mode == modes[0] else "")
             print(json.dumps({"phase": phase, "seconds": round(time.monotonic() - start, 1), **common, **result}),

@@ -62,8 +62,6 @@ def test_rf_is_repeatable_with_a_seed(phantom_2d):
 
 
 def test_rf_refuses_a_corrupted_tree(phantom_2d, tmp_path):
-    import skops.io as sio
-
     image, labels, classes = phantom_2d
     points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])]])
     rf = RandomForestMethod(n_estimators=2)
@@ -72,7 +70,41 @@ def test_rf_refuses_a_corrupted_tree(phantom_2d, tmp_path):
     folder = rf.save(tmp_path / "m")
     with pytest.raises(ModelError, match="corrupt tree"):
         load_model(folder)
-    assert sio.get_untrusted_types(file=folder / "model.skops") == ["sklearn.tree._tree.Tree"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_rf_model_is_plain_arrays_and_reloads_the_same_forest(phantom_2d, tmp_path):
+    from safetensors.numpy import load_file
+
+    image, labels, classes = phantom_2d
+    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])],
+                       [0, 100, 30, int(labels[100, 30])]])
+    rf = RandomForestMethod(n_estimators=4)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=1))
+    folder = rf.save(tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in tensors.values())
+    reloaded = load_model(folder)
+    for before, after in zip(rf.forest.estimators_, reloaded.forest.estimators_):
+        np.testing.assert_array_equal(before.tree_.threshold, after.tree_.threshold)
+        np.testing.assert_array_equal(before.tree_.value, after.tree_.value)
+    features = rf.features(image[..., None]).reshape(-1, rf.forest.n_features_in_)
+    np.testing.assert_array_equal(rf.forest.predict_proba(features), reloaded.forest.predict_proba(features))
+
+
+def test_rf_folder_of_an_older_release_asks_for_retraining(phantom_2d, tmp_path):
+    image, labels, classes = phantom_2d
+    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])]])
+    rf = RandomForestMethod(n_estimators=2)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points))
+    folder = rf.save(tmp_path / "m")
+    (folder / "model.safetensors").rename(folder / "model.skops")
+    with pytest.raises(ModelError, match="older napari-wsseg.*retrain"):
+        load_model(folder)
+    (folder / "model.skops").write_bytes(b"not a safetensors file")
+    (folder / "model.skops").rename(folder / "model.safetensors")
+    with pytest.raises(ModelError, match="not a valid safetensors file"):
+        load_model(folder)
 
 
 def test_rf_channel_mismatch_is_refused(phantom_2d, tmp_path):

@@ -215,11 +215,31 @@ def test_size_grid_overlay_has_coarse_and_fine_cells(annotate, small_2d):
     viewer, _, widget = annotate(image)
     widget.slice_panel.grid_combo.setCurrentText("fine")
     grid = L.find_layers(viewer.layers, "grid")
-    assert len(grid) == 1 and len(grid[0].data) == 22
+    assert len(grid) == 1 and len(grid[0].data) == 18  # 9 + 9 inner lines: 100 cells of 1 %
     widget.slice_panel.grid_combo.setCurrentText("coarse")
-    assert len(L.find_layers(viewer.layers, "grid")[0].data) == 10
+    coarse = L.find_layers(viewer.layers, "grid")[0]
+    assert len(coarse.data) == 8  # 4 + 4 inner lines: 25 cells of 4 %
+    rows = sorted({float(line[0][0]) for line in coarse.data[:4]})
+    np.testing.assert_allclose(np.diff([-0.5, *rows, 63.5]), 64 / 5)  # equal cells
     widget.slice_panel.grid_combo.setCurrentText("off")
     assert not L.find_layers(viewer.layers, "grid")
+
+
+def test_sizes_from_the_painted_scribble(annotate, small_3d, notifications):
+    image, _, classes = small_3d
+    viewer, _, widget = annotate(image, classes)
+    panel = widget.slice_panel
+    viewer.dims.set_current_step(0, 1)
+    panel.estimate_button.click()  # nothing painted yet: a notification with the fix
+    assert any("nothing painted in slice 1" in m for m in notifications)
+    masks = widget.session.layer("masks")
+    masks.data[1, :, :36] = 1  # a rough copy of the slice: 3/4 class 0, 1/4 class 2
+    masks.data[1, :, 36:] = 3
+    masks.data[2, :10] = 2  # another slice does not count
+    panel.estimate_button.click()
+    sizes = widget.session.snapshot().sizes
+    np.testing.assert_allclose(sizes, [[1, 0, 0.75], [1, 1, 0.0], [1, 2, 0.25]])
+    assert panel.rows[0][2].value() == 75.0 and "sum 100 %" in panel.sum_label.text()
 
 
 def test_a_lazy_volume_too_big_for_memory_is_annotated_without_loading_it(annotate, notifications):

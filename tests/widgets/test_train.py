@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -12,8 +11,7 @@ from napari_wsseg.methods import available_methods
 from napari_wsseg.project import Project
 from napari_wsseg.widgets import _layers as L
 from napari_wsseg.widgets._predict import LAST_TRAINED, PredictWidget
-from napari_wsseg.widgets._train import TrainWidget, auto_run_mode
-from napari_wsseg.widgets._training import run_training, run_training_in_subprocess
+from napari_wsseg.widgets._train import TrainWidget
 
 WAIT_MS = 120_000  # only guards against a hang
 
@@ -38,7 +36,7 @@ def _prediction(viewer):
 
 def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks, small_2d, tmp_path, qtbot, notifications):
     viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path, run_in="separate process")
-    assert TrainWidget(viewer).run_combo.currentText() == "auto"  # the default
+    assert TrainWidget(viewer).run_combo.currentText() == "separate process"  # the default
     train.method_combo.setCurrentText("rf")
     train.options.set_values(n_estimators=10, sigma_max=4.0)
     qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
@@ -84,16 +82,6 @@ def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(ann
     assert prediction.data.shape == image.shape
     assert prediction.data[1].all() and not prediction.data[[0, 2, 3]].any()
     assert any("mean Dice on densely labelled slice 1" in m for m in notifications)
-
-
-def test_auto_trains_torch_methods_in_a_separate_process_and_rf_in_napari():
-    from napari_wsseg.methods import get_method
-
-    assert auto_run_mode(get_method("rf")) is run_training
-    for name in available_methods():
-        method_class = get_method(name)
-        if "torch" in vars(sys.modules[method_class.__module__]):
-            assert auto_run_mode(method_class) is run_training_in_subprocess
 
 
 @pytest.mark.parametrize("method", [m for m in ("dsp",) if m in available_methods()])

@@ -9,7 +9,7 @@ a *model folder*:
     format version, package version, method name, method config, classes, normalisation,
     channel count, the annotation summary it was trained on, and method-specific ``state``.
 weights
-    ``model.safetensors`` for torch methods, ``model.skops`` for the random forest. Never pickle.
+    ``model.safetensors`` (network weights, or the random forest's tree tables). Never pickle.
 
 Folders are written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written model.
@@ -202,7 +202,7 @@ class Method(ABC):
 
     @abstractmethod
     def _save_weights(self, folder: Path) -> None:
-        """Write the learnt parameters into ``folder`` (safetensors or skops, never pickle)."""
+        """Write the learnt parameters into ``folder`` (safetensors, never pickle)."""
 
     @abstractmethod
     def _load_weights(self, folder: Path) -> None:

@@ -6,13 +6,16 @@ intensity, edge (Sobel of Gaussian) and texture (Hessian eigenvalues) features a
 ``sigma_min`` to ``sigma_max``; a scikit-learn random forest is trained on the pixels whose class
 is known (clicked points and mask pixels) and predicts every pixel.
 
-The forest is saved with skops (no pickle). skops marks scikit-learn's tree storage as untrusted
-because out-of-range node indices in a crafted file could crash ``predict``; we allow exactly that
-one type and then check every tree's node arrays are in range before the model is used.
+The forest is saved as safetensors + JSON, never pickled: every tree's node table (children,
+feature, threshold, ...) and leaf values become plain arrays, and loading rebuilds scikit-learn's
+own tree objects from them (:func:`forest_to_tensors`, :func:`forest_from_tensors`). Out-of-range
+node indices in a crafted file could crash scikit-learn's ``predict``, so every tree is checked
+before the model is used.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +27,9 @@ from ..errors import ModelError, WssegError
 from ..io.image import Image
 from .base import FitOptions, FitResult, Method
 
-WEIGHTS_FILE = "model.skops"
-_TRUSTED_SKOPS_TYPES = ["sklearn.tree._tree.Tree"]
+WEIGHTS_FILE = "model.safetensors"
+#: What older releases wrote (skops); such folders are refused with a clear message.
+_OLD_WEIGHTS_FILE = "model.skops"
 
 
 @dataclass(frozen=True)
@@ -131,25 +135,118 @@ class RandomForestMethod(Method):
 
     # ------------------------------------------------------------- persistence
     def _save_weights(self, folder: Path) -> None:
-        import skops.io as sio
+        from safetensors.numpy import save_file
 
-        sio.dump(self.forest, folder / WEIGHTS_FILE)
+        tensors, metadata = forest_to_tensors(self.forest)
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata=metadata)
 
     def _load_weights(self, folder: Path) -> None:
-        import skops.io as sio
+        from safetensors import SafetensorError, safe_open
 
         path = folder / WEIGHTS_FILE
         if not path.is_file():
+            if (folder / _OLD_WEIGHTS_FILE).is_file():
+                raise ModelError(
+                    f"model folder {folder} was written by an older napari-wsseg ({_OLD_WEIGHTS_FILE}); "
+                    "retrain the rf model (it takes seconds)"
+                )
             raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the rf model")
-        untrusted = set(sio.get_untrusted_types(file=path)) - set(_TRUSTED_SKOPS_TYPES)
-        if untrusted:
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"model file {path} is not a valid safetensors file ({exc}); retrain") from None
+        self.forest = forest_from_tensors(tensors, metadata, path)
+
+
+def forest_to_tensors(forest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A fitted ``RandomForestClassifier`` as named arrays + string metadata (for safetensors).
+
+    Tree ``i`` becomes ``tree{i}.<node field>`` arrays (one per field of scikit-learn's node table)
+    and ``tree{i}.values``; the metadata holds the classes, feature count and each tree's depth.
+    """
+    tensors = {"classes": np.asarray(forest.classes_, dtype=np.int64)}
+    depths = []
+    for i, estimator in enumerate(forest.estimators_):
+        state = estimator.tree_.__getstate__()
+        nodes = state["nodes"]
+        for name in nodes.dtype.names:
+            tensors[f"tree{i}.{name}"] = np.ascontiguousarray(nodes[name])
+        tensors[f"tree{i}.values"] = np.ascontiguousarray(state["values"])
+        depths.append(int(state["max_depth"]))
+    metadata = {"format": "napari-wsseg random forest 1", "n_trees": str(len(depths)),
+                "n_features": str(int(forest.n_features_in_)), "max_depths": json.dumps(depths)}
+    return tensors, metadata
+
+
+def forest_from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path):
+    """Rebuild the ``RandomForestClassifier`` :func:`forest_to_tensors` stored, after checking it."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree._tree import Tree
+
+    try:
+        n_trees, n_features = int(metadata["n_trees"]), int(metadata["n_features"])
+        depths = json.loads(metadata["max_depths"])
+        classes = tensors["classes"]
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"model file {path} lacks the forest description ({exc}); retrain") from None
+    n_classes = len(classes)
+    node_dtype = _node_dtype()
+    estimators = []
+    for i in range(n_trees):
+        values = tensors.get(f"tree{i}.values")
+        fields = {name: tensors.get(f"tree{i}.{name}") for name in node_dtype.names}
+        missing = [name for name, array in fields.items() if array is None] + ([] if values is not None else ["values"])
+        if missing:
             raise ModelError(
-                f"model file {path} contains unexpected types {sorted(untrusted)}; refusing to load it "
-                "(retrain the model with napari-wsseg)"
+                f"model file {path}: tree {i} lacks {missing} (written by another scikit-learn "
+                "version?); retrain the rf model"
             )
-        forest = sio.load(path, trusted=_TRUSTED_SKOPS_TYPES)
-        _check_forest(forest, path)
-        self.forest = forest
+        nodes = np.zeros(len(values), dtype=node_dtype)
+        for name, array in fields.items():
+            nodes[name] = array
+        _check_tree(nodes, values, n_features, n_classes, path)
+        tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
+        tree.__setstate__({"max_depth": depths[i], "node_count": len(nodes), "nodes": nodes,
+                           "values": np.ascontiguousarray(values, dtype=np.float64)})
+        estimators.append(_fitted(DecisionTreeClassifier(), tree, classes, n_features))
+    forest = RandomForestClassifier(n_estimators=n_trees, n_jobs=-1)
+    forest.estimators_ = estimators
+    forest.estimator_ = DecisionTreeClassifier()
+    return _fitted(forest, None, classes, n_features)
+
+
+def _fitted(estimator, tree, classes: np.ndarray, n_features: int):
+    """Set the fitted attributes scikit-learn's ``predict_proba`` reads."""
+    estimator.classes_ = classes
+    estimator.n_classes_ = len(classes)
+    estimator.n_outputs_ = 1
+    estimator.n_features_in_ = n_features
+    if tree is not None:
+        estimator.tree_ = tree
+        estimator.max_features_ = n_features
+    return estimator
+
+
+def _node_dtype() -> np.dtype:
+    """The node table dtype of the installed scikit-learn (its field names and layout)."""
+    from sklearn.tree._tree import Tree
+
+    return Tree(1, np.array([1], dtype=np.intp), 1).__getstate__()["nodes"].dtype
+
+
+def _check_tree(nodes: np.ndarray, values: np.ndarray, n_features: int, n_classes: int,
+                path: Path) -> None:
+    """Refuse node tables that point outside their own storage (crafted or corrupt files)."""
+    n_nodes = len(nodes)
+    children = np.concatenate([nodes["left_child"], nodes["right_child"]])
+    leaves = nodes["left_child"] == -1
+    bad_children = np.any((children < -1) | (children >= n_nodes))
+    bad_features = np.any((nodes["feature"][~leaves] < 0) | (nodes["feature"][~leaves] >= n_features))
+    if n_nodes == 0 or bad_children or bad_features or values.shape != (n_nodes, 1, n_classes):
+        raise ModelError(f"model file {path} has a corrupt tree (node indices out of range); retrain")
 
 
 def _slices_with_pixel_labels(annotations: Annotations) -> list[int]:
@@ -183,21 +280,3 @@ def _balance(x: np.ndarray, y: np.ndarray, per_class: int, rng) -> tuple[np.ndar
         keep.append(idx)
     keep = np.concatenate(keep)
     return x[keep], y[keep]
-
-
-def _check_forest(forest, path: Path) -> None:
-    """Refuse forests whose node arrays point outside their own storage (crafted files)."""
-    from sklearn.ensemble import RandomForestClassifier
-
-    if not isinstance(forest, RandomForestClassifier):
-        raise ModelError(f"model file {path} holds a {type(forest).__name__}, not a random forest; retrain")
-    n_features = int(forest.n_features_in_)
-    for estimator in forest.estimators_:
-        tree = estimator.tree_
-        n_nodes = tree.node_count
-        children = np.concatenate([tree.children_left, tree.children_right])
-        leaves = tree.children_left == -1
-        bad_children = np.any((children < -1) | (children >= n_nodes))
-        bad_features = np.any((tree.feature[~leaves] < 0) | (tree.feature[~leaves] >= n_features))
-        if bad_children or bad_features or tree.value.shape[0] != n_nodes:
-            raise ModelError(f"model file {path} has a corrupt tree (node indices out of range); retrain")

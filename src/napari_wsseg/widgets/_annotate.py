@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..annotations.sizes import grid_lines
 from ..errors import WssegError
 from . import _layers as L
 from ._autosave import Autosaver
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
     import napari
 
 MODES = {"points": "Shift+D", "boxes": "Shift+B", "scribble": "Shift+S"}
-#: Size-grid overlay: cells per side (coarse: 16 cells of 6.25 %, fine: 100 cells of 1 %).
-GRIDS = {"off": 0, "coarse": 4, "fine": 10}
+#: Size-grid overlay choices (coarse: 5 x 5 cells of 4 %, fine: 10 x 10 cells of 1 %).
+GRIDS = ("off", "coarse", "fine")
 _STATUS_DELAY_MS = 250
 #: Scribbled pixels are counted in the status line only for masks up to this size.
 STATUS_MAX_MASK_VOXELS = 2**26
@@ -464,6 +465,11 @@ class _SlicePanel(QGroupBox):
         self.grid_combo.addItems(list(GRIDS))
         self.sum_label = QLabel()
         self.clear_button = QPushButton("Clear sizes")
+        self.estimate_button = QPushButton("From scribble")
+        self.estimate_button.setToolTip(
+            "set this slice's sizes to the class fractions of the pixels painted in the scribble "
+            "layer (paint a rough copy of the slice, or representative parts of it)"
+        )
         self.rows: list[tuple[QCheckBox, QSlider, QDoubleSpinBox]] = []
         self._names: list[str] | None = None
         self._grid = QGridLayout()
@@ -474,10 +480,12 @@ class _SlicePanel(QGroupBox):
         row.addWidget(self.sum_label, 1)
         row.addWidget(QLabel("grid"))
         row.addWidget(self.grid_combo)
+        row.addWidget(self.estimate_button)
         row.addWidget(self.clear_button)
         layout.addLayout(row)
         self.grid_combo.currentTextChanged.connect(self.show_grid)
         self.clear_button.clicked.connect(self._clear_sizes)
+        self.estimate_button.clicked.connect(self.sizes_from_scribble)
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -537,6 +545,16 @@ class _SlicePanel(QGroupBox):
     def _clear_sizes(self) -> None:
         self.session.clear_sizes(self.z)
 
+    def sizes_from_scribble(self) -> None:
+        """Set the current slice's sizes from the painted pixels of the scribble layer."""
+        try:
+            fractions = self.session.sizes_from_scribble(self.z)
+        except WssegError as exc:
+            notify_error(str(exc))
+            return
+        shown = ", ".join(f"{c.name} {100 * f:.0f} %" for c, f in zip(self.session.classes, fractions))
+        notify_info(f"slice {self.z} sizes from the scribble: {shown}")
+
     def _show_sum(self) -> None:
         total = self.session.size_sum(self.z)
         if total is None:
@@ -547,28 +565,17 @@ class _SlicePanel(QGroupBox):
         self.sum_label.setText(f"<span style='color:{color}'>sum {100 * total:.0f} %</span>")
 
     def show_grid(self, name: str) -> None:
-        """Show a coarse (4 x 4) or fine (10 x 10) grid over the image to judge sizes, or none."""
+        """Show a coarse (5 x 5) or fine (10 x 10) counting grid over the image, or none."""
         viewer = self.owner.viewer
         for layer in L.find_layers(viewer.layers, "grid"):
             viewer.layers.remove(layer)
-        n = GRIDS[name]
         image_layer = self.session.image_layer
-        if not n or image_layer is None:
+        if name == "off" or image_layer is None:
             return
         active = viewer.layers.selection.active
-        _, height, width = self.session.image.shape
-        lines = grid_lines(height, width, n)
+        lines = list(grid_lines(self.session.image.shape[1:], coarse=name == "coarse"))
         viewer.add_shapes(lines, shape_type="line", edge_color="yellow", edge_width=1, opacity=0.6,
                           name=f"size grid ({name})", scale=image_layer.scale[-2:],
                           translate=image_layer.translate[-2:], metadata=L.role_metadata("grid"))
         if active is not None:
             viewer.layers.selection.active = active
-
-
-def grid_lines(height: int, width: int, n: int) -> list[np.ndarray]:
-    """Lines cutting a ``height`` x ``width`` image into ``n`` x ``n`` cells (pixel-edge coordinates)."""
-    ys = np.linspace(-0.5, height - 0.5, n + 1)
-    xs = np.linspace(-0.5, width - 0.5, n + 1)
-    horizontal = [np.array([[y, xs[0]], [y, xs[-1]]]) for y in ys]
-    vertical = [np.array([[ys[0], x], [ys[-1], x]]) for x in xs]
-    return horizontal + vertical

@@ -21,6 +21,7 @@ import numpy as np
 from psygnal import Signal
 
 from ..annotations.model import Annotations, ClassInfo, default_classes
+from ..annotations.sizes import estimate_sizes_from_mask
 from ..errors import AnnotationError, ProjectError, WssegError
 from . import _layers as L
 from ._history import EditHistory
@@ -338,6 +339,25 @@ class AnnotationSession:
                 raise AnnotationError(f"size {fraction} of class {k} in slice {z} is outside [0, 1]")
             self.sizes[key] = float(fraction)
         self.changed.emit()
+
+    def sizes_from_scribble(self, z: int) -> np.ndarray:
+        """Set slice ``z``'s sizes to the class fractions of its painted scribble pixels."""
+        masks = self.layer("masks")
+        if masks is None:
+            raise AnnotationError(
+                "no scribble layer to estimate sizes from; paint in the scribble layer (Shift+S) first"
+            )
+        painted = np.asarray(masks.data if masks.data.ndim == 2 else masks.data[z])
+        if not painted.any():
+            raise AnnotationError(
+                f"layer '{masks.name}': nothing painted in slice {z}; paint a rough copy of the "
+                "slice (or parts of it) with the class labels, then estimate again"
+            )
+        fractions = estimate_sizes_from_mask(painted, len(self.classes))
+        for k, fraction in enumerate(fractions):
+            self.sizes[(int(z), k)] = float(fraction)
+        self.changed.emit()
+        return fractions
 
     def clear_sizes(self, z: int) -> None:
         self.sizes = {key: f for key, f in self.sizes.items() if key[0] != int(z)}

@@ -55,12 +55,12 @@ if TYPE_CHECKING:
     import napari
 
 DEVICES = ("auto", "cpu", "cuda")
-#: Where training runs: a separate Python process (never competes with napari for the GIL, GPU
-#: memory and native crashes stay out of napari; costs a process start, imports and an image
-#: copy) or a thread of the napari process (starts at once). "auto" picks the separate process
-#: for methods built on torch (long runs) and the napari process for the others (rf: seconds).
-#: See docs/benchmarks.md (GUI responsiveness) for the measurements behind this.
-RUN_MODES = {"auto": None, "separate process": run_training_in_subprocess, "napari process": run_training}
+#: Where training runs: a separate Python process (the default: never competes with napari for
+#: the GIL, GPU memory and native crashes stay out of napari; costs a process start, imports and
+#: an image copy, about 2 s for rf) or a thread of the napari process (starts at once). Only the
+#: separate process kept every measured stall under 100 ms on an idle machine, for rf too; see
+#: docs/benchmarks.md (GUI responsiveness).
+RUN_MODES = {"separate process": run_training_in_subprocess, "napari process": run_training}
 DEFAULT_BUDGET_S = 60.0
 
 
@@ -93,8 +93,8 @@ class TrainWidget(QWidget):
         self.run_combo = QComboBox()
         self.run_combo.addItems(list(RUN_MODES))
         self.run_combo.setToolTip("separate process: the viewer stays smoothest and GPU memory is freed "
-                                  "after each run (a few seconds to start); napari process: starts at "
-                                  "once; auto: separate process for torch methods")
+                                  "after each run (about 2 s to start); napari process: starts at "
+                                  "once, but imports and GIL-bound work can stall the viewer")
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.0, 7 * 24 * 3600.0)
         self.budget_spin.setValue(DEFAULT_BUDGET_S)
@@ -209,7 +209,7 @@ class TrainWidget(QWidget):
         from napari.qt.threading import create_worker
 
         avoid_triton_llvm_crash()
-        run = RUN_MODES[self.run_combo.currentText()] or auto_run_mode(type(job.method))
+        run = RUN_MODES[self.run_combo.currentText()]
         worker = create_worker(run, job, progress=throttle(self._signals.progress.emit),
                                preview=self._signals.preview.emit, _ignore_errors=True, _start_thread=False)
         worker.returned.connect(self._on_returned)
@@ -300,16 +300,6 @@ class TrainWidget(QWidget):
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)
-
-
-def auto_run_mode(method_class: type):
-    """The separate process for methods whose module uses torch, else the napari process."""
-    import sys
-
-    module = sys.modules.get(method_class.__module__)
-    torch = sys.modules.get("torch")
-    uses_torch = torch is not None and any(value is torch for value in vars(module).values())
-    return run_training_in_subprocess if uses_torch else run_training
 
 
 def summary(outcome: TrainingOutcome) -> str:
