@@ -57,7 +57,7 @@ class DSPConfig:
         Weight of L_CE (paper: 1).
     plf_weight : float, default 0.0
         Weight of L_PLF (paper: 1). Off by default: on a CPU budget it did not raise Dice and
-        costs 1.5-2x per step (docs/benchmarks_dsp.md); 1 restores Eq. 10.
+        costs 1.4-1.6x per step (docs/benchmarks.md); 1 restores Eq. 10.
     plf_start : float, default 0.5
         Share of the schedule trained without L_PLF (the paper starts from a U-Net trained with
         L_CE; pseudo-labels of an untrained network are noise).
