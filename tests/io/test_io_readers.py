@@ -64,6 +64,16 @@ def test_tiff_rgb_has_three_channels(tmp_path, rng):
     np.testing.assert_array_equal(image.slice(0), rgb)
 
 
+def test_tiff_of_three_planes_read_as_rgb_warns_how_to_save_a_stack(tmp_path, rng):
+    planes = rng.integers(0, 255, (3, 12, 17), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "three.tif", planes)  # tifffile stores this as planar RGB
+    with pytest.warns(UserWarning, match="three.tif says its 3 planes are colour samples.*minisblack"):
+        image = read_image(tmp_path / "three.tif")
+    assert image.data.shape == (1, 12, 17, 3)
+    tifffile.imwrite(tmp_path / "stack.tif", planes, photometric="minisblack")
+    assert read_image(tmp_path / "stack.tif").data.shape == (3, 12, 17, 1)  # the fix works
+
+
 def test_tiff_imagej_zcyx_moves_channels_last(tmp_path, rng):
     array = rng.integers(0, 1000, (4, 2, 12, 17), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "ij.tif", array, imagej=True, metadata={"axes": "ZCYX"})

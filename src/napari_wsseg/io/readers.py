@@ -227,6 +227,7 @@ def _read_tiff_array(path: Path, lazy: bool | None = None):
         with tifffile.TiffFile(path) as tif:
             series, n_series = tif.series[0], len(tif.series)
             axes, shape = series.axes, series.shape
+            planar_rgb = axes.startswith("S") and shape[0] in (3, 4)
             lazy = series.nbytes > LAZY_TIFF_BYTES if lazy is None else lazy
             array = None if lazy else series.asarray()
         if lazy:
@@ -237,6 +238,14 @@ def _read_tiff_array(path: Path, lazy: bool | None = None):
         warnings.warn(
             f"TIFF {path} holds {n_series} image series; reading only the first, {axes} {shape}; "
             "save the stack as one series to read it all",
+            stacklevel=4,
+        )
+    if planar_rgb:
+        # tifffile itself writes any (3|4, Y, X) uint8 array as planar RGB(A) unless told otherwise
+        warnings.warn(
+            f"TIFF {path} says its {shape[0]} planes are colour samples (planar RGB), so it is read "
+            f"as one {shape[0]}-channel slice; if it is a stack of {shape[0]} slices, save it with "
+            "photometric='minisblack' (tifffile) or axes ZYX",
             stacklevel=4,
         )
     return array, axes
