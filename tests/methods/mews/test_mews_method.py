@@ -207,3 +207,42 @@ def test_registered_as_mews_and_2d_images_work():
     method = get_method("mews")(**FAST, max_steps=3)
     method.fit(as_image(image), ann, FitOptions(device="cpu"))
     assert method.predict_slice(image[..., None]).shape == (48, 64)
+
+
+def test_a_moved_weights_file_is_found_by_name_and_checked_by_hash(blocky_phantom, blocky_clicks, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    def write_weights(path, seed):
+        torch.manual_seed(seed)
+        vit = timm.create_model("test_vit", pretrained=False)
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+
+    image, _, classes = blocky_phantom
+    (tmp_path / "train_machine").mkdir()
+    weights = tmp_path / "train_machine" / "vit.safetensors"
+    write_weights(weights, seed=0)
+    method = MEWSMethod(backbone="test_vit", backbone_weights=str(weights), max_steps=2)
+    method.fit(as_image(image[:2]), Annotations(classes, points=blocky_clicks[blocky_clicks[:, 0] < 2]),
+               FitOptions(device="cpu"))
+    folder = method.save(tmp_path / "model")
+    expected = method.predict_proba_slice(image[0][..., None])
+    (tmp_path / "elsewhere").mkdir()
+    weights.rename(tmp_path / "elsewhere" / "vit.safetensors")  # the model travels, the file moves
+
+    monkeypatch.delenv("WSSEG_WEIGHTS_DIR", raising=False)
+    with pytest.raises(ModelError, match=r"vit.safetensors .* does not exist; copy vit.safetensors into the "
+                                         r"model folder or set WSSEG_WEIGHTS_DIR"):
+        load_model(folder)
+    monkeypatch.setenv("WSSEG_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
+    np.testing.assert_allclose(load_model(folder).predict_proba_slice(image[0][..., None]), expected, atol=1e-6)
+
+    monkeypatch.delenv("WSSEG_WEIGHTS_DIR")
+    shutil.copy(tmp_path / "elsewhere" / "vit.safetensors", folder / "vit.safetensors")
+    assert load_model(folder).predict_slice(image[0][..., None]).shape == image[0].shape
+    write_weights(folder / "vit.safetensors", seed=1)  # same name, other weights
+    with pytest.raises(ModelError, match="weights hash .* retrain"):
+        load_model(folder)

@@ -20,6 +20,7 @@ are upsampled bilinearly to pixels and turned into probabilities by a softmax ov
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from .heads import ProjectionHeads
 from .losses import correlation_loss, gmm_thresholds, prototype_class_thresholds, prototype_loss, triplet_loss
 
 WEIGHTS_FILE = "model.safetensors"
+#: Folders (separated like PATH) searched for a backbone weights file that moved with the model.
+WEIGHTS_DIR_VARIABLE = "WSSEG_WEIGHTS_DIR"
 #: Patches each clicked prototype's GMM (for β_pc) is fitted over, at most.
 _MAX_PATCHES_FOR_PROTO_GMM = 8192
 #: Crops whose per-patch GMMs are fitted in one batch (bounds memory to ~16 x 400 x 400 x 2 floats).
@@ -163,6 +166,7 @@ class MEWSMethod(Method):
         self._centroids: torch.Tensor | None = None
         self._backbone_state: dict = {}
         self._beta_memo: dict = {}  # per-slice crop thresholds, reused when retraining
+        self._folder: Path | None = None  # the model folder this model was loaded from
 
     # ------------------------------------------------------------ public extras
     @property
@@ -390,8 +394,30 @@ class MEWSMethod(Method):
         if source == RANDOM_WEIGHTS:
             return RANDOM_WEIGHTS
         if source.startswith("file:"):
-            return source[len("file:") :]
+            return str(self._find_weights_file(Path(source[len("file:") :])))
         return None
+
+    def _find_weights_file(self, recorded: Path) -> Path:
+        """The backbone weights file the model was trained with, where it is now.
+
+        The recorded (absolute) path first; if the model folder moved to another machine, a file
+        of the same name in the model folder or in a folder of ``$WSSEG_WEIGHTS_DIR`` (separated
+        like ``PATH``). The weights hash recorded at training is checked after loading, so a
+        different file of the same name is refused.
+        """
+        if recorded.is_file():
+            return recorded
+        folders = [self._folder] if self._folder is not None else []
+        folders += [Path(f).expanduser() for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep) if f]
+        for folder in folders:
+            candidate = folder / recorded.name
+            if candidate.is_file():
+                return candidate
+        raise ModelError(
+            f"backbone weights file {recorded} (recorded in the mews model) does not exist; copy "
+            f"{recorded.name} into the model folder or set {WEIGHTS_DIR_VARIABLE} to the folder "
+            "that holds it"
+        )
 
     def _get_cache(self) -> FeatureCache:
         if self._cache is None:
@@ -426,6 +452,7 @@ class MEWSMethod(Method):
     def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
+        self._folder = Path(folder)
         path = folder / WEIGHTS_FILE
         if not path.is_file():
             raise ModelError(f"model folder {folder}: no {WEIGHTS_FILE}; retrain the mews model")
