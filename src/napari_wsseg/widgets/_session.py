@@ -192,7 +192,8 @@ class AnnotationSession:
         if action in ("adding", "removing", "changing"):  # the change has not happened yet
             return
         if not self._restoring:
-            self._record_edits()
+            source = getattr(event, "source", None)
+            self._record_edits([r for r in UNDO_ROLES if source is None or self._layers.get(r) is source])
         self.changed.emit()
 
     # ------------------------------------------------------------------------- undo / redo
@@ -210,8 +211,8 @@ class AnnotationSession:
             return np.zeros((0, 4 if role == "points" else 6), np.int64)
         return L.points_from_layer(layer) if role == "points" else L.boxes_from_layer(layer)
 
-    def _record_edits(self) -> None:
-        for role in UNDO_ROLES:
+    def _record_edits(self, roles=UNDO_ROLES) -> None:
+        for role in roles:
             try:
                 self._history[role].record(self._rows(role))
             except AnnotationError:
