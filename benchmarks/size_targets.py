@@ -141,6 +141,31 @@ def print_table(path: Path) -> None:
               f"{r['mean_fg_dice']:.3f} | {raw} | {ratio} | {dice} |")
 
 
+def print_summary(path: Path) -> None:
+    """Mean ± std over seeds per (data, run): mean foreground Dice, its share of the same seed's
+    full-mask Dice, and the measured mRE."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    full = {(r["data"], r["seed"]): r["mean_fg_dice"] for r in rows if r["run"] == "full_mask"}
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["run"]), []).append(r)
+    print("| data | run | seeds | mRE measured | mean fg Dice | without calibration | % of full mask |")
+    print("|---|---|---|---|---|---|---|")
+    for (data, run), group in groups.items():
+        def pm(values, scale=1.0, digits=3, unit=""):
+            values = np.array([v for v in values if v is not None], dtype=float) * scale
+            if not len(values):
+                return "–"
+            spread = f" ± {values.std():.{digits}f}" if len(values) > 1 else ""
+            return f"{values.mean():.{digits}f}{spread}{unit}"
+
+        seeds = ",".join(str(r["seed"]) for r in group)
+        ratios = [r["mean_fg_dice"] / full[(data, r["seed"])] for r in group if (data, r["seed"]) in full]
+        print(f"| {data} | {run} | {seeds} | {pm([r['measured_mre'] for r in group], 100, 1, ' %')} | "
+              f"{pm([r['mean_fg_dice'] for r in group])} | {pm([r.get('mean_fg_dice_uncalibrated') for r in group])} | "
+              f"{pm(ratios, 100, 0, ' %')} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["drosophila", "phantom"], default="drosophila")
@@ -151,9 +176,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/size_targets.jsonl"))
     parser.add_argument("--table", type=Path, default=None, help="print the Markdown table of a results file")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="print mean ± std over the seeds of each run of a results file")
     args = parser.parse_args()
-    if args.table:
-        print_table(args.table)
+    if args.table or args.summary:
+        print_table(args.table) if args.table else print_summary(args.summary)
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()

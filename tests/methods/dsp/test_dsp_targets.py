@@ -41,6 +41,12 @@ def test_tagged_slice_allows_its_tags_and_a_point_its_class():
     assert targets.tagged.tolist() == [True, False, True]
 
 
+def test_a_crop_of_part_of_a_tagged_slice_keeps_the_constraint_but_not_the_tag_positive():
+    part = AnnotationIndex(_annotations(), SHAPE).crop_targets(Crop(0, 2, 2, 6))
+    assert _allowed_sets(part.allowed, 3, 3) == {0, 2}  # absent class 1 stays excluded
+    assert not part.tagged.any()  # a tagged class need not occur in this part of the slice
+
+
 def test_exhaustive_boxes_exclude_their_class_outside_every_box():
     targets = AnnotationIndex(_annotations(), SHAPE).crop_targets(Crop(1, 0, 0, 10))
     assert _allowed_sets(targets.allowed, 3, 3) == {0, 1, 2}  # inside: box class + not excluded

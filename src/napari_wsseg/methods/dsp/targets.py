@@ -91,7 +91,10 @@ class AnnotationIndex:
         known = labels >= 0
         allowed[:, known] = np.arange(n_classes)[:, None] == labels[known][None, :]
         box_fields = _clip_boxes(boxes, crop)
-        tagged = self.slice_allowed(crop.z) & self.tagged[crop.z]
+        # A class present in the slice need not be present in a crop of it: the tag positive (the
+        # mean score over the slice) is only taken when the crop holds the whole slice.
+        whole_slice = crop.y <= 0 and crop.x <= 0 and crop.y + size >= self.shape[1] and crop.x + size >= self.shape[2]
+        tagged = self.slice_allowed(crop.z) & self.tagged[crop.z] & whole_slice
         return CropTargets(labels, is_point, components, component_classes, allowed, *box_fields, tagged)
 
     def _mask_window(self, crop: Crop) -> np.ndarray:
