@@ -16,7 +16,8 @@ def test_anchors_come_from_points_boxes_masks_and_tags(rng):
     masks = np.zeros((3, 20, 20), np.uint8)
     masks[2, 5:8, 5:8] = 2
     ann = Annotations(
-        default_classes(3), points=[[0, 1, 2, 0]], boxes=[[1, 3, 4, 6, 9, 2]], tags=[[0, 1]], masks=masks
+        default_classes(4), points=[[0, 1, 2, 0]], boxes=[[1, 3, 4, 6, 9, 2]], tags=[[0, 1], [0, 3]],
+        masks=masks,
     )
     anchors = annotation_anchors(ann, (3, 20, 20), rng, max_per_class=50)
     assert [0, 1, 2, 0] in anchors.tolist()
@@ -26,7 +27,8 @@ def test_anchors_come_from_points_boxes_masks_and_tags(rng):
     mask_anchors = anchors[anchors[:, 0] == 2]
     assert len(mask_anchors) == 9 and (mask_anchors[:, 3] == 1).all()
     assert (masks[2, mask_anchors[:, 1], mask_anchors[:, 2]] == 2).all()
-    assert ((anchors[:, 0] == 0) & (anchors[:, 3] == 1)).any()  # the tag
+    assert ((anchors[:, 0] == 0) & (anchors[:, 3] == 3)).any()  # the tag of a class nothing else locates
+    assert not ((anchors[:, 0] == 0) & (anchors[:, 3] == 1)).any()  # class 1 has mask anchors already
 
 
 def test_mask_anchors_are_capped_per_class(rng):

@@ -41,8 +41,10 @@ def annotation_anchors(
     """Anchor pixels ``(N, 4)`` int64 rows ``(z, y, x, class)`` for crop sampling.
 
     Points are anchors themselves; boxes and mask pixels contribute random pixels inside them;
-    tags contribute random pixels of their slice. At most ``max_per_class`` anchors per class
-    and kind are kept (drawn at random), so big masks do not cost memory.
+    tags contribute random pixels of their slice, but only for classes nothing else locates (a
+    tag says where a class is no better than a random crop, and hundreds of tag anchors would
+    crowd out the few clicks of the class). At most ``max_per_class`` anchors per class and kind
+    are kept (drawn at random), so big masks do not cost memory.
 
     Examples
     --------
@@ -53,9 +55,11 @@ def annotation_anchors(
     """
     parts = [annotations.points.astype(np.int64)]
     parts.append(_box_anchors(annotations.boxes, rng, max_per_class))
-    parts.append(_tag_anchors(annotations.tags, shape, rng, max_per_class))
     if annotations.masks is not None:
         parts.append(_mask_anchors(np.asarray(annotations.masks), rng, max_per_class))
+    located = np.unique(np.concatenate(parts).reshape(-1, 4)[:, 3])
+    tags = annotations.tags[~np.isin(annotations.tags[:, 1], located)] if len(annotations.tags) else annotations.tags
+    parts.append(_tag_anchors(tags, shape, rng, max_per_class))
     return np.concatenate(parts).reshape(-1, 4)
 
 
