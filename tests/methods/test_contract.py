@@ -12,6 +12,7 @@ from napari_wsseg.errors import ModelError, WssegError
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import available_methods, get_method
 from napari_wsseg.methods.base import FitOptions, load_model
+from napari_wsseg.predict.volume import _predict_proba_slices
 
 # Short settings that keep every registered method's contract test to a few seconds on a CPU.
 FAST_OPTIONS = {
@@ -62,10 +63,9 @@ def test_batch_prediction_equals_slice_prediction(name, phantom_3d):
     method = get_method(name)(**FAST_OPTIONS.get(name, {}))
     method.fit(img, Annotations(classes=classes, points=_clicks(labels[:4, :64, :64], len(classes))),
                FitOptions(device="cpu", seed=0))
-    if not hasattr(method, "predict_proba_batch"):
-        pytest.skip(f"{name} predicts slice by slice")
     slices = [img.slice(z) for z in range(3)] + [img.slice(3)[:40, :50]]  # two shapes
-    batched = method.predict_proba_batch(slices)
+    # what the block-wise predictor calls: the method's predict_proba_batch, else slice by slice
+    batched = _predict_proba_slices(method, slices)
     assert [b.shape for b in batched] == [(len(classes), 64, 64)] * 3 + [(len(classes), 40, 50)]
     for one, together in zip(slices, batched):
         np.testing.assert_allclose(together, method.predict_proba_slice(one), atol=1e-5)
