@@ -18,7 +18,7 @@ from napari_wsseg.eval.simulate import simulate_annotations
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import get_method
 from napari_wsseg.methods.base import FitOptions, load_model
-from napari_wsseg.methods.dsp.method import DSPConfig, DSPMethod
+from napari_wsseg.methods.dsp.method import DENSE_STEPS, SPARSE_STEPS, DSPConfig, DSPMethod, auto_max_steps
 
 #: A network small enough to train in seconds on a CPU.
 TINY = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 64, "batch_size": 4, "cpu_bf16": False}
@@ -230,3 +230,27 @@ def test_untrained_model_cannot_predict_and_wrong_channels_are_refused(trained):
 def test_config_round_trips_through_json():
     config = DSPConfig(width=8, lr=2e-3)
     assert DSPConfig(**json.loads(json.dumps(config.__dict__))) == config
+
+
+def test_step_count_grows_with_the_share_of_painted_pixels():
+    shape = (8, 100, 100)
+    clicks = [[z, 50, 50, 0] for z in range(8)]
+    masks = np.zeros(shape, np.uint8)
+    sparse = Annotations(default_classes(2), points=clicks)
+    assert auto_max_steps(sparse, shape) == SPARSE_STEPS
+    masks[0] = 1  # 1 of 8 annotated slices painted: half of the dense share
+    assert auto_max_steps(Annotations(default_classes(2), points=clicks, masks=masks), shape) == \
+        (SPARSE_STEPS + DENSE_STEPS) // 2
+    masks[:] = 2
+    assert auto_max_steps(Annotations(default_classes(2), masks=masks), shape) == DENSE_STEPS
+
+
+def test_unset_max_steps_trains_the_automatic_count(monkeypatch):
+    import napari_wsseg.methods.dsp.method as dsp_module
+
+    monkeypatch.setattr(dsp_module, "SPARSE_STEPS", 3)  # the real 1200 steps take minutes
+    image, ann = _small_problem()
+    method = DSPMethod(**(TINY | {"crop_size": 32}))
+    assert method.config.max_steps is None
+    method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
+    assert method.fit_info["steps"] == 3

@@ -75,10 +75,12 @@ class DSPConfig:
         re-weighted by it over the prior of the labelled pixels seen in training. Not in the paper.
     lr, weight_decay, warmup_fraction : float, default 2e-3, 0.01, 0.05
         AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
-    max_steps : int, default 1200
-        Training steps (a time budget may stop the run earlier). 1200 steps (about 3.5 minutes
-        on 2 CPU cores) beat 3000 with clicks (longer runs over-fit them) and lost 2-4 points
-        against 3000 with full or mixed masks (docs/benchmarks.md); raise it for dense masks.
+    max_steps : int or None, default None
+        Training steps (a time budget may stop the run earlier). None picks them from the
+        annotations (:func:`auto_max_steps`): 1200 steps (about 3.5 minutes on 2 CPU cores) for
+        clicks, boxes and tags, growing to 3000 as mask pixels cover up to a quarter of the
+        annotated slices. 1200 beat 3000 with clicks (longer runs over-fit them); 3000 beat 1200
+        with full or mixed masks (docs/benchmarks.md).
     batch_size, crop_size : int, default 8 and 128
         Crops per step and their side (a multiple of ``2 ** depth``).
     random_crop_fraction : float, default 0.25
@@ -112,7 +114,7 @@ class DSPConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
-    max_steps: int = 1200
+    max_steps: int | None = None
     batch_size: int = 8
     crop_size: int = 128
     random_crop_fraction: float = 0.25
@@ -126,6 +128,8 @@ class DSPConfig:
     def __post_init__(self) -> None:
         for name in ("depth", "width", "embed_dim", "prototypes_per_class", "max_steps", "batch_size",
                      "crop_size", "tile"):
+            if name == "max_steps" and self.max_steps is None:
+                continue
             if getattr(self, name) < (0 if name == "depth" else 1):
                 raise WssegError(f"dsp option {name}={getattr(self, name)} must be a positive integer")
         if self.crop_size % 2**self.depth:
@@ -142,6 +146,38 @@ class DSPConfig:
     @property
     def lambdas(self) -> dict[str, float]:
         return {kind: getattr(self, f"lambda_{kind}") for kind in KINDS}
+
+
+SPARSE_STEPS, DENSE_STEPS = 1200, 3000
+#: Share of the annotated slices' pixels under mask labels from which DENSE_STEPS are used.
+DENSE_MASK_SHARE = 0.25
+
+
+def auto_max_steps(annotations: Annotations, shape: tuple[int, int, int]) -> int:
+    """Training steps for ``annotations`` on an image of spatial ``shape`` (Z, Y, X).
+
+    Clicks, boxes and tags label few pixels and a long run over-fits them; dense masks keep
+    improving for longer. The step count grows linearly from SPARSE_STEPS (no mask pixels) to
+    DENSE_STEPS (mask pixels covering DENSE_MASK_SHARE of the annotated slices).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_wsseg.annotations.model import default_classes
+    >>> clicks = [(z, 5, 5, 0) for z in (1, 2, 3)]               # one click in slices 1-3
+    >>> masks = np.zeros((4, 10, 10), np.uint8); masks[0] = 1   # and slice 0 fully painted
+    >>> auto_max_steps(Annotations(default_classes(2), points=clicks, masks=masks), (4, 10, 10))
+    3000
+    >>> masks[0, 5:] = 0                                          # half of slice 0 painted
+    >>> auto_max_steps(Annotations(default_classes(2), points=clicks, masks=masks), (4, 10, 10))
+    2100
+    >>> auto_max_steps(Annotations(default_classes(2), points=clicks), (4, 10, 10))
+    1200
+    """
+    mask_pixels = int(annotations.counts()["mask_pixels"].sum())
+    annotated_pixels = max(len(annotations.annotated_slices()), 1) * shape[1] * shape[2]
+    share = min(mask_pixels / annotated_pixels / DENSE_MASK_SHARE, 1.0)
+    return int(round(SPARSE_STEPS + share * (DENSE_STEPS - SPARSE_STEPS)))
 
 
 class DSPMethod(TorchSliceMethod):
@@ -175,8 +211,9 @@ class DSPMethod(TorchSliceMethod):
         device, rng, generator = self._start_training(options)
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
+        max_steps = cfg.max_steps or auto_max_steps(annotations, image.shape)
         optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
-                            max_steps=cfg.max_steps)
+                            max_steps=max_steps)
         outcome = run_training(
             self.net, trainer, optim=optim, device=device, time_budget_s=options.time_budget_s,
             cancel=options.cancel, progress=options.progress, monitor="supervised",
