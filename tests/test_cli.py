@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -115,7 +116,19 @@ def test_predict_refuses_to_overwrite(sample_dir, tmp_path, capsys):
 def test_method_options_come_from_the_config(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--method", "rf", "--help"])
-    assert "--n-estimators" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "--n-estimators INT Trees in the forest. (default 100)" in out
+
+
+def test_every_method_option_has_a_help_sentence():
+    from napari_wsseg.cli import option_summaries
+    from napari_wsseg.methods import available_methods, get_method
+
+    for name in available_methods():
+        config_class = get_method(name).config_class
+        summaries = option_summaries(config_class.__doc__)
+        missing = [f.name for f in dataclasses.fields(config_class) if not summaries.get(f.name)]
+        assert not missing, f"{name}: options without a docstring entry: {missing}"
 
 
 def test_console_script_help_runs():
