@@ -121,7 +121,7 @@ def test_method_options_come_from_the_config(capsys):
 
 
 def test_every_method_option_has_a_help_sentence():
-    from napari_wsseg.cli import option_summaries
+    from napari_wsseg.methods.base import option_summaries
     from napari_wsseg.methods import available_methods, get_method
 
     for name in available_methods():

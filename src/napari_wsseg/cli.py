@@ -317,6 +317,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
 def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
     """One --option per field of the method's config dataclass."""
     from .methods import get_method
+    from .methods.base import option_summaries
 
     config_class = get_method(method).config_class
     group = parser.add_argument_group(f"{method} options")
@@ -338,45 +339,6 @@ def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
             group.add_argument(flag, dest=f"opt_{field.name}", default=argparse.SUPPRESS,
                                type=_optional(kind), metavar=kind.__name__.upper(),
                                help=f"{summary} (default {default})".lstrip())
-
-
-def option_summaries(docstring: str) -> dict[str, str]:
-    """First sentence of each entry of a numpydoc ``Attributes`` section, by option name.
-
-    Examples
-    --------
-    >>> doc = '''Options.
-    ...
-    ...     Attributes
-    ...     ----------
-    ...     lr, weight_decay : float, default 1e-3, 0.01
-    ...         AdamW settings. The paper used 6e-5.
-    ...     depth : int
-    ...         U-Net down-sampling steps
-    ...         (levels minus one).
-    ...     '''
-    >>> option_summaries(doc)
-    {'lr': 'AdamW settings.', 'weight_decay': 'AdamW settings.', 'depth': 'U-Net down-sampling steps (levels minus one).'}
-    """
-    import inspect
-
-    lines = inspect.cleandoc(docstring).splitlines()
-    if "Attributes" not in lines:
-        return {}
-    entries: list[tuple[list[str], list[str]]] = []
-    for line in lines[lines.index("Attributes") + 2 :]:
-        if line and not line.startswith(" "):
-            if " : " not in line:
-                break  # the next section
-            names = [n.strip() for n in line.split(" : ")[0].split(",")]
-            entries.append((names, []))
-        elif line.strip() and entries:
-            entries[-1][1].append(line.strip())
-    summaries = {}
-    for names, text in entries:
-        sentence = " ".join(text).replace("``", "").split(". ")[0].rstrip(".") + "." if text else ""
-        summaries.update({name: sentence for name in names})
-    return summaries
 
 
 def _option_type(hint):

@@ -195,3 +195,16 @@ def test_a_separate_training_process_relays_errors_and_cancel(annotate, clicks, 
         train.cancel()  # before the process has computed anything
     assert any("cancelled before a model was trained; nothing saved" in m for m in notifications), notifications
     assert train.session.last_model is None
+
+
+def test_option_form_tooltips_come_from_the_docs_and_empty_max_steps_means_automatic(qtbot):
+    from napari_wsseg.methods.dsp.method import DSPConfig
+    from napari_wsseg.widgets._options import ConfigForm
+
+    form = ConfigForm(DSPConfig)
+    assert form["max_steps"].value == ""
+    assert form["max_steps"].tooltip.startswith("Training steps, None to pick them from the annotations")
+    assert form["tau"].tooltip.startswith("Softmax temperature (paper: 0.05).")
+    assert form.config().max_steps is None
+    form.set_values(max_steps=300)
+    assert form.config().max_steps == 300

@@ -18,6 +18,7 @@ half-written model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -93,6 +94,43 @@ def config_from_dict(config_class, values: dict):
             value = tuple(value)
         converted[key] = value
     return config_class(**converted)
+
+
+def option_summaries(docstring: str) -> dict[str, str]:
+    """First sentence of each entry of a numpydoc ``Attributes`` section, by option name.
+
+    Examples
+    --------
+    >>> doc = '''Options.
+    ...
+    ...     Attributes
+    ...     ----------
+    ...     lr, weight_decay : float, default 1e-3, 0.01
+    ...         AdamW settings. The paper used 6e-5.
+    ...     depth : int
+    ...         U-Net down-sampling steps
+    ...         (levels minus one).
+    ...     '''
+    >>> option_summaries(doc)
+    {'lr': 'AdamW settings.', 'weight_decay': 'AdamW settings.', 'depth': 'U-Net down-sampling steps (levels minus one).'}
+    """
+    lines = inspect.cleandoc(docstring).splitlines()
+    if "Attributes" not in lines:
+        return {}
+    entries: list[tuple[list[str], list[str]]] = []
+    for line in lines[lines.index("Attributes") + 2 :]:
+        if line and not line.startswith(" "):
+            if " : " not in line:
+                break  # the next section
+            names = [n.strip() for n in line.split(" : ")[0].split(",")]
+            entries.append((names, []))
+        elif line.strip() and entries:
+            entries[-1][1].append(line.strip())
+    summaries = {}
+    for names, text in entries:
+        sentence = " ".join(text).replace("``", "").split(". ")[0].rstrip(".") + "." if text else ""
+        summaries.update({name: sentence for name in names})
+    return summaries
 
 
 class Method(ABC):

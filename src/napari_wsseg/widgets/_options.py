@@ -2,7 +2,8 @@
 
 ``int`` fields get spin boxes, ``bool`` check boxes, ``Literal[...]`` a drop-down; ``float``,
 ``str``, optional (``T | None``) and tuple fields a line edit (floats keep every digit, empty
-means None, tuples are comma separated). A method class may name its most important fields in
+means None, tuples are comma separated); each field's tooltip is the first sentence of its entry in
+the config's docstring. A method class may name its most important fields in
 ``main_options`` (a tuple of names): only those are shown until "more options" is ticked;
 without it every field is shown.
 """
@@ -15,6 +16,7 @@ import typing
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox
 
 from ..errors import WssegError
+from ..methods.base import option_summaries
 
 _INT_RANGE = (-(2**31) + 1, 2**31 - 1)
 
@@ -27,6 +29,7 @@ class ConfigForm(Container):
         self.config_class = config_class
         self._hints = typing.get_type_hints(config_class)
         self._fields = {f.name: f for f in dataclasses.fields(config_class)}
+        self._summaries = option_summaries(config_class.__doc__ or "")
         main = [n for n in (main or ()) if n in self._fields]
         for name in main + [n for n in self._fields if n not in main]:
             self.append(self._field_widget(name))
@@ -59,15 +62,17 @@ class ConfigForm(Container):
     def _field_widget(self, name: str):
         hint, default = self._hints[name], self._fields[name].default
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-        label = name.replace("_", " ")
+        label, summary = name.replace("_", " "), self._summaries.get(name, "")
         if origin is typing.Literal:
-            return ComboBox(name=name, label=label, choices=list(args), value=default)
+            return ComboBox(name=name, label=label, choices=list(args), value=default, tooltip=summary)
         if hint is bool:
-            return CheckBox(name=name, label=label, value=default)
+            return CheckBox(name=name, label=label, value=default, tooltip=summary)
         if hint is int:
-            return SpinBox(name=name, label=label, value=default, min=_INT_RANGE[0], max=_INT_RANGE[1])
-        tooltip = {float: "a number, e.g. 0.001 or 1e-4"}.get(hint, "")
-        tooltip = tooltip or ("empty: none" if type(None) in args else "comma-separated values")
+            return SpinBox(name=name, label=label, value=default, min=_INT_RANGE[0], max=_INT_RANGE[1],
+                           tooltip=summary)
+        entry = {float: "a number, e.g. 0.001 or 1e-4"}.get(hint, "")
+        entry = entry or ("empty: none" if type(None) in args else "comma-separated values")
+        tooltip = f"{summary} ({entry})" if summary else entry
         return LineEdit(name=name, label=label, value=_as_text(default), tooltip=tooltip)
 
     def _value(self, name: str):
