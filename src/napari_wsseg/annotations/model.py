@@ -63,6 +63,10 @@ class Annotations:
     masks : (Z, Y, X) integer array or None
         Partial label image: 0 unlabeled, ``k > 0`` means class ``k - 1``. Same spatial shape as
         the image (a 2D image's mask is stored as ``(1, Y, X)``).
+    exhaustive_boxes : (M, 2) int64 array
+        Rows ``(z, class)``: every object of the class in slice z is boxed, so outside those boxes
+        the class is absent (with no box at all: absent from the slice). A box without such a row
+        only says that an object of the class lies inside it; it excludes nothing outside.
     """
 
     classes: list[ClassInfo]
@@ -71,12 +75,16 @@ class Annotations:
     tags: np.ndarray = field(default_factory=lambda: _empty(2, np.int64))
     sizes: np.ndarray = field(default_factory=lambda: _empty(3, np.float64))
     masks: np.ndarray | None = None
+    exhaustive_boxes: np.ndarray = field(default_factory=lambda: _empty(2, np.int64))
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.int64).reshape(-1, 4)
         self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 6)
         self.tags = np.asarray(self.tags, dtype=np.int64).reshape(-1, 2)
         self.sizes = np.asarray(self.sizes, dtype=np.float64).reshape(-1, 3)
+        self.exhaustive_boxes = np.unique(
+            np.asarray(self.exhaustive_boxes, dtype=np.int64).reshape(-1, 2), axis=0
+        )
         if self.masks is not None:
             self.masks = np.asarray(self.masks)
             if self.masks.ndim == 2:
@@ -95,24 +103,31 @@ class Annotations:
         no_mask = self.masks is None or not np.any(self.masks)
         return (
             len(self.points) == 0 and len(self.boxes) == 0 and len(self.tags) == 0
-            and len(self.sizes) == 0 and no_mask
+            and len(self.sizes) == 0 and len(self.exhaustive_boxes) == 0 and no_mask
         )
 
     def annotated_slices(self) -> np.ndarray:
         """Sorted z indices that carry at least one annotation of any kind."""
-        zs = [self.points[:, 0], self.boxes[:, 0], self.tags[:, 0], self.sizes[:, 0].astype(np.int64)]
+        zs = [
+            self.points[:, 0], self.boxes[:, 0], self.tags[:, 0],
+            self.sizes[:, 0].astype(np.int64), self.exhaustive_boxes[:, 0],
+        ]
         if self.masks is not None:
             zs.append(np.flatnonzero(np.any(self.masks.reshape(len(self.masks), -1) > 0, axis=1)))
         return np.unique(np.concatenate(zs)).astype(np.int64)
 
     def counts(self) -> dict[str, np.ndarray]:
-        """Per-class annotation counts by kind: ``{'points': (C,), 'boxes': ..., 'mask_pixels': ...}``."""
+        """Per-class annotation counts by kind: ``{'points': (C,), 'boxes': ..., 'mask_pixels': ...}``.
+
+        ``exhaustive_boxes`` counts the slices in which every object of the class is boxed.
+        """
         c = self.n_classes
         out = {
             "points": np.bincount(self.points[:, 3], minlength=c)[:c],
             "boxes": np.bincount(self.boxes[:, 5], minlength=c)[:c],
             "tags": np.bincount(self.tags[:, 1], minlength=c)[:c],
             "sizes": np.bincount(self.sizes[:, 1].astype(np.int64), minlength=c)[:c],
+            "exhaustive_boxes": np.bincount(self.exhaustive_boxes[:, 1], minlength=c)[:c],
         }
         if self.masks is not None:
             hist = np.bincount(np.asarray(self.masks).ravel(), minlength=c + 1)
@@ -145,6 +160,7 @@ class Annotations:
             tags=self.tags[np.isin(self.tags[:, 0], keep)],
             sizes=self.sizes[np.isin(self.sizes[:, 0].astype(np.int64), keep)],
             masks=masks,
+            exhaustive_boxes=self.exhaustive_boxes[np.isin(self.exhaustive_boxes[:, 0], keep)],
         )
 
 
