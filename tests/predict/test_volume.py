@@ -22,7 +22,7 @@ from napari_wsseg.io.image import as_image
 from napari_wsseg.io.readers import read_labels
 from napari_wsseg.methods.base import FitOptions, load_model
 from napari_wsseg.methods.rf import RandomForestMethod
-from napari_wsseg.predict import volume
+from napari_wsseg.predict import blocks, schedulers
 from napari_wsseg.predict.volume import (
     PROGRESS_DIR,
     RUN_ATTR,
@@ -121,7 +121,7 @@ def test_methods_with_a_batch_api_get_batches(model_dir, volume_zarr, expected, 
     model = _BatchedRF()
     model.__dict__.update(load_model(model_dir).__dict__)
     model.batch_sizes = []
-    monkeypatch.setattr(volume, "BATCH_SLICES", 2)
+    monkeypatch.setattr(blocks, "BATCH_SLICES", 2)
     predict_volume(model, volume_zarr, tmp_path / "b.zarr", block=(3, 128, 136))
     assert model.batch_sizes == [2, 1, 1]  # slices 0-2 in batches of 2, then the last block
     np.testing.assert_array_equal(np.asarray(read_labels(tmp_path / "b.zarr")), expected[0])
@@ -243,7 +243,7 @@ def test_output_is_ngff_labels_for_ome_zarr_and_napari(model_dir, volume_zarr, p
 def test_local_cluster_equals_threads(model_dir, volume_zarr, tmp_path, caplog):
     from dask.distributed import Client, LocalCluster
 
-    caplog.set_level(logging.INFO, logger=volume.__name__)
+    caplog.set_level(logging.INFO, logger=schedulers.__name__)
     threads, cluster_out = tmp_path / "threads.zarr", tmp_path / "cluster.zarr"
     predict_volume(model_dir, volume_zarr, threads, block=ODD_BLOCK, probabilities=True)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
