@@ -242,6 +242,17 @@ BAD_CSVS = [
      ["points.csv has a header but no rows", "leave the file out"]),
     (read_points_csv, "points.csv", b"z,y,x,class\n\xff\xfe,1,2,0\n", None,
      ["points.csv", "not a readable UTF-8 CSV"]),
+    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,yes\n", None,
+     ["boxes.csv line 2", "exhaustive is 'yes'", "write 1", "or 0"]),
+    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,1\n0,5,5,6,6,1,0\n"
+     "0,3,3,4,4,0,0\n", None,
+     ["boxes.csv lines 2 and 4", "class 0 in slice z=0", "exhaustive=1 and exhaustive=0", "must agree"]),
+    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n3,,,,,1,0\n", None,
+     ["boxes.csv line 2", "y0,x0,y1,x1 are empty", "exhaustive=1", "z=3 holds no object of class 1"]),
+    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class\n3,,,,,1\n", None,
+     ["boxes.csv line 2", "y0 is '', not a number"]),
+    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive,extra\n0,1,1,2,2,0,1,0\n", None,
+     ["boxes.csv line 1", "optionally followed by ',exhaustive'"]),
 ]
 
 
@@ -334,3 +345,39 @@ def test_load_header_only_file_is_an_error(tmp_path):
     tags = write(tmp_path, "tags.csv", "z,class\n")
     with pytest.raises(AnnotationError, match="tags.csv has a header but no rows"):
         load_annotations(tags=tags)
+
+
+# --------------------------------------------------------------------- exhaustive boxes
+def test_boxes_exhaustive_column_is_optional_and_defaults_to_not_exhaustive(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("z,y0,x0,y1,x1,class\n0,1,1,2,2,0\n")
+    boxes, exhaustive = read_boxes_csv(path, with_exhaustive=True)
+    assert boxes.tolist() == [[0, 1, 1, 2, 2, 0]] and exhaustive.shape == (0, 2)
+    path.write_text("y0,x0,y1,x1,class,exhaustive\n1,1,2,2,0,\n3,3,4,4,1,1\n")  # 2D, empty = 0
+    boxes, exhaustive = read_boxes_csv(path, with_exhaustive=True)
+    assert boxes[:, 0].tolist() == [0, 0] and exhaustive.tolist() == [[0, 1]]
+
+
+def test_exhaustive_boxes_round_trip_through_write_and_load(tmp_path):
+    ann = Annotations(
+        default_classes(3),
+        boxes=[[0, 1, 1, 2, 2, 0], [0, 5, 5, 6, 6, 1], [2, 1, 1, 3, 3, 1]],
+        exhaustive_boxes=[[0, 1], [2, 1], [2, 2]],  # (2, 2): no box, so class 2 is absent there
+    )
+    written = write_annotations(tmp_path, ann)
+    assert written["boxes"].read_text().splitlines() == [
+        "z,y0,x0,y1,x1,class,exhaustive", "0,1,1,2,2,0,0", "0,5,5,6,6,1,1", "2,1,1,3,3,1,1", "2,,,,,2,1",
+    ]
+    loaded = load_annotations(**find_annotation_files(tmp_path), classes=ann.classes,
+                              image_shape=(3, 8, 8))
+    assert loaded.boxes.tolist() == ann.boxes.tolist()
+    assert loaded.exhaustive_boxes.tolist() == ann.exhaustive_boxes.tolist()
+
+
+def test_only_exhaustive_statements_still_write_a_boxes_file(tmp_path):
+    ann = Annotations(default_classes(3), points=[[0, 1, 1, 0], [0, 2, 2, 1]],
+                      exhaustive_boxes=[[1, 2]])
+    write_annotations(tmp_path, ann)
+    loaded = load_annotations(**find_annotation_files(tmp_path), image_shape=(2, 4, 4))
+    assert loaded.boxes.shape == (0, 6) and loaded.exhaustive_boxes.tolist() == [[1, 2]]
+    assert loaded.n_classes == 3  # the class of a statement row counts for the inferred classes

@@ -263,3 +263,41 @@ def test_many_rows_are_checked_quickly_and_vectorised():
     points = np.column_stack([rng.integers(0, s, n) for s in (3, 8, 10)] + [np.zeros(n, int)])
     points[:, 3] = (points[:, 1] > 3).astype(int)  # one class per pixel: no conflicts
     assert validate_annotations(ann(points=points), SHAPE) == []
+
+
+# --------------------------------------------------------------------- exhaustive boxes
+def _boxed(**kwargs) -> Annotations:
+    """Class 1 boxed once in slice 0 at y 2..4, x 2..4."""
+    return Annotations(default_classes(3), boxes=[[0, 2, 2, 4, 4, 1]], **kwargs)
+
+
+def test_a_point_outside_exhaustive_boxes_of_its_class_is_refused():
+    ann = _boxed(points=[[0, 3, 3, 1], [0, 8, 8, 1]], exhaustive_boxes=[[0, 1]])
+    with pytest.raises(AnnotationError, match=r"points row 2 .*marked exhaustive.*clear the exhaustive"):
+        validate_annotations(ann, (2, 10, 10))
+    # without the exhaustive mark the same point is fine: a box excludes nothing outside it
+    validate_annotations(_boxed(points=[[0, 3, 3, 1], [0, 8, 8, 1]]), (2, 10, 10), warn=False)
+    # a point in another slice is not concerned
+    validate_annotations(_boxed(points=[[1, 8, 8, 1]], exhaustive_boxes=[[0, 1]]), (2, 10, 10), warn=False)
+
+
+def test_mask_pixels_outside_exhaustive_boxes_are_refused():
+    masks = np.zeros((2, 10, 10), np.uint8)
+    masks[0, 3, 3] = 2  # class 1, inside its box
+    validate_annotations(_boxed(masks=masks, exhaustive_boxes=[[0, 1]]), (2, 10, 10), warn=False)
+    masks[0, 9, 0] = 2
+    with pytest.raises(AnnotationError, match=r"1 pixels of class 1 'class1' in slice z=0 outside"):
+        validate_annotations(_boxed(masks=masks, exhaustive_boxes=[[0, 1]]), (2, 10, 10))
+
+
+def test_exhaustive_without_boxes_contradicts_a_presence_tag():
+    ann = _boxed(tags=[[1, 0], [1, 2]], exhaustive_boxes=[[1, 2]])
+    with pytest.raises(AnnotationError, match=r"exhaustive_boxes row 1 \(z=1, class=2 'class2'\).*tag"):
+        validate_annotations(ann, (2, 10, 10))
+
+
+def test_exhaustive_rows_must_lie_in_the_image_and_class_range():
+    with pytest.raises(AnnotationError, match=r"exhaustive_boxes row 1 \(z=5.*outside the image"):
+        validate_annotations(_boxed(exhaustive_boxes=[[5, 1]]), (2, 10, 10))
+    with pytest.raises(AnnotationError, match=r"exhaustive_boxes row 1 .*class=7.*unknown class"):
+        validate_annotations(_boxed(exhaustive_boxes=[[0, 7]]), (2, 10, 10))

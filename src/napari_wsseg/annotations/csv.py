@@ -3,11 +3,14 @@
 One CSV per kind, with these exact headers (see ``docs/annotations.md``)::
 
     points.csv  z,y,x,class
-    boxes.csv   z,y0,x0,y1,x1,class
+    boxes.csv   z,y0,x0,y1,x1,class[,exhaustive]
     tags.csv    z,class
     sizes.csv   z,class,fraction
 
 For a 2D image the ``z`` column may be left out (``y,x,class``); its rows then lie in slice 0.
+``boxes.csv`` may end with an ``exhaustive`` column (0/1, default 0): 1 says every object of the
+row's class in its slice is boxed. All rows of one (z, class) must agree, and a row with empty
+``y0,x0,y1,x1`` and ``exhaustive`` 1 says the slice has no object of the class.
 The ``class`` column holds a class id ``0..C-1`` or a class name (names need the class list).
 Files are written with the ``z`` column and integer class ids. Parsing uses the standard ``csv``
 module; each column is converted with numpy at once and rows are only inspected one by one to
@@ -38,6 +41,7 @@ class _Kind:
     singular: str
     columns: tuple[str, ...]
     dtype: type
+    optional: tuple[str, ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -54,7 +58,7 @@ class _Kind:
 
 _KINDS = {
     "points": _Kind("points", "point", ("z", "y", "x", "class"), np.int64),
-    "boxes": _Kind("boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64),
+    "boxes": _Kind("boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64, ("exhaustive",)),
     "tags": _Kind("tags", "tag", ("z", "class"), np.int64),
     "sizes": _Kind("sizes", "size", ("z", "class", "fraction"), np.float64),
 }
@@ -236,15 +240,33 @@ def read_points_csv(path, classes=None) -> np.ndarray:
     return _read_kind(path, "points", as_class_list(classes))[0]
 
 
-def read_boxes_csv(path, classes=None) -> np.ndarray:
-    """Read ``boxes.csv`` (``z,y0,x0,y1,x1,class``, corners inclusive; no ``z`` for 2D).
+def read_boxes_csv(path, classes=None, *, with_exhaustive: bool = False):
+    """Read ``boxes.csv`` (``z,y0,x0,y1,x1,class[,exhaustive]``, corners inclusive; no ``z`` for 2D).
 
-    Parameters and errors as :func:`read_points_csv`.
+    The optional ``exhaustive`` column (0/1, empty = 0) says, with 1, that every object of the
+    row's class in its slice is boxed; all rows of one (z, class) must agree. A row with empty
+    ``y0,x0,y1,x1`` and ``exhaustive`` 1 says the slice holds no object of the class.
+
+    Parameters
+    ----------
+    path, classes
+        As :func:`read_points_csv`.
+    with_exhaustive : bool, optional
+        Also return the exhaustive (z, class) pairs. By default only the boxes.
 
     Returns
     -------
-    (N, 6) int64 array
+    boxes : (N, 6) int64 array
         Rows ``(z, y0, x0, y1, x1, class)``.
+    exhaustive : (M, 2) int64 array
+        Rows ``(z, class)`` whose boxes enclose every object of the class; only with
+        ``with_exhaustive``.
+
+    Raises
+    ------
+    AnnotationError
+        As :func:`read_points_csv`, and for an ``exhaustive`` value other than 0/1, boxes of
+        one (z, class) that disagree on it, or empty coordinates without ``exhaustive`` 1.
 
     Examples
     --------
@@ -253,8 +275,13 @@ def read_boxes_csv(path, classes=None) -> np.ndarray:
     >>> _ = path.write_text("y0,x0,y1,x1,class\\n2,3,10,12,1\\n")
     >>> read_boxes_csv(path)
     array([[ 0,  2,  3, 10, 12,  1]])
+    >>> _ = path.write_text("z,y0,x0,y1,x1,class,exhaustive\\n0,2,3,10,12,1,1\\n4,,,,,0,1\\n")
+    >>> boxes, exhaustive = read_boxes_csv(path, with_exhaustive=True)
+    >>> boxes.tolist(), exhaustive.tolist()
+    ([[0, 2, 3, 10, 12, 1]], [[0, 1], [4, 0]])
     """
-    return _read_kind(path, "boxes", as_class_list(classes))[0]
+    boxes, exhaustive = _boxes_from_table(_read_table(path, "boxes", as_class_list(classes)))
+    return (boxes, exhaustive) if with_exhaustive else boxes
 
 
 def read_tags_csv(path, classes=None) -> np.ndarray:
@@ -301,8 +328,25 @@ def read_sizes_csv(path, classes=None) -> np.ndarray:
     return _read_kind(path, "sizes", as_class_list(classes))[0]
 
 
+@dataclass
+class _Table:
+    """A parsed annotation CSV: the values, their 1-based lines and what the header held."""
+
+    path: Path
+    values: np.ndarray  # (N, len(columns) + len(optional)); the z column is 0 without one
+    lines: np.ndarray  # (N,) int
+    has_z: bool
+    optional: tuple[str, ...]  # the optional columns the file has, in order
+    no_box: np.ndarray  # (N,) bool: boxes rows with empty coordinates (a statement only)
+
+
 def _read_kind(path, kind_name: str, classes: list[ClassInfo] | None) -> tuple[np.ndarray, bool]:
     """Parse one annotation CSV; returns the array and whether the file had a ``z`` column."""
+    table = _read_table(path, kind_name, classes)
+    return table.values[:, : len(_KINDS[kind_name].columns)], table.has_z
+
+
+def _read_table(path, kind_name: str, classes: list[ClassInfo] | None) -> _Table:
     kind = _KINDS[kind_name]
     path = Path(path)
     lines, rows = _read_rows(path)
@@ -311,8 +355,8 @@ def _read_kind(path, kind_name: str, classes: list[ClassInfo] | None) -> tuple[n
             f"{path} is empty; its first line must be the header '{kind.header}' "
             f"followed by one row per {kind.singular}"
         )
-    has_z = _check_header(path, kind, rows[0])
-    columns = kind.columns if has_z else kind.columns[1:]
+    has_z, optional = _check_header(path, kind, rows[0])
+    columns = (kind.columns if has_z else kind.columns[1:]) + optional
     data_lines, data = lines[1:], rows[1:]
     if not data:
         raise AnnotationError(
@@ -322,15 +366,77 @@ def _read_kind(path, kind_name: str, classes: list[ClassInfo] | None) -> tuple[n
     _check_row_lengths(path, data_lines, data, columns)
     table = np.char.strip(np.array(data, dtype=np.str_).reshape(len(data), len(columns)))
     lines_arr = np.asarray(data_lines)
-    out = np.zeros((len(data), len(kind.columns)), dtype=kind.dtype)
+    no_box = _statement_rows(table, columns) if "exhaustive" in optional else np.zeros(len(data), bool)
+    out = np.zeros((len(data), len(kind.columns) + len(optional)), dtype=kind.dtype)
     offset = 0 if has_z else 1
     for j, name in enumerate(columns):
         if name == "class":
             values = _parse_classes(path, lines_arr, table[:, j], classes)
+        elif name == "exhaustive":
+            values = _parse_flags(path, lines_arr, table[:, j], name)
+        elif name in ("y0", "x0", "y1", "x1"):
+            values = _parse_numbers(path, lines_arr, np.where(no_box, "0", table[:, j]), name)
         else:
             values = _parse_numbers(path, lines_arr, table[:, j], name)
         out[:, j + offset] = values
-    return out, has_z
+    return _Table(path, out, lines_arr, has_z, optional, no_box)
+
+
+def _statement_rows(table: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """Rows whose four box coordinates are all empty."""
+    corners = [columns.index(name) for name in ("y0", "x0", "y1", "x1")]
+    return np.all(table[:, corners] == "", axis=1)
+
+
+def _parse_flags(path: Path, lines: np.ndarray, values: np.ndarray, column: str) -> np.ndarray:
+    """0/1 cells (empty is 0)."""
+    bad = ~np.isin(values, ["", "0", "1"])
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise AnnotationError(
+            f"{path} line {lines[i]}: {column} is '{values[i]}'; write 1 (every object of the "
+            "class in this slice is boxed) or 0 (only some are)"
+        )
+    return (values == "1").astype(np.int64)
+
+
+def _boxes_from_table(table: _Table) -> tuple[np.ndarray, np.ndarray]:
+    """Split a parsed ``boxes.csv`` into boxes and exhaustive (z, class) rows."""
+    values = table.values
+    if "exhaustive" not in table.optional:
+        return values[:, :6], np.zeros((0, 2), np.int64)
+    flags = values[:, 6]
+    if (table.no_box & (flags == 0)).any():
+        i = int(np.argmax(table.no_box & (flags == 0)))
+        raise AnnotationError(
+            f"{table.path} line {table.lines[i]}: y0,x0,y1,x1 are empty but exhaustive is not 1; "
+            "give the box corners, or write exhaustive=1 to say slice "
+            f"z={values[i, 0]} holds no object of class {values[i, 5]}"
+        )
+    _check_flags_agree(table, flags)
+    exhaustive = np.unique(values[flags == 1][:, [0, 5]], axis=0).reshape(-1, 2)
+    return values[~table.no_box, :6], exhaustive
+
+
+def _check_flags_agree(table: _Table, flags: np.ndarray) -> None:
+    """All rows of one (z, class) give the same ``exhaustive`` value."""
+    keys, group = np.unique(table.values[:, [0, 5]], axis=0, return_inverse=True)
+    group = group.ravel()
+    lowest = np.full(len(keys), 2)
+    np.minimum.at(lowest, group, flags)
+    highest = np.zeros(len(keys), np.int64)
+    np.maximum.at(highest, group, flags)
+    if (lowest == highest).all():
+        return
+    rows = np.flatnonzero(group == int(np.argmax(lowest != highest)))
+    a = rows[0]
+    b = rows[np.argmax(flags[rows] != flags[a])]
+    z, cls = table.values[a, 0], table.values[a, 5]
+    raise AnnotationError(
+        f"{table.path} lines {table.lines[a]} and {table.lines[b]}: boxes of class {cls} in slice "
+        f"z={z} say exhaustive={flags[a]} and exhaustive={flags[b]}; all boxes of a class in a slice "
+        "must agree: 1 if every object of the class there is boxed, else 0"
+    )
 
 
 def _check_row_lengths(path: Path, lines: list[int], rows: list[list[str]], columns) -> None:
@@ -361,16 +467,19 @@ def _read_rows(path: Path) -> tuple[list[int], list[list[str]]]:
     return lines, rows
 
 
-def _check_header(path: Path, kind: _Kind, header: list[str]) -> bool:
-    """True when the header has the ``z`` column, False for the 2D form; raises otherwise."""
-    seen = ",".join(cell.strip().lower() for cell in header)
-    if seen == kind.header:
-        return True
-    if seen == kind.header_2d:
-        return False
+def _check_header(path: Path, kind: _Kind, header: list[str]) -> tuple[bool, tuple[str, ...]]:
+    """Whether the header has the ``z`` column and which optional columns follow; raises if bad."""
+    cells = [cell.strip().lower() for cell in header]
+    for n_optional in range(len(kind.optional), -1, -1):
+        optional = kind.optional[:n_optional]
+        if cells == [*kind.columns, *optional]:
+            return True, optional
+        if cells == [*kind.columns[1:], *optional]:
+            return False, optional
+    extra = f", optionally followed by ',{','.join(kind.optional)}'" if kind.optional else ""
     raise AnnotationError(
         f"{path} line 1: header is '{','.join(header)}' but must be '{kind.header}' "
-        f"(or '{kind.header_2d}' for a 2D image); fix the first line of the file"
+        f"(or '{kind.header_2d}' for a 2D image){extra}; fix the first line of the file"
     )
 
 
@@ -473,8 +582,19 @@ def write_points_csv(path, points) -> Path:
     return _write_kind(path, "points", points)
 
 
-def write_boxes_csv(path, boxes) -> Path:
-    """Write ``(N, 6)`` boxes as ``z,y0,x0,y1,x1,class``.
+def write_boxes_csv(path, boxes, exhaustive=None) -> Path:
+    """Write ``(N, 6)`` boxes as ``z,y0,x0,y1,x1,class``, with an ``exhaustive`` column if needed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file (written atomically).
+    boxes : (N, 6) int array
+        Rows ``(z, y0, x0, y1, x1, class)``.
+    exhaustive : (M, 2) int array, optional
+        Rows ``(z, class)`` whose boxes enclose every object of the class. When there are any,
+        the file gets the ``exhaustive`` column, and an exhaustive (z, class) without boxes is
+        written as a row with empty corners. By default there are none.
 
     Examples
     --------
@@ -483,8 +603,22 @@ def write_boxes_csv(path, boxes) -> Path:
     >>> print(path.read_text(), end="")
     z,y0,x0,y1,x1,class
     0,1,2,3,4,0
+    >>> path = write_boxes_csv(path, [[0, 1, 2, 3, 4, 0]], exhaustive=[[0, 0], [2, 1]])
+    >>> print(path.read_text(), end="")
+    z,y0,x0,y1,x1,class,exhaustive
+    0,1,2,3,4,0,1
+    2,,,,,1,1
     """
-    return _write_kind(path, "boxes", boxes)
+    exhaustive = np.asarray([] if exhaustive is None else exhaustive, np.int64).reshape(-1, 2)
+    if not len(exhaustive):
+        return _write_kind(path, "boxes", boxes)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 6)
+    flagged = {(int(z), int(c)) for z, c in exhaustive}
+    rows = [",".join(map(str, row)) + f",{int((row[0], row[5]) in flagged)}" for row in boxes.tolist()]
+    boxed = {(int(z), int(c)) for z, c in boxes[:, [0, 5]]}
+    rows += [f"{z},,,,,{c},1" for z, c in sorted(flagged - boxed)]
+    header = _KINDS["boxes"].header + ",exhaustive"
+    return _write_atomic(Path(path), "\n".join([header, *rows]) + "\n")
 
 
 def write_tags_csv(path, tags) -> Path:
@@ -537,9 +671,10 @@ def _write_atomic(path: Path, text: str) -> Path:
 def write_annotations(folder, annotations: Annotations) -> dict[str, Path]:
     """Write the annotations to ``folder`` as CSV files plus ``classes.json``.
 
-    Each non-empty kind is written to ``points.csv``, ``boxes.csv``, ``tags.csv`` or
-    ``sizes.csv``; the CSV of an empty kind is removed if it exists, so the folder always holds
-    exactly these annotations. Masks are not written here (save them as an image with
+    Each non-empty kind is written to ``points.csv``, ``boxes.csv`` (with the ``exhaustive``
+    column when ``annotations.exhaustive_boxes`` has rows), ``tags.csv`` or ``sizes.csv``; the CSV
+    of an empty kind is removed if it exists, so the folder always holds exactly these
+    annotations. Masks are not written here (save them as an image with
     :mod:`napari_wsseg.io`).
 
     Parameters
@@ -566,7 +701,9 @@ def write_annotations(folder, annotations: Annotations) -> dict[str, Path]:
     for name, kind in _KINDS.items():
         array = getattr(annotations, name)
         path = folder / kind.file_name
-        if len(array):
+        if name == "boxes" and len(annotations.exhaustive_boxes):
+            written[name] = write_boxes_csv(path, array, annotations.exhaustive_boxes)
+        elif len(array):
             written[name] = _write_kind(path, name, array)
         elif path.exists():
             path.unlink()
@@ -608,7 +745,8 @@ def load_annotations(
     ----------
     points, boxes, tags, sizes : str or Path, optional
         CSV files in the formats of :func:`read_points_csv` etc. A file that is given must
-        have at least one row.
+        have at least one row. The ``exhaustive`` column of ``boxes`` fills
+        ``Annotations.exhaustive_boxes``.
     masks : (Z, Y, X) or (Y, X) integer array, optional
         Partial label image: 0 unlabeled, ``k > 0`` means class ``k - 1``.
     classes : list of str or list of ClassInfo, optional
@@ -645,7 +783,12 @@ def load_annotations(
     for name, path in given.items():
         if path is None:
             continue
-        arrays[name], has_z = _read_kind(path, name, infos)
+        table = _read_table(path, name, infos)
+        has_z = table.has_z
+        if name == "boxes":
+            arrays["boxes"], arrays["exhaustive_boxes"] = _boxes_from_table(table)
+        else:
+            arrays[name] = table.values
         if not has_z and image_shape is not None and int(image_shape[0]) > 1:
             kind = _KINDS[name]
             raise AnnotationError(
@@ -664,8 +807,8 @@ def load_annotations(
 
 
 def _inferred_class_count(arrays: dict[str, np.ndarray], masks: np.ndarray | None) -> int:
-    class_columns = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1}
-    top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if k in arrays]
+    class_columns = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1}
+    top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if len(arrays.get(k, []))]
     if masks is not None and masks.size and np.issubdtype(masks.dtype, np.integer):
         top.append(int(masks.max()) - 1)
     return max(top, default=-1) + 1

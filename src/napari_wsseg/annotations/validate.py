@@ -15,13 +15,14 @@ import numpy as np
 
 from ..errors import AnnotationError
 from .model import Annotations
-from .targets import tag_matrix
+from .targets import box_masks, tag_matrix
 
 _COLUMNS = {
     "points": ("z", "y", "x", "class"),
     "boxes": ("z", "y0", "x0", "y1", "x1", "class"),
     "tags": ("z", "class"),
     "sizes": ("z", "class", "fraction"),
+    "exhaustive_boxes": ("z", "class"),
 }
 #: Which image axis (0 z, 1 y, 2 x) each coordinate column indexes.
 _AXES = {
@@ -29,8 +30,9 @@ _AXES = {
     "boxes": {0: 0, 1: 1, 2: 2, 3: 1, 4: 2},
     "tags": {0: 0},
     "sizes": {0: 0},
+    "exhaustive_boxes": {0: 0},
 }
-_CLASS_COLUMN = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1}
+_CLASS_COLUMN = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1}
 
 
 def validate_annotations(
@@ -49,7 +51,9 @@ def validate_annotations(
     boxes, mask pixels or positive sizes of a class that the tags of the same slice exclude, and
     a tagged class with size 0; two points on one pixel with different classes, or a point whose
     class differs from the mask at that pixel; a mask that is not an integer label image of the
-    image's shape with values ``0..C``.
+    image's shape with values ``0..C``; for a (slice, class) whose boxes are exhaustive, a point or
+    mask pixel of the class outside all of its boxes, or a tag saying the class is present when
+    it has no box there.
 
     Warnings (returned, and emitted with :func:`warnings.warn` unless ``warn`` is False): a class
     with no points, boxes, tags, positive sizes or mask pixels.
@@ -105,6 +109,7 @@ def validate_annotations(
     _check_masks(ann, shape, source)
     _check_against_tags(ann, shape[0], source)
     _check_point_conflicts(ann, source)
+    _check_exhaustive_boxes(ann, shape, source)
     messages = _unannotated_classes(ann, source)
     if warn:
         for message in messages:
@@ -372,6 +377,73 @@ def _check_points_against_mask(ann: Annotations, source: str) -> None:
         return f"the mask labels this pixel class {_class_label(ann, labels[i] - 1)}"
 
     _raise_first(ann, "points", disagree, source, explain, "fix the point or the mask")
+
+
+def _check_exhaustive_boxes(ann: Annotations, shape: tuple[int, int, int], source: str) -> None:
+    """Nothing of a class lies outside its boxes in a slice where they are exhaustive."""
+    if not len(ann.exhaustive_boxes):
+        return
+    _check_exhaustive_against_tags(ann, source)
+    _check_points_inside_exhaustive_boxes(ann, shape[0], source)
+    if ann.masks is not None:
+        _check_masks_inside_exhaustive_boxes(ann, shape, source)
+
+
+def _exhaustive_matrix(ann: Annotations, n_slices: int) -> np.ndarray:
+    """``(Z, C)`` bool: the boxes of class c in slice z are exhaustive."""
+    matrix = np.zeros((n_slices, ann.n_classes), dtype=bool)
+    matrix[ann.exhaustive_boxes[:, 0], ann.exhaustive_boxes[:, 1]] = True
+    return matrix
+
+
+def _check_exhaustive_against_tags(ann: Annotations, source: str) -> None:
+    boxed = {(int(z), int(c)) for z, c in ann.boxes[:, [0, 5]]}
+    tagged = {(int(z), int(c)) for z, c in ann.tags}
+    empty = np.array([(int(z), int(c)) in tagged and (int(z), int(c)) not in boxed
+                      for z, c in ann.exhaustive_boxes], dtype=bool)
+
+    def explain(i: int) -> str:
+        z = ann.exhaustive_boxes[i, 0]
+        return (f"the class has no box in slice z={z}, so exhaustive boxes say it is absent, "
+                "but a tag says it is present")
+
+    _raise_first(ann, "exhaustive_boxes", empty, source, explain,
+                 "box its objects, or remove the tag or the exhaustive mark")
+
+
+def _check_points_inside_exhaustive_boxes(ann: Annotations, n_slices: int, source: str) -> None:
+    z, y, x, cls = ann.points.T
+    rows = np.flatnonzero(_exhaustive_matrix(ann, n_slices)[z, cls])  # only these need a box
+    boxes = ann.boxes
+    z, y, x, cls = z[rows, None], y[rows, None], x[rows, None], cls[rows, None]
+    inside = ((z == boxes[:, 0]) & (cls == boxes[:, 5]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
+              & (x >= boxes[:, 2]) & (x <= boxes[:, 4]))
+    outside = np.zeros(len(ann.points), dtype=bool)
+    outside[rows] = ~inside.any(axis=1)
+
+    def explain(i: int) -> str:
+        return (f"the boxes of this class in slice z={ann.points[i, 0]} are marked exhaustive but "
+                "none contains the point")
+
+    _raise_first(ann, "points", outside, source, explain,
+                 "box the object it marks, fix the point, or clear the exhaustive mark")
+
+
+def _check_masks_inside_exhaustive_boxes(ann: Annotations, shape, source: str) -> None:
+    # One box mask per exhaustive (slice, class): those rows are few, slices are whole images.
+    for z, c in ann.exhaustive_boxes:
+        labelled = ann.masks[z] == c + 1
+        if not labelled.any():
+            continue
+        outside = labelled & ~box_masks(ann, int(z), shape[1:])[c]
+        if outside.any():
+            y, x = np.unravel_index(int(np.argmax(outside)), outside.shape)
+            raise AnnotationError(
+                f"{source}: the mask labels {int(outside.sum())} pixels of class "
+                f"{_class_label(ann, c)} in slice z={z} outside its boxes (first at (y, x) = "
+                f"({y}, {x})), but those boxes are marked exhaustive; box that object, fix the "
+                "mask, or clear the exhaustive mark"
+            )
 
 
 # ----------------------------------------------------------------------------------- warnings
