@@ -31,7 +31,8 @@ from .errors import ProjectError
 
 SCHEMA_VERSION = 1
 PROJECT_FILE = "project.json"
-_KINDS = {"points": (4, np.int64), "boxes": (6, np.int64), "tags": (2, np.int64), "sizes": (3, np.float64)}
+_KINDS = {"points": (4, np.int64), "boxes": (6, np.int64), "tags": (2, np.int64), "sizes": (3, np.float64),
+          "exhaustive_boxes": (2, np.int64)}
 _KEEP_SNAPSHOTS = 2
 
 
@@ -358,7 +359,7 @@ def _read_snapshot(folder: Path, classes: list[ClassInfo]) -> Annotations:
 
     try:
         group = zarr.open_group(str(folder), mode="r")
-        values = {kind: np.asarray(group[kind][:]) for kind in _KINDS}
+        values = {kind: np.asarray(group[kind][:]) for kind in _KINDS if kind in group}  # older snapshots lack some
         masks = np.asarray(group["masks"][:]) if "masks" in group else None
     except Exception as exc:  # a snapshot removed or damaged outside napari-wsseg
         raise ProjectError(f"project annotations {folder} cannot be read ({exc}); restore the folder") from None
