@@ -157,7 +157,23 @@ class RandomForestMethod(Method):
                 metadata = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
             raise ModelError(f"model file {path} is not a valid safetensors file ({exc}); retrain") from None
-        self.forest = forest_from_tensors(tensors, metadata, path)
+        forest = forest_from_tensors(tensors, metadata, path)
+        self._check_forest_fits(forest, path)
+        self.forest = forest
+
+    def _check_forest_fits(self, forest, path: Path) -> None:
+        """Refuse a forest whose classes or feature count differ from what config.json implies."""
+        if forest.classes_.max() >= len(self.classes):
+            raise ModelError(
+                f"model file {path}: forest class ids {forest.classes_.tolist()} for "
+                f"{len(self.classes)} classes in config.json; retrain the rf model"
+            )
+        expected = self.features(np.zeros((8, 8, self.n_channels), dtype=np.float32)).shape[-1]
+        if forest.n_features_in_ != expected:
+            raise ModelError(
+                f"model file {path}: forest of {forest.n_features_in_} features but the filter bank "
+                f"in config.json gives {expected}; retrain the rf model"
+            )
 
 
 def forest_to_tensors(forest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -180,42 +196,145 @@ def forest_to_tensors(forest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, metadata
 
 
+#: Upper bounds on what a model file may declare (a file is untrusted input).
+_MAX_TREES = 10_000
+_MAX_FEATURES = 1_000_000
+
+
 def forest_from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path):
-    """Rebuild the ``RandomForestClassifier`` :func:`forest_to_tensors` stored, after checking it."""
+    """Rebuild the ``RandomForestClassifier`` :func:`forest_to_tensors` stored, after checking it.
+
+    Every tree's node table is checked before scikit-learn sees it (:func:`_tree_problem`): a
+    crafted file could otherwise make ``predict`` loop forever or read outside the table.
+
+    Raises
+    ------
+    ModelError
+        Naming ``path`` and the first problem found.
+    """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
     from sklearn.tree._tree import Tree
 
-    try:
-        n_trees, n_features = int(metadata["n_trees"]), int(metadata["n_features"])
-        depths = json.loads(metadata["max_depths"])
-        classes = tensors["classes"]
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"model file {path} lacks the forest description ({exc}); retrain") from None
+    n_trees, n_features = _forest_sizes(tensors, metadata, path)
+    classes = _forest_classes(tensors, path)
     n_classes = len(classes)
     node_dtype = _node_dtype()
     estimators = []
     for i in range(n_trees):
-        values = tensors.get(f"tree{i}.values")
-        fields = {name: tensors.get(f"tree{i}.{name}") for name in node_dtype.names}
-        missing = [name for name, array in fields.items() if array is None] + ([] if values is not None else ["values"])
-        if missing:
-            raise ModelError(
-                f"model file {path}: tree {i} lacks {missing} (written by another scikit-learn "
-                "version?); retrain the rf model"
-            )
-        nodes = np.zeros(len(values), dtype=node_dtype)
-        for name, array in fields.items():
-            nodes[name] = array
-        _check_tree(nodes, values, n_features, n_classes, path)
+        nodes, values = _tree_table(tensors, i, node_dtype, path)
+        problem = _tree_problem(nodes, values, n_features, n_classes)
+        if problem:
+            raise ModelError(f"model file {path}: corrupt tree {i} ({problem}); retrain the rf model")
         tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-        tree.__setstate__({"max_depth": depths[i], "node_count": len(nodes), "nodes": nodes,
+        tree.__setstate__({"max_depth": _tree_depth(nodes), "node_count": len(nodes), "nodes": nodes,
                            "values": np.ascontiguousarray(values, dtype=np.float64)})
         estimators.append(_fitted(DecisionTreeClassifier(), tree, classes, n_features))
     forest = RandomForestClassifier(n_estimators=n_trees, n_jobs=-1)
     forest.estimators_ = estimators
     forest.estimator_ = DecisionTreeClassifier()
     return _fitted(forest, None, classes, n_features)
+
+
+def _forest_sizes(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> tuple[int, int]:
+    """The tree and feature counts of the metadata, bounded and matching the stored trees."""
+    try:
+        n_trees, n_features = int(metadata["n_trees"]), int(metadata["n_features"])
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"model file {path} lacks the forest description ({exc}); retrain") from None
+    stored = sum(1 for key in tensors if key.startswith("tree") and key.endswith(".values"))
+    if not 1 <= n_trees <= _MAX_TREES or n_trees != stored:
+        raise ModelError(
+            f"model file {path} declares {n_trees} trees but holds {stored} (at most {_MAX_TREES}); "
+            "retrain the rf model"
+        )
+    if not 1 <= n_features <= _MAX_FEATURES:
+        raise ModelError(
+            f"model file {path} declares {n_features} features (1 to {_MAX_FEATURES}); retrain the rf model"
+        )
+    return n_trees, n_features
+
+
+def _forest_classes(tensors: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    """The forest's class ids: a non-empty, strictly increasing 1-D array of ids >= 0."""
+    classes = tensors.get("classes")
+    ok = (classes is not None and classes.ndim == 1 and len(classes) >= 1
+          and np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0
+          and np.all(np.diff(classes) > 0))
+    if not ok:
+        raise ModelError(
+            f"model file {path}: 'classes' is missing or not increasing class ids; retrain the rf model"
+        )
+    return classes.astype(np.int64)
+
+
+def _tree_table(tensors: dict[str, np.ndarray], i: int, node_dtype: np.dtype,
+                path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Tree ``i``'s node table (scikit-learn's dtype) and leaf values, with matching lengths."""
+    values = tensors.get(f"tree{i}.values")
+    fields = {name: tensors.get(f"tree{i}.{name}") for name in node_dtype.names}
+    missing = [name for name, array in fields.items() if array is None] + ([] if values is not None else ["values"])
+    if missing:
+        raise ModelError(
+            f"model file {path}: tree {i} lacks {missing} (written by another scikit-learn "
+            "version?); retrain the rf model"
+        )
+    n_nodes = len(values) if values.ndim else 0
+    for name, array in fields.items():
+        kind = node_dtype[name].kind
+        if array.shape != (n_nodes,) or (kind in "iu" and array.dtype.kind not in "iub"):
+            raise ModelError(
+                f"model file {path}: corrupt tree {i} (field {name} has shape {array.shape} and "
+                f"dtype {array.dtype} for {n_nodes} nodes); retrain the rf model"
+            )
+    nodes = np.zeros(n_nodes, dtype=node_dtype)
+    for name, array in fields.items():
+        nodes[name] = array
+    return nodes, values
+
+
+def _tree_problem(nodes: np.ndarray, values: np.ndarray, n_features: int, n_classes: int) -> str | None:
+    """What makes a node table unsafe to predict with (None when it is a proper tree).
+
+    scikit-learn numbers nodes so that children come after their parent, and a leaf has both
+    children -1. Requiring exactly that, plus one parent per node, rules out cycles, self-loops,
+    shared and unreachable nodes in O(nodes).
+    """
+    n_nodes = len(nodes)
+    if n_nodes == 0:
+        return "no nodes"
+    if values.shape != (n_nodes, 1, n_classes):
+        return f"leaf values of shape {values.shape}, expected {(n_nodes, 1, n_classes)}"
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        return "leaf values that are negative or not finite"
+    left, right = nodes["left_child"], nodes["right_child"]
+    leaf = left == -1
+    if np.any(leaf != (right == -1)):
+        return "a node with one child"
+    inner = np.flatnonzero(~leaf)
+    children = np.concatenate([left[inner], right[inner]])
+    parents = np.concatenate([inner, inner])
+    if np.any(children <= parents) or np.any(children >= n_nodes):
+        return "a child index that is out of range or not after its parent"
+    if np.any(np.bincount(children, minlength=n_nodes)[1:] != 1):
+        return "a node with no parent or several parents"
+    feature = nodes["feature"][inner]
+    if np.any((feature < 0) | (feature >= n_features)):
+        return f"a feature index outside 0..{n_features - 1}"
+    if not np.all(np.isfinite(nodes["threshold"][inner])):
+        return "a threshold that is not finite"
+    return None
+
+
+def _tree_depth(nodes: np.ndarray) -> int:
+    """Depth of a checked tree (root at depth 0), one numpy step per level."""
+    left, right = nodes["left_child"], nodes["right_child"]
+    level, depth = np.array([0]), -1
+    while level.size:
+        depth += 1
+        inner = level[left[level] != -1]
+        level = np.concatenate([left[inner], right[inner]])
+    return depth
 
 
 def _fitted(estimator, tree, classes: np.ndarray, n_features: int):
@@ -235,18 +354,6 @@ def _node_dtype() -> np.dtype:
     from sklearn.tree._tree import Tree
 
     return Tree(1, np.array([1], dtype=np.intp), 1).__getstate__()["nodes"].dtype
-
-
-def _check_tree(nodes: np.ndarray, values: np.ndarray, n_features: int, n_classes: int,
-                path: Path) -> None:
-    """Refuse node tables that point outside their own storage (crafted or corrupt files)."""
-    n_nodes = len(nodes)
-    children = np.concatenate([nodes["left_child"], nodes["right_child"]])
-    leaves = nodes["left_child"] == -1
-    bad_children = np.any((children < -1) | (children >= n_nodes))
-    bad_features = np.any((nodes["feature"][~leaves] < 0) | (nodes["feature"][~leaves] >= n_features))
-    if n_nodes == 0 or bad_children or bad_features or values.shape != (n_nodes, 1, n_classes):
-        raise ModelError(f"model file {path} has a corrupt tree (node indices out of range); retrain")
 
 
 def _slices_with_pixel_labels(annotations: Annotations) -> list[int]:
