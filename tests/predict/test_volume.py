@@ -356,3 +356,71 @@ def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expecte
                  "--probabilities", "--resume"]) == 2
     error = capsys.readouterr().err
     assert "--probabilities, --resume apply to block-wise prediction only" in error
+
+
+# ------------------------------------------------------------------------- resume integrity
+def _chunk_files(store: Path) -> list[Path]:
+    """The level-0 chunk files of a store (zarr v3 default keys: 0/c/...)."""
+    return sorted(p for p in (store / "0" / "c").rglob("*") if p.is_file())
+
+
+def _cancelled_run(model_dir, volume_zarr, out, n_blocks: int):
+    stop = threading.Event()
+
+    def cancel_after(event):
+        if event.done >= n_blocks:
+            stop.set()
+
+    return predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
+                          progress=cancel_after, cancel=stop)
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_resume_recomputes_a_damaged_finished_block(model_dir, volume_zarr, tmp_path, damage):
+    out, clean = tmp_path / "damaged.zarr", tmp_path / "clean.zarr"
+    first = _cancelled_run(model_dir, volume_zarr, out, 4)
+    assert first.stopped == "cancelled" and first.computed >= 4
+    chunk = next(p for p in _chunk_files(out) if p.stat().st_size > 0)
+    if damage == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"\x00garbage" + chunk.read_bytes()[8:])
+    events = []
+    with pytest.warns(UserWarning, match=r"1 finished block\(s\) are missing or damaged"):
+        resumed = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
+                                 resume=True, progress=events.append)
+    assert resumed.repaired == 1 and resumed.skipped == first.computed - 1
+    assert "recomputing 1 damaged block(s)" in events[0].message
+    predict_volume(model_dir, volume_zarr, clean, block=ODD_BLOCK, probabilities=True)
+    _assert_same_stores(out, clean)
+    _assert_same_stores(probabilities_path(out), probabilities_path(clean))
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_resume_repairs_a_complete_output(model_dir, volume_zarr, tmp_path, damage):
+    out, clean = tmp_path / "complete.zarr", tmp_path / "clean.zarr"
+    predict_volume(model_dir, volume_zarr, clean, block=ODD_BLOCK)
+    predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK)
+    chunks = [p for p in _chunk_files(out) if p.stat().st_size > 0]
+    for chunk in chunks[:2]:
+        if damage == "delete":
+            chunk.unlink()
+        else:
+            chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=r"2 finished block\(s\)"):
+        resumed = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, resume=True)
+    assert (resumed.stopped, resumed.computed, resumed.repaired) == ("done", 2, 2)
+    assert zarr.open_group(str(out), mode="r").attrs[RUN_ATTR]["status"] == "complete"
+    _assert_same_stores(out, clean)  # level 0 and the pyramid rebuilt from it
+    again = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, resume=True)
+    assert (again.computed, again.repaired) == (0, 0)
+
+
+def test_resume_of_an_unreadable_store_names_it(model_dir, volume_zarr, tmp_path):
+    out = tmp_path / "broken.zarr"
+    _cancelled_run(model_dir, volume_zarr, out, 2)
+    (out / "0" / "zarr.json").write_text("{not json")
+    with pytest.raises(WssegError, match=r"broken.zarr cannot be read as a wsseg prediction "
+                                         r"store .*; pass --overwrite to start again"):
+        predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
+                       resume=True)

@@ -68,11 +68,15 @@ class RunSpec:
 class BlockCounter:
     """Counts finished blocks and reports them with an ETA."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int, skipped: int):
+    def __init__(self, callback: ProgressCallback | None, total: int, skipped: int, *,
+                 repaired: int = 0):
         self.callback, self.total, self.skipped = callback, total, skipped
         self.computed = 0
         self.start = time.monotonic()
-        report(callback, ProgressEvent(skipped, total, "resuming" if skipped else "starting"))
+        message = "resuming" if skipped or repaired else "starting"
+        if repaired:
+            message += f": recomputing {repaired} damaged block(s)"
+        report(callback, ProgressEvent(skipped, total, message))
 
     @property
     def done(self) -> int:

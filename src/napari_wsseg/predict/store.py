@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,10 @@ RUN_ATTR = "wsseg_prediction"
 #: Preferred zarr chunk edges (z, y, x) of the outputs; the actual ones divide the block shape.
 CHUNK_TARGET = (16, 512, 512)
 RUN_RECORD_VERSION = 1
+#: Run statuses after every block was written (the record then holds the block checksums).
+FINISHED = ("blocks_done", "complete")
+
+logger = logging.getLogger(__name__)
 
 
 def probabilities_path(out_path) -> Path:
@@ -72,49 +78,140 @@ def _aligned_chunk(edge: int, target: int) -> int:
 class BlockStore:
     """The label store (and probability store) of one run: writes blocks durably, records them.
 
-    Cheap to rebuild from its paths, so each dask worker makes its own.
+    Each finished block gets a marker file holding the crc32 checksums of the bytes written, so a
+    resumed run can check that a finished block is still on disk as written
+    (:meth:`verify_blocks`). Cheap to rebuild from its paths, so each dask worker makes its own.
+
+    Raises
+    ------
+    WssegError
+        When the label or probability store cannot be opened as a zarr array.
     """
 
     def __init__(self, out_path, probs_path=None, *, was_2d: bool = False):
-        import zarr
-
         self.path = Path(out_path)
         self.probs_path = None if probs_path is None else Path(probs_path)
         self.was_2d = was_2d
-        self.labels = zarr.open_group(str(self.path), mode="r+")["0"]
-        self.probs = None
-        if self.probs_path is not None:
-            self.probs = zarr.open_group(str(self.probs_path), mode="r+")["0"]
+        self.labels = _open_level0(self.path)
+        self.probs = None if self.probs_path is None else _open_level0(self.probs_path)
         self.progress_dir = self.path / PROGRESS_DIR
 
     def write(self, index: BlockIndex, region: Region, prediction: BlockPrediction) -> None:
-        """Write a block's data, flush it to disk, then record the block as done."""
+        """Write a block's data, flush it to disk, then record the block and its checksums."""
         spatial = region[1:] if self.was_2d else region
         labels = prediction.labels[0] if self.was_2d else prediction.labels
         self.labels[spatial] = labels
         _fsync_region(self.labels, spatial)
+        checksums = {"labels": _checksum(labels)}
         if self.probs is not None:
             probs = prediction.probabilities
             probs = probs[:, 0] if self.was_2d else probs
             self.probs[(slice(None), *spatial)] = probs
             _fsync_region(self.probs, (slice(None), *spatial))
-        self.mark_done(index)
+            checksums["probabilities"] = _checksum(probs)
+        self.mark_done(index, checksums)
 
-    def mark_done(self, index: BlockIndex) -> None:
+    def mark_done(self, index: BlockIndex, checksums: dict) -> None:
+        """Record block ``index`` as finished, with the checksums of its written data."""
         marker = self.progress_dir / _marker_name(index)
-        with open(marker, "wb") as handle:
+        with open(marker, "w") as handle:
+            json.dump(checksums, handle)
+            handle.flush()
             os.fsync(handle.fileno())
         _fsync_dir(self.progress_dir)
 
-    def done_blocks(self) -> set[BlockIndex]:
+    def recorded_blocks(self) -> dict[BlockIndex, dict | None]:
+        """The blocks with a marker and their checksums (None: a marker without checksums)."""
         if not self.progress_dir.is_dir():
-            return set()
-        done = set()
+            return {}
+        recorded = {}
         for name in os.listdir(self.progress_dir):
-            parts = name.split(".")
-            if len(parts) == 3 and all(p.isdigit() for p in parts):
-                done.add(tuple(int(p) for p in parts))
-        return done
+            index = _parse_marker_name(name)
+            if index is not None:
+                recorded[index] = _read_marker(self.progress_dir / name)
+        return recorded
+
+    def verify_blocks(self, recorded: dict[BlockIndex, dict | None],
+                      region_of) -> tuple[set[BlockIndex], list[BlockIndex]]:
+        """Split ``recorded`` blocks into those whose data reads back as written and the rest.
+
+        Parameters
+        ----------
+        recorded : dict
+            Block index to its checksums (from :meth:`recorded_blocks` or a finished run's
+            record); a block without checksums counts as not verified.
+        region_of : callable
+            Maps a block index to its ``(z, y, x)`` region.
+
+        Returns
+        -------
+        verified : set of block indices
+        damaged : sorted list of block indices
+            Blocks with a missing, unreadable or changed chunk; their markers are removed.
+        """
+        verified, damaged = set(), []
+        for index in sorted(recorded):
+            if self._reads_back(region_of(index), recorded[index]):
+                verified.add(index)
+            else:
+                damaged.append(index)
+                (self.progress_dir / _marker_name(index)).unlink(missing_ok=True)
+        return verified, damaged
+
+    def restore_markers(self, recorded: dict[BlockIndex, dict]) -> None:
+        """Recreate the markers of a finished run (from its record) so a repair can resume."""
+        self.progress_dir.mkdir(exist_ok=True)
+        for index, checksums in recorded.items():
+            self.mark_done(index, checksums)
+
+    def _reads_back(self, region: Region, checksums: dict | None) -> bool:
+        if not isinstance(checksums, dict) or "labels" not in checksums:
+            return False
+        spatial = region[1:] if self.was_2d else region
+        try:
+            if _checksum(self.labels[spatial]) != checksums["labels"]:
+                return False
+            if self.probs is not None:
+                probs = self.probs[(slice(None), *spatial)]
+                return _checksum(probs) == checksums.get("probabilities")
+        except Exception as exc:  # a truncated or garbled chunk file fails to decode
+            logger.info("block %s of %s does not read back: %s", region, self.path, exc)
+            return False
+        return True
+
+
+def _open_level0(path: Path):
+    """The full-resolution array ``0`` of a store made by this module."""
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r+")["0"]
+    except Exception as exc:  # zarr raises many types for a damaged store
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise WssegError(
+            f"output {path} cannot be read as a wsseg prediction store ({first}); pass --overwrite "
+            "to start again"
+        ) from None
+
+
+def _checksum(array) -> str:
+    """crc32 of an array's bytes in C order, as 8 hex digits."""
+    return f"{zlib.crc32(np.ascontiguousarray(array).data) & 0xFFFFFFFF:08x}"
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        checksums = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return checksums if isinstance(checksums, dict) else None
+
+
+def _parse_marker_name(name: str) -> BlockIndex | None:
+    parts = name.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return None
 
 
 def _marker_name(index: BlockIndex) -> str:
@@ -285,8 +382,11 @@ def check_output_location(out_path) -> Path:
 
 
 def prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
-                     was_2d: bool, resume: bool, overwrite: bool) -> bool:
-    """Create (or check for resuming) the stores; True when the run is already complete."""
+                    was_2d: bool, resume: bool, overwrite: bool) -> dict | None:
+    """Create the stores, or check them for resuming.
+
+    Returns the stored run record when resuming an existing output, else None.
+    """
     if resume and overwrite:
         raise WssegError("resume and overwrite exclude each other; pass one of them")
     existing = [p for p in (out_path, probs_path) if p is not None and p.exists()]
@@ -298,20 +398,49 @@ def prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, class
                 f"probability store {probs_path} of run {out_path} is missing; pass --overwrite "
                 "to start again"
             )
-        if stored.get("status") == "complete":
-            return True
-        if stored.get("status") == "blocks_done":  # killed while adding the pyramid
-            finish_outputs(out_path, probs_path, record)
-            return True
         _clean_partial_files(out_path, probs_path)
-        return False
+        return stored
     if existing and not overwrite:
         raise WssegError(
             f"output {existing[0]} exists; pass --overwrite to replace it, --resume to finish an "
             "interrupted run, or choose another path"
         )
     _create_outputs(out_path, probs_path, record, classes, was_2d=was_2d)
-    return False
+    return None
+
+
+def finished_blocks(store: BlockStore, stored: dict | None) -> dict[BlockIndex, dict | None]:
+    """The blocks an existing run recorded as finished, with their checksums.
+
+    ``stored`` is the run record (None for a new run). A finished run keeps the checksums in its
+    record; an unfinished one in its marker files.
+    """
+    if stored is None:
+        return {}
+    if stored.get("status") not in FINISHED:
+        return store.recorded_blocks()
+    checksums = stored.get("block_checksums")
+    if not isinstance(checksums, dict):
+        raise WssegError(
+            f"output {store.path} is finished but has no block checksums to verify; pass "
+            "--overwrite to start again"
+        )
+    blocks = {}
+    for name, value in checksums.items():
+        index = _parse_marker_name(str(name))
+        if index is None:
+            raise WssegError(
+                f"output {store.path}: block record '{str(name)[:40]}' is not Z.Y.X; pass "
+                "--overwrite to start again"
+            )
+        blocks[index] = value
+    return blocks
+
+
+def reopen_finished(store: BlockStore, record: dict, verified: dict[BlockIndex, dict]) -> None:
+    """Turn a finished run with damaged blocks back into a running one holding ``verified``."""
+    store.restore_markers(verified)
+    _write_run_record(store.path, {**record, "status": "running"})
 
 
 def _create_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
@@ -366,17 +495,23 @@ def _clean_partial_files(*stores: Path | None) -> None:
                     os.unlink(os.path.join(folder, name))
 
 
-def finish_outputs(out_path: Path, probs_path: Path | None, record: dict) -> None:
-    """Mark the blocks written, drop the markers, add the pyramid, mark complete (resumable)."""
+def finish_outputs(store: BlockStore, record: dict) -> None:
+    """Move the block checksums into the run record, drop the markers, add the pyramid, mark
+    complete; each step can be redone after a kill."""
     from ..io.writers import finalize_labels_zarr
 
-    _write_run_record(out_path, {**record, "status": "blocks_done"})
-    shutil.rmtree(out_path / PROGRESS_DIR, ignore_errors=True)  # before zarr lists the group
-    finalize_labels_zarr(out_path)
-    if probs_path is not None:
+    recorded = store.recorded_blocks()
+    if recorded or (store.path / PROGRESS_DIR).is_dir():  # else a finish that was interrupted
+        checksums = {_marker_name(index): value for index, value in sorted(recorded.items())}
+        record = {**record, "block_checksums": checksums}
+    else:
+        record = {**record, "block_checksums": _read_run_record(store.path)["block_checksums"]}
+    _write_run_record(store.path, {**record, "status": "blocks_done"})
+    shutil.rmtree(store.progress_dir, ignore_errors=True)  # before zarr lists the group
+    finalize_labels_zarr(store.path)
+    if store.probs_path is not None:
         import zarr
 
-        group = zarr.open_group(str(probs_path), mode="r+")
+        group = zarr.open_group(str(store.probs_path), mode="r+")
         group.attrs[RUN_ATTR] = {**group.attrs[RUN_ATTR], "status": "complete"}
-    _write_run_record(out_path, {**record, "status": "complete"})
-
+    _write_run_record(store.path, {**record, "status": "complete"})

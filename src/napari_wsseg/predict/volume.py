@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,16 @@ from .schedulers import (
 from .store import (
     PROGRESS_DIR,
     RUN_ATTR,
+    FINISHED,
     BlockStore,
     check_output_location,
     finish_outputs,
+    finished_blocks,
     model_signature,
     output_chunks,
     prepare_outputs,
     probabilities_path,
+    reopen_finished,
     run_record,
 )
 
@@ -70,7 +74,8 @@ class VolumeResult:
     """What :func:`predict_volume` did.
 
     ``stopped`` is ``'done'`` (the output is complete, with its pyramid) or ``'cancelled'`` (a
-    valid, partially written output that ``resume=True`` completes).
+    valid, partially written output that ``resume=True`` completes). ``repaired`` counts the
+    finished blocks of a resumed run that were missing or damaged on disk and were recomputed.
     """
 
     out: Path
@@ -80,6 +85,7 @@ class VolumeResult:
     skipped: int
     stopped: str
     seconds: float
+    repaired: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +94,7 @@ class VolumeResult:
                 self.probabilities_out),
             "blocks": self.n_blocks, "computed": self.computed, "skipped": self.skipped,
             "stopped": self.stopped, "seconds": round(self.seconds, 2),
+            "repaired": self.repaired,
         }
 
 
@@ -133,8 +140,11 @@ def predict_volume(
     n_workers : int, optional
         Worker processes for ``"processes"``; by default dask's choice for this machine.
     resume : bool, default False
-        Finish an interrupted run: blocks recorded as done are kept, the others are computed.
-        The settings must match the interrupted run. Without an existing output, starts afresh.
+        Finish an interrupted run: blocks recorded as done are kept when their data still reads
+        back with the checksums recorded when they were written; the others, and any finished
+        block missing or damaged on disk (also in a complete output), are computed (a warning
+        says how many). The settings must match the interrupted run. Without an existing
+        output, starts afresh.
     overwrite : bool, default False
         Replace an existing output. Without it (and without ``resume``) an existing output is an
         error.
@@ -190,17 +200,19 @@ def predict_volume(
     probs_path = probabilities_path(out_path) if probabilities else None
     signature = model_signature(model_dir if model_dir is not None else model)
     record = run_record(signature, image, block, halo, probabilities)
-    complete = prepare_outputs(out_path, probs_path, record, model.classes, was_2d=image.was_2d,
-                               resume=resume, overwrite=overwrite)
+    stored = prepare_outputs(out_path, probs_path, record, model.classes, was_2d=image.was_2d,
+                             resume=resume, overwrite=overwrite)
     grid = block_grid(image.shape, block)
-    if complete:
+    run = RunSpec(image.shape, block, halo, probabilities)
+    output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
+    done, repaired = _verified_blocks(output, stored, record, run, grid)
+    if stored is not None and stored.get("status") in FINISHED and not repaired:
+        if stored["status"] == "blocks_done":  # killed while adding the pyramid
+            finish_outputs(output, record)
         return VolumeResult(out_path, probs_path, len(grid), 0, len(grid), "done",
                             time.monotonic() - started)
-    output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
-    done = output.done_blocks()
     pending = [index for index in grid if index not in done]
-    counter = BlockCounter(progress, len(grid), len(grid) - len(pending))
-    run = RunSpec(image.shape, block, halo, probabilities)
+    counter = BlockCounter(progress, len(grid), len(grid) - len(pending), repaired=len(repaired))
     if uses_threads(scheduler):
         run_threads(model, image, output, pending, run, counter, cancel, prefetch)
     else:
@@ -215,9 +227,27 @@ def predict_volume(
         run_dask(scheduler, n_workers, task, image_source, pending, counter, cancel)
     stopped = "cancelled" if counter.done < len(grid) else "done"
     if stopped == "done":
-        finish_outputs(out_path, probs_path, record)
+        finish_outputs(output, record)
     return VolumeResult(out_path, probs_path, len(grid), counter.computed, len(grid) - len(pending),
-                        stopped, time.monotonic() - started)
+                        stopped, time.monotonic() - started, repaired=len(repaired))
+
+
+def _verified_blocks(output: BlockStore, stored: dict | None, record: dict, run: RunSpec,
+                     grid: list) -> tuple[set, list]:
+    """Finished blocks of a resumed run that read back as written, and those to recompute."""
+    recorded = finished_blocks(output, stored)
+    blocks = set(grid)
+    in_grid = {index: value for index, value in recorded.items() if index in blocks}
+    done, damaged = output.verify_blocks(in_grid, run.region)
+    if damaged:
+        warnings.warn(
+            f"output {output.path}: {len(damaged)} finished block(s) are missing or damaged on "
+            f"disk (first: block {damaged[0]}); recomputing them",
+            stacklevel=3,
+        )
+        if stored.get("status") in FINISHED:
+            reopen_finished(output, record, {index: in_grid[index] for index in done})
+    return done, damaged
 
 
 def _resolve_model(model_or_dir):
