@@ -1,7 +1,7 @@
 """What the methods that train one torch network on 2D slices share (dsp, size). No Qt.
 
 :class:`TorchSliceMethod` holds the network, seeds and places it for training, runs it over
-overlapping tiles of one slice or a batch of same-sized slices (:mod:`napari_wsseg.predict.tiling`)
+overlapping tiles of one slice or a batch of same-sized slices (:mod:`napari_wsseg.engine.tiling`)
 and saves and loads its weights as safetensors. A subclass builds the network
 (:meth:`~TorchSliceMethod._build_net`) and turns a batch of normalised tiles into class
 probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
@@ -18,7 +18,7 @@ import torch
 
 from ..engine.devices import resolve_device
 from ..errors import ModelError
-from ..predict.tiling import predict_tiled_batch
+from ..engine.tiling import predict_tiled_batch
 from .base import FitOptions, Method
 
 WEIGHTS_FILE = "model.safetensors"

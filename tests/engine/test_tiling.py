@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_wsseg.engine.unet import UNet, UNetConfig
-from napari_wsseg.predict.tiling import predict_tiled, predict_tiled_batch, tile_starts
+from napari_wsseg.engine.tiling import predict_tiled, predict_tiled_batch, tile_starts
 
 
 def _conv_fn(seed: int = 0):
