@@ -145,6 +145,21 @@ def cmd_train(args, method_options: dict) -> int:
     finally:
         close()
     folder = method.save(args.out)
+def _parse_box_count(text: str) -> int | str:
+    """--boxes of simulate: a count >= 0 or 'all'."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a box count; give a number >= 0 of boxes per class per slice or 'all'"
+        )
+    return count
+
+
     print(json.dumps({
         "model": str(folder), "method": args.method, "stopped": result.stopped,
         "steps": result.steps, "seconds": round(result.seconds, 2), "last_metrics": last,
@@ -258,7 +273,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--slice-list", default=None, help="annotate exactly these slices, e.g. 0,2,4 or 0-12")
     p.add_argument("--slice-range", default=None, help="pick the N slices within this range, e.g. 0-12")
     p.add_argument("--points", type=int, default=0, help="points per class per slice")
-    p.add_argument("--boxes", type=int, default=0, help="boxes per class per slice")
+    p.add_argument("--boxes", type=_parse_box_count, default=0, metavar="K|all",
+                   help="K boxes per class per slice (some objects boxed, not exhaustive), or 'all': "
+                        "every object of every class boxed, marked exhaustive")
     p.add_argument("--tags", action="store_true", help="write slice tags (class presence)")
     p.add_argument("--sizes", action="store_true", help="write class size fractions")
     p.add_argument("--size-noise", type=float, default=0.0, help="sigma of the multiplicative size noise")
