@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_wsseg.annotations import validate_annotations
 from napari_wsseg.errors import WssegError
 from napari_wsseg.eval import (
     choose_slices,
@@ -82,6 +83,30 @@ def test_boxes_skip_specks_when_possible():
     gt[25, 25] = 1  # a 1-pixel speck
     ann = simulate_annotations(gt, points=0, boxes=5, min_component_px=4, seed=0)
     assert ann.boxes[ann.boxes[:, 5] == 1, 1:5].tolist() == [[2, 2, 11, 11]]
+
+
+def test_counted_boxes_are_not_exhaustive(blocks):
+    ann = simulate_annotations(blocks, slices=[0], points=0, boxes=1, seed=3)
+    assert len(ann.boxes[ann.boxes[:, 5] == 3]) == 1  # one of the two blobs boxed
+    assert ann.exhaustive_boxes.shape == (0, 2)
+
+
+def test_boxes_all_boxes_every_object_and_marks_every_class_exhaustive():
+    gt = np.zeros((2, 30, 30), dtype=np.uint8)
+    gt[:, 2:12, 2:12] = 1
+    gt[0, 25, 25] = 1  # a 1-pixel speck: "all" boxes it too
+    gt[0, 20:24, 2:6] = 2  # class 2 only in slice 0
+    ann = simulate_annotations(gt, points=2, boxes="all", tags=True, seed=0)
+    assert ann.boxes[ann.boxes[:, 5] == 1, :5].tolist() == [
+        [0, 2, 2, 11, 11], [0, 25, 25, 25, 25], [1, 2, 2, 11, 11]]
+    # every class of every annotated slice is exhaustive, class 2 in slice 1 with no box (absent)
+    assert ann.exhaustive_boxes.tolist() == [[z, k] for z in (0, 1) for k in (0, 1, 2)]
+    validate_annotations(ann, gt.shape)  # points, tags and exhaustive boxes agree
+
+
+def test_boxes_must_be_a_count_or_all(blocks):
+    with pytest.raises(WssegError, match=r"boxes='some'.*or 'all'"):
+        simulate_annotations(blocks, boxes="some")
 
 
 def test_tags_equal_presence(blocks):

@@ -30,7 +30,7 @@ def simulate_annotations(
     slices: int | Sequence[int] | None = None,
     slice_range: tuple[int, int] | None = None,
     points: int = 5,
-    boxes: int = 0,
+    boxes: int | str = 0,
     tags: bool = False,
     sizes: bool = False,
     size_noise: float = 0.0,
@@ -60,9 +60,12 @@ def simulate_annotations(
         Points per class present in each chosen slice, at pixels at least ``min_border_px``
         from the class boundary (or, for classes too thin for that, as far in as the class
         allows; any pixel of the class when even those are fewer than ``points``).
-    boxes : int, default 0
+    boxes : int or "all", default 0
         Boxes per class per chosen slice, each the bounding box (corners inclusive) of a
-        different random connected component of the class.
+        different random connected component of the class; they are not exhaustive (other
+        objects of the class stay unboxed). ``"all"`` boxes every component of every class, small
+        ones included, and marks every class of each chosen slice exhaustive
+        (``Annotations.exhaustive_boxes``), so a class without a box there is absent.
     tags : bool, default False
         Tag every class present in each chosen slice (so untagged classes are absent).
     sizes : bool, default False
@@ -107,7 +110,9 @@ def simulate_annotations(
     ((4, 4), [[1, 0, 0, 19, 19], [1, 5, 5, 14, 14]], [[1, 0], [1, 1]])
     """
     volume = _as_volume(gt)
-    _check_counts(points=points, boxes=boxes, scribbles=scribbles, size_noise=size_noise)
+    box_all = _box_all(boxes)
+    _check_counts(points=points, boxes=0 if box_all else boxes, scribbles=scribbles,
+                  size_noise=size_noise)
     n_classes, classes = _resolve_classes(volume, n_classes, classes)
     chosen = choose_slices(volume.shape[0], slices, slice_range=slice_range)
     rng = np.random.default_rng(seed)
@@ -126,7 +131,9 @@ def simulate_annotations(
             class_mask = labels == k
             if points:
                 rows["points"].append(_points(rng, class_mask, points, min_border_px, z, k))
-            if boxes:
+            if box_all:
+                rows["boxes"].append(_all_boxes(class_mask, z, k))
+            elif boxes:
                 rows["boxes"].append(_boxes(rng, class_mask, boxes, min_component_px, z, k))
             if scribbles:
                 drawn = _scribbles(
@@ -146,7 +153,20 @@ def simulate_annotations(
         tags=_stack(rows["tags"], 2),
         sizes=_stack(rows["sizes"], 3),
         masks=mask_volume,
+        exhaustive_boxes=[(z, k) for z in chosen for k in range(n_classes)] if box_all else [],
     )
+
+
+def _box_all(boxes) -> bool:
+    """Whether ``boxes`` asks for every object boxed; raises on anything but an int or "all"."""
+    if isinstance(boxes, str):
+        if boxes.strip().lower() == "all":
+            return True
+        raise WssegError(
+            f"simulate_annotations: boxes='{boxes}'; give a number of boxes per class per slice "
+            "or 'all' (every object boxed, exhaustive)"
+        )
+    return False
 
 
 def choose_slices(
@@ -362,6 +382,13 @@ def _boxes(rng, class_mask: np.ndarray, k: int, min_component_px: int, z: int, c
          extents[i - 1][0].stop - 1, extents[i - 1][1].stop - 1, cls)
         for i in picked
     ]
+    return np.array(rows, dtype=np.int64).reshape(-1, 6)
+
+
+def _all_boxes(class_mask: np.ndarray, z: int, cls: int) -> np.ndarray:
+    """The bounding box of every connected component of the class."""
+    components, _ = ndi.label(class_mask)
+    rows = [(z, ys.start, xs.start, ys.stop - 1, xs.stop - 1, cls) for ys, xs in ndi.find_objects(components)]
     return np.array(rows, dtype=np.int64).reshape(-1, 6)
 
 
