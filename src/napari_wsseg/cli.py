@@ -48,7 +48,7 @@ def _load_classes(text: str | None):
 
 
 def _progress(desc: str):
-    from .engine.progress import tqdm_progress
+    from .progress import tqdm_progress
 
     return tqdm_progress(desc)
 
@@ -114,7 +114,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_train(args, method_options: dict) -> int:
     from .annotations import load_annotations
-    from .engine.progress import ProgressEvent
+    from .progress import ProgressEvent
     from .io import read_image, read_labels
     from .methods import get_method
     from .methods.base import FitOptions

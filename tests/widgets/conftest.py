@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_wsseg.engine.progress import Budget, ProgressEvent, report
+from napari_wsseg.progress import Budget, ProgressEvent, report
 from napari_wsseg.methods.base import FitResult, Method
 
 

@@ -1,1 +1,1 @@
-"""Training infrastructure shared by methods: devices, progress/cancel/time budget. No Qt."""
+"""Training infrastructure shared by methods: devices, training loop, tiling, U-Net, ViT. No Qt."""

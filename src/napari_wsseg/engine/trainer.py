@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .progress import Budget, ProgressCallback, ProgressEvent, report
+from ..progress import Budget, ProgressCallback, ProgressEvent, report
 
 StepFunction = Callable[[int, float], dict]
 
@@ -135,7 +135,7 @@ def run_training(
     cancel : threading.Event or None
         Checked between steps; a cancelled run returns normally.
     progress : callable or None
-        Receives a :class:`~napari_wsseg.engine.progress.ProgressEvent` at most every
+        Receives a :class:`~napari_wsseg.progress.ProgressEvent` at most every
         ``report_every_s`` seconds and at the end, with the loss terms and the learning rate.
     monitor : str or None
         Loss key whose moving average picks the weights returned: the best ones seen after

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.progress import ProgressEvent, is_cancelled, report
+from ..progress import ProgressEvent, is_cancelled, report
 from ..errors import ImageFormatError
 from .readers import read_tiff_lazily
 from .writers import pyramid_levels, write_pyramid
@@ -45,7 +45,7 @@ def import_tiff_to_omezarr(
         zarr chunk shape in ``(z, y, x)`` (channels are chunked one by one); None means the
         default.
     progress : callable, optional
-        Receives a :class:`~napari_wsseg.engine.progress.ProgressEvent` after each batch of slices
+        Receives a :class:`~napari_wsseg.progress.ProgressEvent` after each batch of slices
         and each pyramid level; ``total`` is the number of slices plus the number of levels.
     cancel : threading.Event, optional
         Checked between batches and levels; when set, the partial output is deleted.

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..annotations.model import Annotations, ClassInfo
-from ..engine.progress import ProgressCallback
+from ..progress import ProgressCallback
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from ..io.normalize import Normalization

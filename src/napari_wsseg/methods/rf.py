@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..annotations.model import Annotations
-from ..engine.progress import Budget, ProgressEvent, report
+from ..progress import Budget, ProgressEvent, report
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from .base import FitOptions, FitResult, Method

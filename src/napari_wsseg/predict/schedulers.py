@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..engine.progress import ProgressCallback, ProgressEvent, is_cancelled, report
+from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from ..errors import WssegError
 from ..io.image import Image
 from .blocks import (

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from ..engine.progress import ProgressCallback, ProgressEvent, is_cancelled, report
+from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from ..errors import WssegError
 from ..io.image import Image
 

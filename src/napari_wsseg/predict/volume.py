@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.progress import ProgressCallback
+from ..progress import ProgressCallback
 from ..errors import WssegError
 from ..io.image import Image
 from .blocks import (
@@ -149,7 +149,7 @@ def predict_volume(
         Replace an existing output. Without it (and without ``resume``) an existing output is an
         error.
     progress : callable, optional
-        Receives a :class:`~napari_wsseg.engine.progress.ProgressEvent` per finished block.
+        Receives a :class:`~napari_wsseg.progress.ProgressEvent` per finished block.
     cancel : threading.Event, optional
         When set, the blocks under way are finished and recorded and the function returns with
         ``stopped='cancelled'``; ``resume=True`` completes the output later.

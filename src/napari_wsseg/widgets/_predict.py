@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.progress import ProgressEvent
+from ..progress import ProgressEvent
 from ..errors import ModelError, WssegError
 from . import _layers as L
 from ._links import link

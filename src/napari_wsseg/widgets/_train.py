@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.progress import ProgressEvent
+from ..progress import ProgressEvent
 from ..errors import WssegError
 from ..methods import available_methods, get_method
 from . import _layers as L

@@ -3,7 +3,7 @@
 This module imports no Qt: :func:`run_training` is a plain function that takes callbacks, so it
 is tested and benchmarked without a viewer, and the widget wraps it in a napari thread worker.
 
-Live preview. A method only reports :class:`~napari_wsseg.engine.progress.ProgressEvent`\\ s while
+Live preview. A method only reports :class:`~napari_wsseg.progress.ProgressEvent`\\ s while
 it trains; nothing outside can ask it for a prediction in between. So the progress callback,
 which the method calls *in the training thread between two steps*, runs
 ``method.predict_proba_slice(current slice)`` itself, at most every ``preview_every_s`` seconds
@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..annotations.model import Annotations
-from ..engine.progress import ProgressEvent
+from ..progress import ProgressEvent
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from ..methods.base import FitOptions, FitResult, Method

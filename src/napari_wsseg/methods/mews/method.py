@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ...annotations.model import Annotations
 from ...engine.devices import resolve_device
-from ...engine.progress import Budget, ProgressEvent, report
+from ...progress import Budget, ProgressEvent, report
 from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, load_backbone
 from ...errors import AnnotationError, ModelError, WssegError
 from ...io.image import Image

@@ -31,7 +31,7 @@ from ...annotations.model import Annotations
 from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
-from ...engine.progress import ProgressEvent, is_cancelled, report
+from ...progress import ProgressEvent, is_cancelled, report
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...errors import ModelError, WssegError

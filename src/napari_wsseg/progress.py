@@ -1,8 +1,11 @@
 """Progress reporting, cancellation and time budgets for long-running work. Imports no Qt.
 
-Long work (training, prediction) is a plain function taking ``progress`` (a callable receiving
-a :class:`ProgressEvent`) and ``cancel`` (a :class:`threading.Event`). The CLI passes a tqdm
-callback, the widgets one that emits a Qt signal.
+Long work (training, prediction, conversion) is a plain function taking ``progress`` (a callable
+receiving a :class:`ProgressEvent`) and ``cancel`` (a :class:`threading.Event`). The CLI passes a
+tqdm callback, the widgets one that emits a Qt signal.
+
+This module sits at the bottom of the layering (beside ``errors``) and imports nothing else of
+napari_wsseg, so ``io``, ``engine``, ``methods`` and ``predict`` can all use it.
 """
 
 from __future__ import annotations
