@@ -244,6 +244,54 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_measure(args) -> int:
+    from .io import read_image, read_label_classes, read_labels
+    from .measure import measure_labels, parse_voxel_size, voxel_size_from_metadata, write_tables
+    from .measure.tables import table_paths
+
+    labels = read_labels(args.labels)
+    if not args.overwrite:
+        existing = [str(p) for p in table_paths(args.out).values() if p.exists()]
+        if existing:
+            raise WssegError(f"{', '.join(existing)} exist(s); pass --overwrite or choose another --out")
+    image = read_image(args.image) if args.image else None
+    voxel_size = (parse_voxel_size(args.voxel_size, labels.ndim) if args.voxel_size else
+                  voxel_size_from_metadata(args.labels, labels.ndim)
+                  or (voxel_size_from_metadata(args.image, labels.ndim) if args.image else None))
+    classes = _load_classes(args.class_names) or read_label_classes(args.labels)
+    names = [c.name for c in classes] if classes else None
+    update, close = _progress("measure")
+    try:
+        result = measure_labels(
+            labels, image=image, classes=_measured_classes(args.classes, names), class_names=names,
+            voxel_size=voxel_size, instances_out=args.instances, block=args.block, progress=update,
+        )
+    finally:
+        close()
+    paths = write_tables(result, args.out, overwrite=True)
+    print(json.dumps({**{k: str(v) for k, v in paths.items()}, "objects_measured": len(result.objects),
+                      "units": result.units, "voxel_size_um": voxel_size,
+                      "instances": str(result.instances) if args.instances else None}))
+    return 0
+
+
+def _measured_classes(text: str | None, names: list[str] | None) -> list[int] | None:
+    """--classes of `wsseg measure`: class names or ids, comma-separated."""
+    if text is None:
+        return None
+    chosen = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item.isdigit():
+            chosen.append(int(item))
+        elif names and item in names:
+            chosen.append(names.index(item))
+        else:
+            known = ", ".join(names) if names else "none (the labels carry no class names)"
+            raise WssegError(f"--classes: '{item}' is neither a class id nor a class name; known "
+                             f"names: {known}; give ids such as 2,3 or --class-names")
+    return chosen
+
+
 # ------------------------------------------------------------------ parser
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     from .engine.devices import DEVICE_CHOICES
@@ -328,7 +376,25 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--slices", default=None, help="score only these slices, e.g. 15-19")
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
     p.add_argument("--n-classes", type=int, default=None, help="number of classes (default: from the data)")
+    _add_measure_parser(sub)
     return parser
+
+
+def _add_measure_parser(sub) -> None:
+    p = sub.add_parser("measure", help="objects of each class: instances, volumes, surfaces (CSV)",
+                       description="Label each class's connected components (3D for volumes) and "
+                       "write one row per object plus TABLE_summary.csv and TABLE_per_slice.csv. "
+                       "zarr input is processed block by block (see docs/measure.md).")
+    p.add_argument("labels", help="class-id labels, e.g. a prediction (.tif, .npy, .zarr)")
+    p.add_argument("--out", required=True, help="objects table TABLE.csv")
+    p.add_argument("--image", default=None, help="image for the mean intensity of each object")
+    p.add_argument("--classes", default=None, help="classes to measure, names or ids, e.g. mito,nucleus (default all)")
+    p.add_argument("--class-names", default=None, help="class names (a,b,c) or classes.json (default: the labels' metadata)")
+    p.add_argument("--voxel-size", default=None,
+                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else results in voxels)")
+    p.add_argument("--instances", default=None, help="write the instance label volume to OUT.zarr")
+    p.add_argument("--block", type=_parse_shape, default=None, help="block Z,Y,X (default 64,512,512)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing tables")
 
 
 def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
@@ -413,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {
             "sample": cmd_sample, "import": cmd_import, "simulate": cmd_simulate,
             "predict": cmd_predict, "evaluate": cmd_evaluate,
+            "measure": cmd_measure,
         }[args.command]
         return handler(args)
     except (WssegError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
