@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from napari_wsseg.progress import Budget, ProgressEvent, report
-from napari_wsseg.methods.base import FitResult, Method
+from napari_wsseg.engine.results import FitResult
+from napari_wsseg.methods.base import Method
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..progress import Budget, ProgressCallback, ProgressEvent, report
+from .results import FitResult
 
 StepFunction = Callable[[int, float], dict]
 
@@ -65,17 +66,6 @@ def lr_factor(fraction: float, warmup_fraction: float, final_lr_fraction: float)
     return final_lr_fraction + (1.0 - final_lr_fraction) * cosine
 
 
-@dataclass
-class TrainOutcome:
-    """What :func:`run_training` did: why it stopped ('done', 'time_budget', 'cancelled'),
-    steps, seconds and the logged loss history."""
-
-    stopped: str = "done"
-    steps: int = 0
-    seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
-
-
 class _BestKeeper:
     """Keeps a copy of the weights with the lowest moving average of a monitored loss."""
 
@@ -116,7 +106,7 @@ def run_training(
     report_every_s: float = 0.5,
     params: list | None = None,
     autocast_cpu: bool = False,
-) -> TrainOutcome:
+) -> FitResult:
     """Train ``model`` with ``step_fn`` until ``optim.max_steps``, the time budget or ``cancel``.
 
     Parameters
@@ -146,7 +136,7 @@ def run_training(
 
     Returns
     -------
-    TrainOutcome
+    FitResult
     """
     model.train()
     optimizer = torch.optim.AdamW(
@@ -156,7 +146,7 @@ def run_training(
     budget = Budget(time_budget_s, total_steps=optim.max_steps, cancel=cancel)
     keeper = _BestKeeper(model, monitor, keep_best_after)
     use_autocast = device.type == "cuda" or (autocast_cpu and cpu_bf16_supported())
-    outcome = TrainOutcome()
+    outcome = FitResult()
     last_report = -math.inf
     step = 0
     while step < optim.max_steps and not budget.should_stop():

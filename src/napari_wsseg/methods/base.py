@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..annotations.model import Annotations, ClassInfo
+from ..engine.results import FitResult
 from ..progress import ProgressCallback
 from ..errors import ModelError, WssegError
 from ..io.image import Image
@@ -62,16 +63,6 @@ class FitOptions:
                 f"time budget {self.time_budget_s} s is not positive; give a number of seconds > 0 "
                 "or no budget"
             )
-
-
-@dataclass
-class FitResult:
-    """What a training run did: why it stopped, how long, and the loss history."""
-
-    stopped: str = "done"  # 'done', 'time_budget' or 'cancelled'
-    steps: int = 0
-    seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
 
 
 def config_to_dict(config) -> dict:

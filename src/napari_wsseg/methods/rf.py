@@ -25,7 +25,8 @@ from ..annotations.model import Annotations
 from ..progress import Budget, ProgressEvent, report
 from ..errors import ModelError, WssegError
 from ..io.image import Image
-from .base import FitOptions, FitResult, Method
+from ..engine.results import FitResult
+from .base import FitOptions, Method
 
 WEIGHTS_FILE = "model.safetensors"
 #: What older releases wrote (skops); such folders are refused with a clear message.

@@ -26,12 +26,13 @@ from torch.nn import functional as F
 from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors
+from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNetConfig
 from ...errors import WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
-from ..base import FitOptions, FitResult
+from ..base import FitOptions
 from .losses import KINDS, ce_loss, collate, dsp_loss, filtered_pseudo_labels, plf_loss, transform_targets
 from .model import DSPNet
 from .targets import AnnotationIndex
@@ -222,7 +223,7 @@ class DSPMethod(TorchSliceMethod):
         self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
                          "stopped": outcome.stopped}
         self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
-        return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
+        return outcome
 
     def _estimate_prior_shift(self, trainer: "_DSPTrainStep", n_crops: int = 32) -> list[float] | None:
         """log(image prior / training prior): the image prior is the mean predicted probability

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from ...annotations.model import Annotations
 from ...engine.devices import resolve_device
 from ...progress import Budget, ProgressEvent, report
+from ...engine.results import FitResult
 from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, load_backbone
 from ...errors import AnnotationError, ModelError, WssegError
 from ...io.image import Image
-from ..base import FitOptions, FitResult, Method
+from ..base import FitOptions, Method
 from .cache import FeatureCache, slice_key
 from .heads import ProjectionHeads
 from .losses import correlation_loss, gmm_thresholds, prototype_class_thresholds, prototype_loss, triplet_loss

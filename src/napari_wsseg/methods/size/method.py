@@ -32,12 +32,13 @@ from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
 from ...progress import ProgressEvent, is_cancelled, report
+from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...errors import ModelError, WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
-from ..base import FitOptions, FitResult
+from ..base import FitOptions
 from .calibration import fit_class_bias
 from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
 from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
@@ -180,7 +181,7 @@ class SizeMethod(TorchSliceMethod):
         self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
                          "stopped": outcome.stopped, "crop_size": step.crop_size,
                          "size_slices": sorted(step.sizes), "tag_slices": sorted(step.present)}
-        return FitResult(outcome.stopped, outcome.steps, outcome.seconds, outcome.history)
+        return outcome
 
     def _fit_class_bias(self, image: Image, sizes: dict[int, np.ndarray],
                         rng: np.random.Generator, options: FitOptions) -> np.ndarray | None:
