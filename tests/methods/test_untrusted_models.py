@@ -116,3 +116,125 @@ def test_untouched_rf_copy_loads_and_predicts(rf_folder, tmp_path, phantom_2d):
     image = phantom_2d[0][..., None]
     np.testing.assert_array_equal(load_model(folder).predict_slice(image),
                                   load_model(rf_folder).predict_slice(image))
+
+
+# ------------------------------------------------------------------ config.json of any method
+def _rewrite_config(folder, tmp_path, edit):
+    """A copy of ``folder`` whose config.json went through ``edit(meta)``."""
+    import shutil
+
+    copy = tmp_path / "crafted"
+    shutil.copytree(folder, copy)
+    meta = json.loads((copy / "config.json").read_text())
+    edit(meta)
+    (copy / "config.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def dsp_folder(phantom_2d, tmp_path_factory):
+    from napari_wsseg.methods.dsp.method import DSPMethod
+
+    image, labels, classes = phantom_2d
+    points = np.array([[0, y, x, int(labels[y, x])] for y, x in ((10, 10), (60, 70), (100, 30))])
+    method = DSPMethod(depth=1, width=4, embed_dim=8, crop_size=32, batch_size=2, max_steps=2,
+                       cpu_bf16=False)
+    method.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(device="cpu"))
+    return method.save(tmp_path_factory.mktemp("dsp") / "model")
+
+
+def _set_key(*keys, value):
+    def edit(meta):
+        target = meta
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+CONFIG_CRAFTS = {
+    "10^8 prototypes": (_set_key("config", "prototypes_per_class", value=10**8), "prototypes_per_class"),
+    "a 10^6-pixel tile": (_set_key("config", "tile", value=10**6), "tile=1000000"),
+    "a depth given as text": (_set_key("config", "depth", value="3"), "depth='3'"),
+    "a NaN temperature": (lambda m: m["config"].__setitem__("tau", float("nan")), "tau=nan"),
+    "an unknown option": (_set_key("config", "evil", value=1), "unknown option"),
+    "options that are a list": (_set_key("config", value=[1, 2]), "mapping"),
+    "10^9 channels": (_set_key("n_channels", value=10**9), "n_channels"),
+    "channels as text": (_set_key("n_channels", value="1"), "n_channels"),
+    "normalisation of another channel count": (
+        _set_key("normalization", value={"low": [0, 0], "high": [1, 1]}), "normalization"),
+    "no classes": (_set_key("classes", value=[]), "classes"),
+    "a class with an extra key": (
+        lambda m: m["classes"][0].__setitem__("evil", 1), "classes"),
+    "a method name that is a list": (_set_key("method", value=["dsp"]), "method"),
+    "an unknown method": (_set_key("method", value="evil"), "unknown method"),
+    "a missing key": (lambda m: m.pop("normalization"), "missing"),
+    "state that is a list": (_set_key("state", value=[]), "state"),
+    "a prior shift of text": (_set_key("state", "log_prior_shift", value=["a"] * 4), "log_prior_shift"),
+    "a prior shift per wrong class count": (_set_key("state", "log_prior_shift", value=[0.0]), "log_prior_shift"),
+    "fit info that is a number": (_set_key("state", "fit", value=3), "state fit"),
+    "format version true": (_set_key("format_version", value=True), "format version"),
+}
+
+
+@pytest.mark.parametrize("craft", list(CONFIG_CRAFTS))
+def test_crafted_config_json_is_refused_naming_the_folder(dsp_folder, tmp_path, craft):
+    edit, expected = CONFIG_CRAFTS[craft]
+    folder = _rewrite_config(dsp_folder, tmp_path, edit)
+    with pytest.raises(ModelError) as error:
+        load_model(folder)
+    assert_one_line(error, str(folder), expected, "retrain")
+
+
+@pytest.mark.parametrize("text", ['[1, 2]', '"model"', "[" * 100_000, "\xff\xfe".encode("latin-1").decode("latin-1")])
+def test_config_json_that_is_not_an_object_is_refused(dsp_folder, tmp_path, text):
+    folder = _rewrite_config(dsp_folder, tmp_path, lambda meta: None)
+    (folder / "config.json").write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    with pytest.raises(ModelError) as error:
+        load_model(folder)
+    assert_one_line(error, str(folder), "config.json", "retrain")
+
+
+def test_architecture_options_must_match_the_stored_tensor_shapes(dsp_folder, tmp_path, monkeypatch):
+    """A config asking for a bigger network than the file holds is refused from the file header,
+    before the network is built (so a crafted config cannot make us allocate it)."""
+    import torch
+
+    from napari_wsseg.methods.dsp import method as dsp_method
+
+    built_on = []
+    real = dsp_method.DSPNet
+
+    def recording(*args):
+        built_on.append(torch.get_default_device().type)
+        return real(*args)
+
+    monkeypatch.setattr(dsp_method, "DSPNet", recording)
+    folder = _rewrite_config(dsp_folder, tmp_path, _set_key("config", "prototypes_per_class", value=100))
+    with pytest.raises(ModelError) as error:
+        load_model(folder)
+    assert_one_line(error, str(folder / "model.safetensors"), "prototypes", "config.json implies", "retrain")
+    assert built_on == ["meta"]  # only the shape probe was built, on torch's meta device
+
+
+def test_nan_weights_are_refused(dsp_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+    folder = tmp_path / "nan"
+    shutil.copytree(dsp_folder, folder)
+    tensors = load_torch(str(folder / "model.safetensors"))
+    key = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[key] = tensors[key].clone().fill_(float("nan"))
+    save_torch(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError) as error:
+        load_model(folder)
+    assert_one_line(error, "model.safetensors", "NaN", "retrain")
+
+
+def test_untouched_dsp_copy_loads(dsp_folder, tmp_path, phantom_2d):
+    folder = _rewrite_config(dsp_folder, tmp_path, lambda meta: None)
+    image = phantom_2d[0][..., None]
+    np.testing.assert_allclose(load_model(folder).predict_proba_slice(image),
+                               load_model(dsp_folder).predict_proba_slice(image), atol=1e-6)

@@ -120,6 +120,8 @@ class TorchSliceMethod(Method):
                   str(folder / WEIGHTS_FILE))
 
     def _load_weights(self, folder: Path) -> None:
+        """Load the weights after checking, without allocating, that their shapes are the ones
+        config.json's architecture implies (a crafted config cannot make us build a huge network)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -128,16 +130,50 @@ class TorchSliceMethod(Method):
             raise ModelError(
                 f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the {self.name} model"
             )
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in self._build_net().state_dict().items()}
+        mismatch = _shape_mismatch(_stored_shapes(path), expected)
+        if mismatch:
+            raise ModelError(
+                f"model file {path} does not match the {self.name} architecture in config.json "
+                f"({mismatch}); retrain the model"
+            )
         net = self._build_net()
         try:
-            net.load_state_dict(load_file(str(path)))
+            tensors = load_file(str(path))
+            net.load_state_dict(tensors)
         except (RuntimeError, SafetensorError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise ModelError(
                 f"model file {path} does not match the {self.name} architecture in config.json "
                 f"({first}); retrain the model"
             ) from None
+        if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+            raise ModelError(f"model file {path} holds NaN or infinite weights; retrain the model")
         self.net = self._place(net, resolve_device("auto")).eval()
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in a safetensors file, read from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise ModelError(f"model file {path} is not a valid safetensors file ({reason}); retrain the model") from None
+
+
+def _shape_mismatch(stored: dict, expected: dict) -> str | None:
+    """The first difference between stored and expected tensor shapes, in words; None if equal."""
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        return f"{len(missing)} missing and {len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]!r}"
+    wrong = next((k for k in sorted(expected) if stored[k] != expected[k]), None)
+    if wrong is not None:
+        return f"tensor {wrong!r} has shape {stored[wrong]}, config.json implies {expected[wrong]}"
+    return None
 
 
 def _same_shape_groups(arrays: list[np.ndarray], limit: int):

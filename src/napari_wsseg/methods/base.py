@@ -70,12 +70,22 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(config_class, values: dict):
-    """Build a config dataclass, rejecting unknown keys with the list of valid ones."""
+    """Build a config dataclass, rejecting unknown keys with the list of valid ones.
+
+    The config's own ``__post_init__`` then checks every value (:func:`check_config`), so a
+    config read from an untrusted ``config.json`` passes the same checks as one built in code.
+    """
+    if not isinstance(values, dict):
+        raise WssegError(
+            f"options of {config_class.__name__} must be a mapping of option names to values, "
+            f"got {type(values).__name__}; write them as a JSON object"
+        )
     names = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise WssegError(
-            f"unknown option(s) {unknown} for {config_class.__name__}; valid options: {sorted(names)}"
+            f"unknown option(s) {_short(unknown)} for {config_class.__name__}; remove them "
+            f"(valid options: {sorted(names)})"
         )
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     converted = {}
@@ -85,6 +95,73 @@ def config_from_dict(config_class, values: dict):
             value = tuple(value)
         converted[key] = value
     return config_class(**converted)
+
+
+#: Longest string option accepted (names and paths; a model file is untrusted input).
+MAX_OPTION_CHARS = 4096
+
+
+def check_config(config, method: str, bounds: dict[str, tuple[float, float]]) -> None:
+    """Check every option of a method config against its annotated type and inclusive bounds.
+
+    An ``int`` option takes an int (not a bool), a ``float`` option a finite int or float, a
+    ``bool`` option a bool, a ``str`` option a string of at most :data:`MAX_OPTION_CHARS`
+    characters, a ``tuple[float, ...]`` option a sequence of that length; ``T | None`` also takes
+    None. ``bounds`` gives ``(low, high)`` of every numeric option (for a tuple, of each item).
+
+    Raises
+    ------
+    WssegError
+        Naming the option, the value seen and the range, e.g.
+        ``dsp option prototypes_per_class=100000000 must be an integer between 1 and 100``.
+    """
+    import types
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for field_ in dataclasses.fields(config):
+        value, hint = getattr(config, field_.name), hints[field_.name]
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kind = next(k for k in typing.get_args(hint) if k is not type(None)) if optional else hint
+        if value is None and optional:
+            continue
+        problem = _option_problem(value, kind, bounds.get(field_.name))
+        if problem:
+            raise WssegError(
+                f"{method} option {field_.name}={_short(value)} must be {problem}; "
+                f"use such a value (default {_short(field_.default)})"
+            )
+
+
+def _option_problem(value, kind, bound: tuple[float, float] | None) -> str | None:
+    """What ``value`` lacks to be a valid option of type ``kind`` within ``bound``; None if valid."""
+    import typing
+
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        if not isinstance(value, (tuple, list)) or len(value) != len(items):
+            return f"a list of {len(items)} numbers"
+        problems = [_option_problem(v, k, bound) for v, k in zip(value, items)]
+        return next((f"a list of {len(items)} numbers, each {p}" for p in problems if p), None)
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if kind is str:
+        ok = isinstance(value, str) and len(value) <= MAX_OPTION_CHARS
+        return None if ok else f"a text of at most {MAX_OPTION_CHARS} characters"
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    number = integer or (isinstance(value, (float, np.floating)) and np.isfinite(value))
+    low, high = bound if bound is not None else (-np.inf, np.inf)
+    if kind is int and not (integer and low <= value <= high):
+        return f"an integer between {low} and {high}"
+    if kind is float and not (number and low <= value <= high):
+        return f"a number between {low} and {high}"
+    return None
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a crafted value cannot flood a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def option_summaries(docstring: str) -> dict[str, str]:
@@ -239,40 +316,140 @@ class Method(ABC):
 
 
 def read_model_config(folder: str | os.PathLike) -> dict:
-    """Read and check a model folder's ``config.json``."""
+    """Read and check a model folder's ``config.json`` (size, JSON object, format version).
+
+    Raises
+    ------
+    ModelError
+        Naming the folder when the file is missing, too large, not a JSON object or from an
+        unsupported format version.
+    """
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"model folder {folder}: no {CONFIG_FILE}; give a folder written by `wsseg train`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"model folder {folder}: {CONFIG_FILE} is not valid JSON ({exc}); retrain the model") from None
-    version = meta.get("format_version")
-    if version != MODEL_FORMAT_VERSION:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelError(
-            f"model folder {folder}: format version {version} is not supported by napari-wsseg "
+            f"model folder {folder}: {CONFIG_FILE} is {path.stat().st_size} bytes, more than a model "
+            f"config ever holds ({MAX_CONFIG_BYTES}); retrain the model"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ModelError(
+            f"model folder {folder}: {CONFIG_FILE} is not valid JSON ({reason}); retrain the model"
+        ) from None
+    except OSError as exc:
+        raise ModelError(f"model folder {folder}: cannot read {CONFIG_FILE} ({exc.strerror}); check the folder") from None
+    if not isinstance(meta, dict):
+        raise ModelError(
+            f"model folder {folder}: {CONFIG_FILE} holds a {type(meta).__name__}, not the JSON object "
+            "`wsseg train` writes; retrain the model"
+        )
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT_VERSION or isinstance(version, bool):
+        raise ModelError(
+            f"model folder {folder}: format version {_short(version)} is not supported by napari-wsseg "
             f"{__version__} (supports {MODEL_FORMAT_VERSION}); install the release that wrote it "
-            f"(package_version {meta.get('package_version')}) or retrain"
+            f"(package_version {_short(meta.get('package_version'))}) or retrain"
         )
     return meta
 
 
 def load_model(folder: str | os.PathLike) -> Method:
-    """Load any method's model folder (the method comes from ``config.json``)."""
-    from . import get_method
+    """Load any method's model folder (the method comes from ``config.json``).
 
+    Everything in the folder is checked before it is used: option types and ranges, class and
+    channel counts, normalisation, the method's state, and the weights' shapes and indices.
+
+    Raises
+    ------
+    ModelError
+        One line naming the folder or file, what is wrong and the fix.
+    """
     folder = Path(folder)
     meta = read_model_config(folder)
-    method_class = get_method(meta["method"])
-    model = method_class(config_from_dict(method_class.config_class, meta["config"]))
-    model.classes = [ClassInfo(**c) for c in meta["classes"]]
-    model.normalization = Normalization.from_dict(meta["normalization"])
-    model.n_channels = int(meta["n_channels"])
-    model.training_summary = meta.get("training_summary", {})
-    model._load_state_dict(meta.get("state", {}))
+    try:
+        model = _model_from_meta(meta)
+    except WssegError as exc:
+        reason = str(exc).rsplit("; ", 1)[0]  # the inner fix is replaced by the folder's
+        raise ModelError(f"model folder {folder}: {CONFIG_FILE} is not valid ({reason}); retrain the model") from None
     model._load_weights(folder)
     return model
+
+
+def _model_from_meta(meta: dict) -> Method:
+    """The untrained-but-configured method ``meta`` describes, with its state; raises WssegError."""
+    from . import get_method
+
+    missing = [key for key in _REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise ModelError(f"keys {missing} are missing")
+    if not isinstance(meta["method"], str) or len(meta["method"]) > 64:
+        raise ModelError(f"method {_short(meta['method'])} is not a method name")
+    method_class = get_method(meta["method"])
+    model = method_class(config_from_dict(method_class.config_class, meta["config"]))
+    model.classes = _classes_from_meta(meta["classes"])
+    n_channels = meta["n_channels"]
+    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_CHANNELS:
+        raise ModelError(f"n_channels {_short(n_channels)} is not a channel count from 1 to {MAX_CHANNELS}")
+    model.n_channels = n_channels
+    model.normalization = Normalization.from_dict(meta["normalization"])
+    if len(model.normalization.low) != n_channels:
+        raise ModelError(f"normalization has {len(model.normalization.low)} channels, n_channels {n_channels}")
+    for key in ("training_summary", "state"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ModelError(f"{key} {_short(meta[key])} is not a JSON object")
+    model.training_summary = meta.get("training_summary", {})
+    try:
+        model._load_state_dict(meta.get("state", {}))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        if isinstance(exc, WssegError):
+            raise
+        raise ModelError(f"state holds a value of the wrong kind ({_short(str(exc))})") from None
+    return model
+
+
+def _classes_from_meta(entries) -> list[ClassInfo]:
+    ok = isinstance(entries, list) and 1 <= len(entries) <= MAX_CLASSES and all(
+        isinstance(e, dict) and set(e) == {"name", "color"}
+        and all(isinstance(v, str) and len(v) <= MAX_OPTION_CHARS for v in e.values())
+        for e in entries
+    )
+    if not ok:
+        raise ModelError(
+            f"classes {_short(entries)} is not a list of 1 to {MAX_CLASSES} {{\"name\", \"color\"}} objects"
+        )
+    return [ClassInfo(e["name"], e["color"]) for e in entries]
+
+
+def state_numbers(state: dict, key: str, count: int) -> list[float] | None:
+    """``state[key]``: None, or a list of ``count`` finite numbers (checked, as a model file is
+    untrusted input).
+
+    Raises
+    ------
+    ModelError
+        When the value is anything else.
+    """
+    values = state.get(key)
+    if values is None:
+        return None
+    ok = isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values
+    )
+    if not ok:
+        raise ModelError(f"state {key} {_short(values)} is not a list of {count} finite numbers (one per class)")
+    return [float(v) for v in values]
+
+
+def state_mapping(state: dict, key: str) -> dict:
+    """``state[key]`` as a dict (empty when absent); raises ModelError when it is not a JSON object."""
+    value = state.get(key, {})
+    if not isinstance(value, dict):
+        raise ModelError(f"state {key} {_short(value)} is not a JSON object")
+    return dict(value)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:

@@ -32,10 +32,23 @@ from ...engine.unet import UNetConfig
 from ...errors import WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
-from ..base import FitOptions
+from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .losses import KINDS, ce_loss, collate, dsp_loss, filtered_pseudo_labels, plf_loss, transform_targets
 from .model import DSPNet
 from .targets import AnnotationIndex
+
+
+#: Inclusive (low, high) of each numeric DSP option. The highs are far above any useful value
+#: and keep a crafted config.json from asking for e.g. 10^8 prototypes or a 10^6-pixel tile.
+DSP_BOUNDS = {
+    "depth": (0, 6), "width": (1, 256), "embed_dim": (1, 1024), "prototypes_per_class": (1, 100),
+    "tau": (0, 10), "lambda_mask": (0, 1000), "lambda_box": (0, 1000), "lambda_point": (0, 1000),
+    "lambda_tag": (0, 1000), "ce_weight": (0, 1000), "plf_weight": (0, 1000), "plf_start": (0, 1),
+    "plf_threshold": (0, 1), "lr": (0, 1), "weight_decay": (0, 10), "warmup_fraction": (0, 1),
+    "max_steps": (1, 1_000_000), "batch_size": (1, 1024), "crop_size": (1, 4096),
+    "random_crop_fraction": (0, 1), "weak_jitter": (0, 1), "strong_jitter": (0, 1),
+    "cutout_holes": (0, 1000), "tile": (1, 4096), "tile_overlap": (0, 4096),
+}
 
 
 @dataclass(frozen=True)
@@ -127,12 +140,14 @@ class DSPConfig:
     tile_overlap: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("depth", "width", "embed_dim", "prototypes_per_class", "max_steps", "batch_size",
-                     "crop_size", "tile"):
-            if name == "max_steps" and self.max_steps is None:
-                continue
-            if getattr(self, name) < (0 if name == "depth" else 1):
-                raise WssegError(f"dsp option {name}={getattr(self, name)} must be a positive integer")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check each option's type and range (:data:`DSP_BOUNDS`) and the rules between options.
+
+        Called on construction, so a config read from a model's ``config.json`` is checked too.
+        """
+        check_config(self, "dsp", DSP_BOUNDS)
         if self.crop_size % 2**self.depth:
             raise WssegError(
                 f"dsp crop_size {self.crop_size} is not a multiple of 2**depth = {2**self.depth}; "
@@ -140,9 +155,6 @@ class DSPConfig:
             )
         if self.tau <= 0 or self.lr <= 0:
             raise WssegError(f"dsp tau ({self.tau}) and lr ({self.lr}) must be positive")
-        for name in ("plf_start", "plf_threshold", "random_crop_fraction", "warmup_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise WssegError(f"dsp option {name}={getattr(self, name)} must be between 0 and 1")
 
     @property
     def lambdas(self) -> dict[str, float]:
@@ -259,8 +271,8 @@ class DSPMethod(TorchSliceMethod):
         return {"fit": self.fit_info, "log_prior_shift": self.log_prior_shift}
 
     def _load_state_dict(self, state: dict) -> None:
-        self.fit_info = dict(state.get("fit", {}))
-        self.log_prior_shift = state.get("log_prior_shift")
+        self.fit_info = state_mapping(state, "fit")
+        self.log_prior_shift = state_numbers(state, "log_prior_shift", len(self.classes))
 
 
 class _DSPTrainStep:
@@ -313,4 +325,3 @@ def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
     """The configured crop side, shrunk to the image (rounded up to ``multiple``) if smaller."""
     largest = max(shape_yx)
     return min(crop_size, -(-largest // multiple) * multiple)
-

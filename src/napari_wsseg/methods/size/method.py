@@ -35,13 +35,26 @@ from ...progress import ProgressEvent, is_cancelled, report
 from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
-from ...errors import ModelError, WssegError
+from ...errors import WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
-from ..base import FitOptions
+from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .calibration import fit_class_bias
 from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
 from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
+
+#: Inclusive (low, high) of each numeric size option. The highs are far above any useful value
+#: and keep a crafted config.json from asking for huge networks, crops or tiles.
+SIZE_BOUNDS = {
+    "depth": (0, 6), "width": (1, 256), "size_weight": (0, 1000), "tag_weight": (0, 1000),
+    "tag_min_fraction": (0, 1), "crf_weight": (0, 1000), "crf_radius": (1, 16),
+    "crf_sigma_intensity": (0, 1000), "crf_sigma_xy": (0, 1000), "pce_weight": (0, 1000),
+    "kl_epsilon": (0, 0.1), "lr": (0, 1), "weight_decay": (0, 10), "warmup_fraction": (0, 1),
+    "max_steps": (1, 1_000_000), "batch_size": (1, 1024), "crop_size": (1, 4096),
+    "size_cell": (1, 1024), "anchor_crop_fraction": (0, 1), "jitter": (0, 1),
+    "calibration_pixels": (1, 10_000_000), "tile": (1, 4096), "tile_overlap": (0, 4096),
+}
+
 
 @dataclass(frozen=True)
 class SizeConfig:
@@ -120,19 +133,17 @@ class SizeConfig:
     tile_overlap: int = 128
 
     def __post_init__(self) -> None:
-        rules = (
-            (("width", "max_steps", "batch_size", "crop_size", "size_cell", "tile", "crf_radius",
-              "calibration_pixels"), lambda v: v >= 1, "a positive integer"),
-            (("depth", "size_weight", "tag_weight", "crf_weight", "pce_weight", "kl_epsilon",
-              "jitter", "weight_decay"), lambda v: v >= 0, "0 or more"),
-            (("lr", "crf_sigma_intensity", "crf_sigma_xy"), lambda v: v > 0, "positive"),
-            (("anchor_crop_fraction", "warmup_fraction", "tag_min_fraction"), lambda v: 0 <= v <= 1,
-             "between 0 and 1"),
-        )
-        for names, ok, what in rules:
-            for name in names:
-                if not ok(getattr(self, name)):
-                    raise WssegError(f"size option {name}={getattr(self, name)} must be {what}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check each option's type and range (:data:`SIZE_BOUNDS`) and the rules between options.
+
+        Called on construction, so a config read from a model's ``config.json`` is checked too.
+        """
+        check_config(self, "size", SIZE_BOUNDS)
+        for name in ("lr", "crf_sigma_intensity", "crf_sigma_xy"):
+            if not getattr(self, name) > 0:
+                raise WssegError(f"size option {name}={getattr(self, name)} must be positive")
         multiple = self.crop_multiple
         if self.crop_size % multiple:
             raise WssegError(
@@ -152,6 +163,7 @@ class SizeMethod(TorchSliceMethod):
 
     name = "size"
     config_class = SizeConfig
+    main_options = ("max_steps", "size_weight", "crf_weight")
     halo = 64
 
     def __init__(self, config=None, **options) -> None:
@@ -218,13 +230,8 @@ class SizeMethod(TorchSliceMethod):
         return {"fit": self.fit_info, "class_bias": bias}
 
     def _load_state_dict(self, state: dict) -> None:
-        self.fit_info = dict(state.get("fit", {}))
-        bias = state.get("class_bias")
-        if bias is not None and len(bias) != len(self.classes):
-            raise ModelError(
-                f"size model: {len(bias)} class offsets for {len(self.classes)} classes in "
-                "config.json; the model folder is inconsistent, retrain it"
-            )
+        self.fit_info = state_mapping(state, "fit")
+        bias = state_numbers(state, "class_bias", len(self.classes))
         self.class_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
 
 
