@@ -151,3 +151,45 @@ def test_import_tiff_stack_to_omezarr(tmp_path, capsys):
     np.testing.assert_array_equal(image.slice(3)[..., 0], stack[3])
     code, _, err = run(["import", tmp_path / "stack.tif", "--out", tmp_path / "vol.zarr"], capsys)
     assert code == 2 and "exists" in err
+
+
+@pytest.mark.parametrize("n_slices", [3, 4])
+def test_sample_of_3_or_4_slices_reads_back_as_slices(n_slices, tmp_path, capsys):
+    from napari_wsseg.io import read_image, read_labels
+
+    assert run(["sample", "--out", tmp_path, "--shape", f"{n_slices},16,16"], capsys)[0] == 0
+    image = read_image(tmp_path / "image.tif")  # tifffile alone would store (3|4, Y, X) as planar RGB
+    assert (image.shape, image.n_channels) == ((n_slices, 16, 16), 1)
+    assert read_labels(tmp_path / "labels.tif").shape == (n_slices, 16, 16)
+
+
+def test_overwrite_replaces_only_our_own_outputs(sample_dir, tmp_path, capsys):
+    from napari_wsseg.methods.base import read_model_config
+
+    assert run(["sample", "--out", tmp_path / "s", "--shape", "8,8"], capsys)[0] == 0
+    code, _, err = run(["sample", "--out", tmp_path / "s", "--shape", "8,8", "--seed", "3"], capsys)
+    assert code == 2 and "--overwrite" in err
+    assert run(["sample", "--out", tmp_path / "s", "--shape", "8,8", "--overwrite"], capsys)[0] == 0
+
+    simulate = ["simulate", sample_dir / "labels.tif", "--out", tmp_path / "ann", "--points", "2"]
+    assert run(simulate, capsys)[0] == 0
+    code, _, err = run(simulate, capsys)
+    assert code == 2 and "points.csv" in err and "--overwrite" in err
+    assert run([*simulate, "--overwrite", "--seed", "4"], capsys)[0] == 0
+
+    train = ["train", sample_dir / "image.tif", "--points", tmp_path / "ann" / "points.csv", "--method",
+             "rf", "--out", tmp_path / "m", "--n-estimators", "2"]
+    assert run(train, capsys)[0] == 0
+    code, _, err = run([*train[:-1], "3"], capsys)
+    assert code == 2 and "already holds a model" in err
+    assert read_model_config(tmp_path / "m")["config"]["n_estimators"] == 2
+    assert run([*train[:-1], "3", "--overwrite"], capsys)[0] == 0
+    assert read_model_config(tmp_path / "m")["config"]["n_estimators"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_argument_errors_are_one_short_line(capsys):
+    code, out, err = run(["predict", "m", "x.tif", "--out", "p.zarr", "--workers", "9" * 100_000], capsys)
+    assert code == 2 and not out
+    assert err.count("\n") == 1 and err.startswith("wsseg: error: argument --workers")
+    assert len(err) < 500

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -19,6 +20,21 @@ from .errors import WssegError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+#: An error line longer than this keeps its start and its end (where the fix is).
+MAX_ERROR_CHARS = 400
+#: At most this many characters of a user's argument are quoted back.
+QUOTE_CHARS = 40
+
+
+class _UsageError(WssegError):
+    """A command line argparse could not parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``wsseg: error:`` line (status 2), not usage plus message."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message}; see `{self.prog} --help`")
 
 
 # ------------------------------------------------------------------ helpers
@@ -32,6 +48,48 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _quote(text) -> str:
+    text = str(text)
+    return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "...")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{_quote(text)} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{value} is below {minimum}; give an integer >= {minimum}"
+            )
+        return value
+
+    convert.__name__ = "int"
+    return convert
+
+
+def _finite(minimum: float, *, inclusive: bool):
+    """An argparse type: a finite number above (or, ``inclusive``, at least) ``minimum``."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{_quote(text)} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum}" if inclusive else f"> {minimum}"
+            raise argparse.ArgumentTypeError(
+                f"{_quote(text)} is not a finite number {bound}; give one"
+            )
+        return value
+
+    convert.__name__ = "float"
+    return convert
+
+
 def _load_classes(text: str | None):
     """--classes: comma-separated names, or a classes.json file."""
     from .annotations import read_classes_json
@@ -43,21 +101,56 @@ def _load_classes(text: str | None):
         return read_classes_json(text)
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise WssegError(f"--classes '{text}' names no class; write e.g. --classes cytoplasm,membrane,mito")
+        raise WssegError(
+            f"--classes {_quote(text)} names no class; write e.g. --classes cytoplasm,membrane,mito"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise WssegError(
+            f"--classes names {_quote(', '.join(twice))} more than once; give each class once"
+        )
     return default_classes(len(names), names)
 
 
+def _is_inside(path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (links resolved)."""
+    return Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def _check_sources_outside(out: Path, sources: dict[str, str | None], what: str) -> None:
+    for flag, source in sources.items():
+        if source and _is_inside(source, out):
+            raise WssegError(
+                f"--out {out} would replace {flag} {source}; choose {what} that holds none of "
+                "the inputs"
+            )
+
+
 def _progress(desc: str):
+    """A tqdm progress callback and its close function; the bar appears at the first event, so
+    input refused before any work leaves stderr to the one error line."""
     from .progress import tqdm_progress
 
-    return tqdm_progress(desc)
+    bar: list = []
+
+    def update(event) -> None:
+        if not bar:
+            bar.extend(tqdm_progress(desc))
+        bar[0](event)
+
+    def close() -> None:
+        if bar:
+            bar[1]()
+
+    return update, close
 
 
 # ------------------------------------------------------------- subcommands
 def cmd_sample(args) -> int:
     from .sample import save_sample
 
-    paths = save_sample(args.out, shape=args.shape, seed=args.seed, n_classes=args.n_classes)
+    paths = save_sample(args.out, shape=args.shape, seed=args.seed, n_classes=args.n_classes,
+                        overwrite=args.overwrite)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -72,6 +165,21 @@ def cmd_import(args) -> int:
         close()
     print(json.dumps({"out": str(out)}))
     return 0
+
+
+def _parse_box_count(text: str) -> int | str:
+    """--boxes of simulate: a count >= 0 or 'all'."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a box count; give a number >= 0 of boxes per class per slice or 'all'"
+        )
+    return count
 
 
 def cmd_simulate(args) -> int:
@@ -112,13 +220,48 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+#: What ``wsseg simulate`` writes (or removes, for kinds it does not write) in its --out folder.
+_SIMULATE_FILES = ("points.csv", "boxes.csv", "tags.csv", "sizes.csv", "classes.json", "masks.npy")
+
+
+def _check_simulate_out(args) -> None:
+    """Refuse to replace annotation files in ``--out`` without ``--overwrite``."""
+    from .annotations.csv import CLASSES_FILE, find_annotation_files
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise WssegError(f"simulate --out {out} is a file; give a folder for the annotation CSVs")
+    if Path(args.gt).resolve().parent == out.resolve() and Path(args.gt).name in _SIMULATE_FILES:
+        raise WssegError(
+            f"simulate --out {out} would replace the ground truth {args.gt}; choose another folder"
+        )
+    if not out.is_dir() or args.overwrite:
+        return
+    existing = [p.name for p in find_annotation_files(out).values()]
+    existing += [name for name in (CLASSES_FILE, "masks.npy") if (out / name).exists()]
+    if existing:
+        raise WssegError(
+            f"simulate --out {out} already holds {', '.join(sorted(existing))}; pass --overwrite "
+            "to replace them or choose another folder"
+        )
+
+
 def cmd_train(args, method_options: dict) -> int:
     from .annotations import load_annotations
     from .progress import ProgressEvent
     from .io import read_image, read_labels
     from .methods import get_method
-    from .methods.base import FitOptions
+    from .methods.base import FitOptions, check_model_destination
 
+    fit_options = FitOptions(device=args.device, seed=args.seed, time_budget_s=args.time_budget)
+    method = get_method(args.method)(**method_options)
+    out = Path(args.out)
+    _check_sources_outside(out, {
+        "the image": args.image, "--points": args.points, "--boxes": args.boxes,
+        "--tags": args.tags, "--sizes": args.sizes, "--masks": args.masks,
+        "--classes": args.classes if args.classes and args.classes.endswith(".json") else None,
+    }, "a model folder")
+    check_model_destination(out, overwrite=args.overwrite)
     image = read_image(args.image)
     masks = None
     if args.masks:
@@ -130,7 +273,6 @@ def cmd_train(args, method_options: dict) -> int:
         points=args.points, boxes=args.boxes, tags=args.tags, sizes=args.sizes, masks=masks,
         classes=_load_classes(args.classes), image_shape=image.shape,
     )
-    method = get_method(args.method)(**method_options)
     update, close = _progress(f"train {args.method}")
     last: dict = {}
 
@@ -139,27 +281,11 @@ def cmd_train(args, method_options: dict) -> int:
         update(event)
 
     try:
-        result = method.fit(image, annotations, FitOptions(
-            device=args.device, seed=args.seed, time_budget_s=args.time_budget, progress=progress,
-        ))
+        fit_options.progress = progress
+        result = method.fit(image, annotations, fit_options)
     finally:
         close()
-    folder = method.save(args.out)
-def _parse_box_count(text: str) -> int | str:
-    """--boxes of simulate: a count >= 0 or 'all'."""
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        count = int(text)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a box count; give a number >= 0 of boxes per class per slice or 'all'"
-        )
-    return count
-
-
+    folder = method.save(out, overwrite=args.overwrite)
     print(json.dumps({
         "model": str(folder), "method": args.method, "stopped": result.stopped,
         "steps": result.steps, "seconds": round(result.seconds, 2), "last_metrics": last,
@@ -168,8 +294,21 @@ def _parse_box_count(text: str) -> int | str:
     return 0
 
 
+def _check_predict_out(args, out_path: Path) -> None:
+    """Refuse an output that would replace the input image or land in the model folder."""
+    if _is_inside(out_path, Path(args.model)):
+        raise WssegError(
+            f"--out {out_path} lies in the model folder {args.model}; choose a path outside it"
+        )
+    if out_path.resolve() == Path(args.image).resolve():
+        raise WssegError(f"--out {out_path} is the input image; choose another path for the labels")
+    if out_path.is_dir() and out_path.suffix.lower() != ".zarr":
+        raise WssegError(f"--out {out_path} is a folder; give a .npy, .tif or .zarr file name")
+
+
 def cmd_predict(args) -> int:
     out_path = Path(args.out)
+    _check_predict_out(args, out_path)
     if out_path.suffix.lower() == ".zarr" and args.slices is None:
         return _predict_blockwise(args, out_path)
     batch_only = [flag for flag, used in (
@@ -292,12 +431,24 @@ def _measured_classes(text: str | None, names: list[str] | None) -> list[int] | 
     return chosen
 
 
+def cmd_export(args) -> int:
+    from .export import export_bioimageio
+    from .io import read_image
+
+    image = read_image(args.image) if args.image else None
+    authors = [a.strip() for a in (args.authors or "").split(",") if a.strip()]
+    out = export_bioimageio(args.model, args.out, licence=args.licence, authors=authors or None,
+                            image=image, name=args.name, overwrite=args.overwrite)
+    print(json.dumps({"out": str(out), "format": args.format}))
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     from .engine.devices import DEVICE_CHOICES
     from .methods import available_methods
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsseg", description="Weakly-supervised segmentation of microscopy images and volumes.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -307,7 +458,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shape", type=_parse_shape, default=(16, 256, 256), help="Z,Y,X or Y,X (default 16,256,256)")
     p.add_argument("--n-classes", type=int, default=4, choices=[3, 4, 5], help="number of classes (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace image.tif, labels.tif, classes.json in --out")
 
     p = sub.add_parser("import", help="convert a TIFF stack to chunked OME-Zarr")
     p.add_argument("stack", help="TIFF stack")
@@ -330,7 +483,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--masks", action="store_true", help="write the full masks of the chosen slices (masks.npy)")
     p.add_argument("--scribbles", type=int, default=0, help="scribbles per class per slice (written to masks.npy)")
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace annotation files in --out")
 
     p = sub.add_parser("train", help="train a method from weak annotations")
     p.add_argument("image", help="image or volume (.tif, .png, .npy, .zarr)")
@@ -341,10 +495,13 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--masks", help="partial label image: 0 unlabeled, k = class k-1")
     p.add_argument("--classes", help="class names (a,b,c) or classes.json; default: largest class id + 1 classes")
     p.add_argument("--method", required=True, choices=available_methods(), help="segmentation method")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True, help="model folder to write (missing or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model folder written by wsseg train")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--time-budget", type=_finite(0, inclusive=False), default=None,
+                   help="stop after this many seconds")
     if method is not None:
         _add_method_options(p, method)
 
@@ -366,7 +523,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="threads",
                    help="threads (default), processes (a local dask cluster) or a dask scheduler "
                    "address such as tcp://HOST:8786")
-    p.add_argument("--workers", type=int, default=None, help="worker processes for --scheduler processes")
+    p.add_argument("--workers", type=_count(1), default=None,
+                   help="worker processes for --scheduler processes")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted .zarr prediction: finished blocks are kept")
 
@@ -375,9 +533,26 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("gt", help="ground-truth labels")
     p.add_argument("--slices", default=None, help="score only these slices, e.g. 15-19")
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
-    p.add_argument("--n-classes", type=int, default=None, help="number of classes (default: from the data)")
+    p.add_argument("--n-classes", type=_count(1), default=None,
+                   help="number of classes (default: from the data)")
     _add_measure_parser(sub)
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a torch model (dsp, size) as a bioimage.io package",
+                       description="Write a bioimage.io model package (weights, normalisation, "
+                       "test tensors, README) that bioimageio.core, deepImageJ or ilastik can run "
+                       "(see docs/export.md).")
+    p.add_argument("model", help="model folder written by `wsseg train`")
+    p.add_argument("--format", default="bioimageio", choices=["bioimageio"], help="package format")
+    p.add_argument("--out", required=True, help="package to write, MODEL.zip")
+    p.add_argument("--licence", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
+    p.add_argument("--authors", default=None, help="author names, comma-separated")
+    p.add_argument("--image", default=None, help="image to cut the test slice from (default: the phantom)")
+    p.add_argument("--name", default=None, help="model name in the package")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
 
 
 def _add_measure_parser(sub) -> None:
@@ -440,7 +615,10 @@ def _optional(kind):
     def convert(text: str):
         if text.lower() == "none":
             return None
-        return kind(text)
+        value = kind(text)
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{_quote(text)} is not a finite number; give one")
+        return value
 
     convert.__name__ = kind.__name__
     return convert
@@ -476,10 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
             return cmd_train(args, options)
+        if args.command == "simulate":
+            _check_simulate_out(args)
         handler = {
             "sample": cmd_sample, "import": cmd_import, "simulate": cmd_simulate,
             "predict": cmd_predict, "evaluate": cmd_evaluate,
-            "measure": cmd_measure,
+            "measure": cmd_measure, "export": cmd_export,
         }[args.command]
         return handler(args)
     except (WssegError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
@@ -501,7 +681,11 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(exc: BaseException) -> str:
     text = str(exc) if not isinstance(exc, (FileNotFoundError, PermissionError)) or not exc.filename else (
         f"{exc.strerror}: {exc.filename}")
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_CHARS:  # e.g. a 17 MB argument quoted back by a library
+        tail = MAX_ERROR_CHARS // 3
+        text = f"{text[: MAX_ERROR_CHARS - tail - 5]} ... {text[-tail:]}"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,8 +37,18 @@ _KEEP_SNAPSHOTS = 2
 
 
 def is_project(folder: str | os.PathLike) -> bool:
-    """True if ``folder`` looks like a napari-wsseg project."""
-    return (Path(folder) / PROJECT_FILE).is_file()
+    """True if ``folder`` holds a ``project.json`` written by napari-wsseg (with a schema version).
+
+    Another tool's ``project.json`` does not count, so ``create(overwrite=True)`` never deletes it.
+    """
+    path = Path(folder) / PROJECT_FILE
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "schema_version" in meta
 
 
 class Project:
@@ -271,7 +281,7 @@ class Project:
 
     def save_model(self, model, name: str) -> Path:
         """Save a trained method into ``models/<name>`` and record it in ``project.json``."""
-        path = model.save(self.model_dir(name))
+        path = model.save(self.model_dir(name), overwrite=True)  # a retrain replaces its model
         self.record_model(name, model.name)
         return path
 
@@ -327,6 +337,10 @@ def _read_meta(folder: Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ProjectError(f"project {folder}: {PROJECT_FILE} is damaged ({exc}); restore it from a backup") from None
+    if not isinstance(meta, dict):
+        raise ProjectError(
+            f"project {folder}: {PROJECT_FILE} is not a JSON object; restore it from a backup"
+        )
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ProjectError(

@@ -124,12 +124,18 @@ def sample_3d(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[ClassInfo]]:
 
 
 def save_sample(
-    out_dir, *, shape: tuple[int, ...] = (16, 256, 256), seed: int = 0, n_classes: int = 4
+    out_dir,
+    *,
+    shape: tuple[int, ...] = (16, 256, 256),
+    seed: int = 0,
+    n_classes: int = 4,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write a phantom as ``image.tif``, ``labels.tif`` and ``classes.json`` into ``out_dir``.
 
     ``classes.json`` is a list of ``{"id", "name", "color"}`` objects. The folder is created if
-    needed; existing files of these names are overwritten.
+    needed. The TIFFs carry their axes (``ZYX`` or ``YX``, grey), so a stack of 3 or 4 slices reads
+    back as slices, not as one colour image.
 
     Parameters
     ----------
@@ -137,11 +143,18 @@ def save_sample(
         Destination folder.
     shape, seed, n_classes
         As in :func:`make_phantom`.
+    overwrite : bool, default False
+        Replace existing files of these names; without it they are refused.
 
     Returns
     -------
     dict
         ``{"image": Path, "labels": Path, "classes": Path}``.
+
+    Raises
+    ------
+    WssegError
+        When ``out_dir`` is a file, or holds one of the files and ``overwrite`` is False.
 
     Examples
     --------
@@ -153,15 +166,31 @@ def save_sample(
     import tifffile
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    image, labels, classes = make_phantom(shape, seed=seed, n_classes=n_classes)
     paths = {name: out / f"{name}.tif" for name in ("image", "labels")}
     paths["classes"] = out / "classes.json"
-    tifffile.imwrite(paths["image"], image)
-    tifffile.imwrite(paths["labels"], labels)
+    _check_sample_destination(out, list(paths.values()), overwrite)
+    image, labels, classes = make_phantom(shape, seed=seed, n_classes=n_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    axes = "ZYX" if image.ndim == 3 else "YX"
+    for name, array in (("image", image), ("labels", labels)):
+        tifffile.imwrite(paths[name], array, photometric="minisblack", metadata={"axes": axes})
     records = [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(classes)]
     paths["classes"].write_text(json.dumps(records, indent=1) + "\n")
     return paths
+
+
+def _check_sample_destination(out: Path, paths: list[Path], overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise WssegError(f"sample output {out} is a file; give a folder for --out")
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise WssegError(
+            f"sample output {out} already holds {', '.join(existing)}; pass --overwrite to "
+            "replace them or choose another folder"
+        )
+    if overwrite and any(p.is_dir() for p in paths):
+        raise WssegError(f"sample output {out}: one of {[p.name for p in paths]} is a folder; "
+                         "remove it or choose another folder")
 
 
 def _check_phantom_args(shape, n_classes: int) -> tuple[int, int, int]:
@@ -307,6 +336,8 @@ def _add_nuclei(rng, coords, cells, labels, intensity) -> None:
     gaps = _seed_gaps(seeds)
     np.fill_diagonal(gaps, np.inf)
     nearest = gaps.min(axis=1)
+    # a phantom smaller than one cell has a single seed: size its nucleus by the image instead
+    nearest[~np.isfinite(nearest)] = min(labels.shape[1:])
     has_nucleus = rng.random(len(seeds)) < 0.25
     depth = (labels.shape[0] - 1) * _Z_STEP
     middle = np.array([depth / 2, labels.shape[1] / 2, labels.shape[2] / 2])

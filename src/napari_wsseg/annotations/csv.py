@@ -166,14 +166,19 @@ def read_classes_json(path) -> list[ClassInfo]:
     infos: list[ClassInfo | None] = [None] * len(entries)
     for i, (class_id, entry) in enumerate(zip(ids, entries)):
         color = entry.get("color", defaults[class_id].color)
-        if not isinstance(color, str) or not color:
+        if not isinstance(color, str) or not _is_hex_colour(color):  # label writers need it
             raise AnnotationError(
-                f"{path} entry {i + 1}: color {color!r} is not a colour string; "
+                f"{path} entry {i + 1}: color {str(color)[:40]!r} is not '#rrggbb'; "
                 "write e.g. '#ff8c00'"
             )
         infos[class_id] = ClassInfo(str(entry["name"]).strip(), color)
     _check_class_names([c.name for c in infos], str(path))
     return infos
+
+
+def _is_hex_colour(text: str) -> bool:
+    digits = "0123456789abcdefABCDEF"
+    return len(text) == 7 and text[0] == "#" and all(c in digits for c in text[1:])
 
 
 def _class_entry_id(path: Path, index: int, entry) -> int:

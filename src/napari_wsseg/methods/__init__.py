@@ -26,6 +26,9 @@ def available_methods() -> list[str]:
 def get_method(name: str):
     """The method class registered as ``name``."""
     if name not in _REGISTRY:
-        raise WssegError(f"unknown method '{name}'; available methods: {', '.join(_REGISTRY)}")
+        raise WssegError(
+            f"unknown method {str(name)[:40]!r}; choose one of the available methods: "
+            f"{', '.join(_REGISTRY)}"
+        )
     module_name, class_name = _REGISTRY[name].split(":")
     return getattr(import_module(module_name), class_name)

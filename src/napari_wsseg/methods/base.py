@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ import numpy as np
 from .. import __version__
 from ..annotations.model import Annotations, ClassInfo
 from ..engine.results import FitResult
+from ..engine.devices import check_device_name
 from ..progress import ProgressCallback
 from ..errors import ModelError, WssegError
 from ..io.image import Image
@@ -58,10 +60,12 @@ class FitOptions:
     cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        self.device = check_device_name(self.device)
+        budget = self.time_budget_s
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise WssegError(
-                f"time budget {self.time_budget_s} s is not positive; give a number of seconds > 0 "
-                "or no budget"
+                f"time budget {budget} s is not positive and finite; give a number of seconds > 0 "
+                "(--time-budget) or no budget"
             )
 
 
@@ -207,12 +211,25 @@ class Method(ABC):
     Subclasses set ``name`` (the registry key) and ``config_class`` (a frozen dataclass whose
     fields are the method's options, with defaults), and implement :meth:`_fit`,
     :meth:`predict_proba_slice`, :meth:`_save_weights` and :meth:`_load_weights`.
+
+    Optional hooks, each with a working default (see ``docs/methods/adding-a-method.md``):
+    :attr:`halo`, :attr:`halo_z`, :attr:`main_options`, :meth:`predict_proba_batch` and
+    :meth:`predict_proba_block`. Prediction code calls these and never probes for other
+    attributes.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
-    #: Pixels of context a prediction needs on each side of a tile (used by block-wise prediction).
+    #: Pixels of context the prediction of a pixel needs on each side in y and x. Block-wise
+    #: prediction reads this much around each block, so it equals whole-slice prediction when the
+    #: halo covers what the method looks at. A class attribute, or a property when it depends on
+    #: the config (rf: its largest filter).
     halo: ClassVar[int] = 0
+    #: Slices of context :meth:`predict_proba_block` needs above and below a block; 0 for methods
+    #: that predict each slice on its own (every method so far).
+    halo_z: ClassVar[int] = 0
+    #: Options the GUI's form shows first, the others behind "more options"; empty: all shown.
+    main_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config=None, **options: Any) -> None:
         if config is None:
@@ -257,6 +274,27 @@ class Method(ABC):
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         """Class probabilities ``(C, Y, X)`` float32 of one raw (un-normalised) ``(Y, X, C)`` slice."""
 
+    def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
+        """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice in ``slices``.
+
+        Block-wise prediction hands over the slices of a block (up to
+        ``predict.blocks.BATCH_SLICES`` at once). By default each goes to
+        :meth:`predict_proba_slice`; override this to batch work on a GPU.
+        """
+        return [self.predict_proba_slice(s) for s in slices]
+
+    def predict_proba_block(self, block_zyxc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, Z, Y, X)`` float32 of a raw ``(Z, Y, X, C)`` block.
+
+        This is what block-wise prediction calls. The block carries :attr:`halo_z` slices of
+        context above and below and :attr:`halo` pixels around in y and x where the volume has
+        them; the caller crops the context away, so return probabilities for every slice given.
+        By default the slices go to :meth:`predict_proba_batch`; a 3D method overrides this and
+        sets :attr:`halo_z`.
+        """
+        slices = self.predict_proba_batch(list(block_zyxc))
+        return np.stack([np.asarray(p, dtype=np.float32) for p in slices], axis=1)
+
     def predict_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         """Labels ``(Y, X)`` uint8 of one raw ``(Y, X, C)`` slice."""
         return np.argmax(self.predict_proba_slice(slice_yxc), axis=0).astype(np.uint8)
@@ -272,11 +310,27 @@ class Method(ABC):
             )
 
     # ------------------------------------------------------------- persistence
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the model folder atomically (temporary sibling, then rename) and return its path."""
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model folder atomically (temporary sibling, then rename) and return its path.
+
+        Parameters
+        ----------
+        folder : str or Path
+            The model folder: missing or empty, or (with ``overwrite``) a model folder.
+        overwrite : bool, default False
+            Replace an existing model folder. A non-empty folder that is not a model folder is
+            refused even then, so a user's files are never deleted.
+
+        Raises
+        ------
+        ModelError
+            When the model is untrained or ``folder`` may not be written (see
+            :func:`check_model_destination`).
+        """
         if not self.classes:
             raise ModelError(f"cannot save an untrained {self.name} model; train it first")
         folder = Path(folder)
+        check_model_destination(folder, overwrite=overwrite)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
@@ -313,6 +367,13 @@ class Method(ABC):
     @abstractmethod
     def _load_weights(self, folder: Path) -> None:
         """Read what :meth:`_save_weights` wrote."""
+
+
+#: Largest config.json read (a model folder is untrusted input; real ones are a few kB).
+MAX_CONFIG_BYTES = 16 * 2**20
+#: Most classes and channels a model may declare (labels are written as uint8).
+MAX_CLASSES, MAX_CHANNELS = 256, 1024
+_REQUIRED_KEYS = ("method", "config", "classes", "normalization", "n_channels")
 
 
 def read_model_config(folder: str | os.PathLike) -> dict:
@@ -452,9 +513,78 @@ def state_mapping(state: dict, key: str) -> dict:
     return dict(value)
 
 
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a ``config.json`` with the keys :meth:`Method.save` writes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> is_model_folder(tempfile.mkdtemp())
+    False
+    """
+    path = Path(folder) / CONFIG_FILE
+    if Path(folder).is_symlink() or not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "method" in meta
+
+
+def check_model_destination(folder: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse a model destination whose contents saving would destroy.
+
+    A missing or empty folder is fine; an existing model folder only with ``overwrite``; anything
+    else (a file, a link, a folder holding other files) never.
+
+    Raises
+    ------
+    ModelError
+        With the folder and the fix.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> check_model_destination(folder / "new-model")   # missing: fine
+    >>> _ = (folder / "notes.txt").write_text("mine")
+    >>> check_model_destination(folder, overwrite=True)
+    Traceback (most recent call last):
+    ...
+    napari_wsseg.errors.ModelError: model folder ... holds files that are not a napari-wsseg ...
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise ModelError(f"model folder {folder} is a symbolic link; give a real folder for --out")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} is an existing file; choose a folder name for --out"
+        )
+    if not any(folder.iterdir()):
+        return
+    if not is_model_folder(folder):
+        raise ModelError(
+            f"model folder {folder} holds files that are not a napari-wsseg model; choose a new "
+            "or empty folder for --out (nothing was deleted)"
+        )
+    if not overwrite:
+        raise ModelError(
+            f"model folder {folder} already holds a model; pass --overwrite (overwrite=True) to "
+            "replace it, or choose another folder"
+        )
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``, replacing an existing folder with as small a window as possible."""
+    """Move ``tmp`` to ``target``, replacing an empty folder or (checked by the caller) a model
+    folder with as small a window as possible."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()  # fails rather than deletes if a file appeared meanwhile
     if target.exists():
+        if not is_model_folder(target):
+            raise ModelError(f"model folder {target} changed while saving; save again")
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
         os.replace(tmp, target)

@@ -26,11 +26,18 @@ from ..progress import Budget, ProgressEvent, report
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from ..engine.results import FitResult
-from .base import FitOptions, Method
+from .base import FitOptions, Method, check_config
 
 WEIGHTS_FILE = "model.safetensors"
 #: What older releases wrote (skops); such folders are refused with a clear message.
 _OLD_WEIGHTS_FILE = "model.skops"
+
+
+#: Inclusive bounds of the numeric rf options; they also hold for a config.json read at load.
+RF_BOUNDS = {
+    "n_estimators": (1, 10_000), "max_depth": (1, 1000), "sigma_min": (0.05, 256.0),
+    "sigma_max": (0.05, 256.0), "num_sigma": (1, 64), "max_samples_per_class": (1, 10_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,21 @@ class RFConfig:
     num_sigma: int | None = None
     max_samples_per_class: int = 20000
 
+    def __post_init__(self) -> None:
+        check_config(self, "rf", RF_BOUNDS)
+        if self.sigma_min > self.sigma_max:
+            raise WssegError(
+                f"rf options sigma_min={self.sigma_min} > sigma_max={self.sigma_max}; give "
+                "sigma_min <= sigma_max, e.g. --sigma-min 0.7 --sigma-max 16"
+            )
+
 
 class RandomForestMethod(Method):
     """Random forest on multiscale filter features (the classic baseline)."""
 
     name = "rf"
     config_class = RFConfig
+    main_options = ("n_estimators", "sigma_max")
 
     @property
     def halo(self) -> int:  # type: ignore[override]

@@ -7,6 +7,7 @@ any array-like output (a numpy array, or a zarr array for outputs larger than me
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -19,28 +20,72 @@ from ..io.image import Image
 def parse_slices(text: str | None, n_slices: int, *, source: str = "--slices") -> list[int] | None:
     """Parse ``"3,5,7"`` or ``"0-12"`` (inclusive) into sorted slice indices; None stays None.
 
+    Every number is checked against ``n_slices`` before a range is expanded, so the result never
+    holds more than ``n_slices`` indices whatever the text asks for.
+
+    Raises
+    ------
+    WssegError
+        For a part that is not a number or ``A-B`` range, a backwards range, or a slice outside
+        ``0..n_slices-1``. The message quotes at most :data:`QUOTE_CHARS` characters of the text.
+
     Examples
     --------
     >>> parse_slices("3,5-7", 10)
     [3, 5, 6, 7]
+    >>> parse_slices("7-5", 10)
+    Traceback (most recent call last):
+    ...
+    napari_wsseg.errors.WssegError: --slices: range '7-5' runs backwards; write it as 5-7
     """
     if text is None or str(text).strip() == "":
         return None
     result: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-                result.update(range(int(lo), int(hi) + 1))
-            else:
-                result.add(int(part))
-        except ValueError:
-            raise WssegError(f"{source}: '{part}' is not a slice number or range; write e.g. 3,5,7 or 0-12") from None
-    bad = sorted(z for z in result if not 0 <= z < n_slices)
-    if bad:
-        raise WssegError(f"{source}: slice(s) {bad} outside the image's 0..{n_slices - 1}; pick slices inside it")
+    for part in _comma_parts(str(text)):
+        match = _SLICE_PART.fullmatch(part.strip())
+        if match is None:
+            raise WssegError(
+                f"{source}: {_quote(part.strip())} is not a slice number or range; "
+                "write e.g. 3,5,7 or 0-12"
+            )
+        lo_text, hi_text = match.group(1), match.group(2) or match.group(1)
+        lo, hi = (_slice_index(t, n_slices, source) for t in (lo_text, hi_text))
+        if hi < lo:
+            raise WssegError(
+                f"{source}: range {_quote(part.strip())} runs backwards; write it as {hi}-{lo}"
+            )
+        result.update(range(lo, hi + 1))
     return sorted(result)
+
+
+#: At most this many characters of a user's text are quoted back in an error message.
+QUOTE_CHARS = 40
+_SLICE_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")
+
+
+def _comma_parts(text: str):
+    """The comma-separated parts of ``text``, one at a time (a huge text is never split at once)."""
+    start = 0
+    while (end := text.find(",", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
+
+
+def _slice_index(digits: str, n_slices: int, source: str) -> int:
+    index = int(digits) if len(digits) <= 18 else n_slices  # longer: out of range anyway
+    if index >= n_slices:
+        raise WssegError(
+            f"{source}: slice {_quote(digits, bare=True)} is outside the image's slices "
+            f"0..{n_slices - 1}; pick slices inside it"
+        )
+    return index
+
+
+def _quote(text: str, *, bare: bool = False) -> str:
+    """``text`` in quotes, shortened to :data:`QUOTE_CHARS` characters."""
+    short = text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+    return short if bare else f"'{short}'"
 
 
 def predict_image(
