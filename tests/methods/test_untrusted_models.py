@@ -238,3 +238,141 @@ def test_untouched_dsp_copy_loads(dsp_folder, tmp_path, phantom_2d):
     image = phantom_2d[0][..., None]
     np.testing.assert_allclose(load_model(folder).predict_proba_slice(image),
                                load_model(dsp_folder).predict_proba_slice(image), atol=1e-6)
+
+
+# ------------------------------------------------------------------ mews: paths in a model file
+@pytest.fixture(scope="module")
+def mews_folder(phantom_2d, tmp_path_factory):
+    """A mews model trained with backbone weights read from a file, and that file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    from napari_wsseg.methods.mews.method import MEWSMethod
+
+    root = tmp_path_factory.mktemp("mews")
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", pretrained=False)
+    weights = root / "vit.safetensors"
+    save_torch({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    image, labels, classes = phantom_2d
+    rng = np.random.default_rng(0)
+    rows = []
+    for cls in range(len(classes)):
+        ys, xs = np.nonzero(labels == cls)
+        rows += [[0, ys[i], xs[i], cls] for i in rng.choice(len(ys), 2, replace=False)]
+    method = MEWSMethod(backbone="test_vit", backbone_weights=str(weights), max_steps=1)
+    method.fit(as_image(image), Annotations(classes=classes, points=np.array(rows)), FitOptions(device="cpu"))
+    return method.save(root / "model"), weights
+
+
+def _predict_once(folder, image):
+    model = load_model(folder)
+    return model.predict_slice(image[..., None])
+
+
+@pytest.mark.parametrize("cache_dir", ["../../escaped", "/tmp/wsseg-untrusted-abs"])
+def test_mews_cache_dir_outside_the_model_folder_is_ignored_with_a_warning(
+        mews_folder, tmp_path, phantom_2d, monkeypatch, cache_dir):
+    monkeypatch.setenv("WSSEG_CACHE_DIR", str(tmp_path / "user-cache"))
+    folder = _rewrite_config(mews_folder[0], tmp_path / "a" / "b", _set_key("config", "cache_dir", value=cache_dir))
+    target = (folder / cache_dir).resolve()
+    before = target.exists()
+    with pytest.warns(UserWarning, match="outside the model folder .* keeping features in memory"):
+        labels = _predict_once(folder, phantom_2d[0])
+    assert labels.shape == phantom_2d[0].shape
+    assert target.exists() == before  # nothing was created there
+
+
+def test_mews_cache_dir_inside_the_model_folder_or_the_cache_root_is_used(
+        mews_folder, tmp_path, phantom_2d, monkeypatch):
+    monkeypatch.setenv("WSSEG_CACHE_DIR", str(tmp_path / "user-cache"))
+    inside = _rewrite_config(mews_folder[0], tmp_path / "in", _set_key("config", "cache_dir", value="features"))
+    _predict_once(inside, phantom_2d[0])
+    assert (inside / "features" / "zarr.json").is_file()
+    in_root = tmp_path / "user-cache" / "mews"
+    folder = _rewrite_config(mews_folder[0], tmp_path / "root", _set_key("config", "cache_dir", value=str(in_root)))
+    _predict_once(folder, phantom_2d[0])
+    assert (in_root / "zarr.json").is_file()
+
+
+def test_mews_backbone_file_with_other_bytes_is_not_read(mews_folder, tmp_path, monkeypatch):
+    """The model records its weights file's sha256: a file of another content at the recorded
+    path (or found by name) is refused before it is parsed."""
+    import timm
+    import torch
+
+    from napari_wsseg.engine import vit
+
+    folder, weights = mews_folder
+    other = tmp_path / "other.pt"
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), str(other))
+    crafted = _rewrite_config(folder, tmp_path, _set_key("state", "backbone", "weights_source", value=f"file:{other}"))
+    parsed = []
+    monkeypatch.setattr(vit, "_read_state_dict", lambda path: parsed.append(path))
+    with pytest.raises(ModelError) as error:
+        load_model(crafted)
+    assert_one_line(error, str(other), "file weights hash", "retrain")
+    assert parsed == []
+
+
+def test_mews_model_without_a_file_hash_only_reads_safetensors(mews_folder, tmp_path, monkeypatch):
+    import timm
+    import torch
+
+    from napari_wsseg.engine import vit
+
+    folder, _ = mews_folder
+    other = tmp_path / "state.pt"
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), str(other))
+
+    def edit(meta):
+        meta["state"]["backbone"]["weights_source"] = f"file:{other}"
+        del meta["state"]["backbone"]["weights_file_sha256"]
+
+    crafted = _rewrite_config(folder, tmp_path, edit)
+    parsed = []
+    monkeypatch.setattr(vit, "_read_state_dict", lambda path: parsed.append(path))
+    with pytest.raises(ModelError) as error:
+        load_model(crafted)
+    assert_one_line(error, "state.pt", "does not exist")
+    assert parsed == []
+
+
+def test_loaded_mews_model_never_uses_the_config_weights_path(mews_folder, tmp_path):
+    folder, weights = mews_folder
+
+    def edit(meta):
+        del meta["state"]["backbone"]["weights_source"]
+        meta["config"]["backbone_weights"] = "/etc/passwd"
+
+    with pytest.raises(ModelError) as error:
+        load_model(_rewrite_config(folder, tmp_path, edit))
+    assert_one_line(error, "weights source None", "retrain")
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.__setitem__("heads", t["heads"][:, :, :3].contiguous()), "config.json implies"),
+    (lambda t: t.pop("centroids"), "config.json implies"),
+    (lambda t: t.__setitem__("heads", t["heads"].clone().fill_(float("inf"))), "NaN or infinite"),
+])
+def test_mews_heads_must_fit_the_config(mews_folder, tmp_path, edit, expected):
+    import shutil
+
+    from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+    folder = tmp_path / "m"
+    shutil.copytree(mews_folder[0], folder)
+    tensors = load_torch(str(folder / "model.safetensors"))
+    edit(tensors)
+    save_torch(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ModelError) as error:
+        load_model(folder)
+    assert_one_line(error, "model.safetensors", expected, "retrain")
+
+
+def test_untouched_mews_copy_loads_with_its_hash_checked_file(mews_folder, tmp_path, phantom_2d):
+    folder = _rewrite_config(mews_folder[0], tmp_path, lambda meta: None)
+    meta = json.loads((folder / "config.json").read_text())
+    assert len(meta["state"]["backbone"]["weights_file_sha256"]) == 64
+    np.testing.assert_array_equal(_predict_once(folder, phantom_2d[0]), _predict_once(mews_folder[0], phantom_2d[0]))

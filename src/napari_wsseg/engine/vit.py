@@ -65,7 +65,8 @@ class FrozenViT:
     """A frozen timm ViT in eval mode that computes patch-feature grids of normalised slices.
 
     Build it with :func:`load_backbone`. Attributes ``name``, ``weights_source`` (how the weights
-    were obtained), ``weights_hash`` (sha256 of the state dict) and ``warning`` (set for random
+    were obtained), ``weights_hash`` (sha256 of the state dict), ``weights_file_sha256`` (sha256 of
+    the weights file's bytes, None unless read from a file) and ``warning`` (set for random
     weights) identify the backbone in model folders and feature caches.
     """
 
@@ -80,6 +81,7 @@ class FrozenViT:
         tiles: TileSpec = TileSpec(),
         batch_size: int = 4,
         device: str | Any = "cpu",
+        weights_file_sha256: str | None = None,
     ) -> None:
         import torch
 
@@ -87,6 +89,7 @@ class FrozenViT:
         self.name = name
         self.weights_source = weights_source
         self.weights_hash = weights_hash
+        self.weights_file_sha256 = weights_file_sha256
         self.warning = warning
         self.tiles = tiles
         self.batch_size = max(1, int(batch_size))
@@ -248,6 +251,7 @@ def load_backbone(
     device="cpu",
     tiles: TileSpec = TileSpec(),
     batch_size: int = 4,
+    expected_file_sha256: str | None = None,
 ) -> FrozenViT:
     """Build a frozen timm ViT and load its weights.
 
@@ -264,15 +268,18 @@ def load_backbone(
         Tiling of large slices (default tiles of 64 patches, halo 4 patches).
     batch_size : int, default 4
         Tiles per backbone forward pass.
+    expected_file_sha256 : str or None, default None
+        sha256 of the weights file's bytes; when given, a file with other bytes is refused before
+        it is parsed (a model folder names its weights file and is untrusted input).
 
     Raises
     ------
     ModelError
-        Unknown or non-ViT name, weights that cannot be downloaded/read, or a weights file of another
-        architecture.
+        Unknown or non-ViT name, weights that cannot be downloaded/read, a weights file whose
+        bytes differ from ``expected_file_sha256``, or a weights file of another architecture.
     """
     _check_name(name)
-    warning = None
+    warning, file_sha256 = None, None
     if weights is None:
         model, source = _create_pretrained(name)
     elif str(weights) == RANDOM_WEIGHTS:
@@ -284,6 +291,7 @@ def load_backbone(
         warnings.warn(warning, stacklevel=2)
     else:
         path = Path(weights).expanduser().resolve()
+        file_sha256 = _checked_file_sha256(path, expected_file_sha256)
         model = _create(name, pretrained=False)
         _load_weights_file(model, path, name)
         source = f"file:{path}"
@@ -296,7 +304,39 @@ def load_backbone(
         tiles=tiles,
         batch_size=batch_size,
         device=device,
+        weights_file_sha256=file_sha256,
     )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a regular file's bytes, read in 8 MiB blocks.
+
+    Raises
+    ------
+    ModelError
+        When ``path`` is not a regular file (a device or FIFO could block or never end).
+    """
+    if not path.is_file():
+        raise ModelError(
+            f"backbone weights file {path} does not exist or is not a regular file; give a "
+            ".safetensors or torch state-dict file"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * 2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checked_file_sha256(path: Path, expected: str | None) -> str:
+    """The file's sha256, which must equal ``expected`` when that is given."""
+    actual = file_sha256(path)
+    if expected is not None and actual != expected:
+        raise ModelError(
+            f"backbone weights file {path} has file weights hash {actual[:12]} but the model was "
+            f"trained with {str(expected)[:12]}; copy the file it was trained with or retrain"
+        )
+    return actual
 
 
 def hash_weights(model) -> str:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +29,59 @@ from ... import __version__
 from ...errors import ModelError
 
 CACHE_FORMAT_VERSION = 1
+#: Folder under which a model's config.json may place its feature cache (besides the model folder).
+CACHE_DIR_VARIABLE = "WSSEG_CACHE_DIR"
 _log = logging.getLogger(__name__)
+
+
+def user_cache_root() -> Path:
+    """``$WSSEG_CACHE_DIR``, else the platform's cache folder for napari-wsseg.
+
+    ``~/.cache/napari-wsseg`` on Linux (``$XDG_CACHE_HOME`` when set), ``~/Library/Caches/
+    napari-wsseg`` on macOS, ``%LOCALAPPDATA%\\napari-wsseg`` on Windows.
+    """
+    if os.environ.get(CACHE_DIR_VARIABLE):
+        return Path(os.environ[CACHE_DIR_VARIABLE]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "napari-wsseg"
+
+
+def confined_cache_dir(directory: str, model_folder: Path) -> Path | None:
+    """Where a ``cache_dir`` read from a model folder's config.json may put a feature cache.
+
+    A model folder is untrusted input, so its ``cache_dir`` may not create folders anywhere: a
+    relative path is taken relative to the model folder and must stay inside it, an absolute one
+    must lie inside :func:`user_cache_root`. Anything else is ignored with a warning (features
+    then stay in memory; predictions are the same, only slower to repeat).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> confined_cache_dir("features", folder) == (folder / "features").resolve()
+    True
+    >>> import warnings; warnings.simplefilter("ignore")
+    >>> confined_cache_dir("../../elsewhere", folder) is None
+    True
+    """
+    model_folder = Path(model_folder).resolve()
+    path = Path(directory).expanduser()
+    resolved = (path if path.is_absolute() else model_folder / path).resolve()
+    root = user_cache_root().resolve()
+    if resolved.is_relative_to(model_folder) or resolved.is_relative_to(root):
+        return resolved
+    warnings.warn(
+        f"mews model {model_folder}: cache_dir {str(directory)[:200]!r} in config.json is outside "
+        f"the model folder and the cache root {root}; keeping features in memory. Set "
+        f"{CACHE_DIR_VARIABLE} to a folder that holds it to use that cache",
+        stacklevel=3,
+    )
+    return None
 
 
 def slice_key(slice_yxc: np.ndarray, normalization) -> str:

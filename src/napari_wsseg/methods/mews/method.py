@@ -34,11 +34,11 @@ from ...annotations.model import Annotations
 from ...engine.devices import resolve_device
 from ...progress import Budget, ProgressEvent, report
 from ...engine.results import FitResult
-from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, load_backbone
+from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, file_sha256, load_backbone
 from ...errors import AnnotationError, ModelError, WssegError
 from ...io.image import Image
-from ..base import FitOptions, Method
-from .cache import FeatureCache, slice_key
+from ..base import FitOptions, Method, check_config, state_mapping
+from .cache import FeatureCache, confined_cache_dir, slice_key
 from .heads import ProjectionHeads
 from .losses import correlation_loss, gmm_thresholds, prototype_class_thresholds, prototype_loss, triplet_loss
 
@@ -50,6 +50,18 @@ _MAX_PATCHES_FOR_PROTO_GMM = 8192
 #: Crops whose per-patch GMMs are fitted in one batch (bounds memory to ~16 x 400 x 400 x 2 floats).
 _GMM_CROPS_PER_BATCH = 16
 _PROGRESS_INTERVAL_S = 0.25
+
+
+#: Inclusive (low, high) of each numeric MEWS option. The highs are far above any useful value
+#: and keep a crafted config.json from asking for huge heads, crops (L_corr is quadratic in a
+#: crop's patches) or backbone tiles (attention is quadratic in a tile's patches).
+MEWS_BOUNDS = {
+    "proj_dim": (1, 4096), "lr": (0, 1), "batch": (1, 1024), "max_steps": (0, 1_000_000),
+    "crop_patches": (2, 64), "margin": (0, 4), "corr_clamp": (-1, 1), "corr_patches": (2, 4096),
+    "gmm_init": (-1, 1), "gmm_max_iter": (1, 1000), "temperature": (0, 10), "tile_patches": (1, 128),
+    "halo_patches": (0, 63), "feature_batch": (1, 256), "extra_slices": (0, 100_000),
+    "max_mask_prototypes": (1, 4096), "cache_memory_mb": (0, 1_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -131,24 +143,21 @@ class MEWSConfig:
     cache_memory_mb: float = 2048
 
     def __post_init__(self) -> None:
-        positive = {"proj_dim": self.proj_dim, "lr": self.lr, "batch": self.batch, "temperature": self.temperature,
-                    "gmm_max_iter": self.gmm_max_iter, "feature_batch": self.feature_batch,
-                    "cache_memory_mb": self.cache_memory_mb, "max_mask_prototypes": self.max_mask_prototypes}
-        for name, value in positive.items():
-            if not value > 0:
-                raise WssegError(f"mews option {name}={value} must be > 0")
-        for name in ("max_steps", "extra_slices", "margin"):
-            if getattr(self, name) < 0:
-                raise WssegError(f"mews option {name}={getattr(self, name)} must be >= 0")
-        if self.corr_patches is not None and self.corr_patches < 2:
-            raise WssegError(f"mews option corr_patches={self.corr_patches} must be >= 2, or None for all patches")
-        if self.crop_patches < 2:
-            raise WssegError(f"mews option crop_patches={self.crop_patches} must be >= 2 patches")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check each option's type and range (:data:`MEWS_BOUNDS`) and the rules between options.
+
+        Called on construction, so a config read from a model's ``config.json`` is checked too
+        (where ``cache_dir`` and ``backbone_weights`` are also confined, see ``docs/methods/mews.md``).
+        """
+        check_config(self, "mews", MEWS_BOUNDS)
+        for name in ("lr", "temperature", "cache_memory_mb"):
+            if not getattr(self, name) > 0:
+                raise WssegError(f"mews option {name}={getattr(self, name)} must be > 0")
         if not (self.use_corr or self.use_proto or self.use_triplet):
             raise WssegError("mews options switch off all three losses; keep at least one of use_corr, "
                              "use_proto, use_triplet")
-        if len(self.gmm_init) != 2:
-            raise WssegError(f"mews option gmm_init={self.gmm_init} must be two means (low, high)")
         TileSpec(self.tile_patches, self.halo_patches)
 
 
@@ -157,6 +166,7 @@ class MEWSMethod(Method):
 
     name = "mews"
     config_class = MEWSConfig
+    main_options = ("backbone", "backbone_weights", "max_steps")
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
@@ -382,38 +392,58 @@ class MEWSMethod(Method):
                 device=self._get_device(),
                 tiles=TileSpec(self.config.tile_patches, self.config.halo_patches),
                 batch_size=self.config.feature_batch,
+                expected_file_sha256=self._backbone_state.get("weights_file_sha256"),
             )
         elif self._backbone.device != self._get_device():
             self._backbone.to(self._get_device())
         return self._backbone
 
     def _weights_spec(self) -> str | None:
-        """Weights to build the backbone from: the trained model's recorded source, else the config."""
+        """Weights to build the backbone from: the trained model's recorded source, else the config.
+
+        A loaded model (untrusted input) only uses its recorded source, never the config's
+        ``backbone_weights`` path.
+        """
         source = self._backbone_state.get("weights_source")
-        if source is None:
+        if source is None and self._folder is None:
             return self.config.backbone_weights
         if source == RANDOM_WEIGHTS:
             return RANDOM_WEIGHTS
-        if source.startswith("file:"):
+        if isinstance(source, str) and source.startswith("timm:"):
+            return None
+        if isinstance(source, str) and source.startswith("file:"):
             return str(self._find_weights_file(Path(source[len("file:") :])))
-        return None
+        raise ModelError(
+            f"mews model folder {self._folder}: backbone weights source {source!r:.80} is not one "
+            "napari-wsseg records (timm:..., file:... or random); retrain the model"
+        )
 
     def _find_weights_file(self, recorded: Path) -> Path:
         """The backbone weights file the model was trained with, where it is now.
 
-        The recorded (absolute) path first; if the model folder moved to another machine, a file
-        of the same name in the model folder or in a folder of ``$WSSEG_WEIGHTS_DIR`` (separated
-        like ``PATH``). The weights hash recorded at training is checked after loading, so a
-        different file of the same name is refused.
+        The recorded path first; if the model folder moved to another machine, a file of the same
+        name in the model folder or in a folder of ``$WSSEG_WEIGHTS_DIR`` (separated like
+        ``PATH``). A model records the sha256 of the file's bytes, and only a file with those bytes
+        is read, so a crafted model cannot make us parse an arbitrary file. Models without that
+        record (older releases) may only name ``.safetensors`` files, whose parser runs no code;
+        their weights hash is checked after loading.
         """
-        if recorded.is_file():
-            return recorded
+        expected = self._backbone_state.get("weights_file_sha256")
         folders = [self._folder] if self._folder is not None else []
         folders += [Path(f).expanduser() for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep) if f]
-        for folder in folders:
-            candidate = folder / recorded.name
-            if candidate.is_file():
+        candidates = [recorded] + [folder / recorded.name for folder in folders]
+        found = [c for c in candidates if c.is_file()]
+        if expected is None:
+            found = [c for c in found if c.suffix == ".safetensors"]
+        for candidate in found:
+            if expected is None or file_sha256(candidate) == expected:
                 return candidate
+        if found:
+            raise ModelError(
+                f"backbone weights file {found[0]} has another file weights hash than the "
+                f"{str(expected)[:12]} the mews model was trained with; copy that file into the "
+                f"model folder or {WEIGHTS_DIR_VARIABLE}, or retrain"
+            )
         raise ModelError(
             f"backbone weights file {recorded} (recorded in the mews model) does not exist; copy "
             f"{recorded.name} into the model folder or set {WEIGHTS_DIR_VARIABLE} to the folder "
@@ -422,15 +452,19 @@ class MEWSMethod(Method):
 
     def _get_cache(self) -> FeatureCache:
         if self._cache is None:
+            directory = self.config.cache_dir
+            if directory is not None and self._folder is not None:
+                directory = confined_cache_dir(directory, self._folder)
             self._cache = FeatureCache(
-                self._get_backbone().signature(), self.config.cache_dir, max_memory_mb=self.config.cache_memory_mb
+                self._get_backbone().signature(), directory, max_memory_mb=self.config.cache_memory_mb
             )
         return self._cache
 
     def _describe_backbone(self) -> dict:
         b = self._get_backbone()
         return {"name": b.name, "weights_source": b.weights_source, "weights_hash": b.weights_hash,
-                "patch_size": b.patch_size, "embed_dim": b.embed_dim}
+                "weights_file_sha256": b.weights_file_sha256, "patch_size": b.patch_size,
+                "embed_dim": b.embed_dim}
 
     @property
     def n_classes(self) -> int:
@@ -441,7 +475,11 @@ class MEWSMethod(Method):
         return {"backbone": dict(self._backbone_state)}
 
     def _load_state_dict(self, state: dict) -> None:
-        self._backbone_state = dict(state.get("backbone", {}))
+        backbone = state_mapping(state, "backbone")
+        for key in ("name", "weights_source", "weights_hash", "weights_file_sha256"):
+            if not isinstance(backbone.get(key, ""), (str, type(None))) or len(backbone.get(key) or "") > 4096:
+                raise ModelError(f"state backbone {key} {backbone[key]!r:.60} is not a text")
+        self._backbone_state = backbone
 
     def _save_weights(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -451,24 +489,49 @@ class MEWSMethod(Method):
                   metadata={"method": self.name})
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
         self._folder = Path(folder)
         path = folder / WEIGHTS_FILE
         if not path.is_file():
             raise ModelError(f"model folder {folder}: no {WEIGHTS_FILE}; retrain the mews model")
-        tensors = load_file(str(path))
-        n_classes, in_dim, proj_dim = tensors["heads"].shape
-        if n_classes != len(self.classes):
-            raise ModelError(f"model folder {folder}: {n_classes} heads for {len(self.classes)} classes; retrain")
-        heads = ProjectionHeads(n_classes, in_dim, proj_dim)
-        heads.weight.data.copy_(tensors["heads"])
-        self._check_backbone(folder)
+        heads, centroids = self._read_heads(path)
+        backbone = self._check_backbone(folder)
+        if heads.shape[1] != backbone.embed_dim:
+            raise ModelError(
+                f"model file {path}: heads take {heads.shape[1]} features but backbone "
+                f"'{backbone.name}' gives {backbone.embed_dim}; retrain the mews model"
+            )
+        module = ProjectionHeads(*heads.shape)
+        module.weight.data.copy_(heads)
         device = self._get_device()
-        self._heads = heads.to(device).eval().requires_grad_(False)
-        self._centroids = tensors["centroids"].to(device)
+        self._heads = module.to(device).eval().requires_grad_(False)
+        self._centroids = centroids.to(device)
 
-    def _check_backbone(self, folder: Path) -> None:
+    def _read_heads(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads ``(C, D, P)`` and centroids ``(C, P)`` of a weights file, shapes checked
+        against config.json (from the header, before any tensor is read)."""
+        from safetensors import SafetensorError, safe_open
+
+        n_classes, proj_dim = len(self.classes), self.config.proj_dim
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                ok = (set(shapes) == {"heads", "centroids"} and len(shapes["heads"]) == 3
+                      and shapes["heads"][0::2] == (n_classes, proj_dim)
+                      and shapes["centroids"] == (n_classes, proj_dim))
+                tensors = {key: f.get_tensor(key).float() for key in shapes} if ok else {}
+        except (SafetensorError, OSError) as exc:
+            reason = " ".join(str(exc).split())[:120]
+            raise ModelError(f"model file {path} is not a valid safetensors file ({reason}); retrain") from None
+        if not ok:
+            raise ModelError(
+                f"model file {path} holds {_short_shapes(shapes)} but config.json implies heads "
+                f"({n_classes}, D, {proj_dim}) and centroids ({n_classes}, {proj_dim}); retrain the mews model"
+            )
+        if not all(torch.isfinite(t).all() for t in tensors.values()):
+            raise ModelError(f"model file {path} holds NaN or infinite weights; retrain the mews model")
+        return tensors["heads"], tensors["centroids"]
+
+    def _check_backbone(self, folder: Path) -> FrozenViT:
         expected = self._backbone_state.get("weights_hash")
         backbone = self._get_backbone()
         if expected and backbone.weights_hash != expected:
@@ -477,6 +540,7 @@ class MEWSMethod(Method):
                 f"hash {backbone.weights_hash[:12]} but the model was trained with {expected[:12]}; provide the "
                 "same backbone weights (Hugging Face cache or --backbone-weights file) or retrain"
             )
+        return backbone
 
 
 class _Cancelled(Exception):
@@ -558,3 +622,9 @@ def _sample_patches(feats: torch.Tensor, generator: torch.Generator) -> torch.Te
         return flat
     pick = torch.randperm(len(flat), generator=generator)[:_MAX_PATCHES_FOR_PROTO_GMM]
     return flat[pick.to(flat.device)]
+
+
+def _short_shapes(shapes: dict) -> str:
+    """Up to four ``name: shape`` entries of a weights file, for an error message."""
+    text = ", ".join(f"{k[:40]}: {v}" for k, v in list(shapes.items())[:4])
+    return "{" + text + (", ..." if len(shapes) > 4 else "") + "}"
