@@ -1,0 +1,97 @@
+"""bioimage.io export: the package passes bioimageio.core's model test and reproduces wsseg predict."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from napari_wsseg.cli import main
+from napari_wsseg.errors import WssegError
+from napari_wsseg.eval.simulate import simulate_annotations
+from napari_wsseg.export import check_exportable, export_bioimageio
+from napari_wsseg.io import read_labels
+from napari_wsseg.io.image import as_image
+from napari_wsseg.methods import get_method
+from napari_wsseg.methods.base import FitOptions
+from napari_wsseg.sample import make_phantom
+
+TINY = {
+    "dsp": dict(max_steps=3, batch_size=2, crop_size=32, depth=2, width=4, embed_dim=8),
+    "size": dict(max_steps=3, batch_size=2, crop_size=32, depth=2, width=4),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny dsp and size models trained for three steps, and the 2D image they were trained on."""
+    folder = tmp_path_factory.mktemp("models")
+    image, labels, classes = make_phantom((96, 80), seed=1)
+    np.save(folder / "image.npy", image)
+    annotations = simulate_annotations(labels[None], classes=classes, points=3, sizes=True, seed=0)
+    models = {}
+    for name, options in TINY.items():
+        method = get_method(name)(**options)
+        method.fit(as_image(image), annotations, FitOptions(device="cpu"))
+        models[name] = method.save(folder / name)
+    return folder, models
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_package_passes_the_bioimageio_model_test_and_matches_wsseg_predict(trained, method, tmp_path):
+    from bioimageio.core import create_prediction_pipeline, load_model_description, predict, test_model
+
+    folder, models = trained
+    out = export_bioimageio(models[method], tmp_path / f"{method}.zip", licence="MIT",
+                            authors=["A. Tester"], image=as_image(np.load(folder / "image.npy")))
+    summary = test_model(out)
+    assert summary.status == "passed", summary.format()
+
+    with zipfile.ZipFile(out) as package:
+        names = set(package.namelist())
+        test_input = np.load(package.open("test_input.npy"))
+        readme = package.read("README.md").decode()
+    assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "README.md"} <= names
+    assert "MIT" in readme and "points" in readme and "mitochondrion" in readme
+
+    np.save(tmp_path / "crop.npy", test_input[0, 0].astype(np.uint8))
+    assert main(["predict", str(models[method]), str(tmp_path / "crop.npy"),
+                 "--out", str(tmp_path / "pred.npy")]) == 0
+    expected = np.asarray(read_labels(tmp_path / "pred.npy"))
+    descr = load_model_description(out)
+    for weight_format in ("pytorch_state_dict", "torchscript"):
+        pipeline = create_prediction_pipeline(descr, weight_format=weight_format)
+        probabilities = predict(model=pipeline, inputs=test_input).members["probabilities"].data
+        probabilities = np.asarray(probabilities)
+        assert np.ptp(probabilities) > 0.01  # not a constant output
+        labels = probabilities.argmax(axis=1)[0]
+        assert labels.shape == expected.shape
+        assert np.mean(labels == expected) > 0.999, weight_format
+
+
+def test_rf_and_mews_are_refused_with_the_exportable_methods(tmp_path, capsys):
+    for method in ("rf", "mews"):
+        with pytest.raises(WssegError, match="exportable methods: dsp, size"):
+            check_exportable(method)
+    folder = tmp_path / "rf_model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"format_version": 1, "method": "rf"}))
+    assert main(["export", str(folder), "--out", str(tmp_path / "rf.zip")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wsseg: error: rf models cannot be exported") and "\n" not in err
+    assert not (tmp_path / "rf.zip").exists()
+
+
+def test_bad_licence_and_existing_package_are_clear_errors(trained, tmp_path, capsys):
+    _, models = trained
+    with pytest.raises(WssegError, match="licen"):
+        export_bioimageio(models["size"], tmp_path / "m.zip", licence="my-own-licence")
+    assert not (tmp_path / "m.zip").exists()
+    (tmp_path / "taken.zip").write_bytes(b"user file")
+    assert main(["export", str(models["size"]), "--out", str(tmp_path / "taken.zip")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "taken.zip").read_bytes() == b"user file"
+    with pytest.raises(WssegError, match=r"\.zip"):
+        export_bioimageio(models["size"], tmp_path / "model.yaml")
