@@ -12,7 +12,6 @@ from napari_wsseg.errors import ModelError, WssegError
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import available_methods, get_method
 from napari_wsseg.methods.base import FitOptions, load_model
-from napari_wsseg.predict.volume import _predict_proba_slices
 
 # Short settings that keep every registered method's contract test to a few seconds on a CPU.
 FAST_OPTIONS = {
@@ -64,8 +63,12 @@ def test_batch_prediction_equals_slice_prediction(name, phantom_3d):
     method.fit(img, Annotations(classes=classes, points=_clicks(labels[:4, :64, :64], len(classes))),
                FitOptions(device="cpu", seed=0))
     slices = [img.slice(z) for z in range(3)] + [img.slice(3)[:40, :50]]  # two shapes
-    # what the block-wise predictor calls: the method's predict_proba_batch, else slice by slice
-    batched = _predict_proba_slices(method, slices)
+    # what block-wise prediction calls: predict_proba_block, whose default hands the slices to
+    # predict_proba_batch (batched on a GPU for the torch methods)
+    batched = method.predict_proba_batch(slices)
+    block = method.predict_proba_block(np.stack(slices[:3]))
+    assert block.shape == (len(classes), 3, 64, 64) and block.dtype == np.float32
+    np.testing.assert_allclose(block, np.stack(batched[:3], axis=1), atol=1e-6)
     assert [b.shape for b in batched] == [(len(classes), 64, 64)] * 3 + [(len(classes), 40, 50)]
     for one, together in zip(slices, batched):
         np.testing.assert_allclose(together, method.predict_proba_slice(one), atol=1e-5)

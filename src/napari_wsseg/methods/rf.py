@@ -80,6 +80,7 @@ class RandomForestMethod(Method):
     name = "rf"
     config_class = RFConfig
     main_options = ("n_estimators", "sigma_max")
+    main_options = ("n_estimators", "sigma_max")
 
     @property
     def halo(self) -> int:  # type: ignore[override]

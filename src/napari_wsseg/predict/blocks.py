@@ -1,9 +1,10 @@
 """The block maths of block-wise prediction: the grid, block regions, halos, reading a block. No Qt.
 
 A volume is cut into blocks (default ``(64, 512, 512)`` voxels). :func:`predict_block` is the one
-pure function that predicts a block: it reads the block plus the halo the model needs in y and x
-(methods are 2D, so none in z), predicts every slice and crops the halo away, so a block-wise
-prediction equals a whole-volume one with no seams. :mod:`~napari_wsseg.predict.store` writes the
+pure function that predicts a block: it reads the block plus the context the model declares
+(``halo`` pixels in y and x, ``halo_z`` slices in z: 0 for the 2D methods), hands it to the model's
+``predict_proba_block`` and crops the context away, so a block-wise prediction equals a
+whole-volume one with no seams. :mod:`~napari_wsseg.predict.store` writes the
 blocks, :mod:`~napari_wsseg.predict.schedulers` runs them, :mod:`~napari_wsseg.predict.volume`
 ties the three together.
 """
@@ -22,7 +23,7 @@ from ..io.image import Image
 #: Block shape for volumes and for 2D images when none is given.
 DEFAULT_BLOCK_3D = (64, 512, 512)
 DEFAULT_BLOCK_2D = (512, 512)
-#: Slices handed to a method's ``predict_proba_batch`` at once (bounds device memory).
+#: Output slices handed to a method's ``predict_proba_block`` at once (bounds memory).
 BATCH_SLICES = 8
 
 BlockIndex = tuple[int, int, int]
@@ -101,8 +102,11 @@ def block_region(index, block, shape) -> Region:
     return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, block, shape))
 
 
-def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str = "synchronous"):
-    """Read a block plus ``halo`` pixels of context in y and x (clipped to the image).
+def read_block_input(image: Image, region: Region, halo: int, *, halo_z: int = 0,
+                     scheduler: str = "synchronous"):
+    """Read a block plus ``halo`` pixels of context in y and x and ``halo_z`` slices in z.
+
+    The context is clipped to the image.
 
     Parameters
     ----------
@@ -112,16 +116,18 @@ def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str 
         The block in ``(Z, Y, X)`` voxels.
     halo : int
         Context in pixels on each side in y and x.
+    halo_z : int, default 0
+        Context in slices above and below the block.
     scheduler : str, default "synchronous"
         dask scheduler for lazy data. One block touches few chunks, and a thread pool per read
         costs more than it saves (4x here); inside a dask worker it must not start another one.
 
     Returns
     -------
-    data : (Z, Y', X', C) numpy array
+    data : (Z', Y', X', C) numpy array
         The block's slices with context.
-    crop : tuple of two slices
-        Where the block lies inside ``data`` in y and x.
+    crop : tuple of three slices
+        Where the block lies inside ``data`` in z, y and x.
 
     Examples
     --------
@@ -129,16 +135,16 @@ def read_block_input(image: Image, region: Region, halo: int, *, scheduler: str 
     >>> image = as_image(np.zeros((2, 10, 10)))
     >>> data, crop = read_block_input(image, block_region((0, 0, 1), (2, 4, 4), image.shape), 3)
     >>> data.shape, crop
-    ((2, 7, 9, 1), (slice(0, 4, None), slice(3, 7, None)))
+    ((2, 7, 9, 1), (slice(0, 2, None), slice(0, 4, None), slice(3, 7, None)))
     """
-    zs, ys, xs = region
-    height, width = image.shape[1:]
-    y0, y1 = max(ys.start - halo, 0), min(ys.stop + halo, height)
-    x0, x1 = max(xs.start - halo, 0), min(xs.stop + halo, width)
-    data = image.data[zs, y0:y1, x0:x1, :]
+    lows, highs = [], []
+    for axis, (sl, context) in enumerate(zip(region, (halo_z, halo, halo))):
+        lows.append(max(sl.start - context, 0))
+        highs.append(min(sl.stop + context, image.shape[axis]))
+    data = image.data[lows[0]:highs[0], lows[1]:highs[1], lows[2]:highs[2], :]
     if hasattr(data, "compute"):
         data = data.compute(scheduler=scheduler)
-    crop = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    crop = tuple(slice(sl.start - low, sl.stop - low) for sl, low in zip(region, lows))
     return np.asarray(data), crop
 
 
@@ -146,37 +152,63 @@ def predict_block_input(model, data: np.ndarray, crop, *,
                         probabilities: bool = False) -> BlockPrediction:
     """Predict the slices of ``data`` (from :func:`read_block_input`) and crop them to the block.
 
-    Slices go to the model's ``predict_proba_batch(list_of_slices)`` in batches of
-    :data:`BATCH_SLICES` when it has one (batched GPU work), else one by one to
-    :meth:`~napari_wsseg.methods.base.Method.predict_proba_slice`.
+    The block goes to the model's
+    :meth:`~napari_wsseg.methods.base.Method.predict_proba_block` in slabs of at most
+    :data:`BATCH_SLICES` output slices, each with the model's ``halo_z`` slices of context,
+    which bounds the memory the probabilities take.
 
     Examples
     --------
-    >>> class Bright:
-    ...     classes = ["dark", "bright"]
+    >>> from dataclasses import dataclass
+    >>> from napari_wsseg.annotations.model import default_classes
+    >>> from napari_wsseg.methods.base import Method
+    >>> @dataclass(frozen=True)
+    ... class NoOptions:
+    ...     pass
+    >>> class Bright(Method):  # class 1 where the first channel is above 0.5
+    ...     name, config_class, halo = "bright", NoOptions, 1
     ...     def predict_proba_slice(self, s):
     ...         p = (s[..., 0] > 0.5).astype(np.float32)
     ...         return np.stack([1 - p, p])
+    ...     def _fit(self, image, annotations, options): ...
+    ...     def _save_weights(self, folder): ...
+    ...     def _load_weights(self, folder): ...
+    >>> model = Bright()
+    >>> model.classes = default_classes(2)
     >>> data = np.eye(4)[None, :, :, None]  # one 4x4 slice with context
-    >>> result = predict_block_input(Bright(), data, (slice(1, 3), slice(1, 3)), probabilities=True)
+    >>> crop = (slice(0, 1), slice(1, 3), slice(1, 3))
+    >>> result = predict_block_input(model, data, crop, probabilities=True)
     >>> result.labels.tolist(), result.probabilities[1, 0].tolist()
     ([[[1, 0], [0, 1]]], [[255, 0], [0, 255]])
     """
-    n_slices = data.shape[0]
-    height, width = crop[0].stop - crop[0].start, crop[1].stop - crop[1].start
+    shape = tuple(sl.stop - sl.start for sl in crop)
     n_classes = len(model.classes)
-    labels = np.empty((n_slices, height, width), dtype=label_dtype(n_classes))
-    probs = None
-    if probabilities:
-        probs = np.empty((n_classes, n_slices, height, width), dtype=np.uint8)
-    for start in range(0, n_slices, BATCH_SLICES):
-        batch = [data[z] for z in range(start, min(start + BATCH_SLICES, n_slices))]
-        for offset, proba in enumerate(_predict_proba_slices(model, batch)):
-            proba = np.asarray(proba)[:, crop[0], crop[1]]
-            labels[start + offset] = np.argmax(proba, axis=0)
-            if probs is not None:
-                probs[:, start + offset] = np.clip(np.round(proba * 255), 0, 255)
+    labels = np.empty(shape, dtype=label_dtype(n_classes))
+    probs = np.empty((n_classes, *shape), dtype=np.uint8) if probabilities else None
+    halo_z = model_halo_z(model)
+    for start in range(0, shape[0], BATCH_SLICES):
+        stop = min(start + BATCH_SLICES, shape[0])
+        z0 = max(crop[0].start + start - halo_z, 0)
+        z1 = min(crop[0].start + stop + halo_z, data.shape[0])
+        proba = _block_probabilities(model, data[z0:z1], n_classes)
+        inner = slice(crop[0].start + start - z0, crop[0].start + stop - z0)
+        proba = proba[:, inner, crop[1], crop[2]]
+        labels[start:stop] = np.argmax(proba, axis=0)
+        if probs is not None:
+            probs[:, start:stop] = np.clip(np.round(proba * 255), 0, 255)
     return BlockPrediction(labels, probs)
+
+
+def _block_probabilities(model, slab: np.ndarray, n_classes: int) -> np.ndarray:
+    """The model's ``predict_proba_block`` of ``slab``, checked to be ``(C, Z, Y, X)``."""
+    proba = np.asarray(model.predict_proba_block(slab))
+    expected = (n_classes, *slab.shape[:3])
+    if proba.shape != expected:
+        raise ModelError(
+            f"{model.name} predict_proba_block returned shape {proba.shape} for a block of "
+            f"{slab.shape[:3]} slices; it must return (classes, Z, Y, X) = {expected}: fix the method"
+        )
+    return proba
 
 
 def predict_block(model, image: Image, region: Region, *,
@@ -186,7 +218,8 @@ def predict_block(model, image: Image, region: Region, *,
     Parameters
     ----------
     model : Method
-        A trained method; its ``halo`` (pixels of context in y and x) is read around the block.
+        A trained method; its ``halo`` (pixels of context in y and x) and ``halo_z`` (slices of
+        context in z) are read around the block.
     image : Image
         The image (lazy data is read only around the block).
     region : tuple of three slices
@@ -201,43 +234,64 @@ def predict_block(model, image: Image, region: Region, *,
 
     Examples
     --------
-    >>> from napari_wsseg.io.image import as_image
-    >>> class Bright:  # any object with the method interface
-    ...     classes, halo = ["dark", "bright"], 1
+    >>> from dataclasses import dataclass
+    >>> from napari_wsseg.annotations.model import default_classes
+    >>> from napari_wsseg.methods.base import Method
+    >>> @dataclass(frozen=True)
+    ... class NoOptions:
+    ...     pass
+    >>> class Bright(Method):  # class 1 where the first channel is above 0.5
+    ...     name, config_class, halo = "bright", NoOptions, 1
     ...     def predict_proba_slice(self, s):
     ...         p = (s[..., 0] > 0.5).astype(np.float32)
     ...         return np.stack([1 - p, p])
+    ...     def _fit(self, image, annotations, options): ...
+    ...     def _save_weights(self, folder): ...
+    ...     def _load_weights(self, folder): ...
+    >>> model = Bright()
+    >>> model.classes = default_classes(2)
+    >>> from napari_wsseg.io.image import as_image
     >>> image = as_image(np.eye(6)[None])
-    >>> predict_block(Bright(), image, block_region((0, 1, 1), (1, 3, 3), image.shape)).labels
+    >>> predict_block(model, image, block_region((0, 1, 1), (1, 3, 3), image.shape)).labels
     array([[[1, 0, 0],
             [0, 1, 0],
             [0, 0, 1]]], dtype=uint8)
     """
-    data, crop = read_block_input(image, region, model_halo(model))
+    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model))
     return predict_block_input(model, data, crop, probabilities=probabilities)
 
 
 def model_halo(model) -> int:
-    """Pixels of context the model needs on each side in y and x (its ``halo``, default 0).
+    """Pixels of context the model needs on each side in y and x (its ``halo``), checked.
 
     Examples
     --------
     >>> from napari_wsseg.methods.rf import RandomForestMethod
-    >>> model_halo(RandomForestMethod(sigma_max=4.0)), model_halo(object())
-    (18, 0)
+    >>> model_halo(RandomForestMethod(sigma_max=4.0))
+    18
     """
-    halo = int(getattr(model, "halo", 0) or 0)
-    if halo < 0:
-        name = getattr(model, "name", "model")
-        raise ModelError(f"{name} reports a negative halo {halo}; fix the method's halo")
-    return halo
+    return _checked_halo(model, "halo", model.halo)
 
 
-def _predict_proba_slices(model, slices: list[np.ndarray]):
-    batch = getattr(model, "predict_proba_batch", None)
-    if batch is None:
-        return [model.predict_proba_slice(s) for s in slices]
-    return batch(slices)
+def model_halo_z(model) -> int:
+    """Slices of context the model needs above and below a block (its ``halo_z``), checked.
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> model_halo_z(RandomForestMethod())
+    0
+    """
+    return _checked_halo(model, "halo_z", model.halo_z)
+
+
+def _checked_halo(model, attribute: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ModelError(
+            f"{model.name} reports {attribute}={value!r}; a method's {attribute} must be a "
+            "non-negative integer: fix the method"
+        )
+    return int(value)
 
 
 def label_dtype(n_classes: int) -> np.dtype:

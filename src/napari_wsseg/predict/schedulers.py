@@ -59,6 +59,7 @@ class RunSpec:
     block: tuple[int, int, int]
     halo: int
     probabilities: bool
+    halo_z: int = 0
 
     def region(self, index: BlockIndex) -> Region:
         """The ``(z, y, x)`` slices of block ``index``."""
@@ -96,7 +97,7 @@ def run_threads(model, image: Image, output: BlockStore, pending: list[BlockInde
     prefetch = max(int(prefetch), 1)
 
     def read(index):
-        return read_block_input(image, run.region(index), run.halo)
+        return read_block_input(image, run.region(index), run.halo, halo_z=run.halo_z)
 
     def write(index, prediction):
         output.write(index, run.region(index), prediction)
@@ -161,7 +162,7 @@ def _predict_and_write_block(task: WorkerTask, index: BlockIndex, image) -> Bloc
     output = _cached(("output", task.out_path, task.run_id),
                      lambda: BlockStore(task.out_path, task.probs_path, was_2d=task.was_2d))
     region = task.run.region(index)
-    data, crop = read_block_input(image, region, task.run.halo)
+    data, crop = read_block_input(image, region, task.run.halo, halo_z=task.run.halo_z)
     prediction = predict_block_input(model, data, crop, probabilities=task.run.probabilities)
     output.write(index, region, prediction)
     return index

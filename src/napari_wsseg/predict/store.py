@@ -290,7 +290,8 @@ def model_signature(model_or_dir) -> str:
     return digest.hexdigest()
 
 
-def run_record(model_sig: str, image: Image, block, halo: int, probabilities: bool) -> dict:
+def run_record(model_sig: str, image: Image, block, halo: int, probabilities: bool, *,
+               halo_z: int = 0) -> dict:
     """The settings of a run, stored in the output's attrs and compared on resume."""
     return {
         "version": RUN_RECORD_VERSION,
@@ -302,6 +303,7 @@ def run_record(model_sig: str, image: Image, block, halo: int, probabilities: bo
         "image_dtype": str(image.dtype),
         "block": list(block),
         "halo": halo,
+        "halo_z": halo_z,
         "probabilities": bool(probabilities),
         "status": "running",
     }

@@ -18,18 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..progress import ProgressCallback
 from ..errors import WssegError
-from ..io.image import Image
+from ..io.image import Image, as_image
 from .blocks import (
     BATCH_SLICES,
     DEFAULT_BLOCK_2D,
     DEFAULT_BLOCK_3D,
     BlockPrediction,
-    _predict_proba_slices,  # noqa: F401  (tests/methods/test_contract.py imports it from here)
     block_grid,
     block_region,
     model_halo,
+    model_halo_z,
     open_image,
     predict_block,
     predict_block_input,
@@ -63,7 +65,8 @@ from .store import (
 
 __all__ = [
     "SCHEDULERS", "VolumeResult", "predict_volume", "predict_block", "predict_block_input",
-    "read_block_input", "block_grid", "block_region", "resolve_block", "model_halo", "open_image",
+    "read_block_input", "block_grid", "block_region", "resolve_block", "model_halo", "model_halo_z",
+    "open_image",
     "output_chunks", "probabilities_path", "check_output_location", "BlockPrediction",
     "PROGRESS_DIR", "RUN_ATTR", "BATCH_SLICES", "DEFAULT_BLOCK_2D", "DEFAULT_BLOCK_3D",
 ]
@@ -120,9 +123,10 @@ def predict_volume(
     model_or_dir : Method or str or Path
         A trained model, or its model folder. The dask schedulers need the folder: each worker
         loads the model from it once.
-    image_or_path : Image or str or Path
-        The image, or a path read lazily (zarr, OME-Zarr level 0, TIFF through tifffile's zarr
-        interface, ``.npy`` memory-mapped). Only the blocks being worked on are in memory.
+    image_or_path : Image or numpy array or str or Path
+        The image (an array is read as :func:`~napari_wsseg.io.image.as_image` reads it), or a
+        path read lazily (zarr, OME-Zarr level 0, TIFF through tifffile's zarr interface, ``.npy``
+        memory-mapped). Only the blocks being worked on are in memory.
     out_path : str or Path
         Output ``.zarr``: an OME-Zarr label image of the image's shape (``(Y, X)`` for 2D) with
         class names and colours, and a pyramid once complete.
@@ -171,17 +175,23 @@ def predict_volume(
     Examples
     --------
     >>> import tempfile
-    >>> import numpy as np
+    >>> from dataclasses import dataclass
+    >>> from napari_wsseg.annotations.model import default_classes
     >>> from napari_wsseg.io.image import as_image
-    >>> class Bright:
-    ...     name, classes, halo = "bright", [], 1
+    >>> from napari_wsseg.methods.base import Method
+    >>> @dataclass(frozen=True)
+    ... class NoOptions:
+    ...     pass
+    >>> class Bright(Method):  # class 1 where the first channel is above 0.5
+    ...     name, config_class, halo = "bright", NoOptions, 1
     ...     def predict_proba_slice(self, s):
     ...         p = (s[..., 0] > 0.5).astype(np.float32)
     ...         return np.stack([1 - p, p])
-    ...     def check_image(self, image):
-    ...         pass
-    >>> from napari_wsseg.annotations.model import default_classes
-    >>> model = Bright(); model.classes = default_classes(2)
+    ...     def _fit(self, image, annotations, options): ...
+    ...     def _save_weights(self, folder): ...
+    ...     def _load_weights(self, folder): ...
+    >>> model = Bright()
+    >>> model.classes, model.n_channels = default_classes(2), 1
     >>> out = Path(tempfile.mkdtemp()) / "pred.zarr"
     >>> result = predict_volume(model, as_image(np.eye(8)[None].repeat(3, 0)), out, block=(2, 5, 5))
     >>> result.n_blocks, result.stopped
@@ -195,15 +205,15 @@ def predict_volume(
     image, image_source = _resolve_image(image_or_path)
     model.check_image(image)
     block = resolve_block(block, image)
-    halo = model_halo(model)
+    halo, halo_z = model_halo(model), model_halo_z(model)
     out_path = check_output_location(out_path)
     probs_path = probabilities_path(out_path) if probabilities else None
     signature = model_signature(model_dir if model_dir is not None else model)
-    record = run_record(signature, image, block, halo, probabilities)
+    record = run_record(signature, image, block, halo, probabilities, halo_z=halo_z)
     stored = prepare_outputs(out_path, probs_path, record, model.classes, was_2d=image.was_2d,
                              resume=resume, overwrite=overwrite)
     grid = block_grid(image.shape, block)
-    run = RunSpec(image.shape, block, halo, probabilities)
+    run = RunSpec(image.shape, block, halo, probabilities, halo_z)
     output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
     done, repaired = _verified_blocks(output, stored, record, run, grid)
     if stored is not None and stored.get("status") in FINISHED and not repaired:
@@ -264,6 +274,14 @@ def _resolve_image(image_or_path):
     """``(Image, what workers open: a path string or the Image itself)``."""
     if isinstance(image_or_path, Image):
         return image_or_path, image_or_path
+    if isinstance(image_or_path, np.ndarray):
+        image = as_image(image_or_path)
+        return image, image
+    if not isinstance(image_or_path, (str, os.PathLike)):
+        raise WssegError(
+            f"image {type(image_or_path).__name__} is not an image; pass an Image, a numpy array "
+            "or the path of an image file"
+        )
     path = str(Path(image_or_path).expanduser().absolute())
     return open_image(path), path
 

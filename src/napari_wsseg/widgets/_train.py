@@ -243,7 +243,7 @@ class TrainWidget(QWidget):
             self.options.native.deleteLater()
         avoid_triton_llvm_crash()  # importing a torch method's module may pull torch in
         method_class = get_method(method_name)
-        self.options = ConfigForm(method_class.config_class, main=getattr(method_class, "main_options", None))
+        self.options = ConfigForm(method_class.config_class, main=method_class.main_options)
         layout.addWidget(self.options.native)
         self.options_box.setTitle(f"{method_name} options")
 

@@ -198,6 +198,7 @@ class DSPMethod(TorchSliceMethod):
 
     name = "dsp"
     config_class = DSPConfig
+    main_options = ("max_steps", "prototypes_per_class", "crop_size")
     channels_last = True
 
     @property

@@ -167,6 +167,7 @@ class MEWSMethod(Method):
     name = "mews"
     config_class = MEWSConfig
     main_options = ("backbone", "backbone_weights", "max_steps")
+    main_options = ("backbone", "backbone_weights", "max_steps")
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
