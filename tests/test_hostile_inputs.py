@@ -285,6 +285,31 @@ CASES = [
         lambda ws: ["import", ws.image, "--out", _user_folder(ws, "v.zarr")],
         "v.zarr",
     ),
+    (
+        "measure-instances-is-the-labels",
+        lambda ws: [
+            "measure",
+            _copy_tree(ws.batch, ws.tmp / "pred.zarr"),
+            "--out",
+            ws.tmp / "t.csv",
+            "--instances",
+            ws.tmp / "pred.zarr",
+            "--overwrite",
+        ],
+        "pred.zarr",
+    ),
+    (
+        "measure-instances-exists",
+        lambda ws: [
+            "measure",
+            ws.labels,
+            "--out",
+            ws.tmp / "t.csv",
+            "--instances",
+            _copy_tree(ws.batch, ws.tmp / "old.zarr"),
+        ],
+        "--overwrite",
+    ),
     # ------------------------------------------------------------------------------ images
     ("image-missing", lambda ws: _train_on(ws, ws.tmp / "nope.tif"), "nope.tif"),
     ("image-empty-file", lambda ws: _train_on(ws, ws.write("empty.tif", b"")), "empty.tif"),
@@ -520,6 +545,11 @@ def _rgb_tiff(ws: Workspace) -> Path:
     path = ws.tmp / "rgb.tif"
     tifffile.imwrite(path, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
     return path
+
+
+def _copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
 
 
 def _copy(source: Path, target: Path, ws: Workspace) -> Path:

@@ -389,6 +389,10 @@ def cmd_measure(args) -> int:
     from .measure.tables import table_paths
 
     labels = read_labels(args.labels)
+    if args.instances and _is_inside(args.labels, Path(args.instances)):
+        raise WssegError(
+            f"--instances {args.instances} would replace the labels {args.labels}; choose another path"
+        )
     if not args.overwrite:
         existing = [str(p) for p in table_paths(args.out).values() if p.exists()]
         if existing:
@@ -399,10 +403,15 @@ def cmd_measure(args) -> int:
                   or (voxel_size_from_metadata(args.image, labels.ndim) if args.image else None))
     classes = _load_classes(args.class_names) or read_label_classes(args.labels)
     names = [c.name for c in classes] if classes else None
+    measured = _measured_classes(args.classes, names)
+    if args.instances and Path(args.instances).exists() and not args.overwrite:
+        raise WssegError(
+            f"--instances {args.instances} exists; pass --overwrite or choose another path"
+        )
     update, close = _progress("measure")
     try:
         result = measure_labels(
-            labels, image=image, classes=_measured_classes(args.classes, names), class_names=names,
+            labels, image=image, classes=measured, class_names=names,
             voxel_size=voxel_size, instances_out=args.instances, block=args.block, progress=update,
         )
     finally:
