@@ -295,27 +295,6 @@ class Method(ABC):
         slices = self.predict_proba_batch(list(block_zyxc))
         return np.stack([np.asarray(p, dtype=np.float32) for p in slices], axis=1)
 
-    def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
-        """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice in ``slices``.
-
-        Block-wise prediction hands over the slices of a block (up to
-        ``predict.blocks.BATCH_SLICES`` at once). By default each goes to
-        :meth:`predict_proba_slice`; override this to batch work on a GPU.
-        """
-        return [self.predict_proba_slice(s) for s in slices]
-
-    def predict_proba_block(self, block_zyxc: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(C, Z, Y, X)`` float32 of a raw ``(Z, Y, X, C)`` block.
-
-        This is what block-wise prediction calls. The block carries :attr:`halo_z` slices of
-        context above and below and :attr:`halo` pixels around in y and x where the volume has
-        them; the caller crops the context away, so return probabilities for every slice given.
-        By default the slices go to :meth:`predict_proba_batch`; a 3D method overrides this and
-        sets :attr:`halo_z`.
-        """
-        slices = self.predict_proba_batch(list(block_zyxc))
-        return np.stack([np.asarray(p, dtype=np.float32) for p in slices], axis=1)
-
     def predict_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         """Labels ``(Y, X)`` uint8 of one raw ``(Y, X, C)`` slice."""
         return np.argmax(self.predict_proba_slice(slice_yxc), axis=0).astype(np.uint8)
