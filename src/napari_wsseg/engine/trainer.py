@@ -183,10 +183,22 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+#: Share of a time budget that passes before the schedule may follow the clock.
+CLOCK_GRACE = 0.05
+
+
 def _schedule_fraction(step: int, max_steps: int, budget: Budget) -> float:
+    """Progress through the schedule: by steps, or by the clock when the budget runs out first.
+
+    The clock's share only counts after CLOCK_GRACE of the budget (rescaled to reach 1 at its
+    end), so a run that keeps pace to finish its steps in time never reads the clock and the same
+    seed gives the same model; the first steps, slowed by start-up, would otherwise set the
+    learning rate from wall time.
+    """
     fraction = step / max_steps
     if budget.seconds is not None:
-        fraction = max(fraction, budget.elapsed / budget.seconds)
+        clock = (budget.elapsed / budget.seconds - CLOCK_GRACE) / (1 - CLOCK_GRACE)
+        fraction = max(fraction, clock)
     return min(fraction, 1.0)
 
 

@@ -29,7 +29,7 @@ def trained(phantom_3d):
     """A dsp model trained briefly on clicks in slices 0, 2, 4 of the phantom."""
     image, labels, classes = phantom_3d
     ann = simulate_annotations(labels, slices=[0, 2, 4], points=20, boxes=1, tags=True, seed=0, classes=classes)
-    options = {"max_steps": 80, "lr": 3e-3, "boxes_exhaustive": False,
+    options = {"max_steps": 80, "lr": 3e-3,
                "plf_weight": 1.0, "plf_start": 0.3, "plf_threshold": 0.0}  # exercise L_PLF too
     method = DSPMethod(**(TINY | options))
     result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
@@ -254,3 +254,18 @@ def test_unset_max_steps_trains_the_automatic_count(monkeypatch):
     assert method.config.max_steps is None
     method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
     assert method.fit_info["steps"] == 3
+
+
+def test_same_seed_with_a_time_budget_gives_identical_predictions(phantom_3d):
+    """A budget that does not stop the run must not change it: the learning-rate schedule may
+    follow the clock only when the budget is what ends training, else a seed would not fix the
+    result (the protocol in benchmarks/protocol.py relies on this)."""
+    image, labels, classes = phantom_3d
+    ann = simulate_annotations(labels, slices=[0, 3], points=3, boxes=1, tags=True, seed=1, classes=classes)
+    predictions = []
+    for _ in range(2):
+        method = DSPMethod(**(TINY | {"max_steps": 6, "crop_size": 32}))
+        result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=3, time_budget_s=3600))
+        assert result.stopped == "done"
+        predictions.append(method.predict_proba_slice(image[5][..., None]))
+    assert np.array_equal(predictions[0], predictions[1])
