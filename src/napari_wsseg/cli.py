@@ -253,8 +253,10 @@ def cmd_train(args, method_options: dict) -> int:
     from .methods import get_method
     from .methods.base import FitOptions, check_model_destination
 
-    fit_options = FitOptions(device=args.device, seed=args.seed, time_budget_s=args.time_budget)
+    fit_options = FitOptions(device=args.device, seed=args.seed, time_budget_s=args.time_budget,
+                             warm_steps=args.warm_steps)
     method = get_method(args.method)(**method_options)
+    init = _load_init_model(args.init, args.method)
     out = Path(args.out)
     _check_sources_outside(out, {
         "the image": args.image, "--points": args.points, "--boxes": args.boxes,
@@ -282,7 +284,7 @@ def cmd_train(args, method_options: dict) -> int:
 
     try:
         fit_options.progress = progress
-        result = method.fit(image, annotations, fit_options)
+        result = method.fit(image, annotations, fit_options, init=init)
     finally:
         close()
     folder = method.save(out, overwrite=args.overwrite)
@@ -290,8 +292,24 @@ def cmd_train(args, method_options: dict) -> int:
         "model": str(folder), "method": args.method, "stopped": result.stopped,
         "steps": result.steps, "seconds": round(result.seconds, 2), "last_metrics": last,
         "warnings": method.training_summary.get("warnings", []),
+        "warm_start": method.training_summary.get("warm_start", False),
     }))
     return 0
+
+
+def _load_init_model(folder: str | None, method: str):
+    """The model ``train --init`` continues from (None without --init); refuses another method."""
+    if folder is None:
+        return None
+    from .methods.base import load_model, read_model_config
+
+    found = read_model_config(folder).get("method")
+    if found != method:
+        raise WssegError(
+            f"--init {folder} is a {_quote(found)} model, not {method}; give a {method} model "
+            f"folder or leave out --init to train from scratch"
+        )
+    return load_model(folder)
 
 
 def _check_predict_out(args, out_path: Path) -> None:
@@ -511,6 +529,11 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--time-budget", type=_finite(0, inclusive=False), default=None,
                    help="stop after this many seconds")
+    p.add_argument("--init", metavar="MODEL_DIR", default=None,
+                   help="warm start: continue from this model of the same method and classes "
+                        "(other classes: from scratch, with a warning)")
+    p.add_argument("--warm-steps", type=_count(1), default=None,
+                   help="training steps of a warm start (default: the method's, see docs/cli.md)")
     if method is not None:
         _add_method_options(p, method)
 

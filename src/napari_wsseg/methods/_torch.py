@@ -5,10 +5,15 @@ overlapping tiles of one slice or a batch of same-sized slices (:mod:`napari_wss
 and saves and loads its weights as safetensors. A subclass builds the network
 (:meth:`~TorchSliceMethod._build_net`) and turns a batch of normalised tiles into class
 probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
+
+Warm start (``fit(..., init=previous)``): the network starts from the previous model's weights
+and trains ``FitOptions.warm_steps`` steps (default :data:`~napari_wsseg.methods.warm.
+TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +25,7 @@ from ..engine.devices import resolve_device
 from ..errors import ModelError
 from ..engine.tiling import predict_tiled_batch
 from .base import FitOptions, Method
+from .warm import TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -37,6 +43,7 @@ class TorchSliceMethod(Method):
         super().__init__(config, **options)
         self.net: torch.nn.Module | None = None
         self.fit_info: dict = {}
+        self._warm_steps = TORCH_WARM_STEPS
 
     @abstractmethod
     def _build_net(self) -> torch.nn.Module:
@@ -47,14 +54,34 @@ class TorchSliceMethod(Method):
         """Class probabilities ``(N, K, h, w)`` of normalised tiles ``(N, C, h, w)``."""
 
     # ---------------------------------------------------------------- training
+    def fit(self, image, annotations, options: FitOptions | None = None, *, init=None):
+        """Train, from scratch or (with ``init``) warm: see :meth:`Method.fit`.
+
+        A warm run trains with ``max_steps`` and ``warmup_fraction`` replaced for its duration;
+        the model keeps (and saves) its own options.
+        """
+        options = options or FitOptions()
+        configured = self.config
+        self._warm_steps = options.warm_steps or TORCH_WARM_STEPS
+        try:
+            return super().fit(image, annotations, options, init=init)
+        finally:
+            self.config = configured
+
     def _start_training(self, options: FitOptions):
-        """Seed torch and numpy from ``options.seed`` and build the network on the device.
+        """Seed torch and numpy from ``options.seed`` and build the network on the device; on a
+        warm start, load the previous model's weights and shorten the run (see :meth:`fit`).
 
         Returns ``(device, numpy Generator, torch Generator)``.
         """
         device = resolve_device(options.device)
         torch.manual_seed(options.seed)
-        self.net = self._place(self._build_net(), device)
+        net = self._build_net()
+        if self.warm_init is not None:
+            net.load_state_dict(self.warm_init._require_net().state_dict())
+            self.config = dataclasses.replace(self.config, max_steps=self._warm_steps,
+                                              warmup_fraction=WARM_WARMUP_FRACTION)
+        self.net = self._place(net, device)
         return device, np.random.default_rng(options.seed), torch.Generator().manual_seed(options.seed)
 
     def _place(self, module_or_tensor, device):

@@ -51,6 +51,8 @@ class FitOptions:
 
     ``time_budget_s`` None means the method's own stopping rule; ``cancel`` is checked at step
     boundaries and makes :meth:`Method.fit` return early with the best model so far.
+    ``warm_steps`` is the length of a warm-started training (``fit(..., init=...)``) of the
+    methods that train steps; None means the method's default (``methods/warm.py``).
     """
 
     device: str = "auto"
@@ -58,9 +60,13 @@ class FitOptions:
     time_budget_s: float | None = None
     progress: ProgressCallback | None = None
     cancel: threading.Event | None = None
+    warm_steps: int | None = None
 
     def __post_init__(self) -> None:
+        from .warm import check_warm_steps
+
         self.device = check_device_name(self.device)
+        self.warm_steps = check_warm_steps(self.warm_steps)
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise WssegError(
@@ -241,16 +247,30 @@ class Method(ABC):
         self.normalization: Normalization | None = None
         self.n_channels: int | None = None
         self.training_summary: dict = {}
+        #: The previous model a running :meth:`fit` continues from (None: cold, or not fitting).
+        self.warm_init: Method | None = None
 
     # ---------------------------------------------------------------- training
-    def fit(self, image: Image, annotations: Annotations, options: FitOptions | None = None) -> FitResult:
+    def fit(self, image: Image, annotations: Annotations, options: FitOptions | None = None, *,
+            init: Method | None = None) -> FitResult:
         """Train on ``image`` from ``annotations``.
+
+        Parameters
+        ----------
+        init : Method or None, default None
+            A previous model of this method to continue from (warm start). By default, or when
+            its classes, channels or learned-shape options differ (then with a
+            :class:`~napari_wsseg.methods.warm.WarmStartWarning`), training starts from scratch.
+            A warm start keeps ``init``'s normalisation.
 
         Raises
         ------
         WssegError
-            When the annotations are empty or do not fit the image.
+            When the annotations are empty or do not fit the image, or ``init`` is not a
+            trained model of this method.
         """
+        from .warm import warm_start_source
+
         from ..annotations.validate import validate_annotations
 
         options = options or FitOptions()
@@ -263,7 +283,14 @@ class Method(ABC):
         self.normalization = Normalization.from_image(image)
         warnings = validate_annotations(annotations, image.shape, source="annotations")
         self.training_summary = {**annotations.summary(), "warnings": warnings}
-        return self._fit(image, annotations, options)
+        self.warm_init = warm_start_source(self, init, annotations, image.n_channels)
+        self.training_summary["warm_start"] = self.warm_init is not None
+        if self.warm_init is not None:
+            self.normalization = self.warm_init.normalization
+        try:
+            return self._fit(image, annotations, options)
+        finally:
+            self.warm_init = None  # do not keep the previous model alive
 
     @abstractmethod
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:

@@ -11,11 +11,19 @@ feature, threshold, ...) and leaf values become plain arrays, and loading rebuil
 own tree objects from them (:func:`forest_to_tensors`, :func:`forest_from_tensors`). Out-of-range
 node indices in a crafted file could crash scikit-learn's ``predict``, so every tree is checked
 before the model is used.
+
+Computing the filter features dominates training time, so training keeps the features of its
+slices in memory (:class:`FeatureMemo`, keyed by the slice's bytes, the normalisation and the
+filter bank). A warm start (``fit(..., init=previous)``) refits the forest on all annotations
+but takes over the previous model's memo, so only slices it has not seen are filtered again.
+A model loaded from a folder has no memo: its first warm start computes the features once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +88,6 @@ class RandomForestMethod(Method):
     name = "rf"
     config_class = RFConfig
     main_options = ("n_estimators", "sigma_max")
-    main_options = ("n_estimators", "sigma_max")
 
     @property
     def halo(self) -> int:  # type: ignore[override]
@@ -91,6 +98,8 @@ class RandomForestMethod(Method):
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
         self.forest = None
+        #: Features of the slices trained on; shared with the next model on a warm start.
+        self.feature_memo = FeatureMemo()
 
     # ---------------------------------------------------------------- features
     def features(self, slice_yxc: np.ndarray) -> np.ndarray:
@@ -118,13 +127,17 @@ class RandomForestMethod(Method):
                 "the rf method learns from labelled pixels: give points or a mask "
                 "(boxes, tags and sizes alone are not enough for rf)"
             )
+        if self.warm_init is not None:
+            self.feature_memo = self.warm_init.feature_memo
         budget = Budget(options.time_budget_s, total_steps=len(slices) + 1, cancel=options.cancel)
         xs, ys = [], []
         for done, z in enumerate(slices):
             if budget.should_stop():
                 return FitResult(stopped=budget.stop_reason(), steps=done, seconds=budget.elapsed)
             coords, classes = _labelled_pixels(annotations, z)
-            feats = self.features(image.slice(z))
+            raw = image.slice(z)
+            key = self.feature_memo.key(raw, self.normalization, self.config)
+            feats = self.feature_memo.get(key, lambda: self.features(raw))
             xs.append(feats[coords[:, 0], coords[:, 1]])
             ys.append(classes)
             report(options.progress, ProgressEvent(done + 1, budget.total_steps, f"features of slice {z}",
@@ -192,6 +205,52 @@ class RandomForestMethod(Method):
                 f"model file {path}: forest of {forest.n_features_in_} features but the filter bank "
                 f"in config.json gives {expected}; retrain the rf model"
             )
+
+
+class FeatureMemo:
+    """Filter features of whole slices by key, an LRU bounded by ``max_memory_mb``.
+
+    Parameters
+    ----------
+    max_memory_mb : float, default 2048
+        Memory the kept features may take; the least recently used go first.
+
+    Attributes
+    ----------
+    stats : dict
+        Counts of ``hits`` and ``computed`` slices since creation.
+    """
+
+    def __init__(self, max_memory_mb: float = 2048) -> None:
+        self.max_bytes = int(max_memory_mb * 2**20)
+        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.stats = {"hits": 0, "computed": 0}
+
+    @staticmethod
+    def key(slice_yxc: np.ndarray, normalization, config: RFConfig) -> str:
+        """Hex key of a raw slice, its normalisation and the filter bank applied to it."""
+        array = np.ascontiguousarray(slice_yxc)
+        digest = hashlib.sha256(
+            f"{array.shape}|{array.dtype}|{normalization.low}|{normalization.high}|"
+            f"{config.sigma_min}|{config.sigma_max}|{config.num_sigma}|".encode()
+        )
+        digest.update(array.tobytes())
+        return digest.hexdigest()[:40]
+
+    def get(self, key: str, compute) -> np.ndarray:
+        """The features under ``key``, computed with ``compute()`` and kept when missing."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.stats["hits"] += 1
+            return self._entries[key]
+        features = compute()
+        self.stats["computed"] += 1
+        self._entries[key] = features
+        while sum(f.nbytes for f in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
+            self._entries.popitem(last=False)
+        if features.nbytes > self.max_bytes:
+            self._entries.pop(key)
+        return features
 
 
 def forest_to_tensors(forest) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -16,6 +16,11 @@ Training (:meth:`MEWSMethod.fit`):
 
 Prediction: per patch, ``argmax_c cos(W_c x, z̄_pc)``; the cosines divided by ``temperature``
 are upsampled bilinearly to pixels and turned into probabilities by a softmax over classes.
+
+Warm start (``fit(..., init=previous)``): the new model shares the previous one's backbone,
+feature cache and GMM thresholds and starts its heads from the previous heads, for
+``FitOptions.warm_steps`` steps (default :data:`MEWS_WARM_STEPS`, at most ``max_steps``) with a
+fresh Adam (its moments are not saved with a model).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ _MAX_PATCHES_FOR_PROTO_GMM = 8192
 #: Crops whose per-patch GMMs are fitted in one batch (bounds memory to ~16 x 400 x 400 x 2 floats).
 _GMM_CROPS_PER_BATCH = 16
 _PROGRESS_INTERVAL_S = 0.25
+#: Head training steps of a warm start (a third of the cold default); a choice, not yet measured.
+MEWS_WARM_STEPS = 100
 
 
 #: Inclusive (low, high) of each numeric MEWS option. The highs are far above any useful value
@@ -167,7 +174,6 @@ class MEWSMethod(Method):
     name = "mews"
     config_class = MEWSConfig
     main_options = ("backbone", "backbone_weights", "max_steps")
-    main_options = ("backbone", "backbone_weights", "max_steps")
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
@@ -219,7 +225,11 @@ class MEWSMethod(Method):
 
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
-        budget = Budget(options.time_budget_s, self.config.max_steps, options.cancel)
+        steps = self.config.max_steps
+        if self.warm_init is not None:
+            self.share_feature_cache(self.warm_init)
+            steps = options.warm_steps or min(MEWS_WARM_STEPS, steps)
+        budget = Budget(options.time_budget_s, steps, options.cancel)
         self._device = resolve_device(options.device)
         backbone = self._get_backbone()
         backbone.grid_shape(image.shape[1:])  # a slice smaller than one patch fails here, before any work
@@ -248,17 +258,20 @@ class MEWSMethod(Method):
         origins = _crop_origins(feats.shape[1:3], cfg.crop_patches)
         crops = [(s, y, x) for s in range(len(feats)) for y, x in origins]
         size = (min(cfg.crop_patches, feats.shape[1]), min(cfg.crop_patches, feats.shape[2]))
-        report(options.progress, ProgressEvent(0, cfg.max_steps, "fitting GMM thresholds"))
+        max_steps = budget.total_steps
+        report(options.progress, ProgressEvent(0, max_steps, "fitting GMM thresholds"))
         betas = self._crop_thresholds(feats, keys, origins, size) if cfg.use_corr else None
         beta_proto = prototype_class_thresholds(
             proto_x, proto_labels, _sample_patches(feats, generator), self.n_classes, **self._gmm_options()
         )
         heads = ProjectionHeads(self.n_classes, feats.shape[-1], cfg.proj_dim, generator).to(self._device)
+        if self.warm_init is not None and self.warm_init._heads is not None:
+            heads.load_state_dict(self.warm_init._heads.state_dict())
         optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr)
         history: list[dict] = []
         order = torch.empty(0, dtype=torch.long)
         step, last_report, stopped = 0, 0.0, "done"
-        while step < cfg.max_steps:
+        while step < max_steps:
             if (reason := budget.stop_reason()) is not None:
                 stopped = reason
                 break
@@ -274,9 +287,9 @@ class MEWSMethod(Method):
             optimizer.step()
             step += 1
             history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
-            if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S or step == cfg.max_steps:
+            if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S or step == max_steps:
                 last_report = time.monotonic()
-                report(options.progress, ProgressEvent(step, cfg.max_steps, "training", dict(history[-1]),
+                report(options.progress, ProgressEvent(step, max_steps, "training", dict(history[-1]),
                                                        budget.eta(step)))
         with torch.no_grad():
             self._centroids = heads.centroids(proto_x, proto_labels).detach()

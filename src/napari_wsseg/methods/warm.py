@@ -1,0 +1,132 @@
+"""Warm start: whether a previous model may seed a new training, and how long the short run is.
+
+Not itself a method: :meth:`Method.fit(..., init=previous) <napari_wsseg.methods.base.Method.fit>`
+calls :func:`warm_start_source`, and each method decides what it reuses from the model it gets
+back (torch methods: the network weights; rf: the filter features of the training slices; mews:
+the feature cache and the heads). A previous model whose classes, channels or learned-shape
+options differ gives a cold start with a :class:`WarmStartWarning`, which a widget shows as a
+notification. No Qt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING
+
+from ..errors import WssegError
+
+if TYPE_CHECKING:
+    from ..annotations.model import Annotations
+    from .base import Method
+
+#: Options that may change between the previous model and the new training without ruling out a
+#: warm start: they steer how long or how a run trains, or how it predicts, not what is learned.
+FREE_OPTIONS = frozenset({
+    "max_steps", "lr", "weight_decay", "warmup_fraction", "batch_size", "tile", "tile_overlap",
+    "cpu_bf16", "cache_dir", "cache_memory_mb", "n_estimators", "max_depth", "max_samples_per_class",
+    "random_crop_fraction",
+})
+#: Steps of a warm-started torch training (dsp, size) when FitOptions.warm_steps is None. About
+#: 35 s on 2 CPU cores for dsp at its default crop and batch (1/6 of its 1200-step cold run); a
+#: choice, not yet measured on the benchmark protocol.
+TORCH_WARM_STEPS = 200
+#: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
+#: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
+WARM_WARMUP_FRACTION = 0.1
+
+
+class WarmStartWarning(UserWarning):
+    """A warm start was asked for but the training starts from scratch (the message says why)."""
+
+
+def warm_start_source(method: "Method", init: "Method | None", annotations: "Annotations",
+                      n_channels: int) -> "Method | None":
+    """The previous model to continue from, or None for a cold start.
+
+    Parameters
+    ----------
+    method : Method
+        The model about to be trained (its config decides the learned shapes).
+    init : Method or None
+        The previous model; None asks for a cold start.
+    annotations : Annotations
+        The new annotations; their class names must equal ``init``'s, in the same order.
+    n_channels : int
+        Channels of the image to train on.
+
+    Returns
+    -------
+    Method or None
+        ``init`` when it can seed the training; None otherwise (with a :class:`WarmStartWarning`
+        saying why, unless ``init`` was None).
+
+    Raises
+    ------
+    WssegError
+        When ``init`` is not a trained model of the same method (a user error, not a surprise).
+    """
+    if init is None:
+        return None
+    from .base import Method
+
+    if not isinstance(init, Method):
+        raise WssegError(
+            f"init must be a trained napari-wsseg model, got {type(init).__name__}; pass the "
+            "previous model (e.g. load_model(folder)) or None to train from scratch"
+        )
+    if init.name != method.name:
+        raise WssegError(
+            f"init is a '{init.name}' model and cannot warm-start '{method.name}'; give a "
+            f"'{method.name}' model or train from scratch"
+        )
+    if not init.classes or init.normalization is None:
+        raise WssegError(f"init '{init.name}' model is not trained; train it first or train from scratch")
+    reason = _cold_reason(method, init, annotations, n_channels)
+    if reason is not None:
+        warnings.warn(f"{method.name}: training from scratch, not warm: {reason}",
+                      WarmStartWarning, stacklevel=3)
+        return None
+    return init
+
+
+def _cold_reason(method: "Method", init: "Method", annotations: "Annotations",
+                 n_channels: int) -> str | None:
+    """Why ``init`` cannot seed ``method``'s training, in words; None when it can."""
+    old = [c.name for c in init.classes]
+    new = list(annotations.class_names)
+    if old != new:
+        return f"the classes changed ({_class_change(old, new)}; previous model: {old})"
+    if init.n_channels != n_channels:
+        return f"the image has {n_channels} channel(s), the previous model {init.n_channels}"
+    changed = [
+        f.name for f in dataclasses.fields(method.config)
+        if f.name not in FREE_OPTIONS and getattr(method.config, f.name) != getattr(init.config, f.name)
+    ]
+    if changed:
+        return f"option(s) {', '.join(changed)} differ from the previous model's"
+    return None
+
+
+def _class_change(old: list[str], new: list[str]) -> str:
+    """How the class list changed, in words: added, removed, renamed or reordered."""
+    if set(old) == set(new):
+        return "reordered"
+    if len(old) == len(new):
+        pairs = [f"{o!r} to {n!r}" for o, n in zip(old, new) if o != n]
+        return f"renamed {', '.join(pairs)}"
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    return ", ".join(filter(None, [f"added {added}" if added else "",
+                                   f"removed {removed}" if removed else ""]))
+
+
+def check_warm_steps(steps: int | None) -> int | None:
+    """``steps`` if None or an integer from 1 to 1,000,000; raises WssegError otherwise."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
+        raise WssegError(
+            f"warm_steps {steps!r} is not a step count; give an integer from 1 to 1000000 "
+            "(--warm-steps) or None for the method's default"
+        )
+    return steps
