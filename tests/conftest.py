@@ -25,3 +25,10 @@ def phantom_2d():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses a napari viewer ``gui``, so ``-m "not gui"`` runs the rest."""
+    for item in items:
+        if "make_napari_viewer" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gui)

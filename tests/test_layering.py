@@ -24,11 +24,15 @@ PACKAGE_ROOT = Path(napari_wsseg.__file__).parent
 #: Rank of each top-level part of the package; imports go to the same or a lower rank. A new
 #: top-level core module not listed here gets APPLICATION's rank.
 RANKS = {
-    "": 0, "errors": 0, "progress": 0,
-    "io": 1, "annotations": 1,
+    "": 0,
+    "errors": 0,
+    "progress": 0,
+    "io": 1,
+    "annotations": 1,
     "engine": 2,
     "methods": 3,
-    "cli": 5, "widgets": 5,
+    "cli": 5,
+    "widgets": 5,
 }
 APPLICATION = 4  # predict, eval, project, sample and other core modules beside them
 #: Modules of ``methods`` that every method may import; methods never import each other.
@@ -81,7 +85,7 @@ def _strip_root(name: str) -> str | None:
     if name == "napari_wsseg":
         return ""
     if name.startswith("napari_wsseg."):
-        return name[len("napari_wsseg."):]
+        return name[len("napari_wsseg.") :]
     return None
 
 
@@ -94,8 +98,11 @@ def _rank(module: str) -> int:
 
 
 def _edges() -> list[tuple[str, str]]:
-    return [(module, target) for module, path in sorted(_module_files().items())
-            for target in sorted(_imports(module, path))]
+    return [
+        (module, target)
+        for module, path in sorted(_module_files().items())
+        for target in sorted(_imports(module, path))
+    ]
 
 
 def test_the_import_graph_is_read():
@@ -108,18 +115,24 @@ def test_the_import_graph_is_read():
 def test_dependencies_point_down():
     """Siblings of one layer may import each other (io and annotations, predict and eval), except
     the front ends: cli and widgets stay independent."""
-    upward = [f"{module} -> {target}" for module, target in _edges()
-              if _part(module) != _part(target)
-              and (_rank(target) > _rank(module) or _rank(target) == RANKS["cli"])]
+    upward = [
+        f"{module} -> {target}"
+        for module, target in _edges()
+        if _part(module) != _part(target)
+        and (_rank(target) > _rank(module) or _rank(target) == RANKS["cli"])
+    ]
     assert upward == [], "imports against the layering:\n" + "\n".join(upward)
 
 
-@pytest.mark.parametrize("lower, upper", [
-    ("io", ("engine", "methods", "predict")),
-    ("annotations", ("engine", "methods", "predict")),
-    ("engine", ("methods", "predict")),
-    ("methods", ("predict", "widgets", "cli")),
-])
+@pytest.mark.parametrize(
+    "lower, upper",
+    [
+        ("io", ("engine", "methods", "predict")),
+        ("annotations", ("engine", "methods", "predict")),
+        ("engine", ("methods", "predict")),
+        ("methods", ("predict", "widgets", "cli")),
+    ],
+)
 def test_named_layers_do_not_import_upwards(lower, upper):
     bad = [f"{m} -> {t}" for m, t in _edges() if _part(m) == lower and _part(t) in upper]
     assert bad == []
@@ -131,8 +144,11 @@ def test_methods_do_not_import_each_other():
             return None
         return module.split(".")[1]
 
-    crossing = [f"{m} -> {t}" for m, t in _edges()
-                if method_of(m) and method_of(t) and method_of(m) != method_of(t)]
+    crossing = [
+        f"{m} -> {t}"
+        for m, t in _edges()
+        if method_of(m) and method_of(t) and method_of(m) != method_of(t)
+    ]
     assert crossing == []
 
 
@@ -150,6 +166,9 @@ def test_core_modules_import_no_gui_toolkit():
 
 
 def test_registry_import_does_not_import_torch():
-    code = "import sys, napari_wsseg.methods as m; m.available_methods(); print('torch' in sys.modules)"
+    code = (
+        "import sys, napari_wsseg.methods as m; m.available_methods(); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -62,9 +62,13 @@ class Budget:
     False
     """
 
-    def __init__(self, seconds: float | None, total_steps: int, cancel: threading.Event | None = None):
+    def __init__(
+        self, seconds: float | None, total_steps: int, cancel: threading.Event | None = None
+    ):
         if seconds is not None and seconds <= 0:
-            raise ValueError(f"time budget must be positive seconds, got {seconds}; omit it for no limit")
+            raise ValueError(
+                f"time budget must be positive seconds, got {seconds}; omit it for no limit"
+            )
         self.seconds = seconds
         self.total_steps = total_steps
         self.cancel = cancel

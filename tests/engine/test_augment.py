@@ -29,7 +29,9 @@ def test_boxes_move_with_the_pixels(geometry):
     boxes = torch.tensor([[1, 2, 3, 6], [0, 0, 8, 0], [4, 4, 4, 4]])
     moved, swapped = geometry.apply_boxes(boxes, size)
     for box, new in zip(boxes, moved):
-        assert torch.equal(geometry.apply(_box_mask(box.tolist(), size)), _box_mask(new.tolist(), size))
+        assert torch.equal(
+            geometry.apply(_box_mask(box.tolist(), size)), _box_mask(new.tolist(), size)
+        )
     assert swapped == (geometry.rot90 % 2 == 1)
     assert torch.all(moved[:, 0] <= moved[:, 2]) and torch.all(moved[:, 1] <= moved[:, 3])
 
@@ -38,7 +40,9 @@ def test_image_and_target_maps_get_the_same_transform():
     image = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5)
     labels = image[:, 0].long()  # a target map that equals the image pixel for pixel
     geometries = [Geometry(True, 1), Geometry(False, 3)]
-    assert torch.equal(apply_geometries(image, geometries)[:, 0].long(), apply_geometries(labels, geometries))
+    assert torch.equal(
+        apply_geometries(image, geometries)[:, 0].long(), apply_geometries(labels, geometries)
+    )
     assert not torch.equal(apply_geometries(image, geometries), image)
 
 
@@ -62,9 +66,13 @@ def test_cutout_erases_up_to_nine_rectangles_with_the_mean():
     images = torch.rand(16, 2, 32, 32)
     out, holes = cutout(images, torch.Generator().manual_seed(0), max_holes=9)
     assert holes.shape == (16, 32, 32) and holes.any()
-    assert torch.equal(out[~holes[:, None].expand_as(out)], images[~holes[:, None].expand_as(images)])
+    assert torch.equal(
+        out[~holes[:, None].expand_as(out)], images[~holes[:, None].expand_as(images)]
+    )
     means = images.mean(dim=(2, 3))
     for i in range(16):
         if holes[i].any():
-            assert torch.allclose(out[i][:, holes[i]], means[i][:, None].expand(-1, int(holes[i].sum())))
+            assert torch.allclose(
+                out[i][:, holes[i]], means[i][:, None].expand(-1, int(holes[i].sum()))
+            )
     assert holes.float().mean() < 0.6

@@ -16,7 +16,10 @@ def test_anchors_come_from_points_boxes_masks_and_tags(rng):
     masks = np.zeros((3, 20, 20), np.uint8)
     masks[2, 5:8, 5:8] = 2
     ann = Annotations(
-        default_classes(4), points=[[0, 1, 2, 0]], boxes=[[1, 3, 4, 6, 9, 2]], tags=[[0, 1], [0, 3]],
+        default_classes(4),
+        points=[[0, 1, 2, 0]],
+        boxes=[[1, 3, 4, 6, 9, 2]],
+        tags=[[0, 1], [0, 3]],
         masks=masks,
     )
     anchors = annotation_anchors(ann, (3, 20, 20), rng, max_per_class=50)
@@ -27,14 +30,20 @@ def test_anchors_come_from_points_boxes_masks_and_tags(rng):
     mask_anchors = anchors[anchors[:, 0] == 2]
     assert len(mask_anchors) == 9 and (mask_anchors[:, 3] == 1).all()
     assert (masks[2, mask_anchors[:, 1], mask_anchors[:, 2]] == 2).all()
-    assert ((anchors[:, 0] == 0) & (anchors[:, 3] == 3)).any()  # the tag of a class nothing else locates
-    assert not ((anchors[:, 0] == 0) & (anchors[:, 3] == 1)).any()  # class 1 has mask anchors already
+    assert (
+        (anchors[:, 0] == 0) & (anchors[:, 3] == 3)
+    ).any()  # the tag of a class nothing else locates
+    assert not (
+        (anchors[:, 0] == 0) & (anchors[:, 3] == 1)
+    ).any()  # class 1 has mask anchors already
 
 
 def test_mask_anchors_are_capped_per_class(rng):
     masks = np.ones((1, 50, 50), np.uint8)
     masks[0, :5] = 2
-    anchors = annotation_anchors(Annotations(default_classes(2), masks=masks), (1, 50, 50), rng, max_per_class=30)
+    anchors = annotation_anchors(
+        Annotations(default_classes(2), masks=masks), (1, 50, 50), rng, max_per_class=30
+    )
     assert np.bincount(anchors[:, 3]).tolist() == [30, 30]
 
 
@@ -43,7 +52,10 @@ def test_anchored_crops_contain_their_anchor_and_stay_inside(rng):
     sampler = CropSampler((2, 100, 80), anchors, 32, rng)
     for crop in sampler.sample(200):
         assert 0 <= crop.y <= 100 - 32 and 0 <= crop.x <= 80 - 32
-        inside = [(a[0] == crop.z and crop.y <= a[1] < crop.y + 32 and crop.x <= a[2] < crop.x + 32) for a in anchors]
+        inside = [
+            (a[0] == crop.z and crop.y <= a[1] < crop.y + 32 and crop.x <= a[2] < crop.x + 32)
+            for a in anchors
+        ]
         assert any(inside)
 
 
@@ -75,7 +87,11 @@ def test_lazy_data_beyond_the_cache_is_read_as_windows():
     volume = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 2), dtype=np.uint8)
     norm = Normalization(low=(0.0, 10.0), high=(255.0, 200.0))
     cached = SliceStore(as_image(volume, channel_axis=-1), norm)
-    lazy = SliceStore(as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1), norm, max_cache_bytes=0)
+    lazy = SliceStore(
+        as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1),
+        norm,
+        max_cache_bytes=0,
+    )
     crop = Crop(2, 3, 5, 8)
     np.testing.assert_allclose(lazy.crop(crop)[0], cached.crop(crop)[0])
     assert not lazy._cache and cached._cache

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_wsseg.engine.unet import UNet, UNetConfig
 from napari_wsseg.engine.tiling import predict_tiled, predict_tiled_batch, tile_starts
+from napari_wsseg.engine.unet import UNet, UNetConfig
 
 
 def _conv_fn(seed: int = 0):
@@ -45,7 +45,9 @@ def test_batched_tiling_equals_tiling_each_slice():
     batched = predict_tiled_batch(batch_fn, images, tile=24, overlap=12, align=4)
     assert batched.shape == (3, 3, 45, 70) and set(calls) == {3}  # every slice in each call
     for image, out in zip(images, batched):
-        np.testing.assert_allclose(out, predict_tiled(fn, image, tile=24, overlap=12, align=4), atol=1e-6)
+        np.testing.assert_allclose(
+            out, predict_tiled(fn, image, tile=24, overlap=12, align=4), atol=1e-6
+        )
 
 
 def test_unet_tiles_blend_without_seams():
@@ -66,7 +68,9 @@ def test_unet_tiles_blend_without_seams():
 
 def test_constant_function_gives_exact_weights_everywhere():
     image = np.zeros((1, 77, 131), np.float32)
-    out = predict_tiled(lambda t: np.ones((2, *t.shape[1:]), np.float32), image, tile=32, overlap=16, align=8)
+    out = predict_tiled(
+        lambda t: np.ones((2, *t.shape[1:]), np.float32), image, tile=32, overlap=16, align=8
+    )
     assert out.shape == (2, 77, 131)
     np.testing.assert_allclose(out, 1.0, rtol=1e-6)
 

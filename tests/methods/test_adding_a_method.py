@@ -69,11 +69,13 @@ def test_the_guide_method_runs_through_the_public_api(threshold, phantom_3d, tmp
     assert methods.get_method("threshold") is threshold
 
     model = threshold(sigma=1.5)
-    result = model.fit(img, Annotations(classes=classes, points=_points(labels)),
-                       FitOptions(seed=0))
+    result = model.fit(
+        img, Annotations(classes=classes, points=_points(labels)), FitOptions(seed=0)
+    )
     assert isinstance(result, FitResult) and result.stopped == "done"
-    assert model.halo == 7 and model.halo_z == 0 and set(model.main_options) <= {"sigma",
-                                                                                 "softness"}
+    assert (
+        model.halo == 7 and model.halo_z == 0 and set(model.main_options) <= {"sigma", "softness"}
+    )
     proba = model.predict_proba_slice(img.slice(2))
     assert proba.shape == (len(classes), *image.shape[1:]) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=0), 1.0, atol=1e-5)
@@ -93,8 +95,10 @@ def test_the_guide_method_runs_through_the_public_api(threshold, phantom_3d, tmp
     np.testing.assert_array_equal(reloaded.predict_proba_slice(img.slice(2)), proba)
 
     slice_wise = predict_image(reloaded, img)
-    expected = np.argmax(np.stack([reloaded.predict_proba_slice(img.slice(z))
-                                   for z in range(img.n_slices)], axis=1), axis=0)
+    expected = np.argmax(
+        np.stack([reloaded.predict_proba_slice(img.slice(z)) for z in range(img.n_slices)], axis=1),
+        axis=0,
+    )
     np.testing.assert_array_equal(slice_wise, expected)
 
     out = tmp_path / "pred.zarr"

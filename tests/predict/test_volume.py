@@ -116,8 +116,9 @@ class _BatchedRF(RandomForestMethod):
         return [self.predict_proba_slice(s) for s in slices]
 
 
-def test_methods_with_a_batch_api_get_batches(model_dir, volume_zarr, expected, tmp_path,
-                                              monkeypatch):
+def test_methods_with_a_batch_api_get_batches(
+    model_dir, volume_zarr, expected, tmp_path, monkeypatch
+):
     model = _BatchedRF()
     model.__dict__.update(load_model(model_dir).__dict__)
     model.batch_sizes = []
@@ -153,19 +154,25 @@ def test_killed_run_resumes_to_the_identical_result(model_dir, volume_zarr, tmp_
     with pytest.raises(WssegError, match="exists; pass --overwrite"):
         predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True)
     with pytest.raises(WssegError, match="block="):
-        predict_volume(model_dir, volume_zarr, killed, block=(1, 32, 68), probabilities=True,
-                       resume=True)
-    resumed = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True,
-                             resume=True)
-    assert (resumed.stopped, resumed.skipped, resumed.computed) == ("done", marked,
-                                                                    n_blocks - marked)
+        predict_volume(
+            model_dir, volume_zarr, killed, block=(1, 32, 68), probabilities=True, resume=True
+        )
+    resumed = predict_volume(
+        model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True
+    )
+    assert (resumed.stopped, resumed.skipped, resumed.computed) == (
+        "done",
+        marked,
+        n_blocks - marked,
+    )
 
     predict_volume(model_dir, volume_zarr, clean, block=(1, 64, 68), probabilities=True)
     _assert_same_stores(killed, clean)
     _assert_same_stores(probabilities_path(killed), probabilities_path(clean))
     assert not list(killed.rglob("*.partial"))
-    again = predict_volume(model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True,
-                           resume=True)
+    again = predict_volume(
+        model_dir, volume_zarr, killed, block=(1, 64, 68), probabilities=True, resume=True
+    )
     assert again.computed == 0  # a complete output is left as it is
 
 
@@ -177,8 +184,9 @@ def test_cancel_leaves_a_resumable_output(model_dir, volume_zarr, expected, tmp_
         if event.done >= 2:
             stop.set()
 
-    first = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, progress=cancel_after_two,
-                           cancel=stop)
+    first = predict_volume(
+        model_dir, volume_zarr, out, block=ODD_BLOCK, progress=cancel_after_two, cancel=stop
+    )
     assert first.stopped == "cancelled" and 2 <= first.computed < first.n_blocks
     assert zarr.open_group(str(out), mode="r").attrs[RUN_ATTR]["status"] == "running"
     second = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, resume=True)
@@ -246,11 +254,20 @@ def test_local_cluster_equals_threads(model_dir, volume_zarr, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=schedulers.__name__)
     threads, cluster_out = tmp_path / "threads.zarr", tmp_path / "cluster.zarr"
     predict_volume(model_dir, volume_zarr, threads, block=ODD_BLOCK, probabilities=True)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        result = predict_volume(model_dir, volume_zarr, cluster_out, block=ODD_BLOCK,
-                                probabilities=True, scheduler=client)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        result = predict_volume(
+            model_dir,
+            volume_zarr,
+            cluster_out,
+            block=ODD_BLOCK,
+            probabilities=True,
+            scheduler=client,
+        )
     assert result.stopped == "done"
     _assert_same_stores(threads, cluster_out)
     _assert_same_stores(probabilities_path(threads), probabilities_path(cluster_out))
@@ -260,8 +277,9 @@ def test_local_cluster_equals_threads(model_dir, volume_zarr, tmp_path, caplog):
 
 def test_dask_schedulers_need_the_model_folder(model_dir, volume_zarr, tmp_path):
     with pytest.raises(WssegError, match="pass the model folder"):
-        predict_volume(load_model(model_dir), volume_zarr, tmp_path / "p.zarr",
-                       scheduler="processes")
+        predict_volume(
+            load_model(model_dir), volume_zarr, tmp_path / "p.zarr", scheduler="processes"
+        )
 
 
 def test_unknown_scheduler_is_refused(model_dir, volume_zarr, tmp_path):
@@ -296,8 +314,9 @@ def test_foreign_folder_is_never_replaced(model_dir, volume_zarr, tmp_path):
 
 
 def test_model_trained_with_other_channel_count(model_dir, phantom, tmp_path):
-    two_channels = as_image(np.stack([phantom[0], phantom[0]], axis=-1), channel_axis=-1,
-                            source="rgb.zarr")
+    two_channels = as_image(
+        np.stack([phantom[0], phantom[0]], axis=-1), channel_axis=-1, source="rgb.zarr"
+    )
     with pytest.raises(ModelError, match="has 2 channel.*trained on 1"):
         predict_volume(model_dir, two_channels, tmp_path / "p.zarr")
     assert not (tmp_path / "p.zarr").exists()
@@ -339,8 +358,9 @@ def test_output_must_be_zarr(model_dir, volume_zarr, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- CLI
-def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expected, tmp_path,
-                                                 capsys):
+def test_cli_blockwise_predict_resume_and_errors(
+    model_dir, volume_zarr, expected, tmp_path, capsys
+):
     out = tmp_path / "cli.zarr"
     args = ["predict", str(model_dir), str(volume_zarr), "--out", str(out), "--block", "3,37,53"]
     assert main(args + ["--probabilities"]) == 0
@@ -352,8 +372,20 @@ def test_cli_blockwise_predict_resume_and_errors(model_dir, volume_zarr, expecte
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--resume", "--overwrite"]) == 2
     assert "exclude each other" in capsys.readouterr().err
-    assert main(["predict", str(model_dir), str(volume_zarr), "--out", str(tmp_path / "p.npy"),
-                 "--probabilities", "--resume"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(model_dir),
+                str(volume_zarr),
+                "--out",
+                str(tmp_path / "p.npy"),
+                "--probabilities",
+                "--resume",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "--probabilities, --resume apply to block-wise prediction only" in error
 
@@ -371,8 +403,15 @@ def _cancelled_run(model_dir, volume_zarr, out, n_blocks: int):
         if event.done >= n_blocks:
             stop.set()
 
-    return predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
-                          progress=cancel_after, cancel=stop)
+    return predict_volume(
+        model_dir,
+        volume_zarr,
+        out,
+        block=ODD_BLOCK,
+        probabilities=True,
+        progress=cancel_after,
+        cancel=stop,
+    )
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
@@ -387,8 +426,15 @@ def test_resume_recomputes_a_damaged_finished_block(model_dir, volume_zarr, tmp_
         chunk.write_bytes(b"\x00garbage" + chunk.read_bytes()[8:])
     events = []
     with pytest.warns(UserWarning, match=r"1 finished block\(s\) are missing or damaged"):
-        resumed = predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
-                                 resume=True, progress=events.append)
+        resumed = predict_volume(
+            model_dir,
+            volume_zarr,
+            out,
+            block=ODD_BLOCK,
+            probabilities=True,
+            resume=True,
+            progress=events.append,
+        )
     assert resumed.repaired == 1 and resumed.skipped == first.computed - 1
     assert "recomputing 1 damaged block(s)" in events[0].message
     predict_volume(model_dir, volume_zarr, clean, block=ODD_BLOCK, probabilities=True)
@@ -420,7 +466,11 @@ def test_resume_of_an_unreadable_store_names_it(model_dir, volume_zarr, tmp_path
     out = tmp_path / "broken.zarr"
     _cancelled_run(model_dir, volume_zarr, out, 2)
     (out / "0" / "zarr.json").write_text("{not json")
-    with pytest.raises(WssegError, match=r"broken.zarr cannot be read as a wsseg prediction "
-                                         r"store .*; pass --overwrite to start again"):
-        predict_volume(model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True,
-                       resume=True)
+    with pytest.raises(
+        WssegError,
+        match=r"broken.zarr cannot be read as a wsseg prediction "
+        r"store .*; pass --overwrite to start again",
+    ):
+        predict_volume(
+            model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True, resume=True
+        )

@@ -33,7 +33,7 @@ def tile_starts(length: int, tile: int, step: int) -> list[int]:
 
 
 def _axis_weights(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
-    """Blending weights along one tile axis; ``at_start``/``at_end``: that side is a slice border."""
+    """Blending weights along one tile axis; ``at_start``/``at_end``: that side is a border."""
     margin = overlap // 4
     ramp = np.ones(tile, dtype=np.float32)
     rising = np.clip((np.arange(tile) - margin + 1) / (overlap - 2 * margin + 1), 0.0, 1.0)
@@ -110,13 +110,17 @@ def predict_tiled_batch(
     ((3, 1, 40, 60), True)
     """
     if images.ndim != 4:
-        raise ValueError(f"predict_tiled_batch expects (N, C, H, W) slices, got shape {images.shape}")
+        raise ValueError(
+            f"predict_tiled_batch expects (N, C, H, W) slices, got shape {images.shape}"
+        )
     tile = -(-tile // align) * align
     if overlap >= tile:
         raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}")
     step = max(align, (tile - overlap) // align * align)
     height, width = images.shape[2:]
-    padded = _pad_to(images, max(-(-height // align) * align, 1), max(-(-width // align) * align, 1))
+    padded = _pad_to(
+        images, max(-(-height // align) * align, 1), max(-(-width // align) * align, 1)
+    )
     padded_h, padded_w = padded.shape[2:]
     tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
     out = weight_sum = None
@@ -144,4 +148,6 @@ def _pad_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
         return np.asarray(images, dtype=np.float32)
     mode = "reflect" if images.shape[-2] > pad_h and images.shape[-1] > pad_w else "symmetric"
     leading = ((0, 0),) * (images.ndim - 2)
-    return np.pad(np.asarray(images, dtype=np.float32), leading + ((0, pad_h), (0, pad_w)), mode=mode)
+    return np.pad(
+        np.asarray(images, dtype=np.float32), leading + ((0, pad_h), (0, pad_w)), mode=mode
+    )

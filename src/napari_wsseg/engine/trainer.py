@@ -69,9 +69,19 @@ def lr_factor(fraction: float, warmup_fraction: float, final_lr_fraction: float)
 class _BestKeeper:
     """Keeps a copy of the weights with the lowest moving average of a monitored loss."""
 
-    def __init__(self, model: torch.nn.Module, key: str | None, after_fraction: float,
-                 smoothing: float = 0.98):
-        self.model, self.key, self.after_fraction, self.smoothing = model, key, after_fraction, smoothing
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        key: str | None,
+        after_fraction: float,
+        smoothing: float = 0.98,
+    ):
+        self.model, self.key, self.after_fraction, self.smoothing = (
+            model,
+            key,
+            after_fraction,
+            smoothing,
+        )
         self.average: float | None = None
         self.best: float = math.inf
         self.state: dict | None = None
@@ -141,7 +151,9 @@ def run_training(
     model.train()
     optimizer = torch.optim.AdamW(
         params if params is not None else model.parameters(),
-        lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        weight_decay=optim.weight_decay,
     )
     budget = Budget(time_budget_s, total_steps=optim.max_steps, cancel=cancel)
     keeper = _BestKeeper(model, monitor, keep_best_after)

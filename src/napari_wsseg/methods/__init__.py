@@ -1,7 +1,8 @@
 """The method registry: an explicit ``{name: "module:Class"}`` table, imported lazily.
 
 The CLI and the widgets list methods from :func:`available_methods`; adding a method means adding
-one line here and never touches them (``docs/methods/adding-a-method.md``). Importing this module does not import torch. No Qt.
+one line here and never touches them (``docs/methods/adding-a-method.md``). Importing this module
+does not import torch. No Qt.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Prediction: slice by slice for images and stacks, block-wise volumes (read, schedule, store). No Qt."""
+"""Prediction: slice by slice for images and stacks, block by block for volumes. No Qt."""

@@ -46,7 +46,6 @@ class BlockPrediction:
     probabilities: np.ndarray | None = None
 
 
-
 def resolve_block(block, image: Image) -> tuple[int, int, int]:
     """Check a block shape against ``image`` and return it as ``(Z, Y, X)``.
 
@@ -102,8 +101,9 @@ def block_region(index, block, shape) -> Region:
     return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, block, shape))
 
 
-def read_block_input(image: Image, region: Region, halo: int, *, halo_z: int = 0,
-                     scheduler: str = "synchronous"):
+def read_block_input(
+    image: Image, region: Region, halo: int, *, halo_z: int = 0, scheduler: str = "synchronous"
+):
     """Read a block plus ``halo`` pixels of context in y and x and ``halo_z`` slices in z.
 
     The context is clipped to the image.
@@ -141,15 +141,16 @@ def read_block_input(image: Image, region: Region, halo: int, *, halo_z: int = 0
     for axis, (sl, context) in enumerate(zip(region, (halo_z, halo, halo))):
         lows.append(max(sl.start - context, 0))
         highs.append(min(sl.stop + context, image.shape[axis]))
-    data = image.data[lows[0]:highs[0], lows[1]:highs[1], lows[2]:highs[2], :]
+    data = image.data[lows[0] : highs[0], lows[1] : highs[1], lows[2] : highs[2], :]
     if hasattr(data, "compute"):
         data = data.compute(scheduler=scheduler)
     crop = tuple(slice(sl.start - low, sl.stop - low) for sl, low in zip(region, lows))
     return np.asarray(data), crop
 
 
-def predict_block_input(model, data: np.ndarray, crop, *,
-                        probabilities: bool = False) -> BlockPrediction:
+def predict_block_input(
+    model, data: np.ndarray, crop, *, probabilities: bool = False
+) -> BlockPrediction:
     """Predict the slices of ``data`` (from :func:`read_block_input`) and crop them to the block.
 
     The block goes to the model's
@@ -206,13 +207,15 @@ def _block_probabilities(model, slab: np.ndarray, n_classes: int) -> np.ndarray:
     if proba.shape != expected:
         raise ModelError(
             f"{model.name} predict_proba_block returned shape {proba.shape} for a block of "
-            f"{slab.shape[:3]} slices; it must return (classes, Z, Y, X) = {expected}: fix the method"
+            f"{slab.shape[:3]} voxels; it must return (classes, Z, Y, X) = {expected}: fix the "
+            "method"
         )
     return proba
 
 
-def predict_block(model, image: Image, region: Region, *,
-                  probabilities: bool = False) -> BlockPrediction:
+def predict_block(
+    model, image: Image, region: Region, *, probabilities: bool = False
+) -> BlockPrediction:
     """Predict one block of ``image``: the pure function the GUI, the CLI and dask workers call.
 
     Parameters
@@ -316,4 +319,3 @@ def open_image(path) -> Image:
     if Path(path).suffix.lower() in (".tif", ".tiff"):
         return read_tiff_lazily(path)
     return read_image(path)
-

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from ..errors import WssegError
 from ..io.image import Image
+from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from .blocks import (
     BlockIndex,
     Region,
@@ -69,8 +69,9 @@ class RunSpec:
 class BlockCounter:
     """Counts finished blocks and reports them with an ETA."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int, skipped: int, *,
-                 repaired: int = 0):
+    def __init__(
+        self, callback: ProgressCallback | None, total: int, skipped: int, *, repaired: int = 0
+    ):
         self.callback, self.total, self.skipped = callback, total, skipped
         self.computed = 0
         self.start = time.monotonic()
@@ -91,8 +92,16 @@ class BlockCounter:
 
 
 # ------------------------------------------------------------------- threads: a pipeline
-def run_threads(model, image: Image, output: BlockStore, pending: list[BlockIndex],
-                 run: RunSpec, counter: BlockCounter, cancel, prefetch: int) -> None:
+def run_threads(
+    model,
+    image: Image,
+    output: BlockStore,
+    pending: list[BlockIndex],
+    run: RunSpec,
+    counter: BlockCounter,
+    cancel,
+    prefetch: int,
+) -> None:
     """Read ahead in one thread, compute here, write in another; at most a few blocks in memory."""
     prefetch = max(int(prefetch), 1)
 
@@ -103,8 +112,10 @@ def run_threads(model, image: Image, output: BlockStore, pending: list[BlockInde
         output.write(index, run.region(index), prediction)
         return index
 
-    with ThreadPoolExecutor(1, thread_name_prefix="wsseg-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="wsseg-write") as writer:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="wsseg-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="wsseg-write") as writer,
+    ):
         reads = deque(reader.submit(read, index) for index in pending[:prefetch])
         writes: deque = deque()
         try:
@@ -155,12 +166,15 @@ class WorkerTask:
 
 def _predict_and_write_block(task: WorkerTask, index: BlockIndex, image) -> BlockIndex:
     """Worker side: predict block ``index`` and write it durably (model and stores cached)."""
-    model = _cached(("model", task.model_dir, task.model_signature),
-                    lambda: _load_model(task.model_dir))
+    model = _cached(
+        ("model", task.model_dir, task.model_signature), lambda: _load_model(task.model_dir)
+    )
     if isinstance(image, str):
         image = _cached(("image", image, _mtime(image)), lambda: open_image(image))
-    output = _cached(("output", task.out_path, task.run_id),
-                     lambda: BlockStore(task.out_path, task.probs_path, was_2d=task.was_2d))
+    output = _cached(
+        ("output", task.out_path, task.run_id),
+        lambda: BlockStore(task.out_path, task.probs_path, was_2d=task.was_2d),
+    )
     region = task.run.region(index)
     data, crop = read_block_input(image, region, task.run.halo, halo_z=task.run.halo_z)
     prediction = predict_block_input(model, data, crop, probabilities=task.run.probabilities)
@@ -198,8 +212,9 @@ def _cached(key, factory):
         return _CACHE[key]
 
 
-def run_dask(scheduler, n_workers, task: WorkerTask, image_source, pending,
-              counter: BlockCounter, cancel) -> None:
+def run_dask(
+    scheduler, n_workers, task: WorkerTask, image_source, pending, counter: BlockCounter, cancel
+) -> None:
     from dask.distributed import as_completed
 
     if not pending:
@@ -209,8 +224,14 @@ def run_dask(scheduler, n_workers, task: WorkerTask, image_source, pending,
         if not isinstance(image_source, str):
             image_ref = client.scatter(image_source, broadcast=True)
         keys = [f"wsseg-block-{task.run_id}-{i}" for i in range(len(pending))]
-        futures = client.map(_predict_and_write_block, [task] * len(pending), pending,
-                             image=image_ref, pure=False, key=keys)
+        futures = client.map(
+            _predict_and_write_block,
+            [task] * len(pending),
+            pending,
+            image=image_ref,
+            pure=False,
+            key=keys,
+        )
         completed = as_completed(futures, loop=client.loop)
         try:
             for future in completed:
@@ -251,10 +272,13 @@ def _dask_client(scheduler, n_workers) -> Iterator[Any]:
             yield client
         return
     if scheduler == "processes":
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
-                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None) as cluster, \
-                Client(cluster, set_as_default=False) as client:
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}),
+            LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             yield client
         return
     try:

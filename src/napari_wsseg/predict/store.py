@@ -131,8 +131,9 @@ class BlockStore:
                 recorded[index] = _read_marker(self.progress_dir / name)
         return recorded
 
-    def verify_blocks(self, recorded: dict[BlockIndex, dict | None],
-                      region_of) -> tuple[set[BlockIndex], list[BlockIndex]]:
+    def verify_blocks(
+        self, recorded: dict[BlockIndex, dict | None], region_of
+    ) -> tuple[set[BlockIndex], list[BlockIndex]]:
         """Split ``recorded`` blocks into those whose data reads back as written and the rest.
 
         Parameters
@@ -290,8 +291,9 @@ def model_signature(model_or_dir) -> str:
     return digest.hexdigest()
 
 
-def run_record(model_sig: str, image: Image, block, halo: int, probabilities: bool, *,
-               halo_z: int = 0) -> dict:
+def run_record(
+    model_sig: str, image: Image, block, halo: int, probabilities: bool, *, halo_z: int = 0
+) -> dict:
     """The settings of a run, stored in the output's attrs and compared on resume."""
     return {
         "version": RUN_RECORD_VERSION,
@@ -309,8 +311,15 @@ def run_record(model_sig: str, image: Image, block, halo: int, probabilities: bo
     }
 
 
-_RESUME_KEYS = ("model_signature", "image_shape", "image_channels", "image_dtype", "block", "halo",
-                "probabilities")
+_RESUME_KEYS = (
+    "model_signature",
+    "image_shape",
+    "image_channels",
+    "image_dtype",
+    "block",
+    "halo",
+    "probabilities",
+)
 
 
 def _check_resumable(path: Path, stored: dict | None, wanted: dict) -> None:
@@ -383,8 +392,16 @@ def check_output_location(out_path) -> Path:
     return out_path
 
 
-def prepare_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
-                    was_2d: bool, resume: bool, overwrite: bool) -> dict | None:
+def prepare_outputs(
+    out_path: Path,
+    probs_path: Path | None,
+    record: dict,
+    classes,
+    *,
+    was_2d: bool,
+    resume: bool,
+    overwrite: bool,
+) -> dict | None:
     """Create the stores, or check them for resuming.
 
     Returns the stored run record when resuming an existing output, else None.
@@ -445,8 +462,9 @@ def reopen_finished(store: BlockStore, record: dict, verified: dict[BlockIndex, 
     _write_run_record(store.path, {**record, "status": "running"})
 
 
-def _create_outputs(out_path: Path, probs_path: Path | None, record: dict, classes, *,
-                    was_2d: bool) -> None:
+def _create_outputs(
+    out_path: Path, probs_path: Path | None, record: dict, classes, *, was_2d: bool
+) -> None:
     from ..io.writers import create_labels_zarr
 
     shape = tuple(record["image_shape"])
@@ -454,8 +472,14 @@ def _create_outputs(out_path: Path, probs_path: Path | None, record: dict, class
     chunks = output_chunks(block)
     if was_2d:
         shape, chunks = shape[1:], chunks[1:]
-    create_labels_zarr(out_path, shape, classes=classes, chunks=chunks,
-                       dtype=label_dtype(len(classes)), overwrite=True)
+    create_labels_zarr(
+        out_path,
+        shape,
+        classes=classes,
+        chunks=chunks,
+        dtype=label_dtype(len(classes)),
+        overwrite=True,
+    )
     _write_run_record(out_path, record)
     (out_path / PROGRESS_DIR).mkdir()
     if probs_path is not None:
@@ -470,8 +494,9 @@ def _create_probabilities(path: Path, shape, chunks, classes, record: dict) -> N
 
     axes = "czyx" if len(shape) == 4 else "cyx"
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.create_array("0", shape=shape, chunks=chunks, dtype=np.uint8, fill_value=0,
-                       dimension_names=list(axes))
+    group.create_array(
+        "0", shape=shape, chunks=chunks, dtype=np.uint8, fill_value=0, dimension_names=list(axes)
+    )
     write_multiscales(group, 1, axes, name=path.stem)
     group.attrs[RUN_ATTR] = {**record, "probabilities_of": [c.name for c in classes], "scale": 255}
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import ProgressCallback
 from ..errors import WssegError
 from ..io.image import Image, as_image
+from ..progress import ProgressCallback
 from .blocks import (
     BATCH_SLICES,
     DEFAULT_BLOCK_2D,
@@ -48,9 +48,9 @@ from .schedulers import (
     uses_threads,
 )
 from .store import (
+    FINISHED,
     PROGRESS_DIR,
     RUN_ATTR,
-    FINISHED,
     BlockStore,
     check_output_location,
     finish_outputs,
@@ -64,11 +64,27 @@ from .store import (
 )
 
 __all__ = [
-    "SCHEDULERS", "VolumeResult", "predict_volume", "predict_block", "predict_block_input",
-    "read_block_input", "block_grid", "block_region", "resolve_block", "model_halo", "model_halo_z",
+    "SCHEDULERS",
+    "VolumeResult",
+    "predict_volume",
+    "predict_block",
+    "predict_block_input",
+    "read_block_input",
+    "block_grid",
+    "block_region",
+    "resolve_block",
+    "model_halo",
+    "model_halo_z",
     "open_image",
-    "output_chunks", "probabilities_path", "check_output_location", "BlockPrediction",
-    "PROGRESS_DIR", "RUN_ATTR", "BATCH_SLICES", "DEFAULT_BLOCK_2D", "DEFAULT_BLOCK_3D",
+    "output_chunks",
+    "probabilities_path",
+    "check_output_location",
+    "BlockPrediction",
+    "PROGRESS_DIR",
+    "RUN_ATTR",
+    "BATCH_SLICES",
+    "DEFAULT_BLOCK_2D",
+    "DEFAULT_BLOCK_3D",
 ]
 
 
@@ -93,10 +109,14 @@ class VolumeResult:
     def to_dict(self) -> dict:
         return {
             "out": str(self.out),
-            "probabilities": None if self.probabilities_out is None else str(
-                self.probabilities_out),
-            "blocks": self.n_blocks, "computed": self.computed, "skipped": self.skipped,
-            "stopped": self.stopped, "seconds": round(self.seconds, 2),
+            "probabilities": None
+            if self.probabilities_out is None
+            else str(self.probabilities_out),
+            "blocks": self.n_blocks,
+            "computed": self.computed,
+            "skipped": self.skipped,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 2),
             "repaired": self.repaired,
         }
 
@@ -210,8 +230,15 @@ def predict_volume(
     probs_path = probabilities_path(out_path) if probabilities else None
     signature = model_signature(model_dir if model_dir is not None else model)
     record = run_record(signature, image, block, halo, probabilities, halo_z=halo_z)
-    stored = prepare_outputs(out_path, probs_path, record, model.classes, was_2d=image.was_2d,
-                             resume=resume, overwrite=overwrite)
+    stored = prepare_outputs(
+        out_path,
+        probs_path,
+        record,
+        model.classes,
+        was_2d=image.was_2d,
+        resume=resume,
+        overwrite=overwrite,
+    )
     grid = block_grid(image.shape, block)
     run = RunSpec(image.shape, block, halo, probabilities, halo_z)
     output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
@@ -219,8 +246,9 @@ def predict_volume(
     if stored is not None and stored.get("status") in FINISHED and not repaired:
         if stored["status"] == "blocks_done":  # killed while adding the pyramid
             finish_outputs(output, record)
-        return VolumeResult(out_path, probs_path, len(grid), 0, len(grid), "done",
-                            time.monotonic() - started)
+        return VolumeResult(
+            out_path, probs_path, len(grid), 0, len(grid), "done", time.monotonic() - started
+        )
     pending = [index for index in grid if index not in done]
     counter = BlockCounter(progress, len(grid), len(grid) - len(pending), repaired=len(repaired))
     if uses_threads(scheduler):
@@ -231,19 +259,34 @@ def predict_volume(
                 f"scheduler {scheduler!r} loads the model on each worker from its folder; pass the "
                 "model folder (not a model object) or use scheduler='threads'"
             )
-        task = WorkerTask(str(model_dir), signature, str(out_path),
-                          None if probs_path is None else str(probs_path), image.was_2d, run,
-                          uuid.uuid4().hex)
+        task = WorkerTask(
+            str(model_dir),
+            signature,
+            str(out_path),
+            None if probs_path is None else str(probs_path),
+            image.was_2d,
+            run,
+            uuid.uuid4().hex,
+        )
         run_dask(scheduler, n_workers, task, image_source, pending, counter, cancel)
     stopped = "cancelled" if counter.done < len(grid) else "done"
     if stopped == "done":
         finish_outputs(output, record)
-    return VolumeResult(out_path, probs_path, len(grid), counter.computed, len(grid) - len(pending),
-                        stopped, time.monotonic() - started, repaired=len(repaired))
+    return VolumeResult(
+        out_path,
+        probs_path,
+        len(grid),
+        counter.computed,
+        len(grid) - len(pending),
+        stopped,
+        time.monotonic() - started,
+        repaired=len(repaired),
+    )
 
 
-def _verified_blocks(output: BlockStore, stored: dict | None, record: dict, run: RunSpec,
-                     grid: list) -> tuple[set, list]:
+def _verified_blocks(
+    output: BlockStore, stored: dict | None, record: dict, run: RunSpec, grid: list
+) -> tuple[set, list]:
     """Finished blocks of a resumed run that read back as written, and those to recompute."""
     recorded = finished_blocks(output, stored)
     blocks = set(grid)
@@ -284,5 +327,3 @@ def _resolve_image(image_or_path):
         )
     path = str(Path(image_or_path).expanduser().absolute())
     return open_image(path), path
-
-
