@@ -9,7 +9,10 @@ which turns normalised slices into a ``(Hp, Wp, D)`` grid of patch features:
 * ``weights="path/to/file"``: a local ``.safetensors`` file or a plain torch state dict read with
   ``torch.load(weights_only=True)``;
 * ``weights="random"``: the architecture's initialisation with a fixed seed, for tests and timing
-  only. It is reproducible (so a model folder can re-create and verify it) and carries a warning.
+  only. It is reproducible (so a model folder can re-create and verify it) and carries a warning;
+* ``weights="path/to/backbone_folder"``: a folder written by ``wsseg pretrain``
+  (:mod:`napari_wsseg.engine.backbones`); its architecture, patch size, input channels and
+  normalisation come from the folder, and every file is checked before use.
 
 Slices are padded (reflect) at the bottom/right to a multiple of the patch size, so the patch grid is
 ``ceil(Y / p) x ceil(X / p)`` at the image's own resolution; nothing is resized, because EM
@@ -82,6 +85,8 @@ class FrozenViT:
         batch_size: int = 4,
         device: str | Any = "cpu",
         weights_file_sha256: str | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> None:
         import torch
 
@@ -94,14 +99,19 @@ class FrozenViT:
         self.tiles = tiles
         self.batch_size = max(1, int(batch_size))
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+        self.mean = tuple(float(v) for v in (mean or cfg.get("mean", (0.485, 0.456, 0.406))))
+        self.std = tuple(float(v) for v in (std or cfg.get("std", (0.229, 0.224, 0.225))))
         self.device = torch.device("cpu")
         self.to(device)
 
     @property
     def patch_size(self) -> int:
         return int(self.model.patch_embed.patch_size[0])
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the patch embedding (3 for ImageNet models, 1 for grey backbones)."""
+        return int(getattr(self.model.patch_embed.proj, "in_channels", 3))
 
     @property
     def embed_dim(self) -> int:
@@ -182,16 +192,17 @@ class FrozenViT:
         import torch
         import torch.nn.functional as F
 
-        channels = slices.shape[-1]
+        channels, wanted = slices.shape[-1], self.in_chans
         values = np.clip(slices.astype(np.float32, copy=False), 0.0, 1.0)
-        if channels == 1:
-            values = np.repeat(values, 3, axis=-1)
-        elif channels != 3:
+        if channels == 1 and wanted != 1:
+            values = np.repeat(values, wanted, axis=-1)
+        elif channels != wanted:
             warnings.warn(
-                f"backbone '{self.name}' takes grey or RGB input; averaging {channels} channels to grey",
+                f"backbone '{self.name}' takes {'grey' if wanted == 1 else f'{wanted}-channel'} input; "
+                f"averaging {channels} channels to grey",
                 stacklevel=3,
             )
-            values = np.repeat(values.mean(axis=-1, keepdims=True), 3, axis=-1)
+            values = np.repeat(values.mean(axis=-1, keepdims=True), wanted, axis=-1)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2)))
@@ -261,8 +272,10 @@ def load_backbone(
         A timm ViT model name (``vit_small_patch16_dinov3``, ``vit_base_patch14_reg4_dinov2``, ...).
     weights : None, path or "random", default None
         None: timm's pretrained weights (Hugging Face cache, offline once cached). A path: a
-        ``.safetensors`` file or a torch state dict (loaded with ``weights_only=True``). ``"random"``:
-        seeded random initialisation, for tests only (sets ``warning``).
+        ``.safetensors`` file or a torch state dict (loaded with ``weights_only=True``), or a
+        backbone folder written by ``wsseg pretrain`` (then ``name`` must be the folder's
+        architecture or the default). ``"random"``: seeded random initialisation, for tests only
+        (sets ``warning``).
     device : str or torch.device, default "cpu"
     tiles : TileSpec
         Tiling of large slices (default tiles of 64 patches, halo 4 patches).
@@ -278,6 +291,9 @@ def load_backbone(
         Unknown or non-ViT name, weights that cannot be downloaded/read, a weights file whose
         bytes differ from ``expected_file_sha256``, or a weights file of another architecture.
     """
+    if weights is not None and str(weights) != RANDOM_WEIGHTS and Path(weights).expanduser().is_dir():
+        return _load_backbone_folder(name, Path(weights).expanduser().resolve(), device=device, tiles=tiles,
+                                     batch_size=batch_size, expected_file_sha256=expected_file_sha256)
     _check_name(name)
     warning, file_sha256 = None, None
     if weights is None:
@@ -306,6 +322,20 @@ def load_backbone(
         device=device,
         weights_file_sha256=file_sha256,
     )
+
+
+def _load_backbone_folder(name: str, folder: Path, *, expected_file_sha256: str | None, **options) -> FrozenViT:
+    """A :class:`FrozenViT` of a ``wsseg pretrain`` folder (checked by :mod:`.backbones`)."""
+    from .backbones import load_backbone_folder
+
+    model, info, sha = load_backbone_folder(folder, expected_file_sha256=expected_file_sha256)
+    if name not in (DEFAULT_BACKBONE, info.arch):
+        raise ModelError(
+            f"backbone folder {folder} holds a '{info.arch}' but backbone '{name}' was asked for; "
+            f"leave out --backbone or pass --backbone {info.arch}"
+        )
+    return FrozenViT(model, name=info.arch, weights_source=f"backbone:{folder}", weights_hash=info.weights_hash,
+                     weights_file_sha256=sha, mean=info.mean, std=info.std, **options)
 
 
 def file_sha256(path: Path) -> str:
@@ -365,11 +395,12 @@ def _check_name(name: str) -> None:
     raise ModelError(f"unknown backbone '{name}': timm has no such model; {hint} (default {DEFAULT_BACKBONE})")
 
 
-def _create(name: str, *, pretrained: bool):
+def _create(name: str, *, pretrained: bool, model_kwargs: dict | None = None):
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True,
+                                  **(model_kwargs or {}))
     except TypeError as exc:
         if "dynamic_img_size" not in str(exc):
             raise

@@ -1,0 +1,138 @@
+"""The pieces of DINO self-distillation: projection head, loss, centring and schedules. Imports no Qt.
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
+(arXiv:2104.14294). A student network is trained to match, on every other view of the same image,
+the output distribution of an exponential-moving-average *teacher* on the two global views. The
+teacher output is *centred* (a running mean is subtracted) and *sharpened* (a low softmax
+temperature); together they prevent the collapse to one constant output. Used by
+:mod:`napari_wsseg.engine.pretrain`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOHead(nn.Module):
+    """Projection head: a 3-layer MLP, an L2-normalised bottleneck and a weight-normalised last layer.
+
+    The last layer's weight rows are normalised to unit length on every forward pass (DINO's
+    ``norm_last_layer=True``: weight normalisation with the gain fixed at 1).
+
+    Parameters
+    ----------
+    in_dim : int
+        Backbone embedding size.
+    out_dim : int
+        Size of the output distribution (DINO: 65536; small data sets need far fewer).
+    hidden_dim, bottleneck_dim : int
+        MLP widths (DINO: 2048 and 256).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.last_weight = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.last_weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.last_weight, dim=-1))
+
+
+class DINOLoss:
+    """Cross-entropy between the sharpened, centred teacher and the student, over view pairs.
+
+    Parameters
+    ----------
+    out_dim : int
+        Head output size (the centre has this length).
+    student_temp, teacher_temp : float
+        Softmax temperatures (DINO: 0.1 and 0.04; the low teacher temperature sharpens).
+    center_momentum : float
+        Momentum of the running centre of the teacher outputs (DINO: 0.9).
+    """
+
+    def __init__(self, out_dim: int, student_temp: float, teacher_temp: float, center_momentum: float) -> None:
+        self.center = torch.zeros(1, out_dim)
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.center_momentum = center_momentum
+
+    def __call__(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int) -> torch.Tensor:
+        """Mean cross-entropy over all (teacher global view, other student view) pairs.
+
+        Parameters
+        ----------
+        student_out : (n_views * B, K) tensor
+            Student outputs, view-major (all images of view 0, then view 1, ...); views 0 and 1
+            are the global views.
+        teacher_out : (2 * B, K) tensor
+            Teacher outputs of the two global views, view-major.
+        n_views : int
+            Views per image.
+        """
+        student = (student_out / self.student_temp).chunk(n_views)
+        centred = (teacher_out - self.center.to(teacher_out.device)) / self.teacher_temp
+        teacher = F.softmax(centred, dim=-1).detach().chunk(2)
+        total, pairs = student_out.new_zeros(()), 0
+        for t_view, targets in enumerate(teacher):
+            for s_view, logits in enumerate(student):
+                if s_view == t_view:
+                    continue
+                total = total + torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+                pairs += 1
+        return total / pairs
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """Move the centre towards the batch mean of the teacher outputs."""
+        batch_center = teacher_out.mean(dim=0, keepdim=True).to(self.center.device)
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+
+
+def cosine_schedule(start: float, end: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up from 0 to ``start`` over ``warmup`` steps, then a cosine from ``start`` to ``end``.
+
+    Examples
+    --------
+    >>> cosine_schedule(1.0, 0.0, 0, 10), cosine_schedule(1.0, 0.0, 10, 10)
+    (1.0, 0.0)
+    >>> cosine_schedule(1.0, 0.0, 1, 10, warmup=4)
+    0.25
+    """
+    if step < warmup:
+        return start * step / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+def parameter_groups(module: nn.Module) -> list[dict]:
+    """Weights get weight decay; biases, norms, tokens and position embeddings do not (as in DINO)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
