@@ -33,6 +33,8 @@ _AXES = {
     "exhaustive_boxes": {0: 0},
 }
 _CLASS_COLUMN = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1}
+#: How far a slice's size fractions may sum from 1 (the one value validation and widgets use).
+SIZE_SUM_TOLERANCE = 0.1
 
 
 def validate_annotations(
@@ -40,7 +42,7 @@ def validate_annotations(
     image_shape: Sequence[int],
     *,
     source: str = "annotations",
-    size_tolerance: float = 0.1,
+    size_tolerance: float = SIZE_SUM_TOLERANCE,
     warn: bool = True,
 ) -> list[str]:
     """Check that ``ann`` is usable for training on an image of shape ``image_shape``.
