@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..progress import ProgressEvent
 from ..errors import ModelError, WssegError
 from . import _layers as L
+from ._export import make_export_button
 from ._links import link
 from ._notify import notify_error, notify_exception, notify_info
 from ._session import session_for
@@ -115,6 +116,7 @@ class PredictWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.predict_button)
         row.addWidget(self.cancel_button)
+        row.addWidget(make_export_button(self))
         layout.addLayout(row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
