@@ -458,6 +458,73 @@ def _measured_classes(text: str | None, names: list[str] | None) -> list[int] | 
     return chosen
 
 
+def cmd_suggest(args) -> int:
+    """Rank where to annotate next and write z,y,x,score,y0,x0,y1,x1 rows, best first."""
+    from .io import read_image
+    from .methods.base import load_model
+    from .predict.slices import parse_slices
+    from .predict.suggest import SuggestConfig, suggest, write_suggestions_csv
+
+    out = Path(args.out)
+    if out.is_dir() or (out.exists() and not args.overwrite):
+        raise WssegError(f"--out {out} exists; pass --overwrite to replace it or choose another file name")
+    if _is_inside(out, Path(args.model)) or out.resolve() == Path(args.image).resolve():
+        raise WssegError(f"--out {out} is the image or lies in the model folder; choose another path")
+    config = SuggestConfig(n=args.n, cell=args.cell, per_slice=args.per_slice,
+                           min_distance=args.min_distance, measure=args.measure, seed=args.seed)
+    model = load_model(args.model)
+    image = read_image(args.image)
+    annotations = _suggest_annotations(args.annotations, model, image) if args.annotations else None
+    update, close = _progress("suggest")
+    try:
+        found = suggest(model, image, annotations=annotations, config=config,
+                        slices=parse_slices(args.slices, image.n_slices), progress=update)
+    finally:
+        close()
+    write_suggestions_csv(out, found)
+    print(json.dumps({"out": str(out), "suggestions": len(found)}))
+    return 0
+
+
+def _suggest_annotations(folder: str, model, image):
+    """The annotations in ``folder`` (CSVs and masks.npy), read with the model's classes."""
+    import numpy as np
+
+    from .annotations import load_annotations
+    from .annotations.csv import find_annotation_files
+
+    files = find_annotation_files(folder)
+    masks_path = Path(folder) / "masks.npy"
+    masks = np.load(masks_path, allow_pickle=False) if masks_path.is_file() else None
+    if not files and masks is None:
+        raise WssegError(f"--annotations {folder} holds no points.csv, boxes.csv, tags.csv, "
+                         "sizes.csv or masks.npy; give the folder of the current annotations")
+    return load_annotations(**files, masks=masks, classes=model.classes, image_shape=image.shape)
+
+
+def _add_suggest_parser(sub) -> None:
+    p = sub.add_parser("suggest", help="rank where to annotate next (CSV: z,y,x,score,y0,x0,y1,x1)",
+                       description="Score grid cells by the model's uncertainty, weighted towards "
+                       "classes with few labels and spread out; write the pixel to label in each "
+                       "of the best cells, best first (see docs/cli.md).")
+    p.add_argument("model", help="model folder written by `wsseg train`")
+    p.add_argument("image", help="image or volume the model was trained for")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--n", type=_count(1), default=20, help="suggestions at most (default 20)")
+    p.add_argument("--slices", default=None, help="look only in these slices, e.g. 3,5,7 or 15-19")
+    p.add_argument("--annotations", default=None, metavar="DIR",
+                   help="folder of the current annotations (points.csv, ..., masks.npy): class "
+                        "counts and labelled pixels (default: the counts the model was trained on)")
+    p.add_argument("--cell", type=_count(2), default=64, help="grid cell side in pixels (default 64)")
+    p.add_argument("--per-slice", type=_count(1), default=5, help="suggestions per slice at most (default 5)")
+    p.add_argument("--min-distance", type=_finite(0, inclusive=True), default=None,
+                   help="pixels between suggestions of one slice at least (default: --cell)")
+    p.add_argument("--measure", default="entropy", choices=["entropy", "margin"],
+                   help="uncertainty measure (default entropy)")
+    p.add_argument("--seed", type=_count(0), default=0, help="orders cells with equal scores")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
 def cmd_export(args) -> int:
     from .export import export_bioimageio
     from .io import read_image
@@ -634,6 +701,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--n-classes", type=_count(1), default=None,
                    help="number of classes (default: from the data)")
     _add_measure_parser(sub)
+    _add_suggest_parser(sub)
     _add_pretrain_parser(sub)
     _add_export_parser(sub)
     return parser
@@ -757,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_simulate_out(args)
         handler = {
             "sample": cmd_sample, "import": cmd_import, "simulate": cmd_simulate,
-            "predict": cmd_predict, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "suggest": cmd_suggest,
             "measure": cmd_measure, "export": cmd_export, "pretrain": cmd_pretrain,
         }[args.command]
         return handler(args)
