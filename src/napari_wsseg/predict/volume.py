@@ -295,7 +295,7 @@ def _verified_blocks(
     if damaged:
         warnings.warn(
             f"output {output.path}: {len(damaged)} finished block(s) are missing or damaged on "
-            f"disk (first: block {damaged[0]}); recomputing them",
+            f"disk or have no checksum (first: block {damaged[0]}); recomputing them",
             stacklevel=3,
         )
         if stored.get("status") in FINISHED:
