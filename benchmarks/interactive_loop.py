@@ -1,0 +1,178 @@
+"""The interactive loop (issue 17): warm vs cold retraining, and suggested vs random clicks.
+
+Datasets and slice groups come from ``benchmarks/protocol.py`` (:data:`SPLITS`, :func:`load_dataset`):
+clicks are simulated on the split's annotated slices and Dice is measured on its held-out slices
+(``--split validation`` by default, ``scored`` to report).
+
+``warm``: start from ``--start-points`` (4) clicks per class on every annotated slice, then in each
+of ``--rounds`` (5) rounds add 1 click per class per slice; retrain once from scratch (cold) and
+once from the previous round's warm model (``fit(..., init=...)``). Per round: Dice and training
+seconds of both, and the Dice of the model the warm run started from.
+
+``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
+(default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
+suggest.suggest` proposes on the annotated slices or at uniformly random pixels of the same slices,
+each labelled with its ground-truth class, and retrain from scratch. Per round: Dice of both arms.
+
+    .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc --seeds 0,1,2
+    .venv/bin/python benchmarks/interactive_loop.py suggest --method rf --dataset cdeep3m_mito --seeds 0,1,2
+    .venv/bin/python benchmarks/interactive_loop.py both --method rf --dataset phantom --rounds 2  # smoke
+
+Each round is printed as a table row and, with ``--results FILE``, appended as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import SPLITS, load_dataset, make_deterministic, merge_annotations  # noqa: E402
+
+
+def dice(model, image, labels, slices: list[int], names: list[str]) -> float:
+    """Mean foreground Dice of ``model`` on ``slices``."""
+    from napari_wsseg.eval.metrics import evaluate
+
+    pred = np.zeros(labels.shape, np.uint8)
+    for z in slices:
+        pred[z] = model.predict_slice(image.slice(z))
+    return float(evaluate(pred, labels, slices=slices, class_names=names)["mean_fg_dice"])
+
+
+def train(method: str, options: dict, image, annotations, seed: int, *, init=None, device="cpu"):
+    """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given) and its seconds."""
+    from napari_wsseg.methods import get_method
+    from napari_wsseg.methods.base import FitOptions
+    from napari_wsseg.methods.warm import WarmStartWarning
+
+    model = get_method(method)(**options)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WarmStartWarning)  # a cold start would make "warm" a lie
+        model.fit(image, annotations, FitOptions(device=device, seed=seed), init=init)
+    return model, time.perf_counter() - start
+
+
+def clicks(labels, classes, slices, per_class: int, seed: int):
+    """``per_class`` simulated clicks per class present on each of ``slices``."""
+    from napari_wsseg.eval.simulate import simulate_annotations
+
+    return simulate_annotations(labels, slices=list(slices), seed=seed, classes=classes, points=per_class)
+
+
+def with_points(annotations, points: np.ndarray):
+    """``annotations`` plus ``points`` rows (z, y, x, class)."""
+    from napari_wsseg.annotations.model import Annotations
+
+    return merge_annotations([annotations, Annotations(annotations.classes, points=points)])
+
+
+def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
+    """Warm vs cold retraining over the rounds; one record per round."""
+    from napari_wsseg.io.image import as_image
+
+    image_zyx, labels, classes = data
+    image, names, annotated = as_image(image_zyx), [c.name for c in classes], SPLITS[args.dataset].annotated
+    ann = clicks(labels, classes, annotated, args.start_points, seed)
+    warm, _ = train(args.method, args.options, image, ann, seed, device=args.device)
+    records = []
+    for round_ in range(1, args.rounds + 1):
+        ann = merge_annotations([ann, clicks(labels, classes, annotated, 1, seed + 1000 * round_)])
+        start_dice = dice(warm, image, labels, held_out, names)
+        cold, cold_s = train(args.method, args.options, image, ann, seed, device=args.device)
+        warm, warm_s = train(args.method, args.options, image, ann, seed, init=warm, device=args.device)
+        records.append({
+            "bench": "warm", "dataset": args.dataset, "method": args.method, "seed": seed,
+            "round": round_, "points": len(ann.points), "start_dice": round(start_dice, 4),
+            "cold_dice": round(dice(cold, image, labels, held_out, names), 4), "cold_s": round(cold_s, 1),
+            "warm_dice": round(dice(warm, image, labels, held_out, names), 4), "warm_s": round(warm_s, 1),
+        })
+        print_row(records[-1])
+    return records
+
+
+def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
+    """Suggested vs random added clicks over the rounds; one record per round."""
+    from napari_wsseg.io.image import as_image
+    from napari_wsseg.predict.suggest import SuggestConfig, suggest
+
+    image_zyx, labels, classes = data
+    image, names, annotated = as_image(image_zyx), [c.name for c in classes], SPLITS[args.dataset].annotated
+    k = args.k or len(classes) * len(annotated)
+    start = clicks(labels, classes, annotated, 1, seed)
+    arms = {"suggested": start, "random": start}
+    models = {arm: train(args.method, args.options, image, start, seed, device=args.device)[0] for arm in arms}
+    rng = np.random.default_rng(seed + 17)
+    config = SuggestConfig(n=k, cell=args.cell, per_slice=max(1, -(-k // len(annotated))), seed=seed)
+    records = []
+    for round_ in range(1, args.rounds + 1):
+        found = suggest(models["suggested"], image, annotations=arms["suggested"], slices=list(annotated),
+                        config=config)
+        picks = {"suggested": np.array([[s.z, s.y, s.x] for s in found], np.int64).reshape(-1, 3),
+                 "random": random_pixels(rng, annotated, labels.shape[1:], k)}
+        record = {"bench": "suggest", "dataset": args.dataset, "method": args.method, "seed": seed,
+                  "round": round_, "k": k}
+        for arm, zyx in picks.items():
+            labelled = np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]])
+            arms[arm] = with_points(arms[arm], labelled)
+            models[arm], seconds = train(args.method, args.options, image, arms[arm], seed, device=args.device)
+            record |= {f"{arm}_points": len(arms[arm].points), f"{arm}_s": round(seconds, 1),
+                       f"{arm}_dice": round(dice(models[arm], image, labels, held_out, names), 4)}
+        records.append(record)
+        print_row(record)
+    return records
+
+
+def random_pixels(rng, slices, shape_yx, k: int) -> np.ndarray:
+    """``k`` uniformly random ``(z, y, x)`` on ``slices``."""
+    zs = rng.choice(np.asarray(slices), k)
+    return np.column_stack([zs, rng.integers(0, shape_yx[0], k), rng.integers(0, shape_yx[1], k)]).astype(np.int64)
+
+
+def print_row(record: dict) -> None:
+    skip = ("bench", "dataset", "method")
+    print("  ".join(f"{key}={value}" for key, value in record.items() if key not in skip), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", choices=["warm", "suggest", "both"])
+    parser.add_argument("--method", default="rf")
+    parser.add_argument("--dataset", default="phantom", choices=list(SPLITS))
+    parser.add_argument("--split", choices=["validation", "scored"], default="validation",
+                        help="held-out slices Dice is measured on")
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--start-points", type=int, default=4, help="warm: clicks per class per slice at start")
+    parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
+    parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
+    parser.add_argument("--options", default="{}", help="the method's options as JSON")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", type=Path, default=None, help="JSONL file to append records to")
+    args = parser.parse_args(argv)
+    args.options = json.loads(args.options)
+    make_deterministic()
+    data = load_dataset(args.dataset)
+    held_out = list(getattr(SPLITS[args.dataset], args.split))
+    benches = ["warm", "suggest"] if args.bench == "both" else [args.bench]
+    records = []
+    for bench in benches:
+        print(f"# {bench}: {args.method} on {args.dataset}, Dice on {args.split} slices {held_out}", flush=True)
+        for seed in (int(s) for s in args.seeds.split(",") if s):
+            records += (run_warm if bench == "warm" else run_suggest)(args, data, seed, held_out)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as fh:
+            fh.writelines(json.dumps(r | {"split": args.split, "options": args.options}) + "\n" for r in records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
