@@ -111,6 +111,15 @@ def test_units_follow_the_voxel_size(phantom):
     assert slice_rows[0]["area_um2"] == pytest.approx(slice_rows[0]["pixels"] * 1e-4, rel=1e-5)
 
 
+def test_surface_can_be_skipped(phantom):
+    _, labels, _ = phantom
+    with_surface = measure_labels(labels, classes=[2])
+    without = measure_labels(labels, classes=[2], surface=False)
+    assert "surface_area_vox2" not in without.objects[0]
+    for a, b in zip(with_surface.objects, without.objects, strict=True):
+        assert {k: v for k, v in a.items() if k != "surface_area_vox2"} == b
+
+
 def test_2d_image_gets_areas_and_perimeters():
     labels = np.zeros((30, 40), np.uint8)
     labels[2:8, 3:9] = 1

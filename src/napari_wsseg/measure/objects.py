@@ -55,7 +55,8 @@ class MeasureResult:
 def measure_labels(labels, *, image=None, classes: list[int] | None = None,
                    class_names: list[str] | None = None,
                    voxel_size: tuple[float, ...] | None = None, instances_out=None,
-                   block: tuple[int, ...] | None = None, progress: ProgressCallback | None = None,
+                   block: tuple[int, ...] | None = None, surface: bool = True,
+                   progress: ProgressCallback | None = None,
                    cancel: threading.Event | None = None) -> MeasureResult:
     """Label each class's connected components and measure every object.
 
@@ -76,6 +77,9 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
         input and written to a temporary folder (removed afterwards) otherwise.
     block : tuple of int, optional
         Block shape (default 64, 512, 512 for volumes; the whole image for 2D).
+    surface : bool, default True
+        Measure surface areas (perimeters in 2D). The marching cubes are most of the run time
+        on big objects; False leaves the column out.
     progress, cancel : optional
         Progress callback and cancel flag, checked between blocks.
 
@@ -110,20 +114,21 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
         if found.stopped == "cancelled":
             return MeasureResult(instances=store.keep(), stopped="cancelled")
         stats, class_voxels = _accumulate(store.array, found, classes, intensities, spacing, block,
-                                          progress, cancel)
+                                          surface and not is_2d, progress, cancel)
         if stats is None:
             return MeasureResult(instances=store.keep(), stopped="cancelled")
-        perimeter = _perimeters(store.array, found.count, spacing) if is_2d else None
+        perimeter = _perimeters(store.array, found.count, spacing) if is_2d and surface else None
         instances = store.keep()
     units = "um" if voxel_size is not None else "voxels"
     tables = _Tables(volume.shape, is_2d, spacing, units, names, classes)
-    objects = tables.objects(stats, found, perimeter, intensities is not None)
+    objects = tables.objects(stats, found, perimeter, intensities is not None, surface)
     return MeasureResult(objects, tables.summary(objects, class_voxels),
                          tables.per_slice(objects, class_voxels), instances, units)
 
 
 # ----------------------------------------------------------------------------- accumulation
-def _accumulate(instances, found: Instances, classes, image, spacing, block, progress, cancel):
+def _accumulate(instances, found: Instances, classes, image, spacing, block, surface: bool,
+                progress, cancel):
     """Per-object sums and the voxels of each class per slice ``(Z, len(classes))``."""
     n_channels = 0 if image is None else int(image.shape[-1])
     stats = ObjectAccumulator(found.count, n_channels, spacing)
@@ -139,7 +144,7 @@ def _accumulate(instances, found: Instances, classes, image, spacing, block, pro
         core = np.asarray(instances[region])
         origin = tuple(s.start for s in region)
         stats.add_block(core, origin, None if image is None else np.asarray(image[region]))
-        if instances.shape[0] > 1:
+        if surface:
             stats.add_surface(padded_region(instances, region))
         columns = lookup[core].reshape(core.shape[0], -1)
         for z, row in zip(range(region[0].start, region[0].stop), columns):
@@ -177,10 +182,11 @@ class _Tables:
             self.voxel_key = "voxels"
         self.voxel_volume = float(np.prod([spacing[a] for a in self.axes]))
 
-    def objects(self, stats: ObjectAccumulator, found: Instances, perimeter, with_image) -> list[dict]:
+    def objects(self, stats: ObjectAccumulator, found: Instances, perimeter, with_image,
+                with_surface: bool) -> list[dict]:
         ids = np.flatnonzero(stats.voxels)
         order = sorted(ids.tolist(), key=lambda i: (self.classes.index(found.instance_class[i]), i))
-        surface = perimeter if perimeter is not None else stats.surface
+        surface = (perimeter if perimeter is not None else stats.surface) if with_surface else None
         rows = []
         for i in order:
             rows.append(self._object_row(i, stats, int(found.instance_class[i]), surface, with_image))
@@ -197,7 +203,8 @@ class _Tables:
             row[f"bbox_{letters[a]}1"] = int(stats.bbox_max[i, a])
         for a in self.axes:
             row[f"centroid_{letters[a]}"] = _round(stats.coord_sum[i, a] / count)
-        row[self.surface_key] = _round(surface[i])
+        if surface is not None:
+            row[self.surface_key] = _round(surface[i])
         if with_image:
             means = stats.intensity_sum[i] / count
             if len(means) == 1:

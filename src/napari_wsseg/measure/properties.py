@@ -44,12 +44,11 @@ class ObjectAccumulator:
         ``instances`` is the ``(z, y, x)`` block at ``origin``; ``image`` the matching
         ``(z, y, x, C)`` intensities or None.
         """
-        ids, compact = _compact(instances)
-        if len(ids) == 1:
+        if not instances.any():
             return
         props = _PROPS + (("intensity_mean",) if image is not None else ())
-        table = _regionprops(compact, image, props)
-        index = ids[table["label"]]
+        table = _regionprops(_signed(instances), image, props)
+        index = table["label"]
         area = table["area"].astype(np.int64)
         self.voxels[index] += area
         for axis in range(3):
@@ -69,17 +68,17 @@ class ObjectAccumulator:
         """
         from skimage.measure import marching_cubes, mesh_surface_area
 
-        ids, compact = _compact(padded)
-        for j, box in enumerate(ndi.find_objects(compact), start=1):
+        padded = _signed(padded)
+        for j, box in enumerate(ndi.find_objects(padded), start=1):
             if box is None:
                 continue
             grown = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
-                          for s, n in zip(box, compact.shape))
-            mask = (compact[grown] == j).astype(np.float32)
+                          for s, n in zip(box, padded.shape))
+            mask = (padded[grown] == j).astype(np.float32)
             if min(mask.shape) < 2 or mask.min() == 1.0:
                 continue  # no cell of this block crosses the object's boundary
             vertices, faces, _, _ = marching_cubes(mask, 0.5, spacing=self.spacing)
-            self.surface[ids[j]] += mesh_surface_area(vertices, faces)
+            self.surface[j] += mesh_surface_area(vertices, faces)
 
 
 def _regionprops(compact: np.ndarray, image, props) -> dict:
@@ -91,14 +90,9 @@ def _regionprops(compact: np.ndarray, image, props) -> dict:
     return regionprops_table(compact, intensity_image=intensity, properties=props)
 
 
-def _compact(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, labels 0..len(ids)-1)`` with ``ids[0] == 0`` (background) always."""
-    ids, inverse = np.unique(instances, return_inverse=True)
-    inverse = inverse.reshape(instances.shape)
-    if ids[0] != 0:
-        ids = np.concatenate([[0], ids])
-        inverse = inverse + 1
-    return ids.astype(np.int64), inverse.astype(np.int32)
+def _signed(instances: np.ndarray) -> np.ndarray:
+    """Instance ids as a signed integer array (what scipy's find_objects and regionprops take)."""
+    return instances if instances.dtype.kind == "i" else instances.astype(np.int32)
 
 
 def padded_region(array, region: tuple[slice, ...]) -> np.ndarray:
