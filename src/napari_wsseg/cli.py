@@ -430,7 +430,8 @@ def cmd_measure(args) -> int:
     try:
         result = measure_labels(
             labels, image=image, classes=measured, class_names=names,
-            voxel_size=voxel_size, instances_out=args.instances, block=args.block, progress=update,
+            voxel_size=voxel_size, instances_out=args.instances, block=args.block,
+            surface=not args.no_surface, progress=update,
         )
     finally:
         close()
@@ -736,6 +737,8 @@ def _add_measure_parser(sub) -> None:
                    help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else results in voxels)")
     p.add_argument("--instances", default=None, help="write the instance label volume to OUT.zarr")
     p.add_argument("--block", type=_parse_shape, default=None, help="block Z,Y,X (default 64,512,512)")
+    p.add_argument("--no-surface", action="store_true",
+                   help="skip surface areas (marching cubes; most of the time on big objects)")
     p.add_argument("--overwrite", action="store_true", help="replace existing tables")
 
 
