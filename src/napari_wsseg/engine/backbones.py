@@ -188,6 +188,31 @@ def load_backbone_folder(folder, *, expected_file_sha256: str | None = None):
     return model, info, actual
 
 
+def locate_backbone_folder(recorded: Path, search: list[Path], expected_file_sha256: str | None) -> Path:
+    """The backbone folder a trained model recorded, where it is now.
+
+    The recorded path first, then a folder of the same name in each of ``search`` (the model
+    folder, ``$WSSEG_WEIGHTS_DIR``). When ``expected_file_sha256`` is given only a folder whose
+    weights file has those bytes is returned.
+
+    Raises
+    ------
+    ModelError
+        No such folder, or only folders with other weights.
+    """
+    candidates = [Path(recorded)] + [Path(folder) / Path(recorded).name for folder in search]
+    found = [c for c in candidates if is_backbone_folder(c)]
+    for candidate in found:
+        weights = candidate / WEIGHTS_FILE
+        if expected_file_sha256 is None or (weights.is_file() and file_sha256(weights) == expected_file_sha256):
+            return candidate
+    if found:
+        raise ModelError(f"backbone folder {found[0]} holds other weights than the {str(expected_file_sha256)[:12]} "
+                         "the model was trained with; copy the original folder or retrain")
+    raise ModelError(f"backbone folder {recorded} (recorded in the model) does not exist; copy it into the model "
+                     "folder or into a folder listed in WSSEG_WEIGHTS_DIR")
+
+
 def write_json_atomically(path: Path, value: dict) -> None:
     """Write ``value`` as JSON to ``path`` through a temporary file and ``os.replace``."""
     tmp = path.with_name(path.name + ".tmp")

@@ -70,6 +70,7 @@ class DINOLoss:
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.center_momentum = center_momentum
+        self.last_teacher_entropy = float("nan")
 
     def __call__(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int) -> torch.Tensor:
         """Mean cross-entropy over all (teacher global view, other student view) pairs.
@@ -94,6 +95,9 @@ class DINOLoss:
                     continue
                 total = total + torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
                 pairs += 1
+        with torch.no_grad():  # the loss minus this entropy is KL(teacher || student)
+            probs = torch.cat(teacher)
+            self.last_teacher_entropy = float(-(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean())
         return total / pairs
 
     @torch.no_grad()

@@ -329,7 +329,7 @@ class _Run:
             self.seconds += spent
             self.session_seconds += spent
             self.session_steps += 1
-            self.history.append({"step": self.step, "loss": loss})
+            self.history.append({"step": self.step, "loss": loss, "kl": loss - self.loss.last_teacher_entropy})
             if self.planned is None and self.session_steps == _CALIBRATION_STEPS:
                 self.planned = self._planned_from_budget(budget)
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
@@ -409,7 +409,7 @@ class _Run:
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
         meta = {"format_version": 1, "package_version": __version__, "state_file": name,
                 "state_sha256": _sha256(folder / name), "step": self.step, "planned_steps": self.planned,
-                "seconds": self.seconds, "history": [h["loss"] for h in self.history],
+                "seconds": self.seconds, "history": self.history,
                 "param_groups": groups, **self.record()}
         write_json_atomically(folder / _STATE_JSON, meta)
         for old in folder.glob("state-*.safetensors"):  # earlier checkpoints this run wrote
@@ -444,7 +444,7 @@ class _Run:
                              "start a new run with another --out") from None
         self.step, self.planned = int(meta["step"]), meta["planned_steps"]
         self.seconds = float(meta["seconds"])
-        self.history = [{"step": i + 1, "loss": float(v)} for i, v in enumerate(meta["history"])]
+        self.history = [{k: float(v) if k != "step" else int(v) for k, v in h.items()} for h in meta["history"]]
 
 
 # ------------------------------------------------------------------ helpers
