@@ -427,6 +427,13 @@ class MEWSMethod(Method):
             return None
         if isinstance(source, str) and source.startswith("file:"):
             return str(self._find_weights_file(Path(source[len("file:") :])))
+        if isinstance(source, str) and source.startswith("backbone:"):  # a `wsseg pretrain` folder
+            from ...engine.backbones import locate_backbone_folder
+
+            search = [self._folder] if self._folder is not None else []
+            search += [Path(f).expanduser() for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep) if f]
+            expected = self._backbone_state.get("weights_file_sha256")
+            return str(locate_backbone_folder(Path(source[len("backbone:") :]), search, expected))
         raise ModelError(
             f"mews model folder {self._folder}: backbone weights source {source!r:.80} is not one "
             "napari-wsseg records (timm:..., file:... or random); retrain the model"
