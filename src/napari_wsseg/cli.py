@@ -284,9 +284,11 @@ def cmd_train(args, method_options: dict) -> int:
 
     try:
         fit_options.progress = progress
-        result = method.fit(image, annotations, fit_options, init=init)
+        result, notes = _fit_noting_cold_start(method, image, annotations, fit_options, init)
     finally:
         close()
+    for note in notes:
+        print(f"wsseg: warning: {note}", file=sys.stderr)
     folder = method.save(out, overwrite=args.overwrite)
     print(json.dumps({
         "model": str(folder), "method": args.method, "stopped": result.stopped,
@@ -295,6 +297,23 @@ def cmd_train(args, method_options: dict) -> int:
         "warm_start": method.training_summary.get("warm_start", False),
     }))
     return 0
+
+
+def _fit_noting_cold_start(method, image, annotations, fit_options, init):
+    """``method.fit`` and the messages of a warm start that fell back to a cold one (printed as
+    one line each after the progress bar); other warnings are shown as usual."""
+    import warnings
+
+    from .methods.warm import WarmStartWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WarmStartWarning)
+        result = method.fit(image, annotations, fit_options, init=init)
+    notes = [str(w.message) for w in caught if issubclass(w.category, WarmStartWarning)]
+    for w in caught:
+        if not issubclass(w.category, WarmStartWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result, notes
 
 
 def _load_init_model(folder: str | None, method: str):

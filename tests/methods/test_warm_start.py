@@ -114,6 +114,12 @@ def test_changed_architecture_forces_a_cold_start(small):
     assert wider.training_summary["warm_start"] is False
 
 
+def test_warm_steps_must_be_a_step_count():
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(WssegError, match="warm_steps"):
+            FitOptions(warm_steps=bad)
+
+
 def test_init_of_another_method_is_refused(small):
     image, labels, classes = small
     ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))
@@ -170,6 +176,14 @@ def test_cli_train_init_warm_starts_and_refuses_another_method(small, tmp_path, 
     assert code == 0 and report["warm_start"] is True and report["steps"] == 2
     first, second = load_model(tmp_path / "m1"), load_model(tmp_path / "m2")
     assert any(not torch.equal(first.net.state_dict()[k], v) for k, v in second.net.state_dict().items())
+
+    renamed = [*base[:3], "--classes", ",".join("abcdefgh"[: len(small[2])]), "--device", "cpu"]
+    code = main(["train", *renamed, "--method", "dsp", *dsp_options, "--init", str(tmp_path / "m1"),
+                 "--out", str(tmp_path / "m4")])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["warm_start"] is False
+    notes = [line for line in captured.err.splitlines() if line.startswith("wsseg: warning:")]
+    assert len(notes) == 1 and "training from scratch, not warm: the classes changed" in notes[0]
 
     code = main(["train", *base, "--method", "rf", "--init", str(tmp_path / "m1"), "--out", str(tmp_path / "m3")])
     err = capsys.readouterr().err
