@@ -7,6 +7,9 @@ near-duplicate neighbour, never an annotated pixel). Scenarios:
 
 ``pts1``, ``pts4``, ``pts16``   1, 4 or 16 clicks per class per slice
 ``boxes``                       4 boxes per class per slice (some objects boxed: not exhaustive)
+
+The protocol over several datasets with validation and scored slices is ``benchmarks/protocol.py``
+(docs/evaluation.md); this script keeps the drosophila-only scenarios and the Dice-over-time curve.
 ``tags_pts``                    tags + 4 clicks per class per slice
 ``mixed``                       per-slice mix as in the paper: full masks on z 0, 7; 4 boxes per
                                 class on z 2, 9; 4 clicks per class on z 3, 10; tags on z 5, 12
@@ -34,6 +37,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import merge_annotations  # noqa: E402  (the shared benchmark code)
 
 DROSOPHILA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "drosophila_vnc"
 ANNOTATED_RANGE = (0, 12)
@@ -77,7 +83,7 @@ def scenario_annotations(scenario: str, labels, classes, seed: int):
         return simulate(points=4, boxes=4, tags=True, scribbles=2)
     if scenario == "mixed":
         z = choose_slices(labels.shape[0], 8, slice_range=ANNOTATED_RANGE)
-        return merge([
+        return merge_annotations([
             simulate([z[0], z[4]], masks=True),
             simulate([z[1], z[5]], boxes=4),
             simulate([z[2], z[6]], points=4),
@@ -86,31 +92,10 @@ def scenario_annotations(scenario: str, labels, classes, seed: int):
     raise SystemExit(f"unknown scenario {scenario}; choose from {', '.join(SCENARIOS)}")
 
 
-def merge(parts):
-    """One Annotations from several (rows concatenated, masks combined)."""
-    from napari_wsseg.annotations.model import Annotations
-
-    masks = [p.masks for p in parts if p.masks is not None]
-    combined = None
-    if masks:
-        combined = masks[0].copy()
-        for m in masks[1:]:
-            combined = np.where(combined > 0, combined, m)
-    return Annotations(
-        classes=parts[0].classes,
-        points=np.concatenate([p.points for p in parts]),
-        boxes=np.concatenate([p.boxes for p in parts]),
-        tags=np.concatenate([p.tags for p in parts]),
-        masks=combined,
-    )
-
-
 def method_options(method: str, scenario: str, args) -> dict:
     options = {}
     if method == "dsp":
         options = json.loads(args.config)
-        if scenario in ("boxes", "mixed_weak", "mixed") and "boxes_exhaustive" not in options:
-            options["boxes_exhaustive"] = False  # 4 boxes per class do not enclose every object
         if args.steps:
             options["max_steps"] = args.steps
     return options

@@ -40,7 +40,8 @@ def annotation_anchors(
 ) -> np.ndarray:
     """Anchor pixels ``(N, 4)`` int64 rows ``(z, y, x, class)`` for crop sampling.
 
-    Points are anchors themselves; boxes and mask pixels contribute random pixels inside them;
+    Points are anchors themselves; boxes contribute BOX_ANCHORS random pixels each (thousands
+    per box would crowd out the few clicks of their class) and mask pixels random pixels;
     tags contribute random pixels of their slice, but only for classes nothing else locates (a
     tag says where a class is no better than a random crop, and hundreds of tag anchors would
     crowd out the few clicks of the class). At most ``max_per_class`` anchors per class and kind
@@ -63,10 +64,14 @@ def annotation_anchors(
     return np.concatenate(parts).reshape(-1, 4)
 
 
+#: Anchors per box: as a click is one anchor, a box is a few (crops land on it at random offsets).
+BOX_ANCHORS = 4
+
+
 def _box_anchors(boxes: np.ndarray, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
     if len(boxes) == 0:
         return np.zeros((0, 4), np.int64)
-    per_box = max(1, max_per_class // max(1, len(boxes)))
+    per_box = max(1, min(BOX_ANCHORS, max_per_class // max(1, len(boxes))))
     rows = np.repeat(boxes, per_box, axis=0)
     ys = rng.integers(rows[:, 1], rows[:, 3] + 1)
     xs = rng.integers(rows[:, 2], rows[:, 4] + 1)

@@ -160,17 +160,27 @@ def _naive_dsp(logits, t: BatchTargets, weights):
     for (y0, x0, y1, x1), b, c, rows_ok, cols_ok in zip(
         t.boxes.tolist(), t.box_index.tolist(), t.box_classes.tolist(), t.box_rows_valid, t.box_cols_valid
     ):
+        # boxes: cross-entropy of the box class at the pixel holding each row's / column's maximum
         if rows_ok:
             for y in range(y0, y1 + 1):
-                found["box"].append((max(float(logits[b, c, y, x]) for x in range(x0, x1 + 1)), c))
+                x = max(range(x0, x1 + 1), key=lambda x: float(logits[b, c, y, x]))
+                found["box"].append(_naive_pixel_ce(logits, b, c, y, x))
         if cols_ok:
             for x in range(x0, x1 + 1):
-                found["box"].append((max(float(logits[b, c, y, x]) for y in range(y0, y1 + 1)), c))
+                y = max(range(y0, y1 + 1), key=lambda y: float(logits[b, c, y, x]))
+                found["box"].append(_naive_pixel_ce(logits, b, c, y, x))
     total = 0.0
     for kind, items in found.items():
-        if items:
+        if items and kind == "box":
+            total += weights[kind] * sum(items) / len(items)
+        elif items:
             total += weights[kind] * sum(log_z[c] - v for v, c in items) / len(items)
     return total
+
+
+def _naive_pixel_ce(logits, b: int, c: int, y: int, x: int) -> float:
+    values = [float(logits[b, k, y, x]) for k in range(logits.shape[1])]
+    return math.log(sum(math.exp(v) for v in values)) - values[c]
 
 
 def _random_targets(gen, batch=2, classes=3, size=6) -> BatchTargets:

@@ -47,13 +47,30 @@ def test_a_crop_of_part_of_a_tagged_slice_keeps_the_constraint_but_not_the_tag_p
     assert not part.tagged.any()  # a tagged class need not occur in this part of the slice
 
 
-def test_exhaustive_boxes_exclude_their_class_outside_every_box():
+def test_a_box_alone_excludes_nothing_outside_it():
     targets = AnnotationIndex(_annotations(), SHAPE).crop_targets(Crop(1, 0, 0, 10))
+    assert _allowed_sets(targets.allowed, 3, 3) == {0, 1, 2}
+    assert _allowed_sets(targets.allowed, 0, 0) == {0, 1, 2}  # outside the class-1 box: still open
+    assert _allowed_sets(targets.allowed, 8, 8) == {0}  # a mask pixel
+    assert targets.box_classes.tolist() == [1]  # the box still gives its inside positives
+
+
+def test_exhaustive_boxes_exclude_their_class_outside_every_box():
+    ann = _annotations()
+    ann.exhaustive_boxes = np.array([[1, 1]])
+    targets = AnnotationIndex(ann, SHAPE).crop_targets(Crop(1, 0, 0, 10))
     assert _allowed_sets(targets.allowed, 3, 3) == {0, 1, 2}  # inside: box class + not excluded
     assert _allowed_sets(targets.allowed, 0, 0) == {0, 2}  # outside the only class-1 box
     assert _allowed_sets(targets.allowed, 8, 8) == {0}  # a mask pixel
-    loose = AnnotationIndex(_annotations(), SHAPE, boxes_exhaustive=False).crop_targets(Crop(1, 0, 0, 10))
-    assert _allowed_sets(loose.allowed, 0, 0) == {0, 1, 2}
+    other_slice = AnnotationIndex(ann, SHAPE).crop_targets(Crop(2, 0, 0, 10))
+    assert other_slice.allowed.all()  # the statement is about slice 1 only
+
+
+def test_exhaustive_without_a_box_makes_the_class_absent_from_the_slice():
+    ann = _annotations()
+    ann.exhaustive_boxes = np.array([[2, 2]])
+    targets = AnnotationIndex(ann, SHAPE).crop_targets(Crop(2, 0, 0, 10))
+    assert not targets.allowed[2].any() and targets.allowed[:2].all()
 
 
 def test_boxes_are_clipped_with_row_and_column_validity():

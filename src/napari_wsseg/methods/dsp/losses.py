@@ -16,6 +16,13 @@ Positives by annotation type: mask components (mean over each connected componen
 complete row and every complete column of the box, via a masked max). Each type's loss is the
 mean over its positives times its weight λ (the paper sums; the mean keeps the scale independent
 of crop and batch size). No Python loop runs over pixels, annotations or components.
+
+Boxes differ from the paper in one respect (:func:`box_loss`): the pixel holding a row's or
+column's maximum is scored against the other classes at that pixel (a cross-entropy there), not
+against ``Z_c``. Against ``Z_c`` a box lowers every other class at every pixel of the batch and
+nothing pushes back outside a box that is not exhaustive, so a boxed class spread over the slice
+(on the phantom, partial boxes of the membrane network took its predicted share from 8 % to
+20-33 % and its Dice down). Exhaustive boxes still exclude their class outside them through A(j).
 """
 
 from __future__ import annotations
@@ -187,6 +194,43 @@ def _box_positives(logits, targets):
     return values, classes
 
 
+def box_loss(logits: torch.Tensor, targets: BatchTargets) -> torch.Tensor:
+    """Mean cross-entropy of the box class at the maximum of every complete box row and column.
+
+    Parameters
+    ----------
+    logits : (B, C, H, W) float tensor
+        ``s / tau``.
+    targets : BatchTargets
+
+    Returns
+    -------
+    Scalar tensor; 0 when no box has a complete row or column in the batch.
+    """
+    if len(targets.box_classes) == 0:
+        return logits.new_zeros(())
+    height, width = logits.shape[-2:]
+    boxed = logits[targets.box_index]  # (NB, C, H, W)
+    classes = targets.box_classes
+    scores = boxed[torch.arange(len(classes), device=logits.device), classes]  # (NB, H, W)
+    ys = torch.arange(height, device=logits.device)
+    xs = torch.arange(width, device=logits.device)
+    y0, x0, y1, x1 = targets.boxes.unbind(1)
+    rows_in = (ys[None] >= y0[:, None]) & (ys[None] <= y1[:, None])  # (NB, H)
+    cols_in = (xs[None] >= x0[:, None]) & (xs[None] <= x1[:, None])  # (NB, W)
+    masked = scores.detach().masked_fill(~(rows_in[:, :, None] & cols_in[:, None, :]), NEG)
+    n_classes = logits.shape[1]
+    at_row_max = boxed.gather(3, masked.argmax(dim=2)[:, None, :, None].expand(-1, n_classes, -1, 1))[..., 0]
+    at_col_max = boxed.gather(2, masked.argmax(dim=1)[:, None, None, :].expand(-1, n_classes, 1, -1))[:, :, 0]
+    pick = classes[:, None, None]
+    row_ce = torch.logsumexp(at_row_max, dim=1) - at_row_max.gather(1, pick.expand(-1, 1, height))[:, 0]
+    col_ce = torch.logsumexp(at_col_max, dim=1) - at_col_max.gather(1, pick.expand(-1, 1, width))[:, 0]
+    use_rows = rows_in & targets.box_rows_valid[:, None]
+    use_cols = cols_in & targets.box_cols_valid[:, None]
+    values = torch.cat([row_ce[use_rows], col_ce[use_cols]])
+    return values.mean() if len(values) else logits.new_zeros(())
+
+
 def dsp_loss(
     logits: torch.Tensor, targets: BatchTargets, weights: dict[str, float]
 ) -> dict[str, torch.Tensor]:
@@ -209,7 +253,10 @@ def dsp_loss(
     terms = {}
     total = logits.new_zeros(())
     for kind, (values, classes) in positives(logits, targets).items():
-        term = (log_z[classes] - values).mean() if len(values) else logits.new_zeros(())
+        if kind == "box":
+            term = box_loss(logits, targets)
+        else:
+            term = (log_z[classes] - values).mean() if len(values) else logits.new_zeros(())
         terms[f"dsp_{kind}"] = term
         total = total + weights[kind] * term
     terms["dsp"] = total

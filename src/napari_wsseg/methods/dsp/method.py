@@ -78,10 +78,6 @@ class DSPConfig:
     plf_threshold : float, default 0.9
         Pixels whose filtered pseudo-label probability is below this are left out of L_PLF
         (FixMatch's confidence mask; 0 keeps every pixel, as the paper does, and measured worse).
-    boxes_exhaustive : bool, default True
-        The boxes of a class in a slice enclose every object of that class there, so pixels
-        outside all of them are not that class (the paper's box filter). Set False when only
-        some objects are boxed.
     prior_correction : bool, default True
         Crops are drawn class-balanced, so the network learns as if every class were equally
         common. After training, the image's class prior is estimated as the mean predicted
@@ -123,7 +119,6 @@ class DSPConfig:
     plf_weight: float = 0.0
     plf_start: float = 0.5
     plf_threshold: float = 0.9
-    boxes_exhaustive: bool = True
     prior_correction: bool = True
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -283,7 +278,7 @@ class _DSPTrainStep:
                  rng: np.random.Generator, generator: torch.Generator, device: torch.device) -> None:
         cfg = method.config
         self.cfg, self.net, self.device, self.generator = cfg, method.net, device, generator
-        self.index = AnnotationIndex(annotations, image.shape, cfg.boxes_exhaustive)
+        self.index = AnnotationIndex(annotations, image.shape)
         self.store = SliceStore(image, method.normalization)
         for z in annotations.annotated_slices():
             self.store.slice(int(z))  # annotated slices stay cached

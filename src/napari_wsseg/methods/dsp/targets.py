@@ -5,9 +5,10 @@ For one crop this builds what the losses need:
 - ``labels``: the class of every pixel whose class is known (points, mask pixels), else -1;
 - ``components``: connected components of the mask annotation inside the crop (ids 1..m);
 - ``allowed``: ``A(j)``, the classes pixel ``j`` may still belong to (Eq. 8 of Reiß et al.):
-  all classes, restricted to the slice's tags if it has any, minus every class that has boxes
-  in the slice but none covering ``j`` (boxes are taken as exhaustive for their class), and
-  exactly the known class at point and mask pixels;
+  all classes, restricted to the slice's tags if it has any, minus every class whose boxes in the
+  slice are marked exhaustive (``Annotations.exhaustive_boxes``) but none of which covers ``j``,
+  and exactly the known class at point and mask pixels. A box that is not exhaustive excludes
+  nothing outside it; it only adds its inside positives (the maximum along its rows and columns);
 - the boxes that touch the crop, clipped, with whether their rows / columns are still complete
   (a row of a clipped box is only a valid positive if the box's full X extent is in the crop);
 - the slice's tags (image-level positives).
@@ -50,18 +51,16 @@ class AnnotationIndex:
         All annotations of the image.
     shape : (Z, Y, X)
         Spatial shape of the image.
-    boxes_exhaustive : bool, default True
-        Whether the boxes of a class in a slice cover every object of that class there (pixels
-        outside all of them cannot be that class).
 
-    Assumes annotations that passed :func:`~napari_wsseg.annotations.validate.validate_annotations`.
+    Outside the boxes of an exhaustive (slice, class) of ``annotations.exhaustive_boxes`` the
+    class is absent (everywhere in the slice when it has no box there). Assumes annotations that passed :func:`~napari_wsseg.annotations.validate.validate_annotations`.
     """
 
-    def __init__(self, annotations: Annotations, shape: tuple[int, int, int],
-                 boxes_exhaustive: bool = True) -> None:
+    def __init__(self, annotations: Annotations, shape: tuple[int, int, int]) -> None:
         self.n_classes = annotations.n_classes
         self.shape = tuple(int(s) for s in shape)
-        self.boxes_exhaustive = boxes_exhaustive
+        self.exhaustive = np.zeros((self.shape[0], self.n_classes), bool)  # (Z, C)
+        self.exhaustive[annotations.exhaustive_boxes[:, 0], annotations.exhaustive_boxes[:, 1]] = True
         self.points = _group_by_z(annotations.points[:, [1, 2, 3]], annotations.points[:, 0])
         self.boxes = _group_by_z(annotations.boxes[:, 1:], annotations.boxes[:, 0])
         self.tagged, self.allowed_by_tags = tag_matrix(annotations, self.shape[0])
@@ -86,8 +85,9 @@ class AnnotationIndex:
         is_point[local[inside, 0], local[inside, 1]] = True
         boxes = self.boxes.get(crop.z, np.zeros((0, 5), np.int64))
         allowed = np.broadcast_to(self.slice_allowed(crop.z)[:, None, None], (n_classes, size, size)).copy()
-        if self.boxes_exhaustive and len(boxes):
-            allowed &= _box_coverage(boxes, crop, n_classes)
+        exhaustive = self.exhaustive[crop.z]
+        if exhaustive.any():
+            allowed &= _box_coverage(boxes, crop, n_classes) | ~exhaustive[:, None, None]
         known = labels >= 0
         allowed[:, known] = np.arange(n_classes)[:, None] == labels[known][None, :]
         box_fields = _clip_boxes(boxes, crop)
@@ -125,7 +125,7 @@ def _components(mask_window: np.ndarray, n_classes: int) -> tuple[np.ndarray, np
 
 
 def _box_coverage(boxes: np.ndarray, crop: Crop, n_classes: int) -> np.ndarray:
-    """``(C, S, S)`` bool: False where a class has boxes in the slice but none covers the pixel."""
+    """``(C, S, S)`` bool: whether a box of the class covers the pixel (all False without boxes)."""
     coords = np.arange(crop.size)
     ys, xs = coords + crop.y, coords + crop.x
     rows_in = (ys[None, :] >= boxes[:, 0:1]) & (ys[None, :] <= boxes[:, 2:3])  # (nb, S)
@@ -133,9 +133,7 @@ def _box_coverage(boxes: np.ndarray, crop: Crop, n_classes: int) -> np.ndarray:
     for_class = np.arange(n_classes)[:, None] == boxes[None, :, 4]  # (C, nb)
     # a pixel is covered for class c if any box of c contains both its row and its column
     rows, cols = rows_in.astype(np.float32), cols_in.astype(np.float32)
-    covered = np.einsum("cb,by,bx->cyx", for_class.astype(np.float32), rows, cols) > 0
-    has_boxes = for_class.any(axis=1)
-    return covered | ~has_boxes[:, None, None]
+    return np.einsum("cb,by,bx->cyx", for_class.astype(np.float32), rows, cols) > 0
 
 
 def _clip_boxes(boxes: np.ndarray, crop: Crop) -> tuple[np.ndarray, ...]:
