@@ -15,7 +15,7 @@ from napari_wsseg.cli import main
 from napari_wsseg.errors import WssegError
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods.base import FitOptions, Method
-from napari_wsseg.predict.suggest import SuggestConfig, suggest
+from napari_wsseg.predict.suggest import SuggestConfig, suggest, uncertainty
 
 CLASSES = [ClassInfo("bg", "#000000"), ClassInfo("cell", "#ff0000"), ClassInfo("rare", "#00ff00")]
 
@@ -189,3 +189,16 @@ def test_cli_suggest_writes_best_first_csv(phantom_3d, tmp_path, capsys):
     capsys.readouterr()
     assert main(["suggest", str(tmp_path / "ann"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+def test_edge_cells_of_an_image_not_a_multiple_of_the_cell_are_clipped():
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet([0.5] * 3, size=(100, 70)).transpose(2, 0, 1)
+    found = suggest(_Scripted({0: proba}), _image(1, (100, 70)),
+                    config=SuggestConfig(n=12, cell=32, per_slice=12, min_distance=0))
+    assert len(found) == 4 * 3  # ceil(100 / 32) x ceil(70 / 32) cells
+    assert {(s.y1, s.x1) for s in found} == {(y1, x1) for y1 in (32, 64, 96, 100) for x1 in (32, 64, 70)}
+    for s in found:
+        assert s.y0 <= s.y < s.y1 and s.x0 <= s.x < s.x1
+        cell = proba[:, s.y0 : s.y1, s.x0 : s.x1]
+        assert s.score == pytest.approx(float(uncertainty(cell).mean()))

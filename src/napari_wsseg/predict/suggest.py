@@ -240,19 +240,25 @@ def pixel_scores(proba: np.ndarray, weights: np.ndarray, measure: str = "entropy
 
 
 def _cell_candidates(z: int, scores: np.ndarray, cell: int) -> list[Suggestion]:
-    """One suggestion per grid cell holding an unlabelled pixel: its best pixel, the cell mean."""
+    """One suggestion per grid cell holding an unlabelled pixel: its best pixel, the cell mean.
+
+    Labelled pixels carry a negative score; the image is padded to whole cells with such pixels.
+    """
     height, width = scores.shape
+    ny, nx = -(-height // cell), -(-width // cell)
+    padded = np.full((ny * cell, nx * cell), -1.0)
+    padded[:height, :width] = scores
+    blocks = padded.reshape(ny, cell, nx, cell).transpose(0, 2, 1, 3).reshape(ny, nx, cell * cell)
+    free = blocks >= 0
+    counts = free.sum(axis=2)
+    means = np.where(free, blocks, 0.0).sum(axis=2) / np.maximum(counts, 1)
+    best = blocks.argmax(axis=2)
     found = []
-    for y0 in range(0, height, cell):
-        for x0 in range(0, width, cell):
-            block = scores[y0 : y0 + cell, x0 : x0 + cell]
-            free = block >= 0
-            if not free.any():
-                continue
-            iy, ix = np.unravel_index(int(np.argmax(block)), block.shape)
-            score = float(block[free].mean())
-            found.append(Suggestion(int(z), y0 + int(iy), x0 + int(ix), score, y0, x0,
-                                    y0 + block.shape[0], x0 + block.shape[1]))
+    for iy, ix in zip(*np.nonzero(counts)):
+        y0, x0 = int(iy) * cell, int(ix) * cell
+        dy, dx = divmod(int(best[iy, ix]), cell)
+        found.append(Suggestion(int(z), y0 + dy, x0 + dx, float(means[iy, ix]), y0, x0,
+                                min(y0 + cell, height), min(x0 + cell, width)))
     return found
 
 
