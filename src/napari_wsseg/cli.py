@@ -490,6 +490,8 @@ def cmd_suggest(args) -> int:
         raise WssegError(f"--out {out} exists; pass --overwrite to replace it or choose another file name")
     if _is_inside(out, Path(args.model)) or out.resolve() == Path(args.image).resolve():
         raise WssegError(f"--out {out} is the image or lies in the model folder; choose another path")
+    if not out.parent.is_dir():
+        raise WssegError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
     config = SuggestConfig(n=args.n, cell=args.cell, per_slice=args.per_slice,
                            min_distance=args.min_distance, measure=args.measure, seed=args.seed)
     model = load_model(args.model)

@@ -189,6 +189,9 @@ def test_cli_suggest_writes_best_first_csv(phantom_3d, tmp_path, capsys):
     capsys.readouterr()
     assert main(["suggest", str(tmp_path / "ann"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    missing = tmp_path / "no-such-folder" / "s.csv"
+    assert main(["suggest", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_edge_cells_of_an_image_not_a_multiple_of_the_cell_are_clipped():

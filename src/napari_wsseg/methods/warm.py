@@ -27,9 +27,9 @@ FREE_OPTIONS = frozenset({
     "cpu_bf16", "cache_dir", "cache_memory_mb", "n_estimators", "max_depth", "max_samples_per_class",
     "random_crop_fraction",
 })
-#: Steps of a warm-started torch training (dsp, size) when FitOptions.warm_steps is None. About
-#: 35 s on 2 CPU cores for dsp at its default crop and batch (1/6 of its 1200-step cold run); a
-#: choice, not yet measured on the benchmark protocol.
+#: Steps of a warm-started torch training (dsp, size) when FitOptions.warm_steps is None: 1/6 of
+#: dsp's 1200-step cold run (about 3.5 min on 2 CPU cores), so roughly 35 s, estimated, not
+#: measured; a choice, not yet validated on the benchmark protocol.
 TORCH_WARM_STEPS = 200
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
