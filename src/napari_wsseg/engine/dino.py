@@ -108,17 +108,19 @@ class DINOLoss:
 
 
 def cosine_schedule(start: float, end: float, step: int, total: int, warmup: int = 0) -> float:
-    """Linear warm-up from 0 to ``start`` over ``warmup`` steps, then a cosine from ``start`` to ``end``.
+    """Linear warm-up to ``start`` over ``warmup`` steps, then a cosine from ``start`` to ``end``.
+
+    The warm-up's first step already has ``start / warmup`` (a step at 0 would be wasted).
 
     Examples
     --------
     >>> cosine_schedule(1.0, 0.0, 0, 10), cosine_schedule(1.0, 0.0, 10, 10)
     (1.0, 0.0)
-    >>> cosine_schedule(1.0, 0.0, 1, 10, warmup=4)
-    0.25
+    >>> cosine_schedule(1.0, 0.0, 0, 10, warmup=4), cosine_schedule(1.0, 0.0, 3, 10, warmup=4)
+    (0.25, 1.0)
     """
     if step < warmup:
-        return start * step / warmup
+        return start * (step + 1) / warmup
     span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
