@@ -730,7 +730,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a torch model (dsp, size) as a bioimage.io package",
+    p = sub.add_parser("export", help="export a torch model (dsp, size, mews) as a bioimage.io package",
                        description="Write a bioimage.io model package (weights, normalisation, "
                        "test tensors, README) that bioimageio.core, deepImageJ or ilastik can run "
                        "(see docs/export.md).")

@@ -57,3 +57,63 @@ class SliceProbabilities(nn.Module):
         """``(B, C, Y, X)`` normalised float32 -> ``(B, K, Y, X)`` probabilities."""
         scores = self.net(x).float() * self.scale + self.shift
         return torch.softmax(scores, dim=1)
+
+
+class MEWSProbabilities(nn.Module):
+    """Class probabilities of a MEWS model: frozen timm ViT, per-class heads, prototype cosines.
+
+    Mirrors :meth:`napari_wsseg.methods.mews.method.MEWSMethod.predict_proba_slice` on one
+    backbone tile: normalised input clipped to [0, 1], grey repeated to the backbone's channels,
+    ImageNet-style ``mean``/``std``, patch tokens rounded to float16 (as the feature cache stores
+    them) and L2-normalised, cosine of each head's projection to its class centroid divided by
+    ``temperature``, bilinear up-sampling by the patch size, softmax over classes. Input sides
+    must be multiples of ``patch_size``.
+
+    Parameters
+    ----------
+    backbone : str
+        timm model name (built with ``pretrained=False``; the weights come from the state dict).
+    n_classes, in_dim, proj_dim : int
+        Classes, backbone feature size and projected size of the heads.
+    patch_size, num_prefix_tokens : int
+        Backbone patch side and the class/register tokens in front of the patch tokens.
+    temperature : float
+        Cosines are divided by this before the softmax.
+    mean, std : list of float
+        Per-channel normalisation of the backbone input.
+    """
+
+    def __init__(self, backbone: str, n_classes: int, in_dim: int, proj_dim: int, patch_size: int,
+                 num_prefix_tokens: int, temperature: float, mean: list[float],
+                 std: list[float]) -> None:
+        super().__init__()
+        import timm
+
+        from ..methods.mews.heads import ProjectionHeads
+
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0,
+                                          dynamic_img_size=True)
+        self.heads = ProjectionHeads(n_classes, in_dim, proj_dim)
+        self.register_buffer("centroids", torch.zeros(n_classes, proj_dim))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.patch_size, self.num_prefix_tokens = int(patch_size), int(num_prefix_tokens)
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, Y, X)`` normalised float32 -> ``(B, K, Y, X)`` probabilities."""
+        from torch.nn import functional as F
+
+        batch, channels, height, width = x.shape
+        wanted = self.mean.shape[1]
+        x = x.clamp(0.0, 1.0)
+        if channels != wanted:
+            x = (x if channels == 1 else x.mean(dim=1, keepdim=True)).expand(-1, wanted, -1, -1)
+        tokens = self.backbone.forward_features((x - self.mean) / self.std)
+        p = self.patch_size
+        grid = tokens[:, self.num_prefix_tokens :, :].reshape(batch, height // p, width // p, -1)
+        features = F.normalize(grid.half().float(), dim=-1)
+        logits = self.heads.similarities(features, self.centroids) / self.temperature
+        logits = F.interpolate(logits.transpose(0, 1), scale_factor=p, mode="bilinear",
+                               align_corners=False)
+        return torch.softmax(logits, dim=1)

@@ -4,9 +4,10 @@ The package is described with ``bioimageio.spec`` (format 0.5) and written with
 :func:`bioimageio.spec.save_bioimageio_package`; no YAML is written by hand. It holds:
 
 - weights as a ``pytorch_state_dict`` whose architecture is
-  :class:`napari_wsseg.export.architectures.SliceProbabilities` (so ``napari-wsseg`` must be
-  installed where the package runs), and the same network as TorchScript, which needs nothing
-  but torch;
+  :class:`~napari_wsseg.export.architectures.SliceProbabilities` (dsp, size) or
+  :class:`~napari_wsseg.export.architectures.MEWSProbabilities` (mews: the ViT backbone's weights
+  travel with the heads), so ``napari-wsseg`` must be installed where the package runs; dsp and
+  size also as TorchScript, which needs nothing but torch;
 - the model's intensity normalisation as pre-processing: ``ensure_dtype`` float32, then
   ``scale_linear`` with the fixed gain and offset of ``(x - low) / (high - low)``;
 - one output channel per class (named after the classes) holding class probabilities;
@@ -14,7 +15,7 @@ The package is described with ``bioimageio.spec`` (format 0.5) and written with
 - a README with the method, its paper, the classes, the annotation counts and the licence.
 
 Only methods whose whole prediction is one torch network on 2D slices can be exported
-(:data:`EXPORTABLE`); others are refused with a one-line reason.
+(:data:`EXPORTABLE`); rf is refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ EXPORTABLE = {
             "learning from diverse annotation types for semi-weakly segmentation in expert-driven "
             "domains, CVPR 2023", "https://github.com/Simael/DSP"),
     "size": ("Approximate Size Targets Are Sufficient for Accurate Semantic Segmentation", None),
+    "mews": ("Apostolidis, Mygdalis, Tzimas & Pitas, MEWS: Semantic image segmentation with "
+             "multiclass extreme weak supervision, Neurocomputing 680 (2026) 133290",
+             "doi:10.1016/j.neucom.2026.133290"),
 }
 REFUSED = {
     "rf": "a random forest on hand-made filter features is not a network the bioimage.io format "
           "can hold",
-    "mews": "its prediction runs a frozen timm ViT backbone over a padded patch grid before the "
-            "class heads, which this exporter does not package yet",
 }
 #: Side of the test slice (cropped to the image, rounded down to the network's size multiple).
 TEST_SIDE = 128
@@ -111,7 +113,7 @@ def check_exportable(method: str | None) -> None:
     >>> check_exportable("rf")
     Traceback (most recent call last):
     ...
-    napari_wsseg.errors.WssegError: rf models cannot be exported to bioimage.io: a random forest on hand-made filter features is not a network the bioimage.io format can hold; exportable methods: dsp, size
+    napari_wsseg.errors.WssegError: rf models cannot be exported to bioimage.io: a random forest on hand-made filter features is not a network the bioimage.io format can hold; exportable methods: dsp, size, mews
     """
     if method in EXPORTABLE:
         return
@@ -122,8 +124,16 @@ def check_exportable(method: str | None) -> None:
 
 # ------------------------------------------------------------------------------- the network
 def network_kwargs(model) -> dict:
-    """Keyword arguments of :class:`SliceProbabilities` that rebuild ``model``'s prediction."""
+    """Keyword arguments of the architecture (:func:`architecture_name`) that rebuild ``model``."""
     cfg = model.config
+    if model.name == "mews":
+        backbone = model.backbone
+        return {"backbone": backbone.name, "n_classes": len(model.classes),
+                "in_dim": int(backbone.embed_dim), "proj_dim": int(model._heads.weight.shape[2]),
+                "patch_size": int(backbone.patch_size),
+                "num_prefix_tokens": int(backbone.num_prefix_tokens),
+                "temperature": float(cfg.temperature), "mean": list(backbone.mean),
+                "std": list(backbone.std)}
     kwargs = {"kind": model.name, "in_channels": int(model.n_channels),
               "n_classes": len(model.classes), "depth": int(cfg.depth), "width": int(cfg.width)}
     if model.name == "dsp":
@@ -136,14 +146,30 @@ def network_kwargs(model) -> dict:
     return kwargs
 
 
-def build_network(model):
-    """The :class:`SliceProbabilities` of ``model`` with its trained weights, on the CPU, in eval mode."""
-    from .architectures import SliceProbabilities
+def architecture_name(model) -> str:
+    """The class in :mod:`napari_wsseg.export.architectures` that rebuilds ``model``."""
+    return "MEWSProbabilities" if model.name == "mews" else "SliceProbabilities"
 
-    network = SliceProbabilities(**network_kwargs(model))
-    state = {k: v.detach().cpu() for k, v in model._require_net().state_dict().items()}
-    network.net.load_state_dict(state)
+
+def build_network(model):
+    """The export network of ``model`` with its trained weights, on the CPU, in eval mode."""
+    from . import architectures
+
+    network = getattr(architectures, architecture_name(model))(**network_kwargs(model))
+    if model.name == "mews":
+        backbone = {k: v.detach().cpu() for k, v in model.backbone.model.state_dict().items()}
+        network.backbone.load_state_dict(backbone)
+        network.heads.weight.data.copy_(model._heads.weight.detach().cpu())
+        network.centroids.copy_(model._centroids.detach().cpu())
+    else:
+        state = {k: v.detach().cpu() for k, v in model._require_net().state_dict().items()}
+        network.net.load_state_dict(state)
     return network.eval()
+
+
+def size_multiple(model) -> int:
+    """Input sides must be multiples of this: the U-Net's ``2 ** depth`` or the ViT's patch."""
+    return int(model.backbone.patch_size) if model.name == "mews" else 2 ** int(model.config.depth)
 
 
 # ---------------------------------------------------------------------------- description
@@ -159,11 +185,13 @@ def _describe(model, model_dir: Path, work: Path, licence, authors, image, name)
     np.save(work / "test_output.npy", test_output.astype(np.float32))
     weights = work / "weights.pt"
     torch.save(network.state_dict(), weights)
-    scripted = work / "weights_torchscript.pt"
-    _trace(network, model.normalization.apply(np.moveaxis(test_input, 1, -1)), scripted)
+    scripted = None
+    if model.name != "mews":  # a traced ViT would fix its position embeddings to the trace's size
+        scripted = work / "weights_torchscript.pt"
+        _trace(network, model.normalization.apply(np.moveaxis(test_input, 1, -1)), scripted)
     readme = work / "README.md"
     readme.write_text(model_readme(model, model_dir, licence))
-    multiple = 2 ** int(model.config.depth)
+    multiple = size_multiple(model)
     input_id = spec.TensorId("raw")
     input_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[
         spec.Identifier(f"channel{c}") for c in range(model.n_channels)])]
@@ -200,12 +228,12 @@ def _describe(model, model_dir: Path, work: Path, licence, authors, image, name)
                 pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
                     source=weights, pytorch_version=pytorch_version,
                     architecture=spec.ArchitectureFromLibraryDescr(
-                        callable=spec.Identifier("SliceProbabilities"),
+                        callable=spec.Identifier(architecture_name(model)),
                         import_from="napari_wsseg.export.architectures",
                         kwargs=network_kwargs(model),
                     ),
                 ),
-                torchscript=spec.TorchscriptWeightsDescr(
+                torchscript=None if scripted is None else spec.TorchscriptWeightsDescr(
                     source=scripted, pytorch_version=pytorch_version, parent="pytorch_state_dict",
                 ),
             ),
@@ -251,13 +279,17 @@ def _class_identifiers(model, spec) -> list:
 
 
 def _citations(method: str, spec) -> list:
-    text, url = EXPORTABLE[method]
-    return [spec.CiteEntry(text=text, url=url)] if url else []
+    text, link = EXPORTABLE[method]
+    if link is None:
+        return []
+    if link.startswith("doi:"):
+        return [spec.CiteEntry(text=text, doi=spec.Doi(link[len("doi:"):]))]
+    return [spec.CiteEntry(text=text, url=link)]
 
 
 def _test_input(model, image) -> np.ndarray:
     """A ``(1, C, h, w)`` raw test slice whose sides are multiples of the network's."""
-    multiple = 2 ** int(model.config.depth)
+    multiple = size_multiple(model)
     if image is None:
         from ..sample import make_phantom
 
@@ -308,7 +340,7 @@ def model_readme(model, model_dir: Path, licence: str) -> str:
         "## Method", "", f"{paper}" + (f" ({url})" if url else "") + ".", "",
         "## Input and output", "",
         f"- input `raw`: `(batch, channel, y, x)` raw intensities, {model.n_channels} channel(s); "
-        f"y and x multiples of {2 ** int(model.config.depth)}. Pre-processing maps the "
+        f"y and x multiples of {size_multiple(model)}. Pre-processing maps the "
         f"training image's percentiles low={list(model.normalization.low)} and "
         f"high={list(model.normalization.high)} to 0 and 1 (fixed, not re-estimated).",
         "- output `probabilities`: `(batch, class, y, x)`; the label of a pixel is the class "

@@ -21,7 +21,7 @@ _TEMP_MARKER = ".wsseg-export-temporary"
 def make_export_button(predict_widget) -> QPushButton:
     """A button that exports ``predict_widget``'s chosen model (needs its ``_model_source``)."""
     button = QPushButton("Export…")
-    button.setToolTip("export the chosen model as a bioimage.io package (dsp and size models)")
+    button.setToolTip("export the chosen model as a bioimage.io package (dsp, size and mews models)")
     button.clicked.connect(lambda: _ask_and_export(predict_widget))
     return button
 
