@@ -76,7 +76,7 @@ def _slice_index(digits: str, n_slices: int, source: str) -> int:
     index = int(digits) if len(digits) <= 18 else n_slices  # longer: out of range anyway
     if index >= n_slices:
         raise WssegError(
-            f"{source}: slice {_quote(digits, bare=True)} is outside the image's slices "
+            f"{source}: slice {_quote(digits, bare=True)} is outside the image's "
             f"0..{n_slices - 1}; pick slices inside it"
         )
     return index
