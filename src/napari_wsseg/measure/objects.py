@@ -97,7 +97,7 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
     --------
     >>> labels = np.zeros((4, 6), np.uint8); labels[0:2, 0:2] = 1; labels[3, 3:6] = 1
     >>> result = measure_labels(labels, classes=[1])
-    >>> [(row["id"], row["area_px"], row["touches_border"]) for row in result.objects]
+    >>> [(row["id"], row["pixels"], row["touches_border"]) for row in result.objects]
     [(1, 4, True), (2, 3, True)]
     """
     is_2d = _check_labels(labels)
