@@ -4,13 +4,18 @@ Layout::
 
     myproject/
       project.json              schema version, image reference, classes, current snapshot, models
-      annotations/v000007/      a zarr group: points, boxes, tags, sizes, masks (the current snapshot)
+      annotations/v000007/      zarr group: points, boxes, tags, sizes, masks (current snapshot)
       models/<name>/            model folders (see methods/base.py)
       predictions/<name>.zarr   predicted labels
 
 Every save is atomic: annotations go to a new snapshot folder first, then ``project.json`` is
 replaced (write to a temporary name, then rename) to point at it, and only then are older
 snapshots removed. A crash or kill at any moment leaves the last completed save intact.
+
+Paths. Everything inside the project folder (its own ``image.zarr`` copy, the snapshot, models,
+predictions) is stored relative to the folder, so a copied or moved project keeps working; an
+external image stays an absolute path. ``project.json`` is untrusted input: a path that should be
+inside the folder but leads out of it (``..``, an absolute path elsewhere) is refused.
 """
 
 from __future__ import annotations
@@ -31,8 +36,15 @@ from .errors import ProjectError
 
 SCHEMA_VERSION = 1
 PROJECT_FILE = "project.json"
-_KINDS = {"points": (4, np.int64), "boxes": (6, np.int64), "tags": (2, np.int64), "sizes": (3, np.float64),
-          "exhaustive_boxes": (2, np.int64)}
+#: The copy of an image that has no file of its own (made in napari), inside the project.
+OWN_IMAGE = "image.zarr"
+_KINDS = {
+    "points": (4, np.int64),
+    "boxes": (6, np.int64),
+    "tags": (2, np.int64),
+    "sizes": (3, np.float64),
+    "exhaustive_boxes": (2, np.int64),
+}
 _KEEP_SNAPSHOTS = 2
 
 
@@ -101,9 +113,13 @@ class Project:
         """
         folder = Path(folder)
         if is_project(folder) and not overwrite:
-            raise ProjectError(f"project {folder} already exists; open it, or pass overwrite=True to replace it")
+            raise ProjectError(
+                f"project {folder} already exists; open it, or pass overwrite=True to replace it"
+            )
         if folder.exists() and not is_project(folder) and any(folder.iterdir()):
-            raise ProjectError(f"{folder} exists and is not an empty folder; choose a new folder for the project")
+            raise ProjectError(
+                f"{folder} exists and is not an empty folder; choose a new folder for the project"
+            )
         if not classes:
             raise ProjectError(f"project {folder}: give at least one class")
         was_2d = False
@@ -146,7 +162,7 @@ class Project:
         snapshot = meta.get("annotations")
         annotations = Annotations(classes=classes)
         if snapshot:
-            annotations = _read_snapshot(folder / snapshot, classes)
+            annotations = _read_snapshot(_inner_path(folder, snapshot, "annotations"), classes)
         return cls(folder, meta, annotations)
 
     # ------------------------------------------------------------- properties
@@ -156,7 +172,26 @@ class Project:
 
     @property
     def image_path(self) -> str | None:
-        return self._meta["image"]["path"]
+        """The absolute path of the image (a path stored relative to the folder is resolved)."""
+        stored = self._meta["image"]["path"]
+        if not stored:
+            return None
+        path = Path(stored)
+        if not path.is_absolute():
+            return str(_inner_path(self.folder, stored))
+        if not path.exists() and path.name == OWN_IMAGE and (self.folder / OWN_IMAGE).exists():
+            return str(self.folder / OWN_IMAGE)  # an old project.json: the copy in a moved project
+        return str(path)
+
+    @property
+    def image_name(self) -> str | None:
+        """The name of the image layer the project was made from (None: not recorded)."""
+        return self._meta["image"].get("name")
+
+    def set_image_name(self, name: str) -> None:
+        """Record the name the image layer had, so that a reopened project shows it again."""
+        self._meta["image"]["name"] = str(name)
+        self._write_meta()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -173,10 +208,13 @@ class Project:
         image = read_image(path)
         if image.shape != self.image_shape:
             raise ProjectError(
-                f"image {path} has shape {image.shape}, but project {self.folder} annotates an image of shape "
+                f"image {path} has shape {image.shape}, but project {self.folder} annotates an "
+                f"image of shape "
                 f"{self.image_shape}; pick the image the project was made for"
             )
-        self._meta["image"].update(path=str(Path(path).resolve()), n_channels=image.n_channels, was_2d=image.was_2d)
+        self._meta["image"].update(
+            path=str(Path(path).resolve()), n_channels=image.n_channels, was_2d=image.was_2d
+        )
         self._write_meta()
 
     @property
@@ -189,10 +227,13 @@ class Project:
         from .io import read_image
 
         if not self.image_path:
-            raise ProjectError(f"project {self.folder} has no image path; create it with image=PATH")
+            raise ProjectError(
+                f"project {self.folder} has no image path; create it with image=PATH"
+            )
         if not Path(self.image_path).exists():
             raise ProjectError(
-                f"project {self.folder}: image {self.image_path} is missing; move it back or recreate the project"
+                f"project {self.folder}: image {self.image_path} is missing; move it back or "
+                "recreate the project"
             )
         return read_image(self.image_path)
 
@@ -242,7 +283,9 @@ class Project:
         from .annotations.validate import validate_annotations
 
         if not annotations.is_empty():
-            validate_annotations(annotations, self.image_shape, source=f"project {self.folder.name}", warn=False)
+            validate_annotations(
+                annotations, self.image_shape, source=f"project {self.folder.name}", warn=False
+            )
 
     # ------------------------------------------------------------------- save
     def save(self) -> None:
@@ -264,7 +307,18 @@ class Project:
         self._remove_old_snapshots(ann_dir, keep=name)
 
     def _write_meta(self) -> None:
+        self._meta["image"]["path"] = self._stored_image_path()
         write_json_atomic(self.folder / PROJECT_FILE, self._meta)
+
+    def _stored_image_path(self) -> str | None:
+        """The image path as written: relative inside the project folder, else absolute."""
+        path = self.image_path
+        if not path:
+            return None
+        try:
+            return Path(path).resolve().relative_to(self.folder.resolve()).as_posix()
+        except ValueError:
+            return str(Path(path).resolve())
 
     @staticmethod
     def _remove_old_snapshots(ann_dir: Path, keep: str) -> None:
@@ -286,11 +340,14 @@ class Project:
         return path
 
     def record_model(self, name: str, method_name: str) -> None:
-        """Record a model folder already written to ``model_dir(name)`` (e.g. by another process)."""
+        """Record a model folder already in ``model_dir(name)`` (written by another process)."""
         from .methods.base import read_model_config
 
         read_model_config(self.model_dir(name))  # refuses a missing or damaged folder
-        self._meta["models"][name] = {"method": method_name, "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._meta["models"][name] = {
+            "method": method_name,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         self._write_meta()
 
     def load_model(self, name: str):
@@ -298,7 +355,8 @@ class Project:
 
         if name not in self._meta["models"]:
             raise ProjectError(
-                f"project {self.folder} has no model '{name}'; available: {sorted(self._meta['models']) or 'none'}"
+                f"project {self.folder} has no model '{name}'; available: "
+                f"{sorted(self._meta['models']) or 'none'}"
             )
         return load_model(self.model_dir(name))
 
@@ -332,11 +390,15 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def _read_meta(folder: Path) -> dict:
     path = folder / PROJECT_FILE
     if not path.is_file():
-        raise ProjectError(f"{folder} is not a napari-wsseg project (no {PROJECT_FILE}); create one first")
+        raise ProjectError(
+            f"{folder} is not a napari-wsseg project (no {PROJECT_FILE}); create one first"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ProjectError(f"project {folder}: {PROJECT_FILE} is damaged ({exc}); restore it from a backup") from None
+        raise ProjectError(
+            f"project {folder}: {PROJECT_FILE} is damaged ({exc}); restore it from a backup"
+        ) from None
     if not isinstance(meta, dict):
         raise ProjectError(
             f"project {folder}: {PROJECT_FILE} is not a JSON object; restore it from a backup"
@@ -344,11 +406,50 @@ def _read_meta(folder: Path) -> dict:
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ProjectError(
-            f"project {folder} has schema version {version}, but napari-wsseg {__version__} reads version "
+            f"project {folder} has schema version {version}, but napari-wsseg {__version__} "
+            f"reads version "
             f"{SCHEMA_VERSION}; open it with the release that wrote it (package_version "
             f"{meta.get('package_version')})"
         )
+    _check_inner_paths(folder, meta)
     return meta
+
+
+def _inner_path(folder: Path, stored: str, subfolder: str = "") -> Path:
+    """``folder / stored`` if that stays inside ``folder / subfolder``, else a one-line error.
+
+    ``stored`` comes from ``project.json`` (untrusted): an absolute path, ``..`` or a link that
+    leads out of the project is refused.
+    """
+    inner = Path(folder) / subfolder
+    candidate = Path(folder) / str(stored)
+    if Path(str(stored)).is_absolute() or not candidate.resolve().is_relative_to(inner.resolve()):
+        raise ProjectError(
+            f"project {folder}: {PROJECT_FILE} names '{stored}', which leads outside the project's "
+            f"{subfolder or 'folder'}/; a project keeps it inside, so fix that entry in "
+            f"{PROJECT_FILE}"
+        )
+    return candidate
+
+
+def _check_inner_paths(folder: Path, meta: dict) -> None:
+    """Refuse paths in ``meta`` that should stay inside ``folder`` but lead out of it."""
+    if meta.get("annotations"):
+        _inner_path(folder, meta["annotations"], "annotations")
+    image = (meta.get("image") or {}).get("path")
+    if image and not Path(image).is_absolute():
+        _inner_path(folder, image)
+    try:
+        for name in meta.get("models") or {}:
+            _check_name(name, "model")
+        for name in meta.get("predictions") or {}:
+            _check_name(name, "prediction")
+    except ProjectError as exc:
+        raise ProjectError(
+            f"project {folder}: {PROJECT_FILE} lists a {exc}; fix that entry"
+        ) from None
+    for record in (meta.get("predictions") or {}).values():
+        _inner_path(folder, str((record or {}).get("path", "")), "predictions")
 
 
 def _write_snapshot(folder: Path, annotations: Annotations) -> None:
@@ -357,7 +458,9 @@ def _write_snapshot(folder: Path, annotations: Annotations) -> None:
     group = zarr.open_group(str(folder), mode="w")
     for kind, (columns, dtype) in _KINDS.items():
         values = getattr(annotations, kind)
-        array = group.create_array(kind, shape=values.shape, dtype=dtype, chunks=(max(len(values), 1), columns))
+        array = group.create_array(
+            kind, shape=values.shape, dtype=dtype, chunks=(max(len(values), 1), columns)
+        )
         if len(values):
             array[:] = values
     if annotations.masks is not None:
@@ -373,10 +476,14 @@ def _read_snapshot(folder: Path, classes: list[ClassInfo]) -> Annotations:
 
     try:
         group = zarr.open_group(str(folder), mode="r")
-        values = {kind: np.asarray(group[kind][:]) for kind in _KINDS if kind in group}  # older snapshots lack some
+        values = {
+            kind: np.asarray(group[kind][:]) for kind in _KINDS if kind in group
+        }  # older snapshots lack some
         masks = np.asarray(group["masks"][:]) if "masks" in group else None
     except Exception as exc:  # a snapshot removed or damaged outside napari-wsseg
-        raise ProjectError(f"project annotations {folder} cannot be read ({exc}); restore the folder") from None
+        raise ProjectError(
+            f"project annotations {folder} cannot be read ({exc}); restore the folder"
+        ) from None
     return Annotations(classes=classes, masks=masks, **values)
 
 
@@ -389,4 +496,6 @@ def _snapshot_number(path: Path) -> int:
 
 def _check_name(name: str, what: str) -> None:
     if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
-        raise ProjectError(f"{what} name '{name}' is not a plain folder name; use letters, digits, '-' and '_'")
+        raise ProjectError(
+            f"{what} name '{name}' is not a plain folder name; use letters, digits, '-' and '_'"
+        )

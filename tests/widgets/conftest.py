@@ -1,4 +1,4 @@
-"""Fixtures for the dock-widget tests: small phantoms in a real viewer, notifications, a slow method."""
+"""Dock-widget test fixtures: phantoms in a real viewer, notifications, questions, a slow method."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_wsseg.progress import Budget, ProgressEvent, report
 from napari_wsseg.engine.results import FitResult
 from napari_wsseg.methods.base import Method
+from napari_wsseg.progress import Budget, ProgressEvent, report
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def add_points(layer, rows: np.ndarray) -> None:
 
 @pytest.fixture
 def clicks():
-    """The helpers above, for tests: ``clicks.from_truth(labels, n)``, ``clicks.add(layer, rows)``."""
+    """The helpers above: ``clicks.from_truth(labels, n)``, ``clicks.add(layer, rows)``."""
 
     class Clicks:
         from_truth = staticmethod(click_points_from_truth)
@@ -121,9 +121,15 @@ class SlowMethod(Method):
         if self.config.fail_with:
             raise RuntimeError(self.config.fail_with)
         points = annotations.points
-        values = np.array([self.normalization.apply(image.slice(z))[y, x, 0] for z, y, x, _ in points])
-        target = np.array([values[points[:, 3] == k].mean() if np.any(points[:, 3] == k) else 0.0
-                           for k in range(len(self.classes))])
+        values = np.array(
+            [self.normalization.apply(image.slice(z))[y, x, 0] for z, y, x, _ in points]
+        )
+        target = np.array(
+            [
+                values[points[:, 3] == k].mean() if np.any(points[:, 3] == k) else 0.0
+                for k in range(len(self.classes))
+            ]
+        )
         self.means = np.zeros_like(target)
         budget = Budget(options.time_budget_s, self.config.steps, options.cancel)
         step = 0
@@ -132,8 +138,12 @@ class SlowMethod(Method):
             self.means = self.means + 0.05 * (target - self.means)
             step += 1
             loss = float(np.abs(target - self.means).sum())
-            report(options.progress, ProgressEvent(step, self.config.steps, "training", {"loss": loss},
-                                                   budget.eta(step)))
+            report(
+                options.progress,
+                ProgressEvent(
+                    step, self.config.steps, "training", {"loss": loss}, budget.eta(step)
+                ),
+            )
         return FitResult(budget.stop_reason() or "done", step, budget.elapsed)
 
     def predict_proba_slice(self, slice_yxc):
@@ -162,3 +172,27 @@ def slow_method(monkeypatch):
 
     monkeypatch.setitem(methods._REGISTRY, "slow", f"{SlowMethod.__module__}:SlowMethod")
     return "slow"
+
+
+# ------------------------------------------------------------------------- yes/no questions
+class Questions:
+    """The yes/no questions widgets asked, answered from ``replies`` (then yes) without a dialog."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.replies: list[bool] = []
+
+    def answer(self, question: str) -> bool:
+        self.asked.append(question)
+        return self.replies.pop(0) if self.replies else True
+
+
+@pytest.fixture(autouse=True)
+def questions(monkeypatch):
+    """Every widget question goes here instead of a modal dialog (which would block the test)."""
+    recorder = Questions()
+    monkeypatch.setattr(
+        "napari_wsseg.widgets._annotate.AnnotateWidget.confirm",
+        lambda self, question: recorder.answer(question),
+    )
+    return recorder

@@ -1,4 +1,4 @@
-"""The Annotate widget: classes, points, boxes, scribbles, tags and sizes through the layers' API."""
+"""The Annotate widget: classes, points, boxes, scribbles, tags and sizes via the layers' API."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _rgba(color):
     return np.asarray(L.rgba(color))
 
 
-def test_classes_can_be_added_renamed_recoloured_and_removed(annotate, small_3d):
+def test_classes_can_be_added_renamed_recoloured_and_removed(annotate, small_3d, questions):
     image, _, _ = small_3d
     viewer, _, widget = annotate(image)
     session = widget.session
@@ -36,11 +36,22 @@ def test_classes_can_be_added_renamed_recoloured_and_removed(annotate, small_3d)
     points.add([[0, 5, 5]])
     points.feature_defaults["class"] = 1
     points.add([[0, 6, 6]])
-    widget.remove_class(0)  # no points of class 0: the others shift down by one
+    widget.remove_class(0)  # no points of class 0: the others shift down by one, no question
+    assert questions.asked == []
     assert [c.name for c in session.classes] == ["foreground", "mito"]
     assert sorted(np.asarray(points.features["class"]).tolist()) == [0, 1]
-    widget.remove_class(1)  # removes the 'mito' point
-    assert len(points.data) == 1 and session.classes[0].name == "foreground"
+    assert widget.class_table.rowCount() == 2  # no ghost row
+    questions.replies = [False]
+    widget.remove_class(1)  # 'mito' has a point: asked, and "no" keeps it
+    assert "'mito'" in questions.asked[-1] and len(session.classes) == 2 and len(points.data) == 2
+    widget.remove_class(1)  # asked again, "yes": removes the 'mito' point
+    assert len(points.data) == 1 and [c.name for c in session.classes] == ["foreground"]
+    assert widget.class_table.rowCount() == 1
+    assert widget.undo_remove_button.isEnabled()
+    widget.undo_remove_class()  # the class and its point come back
+    assert [c.name for c in session.classes] == ["foreground", "mito"]
+    assert sorted(L.points_from_layer(points)[:, 3].tolist()) == [0, 1]
+    assert widget.class_table.rowCount() == 2 and not widget.undo_remove_button.isEnabled()
 
 
 def test_a_duplicate_class_name_is_refused_with_a_notification(annotate, small_2d, notifications):
@@ -61,7 +72,9 @@ def test_points_boxes_scribbles_tags_and_sizes_make_one_annotation_set(annotate,
     session.layer("points").add([[2, 10, 12]])  # the current class is the new point's class
     widget.set_mode("boxes")
     assert viewer.layers.selection.active is session.layer("boxes")
-    session.layer("boxes").add_rectangles([np.array([[2, 4, 5], [2, 4, 20], [2, 15, 20], [2, 15, 5]])])
+    session.layer("boxes").add_rectangles(
+        [np.array([[2, 4, 5], [2, 4, 20], [2, 15, 20], [2, 15, 5]])]
+    )
     masks = session.layer("masks")
     assert masks.selected_label == 2
     masks.paint((2, 30, 30), 2)  # a brush stroke of class 1 (label 2)
@@ -182,7 +195,9 @@ def test_a_point_outside_the_image_names_the_layer(annotate, small_2d):
         widget.session.validated_snapshot()
 
 
-def test_csv_export_then_import_restores_points_boxes_tags_and_sizes(annotate, small_3d, tmp_path, notifications):
+def test_csv_export_then_import_restores_points_boxes_tags_and_sizes(
+    annotate, small_3d, tmp_path, notifications
+):
     image, _, classes = small_3d
     _, _, widget = annotate(image, classes)
     session = widget.session
@@ -193,7 +208,12 @@ def test_csv_export_then_import_restores_points_boxes_tags_and_sizes(annotate, s
     before = session.snapshot()
     widget.export_csv(tmp_path / "csv")
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == [
-        "boxes.csv", "classes.json", "points.csv", "sizes.csv", "tags.csv"]
+        "boxes.csv",
+        "classes.json",
+        "points.csv",
+        "sizes.csv",
+        "tags.csv",
+    ]
     session.layer("points").data = np.zeros((0, 3))
     session.set_tag(1, 0, False)
     widget.import_csv(tmp_path / "csv")
@@ -203,7 +223,9 @@ def test_csv_export_then_import_restores_points_boxes_tags_and_sizes(annotate, s
     assert any("imported" in m for m in notifications)
 
 
-def test_importing_a_folder_without_csv_files_shows_the_fix(annotate, small_2d, tmp_path, notifications):
+def test_importing_a_folder_without_csv_files_shows_the_fix(
+    annotate, small_2d, tmp_path, notifications
+):
     image, _, _ = small_2d
     _, _, widget = annotate(image)
     widget.import_csv(tmp_path)
@@ -254,7 +276,9 @@ def test_a_lazy_volume_too_big_for_memory_is_annotated_without_loading_it(annota
     viewer.dims.set_current_step(0, 700)
     session.layer("points").add([[700, 10, 10]])
     assert session.snapshot().points.tolist() == [[700, 10, 10, 0]]
-    L.show_slice_result(viewer, image_layer, session.classes, 700, np.ones((512, 512), np.uint8), None)
+    L.show_slice_result(
+        viewer, image_layer, session.classes, 700, np.ones((512, 512), np.uint8), None
+    )
     prediction = L.find_layers(viewer.layers, "prediction")[0]
     assert prediction.data.shape == (1, 512, 512)  # one slice, moved to z = 700
     assert prediction.translate[0] == 700 and prediction.data[0, 0, 0] == 2

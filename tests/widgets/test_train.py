@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -34,8 +33,12 @@ def _prediction(viewer):
     return layers[0] if layers else None
 
 
-def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks, small_2d, tmp_path, qtbot, notifications):
-    viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path, run_in="separate process")
+def test_train_rf_with_the_button_predicts_the_clicked_classes(
+    annotate, clicks, small_2d, tmp_path, qtbot, notifications
+):
+    viewer, image_layer, train, rows = _setup(
+        annotate, clicks, small_2d, tmp_path, run_in="separate process"
+    )
     assert TrainWidget(viewer).run_combo.currentText() == "separate process"  # the default
     train.method_combo.setCurrentText("rf")
     train.options.set_values(n_estimators=10, sigma_max=4.0)
@@ -66,8 +69,9 @@ def test_train_rf_with_the_button_predicts_the_clicked_classes(annotate, clicks,
     np.testing.assert_array_equal(prediction.data, before)
 
 
-def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(annotate, clicks, small_3d, qtbot,
-                                                                              notifications):
+def test_training_a_volume_predicts_the_current_slice_and_reports_dense_dice(
+    annotate, clicks, small_3d, qtbot, notifications
+):
     viewer, image_layer, train, rows = _setup(annotate, clicks, small_3d)
     image, labels, _ = small_3d
     masks = train.session.layer("masks")
@@ -100,8 +104,9 @@ def test_deep_methods_train_with_a_tiny_budget(annotate, clicks, small_2d, qtbot
     assert train.session.last_model.name == method
 
 
-def test_live_preview_loss_plot_and_cancel_keep_the_model(annotate, clicks, small_2d, slow_method, tmp_path, qtbot,
-                                                          notifications):
+def test_live_preview_loss_plot_and_a_cancelled_model_is_saved_only_when_kept(
+    annotate, clicks, small_2d, slow_method, tmp_path, qtbot, notifications
+):
     viewer, image_layer, train, rows = _setup(annotate, clicks, small_2d, tmp_path)
     train.method_combo.setCurrentText(slow_method)
     train.budget_spin.setValue(0)  # no budget: it would run 2000 steps (20 s)
@@ -117,15 +122,25 @@ def test_live_preview_loss_plot_and_cancel_keep_the_model(annotate, clicks, smal
     with qtbot.waitSignal(worker.finished, timeout=5_000):
         qtbot.mouseClick(train.cancel_button, Qt.MouseButton.LeftButton)
     assert worker.is_running is False
-    assert any("cancelled" in m and "saved as model" in m for m in notifications)
-    assert len(Project.open(tmp_path / "proj").list_models()) == 1
+    assert any("cancelled" in m and "not saved" in m for m in notifications), notifications
+    assert Project.open(tmp_path / "proj").list_models() == []  # not saved unless the user keeps it
+    assert train.progress_label.text().startswith("slow: cancelled")  # not stuck on "cancelling…"
+    assert train.session.last_model is not None  # usable in Predict meanwhile
+    assert train.keep_button.isEnabled()
+    name = train.keep_cancelled_model()
+    assert Project.open(tmp_path / "proj").list_models() == [name]
+    assert not train.keep_button.isEnabled()
 
 
-def test_each_error_path_is_a_notification(annotate, clicks, small_2d, slow_method, qtbot, notifications):
+def test_each_error_path_is_a_notification(
+    annotate, clicks, small_2d, slow_method, qtbot, notifications
+):
     image, labels, classes = small_2d
     viewer, _, annotate_widget = annotate(image, classes)
     train = TrainWidget(viewer)
-    train.run_combo.setCurrentText("napari process")  # the slow test method exists in this process only
+    train.run_combo.setCurrentText(
+        "napari process"
+    )  # the slow test method exists in this process only
 
     def attempt(expected: str) -> None:
         notifications.clear()
@@ -151,8 +166,9 @@ def test_each_error_path_is_a_notification(annotate, clicks, small_2d, slow_meth
     attempt("pick an image layer in the Annotate widget")
 
 
-def test_a_class_without_annotations_is_a_warning_with_the_fix(annotate, clicks, small_2d, slow_method, qtbot,
-                                                               notifications):
+def test_a_class_without_annotations_is_a_warning_with_the_fix(
+    annotate, clicks, small_2d, slow_method, qtbot, notifications
+):
     image, labels, classes = small_2d
     viewer, _, annotate_widget = annotate(image, classes)
     rows = clicks.from_truth(labels, 3)
@@ -167,7 +183,9 @@ def test_a_class_without_annotations_is_a_warning_with_the_fix(annotate, clicks,
     assert any(classes[2].name in m and "annotation" in m for m in notifications), notifications
 
 
-def test_train_while_training_is_refused(annotate, clicks, small_2d, slow_method, qtbot, notifications):
+def test_train_while_training_is_refused(
+    annotate, clicks, small_2d, slow_method, qtbot, notifications
+):
     viewer, _, train, _ = _setup(annotate, clicks, small_2d)
     train.method_combo.setCurrentText(slow_method)
     worker = train.train()
@@ -177,7 +195,9 @@ def test_train_while_training_is_refused(annotate, clicks, small_2d, slow_method
         train.cancel()
 
 
-def test_a_separate_training_process_relays_errors_and_cancel(annotate, clicks, small_2d, qtbot, notifications):
+def test_a_separate_training_process_relays_errors_and_cancel(
+    annotate, clicks, small_2d, qtbot, notifications
+):
     image, labels, classes = small_2d
     viewer, _, annotate_widget = annotate(image, classes)
     session = annotate_widget.session
@@ -193,7 +213,9 @@ def test_a_separate_training_process_relays_errors_and_cancel(annotate, clicks, 
     worker = train.train()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         train.cancel()  # before the process has computed anything
-    assert any("cancelled before a model was trained; nothing saved" in m for m in notifications), notifications
+    assert any("cancelled before a model was kept; nothing saved" in m for m in notifications), (
+        notifications
+    )
     assert train.session.last_model is None
 
 
@@ -203,7 +225,9 @@ def test_option_form_tooltips_come_from_the_docs_and_empty_max_steps_means_autom
 
     form = ConfigForm(DSPConfig)
     assert form["max_steps"].value == ""
-    assert form["max_steps"].tooltip.startswith("Training steps, None to pick them from the annotations")
+    assert form["max_steps"].tooltip.startswith(
+        "Training steps, None to pick them from the annotations"
+    )
     assert form["tau"].tooltip.startswith("Softmax temperature (paper: 0.05).")
     assert form.config().max_steps is None
     form.set_values(max_steps=300)

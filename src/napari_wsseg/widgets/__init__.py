@@ -1,1 +1,1 @@
-"""napari contributions (readers, sample data, dock widgets): the only package that imports Qt/napari."""
+"""napari contributions (readers, sample data, dock widgets): the only package importing Qt."""

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QSlider,
     QTableWidget,
@@ -46,7 +46,8 @@ from . import _layers as L
 from ._autosave import Autosaver
 from ._links import link
 from ._notify import notify_error, notify_info
-from ._session import UNDO_ROLES, session_for
+from ._scroll import scroll_layout
+from ._session import SIZE_SUM_TOLERANCE, UNDO_ROLES, session_for
 
 if TYPE_CHECKING:
     import napari
@@ -78,8 +79,14 @@ class AnnotateWidget(QWidget):
         self.class_table = _ClassTable()
         self.add_class_button = QPushButton("Add class")
         self.remove_class_button = QPushButton("Remove class")
-        self.mode_buttons = {mode: QPushButton(f"{mode.capitalize()} ({key})")
-                             for mode, key in MODES.items()}
+        self.undo_remove_button = QPushButton("Undo remove")
+        self.undo_remove_button.setToolTip(
+            "bring back the class removed last, with its annotations"
+        )
+        self.undo_remove_button.setEnabled(False)
+        self.mode_buttons = {
+            mode: QPushButton(f"{mode.capitalize()} ({key})") for mode, key in MODES.items()
+        }
         self.slice_panel = _SlicePanel(self)
         self.import_button = QPushButton("Import CSV…")
         self.export_button = QPushButton("Export CSV…")
@@ -100,7 +107,7 @@ class AnnotateWidget(QWidget):
 
     # ------------------------------------------------------------------------------- layout
     def _layout(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         row = QHBoxLayout()
         row.addWidget(QLabel("image"))
         row.addWidget(self.image_combo, 1)
@@ -119,6 +126,7 @@ class AnnotateWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.add_class_button)
         row.addWidget(self.remove_class_button)
+        row.addWidget(self.undo_remove_button)
         box.addLayout(row)
         layout.addWidget(classes)
         modes = QHBoxLayout()
@@ -140,6 +148,7 @@ class AnnotateWidget(QWidget):
         self.open_project_button.clicked.connect(self._ask_open_project)
         self.add_class_button.clicked.connect(lambda: self.add_class(f"class{len(s.classes)}"))
         self.remove_class_button.clicked.connect(lambda: self.remove_class(s.current_class))
+        self.undo_remove_button.clicked.connect(self.undo_remove_class)
         self.class_table.class_selected.connect(self.set_current_class)
         self.class_table.class_renamed.connect(self.rename_class)
         self.class_table.color_clicked.connect(self._ask_color)
@@ -175,7 +184,9 @@ class AnnotateWidget(QWidget):
                 layer.bind_key(key, func, overwrite=True)
             if role in UNDO_ROLES:
                 layer.bind_key("Control-Z", lambda _=None, r=role: self.undo(r), overwrite=True)
-                layer.bind_key("Control-Shift-Z", lambda _=None, r=role: self.redo(r), overwrite=True)
+                layer.bind_key(
+                    "Control-Shift-Z", lambda _=None, r=role: self.redo(r), overwrite=True
+                )
 
     def undo(self, role: str) -> None:
         """Undo the last edit of the points or boxes layer (Ctrl+Z on that layer)."""
@@ -189,11 +200,44 @@ class AnnotateWidget(QWidget):
 
     # ------------------------------------------------------------------------ public actions
     def set_image_layer(self, layer) -> None:
-        """Annotate ``layer`` (an Image layer of the viewer)."""
+        """Annotate ``layer`` (an Image layer of the viewer).
+
+        While a project is open for another image, the user is asked first: yes closes the
+        project (its annotations stay saved in it) and starts unsaved annotations of ``layer``;
+        no keeps everything as it was. A project's annotations are never replaced by another
+        image's.
+        """
+        session = self.session
+        if (
+            session.project is not None
+            and session.image_layer is not None
+            and layer is not session.image_layer
+            and session.image_layer in self.viewer.layers
+        ):
+            question = (
+                f"Project {session.project.folder} annotates '{session.image_layer.name}'. "
+                f"Close the project to annotate '{layer.name}'? The project keeps its "
+                "annotations; press New project… to save the new ones."
+            )
+            if not self.confirm(question):
+                self._refresh_image_choices()
+                return
+            session.close_project()
         try:
-            self.session.attach_image(layer)
+            session.attach_image(layer)
         except WssegError as exc:
             notify_error(str(exc))
+
+    def confirm(self, question: str) -> bool:
+        """Ask the user a yes/no question (tests replace this method)."""
+        answer = QMessageBox.question(
+            self,
+            "napari-wsseg",
+            question,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def new_project(self, folder) -> None:
         """Create a project in ``folder`` for the current image, classes and annotations."""
@@ -226,38 +270,70 @@ class AnnotateWidget(QWidget):
         self._guard(lambda: self.session.set_classes(classes))
 
     def remove_class(self, k: int) -> None:
-        self._guard(lambda: self.session.remove_class(k))
+        """Remove class ``k``; if it has annotations, only after the user confirms (undoable)."""
+        session = self.session
+        if not 0 <= k < len(session.classes):
+            return
+        name, used = session.classes[k].name, self._guard(lambda: session.class_usage(k)) or 0
+        if used and not self.confirm(
+            f"Remove class '{name}' and its {used} annotation(s)? Undo remove brings them back."
+        ):
+            return
+        if self._guard(lambda: session.remove_class(k)) is False:
+            return
+        self.undo_remove_button.setEnabled(session.can_undo_remove_class)
+        if used:
+            notify_info(
+                f"class '{name}' removed with {used} annotation(s); Undo remove brings it back"
+            )
+
+    def undo_remove_class(self) -> None:
+        """Bring back the class removed last, with its annotations."""
+        if not self._guard(self.session.undo_remove_class):
+            notify_info("nothing to undo: no class was removed since the last edit")
+        self.undo_remove_button.setEnabled(False)
 
     def set_current_class(self, k: int) -> None:
         self._guard(lambda: self.session.set_current_class(k))
 
     def set_mode(self, mode: str) -> None:
-        """Activate the points ('points'), boxes ('boxes') or scribble ('scribble') layer and tool."""
-        role, tool = {"points": ("points", "add"), "boxes": ("boxes", "add_rectangle"),
-                      "scribble": ("masks", "paint")}[mode]
+        """Activate the layer and tool of ``mode``: 'points', 'boxes' or 'scribble'."""
+        role, tool = {
+            "points": ("points", "add"),
+            "boxes": ("boxes", "add_rectangle"),
+            "scribble": ("masks", "paint"),
+        }[mode]
         layer = self.session.layer(role)
         if layer is None and role == "masks" and self.session.image is not None:
-            notify_error(f"scribbles are off for volumes over {L.MAX_IN_MEMORY_VOXELS:,} voxels (the mask "
-                         "would not fit in memory); annotate with points, boxes, tags and sizes")
+            notify_error(
+                f"scribbles are off for volumes over {L.MAX_IN_MEMORY_VOXELS:,} voxels (the mask "
+                "would not fit in memory); annotate with points, boxes, tags and sizes"
+            )
             return
         if layer is None:
-            notify_error("no annotation layers yet; pick an image layer in the Annotate widget first")
+            notify_error(
+                "no annotation layers yet; pick an image layer in the Annotate widget first"
+            )
             return
         self.viewer.layers.selection.active = layer
         layer.mode = tool
 
     def import_csv(self, folder) -> None:
-        """Replace the kinds found in ``folder`` (points.csv, ... and classes.json) by its contents."""
+        """Replace the kinds found in ``folder`` (points.csv, ..., classes.json) by its files."""
         from ..annotations import find_annotation_files, load_annotations, read_classes_json
 
         def load():
             folder_path = Path(folder)
             files = find_annotation_files(folder_path)
             if not files:
-                raise WssegError(f"{folder_path} holds no points.csv, boxes.csv, tags.csv or sizes.csv; "
-                                 "pick the folder the CSV files are in")
+                raise WssegError(
+                    f"{folder_path} holds no points.csv, boxes.csv, tags.csv or sizes.csv; "
+                    "pick the folder the CSV files are in"
+                )
             classes_file = folder_path / "classes.json"
-            classes = read_classes_json(classes_file) if classes_file.is_file() else self.session.classes
+            classes = (
+                read_classes_json(classes_file) if classes_file.is_file() else self.session.classes
+            )
             image = self.session.require_image()
             ann = load_annotations(**files, classes=classes, image_shape=image.shape)
             self.session.replace_annotations(ann, tuple(files))
@@ -268,7 +344,7 @@ class AnnotateWidget(QWidget):
             notify_info(f"imported {', '.join(sorted(files))} from {folder}")
 
     def export_csv(self, folder) -> None:
-        """Write the annotations as CSV files (+ classes.json, + masks.tif if painted) to ``folder``."""
+        """Write the annotations as CSV (+ classes.json, + masks.tif if painted) to ``folder``."""
         from ..annotations import write_annotations
         from ..io import write_labels
 
@@ -327,8 +403,11 @@ class AnnotateWidget(QWidget):
     def _image_layers(self) -> list:
         import napari
 
-        return [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
-                and L.layer_role(layer) in (None, "image")]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, napari.layers.Image) and L.layer_role(layer) in (None, "image")
+        ]
 
     def _refresh_image_choices(self) -> None:
         current = self.session.image_layer
@@ -342,7 +421,11 @@ class AnnotateWidget(QWidget):
 
     def _attach_selected_image(self) -> None:
         name = self.image_combo.currentText()
-        if name and name in self.viewer.layers and self.viewer.layers[name] is not self.session.image_layer:
+        if (
+            name
+            and name in self.viewer.layers
+            and self.viewer.layers[name] is not self.session.image_layer
+        ):
             self.set_image_layer(self.viewer.layers[name])
 
     def _on_layers_changed(self, event=None) -> None:
@@ -356,7 +439,9 @@ class AnnotateWidget(QWidget):
         self._refresh_classes()
         self._bind_layer_keys()
         folder = self.session.project_folder
-        self.project_label.setText(f"project: {folder}" if folder else "no project: annotations are not saved")
+        self.project_label.setText(
+            f"project: {folder}" if folder else "no project: annotations are not saved"
+        )
         self.slice_panel.refresh()
         self._update_status()
 
@@ -389,13 +474,27 @@ def status_text(session, saved_at: str = "", problem: str = "") -> str:
     counts = ann.counts()
     lines = []
     for k, c in enumerate(session.classes):
-        parts = [f"{int(counts[kind][k])} {label}" for kind, label in
-                 (("points", "pts"), ("boxes", "boxes"), ("mask_pixels", "px"), ("tags", "tags"),
-                  ("sizes", "sizes")) if counts[kind][k]]
-        lines.append(f"<span style='color:{c.color}'>■</span> {k + 1} {c.name}: {', '.join(parts) or '—'}")
+        parts = [
+            f"{int(counts[kind][k])} {label}"
+            for kind, label in (
+                ("points", "pts"),
+                ("boxes", "boxes"),
+                ("mask_pixels", "px"),
+                ("tags", "tags"),
+                ("sizes", "sizes"),
+                ("exhaustive_boxes", "all-boxed slices"),
+            )
+            if counts[kind][k]
+        ]
+        lines.append(
+            f"<span style='color:{c.color}'>■</span> {k + 1} {c.name}: {', '.join(parts) or '—'}"
+        )
     incomplete = session.incomplete_size_slices()
     if incomplete:
-        lines.append(f"sizes of slice(s) {incomplete} not used: they must sum to 100 % ± 10 %")
+        lines.append(
+            f"sizes of slice(s) {incomplete} not used: they must sum to 100 % ± "
+            f"{100 * SIZE_SUM_TOLERANCE:.0f} %"
+        )
     if problem:
         lines.append(f"<span style='color:#e05050'>not saved: {problem}</span>")
     elif session.project is not None and saved_at:
@@ -404,7 +503,7 @@ def status_text(session, saved_at: str = "", problem: str = "") -> str:
 
 
 class _ClassTable(QTableWidget):
-    """One row per class: key, colour swatch (click to change), editable name."""
+    """One row per class: key, colour (click to change), editable name."""
 
     class_selected = Signal(int)
     class_renamed = Signal(int, str)
@@ -422,19 +521,22 @@ class _ClassTable(QTableWidget):
         self._updating = False
         self.itemSelectionChanged.connect(self._on_selection)
         self.itemChanged.connect(self._on_item_changed)
+        self.cellClicked.connect(lambda row, column: column == 1 and self.color_clicked.emit(row))
 
     def show_classes(self, classes, current: int) -> None:
+        """One row per class; the colour is the cell's background (no cell widgets, no ghosts)."""
         self._updating = True
         self.setRowCount(len(classes))
         for k, c in enumerate(classes):
             key = QTableWidgetItem(str((k + 1) % 10) if k < 10 else "")
             key.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-            swatch = QPushButton("")
-            swatch.setToolTip("change the colour")
-            swatch.setStyleSheet(f"background-color: {c.color}; border: none;")
-            swatch.clicked.connect(lambda _=False, k=k: self.color_clicked.emit(k))
+            key.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            swatch = QTableWidgetItem("")
+            swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            swatch.setBackground(QColor(c.color))
+            swatch.setToolTip("click to change the colour")
             self.setItem(k, 0, key)
-            self.setCellWidget(k, 1, swatch)
+            self.setItem(k, 1, swatch)
             self.setItem(k, 2, QTableWidgetItem(c.name))
         self._updating = False
         self.select(current)
@@ -470,7 +572,7 @@ class _SlicePanel(QGroupBox):
             "set this slice's sizes to the class fractions of the pixels painted in the scribble "
             "layer (paint a rough copy of the slice, or representative parts of it)"
         )
-        self.rows: list[tuple[QCheckBox, QSlider, QDoubleSpinBox]] = []
+        self.rows: list[tuple[QCheckBox, QSlider, QDoubleSpinBox, QCheckBox]] = []
         self._names: list[str] | None = None
         self._grid = QGridLayout()
         self._grid.setColumnStretch(1, 1)  # the size sliders take the spare width
@@ -512,12 +614,18 @@ class _SlicePanel(QGroupBox):
             number.setSuffix(" %")
             number.setDecimals(1)
             number.setToolTip("approximate share of the slice covered by this class")
+            boxed = QCheckBox("all boxed")
+            boxed.setToolTip(
+                "every object of this class in this slice has a box (so the unboxed "
+                "rest of the slice is not this class)"
+            )
             tag.toggled.connect(lambda on, k=k: self.session.set_tag(self.z, k, on))
             slider.valueChanged.connect(lambda v, k=k: self._set_size(k, float(v)))
             number.valueChanged.connect(lambda v, k=k: self._set_size(k, float(v)))
-            for col, w in enumerate((tag, slider, number)):
+            boxed.toggled.connect(lambda on, k=k: self.session.set_exhaustive(self.z, k, on))
+            for col, w in enumerate((tag, slider, number, boxed)):
                 self._grid.addWidget(w, k, col)
-            self.rows.append((tag, slider, number))
+            self.rows.append((tag, slider, number, boxed))
         self.refresh()
 
     @property
@@ -528,14 +636,15 @@ class _SlicePanel(QGroupBox):
         """Show the current slice's tags and sizes."""
         z = self.z
         self.setTitle(f"Slice {z}: tags and sizes")
-        for k, (tag, slider, number) in enumerate(self.rows):
+        for k, (tag, slider, number, boxed) in enumerate(self.rows):
             fraction = self.session.sizes.get((z, k))
-            for w in (tag, slider, number):
+            for w in (tag, slider, number, boxed):
                 w.blockSignals(True)
             tag.setChecked((z, k) in self.session.tags)
             slider.setValue(int(round(100 * (fraction or 0.0))))
             number.setValue(100 * (fraction or 0.0))
-            for w in (tag, slider, number):
+            boxed.setChecked((z, k) in self.session.exhaustive)
+            for w in (tag, slider, number, boxed):
                 w.blockSignals(False)
         self._show_sum()
 
@@ -552,7 +661,9 @@ class _SlicePanel(QGroupBox):
         except WssegError as exc:
             notify_error(str(exc))
             return
-        shown = ", ".join(f"{c.name} {100 * f:.0f} %" for c, f in zip(self.session.classes, fractions))
+        shown = ", ".join(
+            f"{c.name} {100 * f:.0f} %" for c, f in zip(self.session.classes, fractions)
+        )
         notify_info(f"slice {self.z} sizes from the scribble: {shown}")
 
     def _show_sum(self) -> None:
@@ -560,7 +671,7 @@ class _SlicePanel(QGroupBox):
         if total is None:
             self.sum_label.setText("sizes: none")
             return
-        ok = abs(total - 1.0) <= 0.1
+        ok = abs(total - 1.0) <= SIZE_SUM_TOLERANCE
         color = "#50c050" if ok else "#e05050"
         self.sum_label.setText(f"<span style='color:{color}'>sum {100 * total:.0f} %</span>")
 
@@ -574,8 +685,16 @@ class _SlicePanel(QGroupBox):
             return
         active = viewer.layers.selection.active
         lines = list(grid_lines(self.session.image.shape[1:], coarse=name == "coarse"))
-        viewer.add_shapes(lines, shape_type="line", edge_color="yellow", edge_width=1, opacity=0.6,
-                          name=f"size grid ({name})", scale=image_layer.scale[-2:],
-                          translate=image_layer.translate[-2:], metadata=L.role_metadata("grid"))
+        viewer.add_shapes(
+            lines,
+            shape_type="line",
+            edge_color="yellow",
+            edge_width=1,
+            opacity=0.6,
+            name=f"size grid ({name})",
+            scale=image_layer.scale[-2:],
+            translate=image_layer.translate[-2:],
+            metadata=L.role_metadata("grid"),
+        )
         if active is not None:
             viewer.layers.selection.active = active

@@ -5,15 +5,17 @@ annotations are copied on the main thread, then validated and written with
 :meth:`Project.save <napari_wsseg.project.Project.save>` in a worker thread (atomic: a snapshot
 folder plus an atomic rename of ``project.json``), so painting never waits for the disk. Invalid
 annotations are not saved (the last valid save stays on disk); the error is shown once as a
-notification naming the layer and the fix. When the application quits, pending changes are
-written synchronously.
+notification naming the layer and the fix. Pending changes are written synchronously, at once,
+when the viewer window closes (napari's close button, *Quit*, ``viewer.close()``), before a
+layer of the session is removed, when the application quits and before the project is closed or
+replaced.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..errors import WssegError
@@ -37,7 +39,9 @@ class Autosaver(QObject):
     saved = Signal(str)
     problem = Signal(str)
 
-    def __init__(self, session: "AnnotationSession", delay_ms: int = AUTOSAVE_DELAY_MS, parent=None) -> None:
+    def __init__(
+        self, session: "AnnotationSession", delay_ms: int = AUTOSAVE_DELAY_MS, parent=None
+    ) -> None:
         super().__init__(parent)
         self.session = session
         self._timer = QTimer(self)
@@ -48,9 +52,34 @@ class Autosaver(QObject):
         self._pending = False
         self._last_problem = ""
         link(self, session.changed, self.schedule)
+        link(self, session.project_closing, self._flush_before_closing)
         app = QApplication.instance()
         if app is not None:
             link(self, app.aboutToQuit, self.flush)
+        viewer = session.viewer
+        if viewer is not None:
+            # viewer.close() removes every layer (events batched until all are gone), then closes
+            # the window: both write pending changes from the layers the session still holds
+            link(self, viewer.layers.events.removed, self._on_layer_removed)
+            window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+            if window is not None:
+                window.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt name)
+        """Write pending changes when the viewer window is about to close."""
+        if event.type() == QEvent.Type.Close:
+            self.flush(closing=True)
+        return False
+
+    def _flush_before_closing(self) -> None:
+        self.flush(closing=True)
+
+    def _on_layer_removed(self, event=None) -> None:
+        if (
+            self.session.image_layer is not None
+            and self.session.image_layer not in self.session.viewer.layers
+        ):
+            self.flush(closing=True)  # the image is gone: the last chance to write its annotations
 
     @property
     def delay_ms(self) -> int:
@@ -83,8 +112,9 @@ class Autosaver(QObject):
         snapshot = self._snapshot()
         if snapshot is None:
             return None
-        worker = create_worker(_validate_and_save, self.session, *snapshot, _ignore_errors=True,
-                               _start_thread=False)
+        worker = create_worker(
+            _validate_and_save, self.session, *snapshot, _ignore_errors=True, _start_thread=False
+        )
         worker.returned.connect(self._on_saved)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -92,13 +122,17 @@ class Autosaver(QObject):
         QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
 
-    def flush(self) -> None:
-        """Write pending changes now, on the calling thread."""
+    def flush(self, *, closing: bool = False) -> None:
+        """Write pending changes now, on the calling thread.
+
+        ``closing``: the viewer is closing (its layers may be gone already); the annotations are
+        read from the layers the session holds.
+        """
         if not self._timer.isActive() and not self._pending:
             return
         self._timer.stop()
         self._pending = False
-        snapshot = self._snapshot()
+        snapshot = self._snapshot(closing=closing)
         if snapshot is None:
             return
         try:
@@ -108,13 +142,17 @@ class Autosaver(QObject):
             return
         self._on_saved()
 
-    def _snapshot(self):
+    def _snapshot(self, closing: bool = False):
         """(annotations copy, image shape, layer names), or None when there is nothing to save."""
         viewer = self.session.viewer
-        if viewer is None or self.session.image_layer not in viewer.layers:  # the viewer is closing
+        if not closing and (viewer is None or self.session.image_layer not in viewer.layers):
             return None
         try:
-            return self.session.snapshot(), self.session.image.shape, self.session.sources()
+            return (
+                self.session.snapshot(closing=closing),
+                self.session.image.shape,
+                self.session.sources(),
+            )
         except WssegError as exc:
             self._report(str(exc))
             return None
@@ -132,7 +170,9 @@ class Autosaver(QObject):
         self.problem.emit(message)
 
     def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, WssegError):  # invalid annotations: the message names the layer and the fix
+        if isinstance(
+            exc, WssegError
+        ):  # invalid annotations: the message names the layer and the fix
             self._report(str(exc))
         else:
             self._report(user_message(exc, f"saving project {self.session.project_folder}"))

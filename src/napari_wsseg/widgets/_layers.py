@@ -25,6 +25,7 @@ import numpy as np
 from ..annotations.model import ClassInfo, label_colors
 from ..errors import AnnotationError
 from ..io.image import Image, as_image
+from ..training.run import entropy_map  # noqa: F401 (layers show it; kept importable here)
 
 if TYPE_CHECKING:
     import napari
@@ -52,6 +53,33 @@ def find_layers(layers, role: str) -> list:
     return [layer for layer in layers if layer_role(layer) == role]
 
 
+@contextmanager
+def keep_selection(viewer: "napari.Viewer"):
+    """Layers added inside do not take the selection: the layer being annotated stays selected."""
+    selected, active = set(viewer.layers.selection), viewer.layers.selection.active
+    try:
+        yield
+    finally:
+        alive = {layer for layer in selected if layer in viewer.layers}
+        if alive != set(viewer.layers.selection) or viewer.layers.selection.active is not active:
+            viewer.layers.selection.clear()
+            viewer.layers.selection.update(alive)
+            if active is not None and active in viewer.layers:
+                viewer.layers.selection.active = active
+
+
+def add_above_image(viewer: "napari.Viewer", image_layer, add):
+    """``add()`` a result layer, placed just above ``image_layer`` (below the annotation layers).
+
+    The selected layer does not change (napari would select the new layer).
+    """
+    with keep_selection(viewer):
+        layer = add()
+        if image_layer in viewer.layers:
+            viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(image_layer) + 1)
+    return layer
+
+
 # --------------------------------------------------------------------------------------- colours
 def class_color_map(classes: list[ClassInfo]) -> dict[int, str]:
     """``{class id: colour}``, e.g. for the Points ``face_color_cycle``."""
@@ -76,7 +104,9 @@ def rgba(color: str) -> np.ndarray:
 def image_from_layer(layer) -> Image:
     """The :class:`Image` of a napari image layer (numpy or lazy dask, level 0 if multiscale)."""
     data = layer.data[0] if layer.multiscale else layer.data
-    return as_image(data, channel_axis=-1 if layer.rgb else None, source=f"image layer '{layer.name}'")
+    return as_image(
+        data, channel_axis=-1 if layer.rgb else None, source=f"image layer '{layer.name}'"
+    )
 
 
 def spatial_ndim(image: Image) -> int:
@@ -123,10 +153,11 @@ def set_points_classes(layer, classes: list[ClassInfo]) -> None:
 
 @contextmanager
 def quiet_categorical_guess():
-    """Silence napari's note that the integer 'class' feature looks categorical (it is, on purpose)."""
+    """Silence napari's note that the integer 'class' feature looks categorical (it is)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Feature 'class' looks like categorical",
-                                category=RuntimeWarning)
+        warnings.filterwarnings(
+            "ignore", message="Feature 'class' looks like categorical", category=RuntimeWarning
+        )
         yield
 
 
@@ -135,7 +166,8 @@ def _class_feature(layer, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if "class" not in layer.features:
         raise AnnotationError(
-            f"layer '{layer.name}' has no 'class' feature; create annotation layers with the Annotate widget"
+            f"layer '{layer.name}' has no 'class' feature; create annotation layers with the "
+            "Annotate widget"
         )
     return np.asarray(layer.features["class"], dtype=np.int64)
 
@@ -221,7 +253,8 @@ def masks_from_layer(layer, shape_zyx: tuple[int, int, int]) -> np.ndarray | Non
         data = data[np.newaxis]
     if tuple(data.shape) != tuple(shape_zyx):
         raise AnnotationError(
-            f"labels layer '{layer.name}' has shape {data.shape} but the image is {tuple(shape_zyx)}; "
+            f"labels layer '{layer.name}' has shape {data.shape} but the image is "
+            f"{tuple(shape_zyx)}; "
             "paint in a labels layer created by the Annotate widget"
         )
     return data if data.any() else None
@@ -234,6 +267,36 @@ def new_masks(image: Image) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ predictions
+def recolor_predictions(layers, classes: list[ClassInfo]) -> None:
+    """Give prediction layers the colours of ``classes`` (renamed / recoloured / added classes).
+
+    Layers frozen by :func:`freeze_prediction_colors` keep their colours: their class ids no
+    longer match the class list.
+    """
+    for layer in find_layers(layers, "prediction"):
+        if not layer.metadata[META_KEY].get("frozen_colors"):
+            layer.colormap = labels_colormap(classes)
+
+
+def layer_class_colors(layer) -> list[str]:
+    """The ``#rrggbb`` colour of each class (label 1, 2, ...) of a labels layer's colormap."""
+    colors = []
+    for label in range(1, 256):
+        if label not in layer.colormap.color_dict:
+            break
+        rgba_ = np.asarray(layer.colormap.color_dict[label], dtype=float)
+        colors.append("#" + "".join(f"{int(round(255 * v)):02x}" for v in rgba_[:3]))
+    return colors
+
+
+def freeze_prediction_colors(layers, classes: list[ClassInfo]) -> None:
+    """Keep the current colours of every prediction layer (before a class is removed)."""
+    for layer in find_layers(layers, "prediction"):
+        if not layer.metadata[META_KEY].get("frozen_colors"):
+            layer.colormap = labels_colormap(classes)
+            layer.metadata[META_KEY] = {**layer.metadata[META_KEY], "frozen_colors": True}
+
+
 def prediction_canvas(image: Image) -> tuple[np.ndarray, bool]:
     """An empty array to show slice predictions of ``image`` in, and whether it has every slice.
 
@@ -268,8 +331,10 @@ def show_slice_result(
     prediction layer.
     """
     image = image_from_layer(image_layer)
-    values = (np.asarray(labels, dtype=np.uint8) + 1)
+    values = np.asarray(labels, dtype=np.uint8) + 1
     pred_layer = _result_layer(viewer, image_layer, image, "prediction", classes, project)
+    if [c.color for c in classes] != layer_class_colors(pred_layer):  # the classes predicted with
+        pred_layer.colormap = labels_colormap(classes)
     if opacity is not None:
         pred_layer.opacity = opacity
     _write_slice(pred_layer, image, z, values, region)
@@ -280,7 +345,9 @@ def show_slice_result(
 
 
 def _result_layer(viewer, image_layer, image: Image, role: str, classes, project):
-    existing = [layer for layer in find_layers(viewer.layers, role) if _same_image(layer, image_layer)]
+    existing = [
+        layer for layer in find_layers(viewer.layers, role) if _same_image(layer, image_layer)
+    ]
     if existing:
         return existing[0]
     canvas, _ = prediction_canvas(image)
@@ -291,9 +358,26 @@ def _result_layer(viewer, image_layer, image: Image, role: str, classes, project
         "metadata": role_metadata(role, project, image=image_layer.name),
     }
     if role == "prediction":
-        return viewer.add_labels(canvas, colormap=labels_colormap(classes), opacity=0.5, **common)
-    return viewer.add_image(canvas.astype(np.float32), colormap="magma", contrast_limits=(0.0, 1.0),
-                            opacity=0.5, blending="additive", visible=False, **common)
+        return add_above_image(
+            viewer,
+            image_layer,
+            lambda: viewer.add_labels(
+                canvas, colormap=labels_colormap(classes), opacity=0.5, **common
+            ),
+        )
+    return add_above_image(
+        viewer,
+        image_layer,
+        lambda: viewer.add_image(
+            canvas.astype(np.float32),
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.5,
+            blending="additive",
+            visible=False,
+            **common,
+        ),
+    )
 
 
 def _same_image(layer, image_layer) -> bool:
@@ -317,16 +401,3 @@ def _write_slice(layer, image: Image, z: int, values: np.ndarray, region) -> Non
             meta["z"] = int(z)
         layer.data[(0,) + tuple(window)] = values
     layer.refresh()
-
-
-def entropy_map(proba: np.ndarray) -> np.ndarray:
-    """Normalised entropy ``(Y, X)`` in [0, 1] of ``(C, Y, X)`` class probabilities.
-
-    Examples
-    --------
-    >>> entropy_map(np.full((2, 1, 1), 0.5)).round(3).tolist()
-    [[1.0]]
-    """
-    proba = np.clip(np.asarray(proba, dtype=np.float32), 1e-7, 1.0)
-    entropy = -(proba * np.log(proba)).sum(axis=0)
-    return (entropy / np.log(max(len(proba), 2))).astype(np.float32)

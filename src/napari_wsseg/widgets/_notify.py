@@ -35,12 +35,14 @@ def notify_info(message: str) -> None:
 
 def user_message(exc: BaseException, action: str) -> str:
     """One line for the user about ``exc``, which happened while ``action`` (e.g. 'training rf')."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__  # every line, joined: never cut
     if isinstance(exc, WssegError):
         return text
     if _is_out_of_memory(exc):
-        return (f"{action}: the GPU ran out of memory; pick device 'cpu', lower the batch or crop "
-                "size in the method options, or close other programs using the GPU")
+        return (
+            f"{action}: the GPU ran out of memory; pick device 'cpu', lower the batch or crop "
+            "size in the method options, or close other programs using the GPU"
+        )
     if isinstance(exc, MemoryError):
         return f"{action}: out of memory; use a smaller image or region, or close other programs"
     logger.error("%s failed", action, exc_info=exc)
@@ -54,4 +56,6 @@ def notify_exception(exc: BaseException, action: str) -> None:
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    return name == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )

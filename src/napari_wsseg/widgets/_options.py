@@ -50,7 +50,9 @@ class ConfigForm(Container):
         try:
             return self.config_class(**values)
         except (TypeError, ValueError) as exc:
-            raise WssegError(f"{self.config_class.__name__} options are not valid: {exc}; fix the value") from None
+            raise WssegError(
+                f"{self.config_class.__name__} options are not valid: {exc}; fix the value"
+            ) from None
 
     def set_values(self, **values) -> None:
         """Set fields by name (for tests and scripts)."""
@@ -64,12 +66,20 @@ class ConfigForm(Container):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         label, summary = name.replace("_", " "), self._summaries.get(name, "")
         if origin is typing.Literal:
-            return ComboBox(name=name, label=label, choices=list(args), value=default, tooltip=summary)
+            return ComboBox(
+                name=name, label=label, choices=list(args), value=default, tooltip=summary
+            )
         if hint is bool:
             return CheckBox(name=name, label=label, value=default, tooltip=summary)
         if hint is int:
-            return SpinBox(name=name, label=label, value=default, min=_INT_RANGE[0], max=_INT_RANGE[1],
-                           tooltip=summary)
+            return SpinBox(
+                name=name,
+                label=label,
+                value=default,
+                min=_INT_RANGE[0],
+                max=_INT_RANGE[1],
+                tooltip=summary,
+            )
         entry = {float: "a number, e.g. 0.001 or 1e-4"}.get(hint, "")
         entry = entry or ("empty: none" if type(None) in args else "comma-separated values")
         tooltip = f"{summary} ({entry})" if summary else entry
@@ -106,7 +116,8 @@ def _parse(text: str, hint, name: str, owner: str):
             return target(text)
     except ValueError:
         raise WssegError(
-            f"option '{name}' of {owner}: '{text}' is not a valid {getattr(target, '__name__', target)}"
+            f"option '{name}' of {owner}: '{text}' is not a valid "
+            f"{getattr(target, '__name__', target)}"
             + ("; leave it empty for none" if optional else "")
         ) from None
     return text

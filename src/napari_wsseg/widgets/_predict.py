@@ -26,18 +26,18 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..progress import ProgressEvent
 from ..errors import ModelError, WssegError
+from ..progress import ProgressEvent
+from ..training import SlicePrediction, avoid_triton_llvm_crash, predict_slice
 from . import _layers as L
 from ._export import make_export_button
 from ._links import link
-from ._notify import notify_error, notify_exception, notify_info
+from ._notify import notify_error, notify_info, notify_warning, user_message
+from ._scroll import scroll_layout
 from ._session import session_for
-from ._training import SlicePrediction, avoid_triton_llvm_crash, predict_slice
 
 if TYPE_CHECKING:
     import napari
@@ -48,10 +48,11 @@ LAST_TRAINED = "last trained (in memory)"
 
 @dataclass
 class RegionPrediction:
-    """A slice prediction limited to a (y, x) window of the slice."""
+    """A slice prediction (limited to a (y, x) window of the slice, or not) and its classes."""
 
     prediction: SlicePrediction
-    region: tuple[slice, slice]
+    region: tuple[slice, slice] | None
+    classes: list
 
 
 @dataclass
@@ -78,6 +79,7 @@ class PredictWidget(QWidget):
         self.worker = None
         self._cancel: threading.Event | None = None
         self._model_folder: Path | None = None
+        self._error_shown = False
         self._signals = _PredictSignals()
 
         self.model_combo = QComboBox()
@@ -87,12 +89,15 @@ class PredictWidget(QWidget):
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.output_edit = QLineEdit()
-        self.output_edit.setPlaceholderText("whole volume: OUT.zarr (default: the project's predictions/)")
+        self.output_edit.setPlaceholderText(
+            "whole volume: OUT.zarr (default: the project's predictions/)"
+        )
         self.predict_button = QPushButton("Predict")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress_bar = QProgressBar()
         self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)
         self._layout()
         self.load_button.clicked.connect(self._ask_model_folder)
         self.refresh_button.clicked.connect(self.refresh_models)
@@ -103,7 +108,7 @@ class PredictWidget(QWidget):
         self.refresh_models()
 
     def _layout(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         form = QFormLayout()
         row = QHBoxLayout()
         row.addWidget(self.model_combo, 1)
@@ -145,7 +150,7 @@ class PredictWidget(QWidget):
         self.model_combo.setCurrentText(str(self._model_folder))
 
     def predict(self):
-        """Start the prediction chosen in the form; returns its worker (None if it could not start)."""
+        """Start the prediction chosen in the form; return its worker (None: it did not start)."""
         from napari.qt.threading import create_worker
 
         if self.worker is not None:
@@ -160,21 +165,37 @@ class PredictWidget(QWidget):
             progress = self._signals.progress.emit
             if scope == "whole volume":
                 out = self._output_path()
-                worker = create_worker(_predict_volume, source, image, out, self._model_name(),
-                                       progress=progress,
-                                       cancel=self._cancel, _ignore_errors=True, _start_thread=False)
+                worker = create_worker(
+                    _predict_volume,
+                    source,
+                    image,
+                    out,
+                    self._model_name(),
+                    progress=progress,
+                    cancel=self._cancel,
+                    _ignore_errors=True,
+                    _start_thread=False,
+                )
             else:
                 z = self.session.current_z()
                 region = self.visible_region(image) if scope == "visible region" else None
-                worker = create_worker(_predict_region, source, image, z, region,
-                                       _ignore_errors=True, _start_thread=False)
+                worker = create_worker(
+                    _predict_region,
+                    source,
+                    image,
+                    z,
+                    region,
+                    _ignore_errors=True,
+                    _start_thread=False,
+                )
         except WssegError as exc:
             notify_error(str(exc))
             return None
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda exc: notify_exception(exc, "prediction"))
+        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._error_shown = False
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
@@ -209,11 +230,15 @@ class PredictWidget(QWidget):
         text = self.output_edit.text().strip()
         if text:
             if not text.endswith(".zarr"):
-                raise WssegError(f"output '{text}' must end in .zarr (whole volumes are written as zarr)")
+                raise WssegError(
+                    f"output '{text}' must end in .zarr (whole volumes are written as zarr)"
+                )
             return Path(text).expanduser()
         project = self.session.project
         if project is None:
-            raise WssegError("no output for the whole volume: type an OUT.zarr path, or open a project")
+            raise WssegError(
+                "no output for the whole volume: type an OUT.zarr path, or open a project"
+            )
         path = project.prediction_path(self._model_name())
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
@@ -239,13 +264,31 @@ class PredictWidget(QWidget):
 
     def _on_returned(self, result) -> None:
         session = self.session
+        self._warn_if_classes_differ(result.classes)
         if isinstance(result, VolumeOutput):
             self._open_volume(result)
             return
-        prediction, region = (result.prediction, result.region) if isinstance(result, RegionPrediction) \
-            else (result, None)
-        L.show_slice_result(self.viewer, session.image_layer, session.classes, prediction.z, prediction.labels,
-                            prediction.uncertainty, region=region, project=session.project_folder)
+        prediction = result.prediction
+        L.show_slice_result(
+            self.viewer,
+            session.image_layer,
+            result.classes,
+            prediction.z,
+            prediction.labels,
+            prediction.uncertainty,
+            region=result.region,
+            project=session.project_folder,
+        )
+
+    def _warn_if_classes_differ(self, model_classes) -> None:
+        """Predictions show the model's classes; say so when they are not the session's."""
+        model_names = [c.name for c in model_classes]
+        names = [c.name for c in self.session.classes]
+        if model_names != names:
+            notify_warning(
+                f"the model was trained with classes {model_names}, the image now has {names}; "
+                "the prediction shows the model's classes (retrain to use the current ones)"
+            )
 
     def _open_volume(self, result: VolumeOutput) -> None:
         from ..io import read_labels
@@ -255,16 +298,37 @@ class PredictWidget(QWidget):
         name = f"{image_layer.name} prediction {result.model_name}"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_labels(labels + 1, name=name, colormap=L.labels_colormap(result.classes), opacity=0.5,
-                               scale=image_layer.scale, translate=image_layer.translate,
-                               metadata=L.role_metadata("prediction", self.session.project_folder,
-                                                        path=str(result.path), volume=True))
+        L.add_above_image(
+            self.viewer,
+            image_layer,
+            lambda: self.viewer.add_labels(
+                labels + 1,
+                name=name,
+                colormap=L.labels_colormap(result.classes),
+                opacity=0.5,
+                scale=image_layer.scale,
+                translate=image_layer.translate,
+                metadata=L.role_metadata(
+                    "prediction", self.session.project_folder, path=str(result.path), volume=True
+                ),
+            ),
+        )
         project = self.session.project
         if project is not None and Path(result.path).parent == project.folder / "predictions":
             with self.session.project_lock:
                 project.record_prediction(Path(result.path).stem, result.model_name)
-        state = "cancelled: the blocks done so far are" if result.stopped == "cancelled" else "prediction"
+        state = (
+            "cancelled: the blocks done so far are"
+            if result.stopped == "cancelled"
+            else "prediction"
+        )
         notify_info(f"{state} written to {result.path}")
+
+    def _on_error(self, exc: Exception) -> None:
+        message = user_message(exc, "prediction")
+        self._error_shown = True
+        self.progress_label.setText(message)  # the whole message, also when the toast elides it
+        notify_error(message)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -273,7 +337,8 @@ class PredictWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
-        self.progress_label.setText("")
+        if not self._error_shown:
+            self.progress_label.setText("")
 
 
 # ------------------------------------------------------------------------ worker functions (no Qt)
@@ -288,22 +353,30 @@ def _predict_region(source, image, z: int, region):
     model = _load(source)
     model.check_image(image)
     if region is None:
-        return predict_slice(model, image, z)
+        return RegionPrediction(predict_slice(model, image, z), None, list(model.classes))
     halo = int(model.halo)
     ys, xs = region
     _, height, width = image.shape
-    outer = (slice(max(ys.start - halo, 0), min(ys.stop + halo, height)),
-             slice(max(xs.start - halo, 0), min(xs.stop + halo, width)))
+    outer = (
+        slice(max(ys.start - halo, 0), min(ys.stop + halo, height)),
+        slice(max(xs.start - halo, 0), min(xs.stop + halo, width)),
+    )
     window = np.asarray(image.data[int(z), outer[0], outer[1]])
     proba = model.predict_proba_slice(window)
-    inner = (slice(ys.start - outer[0].start, ys.stop - outer[0].start),
-             slice(xs.start - outer[1].start, xs.stop - outer[1].start))
+    inner = (
+        slice(ys.start - outer[0].start, ys.stop - outer[0].start),
+        slice(xs.start - outer[1].start, xs.stop - outer[1].start),
+    )
     proba = proba[:, inner[0], inner[1]]
     labels = np.argmax(proba, axis=0).astype(np.uint8)
-    return RegionPrediction(SlicePrediction(int(z), labels, L.entropy_map(proba)), region)
+    return RegionPrediction(
+        SlicePrediction(int(z), labels, L.entropy_map(proba)), region, list(model.classes)
+    )
 
 
-def _predict_volume(source, image, out: Path, name: str, *, progress=None, cancel=None) -> VolumeOutput:
+def _predict_volume(
+    source, image, out: Path, name: str, *, progress=None, cancel=None
+) -> VolumeOutput:
     from ..predict.volume import predict_volume
 
     model = _load(source)

@@ -15,24 +15,31 @@ import numpy as np
 
 
 def napari_get_project_reader(path):
-    """Return :func:`read_project` if ``path`` is a napari-wsseg project folder, else None."""
+    """:func:`read_project` if ``path`` is a project folder or its ``project.json``, else None."""
     from ..project import is_project
 
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    return read_project if is_project(str(path).rstrip("/")) else None
+    return read_project if is_project(_project_folder(path)) else None
 
 
 def read_project(path) -> list[tuple]:
-    """Layer data tuples of the project in ``path``."""
+    """Layer data tuples of the project in ``path`` (the folder or its ``project.json``)."""
     from ..project import Project
 
     if isinstance(path, (list, tuple)):
         path = path[0]
-    project = Project.open(str(path).rstrip("/"))
+    project = Project.open(_project_folder(path))
     return project_layers(project)
+
+
+def _project_folder(path) -> Path:
+    from ..project import PROJECT_FILE
+
+    path = Path(str(path).rstrip("/"))
+    return path.parent if path.name == PROJECT_FILE else path
 
 
 def project_layers(project) -> list[tuple]:
@@ -42,7 +49,7 @@ def project_layers(project) -> list[tuple]:
 
     image = project.load_image()
     data, kwargs, _ = image_layer_data(image)
-    name = kwargs["name"]
+    name = kwargs["name"] = project.image_name or kwargs["name"]
     kwargs["metadata"] = L.role_metadata("image", project.folder)
     ann, ndim, classes = project.annotations, L.spatial_ndim(image), project.classes
 
@@ -53,29 +60,51 @@ def project_layers(project) -> list[tuple]:
     boxes = L.boxes_layer_kwargs(classes, ann.boxes, ndim)
     layers = [
         (data, kwargs, "image"),
-        (points.pop("data"), {**points, "name": f"{name} points", "metadata": meta("points")}, "points"),
-        (boxes.pop("data"), {**boxes, "name": f"{name} boxes", "metadata": meta("boxes")}, "shapes"),
+        (
+            points.pop("data"),
+            {**points, "name": f"{name} points", "metadata": meta("points")},
+            "points",
+        ),
+        (
+            boxes.pop("data"),
+            {**boxes, "name": f"{name} boxes", "metadata": meta("boxes")},
+            "shapes",
+        ),
     ]
-    if int(np.prod(image.shape)) <= L.MAX_IN_MEMORY_VOXELS:  # as the Annotate widget: no masks layer beyond
+    if (
+        int(np.prod(image.shape)) <= L.MAX_IN_MEMORY_VOXELS
+    ):  # as the Annotate widget: no masks layer beyond
         masks = L.new_masks(image)
         if ann.masks is not None:
             masks[...] = ann.masks[0] if image.was_2d else ann.masks
         labels_kwargs = {"colormap": _label_color_dict(classes), "opacity": 0.6}
-        layers.append((masks, {**labels_kwargs, "name": f"{name} masks", "metadata": meta("masks")}, "labels"))
-    return layers + _prediction_layers(project, name, classes, meta)
+        layers.append(
+            (masks, {**labels_kwargs, "name": f"{name} masks", "metadata": meta("masks")}, "labels")
+        )
+    # predictions lie between the image and the annotation layers, as the widgets add them
+    return layers[:1] + prediction_layers(project, name, classes) + layers[1:]
 
 
-def _prediction_layers(project, image_name: str, classes, meta) -> list[tuple]:
+def prediction_layers(project, image_name: str, classes) -> list[tuple]:
+    """(data, kwargs, 'labels') of the whole-volume predictions recorded in ``project`` (lazy)."""
     from ..io import read_labels
+    from . import _layers as L
+
+    def meta(role: str, **extra) -> dict:
+        return L.role_metadata(role, project.folder, image=image_name, **extra)
 
     layers = []
     for pred_name, record in sorted(project.predictions.items()):
         path = Path(project.folder) / record["path"]
         if path.exists():
             labels = read_labels(path) + 1  # lazy: label k = class k - 1, as in every wsseg layer
-            kwargs = {"name": f"{image_name} prediction {pred_name}", "colormap": _label_color_dict(classes),
-                      "opacity": 0.5, "visible": False,
-                      "metadata": meta("prediction", path=str(path), volume=True)}
+            kwargs = {
+                "name": f"{image_name} prediction {pred_name}",
+                "colormap": _label_color_dict(classes),
+                "opacity": 0.5,
+                "visible": False,
+                "metadata": meta("prediction", path=str(path), volume=True),
+            }
             layers.append((labels, kwargs, "labels"))
     return layers
 

@@ -1,4 +1,9 @@
-"""napari reader contribution: images and volumes through napari_wsseg.io (lazy for zarr)."""
+"""napari reader contribution: images and volumes through napari_wsseg.io (lazy for zarr).
+
+The manifest offers it for TIFF, ``.npy`` and zarr only: napari's own reader opens PNG and JPEG
+the same way, so those open without napari asking which reader to use (any image layer can be
+annotated).
+"""
 
 from __future__ import annotations
 

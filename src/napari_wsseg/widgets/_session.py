@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from psygnal import Signal
 
+from ..annotations.marks import SliceMarks
 from ..annotations.model import Annotations, ClassInfo, default_classes
 from ..annotations.sizes import estimate_sizes_from_mask
+from ..annotations.validate import SIZE_SUM_TOLERANCE  # noqa: F401 (the widgets' one tolerance)
 from ..errors import AnnotationError, ProjectError, WssegError
 from . import _layers as L
 from ._history import EditHistory
@@ -35,14 +37,26 @@ if TYPE_CHECKING:
 ANNOTATION_ROLES = ("points", "boxes", "masks")
 #: Layers whose edits the session can undo (the masks layer has napari's own undo).
 UNDO_ROLES = ("points", "boxes")
-#: A slice's sizes are used only when they sum to 1 within this tolerance (as validation demands).
-SIZE_SUM_TOLERANCE = 0.1
 
 _SESSIONS: dict[int, "AnnotationSession"] = {}
 
 
+def real_viewer(viewer: "napari.Viewer") -> "napari.Viewer":
+    """The viewer itself, also when napari handed a plugin its public-only proxy of it.
+
+    npe2 gives a widget docked with ``add_plugin_dock_widget`` a ``PublicOnlyProxy`` (a new
+    wrapper object each time), so the proxy cannot be the key of the shared session.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def session_for(viewer: "napari.Viewer") -> "AnnotationSession":
-    """The session of ``viewer`` (created on first use, dropped when the viewer is deleted)."""
+    """The session of ``viewer`` (created on first use, dropped when the viewer is deleted).
+
+    However a widget was made (the Plugins menu, ``add_plugin_dock_widget``, constructed in a
+    script), every widget of one viewer gets the same session.
+    """
+    viewer = real_viewer(viewer)
     key = id(viewer)
     session = _SESSIONS.get(key)
     if session is None or session.viewer is not viewer:
@@ -63,15 +77,17 @@ class AnnotationSession:
     current_class_changed = Signal(int)
     #: An image layer or a project was attached.
     attached = Signal()
+    #: The open project is about to be closed or replaced: write its pending changes now.
+    project_closing = Signal()
 
     def __init__(self, viewer: "napari.Viewer") -> None:
-        self._viewer = weakref.ref(viewer)
+        self._viewer = weakref.ref(real_viewer(viewer))
         self.image_layer = None
         self.image: Image | None = None
         self.classes: list[ClassInfo] = default_classes(2, ["background", "foreground"])
         self.current_class = 0
-        self.tags: set[tuple[int, int]] = set()
-        self.sizes: dict[tuple[int, int], float] = {}
+        #: Tags, sizes and "all boxed" marks (not layers; Qt-free, in the core).
+        self.marks = SliceMarks()
         self.project: Project | None = None
         #: Serialises writes to the project folder (autosave thread, training thread, main thread).
         self.project_lock = threading.RLock()
@@ -82,10 +98,24 @@ class AnnotationSession:
         self._layers: dict[str, object] = {}
         self._history = {role: EditHistory() for role in UNDO_ROLES}
         self._restoring = False
+        #: The annotations (and current class) before the last class removal, for its undo.
+        self._before_removal: tuple[Annotations, int] | None = None
 
     @property
     def viewer(self):
         return self._viewer()
+
+    @property
+    def tags(self) -> set[tuple[int, int]]:
+        return self.marks.tags
+
+    @property
+    def sizes(self) -> dict[tuple[int, int], float]:
+        return self.marks.sizes
+
+    @property
+    def exhaustive(self) -> set[tuple[int, int]]:
+        return self.marks.exhaustive
 
     # ------------------------------------------------------------------------------ layers
     def layer(self, role: str):
@@ -102,7 +132,11 @@ class AnnotationSession:
 
     def require_image(self) -> "Image":
         """The image being annotated, or a one-line error saying how to pick one."""
-        if self.image_layer is None or self.viewer is None or self.image_layer not in self.viewer.layers:
+        if (
+            self.image_layer is None
+            or self.viewer is None
+            or self.image_layer not in self.viewer.layers
+        ):
             raise AnnotationError(
                 "no image is being annotated; pick an image layer in the Annotate widget first"
             )
@@ -112,15 +146,31 @@ class AnnotationSession:
         """Annotate ``layer``: reuse its annotation layers if the viewer has them, else create them.
 
         With ``annotations`` (e.g. from a project), the annotation layers are replaced by them.
+
+        Raises
+        ------
+        ProjectError
+            A project is open for another image: its annotations must not be overwritten by
+            this image's (close the project first, :meth:`close_project`).
         """
+        if (
+            self.project is not None
+            and self.image_layer is not None
+            and layer is not self.image_layer
+            and self.image_layer in self.viewer.layers
+        ):
+            raise ProjectError(
+                f"project {self.project.folder} annotates image '{self.image_layer.name}'; "
+                "close it "
+                f"before annotating '{layer.name}' (its annotations stay saved in the project)"
+            )
         image = L.image_from_layer(layer)
         if self.image is not None and self.image_layer is not layer:
             self._detach_layers()
         self.image_layer, self.image = layer, image
         if annotations is not None:
             self.classes = list(annotations.classes)
-            self.tags = {(int(z), int(c)) for z, c in annotations.tags}
-            self.sizes = {(int(z), int(c)): float(f) for z, c, f in annotations.sizes}
+            self._set_slice_marks(annotations)
         for role in ANNOTATION_ROLES:
             if role == "masks" and not self.scribbles_possible():
                 continue  # a full-size in-memory label image of this volume would not fit
@@ -131,8 +181,11 @@ class AnnotationSession:
 
     def _attach_layer(self, role: str, annotations: Annotations | None) -> None:
         viewer = self.viewer
-        existing = [lay for lay in L.find_layers(viewer.layers, role)
-                    if lay.metadata[L.META_KEY].get("image") == self.image_layer.name]
+        existing = [
+            lay
+            for lay in L.find_layers(viewer.layers, role)
+            if lay.metadata[L.META_KEY].get("image") == self.image_layer.name
+        ]
         layer = existing[0] if existing else None
         if layer is not None and annotations is not None:
             viewer.layers.remove(layer)
@@ -157,9 +210,13 @@ class AnnotationSession:
         ann = annotations or Annotations(classes=self.classes)
         if role == "points":
             with L.quiet_categorical_guess():
-                return viewer.add_points(**L.points_layer_kwargs(self.classes, ann.points, ndim), **common)
+                return viewer.add_points(
+                    **L.points_layer_kwargs(self.classes, ann.points, ndim), **common
+                )
         if role == "boxes":
-            return viewer.add_shapes(**L.boxes_layer_kwargs(self.classes, ann.boxes, ndim), **common)
+            return viewer.add_shapes(
+                **L.boxes_layer_kwargs(self.classes, ann.boxes, ndim), **common
+            )
         masks = L.new_masks(image)
         if ann.masks is not None:
             masks[...] = ann.masks[0] if image.was_2d else ann.masks
@@ -168,8 +225,11 @@ class AnnotationSession:
     def _connect(self, role: str, layer) -> None:
         if getattr(layer, "_wsseg_connected", False):
             return
-        emitters = {"points": ("data", "features"), "boxes": ("data", "features"),
-                    "masks": ("paint", "data", "labels_update")}[role]
+        emitters = {
+            "points": ("data", "features"),
+            "boxes": ("data", "features"),
+            "masks": ("paint", "data", "labels_update"),
+        }[role]
         for name in emitters:
             getattr(layer.events, name).connect(self._on_layer_changed)
         if role == "boxes":
@@ -192,8 +252,11 @@ class AnnotationSession:
         if action in ("adding", "removing", "changing"):  # the change has not happened yet
             return
         if not self._restoring:
+            self._before_removal = None  # a later edit would be lost by undoing the removal
             source = getattr(event, "source", None)
-            self._record_edits([r for r in UNDO_ROLES if source is None or self._layers.get(r) is source])
+            self._record_edits(
+                [r for r in UNDO_ROLES if source is None or self._layers.get(r) is source]
+            )
         self.changed.emit()
 
     # ------------------------------------------------------------------------- undo / redo
@@ -255,8 +318,7 @@ class AnnotationSession:
             L.set_boxes_classes(layer, self.classes)
         else:
             layer.colormap = L.labels_colormap(self.classes)
-        for pred in L.find_layers(self.viewer.layers, "prediction"):
-            pred.colormap = L.labels_colormap(self.classes)
+        L.recolor_predictions(self.viewer.layers, self.classes)
 
     # ----------------------------------------------------------------------------- classes
     def set_classes(self, classes: list[ClassInfo]) -> None:
@@ -265,7 +327,9 @@ class AnnotationSession:
             raise AnnotationError("keep at least one class")
         names = [c.name.strip() for c in classes]
         if any(not n for n in names) or len(set(names)) != len(names):
-            raise AnnotationError(f"class names {names} must be non-empty and unique; rename the class")
+            raise AnnotationError(
+                f"class names {names} must be non-empty and unique; rename the class"
+            )
         self.classes = [ClassInfo(n, c.color) for n, c in zip(names, classes)]
         for role in ANNOTATION_ROLES:
             layer = self.layer(role)
@@ -283,10 +347,34 @@ class AnnotationSession:
         self.set_classes(self.classes + [ClassInfo(name, color)])
         return len(self.classes) - 1
 
+    def class_usage(self, k: int) -> int:
+        """How many annotations (points, boxes, tags, sizes, scribbled pixels) class ``k`` has."""
+        counts = self.snapshot(copy=False).counts() if self.image is not None else {}
+        return int(sum(int(values[k]) for values in counts.values() if k < len(values)))
+
     def remove_class(self, k: int) -> None:
-        """Delete class ``k`` and its annotations; classes after it move down by one."""
+        """Delete class ``k`` and its annotations; classes after it move down by one.
+
+        :meth:`undo_remove_class` brings the class and its annotations back. Prediction layers
+        keep the colours of the classes they were predicted with.
+        """
         if len(self.classes) <= 1:
             raise AnnotationError("cannot remove the last class; add another class first")
+        if not 0 <= k < len(self.classes):
+            raise AnnotationError(
+                f"class {k + 1} does not exist; there are {len(self.classes)} classes"
+            )
+        backup = (self.snapshot(), self.current_class) if self.image is not None else None
+        L.freeze_prediction_colors(self.viewer.layers, self.classes)
+        with self._quiet_history():
+            self._remove_class_annotations(k)
+        self.marks.remove_class(k)
+        self.set_classes(self.classes[:k] + self.classes[k + 1 :])
+        for role in UNDO_ROLES:  # older states hold the removed class
+            self._history[role].reset(self._rows(role))
+        self._before_removal = backup
+
+    def _remove_class_annotations(self, k: int) -> None:
         for layer in (self.layer("points"), self.layer("boxes")):
             if layer is not None and len(layer.data):
                 drop = np.flatnonzero(np.asarray(layer.features["class"]) == k)
@@ -300,16 +388,32 @@ class AnnotationSession:
             data[data == k + 1] = 0
             data[data > k + 1] -= 1
             masks.refresh()
-        self.tags = {(z, c - (c > k)) for z, c in self.tags if c != k}
-        self.sizes = {(z, c - (c > k)): f for (z, c), f in self.sizes.items() if c != k}
-        self.set_classes(self.classes[:k] + self.classes[k + 1:])
-        for role in UNDO_ROLES:  # older states hold the removed class
-            self._history[role].reset(self._rows(role))
+
+    @property
+    def can_undo_remove_class(self) -> bool:
+        return self._before_removal is not None
+
+    def undo_remove_class(self) -> bool:
+        """Bring back the class removed last, with its annotations; False when there is none."""
+        if self._before_removal is None:
+            return False
+        annotations, current = self._before_removal
+        self._before_removal = None
+        self.replace_annotations(
+            annotations, ("points", "boxes", "tags", "sizes", "exhaustive_boxes", "masks")
+        )
+        if annotations.masks is None and self.layer("masks") is not None:
+            self.layer("masks").data[...] = 0
+            self.layer("masks").refresh()
+        self.set_current_class(min(current, len(self.classes) - 1))
+        return True
 
     def set_current_class(self, k: int) -> None:
         """The class new points, boxes and scribbles get."""
         if not 0 <= k < len(self.classes):
-            raise AnnotationError(f"class {k + 1} does not exist; there are {len(self.classes)} classes")
+            raise AnnotationError(
+                f"class {k + 1} does not exist; there are {len(self.classes)} classes"
+            )
         self.current_class = int(k)
         points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
         if points is not None:
@@ -323,22 +427,25 @@ class AnnotationSession:
     # ------------------------------------------------------------------------ tags / sizes
     def set_tag(self, z: int, k: int, present: bool) -> None:
         """Tag class ``k`` as present (or not) in slice ``z``."""
-        key = (int(z), int(k))
-        if present:
-            self.tags.add(key)
-        else:
-            self.tags.discard(key)
-        self.changed.emit()
+        self.marks.set_tag(z, k, present)
+        self._marks_changed()
+
+    def set_exhaustive(self, z: int, k: int, all_boxed: bool) -> None:
+        """Mark (or unmark) every object of class ``k`` in slice ``z`` as boxed."""
+        self.marks.set_exhaustive(z, k, all_boxed)
+        self._marks_changed()
+
+    def _set_slice_marks(self, annotations: Annotations) -> None:
+        """Tags, sizes and "all boxed" marks (not layers) from ``annotations``."""
+        self.marks = SliceMarks.from_annotations(annotations)
 
     def set_size(self, z: int, k: int, fraction: float | None) -> None:
-        """Set (or, with None, clear) the approximate fraction of slice ``z`` covered by class ``k``."""
-        key = (int(z), int(k))
-        if fraction is None:
-            self.sizes.pop(key, None)
-        else:
-            if not 0.0 <= fraction <= 1.0:
-                raise AnnotationError(f"size {fraction} of class {k} in slice {z} is outside [0, 1]")
-            self.sizes[key] = float(fraction)
+        """Set (or, with None, clear) the fraction of slice ``z`` covered by class ``k``."""
+        self.marks.set_size(z, k, fraction)
+        self._marks_changed()
+
+    def _marks_changed(self) -> None:
+        self._before_removal = None  # undoing a class removal would lose this edit
         self.changed.emit()
 
     def sizes_from_scribble(self, z: int) -> np.ndarray:
@@ -346,7 +453,8 @@ class AnnotationSession:
         masks = self.layer("masks")
         if masks is None:
             raise AnnotationError(
-                "no scribble layer to estimate sizes from; paint in the scribble layer (Shift+S) first"
+                "no scribble layer to estimate sizes from; paint in the scribble layer "
+                "(Shift+S) first"
             )
         painted = np.asarray(masks.data if masks.data.ndim == 2 else masks.data[z])
         if not painted.any():
@@ -356,23 +464,21 @@ class AnnotationSession:
             )
         fractions = estimate_sizes_from_mask(painted, len(self.classes))
         for k, fraction in enumerate(fractions):
-            self.sizes[(int(z), k)] = float(fraction)
-        self.changed.emit()
+            self.marks.set_size(z, k, float(min(max(fraction, 0.0), 1.0)))
+        self._marks_changed()
         return fractions
 
     def clear_sizes(self, z: int) -> None:
-        self.sizes = {key: f for key, f in self.sizes.items() if key[0] != int(z)}
-        self.changed.emit()
+        self.marks.clear_sizes(z)
+        self._marks_changed()
 
     def size_sum(self, z: int) -> float | None:
         """The running sum of slice ``z``'s sizes, or None when it has none."""
-        values = [f for (zz, _), f in self.sizes.items() if zz == int(z)]
-        return float(sum(values)) if values else None
+        return self.marks.size_sum(z)
 
     def incomplete_size_slices(self) -> list[int]:
         """Slices whose sizes do not sum to about 1 yet (left out of the snapshot)."""
-        zs = sorted({z for z, _ in self.sizes})
-        return [z for z in zs if abs(self.size_sum(z) - 1.0) > SIZE_SUM_TOLERANCE]
+        return self.marks.incomplete_size_slices()
 
     # ---------------------------------------------------------------------------- snapshot
     def current_z(self) -> int:
@@ -382,26 +488,35 @@ class AnnotationSession:
         point = self.image_layer.world_to_data(self.viewer.dims.point)
         return int(np.clip(np.rint(point[-3]), 0, self.image.n_slices - 1))
 
-    def snapshot(self, *, copy: bool = True) -> Annotations:
-        """All annotations; with ``copy`` (default) safe to hand to another thread."""
-        image = self.require_image()
-        incomplete = set(self.incomplete_size_slices())
-        sizes = [(z, c, f) for (z, c), f in sorted(self.sizes.items()) if z not in incomplete]
-        points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
+    def snapshot(self, *, copy: bool = True, closing: bool = False) -> Annotations:
+        """All annotations; with ``copy`` (default) safe to hand to another thread.
+
+        ``closing``: the viewer is closing and may have removed the layers already; read the
+        layers the session holds (their data is intact) to write the last changes.
+        """
+        if closing:
+            if self.image_layer is None or self.image is None:
+                raise AnnotationError("no image is being annotated; nothing to save")
+            image = self.image
+            points, boxes, masks = (self._layers.get(role) for role in ANNOTATION_ROLES)
+        else:
+            image = self.require_image()
+            points, boxes, masks = self.layer("points"), self.layer("boxes"), self.layer("masks")
         mask_data = None if masks is None else L.masks_from_layer(masks, image.shape)
         return Annotations(
             classes=list(self.classes),
             points=L.points_from_layer(points) if points is not None else np.zeros((0, 4)),
             boxes=L.boxes_from_layer(boxes) if boxes is not None else np.zeros((0, 6)),
-            tags=sorted(self.tags),
-            sizes=sizes,
+            **self.marks.rows(),
             masks=_copy(mask_data) if copy else mask_data,
         )
 
     def sources(self) -> dict[str, str]:
-        """How validation messages name each kind: the layer ('points layer \'x\''), or the image."""
-        names = {kind: f"{_layer_kind(kind)} layer '{self.layer(kind).name}'"
-                 for kind in ANNOTATION_ROLES if self.layer(kind) is not None}
+        """How validation messages name each kind: its layer, or the image for all of them."""
+        names = {
+            kind: f"{_layer_kind(kind)} layer '{layer.name}'"
+            for kind, layer in self._layers.items()
+        }
         names["all"] = f"annotations of '{self.image_layer.name}'"
         return names
 
@@ -417,25 +532,32 @@ class AnnotationSession:
         return ann, validate_for_layers(ann, self.image.shape, self.sources())
 
     def replace_annotations(self, ann: Annotations, kinds: tuple[str, ...]) -> None:
-        """Replace the given kinds ('points', 'boxes', 'tags', 'sizes', 'masks') by those of ``ann``."""
+        """Replace the given kinds ('points', 'boxes', 'tags', 'sizes', ...) by those of ``ann``."""
         self.require_image()
         if list(ann.classes) != list(self.classes):
             self.set_classes(list(ann.classes))
         ndim = L.spatial_ndim(self.image)
         with self._quiet_history():  # one undoable step, not remove-all then add
             if "points" in kinds:
-                _replace_points(self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim))
+                _replace_points(
+                    self.layer("points"), L.points_layer_kwargs(self.classes, ann.points, ndim)
+                )
             if "boxes" in kinds:
-                _replace_boxes(self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim))
+                _replace_boxes(
+                    self.layer("boxes"), L.boxes_layer_kwargs(self.classes, ann.boxes, ndim)
+                )
         self._record_edits()
         if "masks" in kinds and ann.masks is not None and self.layer("masks") is not None:
             layer = self.layer("masks")
             layer.data[...] = ann.masks[0] if self.image.was_2d else ann.masks
             layer.refresh()
+        given = SliceMarks.from_annotations(ann)
         if "tags" in kinds:
-            self.tags = {(int(z), int(c)) for z, c in ann.tags}
+            self.marks.tags = given.tags
         if "sizes" in kinds:
-            self.sizes = {(int(z), int(c)): float(f) for z, c, f in ann.sizes}
+            self.marks.sizes = given.sizes
+        if "exhaustive_boxes" in kinds:
+            self.marks.exhaustive = given.exhaustive
         for role in ANNOTATION_ROLES:
             if self.layer(role) is not None:
                 self._recolor(role, self.layer(role))
@@ -461,27 +583,69 @@ class AnnotationSession:
                 if isinstance(exc, ProjectError):
                     raise
         if project is None:  # an image made in napari (or unreadable): keep a copy in the project
-            project = Project.create(folder, classes=self.classes, image_shape=image.shape,
-                                     n_channels=image.n_channels)
+            project = Project.create(
+                folder, classes=self.classes, image_shape=image.shape, n_channels=image.n_channels
+            )
             project.set_image_path(_copy_image(image, project.folder / "image.zarr"))
+        project.set_image_name(self.image_layer.name)
         self.project = project
         self._mark_layers_with_project()
         self.save(self.snapshot())
         self.attached.emit()
         return project
 
+    def close_project(self) -> None:
+        """Stop saving into the open project (its pending changes are written first).
+
+        The layers stay in the viewer; annotations made from now on are not saved until a new
+        project is created.
+        """
+        if self.project is None:
+            return
+        self.project_closing.emit()
+        self.project = None
+        for layer in [self.image_layer, *self._layers.values()]:
+            if layer is not None:
+                meta = dict(layer.metadata.get(L.META_KEY) or {"role": "image"})
+                meta["project"] = None
+                layer.metadata[L.META_KEY] = meta
+        self.attached.emit()
+
     def open_project(self, folder) -> "Project":
-        """Open a project: its image (unless the current image has its shape), classes and annotations."""
+        """Open a project: its image (unless the current one has its shape), classes, annotations.
+
+        A project open before is closed first (its pending changes written).
+        """
         from ..project import Project
 
         project = Project.open(folder)
+        self.close_project()
         layer = self._image_layer_for(project)
-        self.project = project
-        for role in ANNOTATION_ROLES:  # layers of the previous image stay, unattached
-            self._layers.pop(role, None)
+        self.image_layer = None  # layers of the previous image stay, unattached
         self.attach_image(layer, annotations=project.annotations)
+        self.project = project
         self._mark_layers_with_project()
+        self._add_prediction_layers(project)
+        self.attached.emit()
         return project
+
+    def _add_prediction_layers(self, project: "Project") -> None:
+        """The project's whole-volume predictions, hidden, as dropping the folder shows them."""
+        from ._project_reader import prediction_layers
+
+        viewer = self.viewer
+        for data, kwargs, _ in prediction_layers(project, self.image_layer.name, project.classes):
+            if kwargs["name"] not in viewer.layers:
+                L.add_above_image(
+                    viewer,
+                    self.image_layer,
+                    lambda: viewer.add_labels(
+                        data,
+                        scale=self.image_layer.scale,
+                        translate=self.image_layer.translate,
+                        **kwargs,
+                    ),
+                )
 
     def adopt_project_layers(self) -> bool:
         """Attach to layers a project reader added (image with a project in its metadata)."""
@@ -489,24 +653,34 @@ class AnnotationSession:
 
         for layer in L.find_layers(self.viewer.layers, "image"):
             folder = layer.metadata[L.META_KEY].get("project")
-            if folder and is_project(folder) and (self.project is None or
-                                                   Path(folder) != self.project_folder):
+            if (
+                folder
+                and is_project(folder)
+                and (self.project is None or Path(folder) != self.project_folder)
+            ):
                 project = Project.open(folder)
-                self.project = project
+                self.close_project()
                 self.classes = list(project.classes)
-                self.tags = {(int(z), int(c)) for z, c in project.annotations.tags}
-                self.sizes = {(int(z), int(c)): float(f) for z, c, f in project.annotations.sizes}
+                self._set_slice_marks(project.annotations)
+                self.image_layer = None
                 self.attach_image(layer)
+                self.project = project
+                self._mark_layers_with_project()
+                self.attached.emit()
                 return True
         return False
 
     def _image_layer_for(self, project: "Project"):
         from ._reader import image_layer_data
 
-        if self.image is not None and self.image_layer in self.viewer.layers \
-                and tuple(self.image.shape) == tuple(project.image_shape):
+        if (
+            self.image is not None
+            and self.image_layer in self.viewer.layers
+            and tuple(self.image.shape) == tuple(project.image_shape)
+        ):
             return self.image_layer
         data, kwargs, _ = image_layer_data(project.load_image())
+        kwargs["name"] = project.image_name or kwargs["name"]
         kwargs["metadata"] = L.role_metadata("image", project.folder)
         return self.viewer.add_image(data, **kwargs)
 

@@ -2,7 +2,7 @@
 
 Training runs in a napari thread worker (:func:`napari.qt.threading.create_worker`) on a copy
 of the annotations taken when Train is pressed, so the viewer stays responsive and the user can
-keep annotating. The worker runs :func:`~napari_wsseg.widgets._training.run_training` (no Qt);
+keep annotating. The worker runs :func:`~napari_wsseg.training.run_training` (no Qt);
 its progress and preview callbacks only emit Qt signals, and the slots on the main thread update
 the progress bar, the loss plot and the prediction / uncertainty layers. Cancel sets a
 :class:`threading.Event` the method checks between steps; the best model so far is kept.
@@ -33,23 +33,25 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..progress import ProgressEvent
 from ..errors import WssegError
 from ..methods import available_methods, get_method
-from . import _layers as L
-from ._links import link
-from ._notify import notify_error, notify_exception, notify_info, notify_warning
-from ._options import ConfigForm
-from ._session import session_for
-from ._training import (
+from ..progress import ProgressEvent
+from ..training import (
     SlicePrediction,
     TrainingJob,
     TrainingOutcome,
     avoid_triton_llvm_crash,
+    remove_temporary_model,
     run_training,
     run_training_in_subprocess,
     throttle,
 )
+from . import _layers as L
+from ._links import link
+from ._notify import notify_error, notify_info, notify_warning, user_message
+from ._options import ConfigForm
+from ._scroll import scroll_layout
+from ._session import session_for
 
 if TYPE_CHECKING:
     import napari
@@ -92,9 +94,11 @@ class TrainWidget(QWidget):
         self.device_combo.addItems(list(DEVICES))
         self.run_combo = QComboBox()
         self.run_combo.addItems(list(RUN_MODES))
-        self.run_combo.setToolTip("separate process: the viewer stays smoothest and GPU memory is freed "
-                                  "after each run (about 2 s to start); napari process: starts at "
-                                  "once, but imports and GIL-bound work can stall the viewer")
+        self.run_combo.setToolTip(
+            "separate process: the viewer stays smoothest and GPU memory is freed "
+            "after each run (about 2 s to start); napari process: starts at "
+            "once, but imports and GIL-bound work can stall the viewer"
+        )
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.0, 7 * 24 * 3600.0)
         self.budget_spin.setValue(DEFAULT_BUDGET_S)
@@ -116,15 +120,20 @@ class TrainWidget(QWidget):
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.keep_button = QPushButton("Keep cancelled model")
+        self.keep_button.setToolTip("save the model of the cancelled run in the project")
+        self.keep_button.setEnabled(False)
         self.progress_bar = QProgressBar()
         self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)
+        self._cancelled: tuple[TrainingOutcome, str] | None = None
         self.loss_plot = LossPlot()
         self._layout()
         self._connect()
         self._show_options(self.method_combo.currentText())
 
     def _layout(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         form = QFormLayout()
         form.addRow("method", self.method_combo)
         layout.addLayout(form)
@@ -145,6 +154,7 @@ class TrainWidget(QWidget):
         row.addWidget(self.train_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        layout.addWidget(self.keep_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.loss_plot)
@@ -154,6 +164,7 @@ class TrainWidget(QWidget):
         self.method_combo.currentTextChanged.connect(self._show_options)
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
+        self.keep_button.clicked.connect(self.keep_cancelled_model)
         self.opacity_slider.valueChanged.connect(self._set_opacity)
         self._signals.progress.connect(self._on_progress)
         self._signals.preview.connect(self._on_preview)
@@ -179,10 +190,43 @@ class TrainWidget(QWidget):
         return self.worker
 
     def cancel(self) -> None:
-        """Ask the running training to stop; it keeps the best model so far."""
+        """Stop the running training within about a second; nothing is saved unless kept.
+
+        A method stops at its next step and hands back its model so far; a separate training
+        process that has not stopped within a second is ended. The model of a cancelled run
+        becomes the in-memory "last trained" model and *Keep cancelled model* saves it.
+        """
         if self._cancel is not None:
             self._cancel.set()
             self.progress_label.setText("cancelling…")
+
+    def keep_cancelled_model(self) -> str | None:
+        """Save the model of the last cancelled run in the project; returns its name."""
+        if self._cancelled is None:
+            notify_error("no cancelled model to keep; train, then cancel")
+            return None
+        outcome, name = self._cancelled
+        if self.session.project is None:
+            notify_error("no project to save the model in; create one (Annotate → New project…)")
+            return None
+        try:
+            kept = self._save_model(
+                None if outcome.model_dir else outcome.method,
+                outcome.model_dir,
+                name,
+                outcome.method.name,
+            )
+        except WssegError as exc:
+            notify_error(str(exc))
+            return None
+        self._cancelled = None
+        self.keep_button.setEnabled(False)
+        self.session.last_model, self.session.last_model_name = (
+            self.session.project.model_dir(kept),
+            kept,
+        )
+        notify_info(f"cancelled run kept as model '{kept}'")
+        return kept
 
     # ------------------------------------------------------------------------------ helpers
     def _build_job(self) -> TrainingJob:
@@ -194,28 +238,47 @@ class TrainWidget(QWidget):
         method = get_method(self.method_combo.currentText())(config=self.options.config())
         budget = self.budget_spin.value() or None
         self._cancel = threading.Event()
-        options = FitOptions(device=self.device_combo.currentText(), seed=self.seed_spin.value(),
-                             time_budget_s=budget, cancel=self._cancel)
+        options = FitOptions(
+            device=self.device_combo.currentText(),
+            seed=self.seed_spin.value(),
+            time_budget_s=budget,
+            cancel=self._cancel,
+        )
         for message in warnings:
             notify_warning(f"{message}")
         name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
-        model_dir = None if session.project is None else session.project.model_dir(name)
-        return TrainingJob(method, image, annotations, options, preview_z=session.current_z(),
-                           preview_every_s=every, model_dir=model_dir,
-                           save_model=lambda m, folder: self._save_model(m, folder, name, method.name))
+        job = TrainingJob(
+            method,
+            image,
+            annotations,
+            options,
+            preview_z=session.current_z(),
+            preview_every_s=every,
+            model_name=name,
+            save_model=lambda m, folder: self._save_model(m, folder, name, method.name),
+        )
+        return job
 
     def _start(self, job: TrainingJob):
         from napari.qt.threading import create_worker
 
         avoid_triton_llvm_crash()
         run = RUN_MODES[self.run_combo.currentText()]
-        worker = create_worker(run, job, progress=throttle(self._signals.progress.emit),
-                               preview=self._signals.preview.emit, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(
+            run,
+            job,
+            progress=throttle(self._signals.progress.emit),
+            preview=self._signals.preview.emit,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda exc: notify_exception(exc, f"training {job.method.name}"))
+        worker.errored.connect(lambda exc: self._on_error(exc, job.method.name))
         worker.finished.connect(self._on_finished)
         self.loss_plot.clear()
+        self._cancelled = None
+        self.keep_button.setEnabled(False)
         self.progress_bar.setRange(0, 0)
         self.progress_label.setText(f"training {job.method.name}…")
         self.train_button.setEnabled(False)
@@ -224,8 +287,8 @@ class TrainWidget(QWidget):
         return worker
 
     def _save_model(self, method, folder, name: str, method_name: str) -> str | None:
-        """Worker thread: save the trained ``method`` (or record ``folder``, saved by the training
-        process) in the project, under the project lock."""
+        """Save the trained ``method`` (or copy ``folder``, where the training process saved it)
+        into the project as model ``name``, under the project lock (any thread)."""
         project = self.session.project
         if project is None:
             return None
@@ -233,7 +296,10 @@ class TrainWidget(QWidget):
             if method is not None:
                 project.save_model(method, name)
             else:
-                project.record_model(name, method_name)
+                from ..methods.base import load_model
+
+                project.save_model(load_model(folder), name)  # written again: checked and atomic
+                remove_temporary_model(folder)
         return name
 
     def _show_options(self, method_name: str) -> None:
@@ -278,21 +344,58 @@ class TrainWidget(QWidget):
         session = self.session
         if session.image_layer is None or session.image_layer not in self.viewer.layers:
             return
-        L.show_slice_result(self.viewer, session.image_layer, self.job.annotations.classes, result.z,
-                            result.labels, result.uncertainty, opacity=self.opacity_slider.value() / 100.0,
-                            project=session.project_folder)
+        L.show_slice_result(
+            self.viewer,
+            session.image_layer,
+            self.job.annotations.classes,
+            result.z,
+            result.labels,
+            result.uncertainty,
+            opacity=self.opacity_slider.value() / 100.0,
+            project=session.project_folder,
+        )
 
     def _on_returned(self, outcome: TrainingOutcome) -> None:
+        cancelled = self._cancel is not None and self._cancel.is_set()
         if not outcome.trained:
-            notify_info(f"{outcome.method.name}: cancelled before a model was trained; nothing saved")
+            self.progress_label.setText(f"{outcome.method.name}: cancelled; no model")
+            notify_info(f"{outcome.method.name}: cancelled before a model was kept; nothing saved")
             return
         self._show(outcome.final)
+        if cancelled:
+            self._cancelled = (outcome, self.job.model_name)
+            self.keep_button.setEnabled(self.session.project is not None)
+            self.session.last_model, self.session.last_model_name = (
+                outcome.model_dir or outcome.method,
+                None,
+            )
+            self.progress_label.setText(
+                f"{outcome.method.name}: cancelled; the model is not saved "
+                "(Keep cancelled model saves it)"
+            )
+            notify_info(
+                f"{outcome.method.name} cancelled: the model so far is usable in Predict "
+                "(last trained) but not saved; Keep cancelled model saves it"
+            )
+            return
         # a model trained in a separate process is loaded (from its folder) when it is used
-        self.session.last_model = outcome.model_dir or outcome.method
+        project = self.session.project
+        if outcome.model_name and project is not None:
+            self.session.last_model = project.model_dir(outcome.model_name)
+        else:
+            self.session.last_model = outcome.model_dir or outcome.method
         self.session.last_model_name = outcome.model_name
+        self.progress_label.setText(summary(outcome))
         notify_info(summary(outcome))
 
+    def _on_error(self, exc: Exception, method_name: str) -> None:
+        message = user_message(exc, f"training {method_name}")
+        self.progress_label.setText(message)  # the whole message, also when the toast elides it
+        notify_error(message)
+
     def _on_finished(self) -> None:
+        if self.progress_label.text() == "cancelling…":
+            self.progress_label.setText("cancelled")
         self.worker = None
         self.job = None
         self._cancel = None
@@ -308,7 +411,11 @@ def summary(outcome: TrainingOutcome) -> str:
     text = f"{outcome.method.name} trained in {_duration(outcome.seconds)}"
     if fit is not None:
         text += f" ({fit.steps} steps, {fit.stopped.replace('_', ' ')})"
-    text += f"; saved as model '{outcome.model_name}'" if outcome.model_name else "; not saved (no project)"
+    text += (
+        f"; saved as model '{outcome.model_name}'"
+        if outcome.model_name
+        else "; not saved (no project)"
+    )
     if outcome.dice:
         scores = ", ".join(f"slice {z}: {d:.3f}" for z, d in outcome.dice.items() if d is not None)
         text += f"; mean Dice on densely labelled {scores}"
@@ -347,14 +454,19 @@ class LossPlot(QWidget):
         painter.fillRect(self.rect(), QColor(38, 41, 48))
         if len(self.values) < 2:
             painter.setPen(QColor(140, 140, 140))
-            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
-                             "training loss (if the method reports one)")
+            painter.drawText(
+                self.rect(),
+                Qt.AlignmentFlag.AlignCenter,
+                "training loss (if the method reports one)",
+            )
         else:
             low, high = min(self.values), max(self.values)
             span = (high - low) or 1.0
             w, h = self.width() - 8, self.height() - 16
-            points = [QPointF(4 + w * i / (len(self.values) - 1), 4 + h * (1 - (v - low) / span))
-                      for i, v in enumerate(self.values)]
+            points = [
+                QPointF(4 + w * i / (len(self.values) - 1), 4 + h * (1 - (v - low) / span))
+                for i, v in enumerate(self.values)
+            ]
             painter.setPen(QPen(QColor(255, 170, 60), 1.5))
             painter.drawPolyline(QPolygonF(points))
             painter.setPen(QColor(200, 200, 200))

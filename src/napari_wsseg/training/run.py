@@ -1,7 +1,8 @@
-"""What the train widget runs in its worker thread: fit, live previews, final prediction, save.
+"""One training run in the calling thread: fit, live previews, final prediction, save. No Qt.
 
-This module imports no Qt: :func:`run_training` is a plain function that takes callbacks, so it
-is tested and benchmarked without a viewer, and the widget wraps it in a napari thread worker.
+:func:`run_training` is a plain function that takes callbacks, so it is tested and benchmarked
+without a viewer; the Train widget wraps it in a napari thread worker, and the separate training
+process (:mod:`.process`) runs it too.
 
 Live preview. A method only reports :class:`~napari_wsseg.progress.ProgressEvent`\\ s while
 it trains; nothing outside can ask it for a prediction in between. So the progress callback,
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue as queue_module
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,11 @@ from typing import Callable
 import numpy as np
 
 from ..annotations.model import Annotations
-from ..progress import ProgressEvent
-from ..errors import ModelError, WssegError
+from ..engine.results import FitResult
+from ..errors import ModelError
 from ..io.image import Image
-from ..methods.base import FitOptions, FitResult, Method
-from ._layers import entropy_map
+from ..methods.base import FitOptions, Method
+from ..progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,8 @@ class TrainingJob:
     ``save_model(method, folder)`` is called once a model is trained and returns its name in the
     project (or None): with the trained method (in-process training), or with None and the folder
     the separate training process already saved the model in. ``model_dir`` is that folder
-    (default: a temporary one).
+    (default: a temporary one). A run whose ``options.cancel`` is set is never saved: a cancelled
+    model is only kept if the user asks for it (the outcome's ``method`` / ``model_dir``).
     """
 
     method: Method
@@ -72,6 +72,8 @@ class TrainingJob:
     preview_every_s: float = 5.0
     save_model: Callable[[Method | None, Path | None], str | None] | None = None
     model_dir: Path | None = None
+    #: The name the model gets in the project.
+    model_name: str | None = None
 
 
 @dataclass
@@ -121,12 +123,18 @@ def run_training(
         if fit.stopped == "cancelled":
             return TrainingOutcome(job.method, fit, time.monotonic() - start)
         raise
-    outcome = TrainingOutcome(job.method, fit, 0.0, final, dense_slice_dice(job.method, job.image,
-                                                                            job.annotations, final))
-    if job.save_model is not None:
+    outcome = TrainingOutcome(
+        job.method, fit, 0.0, final, dense_slice_dice(job.method, job.image, job.annotations, final)
+    )
+    if job.save_model is not None and not was_cancelled(job):
         outcome.model_name = job.save_model(job.method, None)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def was_cancelled(job: TrainingJob) -> bool:
+    """True once the user pressed Cancel for ``job`` (also after the fit itself had finished)."""
+    return job.options.cancel is not None and job.options.cancel.is_set()
 
 
 def throttle(callback: Callable[[ProgressEvent], None], every_s: float = PROGRESS_EVERY_S):
@@ -142,119 +150,17 @@ def throttle(callback: Callable[[ProgressEvent], None], every_s: float = PROGRES
     return forward
 
 
-# ------------------------------------------------------------------------ in a separate process
-@dataclass
-class _ChildSpec:
-    """What the training process needs (picklable: no callbacks, no thread events)."""
+def entropy_map(proba: np.ndarray) -> np.ndarray:
+    """Normalised entropy ``(Y, X)`` in [0, 1] of ``(C, Y, X)`` class probabilities.
 
-    method_name: str
-    config: dict
-    image: Image
-    annotations: Annotations
-    options: FitOptions
-    preview_every_s: float
-    model_dir: str
-
-
-def run_training_in_subprocess(
-    job: TrainingJob,
-    *,
-    progress: Callable[[ProgressEvent], None] | None = None,
-    preview: Callable[[SlicePrediction], None] | None = None,
-    poll_s: float = 0.05,
-) -> TrainingOutcome:
-    """:func:`run_training` in a fresh Python process; same callbacks, same result.
-
-    The process gets the method's name and config, the image (numpy data is copied, a lazy zarr
-    image is re-opened there) and the annotation snapshot; it sends progress events, previews and
-    the outcome back through a queue and saves the model into ``job.model_dir``; the outcome's
-    ``model_dir`` points there (the method object here stays untrained). ``job.options.cancel``
-    and ``job.preview_z`` are forwarded while it runs. The calling thread mostly waits on the
-    queue, so it hardly holds the GIL: the napari event loop stays free.
+    Examples
+    --------
+    >>> entropy_map(np.full((2, 1, 1), 0.5)).round(3).tolist()
+    [[1.0]]
     """
-    import multiprocessing
-
-    from ..methods.base import config_to_dict
-
-    context = multiprocessing.get_context("spawn")
-    messages, cancel, preview_z = context.Queue(), context.Event(), context.Value("i", int(job.preview_z))
-    model_dir = Path(job.model_dir or Path(tempfile.mkdtemp(prefix="wsseg-model-")) / job.method.name)
-    options = dataclasses.replace(job.options, progress=None, cancel=None)
-    spec = _ChildSpec(job.method.name, config_to_dict(job.method.config), job.image, job.annotations, options,
-                      job.preview_every_s if preview is not None else 0.0, str(model_dir))
-    process = context.Process(target=_child_main, args=(spec, messages, cancel, preview_z), daemon=True,
-                              name="wsseg-training")
-    process.start()
-    try:
-        result = _relay(job, process, messages, cancel, preview_z, progress, preview, poll_s)
-        process.join()
-    finally:
-        if process.is_alive():
-            process.kill()
-    outcome = dataclasses.replace(result, method=job.method, model_dir=model_dir if result.trained else None)
-    if outcome.trained and job.save_model is not None:
-        outcome.model_name = job.save_model(None, model_dir)
-    return outcome
-
-
-def _relay(job, process, messages, cancel, preview_z, progress, preview, poll_s) -> TrainingOutcome:
-    """Forward cancel and the slice to the process and its messages to the callbacks, until done."""
-    while True:
-        if job.options.cancel is not None and job.options.cancel.is_set():
-            cancel.set()
-        preview_z.value = int(job.preview_z)
-        try:
-            kind, payload = messages.get(timeout=poll_s)
-        except queue_module.Empty:
-            if not process.is_alive() and messages.empty():
-                raise RuntimeError(f"the training process ended unexpectedly (exit code {process.exitcode})")
-            continue
-        if kind == "progress" and progress is not None:
-            progress(payload)
-        elif kind == "preview" and preview is not None:
-            preview(payload)
-        elif kind == "error":
-            raise _rebuild_error(*payload)
-        elif kind == "done":
-            return payload
-
-
-def _child_main(spec: _ChildSpec, messages, cancel, preview_z) -> None:
-    """Entry point of the training process."""
-    from ..methods import get_method
-    from ..methods.base import config_from_dict
-
-    try:
-        method_class = get_method(spec.method_name)
-        method = method_class(config=config_from_dict(method_class.config_class, spec.config))
-        job = TrainingJob(method, spec.image, spec.annotations, dataclasses.replace(spec.options, cancel=cancel),
-                          preview_z=preview_z.value, preview_every_s=spec.preview_every_s)
-
-        def on_progress(event: ProgressEvent) -> None:
-            job.preview_z = preview_z.value
-            messages.put(("progress", event))
-
-        outcome = run_training(job, progress=throttle(on_progress),
-                               preview=lambda result: messages.put(("preview", result)))
-        if outcome.trained:
-            method.save(spec.model_dir)
-        messages.put(("done", dataclasses.replace(outcome, method=None)))
-    except BaseException as exc:  # sent to the parent, which shows it; the traceback goes to its log
-        import traceback
-
-        messages.put(("error", (type(exc).__name__, str(exc), isinstance(exc, WssegError),
-                                traceback.format_exc())))
-
-
-def _rebuild_error(name: str, message: str, user_error: bool, details: str) -> Exception:
-    if user_error:
-        return WssegError(message)
-    logger.error("training process failed:\n%s", details)
-    if name == "MemoryError":
-        return MemoryError(message)
-    if name == "OutOfMemoryError":
-        return RuntimeError(f"CUDA out of memory: {message}")
-    return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
+    proba = np.clip(np.asarray(proba, dtype=np.float32), 1e-7, 1.0)
+    entropy = -(proba * np.log(proba)).sum(axis=0)
+    return (entropy / np.log(max(len(proba), 2))).astype(np.float32)
 
 
 def predict_slice(method: Method, image: Image, z: int, *, step: int = 0) -> SlicePrediction:
@@ -273,14 +179,19 @@ def dense_slices(annotations: Annotations) -> list[int]:
     return np.flatnonzero(labelled).tolist()
 
 
-def dense_slice_dice(method: Method, image: Image, annotations: Annotations,
-                     known: SlicePrediction | None = None) -> dict[int, float]:
+def dense_slice_dice(
+    method: Method, image: Image, annotations: Annotations, known: SlicePrediction | None = None
+) -> dict[int, float]:
     """Mean Dice of the prediction on up to :data:`MAX_DICE_SLICES` densely labelled slices."""
     from ..eval.metrics import evaluate
 
     scores = {}
     for z in dense_slices(annotations)[:MAX_DICE_SLICES]:
-        labels = known.labels if known is not None and known.z == z else method.predict_slice(image.slice(z))
+        labels = (
+            known.labels
+            if known is not None and known.z == z
+            else method.predict_slice(image.slice(z))
+        )
         truth = np.asarray(annotations.masks[z]).astype(np.int64) - 1
         result = evaluate(labels, truth, n_classes=annotations.n_classes, background=None)
         scores[z] = result["mean_dice"]
@@ -305,7 +216,9 @@ class _PreviewHook:
             return
         modes = _training_modes(self.job.method)
         try:
-            result = predict_slice(self.job.method, self.job.image, self.job.preview_z, step=event.done)
+            result = predict_slice(
+                self.job.method, self.job.image, self.job.preview_z, step=event.done
+            )
         except ModelError:  # no usable model before the end of fit (e.g. rf)
             result = None
         except Exception:  # a preview must never kill the training run
@@ -343,9 +256,7 @@ def avoid_triton_llvm_crash() -> bool:
 
 
 def _training_modes(method: Method) -> list[tuple[object, bool]]:
-    """(module, training flag) of every torch module the method holds, to restore after a preview."""
-    import sys
-
+    """(module, training flag) of every torch module of the method, restored after a preview."""
     if "torch" not in sys.modules:
         return []
     import torch

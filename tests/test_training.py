@@ -1,0 +1,142 @@
+"""The training run of the widgets, without a viewer: in-process and in a separate process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from napari_wsseg.annotations.model import Annotations
+from napari_wsseg.errors import WssegError
+from napari_wsseg.io.image import as_image
+from napari_wsseg.methods import get_method
+from napari_wsseg.methods.base import FitOptions
+from napari_wsseg.training import (
+    TrainingJob,
+    remove_temporary_model,
+    run_training,
+    run_training_in_subprocess,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(image, annotations, labels) of a 64 x 64 phantom with 3 classes and 6 clicks per class."""
+    from napari_wsseg.sample import make_phantom
+
+    image, labels, classes = make_phantom((64, 64), seed=3, n_classes=3)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(3):
+        coords = np.argwhere(labels == k)
+        for y, x in coords[rng.choice(len(coords), 6, replace=False)]:
+            rows.append([0, y, x, k])
+    return as_image(image), Annotations(classes=classes, points=np.array(rows)), labels
+
+
+def _rf_job(tiny, **kwargs):
+    image, annotations, _ = tiny
+    method = get_method("rf")(n_estimators=5)
+    return TrainingJob(method, image, annotations, FitOptions(device="cpu"), **kwargs)
+
+
+def test_in_process_run_predicts_the_slice_and_saves(tiny):
+    saved = []
+    job = _rf_job(tiny, save_model=lambda method, folder: saved.append(method) or "rf-a")
+    outcome = run_training(job)
+    assert outcome.trained and outcome.model_name == "rf-a" and saved == [job.method]
+    labels = tiny[2]
+    assert np.mean(outcome.final.labels == labels) > 0.6  # three classes: chance is about 0.33
+
+
+def test_a_late_cancel_saves_nothing(tiny):
+    cancel = threading.Event()
+    saved = []
+    job = _rf_job(tiny, save_model=lambda method, folder: saved.append(method) or "x")
+    job.options.cancel = cancel
+
+    def cancel_at_the_last_step(event):
+        if event.done >= event.total:
+            cancel.set()  # the fit finishes anyway: the model exists, but the user cancelled
+
+    outcome = run_training(job, progress=cancel_at_the_last_step)
+    assert outcome.trained and outcome.model_name is None and saved == []
+
+
+def test_separate_process_trains_with_every_core_and_hands_back_its_model(tiny, tmp_path):
+    from napari_wsseg.methods.base import load_model
+
+    infos, folders = [], []
+    job = _rf_job(tiny, save_model=lambda method, folder: folders.append(folder) or "rf-b")
+    outcome = run_training_in_subprocess(job, info=infos.append)
+    assert outcome.trained and outcome.model_name == "rf-b" and folders == [outcome.model_dir]
+    assert infos[0].n_jobs == len(os.sched_getaffinity(0))  # the child inherits this affinity
+    model = load_model(outcome.model_dir)
+    np.testing.assert_array_equal(model.predict_slice(job.image.slice(0)), outcome.final.labels)
+    assert remove_temporary_model(outcome.model_dir) and not outcome.model_dir.exists()
+
+
+def test_remove_temporary_model_leaves_other_folders_alone(tmp_path):
+    (tmp_path / "mine" / "rf").mkdir(parents=True)
+    assert not remove_temporary_model(tmp_path / "mine" / "rf")
+    assert (tmp_path / "mine" / "rf").is_dir()
+
+
+def test_user_error_in_the_process_reaches_the_caller_whole(tiny):
+    image, annotations, _ = tiny
+    boxes_only = Annotations(classes=annotations.classes, boxes=np.array([[0, 2, 2, 10, 10, 1]]))
+    job = TrainingJob(get_method("rf")(), image, boxes_only, FitOptions(device="cpu"))
+    with pytest.raises(WssegError) as caught:
+        run_training_in_subprocess(job)
+    assert "rf method learns from labelled pixels" in str(caught.value)
+    assert str(caught.value).rstrip().endswith("not enough for rf)")
+
+
+def test_a_script_without_main_guard_is_not_run_again_by_the_training_process(tmp_path):
+    """multiprocessing's spawn would import this script again in the child (a second run)."""
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import numpy as np
+        from napari_wsseg.annotations.model import Annotations
+        from napari_wsseg.io.image import as_image
+        from napari_wsseg.methods import get_method
+        from napari_wsseg.methods.base import FitOptions
+        from napari_wsseg.sample import make_phantom
+        from napari_wsseg.training import TrainingJob, run_training_in_subprocess
+
+        with open({str(marker)!r}, "a") as fh:
+            fh.write("run\\n")
+        image, labels, classes = make_phantom((64, 64), seed=3, n_classes=3)
+        points = np.array([[0, *np.argwhere(labels == k)[0], k] for k in range(3)])
+        job = TrainingJob(get_method("rf")(n_estimators=2), as_image(image),
+                          Annotations(classes=classes, points=points), FitOptions(device="cpu"))
+        print("trained", run_training_in_subprocess(job).trained)
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained True" in result.stdout
+    assert marker.read_text().count("run") == 1
+
+
+def test_cancel_ends_a_process_that_does_not_stop_within_the_grace_time(tiny, monkeypatch):
+    """A process that ignores Cancel is ended; nothing is trained or saved."""
+    from napari_wsseg.training import process
+
+    monkeypatch.setattr(process, "CANCEL_GRACE_S", 0.2)
+    cancel = threading.Event()
+    cancel.set()  # pressed before the process could report anything
+    saved = []
+    job = _rf_job(tiny, save_model=lambda method, folder: saved.append(folder) or "x")
+    job.options.cancel = cancel
+    outcome = run_training_in_subprocess(job)
+    assert saved == [] and outcome.model_name is None
