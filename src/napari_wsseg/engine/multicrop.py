@@ -21,11 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import WssegError
+from ..io.voxel_size import NEAR_ISOTROPIC_RATIO, check_voxel_size
 
 PLANES = ("xy", "xz", "yz")
-#: A volume is near-isotropic when its largest voxel side is at most this times its smallest.
-NEAR_ISOTROPIC_RATIO = 1.5
 #: (fixed axis, first in-plane axis, second in-plane axis) of each plane, in (Z, Y, X).
 _PLANE_AXES = {"xy": (0, 1, 2), "xz": (1, 0, 2), "yz": (2, 0, 1)}
 _log = logging.getLogger(__name__)
@@ -76,9 +74,7 @@ def training_planes(shape_zyx: tuple[int, int, int], voxel_size_zyx=None, *, min
     """
     if voxel_size_zyx is None or shape_zyx[0] < max(min_side, 2):
         return ("xy",)
-    sizes = [float(v) for v in voxel_size_zyx]
-    if len(sizes) != 3 or min(sizes) <= 0 or not all(math.isfinite(v) for v in sizes):
-        raise WssegError(f"voxel size {tuple(voxel_size_zyx)} must be three positive numbers Z,Y,X")
+    sizes = check_voxel_size(voxel_size_zyx, 3)
     if max(sizes) / min(sizes) > NEAR_ISOTROPIC_RATIO:
         return ("xy",)
     return PLANES

@@ -27,17 +27,27 @@ class Image:
         True when the source was a single 2D image; outputs are then written as ``(Y, X)``.
     source : str or None
         Where the image came from (a path), for messages.
+    voxel_size_zyx : (float, float, float) or None
+        Physical voxel size in micrometres, ``(Z, Y, X)``; None when unknown (and for 2D images).
+        Readers take it from file metadata; checked at construction.
     """
 
     data: Any
     was_2d: bool = False
     source: str | None = None
+    voxel_size_zyx: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.data.shape) != 4:
             raise ImageFormatError(
                 f"image {self.name}: expected (Z, Y, X, C) data, got shape {tuple(self.data.shape)}; "
                 "build it with as_image(array, channel_axis=...)"
+            )
+        if self.voxel_size_zyx is not None:
+            from .voxel_size import check_voxel_size
+
+            self.voxel_size_zyx = check_voxel_size(
+                self.voxel_size_zyx, 3, source=f"voxel size of image {self.name}"
             )
 
     @property

@@ -47,7 +47,9 @@ def read_image(path, *, channel_axis: int | None = None) -> Image:
     Image
         numpy (or memory-mapped) data for TIFF/PNG/JPEG/``.npy``; a lazy dask array for zarr,
         OME-Zarr and TIFFs larger than :data:`LAZY_TIFF_BYTES`. dtype uint8, uint16 and float32
-        are kept, as are other integer types; float16/float64 are converted to float32.
+        are kept, as are other integer types; float16/float64 are converted to float32. A volume's
+        ``voxel_size_zyx`` comes from OME-Zarr or TIFF metadata
+        (:func:`~napari_wsseg.io.voxel_size.voxel_size_from_metadata`); None when it has none.
 
     Raises
     ------
@@ -66,9 +68,9 @@ def read_image(path, *, channel_axis: int | None = None) -> Image:
     path = _existing_path(path, "image")
     kind = _file_kind(path, IMAGE_EXTENSIONS, "image")
     if kind == "tiff":
-        return _read_tiff_image(path, channel_axis)
+        return _with_voxel_size(_read_tiff_image(path, channel_axis), path)
     if kind == "zarr":
-        return _read_zarr_image(path, channel_axis)
+        return _with_voxel_size(_read_zarr_image(path, channel_axis), path)
     if kind == "png":
         array = _read_imageio(path)
         if channel_axis is not None:
@@ -271,7 +273,16 @@ def read_tiff_lazily(path) -> Image:
     """Open a TIFF as an :class:`Image` backed by a dask array, whatever its size."""
     path = _existing_path(path, "image")
     _file_kind(path, (".tif", ".tiff"), "TIFF")
-    return _read_tiff_image(path, None, lazy=True)
+    return _with_voxel_size(_read_tiff_image(path, None, lazy=True), path)
+
+
+def _with_voxel_size(image: Image, path: Path) -> Image:
+    """``image`` with the voxel size of a volume from ``path``'s metadata (2D images: None)."""
+    from .voxel_size import voxel_size_from_metadata
+
+    if not image.was_2d:
+        image.voxel_size_zyx = voxel_size_from_metadata(path, 3)
+    return image
 
 
 # --- axes ---------------------------------------------------------------------------------------
