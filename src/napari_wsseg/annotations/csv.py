@@ -33,6 +33,8 @@ from ..errors import AnnotationError
 from .model import Annotations, ClassInfo, default_classes
 
 CLASSES_FILE = "classes.json"
+#: Largest coordinate or class id accepted (beyond any image; keeps int64 conversion exact).
+_MAX_INDEX = 2**31
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,12 @@ def read_classes_json(path) -> list[ClassInfo]:
     except json.JSONDecodeError as err:
         raise AnnotationError(
             f"{path} line {err.lineno}: not valid JSON ({err.msg}); "
+            'write a list like [{"id": 0, "name": "cytoplasm", "color": "#7f7f7f"}]'
+        ) from None
+    except (UnicodeDecodeError, RecursionError, OSError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else type(err).__name__
+        raise AnnotationError(
+            f"{path}: not a readable UTF-8 JSON class list ({reason}); "
             'write a list like [{"id": 0, "name": "cytoplasm", "color": "#7f7f7f"}]'
         ) from None
     if not isinstance(entries, list) or not entries:
@@ -505,6 +513,13 @@ def _parse_numbers(path: Path, lines: np.ndarray, values: np.ndarray, column: st
         )
     if column == "fraction":
         return numbers
+    too_large = np.abs(numbers) > _MAX_INDEX
+    if too_large.any():
+        bad = int(np.argmax(too_large))
+        raise AnnotationError(
+            f"{path} line {lines[bad]}: {column} is {values[bad]}, beyond any image; "
+            f"write {_expected(column)}"
+        )
     fractional = numbers != np.round(numbers)
     if fractional.any():
         bad = int(np.argmax(fractional))
@@ -542,7 +557,7 @@ def _parse_class(path: Path, line: int, value: str, classes: list[ClassInfo] | N
         raise AnnotationError(f"{path} line {line}: class is empty; write a class id or name")
     if _is_float(value):
         number = float(value)
-        if not math.isfinite(number) or number != round(number) or number < 0:
+        if not math.isfinite(number) or number != round(number) or not 0 <= number <= _MAX_INDEX:
             raise AnnotationError(
                 f"{path} line {line}: class {value} is not a class id; "
                 "write an integer 0..C-1 or a class name"
