@@ -168,6 +168,20 @@ def test_a_user_folder_is_refused_and_left_untouched(image, tmp_path):
         pretrain(image, tmp_path / "file", TINY, device="cpu")
 
 
+def test_bad_options_are_refused_before_the_folder_is_created(image, tmp_path):
+    with pytest.raises(ModelError, match="unknown backbone 'vit_nope'"):
+        pretrain(image, tmp_path / "out", PretrainConfig(arch="vit_nope"), device="cpu")
+    small = as_image(np.zeros((1, 16, 16), np.uint8))
+    with pytest.raises(WssegError, match="smaller than one 32x32 patch"):
+        pretrain(small, tmp_path / "out", PretrainConfig(arch="test_vit", patch_size=32, global_px=32,
+                                                         local_px=32), device="cpu")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(WssegError, match="global_px=36 must be a multiple of patch_size=8"):
+        PretrainConfig(global_px=36)
+    with pytest.raises(WssegError, match=r"unknown pretrain options colour; valid: arch, patch_size"):
+        PretrainConfig.from_dict({"colour": 1})
+
+
 def test_an_existing_run_needs_resume_with_the_same_options(finished, image, tmp_path):
     with pytest.raises(WssegError, match="already holds a pretraining run; pass --resume"):
         pretrain(image, finished.out, TINY, device="cpu")

@@ -257,14 +257,17 @@ def pretrain(
         False, has nothing to resume, or holds a run of another config or image; an unknown
         architecture; an image smaller than one patch.
     """
-    out = _prepare_out(Path(out), resume)
+    out = Path(out)
+    _check_out(out, resume)
     stored = _read_checkpoint_meta(out) if resume else None
     if stored is not None:
         config = _resumed_config(stored, config, out)
     config = config or PretrainConfig()
     _check_name(config.arch)
     _check_image(image, config)
-    run = _Run(image, config, resolve_device(device))
+    device = resolve_device(device)
+    out = _claim_out(out)
+    run = _Run(image, config, device)
     record = run.record()
     if stored is not None:
         _check_same_run(stored, record, out)
@@ -338,9 +341,8 @@ class _Run:
             total = self.planned or budget.total_steps
             if time.monotonic() - last_report >= report_every_s or self.step in (1, total):
                 last_report = time.monotonic()
-                budget.total_steps = total
                 report(progress, ProgressEvent(self.step, total, "pretraining", {"loss": loss},
-                                               budget.eta(self.session_steps)))
+                                               self._eta(total, budget)))
         return stopped
 
     def train_step(self) -> float:
@@ -372,6 +374,13 @@ class _Run:
             raise WssegError(f"pretraining loss became {value} at step {self.step}; lower --lr or check the "
                              "image for constant or NaN regions")
         return value
+
+    def _eta(self, total: int, budget: Budget) -> float:
+        """Seconds left: this session's pace times the steps left, at most the budget left."""
+        eta = self.session_seconds / self.session_steps * max(total - self.step, 0)
+        if budget.seconds is not None:
+            eta = min(eta, max(budget.seconds - budget.elapsed, 0.0))
+        return eta
 
     def _planned_from_budget(self, budget: Budget) -> int:
         if budget.seconds is None:
@@ -464,19 +473,24 @@ def image_content_hash(image: Image) -> str:
     return digest.hexdigest()
 
 
-def _prepare_out(out: Path, resume: bool) -> Path:
-    """Create or check the output folder; never touches a folder this module did not create."""
+def _check_out(out: Path, resume: bool) -> None:
+    """Refuse an output folder this module did not create, or one that does not fit ``resume``."""
     marked = (out / MARKER_FILE).is_file()
     if out.exists() and not out.is_dir():
         raise WssegError(f"--out {out} is a file; give a new or empty folder for the backbone")
     if out.is_dir() and any(out.iterdir()) and not marked:
         raise WssegError(f"--out {out} is a non-empty folder not written by wsseg pretrain; give a new or "
                          "empty folder (nothing in it was changed)")
-    if resume and not (out / CHECKPOINT_DIR / _STATE_JSON).is_file():
+    has_run = (out / CHECKPOINT_DIR / _STATE_JSON).is_file()
+    if resume and not has_run:
         raise WssegError(f"--out {out} holds no pretraining checkpoint to resume; leave out --resume to start")
-    if not resume and marked:
+    if not resume and has_run:
         raise WssegError(f"--out {out} already holds a pretraining run; pass --resume to continue it or give "
                          "a new folder")
+
+
+def _claim_out(out: Path) -> Path:
+    """Create the output folder (if needed) and mark it as written by this module."""
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER_FILE).write_text("written by wsseg pretrain\n", encoding="utf-8")
     return out.resolve()
