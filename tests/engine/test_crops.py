@@ -1,5 +1,6 @@
-"""Crop sampling: anchors from every annotation kind, anchored crops contain their anchor, rare
-classes are drawn as often as common ones, and crops read from numpy or lazy data agree."""
+"""Crop sampling: anchors from every annotation kind, anchored crops (2D and 3D) contain their
+anchor, rare classes are drawn as often as common ones, and crops read from numpy or lazy data
+agree."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dask.array as da
 import numpy as np
 
 from napari_wsseg.annotations.model import Annotations, default_classes
-from napari_wsseg.engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
+from napari_wsseg.engine.crops import Crop, Crop3D, CropSampler, SliceStore, annotation_anchors
 from napari_wsseg.io.image import as_image
 from napari_wsseg.io.normalize import Normalization
 
@@ -95,3 +96,52 @@ def test_lazy_data_beyond_the_cache_is_read_as_windows():
     crop = Crop(2, 3, 5, 8)
     np.testing.assert_allclose(lazy.crop(crop)[0], cached.crop(crop)[0])
     assert not lazy._cache and cached._cache
+
+
+def test_anchored_3d_boxes_contain_their_anchor_and_stay_inside(rng):
+    anchors = np.array([[0, 5, 5, 0], [9, 90, 70, 1], [5, 50, 40, 1]])
+    sampler = CropSampler((10, 100, 80), anchors, 32, rng)
+    boxes = sampler.sample_3d(300, (4, 24, 16))
+    for box in boxes:
+        assert box.size_zyx == (4, 24, 16)
+        assert 0 <= box.z <= 10 - 4 and 0 <= box.y <= 100 - 24 and 0 <= box.x <= 80 - 16
+        assert any(
+            box.z <= a[0] < box.z + 4 and box.y <= a[1] < box.y + 24 and box.x <= a[2] < box.x + 16
+            for a in anchors
+        )
+    # the anchor lies at every z offset of the box, not always at the same one
+    assert len({5 - b.z for b in boxes if b.z <= 5 < b.z + 4 and b.y <= 50 < b.y + 24}) == 4
+
+
+def test_3d_boxes_on_rare_classes_and_at_random(rng):
+    anchors = np.array([[0, 0, 0, 0]] * 1000 + [[7, 0, 0, 1]] * 10)
+    boxes = CropSampler((8, 64, 64), anchors, 16, rng).sample_3d(2000, (1, 16, 16))
+    assert 0.45 < np.mean([b.z == 7 for b in boxes]) < 0.55
+    free = CropSampler((8, 64, 64), np.zeros((0, 4), np.int64), 16, rng).sample_3d(200, (2, 8, 8))
+    assert {b.z for b in free} == set(range(7))  # every corner a 2-slice box can have
+
+
+def test_3d_boxes_larger_than_the_image_start_at_0_and_are_padded(rng):
+    sampler = CropSampler((2, 10, 12), np.array([[1, 3, 4, 0]]), 8, rng)
+    assert {(b.z, b.y, b.x) for b in sampler.sample_3d(20, (4, 16, 8))} <= {
+        (0, 0, x) for x in range(5)
+    }
+    volume = np.arange(2 * 10 * 12, dtype=np.uint16).reshape(2, 10, 12)
+    store = SliceStore(as_image(volume), Normalization(low=(0.0,), high=(100.0,)))
+    pixels, valid = store.crop_3d(Crop3D(0, 2, 4, (4, 16, 8)))
+    assert pixels.shape == (1, 4, 16, 8) and valid.shape == (4, 16, 8)
+    np.testing.assert_allclose(pixels[0, :2, :8, :8], volume[:, 2:10, 4:12] / 100.0)
+    assert valid[:2, :8, :8].all() and valid.sum() == 2 * 8 * 8
+    assert (pixels[0][~valid] == 0).all()
+
+
+def test_3d_crops_from_lazy_data_equal_cached_ones():
+    volume = np.random.default_rng(1).integers(0, 255, (5, 16, 16, 2), dtype=np.uint8)
+    norm = Normalization(low=(0.0, 10.0), high=(255.0, 200.0))
+    cached = SliceStore(as_image(volume, channel_axis=-1), norm)
+    lazy = SliceStore(as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1), norm,
+                      max_cache_bytes=0)
+    box = Crop3D(1, 3, 5, (3, 8, 9))
+    np.testing.assert_allclose(lazy.crop_3d(box)[0], cached.crop_3d(box)[0])
+    expected = np.moveaxis(norm.apply(volume[1:4, 3:11, 5:14]), -1, 0)
+    np.testing.assert_allclose(cached.crop_3d(box)[0], expected)

@@ -1,4 +1,4 @@
-"""Sampling square training crops around annotations, favouring rare classes. Imports no Qt.
+"""Sampling training crops (2D squares or 3D boxes) around annotations, favouring rare classes.
 
 Torch methods train on small crops, not whole slices: on a CPU most of the time would otherwise
 go to pixels that carry no annotation. :func:`annotation_anchors` turns annotations into anchor
@@ -6,7 +6,9 @@ pixels ``(z, y, x, class)``; :class:`CropSampler` draws crop origins so that a r
 inside the crop (classes drawn uniformly by default, so rare classes are seen as often as common
 ones), plus a share of crops at random places for semi-supervised losses; :class:`SliceStore`
 reads normalised crops from an :class:`~napari_wsseg.io.image.Image`, keeping slices in memory up to
-a byte budget and reading windows directly from lazy (zarr/dask) data beyond it.
+a byte budget and reading windows directly from lazy (zarr/dask) data beyond it. 3D methods draw
+:class:`Crop3D` boxes ``(dz, dy, dx)`` with :meth:`CropSampler.sample_3d` (the same anchor rule in
+all three axes) and read them with :meth:`SliceStore.crop_3d`. Imports no Qt.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ class Crop:
     y: int
     x: int
     size: int
+
+
+@dataclass(frozen=True)
+class Crop3D:
+    """A ``(dz, dy, dx)`` box with corner ``(z, y, x)``; parts outside the image are padded."""
+
+    z: int
+    y: int
+    x: int
+    size_zyx: tuple[int, int, int]
 
 
 def annotation_anchors(
@@ -160,14 +172,39 @@ class CropSampler:
 
     def sample(self, n: int) -> list[Crop]:
         """``n`` crops; each anchored one contains its anchor at a uniformly random position."""
-        n_random = self.rng.binomial(n, self.random_fraction) if self.random_fraction < 1 else n
-        centres = [self._random_points(n_random), self._anchor_points(n - n_random)]
-        points = np.concatenate(centres)
+        points = self._crop_points(n)
         size = self.crop_size
         offsets = self.rng.integers(0, size, size=(len(points), 2))
         tops = _clip_origin(points[:, 1] - offsets[:, 0], self.shape[1], size)
         lefts = _clip_origin(points[:, 2] - offsets[:, 1], self.shape[2], size)
         return [Crop(int(z), int(y), int(x), size) for z, y, x in zip(points[:, 0], tops, lefts)]
+
+    def sample_3d(self, n: int, size_zyx: tuple[int, int, int]) -> list[Crop3D]:
+        """``n`` boxes of ``size_zyx`` voxels, drawn as :meth:`sample` draws crops.
+
+        Each anchored box contains its anchor at a uniformly random position in z, y and x, and
+        boxes stay inside the image along every axis the image is larger than the box.
+
+        Examples
+        --------
+        >>> sampler = CropSampler((10, 20, 20), np.array([[4, 5, 6, 0]]), 8, np.random.default_rng(0))
+        >>> box = sampler.sample_3d(1, (3, 8, 8))[0]
+        >>> box.z <= 4 < box.z + 3 and box.y <= 5 < box.y + 8 and box.x <= 6 < box.x + 8
+        True
+        """
+        size_zyx = tuple(int(s) for s in size_zyx)
+        if len(size_zyx) != 3 or min(size_zyx) < 1:
+            raise ValueError(f"3D crop size {size_zyx} must be three positive sizes (dz, dy, dx)")
+        points = self._crop_points(n)
+        offsets = self.rng.integers(0, size_zyx, size=(len(points), 3))
+        corners = [_clip_origin(points[:, a] - offsets[:, a], self.shape[a], size_zyx[a])
+                   for a in range(3)]
+        return [Crop3D(int(z), int(y), int(x), size_zyx) for z, y, x in zip(*corners)]
+
+    def _crop_points(self, n: int) -> np.ndarray:
+        """``(n, 3)`` points a crop must contain: a ``random_fraction`` share random, the rest anchors."""
+        n_random = self.rng.binomial(n, self.random_fraction) if self.random_fraction < 1 else n
+        return np.concatenate([self._random_points(n_random), self._anchor_points(n - n_random)])
 
     def sample_random(self, n: int) -> list[Crop]:
         """``n`` crops placed uniformly at random in any slice."""
@@ -232,16 +269,40 @@ class SliceStore:
     def crop(self, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
         """The crop's pixels ``(C, S, S)`` float32 (0 outside the image) and ``(S, S)`` bool
         mask of the pixels inside the image."""
-        _, height, width = self.image.shape
-        y1, x1 = min(crop.y + crop.size, height), min(crop.x + crop.size, width)
+        return self._window(crop.z, crop.y, crop.x, crop.size, crop.size)
+
+    def crop_3d(self, crop: Crop3D) -> tuple[np.ndarray, np.ndarray]:
+        """The box's voxels ``(C, dz, dy, dx)`` float32 (0 outside the image) and ``(dz, dy, dx)``
+        bool mask of the voxels inside the image.
+
+        Examples
+        --------
+        >>> from napari_wsseg.io.image import as_image
+        >>> image = as_image(np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3))
+        >>> store = SliceStore(image, Normalization((0.0,), (17.0,)))
+        >>> pixels, valid = store.crop_3d(Crop3D(1, 1, 1, (2, 2, 2)))
+        >>> pixels.shape, int(valid.sum()), float(pixels[0, 0, 1, 1])
+        ((1, 2, 2, 2), 4, 1.0)
+        """
+        dz, dy, dx = crop.size_zyx
+        pixels = np.zeros((self.image.n_channels, dz, dy, dx), np.float32)
+        valid = np.zeros((dz, dy, dx), bool)
+        for i, z in enumerate(range(crop.z, min(crop.z + dz, self.image.n_slices))):
+            pixels[:, i], valid[i] = self._window(z, crop.y, crop.x, dy, dx)
+        return pixels, valid
+
+    def _window(self, z: int, y: int, x: int, height: int, width: int):
+        """``(C, height, width)`` normalised pixels from ``(z, y, x)`` (0-padded) and their mask."""
+        _, slice_height, slice_width = self.image.shape
+        y1, x1 = min(y + height, slice_height), min(x + width, slice_width)
         room = self._slice_bytes * (len(self._cache) + 1) <= self.max_cache_bytes
-        if crop.z in self._cache or room:
-            window = self.slice(crop.z)[:, crop.y : y1, crop.x : x1]
+        if z in self._cache or room:
+            window = self.slice(z)[:, y:y1, x:x1]
         else:
-            raw = np.asarray(self.image.data[crop.z, crop.y : y1, crop.x : x1])
+            raw = np.asarray(self.image.data[z, y:y1, x:x1])
             window = np.moveaxis(self.normalization.apply(raw), -1, 0)
-        pixels = np.zeros((self.image.n_channels, crop.size, crop.size), np.float32)
-        valid = np.zeros((crop.size, crop.size), bool)
-        pixels[:, : y1 - crop.y, : x1 - crop.x] = window
-        valid[: y1 - crop.y, : x1 - crop.x] = True
+        pixels = np.zeros((self.image.n_channels, height, width), np.float32)
+        valid = np.zeros((height, width), bool)
+        pixels[:, : y1 - y, : x1 - x] = window
+        valid[: y1 - y, : x1 - x] = True
         return pixels, valid
