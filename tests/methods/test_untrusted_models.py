@@ -174,6 +174,8 @@ CONFIG_CRAFTS = {
     "a prior shift per wrong class count": (_set_key("state", "log_prior_shift", value=[0.0]), "log_prior_shift"),
     "fit info that is a number": (_set_key("state", "fit", value=3), "state fit"),
     "format version true": (_set_key("format_version", value=True), "format version"),
+    "label counts of text": (_set_key("training_summary", "counts", "points", value=["x"]), "counts"),
+    "warnings that are a number": (_set_key("training_summary", "warnings", value=7), "warnings"),
 }
 
 

@@ -489,7 +489,7 @@ def _model_from_meta(meta: dict) -> Method:
     for key in ("training_summary", "state"):
         if not isinstance(meta.get(key, {}), dict):
             raise ModelError(f"{key} {_short(meta[key])} is not a JSON object")
-    model.training_summary = meta.get("training_summary", {})
+    model.training_summary = _checked_summary(meta.get("training_summary", {}))
     try:
         model._load_state_dict(meta.get("state", {}))
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -497,6 +497,25 @@ def _model_from_meta(meta: dict) -> Method:
             raise
         raise ModelError(f"state holds a value of the wrong kind ({_short(str(exc))})") from None
     return model
+
+
+def _checked_summary(summary: dict) -> dict:
+    """The training summary, with the entries other code reads checked for their JSON types."""
+    def numbers(v):
+        return isinstance(v, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x >= 0 for x in v)
+
+    rules = {
+        "counts": lambda v: isinstance(v, dict) and all(numbers(x) for x in v.values()),
+        "warnings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "classes": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "annotated_slices": numbers,
+        "warm_start": lambda v: isinstance(v, bool),
+    }
+    for key, ok in rules.items():
+        if key in summary and not ok(summary[key]):
+            raise ModelError(f"training_summary {key} {_short(summary[key])} is not what training writes")
+    return summary
 
 
 def _classes_from_meta(entries) -> list[ClassInfo]:
