@@ -159,8 +159,10 @@ class FrozenViT:
         Parameters
         ----------
         slices : (B, Y, X, C) float array
-            Slices normalised to about [0, 1] (values are clipped to it). One channel is repeated
-            to RGB, three are used as RGB, any other count is averaged to grey (with a warning).
+            Slices normalised to about [0, 1] (values are clipped to it). As many channels as the
+            backbone takes (:attr:`in_chans`: 3 for ImageNet models, 1 for ``wsseg pretrain``
+            backbones) are used as they are, one channel is repeated to that count, any other
+            count is averaged to grey first (with a warning).
 
         Returns
         -------
