@@ -65,8 +65,11 @@ def confined_cache_dir(directory: str, model_folder: Path) -> Path | None:
     >>> folder = Path(tempfile.mkdtemp())
     >>> confined_cache_dir("features", folder) == (folder / "features").resolve()
     True
-    >>> import warnings; warnings.simplefilter("ignore")
-    >>> confined_cache_dir("../../elsewhere", folder) is None
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     confined_cache_dir("../../elsewhere", folder) is None
+    True
+    >>> "outside the model folder" in str(caught[0].message)
     True
     """
     model_folder = Path(model_folder).resolve()
