@@ -22,6 +22,8 @@ from ..progress import Budget, ProgressCallback, ProgressEvent, report
 from .results import FitResult
 
 StepFunction = Callable[[int, float], dict]
+#: ``after_step(step, fraction)``, called after each optimiser step (e.g. an EMA teacher update).
+AfterStep = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def run_training(
     report_every_s: float = 0.5,
     params: list | None = None,
     autocast_cpu: bool = False,
+    after_step: AfterStep | None = None,
 ) -> FitResult:
     """Train ``model`` with ``step_fn`` until ``optim.max_steps``, the time budget or ``cancel``.
 
@@ -143,6 +146,11 @@ def run_training(
     autocast_cpu : bool, default False
         Also use bf16 autocast on a CPU, where it has native bf16 support (about 2x faster on
         AVX512-BF16/AMX CPUs).
+    after_step : callable or None, default None
+        ``after_step(step, fraction)`` runs after each optimiser step (and after a skipped step
+        without gradient), outside autocast and without gradients: the place for an EMA teacher
+        update (:class:`~napari_wsseg.engine.ema.EMATeacher`). With ``monitor``, only the
+        student's best weights are restored at the end; a teacher keeps its last state.
 
     Returns
     -------
@@ -172,6 +180,9 @@ def run_training(
         if losses["loss"].requires_grad:  # a batch without any target has nothing to learn
             losses["loss"].backward()
             optimizer.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step(step, fraction)
         step += 1
         values = {k: float(v.detach()) for k, v in losses.items()} | {"lr": lr}
         keeper.update(values, fraction, step)
