@@ -63,13 +63,32 @@ def pretrain_child(image_path: Path, folder: Path, minutes: float, args) -> dict
     if (folder / "backbone.json").is_file() and read_backbone_info(folder).training.get("finished"):
         return {"reused": True, **read_backbone_info(folder).training}
     resume = (folder / "checkpoint" / "latest.json").is_file()
-    argv = [sys.executable, "-m", "napari_wsseg.cli", "pretrain", str(image_path), "--out", str(folder),
-            "--device", args.device]
+    argv = [
+        sys.executable,
+        "-m",
+        "napari_wsseg.cli",
+        "pretrain",
+        str(image_path),
+        "--out",
+        str(folder),
+        "--device",
+        args.device,
+    ]
     if resume:
         argv.append("--resume")
     else:
-        argv += ["--arch", args.arch, "--patch-size", str(args.patch_size), "--batch", str(args.batch),
-                 "--seed", str(args.seed), "--time-budget", str(minutes * 60)]
+        argv += [
+            "--arch",
+            args.arch,
+            "--patch-size",
+            str(args.patch_size),
+            "--batch",
+            str(args.batch),
+            "--seed",
+            str(args.seed),
+            "--time-budget",
+            str(minutes * 60),
+        ]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -83,20 +102,28 @@ def pretrain_child(image_path: Path, folder: Path, minutes: float, args) -> dict
 # ------------------------------------------------------------------ features
 def vit_grid_features(backbone, image_zyx: np.ndarray, normalization, zs) -> dict:
     """Patch-feature grids ``(Hp, Wp, D)`` float32 of the slices ``zs``."""
-    return {z: backbone.features(normalization.apply(image_zyx[z][None, ..., None]))[0].astype(np.float32)
-            for z in zs}
+    return {
+        z: backbone.features(normalization.apply(image_zyx[z][None, ..., None]))[0].astype(
+            np.float32
+        )
+        for z in zs
+    }
 
 
 def sample_grid(grid: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int) -> np.ndarray:
-    """Bilinear values of a ``(Hp, Wp, D)`` grid at pixels (torch's align_corners=False convention)."""
+    """Bilinear values of a ``(Hp, Wp, D)`` grid at pixels (as torch's align_corners=False)."""
     hp, wp = grid.shape[:2]
     u = np.clip((ys + 0.5) / patch - 0.5, 0, hp - 1)
     v = np.clip((xs + 0.5) / patch - 0.5, 0, wp - 1)
     u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
     u1, v1 = np.minimum(u0 + 1, hp - 1), np.minimum(v0 + 1, wp - 1)
     du, dv = (u - u0)[:, None], (v - v0)[:, None]
-    return ((1 - du) * (1 - dv) * grid[u0, v0] + (1 - du) * dv * grid[u0, v1]
-            + du * (1 - dv) * grid[u1, v0] + du * dv * grid[u1, v1])
+    return (
+        (1 - du) * (1 - dv) * grid[u0, v0]
+        + (1 - du) * dv * grid[u0, v1]
+        + du * (1 - dv) * grid[u1, v0]
+        + du * dv * grid[u1, v1]
+    )
 
 
 def upsampled_logits(grid_logits: np.ndarray, shape_yx, patch: int) -> np.ndarray:
@@ -126,9 +153,15 @@ def probe_vit(backbone, data, clicks, score_zs, normalization) -> np.ndarray:
     """Predicted labels of ``score_zs`` from a linear probe on a frozen ViT's features."""
     image, labels, _ = data
     p = backbone.patch_size
-    grids = vit_grid_features(backbone, image, normalization, sorted(set(clicks[:, 0]) | set(score_zs)))
-    x = np.concatenate([sample_grid(grids[z], clicks[clicks[:, 0] == z, 1], clicks[clicks[:, 0] == z, 2], p)
-                        for z in sorted(set(clicks[:, 0]))])
+    grids = vit_grid_features(
+        backbone, image, normalization, sorted(set(clicks[:, 0]) | set(score_zs))
+    )
+    x = np.concatenate(
+        [
+            sample_grid(grids[z], clicks[clicks[:, 0] == z, 1], clicks[clicks[:, 0] == z, 2], p)
+            for z in sorted(set(clicks[:, 0]))
+        ]
+    )
     y = np.concatenate([clicks[clicks[:, 0] == z, 3] for z in sorted(set(clicks[:, 0]))])
     probe = fit_probe(x, y)
     pred = np.zeros(labels.shape, np.uint8)
@@ -149,22 +182,31 @@ def probe_filter_bank(data, clicks, score_zs, normalization) -> np.ndarray:
     cfg = RFConfig()
 
     def feats(z):
-        return multiscale_basic_features(normalization.apply(image[z][..., None]), sigma_min=cfg.sigma_min,
-                                         sigma_max=cfg.sigma_max, num_sigma=cfg.num_sigma, channel_axis=-1)
+        return multiscale_basic_features(
+            normalization.apply(image[z][..., None]),
+            sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max,
+            num_sigma=cfg.num_sigma,
+            channel_axis=-1,
+        )
 
     zs = sorted(set(clicks[:, 0]))
-    x = np.concatenate([feats(z)[clicks[clicks[:, 0] == z, 1], clicks[clicks[:, 0] == z, 2]] for z in zs])
+    x = np.concatenate(
+        [feats(z)[clicks[clicks[:, 0] == z, 1], clicks[clicks[:, 0] == z, 2]] for z in zs]
+    )
     y = np.concatenate([clicks[clicks[:, 0] == z, 3] for z in zs])
     probe = fit_probe(x, y)
     pred = np.zeros(labels.shape, np.uint8)
     for z in score_zs:
         f = feats(z)
-        pred[z] = probe.classes_[_logits(probe, f.reshape(-1, f.shape[-1])).argmax(-1)].reshape(f.shape[:2])
+        pred[z] = probe.classes_[_logits(probe, f.reshape(-1, f.shape[-1])).argmax(-1)].reshape(
+            f.shape[:2]
+        )
     return pred
 
 
 def random_backbone(info):
-    """The same architecture with the run's seeded initial weights (what pretraining starts from)."""
+    """The architecture with the run's seeded initial weights (what pretraining starts from)."""
     import torch
 
     from napari_wsseg.engine.backbones import build_model
@@ -173,8 +215,14 @@ def random_backbone(info):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(info.training.get("seed", 0)))
         model = build_model(info)
-    return FrozenViT(model, name=info.arch, weights_source="random", weights_hash=hash_weights(model),
-                     mean=info.mean, std=info.std)
+    return FrozenViT(
+        model,
+        name=info.arch,
+        weights_source="random",
+        weights_hash=hash_weights(model),
+        mean=info.mean,
+        std=info.std,
+    )
 
 
 # ------------------------------------------------------------------ driver
@@ -182,8 +230,10 @@ def score(pred, labels, zs, classes) -> dict:
     from napari_wsseg.eval.metrics import evaluate
 
     result = evaluate(pred, labels, slices=list(zs), class_names=[c.name for c in classes])
-    return {"mean_fg_dice": round(float(result["mean_fg_dice"]), 4),
-            "dice": {c.name: round(float(d), 4) for c, d in zip(classes, result["dice"])}}
+    return {
+        "mean_fg_dice": round(float(result["mean_fg_dice"]), 4),
+        "dice": {c.name: round(float(d), 4) for c, d in zip(classes, result["dice"])},
+    }
 
 
 def run_dataset(name: str, args, out: Path | None) -> None:
@@ -201,13 +251,26 @@ def run_dataset(name: str, args, out: Path | None) -> None:
     clicks = scenario_annotations("pts4", labels, classes, split.annotated, args.seed).points
     normalization = Normalization.from_image(as_image(image))
     data = (image, labels, classes)
-    base = {"dataset": name, "split": args.split, "slices": score_zs, "clicks": len(clicks), "crop": args.crop,
-            "seed": args.seed, "arch": args.arch, "patch_size": args.patch_size, "threads": _threads()}
+    base = {
+        "dataset": name,
+        "split": args.split,
+        "slices": score_zs,
+        "clicks": len(clicks),
+        "crop": args.crop,
+        "seed": args.seed,
+        "arch": args.arch,
+        "patch_size": args.patch_size,
+        "threads": _threads(),
+    }
 
     start = time.perf_counter()
     pred = probe_filter_bank(data, clicks, score_zs, normalization)
-    _emit(out, base | {"features": "rf filter bank", "probe_s": round(time.perf_counter() - start, 1)}
-          | score(pred, labels, score_zs, classes))
+    _emit(
+        out,
+        base
+        | {"features": "rf filter bank", "probe_s": round(time.perf_counter() - start, 1)}
+        | score(pred, labels, score_zs, classes),
+    )
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -215,21 +278,45 @@ def run_dataset(name: str, args, out: Path | None) -> None:
     if not image_path.exists():
         np.save(image_path, image)
     for i, minutes in enumerate(args.minutes):
-        folder = work / f"{name}_crop{args.crop or 'none'}_{args.arch}_p{args.patch_size}_{minutes:g}min_s{args.seed}"
+        folder = (
+            work / f"{name}_crop{args.crop or 'none'}_{args.arch}_p{args.patch_size}"
+            f"_{minutes:g}min_s{args.seed}"
+        )
         run = pretrain_child(image_path, folder, minutes, args)
         info = read_backbone_info(folder)
         if i == 0:
             start = time.perf_counter()
             pred = probe_vit(random_backbone(info), data, clicks, score_zs, normalization)
-            _emit(out, base | {"features": "random ViT", "probe_s": round(time.perf_counter() - start, 1)}
-                  | score(pred, labels, score_zs, classes))
+            _emit(
+                out,
+                base
+                | {"features": "random ViT", "probe_s": round(time.perf_counter() - start, 1)}
+                | score(pred, labels, score_zs, classes),
+            )
         start = time.perf_counter()
         pred = probe_vit(load_backbone(info.arch, folder), data, clicks, score_zs, normalization)
-        _emit(out, base | {"features": f"in-domain {minutes:g} min", "minutes": minutes,
-                           "probe_s": round(time.perf_counter() - start, 1),
-                           "pretrain": {k: run.get(k) for k in ("steps", "planned_steps", "seconds",
-                                                                 "images_per_s", "peak_rss_mib", "reused")},
-                           "weights_hash": info.weights_hash[:12]} | score(pred, labels, score_zs, classes))
+        _emit(
+            out,
+            base
+            | {
+                "features": f"in-domain {minutes:g} min",
+                "minutes": minutes,
+                "probe_s": round(time.perf_counter() - start, 1),
+                "pretrain": {
+                    k: run.get(k)
+                    for k in (
+                        "steps",
+                        "planned_steps",
+                        "seconds",
+                        "images_per_s",
+                        "peak_rss_mib",
+                        "reused",
+                    )
+                },
+                "weights_hash": info.weights_hash[:12],
+            }
+            | score(pred, labels, score_zs, classes),
+        )
 
 
 def _threads() -> int:
@@ -241,16 +328,23 @@ def _threads() -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="drosophila_vnc,cdeep3m_mito")
-    parser.add_argument("--minutes", default="15,30,60,120", help="pretraining budgets, comma-separated")
+    parser.add_argument(
+        "--minutes", default="15,30,60,120", help="pretraining budgets, comma-separated"
+    )
     parser.add_argument("--split", default="scored", choices=["validation", "scored"])
     parser.add_argument("--arch", default="vit_tiny_patch16_224")
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--crop", type=int, default=0, help="use only the top-left CROP x CROP pixels (smoke runs)")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "wsseg-pretrain-bench"),
-                        help="folder for the backbones (reused when finished)")
+    parser.add_argument(
+        "--crop", type=int, default=0, help="use only the top-left CROP x CROP pixels (smoke runs)"
+    )
+    parser.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "wsseg-pretrain-bench"),
+        help="folder for the backbones (reused when finished)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here too")
     args = parser.parse_args(argv)
     args.minutes = [float(m) for m in args.minutes.split(",")]

@@ -19,7 +19,11 @@ from safetensors.torch import load_file, save_file
 from napari_wsseg.annotations.model import Annotations
 from napari_wsseg.cli import main
 from napari_wsseg.engine.backbones import (
-    CONFIG_FILE, WEIGHTS_FILE, build_model, load_backbone_folder, read_backbone_info,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    build_model,
+    load_backbone_folder,
+    read_backbone_info,
 )
 from napari_wsseg.engine.multicrop import ViewSampler, ViewSpec, training_planes
 from napari_wsseg.engine.pretrain import PretrainConfig, pretrain
@@ -31,8 +35,20 @@ from napari_wsseg.methods.base import FitOptions, load_model
 from napari_wsseg.methods.mews.method import MEWSMethod
 from napari_wsseg.sample import make_phantom
 
-TINY = PretrainConfig(arch="test_vit", patch_size=8, steps=16, batch=4, global_px=32, local_px=16, n_local=2,
-                      out_dim=64, hidden_dim=64, bottleneck_dim=32, lr=1e-3, seed=0)
+TINY = PretrainConfig(
+    arch="test_vit",
+    patch_size=8,
+    steps=16,
+    batch=4,
+    global_px=32,
+    local_px=16,
+    n_local=2,
+    out_dim=64,
+    hidden_dim=64,
+    bottleneck_dim=32,
+    lr=1e-3,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +96,11 @@ def test_the_student_learns_to_match_the_teacher(seed, finished, image, tmp_path
     Centring deliberately raises the teacher's entropy early on (it prevents collapse), so the
     total can rise in a 16-step run; the part the student optimises, the KL, must fall. Measured
     on three seeds (their drops were 0.45 to 1.1 nats) so that one lucky seed cannot pass it."""
-    run = finished if seed == 0 else pretrain(image, tmp_path / "run", dataclasses.replace(TINY, seed=seed),
-                                              device="cpu")
+    run = (
+        finished
+        if seed == 0
+        else pretrain(image, tmp_path / "run", dataclasses.replace(TINY, seed=seed), device="cpu")
+    )
     kl = [h["kl"] for h in run.history]
     for h in run.history:  # the recorded KL is the loss minus the sharpened teacher's entropy
         assert 0 <= h["kl"] <= h["loss"]
@@ -93,7 +112,9 @@ def test_backbone_json_records_architecture_provenance_and_hashes(finished, imag
     assert (info.arch, info.patch_size, info.in_chans, info.img_size) == ("test_vit", 8, 1, 32)
     assert info.trained_on["image"] == "phantom" and info.trained_on["shape"] == [2, 64, 64]
     assert info.trained_on["planes"] == ["xy"] and len(info.trained_on["content_hash"]) == 64
-    assert info.training["steps"] == 16 and info.training["finished"] and info.training["seconds"] > 0
+    assert (
+        info.training["steps"] == 16 and info.training["finished"] and info.training["seconds"] > 0
+    )
     assert info.weights_sha256 == file_sha256(finished.out / WEIGHTS_FILE)
     assert info.normalization == Normalization.from_image(image).to_dict()
     assert 0 < info.mean[0] < 1 and info.std[0] > 0
@@ -103,7 +124,9 @@ def test_the_same_seed_gives_identical_weights_and_another_seed_does_not(finishe
     again = pretrain(image, tmp_path / "again", TINY, device="cpu")
     assert _same(_weights(again.out), _weights(finished.out))
     assert [h["loss"] for h in again.history] == [h["loss"] for h in finished.history]
-    other = pretrain(image, tmp_path / "other", PretrainConfig(**{**TINY.to_dict(), "seed": 1}), device="cpu")
+    other = pretrain(
+        image, tmp_path / "other", PretrainConfig(**{**TINY.to_dict(), "seed": 1}), device="cpu"
+    )
     assert not _same(_weights(other.out), _weights(finished.out))
 
 
@@ -116,8 +139,15 @@ def test_a_cancelled_run_resumes_to_the_weights_of_an_uninterrupted_run(finished
         if event.done >= 5:
             cancel.set()
 
-    stopped = pretrain(image, tmp_path / "run", TINY, device="cpu", progress=stop_after_five, cancel=cancel,
-                       report_every_s=0)
+    stopped = pretrain(
+        image,
+        tmp_path / "run",
+        TINY,
+        device="cpu",
+        progress=stop_after_five,
+        cancel=cancel,
+        report_every_s=0,
+    )
     assert stopped.stopped == "cancelled" and stopped.steps == 5 and seen == [1, 2, 3, 4, 5]
     partial = read_backbone_info(stopped.out)  # the folder is a usable backbone already
     assert partial.training["steps"] == 5 and not partial.training["finished"]
@@ -136,8 +166,15 @@ def test_a_killed_run_loses_at_most_the_last_checkpoint_interval(finished, image
             raise Killed  # the process dies between two steps: no final save
 
     with pytest.raises(Killed):
-        pretrain(image, tmp_path / "run", TINY, device="cpu", checkpoint_every_s=0, progress=kill_at_seven,
-                 report_every_s=0)
+        pretrain(
+            image,
+            tmp_path / "run",
+            TINY,
+            device="cpu",
+            checkpoint_every_s=0,
+            progress=kill_at_seven,
+            report_every_s=0,
+        )
     assert read_backbone_info(tmp_path / "run").training["steps"] == 7  # checkpointed every step
     resumed = pretrain(image, tmp_path / "run", device="cpu", resume=True)
     assert resumed.steps == 16 and _same(_weights(resumed.out), _weights(finished.out))
@@ -152,7 +189,9 @@ def test_a_time_budget_plans_the_steps_and_a_resume_keeps_that_plan(image, tmp_p
     assert first.stopped in ("done", "time_budget")
     assert read_backbone_info(first.out).training["planned_steps"] == first.planned_steps
     resumed = pretrain(image, tmp_path / "run", device="cpu", resume=True)
-    assert resumed.stopped == "done" and resumed.steps == resumed.planned_steps == first.planned_steps
+    assert (
+        resumed.stopped == "done" and resumed.steps == resumed.planned_steps == first.planned_steps
+    )
 
 
 # ------------------------------------------------------------------ output folder
@@ -160,9 +199,14 @@ def test_a_user_folder_is_refused_and_left_untouched(image, tmp_path):
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("precious")
-    with pytest.raises(WssegError, match=r"non-empty folder not written by wsseg pretrain.*nothing in it was changed"):
+    with pytest.raises(
+        WssegError,
+        match=r"non-empty folder not written by wsseg pretrain.*nothing in it was changed",
+    ):
         pretrain(image, user, TINY, device="cpu")
-    assert [p.name for p in user.iterdir()] == ["notes.txt"] and (user / "notes.txt").read_text() == "precious"
+    assert [p.name for p in user.iterdir()] == ["notes.txt"] and (
+        user / "notes.txt"
+    ).read_text() == "precious"
     (tmp_path / "file").write_text("x")
     with pytest.raises(WssegError, match="is a file"):
         pretrain(image, tmp_path / "file", TINY, device="cpu")
@@ -173,12 +217,18 @@ def test_bad_options_are_refused_before_the_folder_is_created(image, tmp_path):
         pretrain(image, tmp_path / "out", PretrainConfig(arch="vit_nope"), device="cpu")
     small = as_image(np.zeros((1, 16, 16), np.uint8))
     with pytest.raises(WssegError, match="smaller than one 32x32 patch"):
-        pretrain(small, tmp_path / "out", PretrainConfig(arch="test_vit", patch_size=32, global_px=32,
-                                                         local_px=32), device="cpu")
+        pretrain(
+            small,
+            tmp_path / "out",
+            PretrainConfig(arch="test_vit", patch_size=32, global_px=32, local_px=32),
+            device="cpu",
+        )
     assert not (tmp_path / "out").exists()
     with pytest.raises(WssegError, match="global_px=36 must be a multiple of patch_size=8"):
         PretrainConfig(global_px=36)
-    with pytest.raises(WssegError, match=r"unknown pretrain options colour; valid: arch, patch_size"):
+    with pytest.raises(
+        WssegError, match=r"unknown pretrain options colour; valid: arch, patch_size"
+    ):
         PretrainConfig.from_dict({"colour": 1})
 
 
@@ -186,7 +236,13 @@ def test_an_existing_run_needs_resume_with_the_same_options(finished, image, tmp
     with pytest.raises(WssegError, match="already holds a pretraining run; pass --resume"):
         pretrain(image, finished.out, TINY, device="cpu")
     with pytest.raises(WssegError, match=r"other options \(batch: run 4 vs now 8\)"):
-        pretrain(image, finished.out, PretrainConfig(**{**TINY.to_dict(), "batch": 8}), device="cpu", resume=True)
+        pretrain(
+            image,
+            finished.out,
+            PretrainConfig(**{**TINY.to_dict(), "batch": 8}),
+            device="cpu",
+            resume=True,
+        )
     other = Image(np.ascontiguousarray(np.flip(image.data, axis=2)))
     with pytest.raises(WssegError, match="holds a run on another image"):
         pretrain(other, finished.out, device="cpu", resume=True)
@@ -196,7 +252,7 @@ def test_an_existing_run_needs_resume_with_the_same_options(finished, image, tmp
 
 # ------------------------------------------------------------------ views
 class _WindowOnly:
-    """A (Z, Y, X, C) array that records every read and refuses reads larger than ``limit`` voxels."""
+    """A (Z, Y, X, C) array that records every read and refuses reads over ``limit`` voxels."""
 
     def __init__(self, data: np.ndarray, limit: int) -> None:
         self.data, self.limit, self.reads = data, limit, []
@@ -213,7 +269,9 @@ def test_views_read_only_windows_of_a_lazy_volume():
     volume = np.random.default_rng(0).integers(0, 255, (40, 300, 300, 1), dtype=np.uint8)
     spec = ViewSpec(global_px=32, local_px=16, n_local=3)
     lazy = _WindowOnly(volume, limit=48 * 48)
-    sampler = ViewSampler(Image(lazy), Normalization((0.0,), (255.0,)), ("xy", "xz", "yz"), spec, [0.5], [0.25])
+    sampler = ViewSampler(
+        Image(lazy), Normalization((0.0,), (255.0,)), ("xy", "xz", "yz"), spec, [0.5], [0.25]
+    )
     globals_, locals_ = sampler.batch(5, torch.Generator().manual_seed(0))
     assert globals_.shape == (10, 1, 32, 32) and locals_.shape == (15, 1, 16, 16)
     assert len(lazy.reads) == 5 and all(shape[-1] == 1 for shape in lazy.reads)
@@ -223,7 +281,9 @@ def test_near_isotropic_volumes_add_xz_and_yz_planes():
     assert training_planes((64, 256, 256), (8.0, 6.0, 6.0)) == ("xy", "xz", "yz")
     assert training_planes((64, 256, 256), (50.0, 4.0, 4.0)) == ("xy",)
     assert training_planes((64, 256, 256), None) == ("xy",)
-    assert training_planes((8, 256, 256), (8.0, 8.0, 8.0), min_side=16) == ("xy",)  # too thin across
+    assert training_planes((8, 256, 256), (8.0, 8.0, 8.0), min_side=16) == (
+        "xy",
+    )  # too thin across
     with pytest.raises(WssegError, match="three positive numbers"):
         training_planes((64, 256, 256), (0.0, 8.0, 8.0))
 
@@ -253,7 +313,9 @@ def test_a_backbone_with_changed_weights_bytes_is_refused_by_file_hash(finished,
     (folder / WEIGHTS_FILE).write_bytes(bytes(raw))
     with pytest.raises(ModelError) as exc:
         load_backbone_folder(folder)
-    assert "backbone.safetensors has file hash" in _one_line(exc) and "re-run wsseg pretrain" in str(exc.value)
+    assert "backbone.safetensors has file hash" in _one_line(
+        exc
+    ) and "re-run wsseg pretrain" in str(exc.value)
 
 
 def test_a_backbone_whose_content_hash_differs_is_refused(finished, tmp_path):
@@ -261,7 +323,9 @@ def test_a_backbone_whose_content_hash_differs_is_refused(finished, tmp_path):
     _rewrite_json(folder, weights_hash="0" * 64)
     with pytest.raises(ModelError) as exc:
         load_backbone("vit_base_patch16_dinov3", folder)
-    assert "weights have content hash" in _one_line(exc) and "records 000000000000" in str(exc.value)
+    assert "weights have content hash" in _one_line(exc) and "records 000000000000" in str(
+        exc.value
+    )
 
 
 def test_a_backbone_with_a_wrongly_shaped_tensor_is_refused(finished, tmp_path):
@@ -272,7 +336,10 @@ def test_a_backbone_with_a_wrongly_shaped_tensor_is_refused(finished, tmp_path):
     _rewrite_json(folder, weights_sha256=file_sha256(folder / WEIGHTS_FILE))
     with pytest.raises(ModelError) as exc:
         load_backbone_folder(folder)
-    assert "1 wrongly shaped tensors ('pos_embed' is (1, 5, 64), expected (1, 17, 64))" in _one_line(exc)
+    assert (
+        "1 wrongly shaped tensors ('pos_embed' is (1, 5, 64), expected (1, 17, 64))"
+        in _one_line(exc)
+    )
 
 
 def test_a_backbone_of_an_unknown_architecture_is_refused(finished, tmp_path):
@@ -286,12 +353,18 @@ def test_a_backbone_of_an_unknown_architecture_is_refused(finished, tmp_path):
 def test_a_backbone_of_a_newer_format_names_the_release(finished, tmp_path):
     folder = _copy(finished.out, tmp_path)
     _rewrite_json(folder, format_version=99, package_version="9.9")
-    with pytest.raises(ModelError, match=r"format version 99.*install the napari-wsseg release that wrote it \(9.9\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"format version 99.*install the napari-wsseg release that wrote it \(9.9\)",
+    ):
         read_backbone_info(folder)
 
 
 def test_a_backbone_name_that_contradicts_the_folder_is_refused(finished):
-    with pytest.raises(ModelError, match=r"holds a 'test_vit' but backbone 'vit_small_patch16_224'.*--backbone test_vit"):
+    with pytest.raises(
+        ModelError,
+        match=r"holds a 'test_vit' but backbone 'vit_small_patch16_224'.*--backbone test_vit",
+    ):
         load_backbone("vit_small_patch16_224", finished.out)
 
 
@@ -309,19 +382,28 @@ def _clicks(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def test_mews_trains_and_predicts_with_a_pretrained_backbone_folder(finished, phantom, tmp_path):
     image, labels, classes = phantom
-    method = MEWSMethod(backbone_weights=str(finished.out), max_steps=5, crop_patches=4,
-                        cache_dir=str(tmp_path / "cache"))
+    method = MEWSMethod(
+        backbone_weights=str(finished.out),
+        max_steps=5,
+        crop_patches=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     annotations = Annotations(classes, points=_clicks(labels, len(classes)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "RANDOM weights" warning: real weights
         result = method.fit(as_image(image), annotations, FitOptions(device="cpu"))
-    assert result.steps == 5 and method.backbone.name == "test_vit" and method.backbone.patch_size == 8
+    assert (
+        result.steps == 5 and method.backbone.name == "test_vit" and method.backbone.patch_size == 8
+    )
     signature = method.feature_cache.signature
-    assert signature["weights_hash"] == finished.info.weights_hash  # the cache is keyed by the backbone
+    assert (
+        signature["weights_hash"] == finished.info.weights_hash
+    )  # the cache is keyed by the backbone
     import zarr
 
-    assert zarr.open_group(str(tmp_path / "cache"), mode="r").attrs["signature"]["weights_hash"] == (
-        finished.info.weights_hash)
+    assert zarr.open_group(str(tmp_path / "cache"), mode="r").attrs["signature"][
+        "weights_hash"
+    ] == (finished.info.weights_hash)
     pred = np.stack([method.predict_slice(image[z][..., None]) for z in range(2)])
     assert pred.shape == (2, 64, 64) and pred.max() < len(classes)
     folder = method.save(tmp_path / "model")
@@ -332,16 +414,22 @@ def test_mews_trains_and_predicts_with_a_pretrained_backbone_folder(finished, ph
     np.testing.assert_array_equal(again, pred)
 
 
-def test_a_mews_model_refuses_a_backbone_folder_with_other_weights(finished, phantom, image, tmp_path):
+def test_a_mews_model_refuses_a_backbone_folder_with_other_weights(
+    finished, phantom, image, tmp_path
+):
     import shutil
 
     backbone = shutil.copytree(finished.out, tmp_path / "backbone")
     _, labels, classes = phantom
     method = MEWSMethod(backbone_weights=str(backbone), max_steps=2, crop_patches=4)
-    method.fit(image, Annotations(classes, points=_clicks(labels, len(classes))), FitOptions(device="cpu"))
+    method.fit(
+        image, Annotations(classes, points=_clicks(labels, len(classes))), FitOptions(device="cpu")
+    )
     folder = method.save(tmp_path / "model")
     shutil.rmtree(backbone)  # a test-owned copy, replaced by another run's weights
-    pretrain(image, backbone, PretrainConfig(**{**TINY.to_dict(), "seed": 3, "steps": 2}), device="cpu")
+    pretrain(
+        image, backbone, PretrainConfig(**{**TINY.to_dict(), "seed": 3, "steps": 2}), device="cpu"
+    )
     with pytest.raises(ModelError) as exc:
         load_model(folder).predict_slice(image.slice(0))
     assert "holds other weights than the" in _one_line(exc)
@@ -351,29 +439,99 @@ def test_cli_pretrain_then_train_mews_with_the_backbone(phantom, tmp_path, capsy
     image, labels, classes = phantom
     np.save(tmp_path / "image.npy", image)
     clicks = _clicks(labels, len(classes))
-    (tmp_path / "points.csv").write_text("z,y,x,class\n" + "\n".join(",".join(map(str, r)) for r in clicks) + "\n")
-    argv = ["pretrain", str(tmp_path / "image.npy"), "--out", str(tmp_path / "bb"), "--arch", "test_vit",
-            "--steps", "3", "--batch", "2", "--device", "cpu", "--seed", "0"]
+    (tmp_path / "points.csv").write_text(
+        "z,y,x,class\n" + "\n".join(",".join(map(str, r)) for r in clicks) + "\n"
+    )
+    argv = [
+        "pretrain",
+        str(tmp_path / "image.npy"),
+        "--out",
+        str(tmp_path / "bb"),
+        "--arch",
+        "test_vit",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["stopped"] == "done" and report["steps"] == 3
     assert report["weights_hash"] == read_backbone_info(tmp_path / "bb").weights_hash
     assert main(argv) == 2  # the same --out again, without --resume
     assert "already holds a pretraining run; pass --resume" in capsys.readouterr().err
-    assert main(["pretrain", str(tmp_path / "image.npy"), "--out", str(tmp_path / "bb"), "--resume",
-                 "--device", "cpu"]) == 0  # already finished: nothing more to do
+    assert (
+        main(
+            [
+                "pretrain",
+                str(tmp_path / "image.npy"),
+                "--out",
+                str(tmp_path / "bb"),
+                "--resume",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )  # already finished: nothing more to do
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
-    argv = ["train", str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"), "--method", "mews",
-            "--backbone-weights", str(tmp_path / "bb"), "--max-steps", "2", "--crop-patches", "4",
-            "--device", "cpu", "--out", str(tmp_path / "model")]
+    argv = [
+        "train",
+        str(tmp_path / "image.npy"),
+        "--points",
+        str(tmp_path / "points.csv"),
+        "--method",
+        "mews",
+        "--backbone-weights",
+        str(tmp_path / "bb"),
+        "--max-steps",
+        "2",
+        "--crop-patches",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "model"),
+    ]
     assert main(argv) == 0
     capsys.readouterr()
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "p.npy")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "model"),
+                str(tmp_path / "image.npy"),
+                "--out",
+                str(tmp_path / "p.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "p.npy").shape == image.shape
 
 
 def test_cli_refuses_a_bad_voxel_size_in_one_line(tmp_path, capsys):
     np.save(tmp_path / "image.npy", np.zeros((2, 32, 32), np.uint8))
-    assert main(["pretrain", str(tmp_path / "image.npy"), "--out", str(tmp_path / "bb"), "--voxel-size", "1,2"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                str(tmp_path / "image.npy"),
+                "--out",
+                str(tmp_path / "bb"),
+                "--voxel-size",
+                "1,2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "must be three positive numbers Z,Y,X" in err[0] and not (tmp_path / "bb").exists()
+    assert (
+        len(err) == 1
+        and "must be three positive numbers Z,Y,X" in err[0]
+        and not (tmp_path / "bb").exists()
+    )

@@ -1,4 +1,4 @@
-"""Backbone folders: a self-supervised ViT written by ``wsseg pretrain``, read by MEWS. Imports no Qt.
+"""Backbone folders: a ViT written by ``wsseg pretrain``, read by MEWS. Imports no Qt.
 
 A backbone folder holds
 
@@ -81,8 +81,14 @@ class BackboneInfo:
         return {"patch_size": self.patch_size, "in_chans": self.in_chans, "img_size": self.img_size}
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
-                **asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            **asdict(self),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def is_backbone_folder(path) -> bool:
@@ -96,7 +102,7 @@ def build_model(info: BackboneInfo):
 
 
 def write_backbone_folder(folder, model, info: BackboneInfo) -> BackboneInfo:
-    """Write ``model``'s weights and ``info`` (hashes filled in) into ``folder``, atomically per file.
+    """Write ``model``'s weights and ``info`` (hashes filled in) to ``folder``, atomically per file.
 
     The JSON is replaced last, so a crash in between leaves a folder whose weights file does not
     match its JSON: it is refused when loaded, and the next write repairs it.
@@ -113,7 +119,9 @@ def write_backbone_folder(folder, model, info: BackboneInfo) -> BackboneInfo:
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT, "arch": info.arch})
     _fsync_replace(tmp, folder / WEIGHTS_FILE)
-    info = _replace(info, weights_sha256=file_sha256(folder / WEIGHTS_FILE), weights_hash=hash_weights(model))
+    info = _replace(
+        info, weights_sha256=file_sha256(folder / WEIGHTS_FILE), weights_hash=hash_weights(model)
+    )
     write_json_atomically(folder / CONFIG_FILE, info.to_dict())
     return info
 
@@ -130,21 +138,34 @@ def read_backbone_info(folder) -> BackboneInfo:
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise ModelError(f"backbone folder {folder} has no {CONFIG_FILE}; give a folder written by `wsseg pretrain`")
+        raise ModelError(
+            f"backbone folder {folder} has no {CONFIG_FILE}; give a folder written by "
+            "`wsseg pretrain`"
+        )
     if path.stat().st_size > _MAX_JSON_BYTES:
-        raise ModelError(f"backbone config {path} is larger than 1 MiB; it is not a backbone.json, re-run wsseg pretrain")
+        raise ModelError(
+            f"backbone config {path} is larger than 1 MiB; it is not a backbone.json, "
+            "re-run wsseg pretrain"
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"backbone config {path} is not readable JSON ({exc}); re-run wsseg pretrain") from None
+        raise ModelError(
+            f"backbone config {path} is not readable JSON ({exc}); re-run wsseg pretrain"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ModelError(f"backbone config {path} is not a napari-wsseg backbone (format {FORMAT!r} missing); "
-                         "give a folder written by `wsseg pretrain`")
+        raise ModelError(
+            f"backbone config {path} is not a napari-wsseg backbone (format {FORMAT!r} missing); "
+            "give a folder written by `wsseg pretrain`"
+        )
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelError(f"backbone folder {folder} has format version {version!r:.20}, this release reads up to "
-                         f"{FORMAT_VERSION}; install the napari-wsseg release that wrote it "
-                         f"({str(raw.get('package_version'))[:20]}) or newer")
+        raise ModelError(
+            f"backbone folder {folder} has format version {version!r:.20}, this release reads "
+            "up to "
+            f"{FORMAT_VERSION}; install the napari-wsseg release that wrote it "
+            f"({str(raw.get('package_version'))[:20]}) or newer"
+        )
     info = _info_from_dict(raw, path)
     _check_name(info.arch)
     return info
@@ -173,22 +194,30 @@ def load_backbone_folder(folder, *, expected_file_sha256: str | None = None):
     info = read_backbone_info(folder)
     path = folder / WEIGHTS_FILE
     actual = file_sha256(path)
-    if actual != info.weights_sha256 or (expected_file_sha256 is not None and actual != expected_file_sha256):
+    if actual != info.weights_sha256 or (
+        expected_file_sha256 is not None and actual != expected_file_sha256
+    ):
         expected = expected_file_sha256 if actual == info.weights_sha256 else info.weights_sha256
-        raise ModelError(f"backbone folder {folder}: {WEIGHTS_FILE} has file hash {actual[:12]} but "
-                         f"{expected[:12]} was recorded; the weights were changed or damaged, re-run wsseg "
-                         "pretrain (or copy the original folder)")
+        raise ModelError(
+            f"backbone folder {folder}: {WEIGHTS_FILE} has file hash {actual[:12]} but "
+            f"{expected[:12]} was recorded; the weights were changed or damaged, re-run wsseg "
+            "pretrain (or copy the original folder)"
+        )
     model = build_model(info)
     _check_header_shapes(path, model, folder, info)
     _load_state(path, model)
     content = hash_weights(model)
     if content != info.weights_hash:
-        raise ModelError(f"backbone folder {folder}: weights have content hash {content[:12]} but {CONFIG_FILE} "
-                         f"records {info.weights_hash[:12]}; re-run wsseg pretrain")
+        raise ModelError(
+            f"backbone folder {folder}: weights have content hash {content[:12]} but {CONFIG_FILE} "
+            f"records {info.weights_hash[:12]}; re-run wsseg pretrain"
+        )
     return model, info, actual
 
 
-def locate_backbone_folder(recorded: Path, search: list[Path], expected_file_sha256: str | None) -> Path:
+def locate_backbone_folder(
+    recorded: Path, search: list[Path], expected_file_sha256: str | None
+) -> Path:
     """The backbone folder a trained model recorded, where it is now.
 
     The recorded path first, then a folder of the same name in each of ``search`` (the model
@@ -204,13 +233,21 @@ def locate_backbone_folder(recorded: Path, search: list[Path], expected_file_sha
     found = [c for c in candidates if is_backbone_folder(c)]
     for candidate in found:
         weights = candidate / WEIGHTS_FILE
-        if expected_file_sha256 is None or (weights.is_file() and file_sha256(weights) == expected_file_sha256):
+        if expected_file_sha256 is None or (
+            weights.is_file() and file_sha256(weights) == expected_file_sha256
+        ):
             return candidate
     if found:
-        raise ModelError(f"backbone folder {found[0]} holds other weights than the {str(expected_file_sha256)[:12]} "
-                         "the model was trained with; copy the original folder or retrain")
-    raise ModelError(f"backbone folder {recorded} (recorded in the model) does not exist; copy it into the model "
-                     "folder or into a folder listed in WSSEG_WEIGHTS_DIR")
+        raise ModelError(
+            f"backbone folder {found[0]} holds other weights than the "
+            f"{str(expected_file_sha256)[:12]} "
+            "the model was trained with; copy the original folder or retrain"
+        )
+    raise ModelError(
+        f"backbone folder {recorded} (recorded in the model) does not exist; copy it into the "
+        "model "
+        "folder or into a folder listed in WSSEG_WEIGHTS_DIR"
+    )
 
 
 def write_json_atomically(path: Path, value: dict) -> None:
@@ -236,33 +273,67 @@ def _replace(info: BackboneInfo, **changes) -> BackboneInfo:
 def _info_from_dict(raw: dict, path: Path) -> BackboneInfo:
     """Typed and range-checked :class:`BackboneInfo` from the JSON object."""
     names = {f for f in BackboneInfo.__dataclass_fields__}
-    missing = sorted(n for n in ("arch", "patch_size", "in_chans", "img_size", "mean", "std",
-                                 "weights_sha256", "weights_hash") if n not in raw)
+    missing = sorted(
+        n
+        for n in (
+            "arch",
+            "patch_size",
+            "in_chans",
+            "img_size",
+            "mean",
+            "std",
+            "weights_sha256",
+            "weights_hash",
+        )
+        if n not in raw
+    )
     if missing:
-        raise ModelError(f"backbone config {path} lacks {', '.join(missing)}; re-run wsseg pretrain")
+        raise ModelError(
+            f"backbone config {path} lacks {', '.join(missing)}; re-run wsseg pretrain"
+        )
     values = {k: raw[k] for k in names if k in raw}
     if not isinstance(values["arch"], str) or len(values["arch"]) > 200:
-        raise ModelError(f"backbone config {path}: arch {values['arch']!r:.60} is not a timm model name")
+        raise ModelError(
+            f"backbone config {path}: arch {values['arch']!r:.60} is not a timm model name"
+        )
     for name, (low, high) in _BOUNDS.items():
         value = values[name]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ModelError(f"backbone config {path}: {name} {value!r:.30} is not an integer in "
-                             f"[{low}, {high}]; re-run wsseg pretrain")
+            raise ModelError(
+                f"backbone config {path}: {name} {value!r:.30} is not an integer in "
+                f"[{low}, {high}]; re-run wsseg pretrain"
+            )
     for name in ("mean", "std"):
         seq = values[name]
-        ok = isinstance(seq, list) and len(seq) == values["in_chans"] and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e6 for v in seq)
+        ok = (
+            isinstance(seq, list)
+            and len(seq) == values["in_chans"]
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e6
+                for v in seq
+            )
+        )
         if not ok or (name == "std" and min(seq) <= 0):
-            raise ModelError(f"backbone config {path}: {name} must be {values['in_chans']} finite numbers "
-                             f"({'positive' if name == 'std' else 'any sign'}); re-run wsseg pretrain")
+            raise ModelError(
+                f"backbone config {path}: {name} must be {values['in_chans']} finite numbers "
+                f"({'positive' if name == 'std' else 'any sign'}); re-run wsseg pretrain"
+            )
         values[name] = tuple(float(v) for v in seq)
     for name in ("weights_sha256", "weights_hash"):
         text = values[name]
-        if not isinstance(text, str) or len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-            raise ModelError(f"backbone config {path}: {name} is not a sha256 hex digest; re-run wsseg pretrain")
+        if (
+            not isinstance(text, str)
+            or len(text) != 64
+            or any(c not in "0123456789abcdef" for c in text)
+        ):
+            raise ModelError(
+                f"backbone config {path}: {name} is not a sha256 hex digest; re-run wsseg pretrain"
+            )
     for name in ("normalization", "trained_on", "training"):
         if not isinstance(values.get(name, {}), dict):
-            raise ModelError(f"backbone config {path}: {name} is not a JSON object; re-run wsseg pretrain")
+            raise ModelError(
+                f"backbone config {path}: {name} is not a JSON object; re-run wsseg pretrain"
+            )
     return BackboneInfo(**values)
 
 
@@ -274,18 +345,22 @@ def _check_header_shapes(path: Path, model, folder: Path, info: BackboneInfo) ->
         with safe_open(str(path), framework="pt") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except (SafetensorError, OSError) as exc:
-        raise ModelError(f"backbone folder {folder}: {WEIGHTS_FILE} is not a readable safetensors file "
-                         f"({' '.join(str(exc).split())[:100]}); re-run wsseg pretrain") from None
+        raise ModelError(
+            f"backbone folder {folder}: {WEIGHTS_FILE} is not a readable safetensors file "
+            f"({' '.join(str(exc).split())[:100]}); re-run wsseg pretrain"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(shapes) & set(expected) if shapes[k] != expected[k])
     if missing or unexpected or wrong:
         example = wrong[0] if wrong else (missing or unexpected)[0]
         detail = f"'{example}' is {shapes.get(example)}, expected {expected.get(example)}"
-        raise ModelError(f"backbone folder {folder}: {WEIGHTS_FILE} does not fit {info.arch} "
-                         f"(patch {info.patch_size}, {info.in_chans} channels): {len(missing)} missing, "
-                         f"{len(unexpected)} unexpected, {len(wrong)} wrongly shaped tensors ({detail}); "
-                         "re-run wsseg pretrain")
+        raise ModelError(
+            f"backbone folder {folder}: {WEIGHTS_FILE} does not fit {info.arch} "
+            f"(patch {info.patch_size}, {info.in_chans} channels): {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} wrongly shaped tensors ({detail}); "
+            "re-run wsseg pretrain"
+        )
 
 
 def _load_state(path: Path, model) -> None:

@@ -1,4 +1,4 @@
-"""The pieces of DINO self-distillation: projection head, loss, centring and schedules. Imports no Qt.
+"""DINO self-distillation pieces: projection head, loss, centring, schedules. Imports no Qt.
 
 Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
 (arXiv:2104.14294). A student network is trained to match, on every other view of the same image,
@@ -18,7 +18,7 @@ from torch import nn
 
 
 class DINOHead(nn.Module):
-    """Projection head: a 3-layer MLP, an L2-normalised bottleneck and a weight-normalised last layer.
+    """Projection head: a 3-layer MLP, an L2-normalised bottleneck, a weight-normalised last layer.
 
     The last layer's weight rows are normalised to unit length on every forward pass (DINO's
     ``norm_last_layer=True``: weight normalisation with the gain fixed at 1).
@@ -36,8 +36,10 @@ class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
         for layer in self.mlp:
@@ -65,14 +67,18 @@ class DINOLoss:
         Momentum of the running centre of the teacher outputs (DINO: 0.9).
     """
 
-    def __init__(self, out_dim: int, student_temp: float, teacher_temp: float, center_momentum: float) -> None:
+    def __init__(
+        self, out_dim: int, student_temp: float, teacher_temp: float, center_momentum: float
+    ) -> None:
         self.center = torch.zeros(1, out_dim)
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.center_momentum = center_momentum
         self.last_teacher_entropy = float("nan")
 
-    def __call__(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int) -> torch.Tensor:
+    def __call__(
+        self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_views: int
+    ) -> torch.Tensor:
         """Mean cross-entropy over all (teacher global view, other student view) pairs.
 
         Parameters
@@ -97,7 +103,9 @@ class DINOLoss:
                 pairs += 1
         with torch.no_grad():  # the loss minus this entropy is KL(teacher || student)
             probs = torch.cat(teacher)
-            self.last_teacher_entropy = float(-(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean())
+            self.last_teacher_entropy = float(
+                -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1).mean()
+            )
         return total / pairs
 
     @torch.no_grad()
@@ -134,7 +142,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def parameter_groups(module: nn.Module) -> list[dict]:
-    """Weights get weight decay; biases, norms, tokens and position embeddings do not (as in DINO)."""
+    """Weights get weight decay; biases, norms, tokens and position embeddings not (as DINO)."""
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:

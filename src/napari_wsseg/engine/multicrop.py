@@ -57,7 +57,9 @@ class ViewSpec:
         return 2 + self.n_local
 
 
-def training_planes(shape_zyx: tuple[int, int, int], voxel_size_zyx=None, *, min_side: int = 1) -> tuple[str, ...]:
+def training_planes(
+    shape_zyx: tuple[int, int, int], voxel_size_zyx=None, *, min_side: int = 1
+) -> tuple[str, ...]:
     """Planes to train on: xy always; xz and yz too when the volume is near-isotropic.
 
     Near-isotropic means the voxel size is known and its largest side is at most
@@ -113,16 +115,20 @@ class ViewSampler:
         ha, hb = min(side, shape[a]), min(side, shape[b])
         index = [slice(None)] * 3
         index[fixed] = _randint(generator, shape[fixed])
-        start_a, start_b = _randint(generator, shape[a] - ha + 1), _randint(generator, shape[b] - hb + 1)
+        start_a, start_b = (
+            _randint(generator, shape[a] - ha + 1),
+            _randint(generator, shape[b] - hb + 1),
+        )
         index[a], index[b] = slice(start_a, start_a + ha), slice(start_b, start_b + hb)
         raw = np.asarray(self.image.data[tuple(index)])  # (ha, hb, C): only the window is read
         values = np.clip(self.normalization.apply(raw), 0.0, 1.0)
         return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of ``size`` windows: globals ``(2 * size, C, G, G)`` and locals ``(n_local * size, C, L, L)``.
+        """Multi-crop views of ``size`` random windows.
 
-        Both are view-major: all windows' view 0, then view 1, ... (the layout :class:`DINOLoss` reads).
+        Returns globals ``(2 * size, C, G, G)`` and locals ``(n_local * size, C, L, L)``, both
+        view-major: all windows' view 0, then view 1, ... (as :class:`DINOLoss` reads).
         """
         spec = self.spec
         views: list[list[torch.Tensor]] = [[] for _ in range(spec.n_views)]
@@ -142,10 +148,13 @@ class ViewSampler:
         return (crop - self.mean) / self.std
 
 
-def estimate_mean_std(image, normalization, planes, spec: ViewSpec, generator: torch.Generator,
-                      n_windows: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of normalised, clipped intensities over ``n_windows`` random windows."""
-    sampler = ViewSampler(image, normalization, planes, spec, [0.0] * image.n_channels, [1.0] * image.n_channels)
+def estimate_mean_std(
+    image, normalization, planes, spec: ViewSpec, generator: torch.Generator, n_windows: int = 32
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of normalised, clipped intensities of ``n_windows`` windows."""
+    sampler = ViewSampler(
+        image, normalization, planes, spec, [0.0] * image.n_channels, [1.0] * image.n_channels
+    )
     values = torch.cat([sampler.window(generator).flatten(1) for _ in range(n_windows)], dim=1)
     mean, std = values.mean(dim=1), values.std(dim=1).clamp_min(1e-3)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
@@ -160,8 +169,10 @@ def _randint(generator: torch.Generator, high: int) -> int:
     return int(torch.randint(max(int(high), 1), (), generator=generator))
 
 
-def _resized_crop(window: torch.Tensor, out: int, scale: tuple[float, float], generator) -> torch.Tensor:
-    """A random crop of ``scale`` of the window's area and aspect in [3/4, 4/3], resized to ``out``²."""
+def _resized_crop(
+    window: torch.Tensor, out: int, scale: tuple[float, float], generator
+) -> torch.Tensor:
+    """A crop of ``scale`` of the window's area, aspect in [3/4, 4/3], resized to ``out``²."""
     _, h, w = window.shape
     area = h * w
     ch = cw = min(h, w)
@@ -174,11 +185,13 @@ def _resized_crop(window: torch.Tensor, out: int, scale: tuple[float, float], ge
             break
     y0, x0 = _randint(generator, h - ch + 1), _randint(generator, w - cw + 1)
     crop = window[None, :, y0 : y0 + ch, x0 : x0 + cw]
-    return F.interpolate(crop, size=(out, out), mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(
+        crop, size=(out, out), mode="bilinear", align_corners=False, antialias=True
+    )[0]
 
 
 def _augment(crop: torch.Tensor, blur_p: float, generator) -> torch.Tensor:
-    """Flips, a 90° rotation, contrast/brightness jitter, Gaussian blur and noise, clipped to [0, 1]."""
+    """Flips, a 90° rotation, contrast/brightness jitter, blur and noise, clipped to [0, 1]."""
     if _uniform(generator, 0, 1) < 0.5:
         crop = crop.flip(-1)
     crop = torch.rot90(crop, _randint(generator, 4), dims=(-2, -1))

@@ -41,7 +41,12 @@ from ..io.image import Image
 from ..io.normalize import Normalization
 from ..progress import Budget, ProgressCallback, ProgressEvent, report
 from .backbones import (
-    MARKER_FILE, BackboneInfo, build_model, is_backbone_folder, write_backbone_folder, write_json_atomically,
+    MARKER_FILE,
+    BackboneInfo,
+    build_model,
+    is_backbone_folder,
+    write_backbone_folder,
+    write_json_atomically,
 )
 from .devices import resolve_device
 from .dino import DINOHead, DINOLoss, cosine_schedule, ema_update, parameter_groups
@@ -61,11 +66,25 @@ _log = logging.getLogger(__name__)
 
 #: Inclusive (low, high) of the numeric options.
 _BOUNDS = {
-    "patch_size": (2, 64), "steps": (1, 10_000_000), "batch": (1, 4096), "global_px": (8, 1024),
-    "local_px": (4, 1024), "n_local": (0, 32), "out_dim": (2, 262_144), "hidden_dim": (1, 16_384),
-    "bottleneck_dim": (1, 4096), "lr": (0, 1), "min_lr": (0, 1), "warmup_fraction": (0, 1),
-    "weight_decay": (0, 10), "teacher_momentum": (0, 1), "student_temp": (1e-4, 10),
-    "teacher_temp": (1e-4, 10), "center_momentum": (0, 1), "clip_grad": (0, 1e6), "seed": (0, 2**63 - 1),
+    "patch_size": (2, 64),
+    "steps": (1, 10_000_000),
+    "batch": (1, 4096),
+    "global_px": (8, 1024),
+    "local_px": (4, 1024),
+    "n_local": (0, 32),
+    "out_dim": (2, 262_144),
+    "hidden_dim": (1, 16_384),
+    "bottleneck_dim": (1, 4096),
+    "lr": (0, 1),
+    "min_lr": (0, 1),
+    "warmup_fraction": (0, 1),
+    "weight_decay": (0, 10),
+    "teacher_momentum": (0, 1),
+    "student_temp": (1e-4, 10),
+    "teacher_temp": (1e-4, 10),
+    "center_momentum": (0, 1),
+    "clip_grad": (0, 1e6),
+    "seed": (0, 2**63 - 1),
 }
 
 
@@ -133,16 +152,27 @@ class PretrainConfig:
             value = getattr(self, name)
             if value is None and name == "steps":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise WssegError(f"pretrain option {name}={value!r:.40} must be a number in [{low}, {high}]")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not low <= value <= high
+            ):
+                raise WssegError(
+                    f"pretrain option {name}={value!r:.40} must be a number in [{low}, {high}]"
+                )
             if name in _INTS and value != int(value):
                 raise WssegError(f"pretrain option {name}={value!r:.40} must be an integer")
         if not isinstance(self.arch, str) or not self.arch:
-            raise WssegError(f"pretrain option arch={self.arch!r:.40} must be a timm ViT name, e.g. {DEFAULT_ARCH}")
+            raise WssegError(
+                f"pretrain option arch={self.arch!r:.40} must be a timm ViT name, "
+                f"e.g. {DEFAULT_ARCH}"
+            )
         for name in ("global_px", "local_px"):
             if getattr(self, name) % self.patch_size:
-                raise WssegError(f"pretrain option {name}={getattr(self, name)} must be a multiple of "
-                                 f"patch_size={self.patch_size}")
+                raise WssegError(
+                    f"pretrain option {name}={getattr(self, name)} must be a multiple of "
+                    f"patch_size={self.patch_size}"
+                )
         if self.voxel_size_zyx is not None:
             training_planes((2, 2, 2), self.voxel_size_zyx)  # checks the three values
 
@@ -152,7 +182,9 @@ class PretrainConfig:
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
-        values["voxel_size_zyx"] = None if self.voxel_size_zyx is None else list(self.voxel_size_zyx)
+        values["voxel_size_zyx"] = (
+            None if self.voxel_size_zyx is None else list(self.voxel_size_zyx)
+        )
         return values
 
     @classmethod
@@ -161,15 +193,27 @@ class PretrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise WssegError(f"unknown pretrain options {', '.join(unknown)}; valid: {', '.join(names)}")
+            raise WssegError(
+                f"unknown pretrain options {', '.join(unknown)}; valid: {', '.join(names)}"
+            )
         values = dict(values)
         if values.get("voxel_size_zyx") is not None:
             values["voxel_size_zyx"] = tuple(float(v) for v in values["voxel_size_zyx"])
         return cls(**values)
 
 
-_INTS = {"patch_size", "steps", "batch", "global_px", "local_px", "n_local", "out_dim", "hidden_dim",
-         "bottleneck_dim", "seed"}
+_INTS = {
+    "patch_size",
+    "steps",
+    "batch",
+    "global_px",
+    "local_px",
+    "n_local",
+    "out_dim",
+    "hidden_dim",
+    "bottleneck_dim",
+    "seed",
+}
 
 
 @dataclass
@@ -278,8 +322,16 @@ def pretrain(
     stopped = run.train(out, budget, checkpoint_every_s, report_every_s, progress)
     info = run.save(out)
     per_s = run.session_steps * config.batch / max(run.session_seconds, 1e-9)
-    return PretrainResult(out=out, stopped=stopped, steps=run.step, planned_steps=run.planned,
-                          seconds=run.seconds, images_per_s=per_s, history=list(run.history), info=info)
+    return PretrainResult(
+        out=out,
+        stopped=stopped,
+        steps=run.step,
+        planned_steps=run.planned,
+        seconds=run.seconds,
+        images_per_s=per_s,
+        history=list(run.history),
+        info=info,
+    )
 
 
 # ------------------------------------------------------------------ the run
@@ -291,23 +343,42 @@ class _Run:
         self.normalization = Normalization.from_image(image)
         self.planes = training_planes(image.shape, config.voxel_size_zyx, min_side=config.local_px)
         stats_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.mean, self.std = estimate_mean_std(image, self.normalization, self.planes, config.views, stats_generator)
-        self.sampler = ViewSampler(image, self.normalization, self.planes, config.views, self.mean, self.std)
+        self.mean, self.std = estimate_mean_std(
+            image, self.normalization, self.planes, config.views, stats_generator
+        )
+        self.sampler = ViewSampler(
+            image, self.normalization, self.planes, config.views, self.mean, self.std
+        )
         self.info = BackboneInfo(
-            arch=config.arch, patch_size=config.patch_size, in_chans=image.n_channels, img_size=config.global_px,
-            mean=self.mean, std=self.std, normalization=self.normalization.to_dict(),
-            trained_on={"image": image.name, "shape": list(image.shape), "dtype": str(image.dtype),
-                        "content_hash": image_content_hash(image), "planes": list(self.planes)},
+            arch=config.arch,
+            patch_size=config.patch_size,
+            in_chans=image.n_channels,
+            img_size=config.global_px,
+            mean=self.mean,
+            std=self.std,
+            normalization=self.normalization.to_dict(),
+            trained_on={
+                "image": image.name,
+                "shape": list(image.shape),
+                "dtype": str(image.dtype),
+                "content_hash": image_content_hash(image),
+                "planes": list(self.planes),
+            },
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             backbone = build_model(self.info)
-            head = DINOHead(backbone.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim)
+            head = DINOHead(
+                backbone.embed_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim
+            )
         self.student = torch.nn.ModuleDict({"backbone": backbone, "head": head}).to(device)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.student), lr=config.lr,
-                                           weight_decay=config.weight_decay)
-        self.loss = DINOLoss(config.out_dim, config.student_temp, config.teacher_temp, config.center_momentum)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.student), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.loss = DINOLoss(
+            config.out_dim, config.student_temp, config.teacher_temp, config.center_momentum
+        )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step, self.planned, self.seconds = 0, config.steps, 0.0
         self.session_steps, self.session_seconds = 0, 0.0
@@ -315,12 +386,16 @@ class _Run:
 
     def record(self) -> dict:
         """What a checkpoint must match to be resumed with this run."""
-        return {"config": self.config.to_dict(), "image": {k: self.info.trained_on[k] for k in
-                                                           ("shape", "dtype", "content_hash")},
-                "normalization": self.normalization.to_dict()}
+        return {
+            "config": self.config.to_dict(),
+            "image": {k: self.info.trained_on[k] for k in ("shape", "dtype", "content_hash")},
+            "normalization": self.normalization.to_dict(),
+        }
 
     # ------------------------------------------------------------ training
-    def train(self, out: Path, budget: Budget, checkpoint_every_s: float, report_every_s: float, progress) -> str:
+    def train(
+        self, out: Path, budget: Budget, checkpoint_every_s: float, report_every_s: float, progress
+    ) -> str:
         stopped, last_checkpoint, last_report = "done", time.monotonic(), 0.0
         while self.planned is None or self.step < self.planned:
             if (reason := budget.stop_reason()) is not None:
@@ -332,7 +407,9 @@ class _Run:
             self.seconds += spent
             self.session_seconds += spent
             self.session_steps += 1
-            self.history.append({"step": self.step, "loss": loss, "kl": loss - self.loss.last_teacher_entropy})
+            self.history.append(
+                {"step": self.step, "loss": loss, "kl": loss - self.loss.last_teacher_entropy}
+            )
             if self.planned is None and self.session_steps == _CALIBRATION_STEPS:
                 self.planned = self._planned_from_budget(budget)
             if time.monotonic() - last_checkpoint >= checkpoint_every_s:
@@ -341,23 +418,33 @@ class _Run:
             total = self.planned or budget.total_steps
             if time.monotonic() - last_report >= report_every_s or self.step in (1, total):
                 last_report = time.monotonic()
-                report(progress, ProgressEvent(self.step, total, "pretraining", {"loss": loss},
-                                               self._eta(total, budget)))
+                report(
+                    progress,
+                    ProgressEvent(
+                        self.step, total, "pretraining", {"loss": loss}, self._eta(total, budget)
+                    ),
+                )
         return stopped
 
     def train_step(self) -> float:
         cfg, n_views = self.config, self.config.n_local + 2
         total = self.planned or DEFAULT_STEPS
-        lr = cosine_schedule(cfg.lr, cfg.min_lr, self.step, total, round(cfg.warmup_fraction * total))
+        lr = cosine_schedule(
+            cfg.lr, cfg.min_lr, self.step, total, round(cfg.warmup_fraction * total)
+        )
         momentum = cosine_schedule(cfg.teacher_momentum, 1.0, self.step, total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         globals_, locals_ = self.sampler.batch(cfg.batch, self.generator)
         globals_ = globals_.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        ):
             student_out = [_forward(self.student, globals_)]
             if cfg.n_local:
-                student_out.append(_forward(self.student, locals_.to(self.device, non_blocking=True)))
+                student_out.append(
+                    _forward(self.student, locals_.to(self.device, non_blocking=True))
+                )
             with torch.no_grad():
                 teacher_out = _forward(self.teacher, globals_).float()
             loss = self.loss(torch.cat(student_out).float(), teacher_out, n_views)
@@ -371,8 +458,10 @@ class _Run:
         self.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise WssegError(f"pretraining loss became {value} at step {self.step}; lower --lr or check the "
-                             "image for constant or NaN regions")
+            raise WssegError(
+                f"pretraining loss became {value} at step {self.step}; lower --lr or check the "
+                "image for constant or NaN regions"
+            )
         return value
 
     def _eta(self, total: int, budget: Budget) -> float:
@@ -392,12 +481,19 @@ class _Run:
     def save(self, out: Path) -> BackboneInfo:
         """Write the checkpoint, then the teacher backbone as the backbone folder."""
         self._write_checkpoint(out)
-        training = {"objective": "dino", "steps": self.step, "planned_steps": self.planned,
-                    "seconds": round(self.seconds, 3), "seed": self.config.seed,
-                    "finished": self.planned is not None and self.step >= self.planned,
-                    "config": self.config.to_dict()}
+        training = {
+            "objective": "dino",
+            "steps": self.step,
+            "planned_steps": self.planned,
+            "seconds": round(self.seconds, 3),
+            "seed": self.config.seed,
+            "finished": self.planned is not None and self.step >= self.planned,
+            "config": self.config.to_dict(),
+        }
         backbone = copy.deepcopy(self.teacher["backbone"]).cpu()
-        return write_backbone_folder(out, backbone, dataclasses.replace(self.info, training=training))
+        return write_backbone_folder(
+            out, backbone, dataclasses.replace(self.info, training=training)
+        )
 
     def _write_checkpoint(self, out: Path) -> None:
         from safetensors.torch import save_file
@@ -416,10 +512,18 @@ class _Run:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         tmp.replace(folder / name)
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
-        meta = {"format_version": 1, "package_version": __version__, "state_file": name,
-                "state_sha256": _sha256(folder / name), "step": self.step, "planned_steps": self.planned,
-                "seconds": self.seconds, "history": self.history,
-                "param_groups": groups, **self.record()}
+        meta = {
+            "format_version": 1,
+            "package_version": __version__,
+            "state_file": name,
+            "state_sha256": _sha256(folder / name),
+            "step": self.step,
+            "planned_steps": self.planned,
+            "seconds": self.seconds,
+            "history": self.history,
+            "param_groups": groups,
+            **self.record(),
+        }
         write_json_atomically(folder / _STATE_JSON, meta)
         for old in folder.glob("state-*.safetensors"):  # earlier checkpoints this run wrote
             if old.name != name:
@@ -431,8 +535,10 @@ class _Run:
         folder = out / CHECKPOINT_DIR
         path = folder / str(meta.get("state_file", ""))
         if not path.is_file() or _sha256(path) != meta.get("state_sha256"):
-            raise ModelError(f"checkpoint {path} is missing or damaged (its sha256 differs from {_STATE_JSON}); "
-                             "start a new run with another --out")
+            raise ModelError(
+                f"checkpoint {path} is missing or damaged (its sha256 differs from {_STATE_JSON}); "
+                "start a new run with another --out"
+            )
         tensors = load_file(str(path))
         try:
             self.student.load_state_dict(_prefixed(tensors, "student."), strict=True)
@@ -449,11 +555,15 @@ class _Run:
                 group.update({k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
             self.optimizer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise ModelError(f"checkpoint {path} does not fit this run ({' '.join(str(exc).split())[:120]}); "
-                             "start a new run with another --out") from None
+            raise ModelError(
+                f"checkpoint {path} does not fit this run ({' '.join(str(exc).split())[:120]}); "
+                "start a new run with another --out"
+            ) from None
         self.step, self.planned = int(meta["step"]), meta["planned_steps"]
         self.seconds = float(meta["seconds"])
-        self.history = [{k: float(v) if k != "step" else int(v) for k, v in h.items()} for h in meta["history"]]
+        self.history = [
+            {k: float(v) if k != "step" else int(v) for k, v in h.items()} for h in meta["history"]
+        ]
 
 
 # ------------------------------------------------------------------ helpers
@@ -468,7 +578,9 @@ def image_content_hash(image: Image) -> str:
     does not prove two volumes identical.
     """
     digest = hashlib.sha256(f"{image.shape}|{image.n_channels}|{image.dtype}|".encode())
-    for z in np.unique(np.linspace(0, image.n_slices - 1, min(image.n_slices, _HASHED_SLICES)).astype(int)):
+    for z in np.unique(
+        np.linspace(0, image.n_slices - 1, min(image.n_slices, _HASHED_SLICES)).astype(int)
+    ):
         digest.update(np.ascontiguousarray(image.slice(int(z))).tobytes())
     return digest.hexdigest()
 
@@ -479,14 +591,20 @@ def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise WssegError(f"--out {out} is a file; give a new or empty folder for the backbone")
     if out.is_dir() and any(out.iterdir()) and not marked:
-        raise WssegError(f"--out {out} is a non-empty folder not written by wsseg pretrain; give a new or "
-                         "empty folder (nothing in it was changed)")
+        raise WssegError(
+            f"--out {out} is a non-empty folder not written by wsseg pretrain; give a new or "
+            "empty folder (nothing in it was changed)"
+        )
     has_run = (out / CHECKPOINT_DIR / _STATE_JSON).is_file()
     if resume and not has_run:
-        raise WssegError(f"--out {out} holds no pretraining checkpoint to resume; leave out --resume to start")
+        raise WssegError(
+            f"--out {out} holds no pretraining checkpoint to resume; leave out --resume to start"
+        )
     if not resume and has_run:
-        raise WssegError(f"--out {out} already holds a pretraining run; pass --resume to continue it or give "
-                         "a new folder")
+        raise WssegError(
+            f"--out {out} already holds a pretraining run; pass --resume to continue it or give "
+            "a new folder"
+        )
 
 
 def _claim_out(out: Path) -> Path:
@@ -501,11 +619,26 @@ def _read_checkpoint_meta(out: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"checkpoint {path} is not readable JSON ({exc}); start a new run with another --out") from None
-    needed = ("state_file", "state_sha256", "step", "planned_steps", "seconds", "history", "param_groups",
-              "config", "image", "normalization")
+        raise ModelError(
+            f"checkpoint {path} is not readable JSON ({exc}); start a new run with another --out"
+        ) from None
+    needed = (
+        "state_file",
+        "state_sha256",
+        "step",
+        "planned_steps",
+        "seconds",
+        "history",
+        "param_groups",
+        "config",
+        "image",
+        "normalization",
+    )
     if not isinstance(meta, dict) or any(k not in meta for k in needed):
-        raise ModelError(f"checkpoint {path} lacks some of {', '.join(needed)}; start a new run with another --out")
+        raise ModelError(
+            f"checkpoint {path} lacks some of {', '.join(needed)}; start a new run with "
+            "another --out"
+        )
     return meta
 
 
@@ -513,32 +646,46 @@ def _resumed_config(stored: dict, given: PretrainConfig | None, out: Path) -> Pr
     try:
         config = PretrainConfig.from_dict(stored["config"])
     except (WssegError, TypeError) as exc:
-        raise ModelError(f"checkpoint in {out} holds an invalid config ({exc}); start a new run") from None
+        raise ModelError(
+            f"checkpoint in {out} holds an invalid config ({exc}); start a new run"
+        ) from None
     if given is not None and given != config:
-        diff = [f"{k}: run {a!r} vs now {b!r}" for k, a, b in
-                ((f.name, getattr(config, f.name), getattr(given, f.name)) for f in dataclasses.fields(config))
-                if a != b]
-        raise WssegError(f"--out {out} holds a run with other options ({'; '.join(diff)}); resume without "
-                         "options or with the same ones, or give a new --out")
+        diff = [
+            f"{k}: run {a!r} vs now {b!r}"
+            for k, a, b in (
+                (f.name, getattr(config, f.name), getattr(given, f.name))
+                for f in dataclasses.fields(config)
+            )
+            if a != b
+        ]
+        raise WssegError(
+            f"--out {out} holds a run with other options ({'; '.join(diff)}); resume without "
+            "options or with the same ones, or give a new --out"
+        )
     return config
 
 
 def _check_same_run(stored: dict, record: dict, out: Path) -> None:
     for key in ("image", "normalization"):
         if stored[key] != json.loads(json.dumps(record[key])):
-            raise WssegError(f"--out {out} holds a run on another image ({key} differs: "
-                             f"{str(stored[key])[:80]} vs {str(record[key])[:80]}); give the same image or a new --out")
+            raise WssegError(
+                f"--out {out} holds a run on another image ({key} differs: "
+                f"{str(stored[key])[:80]} vs {str(record[key])[:80]}); give the same image or "
+                "a new --out"
+            )
 
 
 def _check_image(image: Image, config: PretrainConfig) -> None:
     _, y, x = image.shape
     if min(y, x) < config.patch_size:
-        raise WssegError(f"image {image.name} of shape {image.shape} has slices smaller than one "
-                         f"{config.patch_size}x{config.patch_size} patch; use a larger image or --patch-size")
+        raise WssegError(
+            f"image {image.name} of shape {image.shape} has slices smaller than one "
+            f"{config.patch_size}x{config.patch_size} patch; use a larger image or --patch-size"
+        )
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _sha256(path: Path) -> str:
@@ -549,4 +696,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["DEFAULT_ARCH", "PretrainConfig", "PretrainResult", "image_content_hash", "is_backbone_folder", "pretrain"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "PretrainConfig",
+    "PretrainResult",
+    "image_content_hash",
+    "is_backbone_folder",
+    "pretrain",
+]

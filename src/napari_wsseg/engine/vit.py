@@ -200,7 +200,8 @@ class FrozenViT:
             values = np.repeat(values, wanted, axis=-1)
         elif channels != wanted:
             warnings.warn(
-                f"backbone '{self.name}' takes {'grey' if wanted == 1 else f'{wanted}-channel'} input; "
+                f"backbone '{self.name}' takes {'grey' if wanted == 1 else f'{wanted}-channel'} "
+                "input; "
                 f"averaging {channels} channels to grey",
                 stacklevel=3,
             )
@@ -293,9 +294,11 @@ def load_backbone(
         Unknown or non-ViT name, weights that cannot be downloaded/read, a weights file whose
         bytes differ from ``expected_file_sha256``, or a weights file of another architecture.
     """
-    if weights is not None and str(weights) != RANDOM_WEIGHTS and Path(weights).expanduser().is_dir():
-        return _load_backbone_folder(name, Path(weights).expanduser().resolve(), device=device, tiles=tiles,
-                                     batch_size=batch_size, expected_file_sha256=expected_file_sha256)
+    is_folder = weights is not None and str(weights) != RANDOM_WEIGHTS
+    if is_folder and Path(weights).expanduser().is_dir():
+        folder = Path(weights).expanduser().resolve()
+        return _load_backbone_folder(name, folder, device=device, tiles=tiles, batch_size=batch_size,
+                                     expected_file_sha256=expected_file_sha256)
     _check_name(name)
     warning, file_sha256 = None, None
     if weights is None:
@@ -326,7 +329,9 @@ def load_backbone(
     )
 
 
-def _load_backbone_folder(name: str, folder: Path, *, expected_file_sha256: str | None, **options) -> FrozenViT:
+def _load_backbone_folder(
+    name: str, folder: Path, *, expected_file_sha256: str | None, **options
+) -> FrozenViT:
     """A :class:`FrozenViT` of a ``wsseg pretrain`` folder (checked by :mod:`.backbones`)."""
     from .backbones import load_backbone_folder
 
@@ -336,8 +341,9 @@ def _load_backbone_folder(name: str, folder: Path, *, expected_file_sha256: str 
             f"backbone folder {folder} holds a '{info.arch}' but backbone '{name}' was asked for; "
             f"leave out --backbone or pass --backbone {info.arch}"
         )
-    return FrozenViT(model, name=info.arch, weights_source=f"backbone:{folder}", weights_hash=info.weights_hash,
-                     weights_file_sha256=sha, mean=info.mean, std=info.std, **options)
+    return FrozenViT(model, name=info.arch, weights_source=f"backbone:{folder}",
+                     weights_hash=info.weights_hash, weights_file_sha256=sha, mean=info.mean,
+                     std=info.std, **options)
 
 
 def file_sha256(path: Path) -> str:
