@@ -431,7 +431,8 @@ class MEWSMethod(Method):
             from ...engine.backbones import locate_backbone_folder
 
             search = [self._folder] if self._folder is not None else []
-            search += [Path(f).expanduser() for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep) if f]
+            listed = os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep)
+            search += [Path(f).expanduser() for f in listed if f]
             expected = self._backbone_state.get("weights_file_sha256")
             return str(locate_backbone_folder(Path(source[len("backbone:") :]), search, expected))
         raise ModelError(
