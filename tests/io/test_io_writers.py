@@ -138,6 +138,33 @@ def test_create_refuses_existing_paths(tmp_path):
         write_labels(tmp_path / "image.zarr", np.zeros((4, 5), np.uint8))
 
 
+def test_overwrite_leaves_a_label_image_of_another_tool_alone(tmp_path):
+    from ome_zarr.writer import write_labels as ome_write_labels
+
+    theirs = tmp_path / "theirs.zarr"
+    labels = np.arange(20, dtype=np.uint8).reshape(4, 5) % 3
+    zarr.open_group(str(theirs), mode="w", zarr_format=3)
+    ome_write_labels(labels, str(theirs), name="cells.zarr", axes="yx", scaler=None,
+                     scale_factors=())
+    cells = theirs / "labels" / "cells.zarr"  # an OME label image, written by ome-zarr-py
+    before = sorted(p.relative_to(theirs) for p in theirs.rglob("*"))
+    for store in (theirs, cells):
+        with pytest.raises(ImageFormatError, match=r"not a wsseg label image .*never replaced"):
+            create_labels_zarr(store, (4, 5), overwrite=True)
+        with pytest.raises(ImageFormatError, match=r"is not a wsseg label image"):
+            write_labels(store, np.zeros((4, 5), np.uint8))
+    assert sorted(p.relative_to(theirs) for p in theirs.rglob("*")) == before
+    np.testing.assert_array_equal(read_labels(cells), labels)
+
+
+def test_a_store_made_here_carries_the_attribute_that_allows_replacing_it(tmp_path):
+    path = tmp_path / "pred.zarr"
+    write_labels(path, np.ones((4, 5), np.uint8))
+    assert zarr.open_group(str(path), mode="r").attrs["napari_wsseg"]["kind"] == "labels"
+    write_labels(path, np.zeros((2, 3), np.uint8))
+    assert read_labels(path).shape == (2, 3)
+
+
 def test_write_labels_replaces_previous_outputs(tmp_path):
     for value in (1, 2):
         for name in ("p.npy", "p.tif", "p.zarr"):

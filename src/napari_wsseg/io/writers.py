@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..errors import ImageFormatError
 from .readers import ome_attrs
 
@@ -25,6 +26,9 @@ NGFF_VERSION = "0.5"
 #: Default zarr chunk edge in y and x for labels; z chunks are one slice, as outputs are
 #: written slice by slice.
 LABEL_CHUNK_YX = 512
+#: Root attribute every label store made here carries: the proof that replacing it deletes only
+#: what napari-wsseg wrote.
+MADE_BY_ATTR = "napari_wsseg"
 #: Pyramid levels stop before y or x would drop below this many pixels, and after this many levels.
 PYRAMID_MIN_SIZE = 64
 PYRAMID_MAX_LEVELS = 4
@@ -115,8 +119,9 @@ def create_labels_zarr(path, shape, *, classes=None, chunks=None, dtype=None, ov
     dtype : numpy dtype, optional
         Default uint8 for up to 256 classes, else (or without ``classes``) uint16.
     overwrite : bool, default False
-        Replace an existing label image at ``path`` (one with ``image-label`` metadata). Any
-        other existing path is never replaced.
+        Replace an existing label image at ``path`` made by this function (its root attributes
+        hold ``napari_wsseg``). Any other existing path, label images of other tools included,
+        is never replaced.
 
     Returns
     -------
@@ -152,6 +157,7 @@ def create_labels_zarr(path, shape, *, classes=None, chunks=None, dtype=None, ov
     )
     write_multiscales(group, 1, axes, name=path.stem)
     _write_image_label(group, classes)
+    group.attrs[MADE_BY_ATTR] = {"kind": "labels", "version": __version__}
     return array
 
 
@@ -174,7 +180,7 @@ def finalize_labels_zarr(path) -> Path:
     import zarr
 
     path = Path(path).expanduser()
-    if not is_label_zarr(path):
+    if not is_wsseg_label_zarr(path):  # the pyramid step deletes the store's levels 1, 2, ...
         raise ImageFormatError(
             f"labels store {path} is not a label image made by create_labels_zarr; create it first"
         )
@@ -196,6 +202,25 @@ def is_label_zarr(path) -> bool:
     except Exception:  # not a zarr group at all
         return False
     return "image-label" in ome_attrs(group)
+
+
+def is_wsseg_label_zarr(path) -> bool:
+    """True when ``path`` is a label image made by :func:`create_labels_zarr` (our root attribute).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "pred.zarr"
+    >>> _ = create_labels_zarr(path, (4, 4), dtype=np.uint8)
+    >>> is_wsseg_label_zarr(path), is_wsseg_label_zarr(path.parent)
+    (True, False)
+    """
+    import zarr
+
+    if not is_label_zarr(path):
+        return False
+    made_by = zarr.open_group(str(path), mode="r").attrs.get(MADE_BY_ATTR)
+    return isinstance(made_by, dict) and made_by.get("kind") == "labels"
 
 
 # --- OME-Zarr metadata and pyramids (shared with convert.py) ------------------------------------
@@ -359,9 +384,11 @@ def _remove_previous_labels(path: Path, overwrite: bool) -> None:
             f"labels store {path} already exists; pass overwrite=True (--overwrite) or pick "
             "another path"
         )
-    if not is_label_zarr(path):
+    if not is_wsseg_label_zarr(path):
         raise ImageFormatError(
-            f"{path} already exists and is not a wsseg label image; delete it or pick another path"
+            f"{path} already exists and is not a wsseg label image (no '{MADE_BY_ATTR}' "
+            "attribute: another tool or you made it), so it is never replaced; move it away or "
+            "pick another path"
         )
     shutil.rmtree(path)
 
