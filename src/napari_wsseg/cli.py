@@ -211,9 +211,11 @@ def cmd_simulate(args) -> int:
         masks=args.masks,
         scribbles=args.scribbles,
         seed=args.seed,
+        region_tags=args.region_tags,
+        region_tag_cells=args.region_tag_cells,
     )
     out = Path(args.out)
-    write_annotations(out, ann)
+    write_annotations(out, ann, overwrite=True)  # _check_simulate_out refused without --overwrite
     if ann.masks is not None:
         write_labels(out / "masks.npy", ann.masks[0] if gt.ndim == 2 else ann.masks)
     print(json.dumps({"out": str(out), **ann.summary()}))
@@ -569,37 +571,42 @@ def cmd_pretrain(args) -> int:
     from .progress import tqdm_progress
 
     image = read_image(args.image)
-    given = {"arch": args.arch, "patch_size": args.patch_size, "steps": args.steps, "batch": args.batch,
-             "seed": args.seed, "voxel_size_zyx": args.voxel_size}
+    given = {"arch": args.arch, "patch_size": args.patch_size, "steps": args.steps,
+             "batch": args.batch, "seed": args.seed, "voxel_size_zyx": args.voxel_size}
     given = {k: v for k, v in given.items() if v is not None}
     config = PretrainConfig(**given) if given or not args.resume else None
     cancel = threading.Event()  # Ctrl-C stops at the next step with a checkpoint (resumable)
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     update, close = tqdm_progress("pretrain")
     try:
-        result = pretrain(image, args.out, config, time_budget_s=args.time_budget, device=args.device,
-                          resume=args.resume, checkpoint_every_s=args.checkpoint_every, progress=update,
-                          cancel=cancel)
+        result = pretrain(image, args.out, config, time_budget_s=args.time_budget,
+                          device=args.device, resume=args.resume,
+                          checkpoint_every_s=args.checkpoint_every, progress=update, cancel=cancel)
     finally:
         close()
         signal.signal(signal.SIGINT, previous)
     losses = [h["loss"] for h in result.history]
-    print(json.dumps({"out": str(result.out), "stopped": result.stopped, "steps": result.steps,
-                      "planned_steps": result.planned_steps, "seconds": round(result.seconds, 1),
-                      "images_per_s": round(result.images_per_s, 2), "loss": losses[-1] if losses else None,
-                      "weights_hash": result.info.weights_hash}))
+    print(json.dumps({
+        "out": str(result.out), "stopped": result.stopped, "steps": result.steps,
+        "planned_steps": result.planned_steps, "seconds": round(result.seconds, 1),
+        "images_per_s": round(result.images_per_s, 2), "loss": losses[-1] if losses else None,
+        "weights_hash": result.info.weights_hash,
+    }))
     return 0
 
 
 def _add_pretrain_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="learn a ViT backbone from the image itself (self-supervised, for mews)",
-                       description="Self-supervised DINO pretraining of a small timm ViT on every slice of "
-                       "IMAGE (no labels). Writes a backbone folder for `wsseg train --method mews "
-                       "--backbone-weights FOLDER`; resumable with --resume (see docs/pretrain.md).")
+    p = sub.add_parser("pretrain", help="learn a ViT backbone from the image itself (for mews)",
+                       description="Self-supervised DINO pretraining of a small timm ViT on every "
+                       "slice of IMAGE (no labels). Writes a backbone folder for `wsseg train "
+                       "--method mews --backbone-weights FOLDER`; resumable with --resume (see "
+                       "docs/pretrain.md).")
     p.add_argument("image", help="image or volume (.zarr/OME-Zarr and large .tif are read lazily)")
-    p.add_argument("--out", required=True, help="backbone folder to write (new or empty; or the run to --resume)")
+    p.add_argument("--out", required=True,
+                   help="backbone folder to write (new or empty; or the run to --resume)")
     p.add_argument("--arch", default=None, help="timm ViT name (default vit_tiny_patch16_224)")
-    p.add_argument("--patch-size", type=_count(2), default=None, help="patch side in pixels (default 8)")
+    p.add_argument("--patch-size", type=_count(2), default=None,
+                   help="patch side in pixels (default 8)")
     p.add_argument("--steps", type=_count(1), default=None,
                    help="optimisation steps (default: as many as fit --time-budget, else 2000)")
     p.add_argument("--batch", type=_count(1), default=None, help="windows per step (default 16)")
@@ -610,17 +617,22 @@ def _add_pretrain_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=_finite(0, inclusive=False), default=120.0,
                    help="seconds between checkpoints (default 120)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=_count(0), default=None, help="seed of the weights and views (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--seed", type=_count(0), default=None,
+                   help="seed of the weights and views (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint")
 
 
 def _parse_voxel_size(text: str) -> tuple[float, float, float]:
-    from .io.voxel_size import parse_voxel_size
-
     try:
-        return parse_voxel_size(text, 3, source="voxel size")
-    except WssegError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{_quote(text)} is not a voxel size; write Z,Y,X e.g. 8,8,8") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"voxel size {_quote(text)} must be three positive numbers Z,Y,X")
+    return values
 
 
 # ------------------------------------------------------------------ parser
@@ -658,6 +670,11 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                    help="K boxes per class per slice (some objects boxed, not exhaustive), or 'all': "
                         "every object of every class boxed, marked exhaustive")
     p.add_argument("--tags", action="store_true", help="write slice tags (class presence)")
+    p.add_argument("--region-tags", type=_count(1), default=0, metavar="CELL",
+                   help="write region tags (tags.csv rows with y0,x0,y1,x1): the classes present "
+                        "in each CELL x CELL pixel cell of a grid over the chosen slices")
+    p.add_argument("--region-tag-cells", type=_count(0), default=None, metavar="N",
+                   help="with --region-tags: tag N random cells per slice (default: every cell)")
     p.add_argument("--sizes", action="store_true", help="write class size fractions")
     p.add_argument("--size-noise", type=_finite(0, inclusive=True), default=0.0,
                    help="sigma of the multiplicative size noise")

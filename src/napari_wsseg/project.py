@@ -44,6 +44,7 @@ _KINDS = {
     "tags": (2, np.int64),
     "sizes": (3, np.float64),
     "exhaustive_boxes": (2, np.int64),
+    "region_tags": (6, np.int64),
 }
 _KEEP_SNAPSHOTS = 2
 

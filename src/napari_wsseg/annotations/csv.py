@@ -4,13 +4,15 @@ One CSV per kind, with these exact headers (see ``docs/annotations.md``)::
 
     points.csv  z,y,x,class
     boxes.csv   z,y0,x0,y1,x1,class[,exhaustive]
-    tags.csv    z,class
+    tags.csv    z,class[,y0,x0,y1,x1]
     sizes.csv   z,class,fraction
 
 For a 2D image the ``z`` column may be left out (``y,x,class``); its rows then lie in slice 0.
 ``boxes.csv`` may end with an ``exhaustive`` column (0/1, default 0): 1 says every object of the
 row's class in its slice is boxed. All rows of one (z, class) must agree, and a row with empty
 ``y0,x0,y1,x1`` and ``exhaustive`` 1 says the slice has no object of the class.
+``tags.csv`` may end with ``y0,x0,y1,x1``: a row with them tags a rectangle of the slice (a region
+tag, ``Annotations.region_tags``), a row with them empty tags the whole slice.
 The ``class`` column holds a class id ``0..C-1`` or a class name (names need the class list).
 Files are written with the ``z`` column and integer class ids. Parsing uses the standard ``csv``
 module; each column is converted with numpy at once and rows are only inspected one by one to
@@ -20,6 +22,7 @@ report the first bad value.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -61,7 +64,7 @@ class _Kind:
 _KINDS = {
     "points": _Kind("points", "point", ("z", "y", "x", "class"), np.int64),
     "boxes": _Kind("boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64, ("exhaustive",)),
-    "tags": _Kind("tags", "tag", ("z", "class"), np.int64),
+    "tags": _Kind("tags", "tag", ("z", "class"), np.int64, ("y0", "x0", "y1", "x1")),
     "sizes": _Kind("sizes", "size", ("z", "class", "fraction"), np.float64),
 }
 
@@ -300,7 +303,8 @@ def read_boxes_csv(path, classes=None, *, with_exhaustive: bool = False):
 def read_tags_csv(path, classes=None) -> np.ndarray:
     """Read ``tags.csv`` (``z,class``: the class is present in slice z; ``class`` alone for 2D).
 
-    Parameters and errors as :func:`read_points_csv`.
+    Parameters and errors as :func:`read_points_csv`; a file with region rows
+    (``z,class,y0,x0,y1,x1``) is refused: read it with :func:`read_region_tags_csv`.
 
     Returns
     -------
@@ -316,7 +320,59 @@ def read_tags_csv(path, classes=None) -> np.ndarray:
     array([[3, 1],
            [3, 0]])
     """
-    return _read_kind(path, "tags", as_class_list(classes))[0]
+    tags, regions = read_region_tags_csv(path, classes)
+    if len(regions):
+        raise AnnotationError(
+            f"{path} holds region tags (rows with y0,x0,y1,x1); read it with "
+            "read_region_tags_csv or load_annotations"
+        )
+    return tags
+
+
+#: The optional region columns of ``tags.csv``.
+_REGION_COLUMNS = ("y0", "x0", "y1", "x1")
+
+
+def read_region_tags_csv(path, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``tags.csv`` with optional region columns (``z,class[,y0,x0,y1,x1]``).
+
+    A row with ``y0,x0,y1,x1`` (corners inclusive) tags that rectangle of slice z: the tagged
+    classes of a rectangle are present in it and every other class is absent from it. A row with
+    the four cells empty, or a file without these columns, tags the whole slice.
+
+    Parameters and errors as :func:`read_points_csv`, plus a header with only some of the four
+    region columns.
+
+    Returns
+    -------
+    tags : (N, 2) int64 array
+        Whole-slice tags ``(z, class)``.
+    region_tags : (M, 6) int64 array
+        Region tags ``(z, class, y0, x0, y1, x1)``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tags.csv"
+    >>> _ = path.write_text("z,class,y0,x0,y1,x1\\n3,mito,0,0,31,31\\n4,cyto,,,,\\n")
+    >>> tags, regions = read_region_tags_csv(path, classes=["cyto", "mito"])
+    >>> tags.tolist(), regions.tolist()
+    ([[4, 0]], [[3, 1, 0, 0, 31, 31]])
+    """
+    return _tags_from_table(_read_table(path, "tags", as_class_list(classes)))
+
+
+def _tags_from_table(table: _Table) -> tuple[np.ndarray, np.ndarray]:
+    """Split a parsed ``tags.csv`` into whole-slice tags and region tags."""
+    if table.optional not in ((), _REGION_COLUMNS):
+        raise AnnotationError(
+            f"{table.path} line 1: the header has {','.join(table.optional)} but a region needs "
+            f"all of {','.join(_REGION_COLUMNS)}; add the missing columns or remove them"
+        )
+    values = table.values
+    if not table.optional:
+        return values[:, :2], np.zeros((0, 6), np.int64)
+    return values[table.no_box, :2], values[~table.no_box].reshape(-1, 6)
 
 
 def read_sizes_csv(path, classes=None) -> np.ndarray:
@@ -379,7 +435,8 @@ def _read_table(path, kind_name: str, classes: list[ClassInfo] | None) -> _Table
     _check_row_lengths(path, data_lines, data, columns)
     table = np.char.strip(np.array(data, dtype=np.str_).reshape(len(data), len(columns)))
     lines_arr = np.asarray(data_lines)
-    no_box = _statement_rows(table, columns) if "exhaustive" in optional else np.zeros(len(data), bool)
+    has_statements = "exhaustive" in optional or len(optional) == len(_REGION_COLUMNS)
+    no_box = _statement_rows(table, columns) if has_statements else np.zeros(len(data), bool)
     out = np.zeros((len(data), len(kind.columns) + len(optional)), dtype=kind.dtype)
     offset = 0 if has_z else 1
     for j, name in enumerate(columns):
@@ -641,8 +698,11 @@ def write_boxes_csv(path, boxes, exhaustive=None) -> Path:
     return _write_atomic(Path(path), "\n".join([header, *rows]) + "\n")
 
 
-def write_tags_csv(path, tags) -> Path:
-    """Write ``(N, 2)`` tags as ``z,class``.
+def write_tags_csv(path, tags, region_tags=None) -> Path:
+    """Write ``(N, 2)`` tags as ``z,class``, and ``(M, 6)`` region tags as region rows.
+
+    With region tags the header is ``z,class,y0,x0,y1,x1`` and whole-slice tags have the four
+    region cells empty.
 
     Examples
     --------
@@ -651,8 +711,20 @@ def write_tags_csv(path, tags) -> Path:
     >>> print(path.read_text(), end="")
     z,class
     3,1
+    >>> path = write_tags_csv(path, [[3, 1]], region_tags=[[2, 0, 0, 0, 15, 15]])
+    >>> print(path.read_text(), end="")
+    z,class,y0,x0,y1,x1
+    3,1,,,,
+    2,0,0,0,15,15
     """
-    return _write_kind(path, "tags", tags)
+    regions = np.asarray([] if region_tags is None else region_tags, np.int64).reshape(-1, 6)
+    if not len(regions):
+        return _write_kind(path, "tags", tags)
+    tags = np.asarray(tags, dtype=np.int64).reshape(-1, 2)
+    rows = [f"{z},{c},,,," for z, c in tags.tolist()]
+    rows += [",".join(map(str, row)) for row in regions.tolist()]
+    header = ",".join(_KINDS["tags"].columns + _REGION_COLUMNS)
+    return _write_atomic(Path(path), "\n".join([header, *rows]) + "\n")
 
 
 def write_sizes_csv(path, sizes) -> Path:
@@ -688,34 +760,56 @@ def _write_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def write_annotations(folder, annotations: Annotations) -> dict[str, Path]:
+#: Written by :func:`write_annotations` next to its files: their names and sha256, the proof that
+#: replacing or removing one of them later deletes only what napari-wsseg wrote.
+MANIFEST_FILE = ".napari_wsseg_annotations.json"
+
+
+def write_annotations(
+    folder, annotations: Annotations, *, overwrite: bool = False
+) -> dict[str, Path]:
     """Write the annotations to ``folder`` as CSV files plus ``classes.json``.
 
     Each non-empty kind is written to ``points.csv``, ``boxes.csv`` (with the ``exhaustive``
-    column when ``annotations.exhaustive_boxes`` has rows), ``tags.csv`` or ``sizes.csv``; the CSV
-    of an empty kind is removed if it exists, so the folder always holds exactly these
-    annotations. Masks are not written here (save them as an image with
-    :mod:`napari_wsseg.io`).
+    column when ``annotations.exhaustive_boxes`` has rows), ``tags.csv`` or ``sizes.csv``, so the
+    folder holds exactly these annotations. Masks are not written here (save them as an image
+    with :mod:`napari_wsseg.io`). The names and checksums of the files written are kept in
+    ``.napari_wsseg_annotations.json``.
 
     Parameters
     ----------
     folder : str or Path
         Created if missing.
     annotations : Annotations
+    overwrite : bool, default False
+        Replace the annotation files of an earlier call, and remove the CSV of a kind that is now
+        empty. Only files this function wrote and nobody changed since are replaced or removed.
+        By default, any existing ``classes.json`` or annotation CSV in ``folder`` is an error.
 
     Returns
     -------
     dict
         ``{"classes": path, "points": path, ...}`` for the files written.
 
+    Raises
+    ------
+    AnnotationError
+        An annotation file exists and ``overwrite`` is False, or it exists and was not written
+        by this function (or was changed since); nothing is written then.
+
     Examples
     --------
     >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
     >>> ann = Annotations(default_classes(2), points=[[0, 1, 1, 0], [0, 3, 3, 1]])
-    >>> sorted(write_annotations(tempfile.mkdtemp(), ann))
+    >>> sorted(write_annotations(folder, ann))
     ['classes', 'points']
+    >>> sorted(write_annotations(folder, Annotations(default_classes(2), tags=[[0, 1]]),
+    ...                          overwrite=True))
+    ['classes', 'tags']
     """
     folder = Path(folder)
+    _check_replaceable(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     written = {"classes": write_classes_json(folder / CLASSES_FILE, annotations.classes)}
     for name, kind in _KINDS.items():
@@ -723,11 +817,47 @@ def write_annotations(folder, annotations: Annotations) -> dict[str, Path]:
         path = folder / kind.file_name
         if name == "boxes" and len(annotations.exhaustive_boxes):
             written[name] = write_boxes_csv(path, array, annotations.exhaustive_boxes)
+        elif name == "tags" and len(annotations.region_tags):
+            written[name] = write_tags_csv(path, array, annotations.region_tags)
         elif len(array):
             written[name] = _write_kind(path, name, array)
         elif path.exists():
-            path.unlink()
+            path.unlink()  # ours: _check_replaceable proved it
+    manifest = {path.name: _sha256(path) for path in written.values()}
+    _write_atomic(folder / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return written
+
+
+def _check_replaceable(folder: Path, overwrite: bool) -> None:
+    """Refuse when an annotation file in ``folder`` may not be replaced or removed."""
+    names = [CLASSES_FILE, *(kind.file_name for kind in _KINDS.values())]
+    existing = [folder / name for name in names if (folder / name).exists()]
+    if not existing:
+        return
+    if not overwrite:
+        raise AnnotationError(
+            f"{existing[0]} already exists; pass overwrite=True to replace the annotations in "
+            f"{folder}, or choose another folder"
+        )
+    ours = _read_manifest(folder)
+    for path in existing:
+        if not path.is_file() or ours.get(path.name) != _sha256(path):
+            raise AnnotationError(
+                f"{path} was not written by napari-wsseg or was changed since, so it is never "
+                "replaced or removed; move it away or choose another folder"
+            )
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def find_annotation_files(folder) -> dict[str, Path]:
@@ -807,6 +937,8 @@ def load_annotations(
         has_z = table.has_z
         if name == "boxes":
             arrays["boxes"], arrays["exhaustive_boxes"] = _boxes_from_table(table)
+        elif name == "tags":
+            arrays["tags"], arrays["region_tags"] = _tags_from_table(table)
         else:
             arrays[name] = table.values
         if not has_z and image_shape is not None and int(image_shape[0]) > 1:
@@ -827,7 +959,9 @@ def load_annotations(
 
 
 def _inferred_class_count(arrays: dict[str, np.ndarray], masks: np.ndarray | None) -> int:
-    class_columns = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1}
+    class_columns = {
+        "points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1, "region_tags": 1,
+    }
     top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if len(arrays.get(k, []))]
     if masks is not None and masks.size and np.issubdtype(masks.dtype, np.integer):
         top.append(int(masks.max()) - 1)

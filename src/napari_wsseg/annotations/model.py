@@ -57,7 +57,7 @@ class Annotations:
         the class; corners inclusive.
     tags : (N, 2) int64 array
         Rows ``(z, class)``: the class is present in slice z. On a slice with at least one tag,
-        every untagged class is absent.
+        every untagged class is absent. Whole-slice tags only; see ``region_tags``.
     sizes : (N, 3) float64 array
         Rows ``(z, class, fraction)``: approximate fraction of slice z covered by the class.
     masks : (Z, Y, X) integer array or None
@@ -67,6 +67,11 @@ class Annotations:
         Rows ``(z, class)``: every object of the class in slice z is boxed, so outside those boxes
         the class is absent (with no box at all: absent from the slice). A box without such a row
         only says that an object of the class lies inside it; it excludes nothing outside.
+    region_tags : (N, 6) int64 array
+        Rows ``(z, class, y0, x0, y1, x1)``: the class is present in the rectangle
+        ``y0..y1, x0..x1`` (corners inclusive) of slice z. The rows sharing one rectangle form a
+        tagged region: inside it every class without such a row is absent. Kept apart from
+        ``tags`` so that ``tags`` stays the (slice, class) table its users expect.
     """
 
     classes: list[ClassInfo]
@@ -76,12 +81,14 @@ class Annotations:
     sizes: np.ndarray = field(default_factory=lambda: _empty(3, np.float64))
     masks: np.ndarray | None = None
     exhaustive_boxes: np.ndarray = field(default_factory=lambda: _empty(2, np.int64))
+    region_tags: np.ndarray = field(default_factory=lambda: _empty(6, np.int64))
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.int64).reshape(-1, 4)
         self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 6)
         self.tags = np.asarray(self.tags, dtype=np.int64).reshape(-1, 2)
         self.sizes = np.asarray(self.sizes, dtype=np.float64).reshape(-1, 3)
+        self.region_tags = np.asarray(self.region_tags, dtype=np.int64).reshape(-1, 6)
         self.exhaustive_boxes = np.unique(
             np.asarray(self.exhaustive_boxes, dtype=np.int64).reshape(-1, 2), axis=0
         )
@@ -104,13 +111,14 @@ class Annotations:
         return (
             len(self.points) == 0 and len(self.boxes) == 0 and len(self.tags) == 0
             and len(self.sizes) == 0 and len(self.exhaustive_boxes) == 0 and no_mask
+            and len(self.region_tags) == 0
         )
 
     def annotated_slices(self) -> np.ndarray:
         """Sorted z indices that carry at least one annotation of any kind."""
         zs = [
             self.points[:, 0], self.boxes[:, 0], self.tags[:, 0],
-            self.sizes[:, 0].astype(np.int64), self.exhaustive_boxes[:, 0],
+            self.sizes[:, 0].astype(np.int64), self.exhaustive_boxes[:, 0], self.region_tags[:, 0],
         ]
         if self.masks is not None:
             zs.append(np.flatnonzero(np.any(self.masks.reshape(len(self.masks), -1) > 0, axis=1)))
@@ -128,6 +136,7 @@ class Annotations:
             "tags": np.bincount(self.tags[:, 1], minlength=c)[:c],
             "sizes": np.bincount(self.sizes[:, 1].astype(np.int64), minlength=c)[:c],
             "exhaustive_boxes": np.bincount(self.exhaustive_boxes[:, 1], minlength=c)[:c],
+            "region_tags": np.bincount(self.region_tags[:, 1], minlength=c)[:c],
         }
         if self.masks is not None:
             hist = np.bincount(np.asarray(self.masks).ravel(), minlength=c + 1)
@@ -161,6 +170,7 @@ class Annotations:
             sizes=self.sizes[np.isin(self.sizes[:, 0].astype(np.int64), keep)],
             masks=masks,
             exhaustive_boxes=self.exhaustive_boxes[np.isin(self.exhaustive_boxes[:, 0], keep)],
+            region_tags=self.region_tags[np.isin(self.region_tags[:, 0], keep)],
         )
 
 

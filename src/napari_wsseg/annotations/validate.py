@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import AnnotationError
 from .model import Annotations
+from .region_tags import regions_containing, tag_regions
 from .targets import box_masks, tag_matrix
 
 _COLUMNS = {
@@ -23,6 +24,7 @@ _COLUMNS = {
     "tags": ("z", "class"),
     "sizes": ("z", "class", "fraction"),
     "exhaustive_boxes": ("z", "class"),
+    "region_tags": ("z", "class", "y0", "x0", "y1", "x1"),
 }
 #: Which image axis (0 z, 1 y, 2 x) each coordinate column indexes.
 _AXES = {
@@ -31,8 +33,13 @@ _AXES = {
     "tags": {0: 0},
     "sizes": {0: 0},
     "exhaustive_boxes": {0: 0},
+    "region_tags": {0: 0, 2: 1, 3: 2, 4: 1, 5: 2},
 }
-_CLASS_COLUMN = {"points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1}
+_CLASS_COLUMN = {
+    "points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1, "region_tags": 1,
+}
+#: The (y0, x0, y1, x1) columns of the kinds that hold rectangles.
+_CORNERS = {"boxes": (1, 2, 3, 4), "region_tags": (2, 3, 4, 5)}
 #: How far a slice's size fractions may sum from 1 (the one value validation and widgets use).
 SIZE_SUM_TOLERANCE = 0.1
 
@@ -55,7 +62,8 @@ def validate_annotations(
     class differs from the mask at that pixel; a mask that is not an integer label image of the
     image's shape with values ``0..C``; for a (slice, class) whose boxes are exhaustive, a point or
     mask pixel of the class outside all of its boxes, or a tag saying the class is present when
-    it has no box there.
+    it has no box there; a region tag whose rectangle has ``y1 < y0`` or ``x1 < x0``, or a point
+    inside a tagged region that does not tag the point's class.
 
     Warnings (returned, and emitted with :func:`warnings.warn` unless ``warn`` is False): a class
     with no points, boxes, tags, positive sizes or mask pixels.
@@ -112,6 +120,7 @@ def validate_annotations(
     _check_against_tags(ann, shape[0], source)
     _check_point_conflicts(ann, source)
     _check_exhaustive_boxes(ann, shape, source)
+    _check_points_against_regions(ann, source)
     messages = _unannotated_classes(ann, source)
     if warn:
         for message in messages:
@@ -209,15 +218,16 @@ def _check_column(ann, kind: str, col: int, low: int, high: int, source: str, hi
 
 
 def _check_boxes_ordered(ann: Annotations, source: str) -> None:
-    boxes = ann.boxes
-    for low, high, axis in ((1, 3, "y"), (2, 4, "x")):
-        flipped = boxes[:, high] < boxes[:, low]
-        if flipped.any():
-            i, more = _first(flipped)
-            raise AnnotationError(
-                f"{source}: {_describe(ann, 'boxes', i)}: {axis}1 < {axis}0; corners are "
-                f"(y0, x0) top-left and (y1, x1) bottom-right, inclusive; swap them{more}"
-            )
+    for kind, (y0, x0, y1, x1) in _CORNERS.items():
+        rows = getattr(ann, kind)
+        for low, high, axis in ((y0, y1, "y"), (x0, x1, "x")):
+            flipped = rows[:, high] < rows[:, low]
+            if flipped.any():
+                i, more = _first(flipped)
+                raise AnnotationError(
+                    f"{source}: {_describe(ann, kind, i)}: {axis}1 < {axis}0; corners are "
+                    f"(y0, x0) top-left and (y1, x1) bottom-right, inclusive; swap them{more}"
+                )
 
 
 def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
@@ -448,12 +458,35 @@ def _check_masks_inside_exhaustive_boxes(ann: Annotations, shape, source: str) -
             )
 
 
+def _check_points_against_regions(ann: Annotations, source: str) -> None:
+    """A point inside a tagged region must be of a class the region tags."""
+    if not len(ann.region_tags) or not len(ann.points):
+        return
+    regions = tag_regions(ann)
+    inside = regions_containing(regions, ann.points[:, :3])  # (P, R)
+    excluded = inside & ~regions.present[:, ann.points[:, 3]].T
+    if not excluded.any():
+        return
+    i, more = _first(excluded.any(axis=1))
+    region = regions.boxes[int(np.argmax(excluded[i]))]
+    rows = ann.region_tags
+    same = np.all(rows[:, [0, 2, 3, 4, 5]] == region, axis=1)
+    j = int(np.argmax(same))
+    names = ", ".join(f"'{ann.class_names[int(k)]}'" for k in np.unique(rows[same, 1]))
+    raise AnnotationError(
+        f"{source}: {_describe(ann, 'points', i)} lies in the region of "
+        f"{_describe(ann, 'region_tags', j)}, which tags only {names}; add a region tag for the "
+        f"point's class there or fix the point's class{more}"
+    )
+
+
 # ----------------------------------------------------------------------------------- warnings
 def _unannotated_classes(ann: Annotations, source: str) -> list[str]:
     seen = np.zeros(ann.n_classes, dtype=bool)
     seen[ann.points[:, 3]] = True
     seen[ann.boxes[:, 5]] = True
     seen[ann.tags[:, 1]] = True
+    seen[ann.region_tags[:, 1]] = True
     seen[ann.sizes[ann.sizes[:, 2] > 0, 1].astype(np.int64)] = True
     if ann.masks is not None:
         seen |= np.bincount(ann.masks.ravel(), minlength=ann.n_classes + 1)[1:] > 0

@@ -2,8 +2,9 @@
 
 :func:`simulate_annotations` plays an annotator who, on a few chosen slices, clicks points inside
 objects (away from their borders), draws boxes around objects, tags the classes present, guesses
-how much of the slice each class covers (with controllable error) and optionally draws short
-scribbles or paints full masks (an upper bound). Everything is drawn from
+how much of the slice each class covers (with controllable error), tags the classes present in
+the cells of a grid (region tags) and optionally draws short scribbles or paints full masks (an
+upper bound). Everything is drawn from
 ``np.random.default_rng(seed)``, so a seed reproduces the same annotations.
 
 Size errors follow the size-target paper (Eq. 14-16): a noisy size is
@@ -41,6 +42,8 @@ def simulate_annotations(
     min_component_px: int = 16,
     seed: int = 0,
     classes: Sequence[ClassInfo] | None = None,
+    region_tags: int = 0,
+    region_tag_cells: int | None = None,
 ) -> Annotations:
     """Derive points, boxes, tags, sizes, scribbles and masks from dense labels.
 
@@ -89,6 +92,13 @@ def simulate_annotations(
         Seed of the random generator.
     classes : sequence of ClassInfo, optional
         Names and colours; by default ``default_classes(n_classes)``.
+    region_tags : int, default 0
+        Cell size in pixels of a grid laid from the top-left corner of each chosen slice (edge
+        cells clipped to the image); each tagged cell gets one region tag row per class present
+        in it, so the classes absent from the cell are known absent. 0 gives no region tags.
+    region_tag_cells : int, optional
+        How many cells per chosen slice to tag, drawn at random without repetition (all cells
+        when there are fewer). By default every cell.
 
     Returns
     -------
@@ -112,11 +122,12 @@ def simulate_annotations(
     volume = _as_volume(gt)
     box_all = _box_all(boxes)
     _check_counts(points=points, boxes=0 if box_all else boxes, scribbles=scribbles,
-                  size_noise=size_noise)
+                  size_noise=size_noise, region_tags=region_tags,
+                  region_tag_cells=region_tag_cells or 0)
     n_classes, classes = _resolve_classes(volume, n_classes, classes)
     chosen = choose_slices(volume.shape[0], slices, slice_range=slice_range)
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {"points": [], "boxes": [], "tags": [], "sizes": []}
+    rows: dict[str, list] = {"points": [], "boxes": [], "tags": [], "sizes": [], "regions": []}
     mask_volume = None
     if masks or scribbles:
         mask_dtype = np.uint8 if n_classes < 255 else np.uint16
@@ -142,6 +153,10 @@ def simulate_annotations(
                 mask_volume[z][drawn & (mask_volume[z] == 0)] = k + 1
         if tags:
             rows["tags"].append(np.stack([np.full(len(present), z), present], axis=1))
+        if region_tags:
+            rows["regions"].append(
+                grid_region_tags(labels, z, region_tags, n_classes, region_tag_cells, rng)
+            )
         if sizes:
             fractions = class_fractions(labels, n_classes)
             noisy = corrupt_sizes(fractions, size_noise, rng=rng)
@@ -154,7 +169,61 @@ def simulate_annotations(
         sizes=_stack(rows["sizes"], 3),
         masks=mask_volume,
         exhaustive_boxes=[(z, k) for z in chosen for k in range(n_classes)] if box_all else [],
+        region_tags=_stack(rows["regions"], 6),
     )
+
+
+def grid_region_tags(
+    labels: np.ndarray,
+    z: int,
+    cell: int,
+    n_classes: int,
+    count: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Region tags of the cells of a ``cell``-pixel grid over one dense label slice.
+
+    Parameters
+    ----------
+    labels : (Y, X) integer array
+        Dense labels of slice ``z``, values ``0..n_classes-1``.
+    z : int
+        The slice index written into the rows.
+    cell : int
+        Cell size in pixels; the grid starts at the top-left pixel, edge cells are clipped.
+    n_classes : int
+    count : int, optional
+        Tag this many random cells (all when there are fewer). By default every cell.
+    rng : numpy Generator, optional
+        Draws the cells when ``count`` is given.
+
+    Returns
+    -------
+    (N, 6) int64 array
+        Rows ``(z, class, y0, x0, y1, x1)``, one per class present in a tagged cell, in cell
+        order (row-major) then class order.
+
+    Examples
+    --------
+    >>> labels = np.zeros((4, 6), int)
+    >>> labels[:, 4:] = 1
+    >>> grid_region_tags(labels, 2, 3, 2).tolist()
+    [[2, 0, 0, 0, 2, 2], [2, 0, 0, 3, 2, 5], [2, 1, 0, 3, 2, 5], [2, 0, 3, 0, 3, 2], \
+[2, 0, 3, 3, 3, 5], [2, 1, 3, 3, 3, 5]]
+    """
+    height, width = labels.shape
+    n_y, n_x = -(-height // cell), -(-width // cell)
+    cell_of_pixel = (np.arange(height) // cell)[:, None] * n_x + (np.arange(width) // cell)[None]
+    flat = cell_of_pixel.ravel() * n_classes + np.asarray(labels, np.int64).ravel()
+    present = np.bincount(flat, minlength=n_y * n_x * n_classes).reshape(n_y * n_x, n_classes) > 0
+    cells = np.arange(n_y * n_x)
+    if count is not None and count < len(cells):
+        cells = np.sort((rng or np.random.default_rng(0)).choice(cells, count, replace=False))
+    cell_ids, classes = np.nonzero(present[cells])
+    cell_ids = cells[cell_ids]
+    y0, x0 = (cell_ids // n_x) * cell, (cell_ids % n_x) * cell
+    y1, x1 = np.minimum(y0 + cell, height) - 1, np.minimum(x0 + cell, width) - 1
+    return np.stack([np.full(len(classes), z), classes, y0, x0, y1, x1], axis=1).astype(np.int64)
 
 
 def _box_all(boxes) -> bool:

@@ -5,13 +5,15 @@ For one crop this builds what the losses need:
 - ``labels``: the class of every pixel whose class is known (points, mask pixels), else -1;
 - ``components``: connected components of the mask annotation inside the crop (ids 1..m);
 - ``allowed``: ``A(j)``, the classes pixel ``j`` may still belong to (Eq. 8 of Reiß et al.):
-  all classes, restricted to the slice's tags if it has any, minus every class whose boxes in the
+  all classes, restricted to the slice's tags if it has any and, inside a tagged region
+  (``Annotations.region_tags``), to the region's tags, minus every class whose boxes in the
   slice are marked exhaustive (``Annotations.exhaustive_boxes``) but none of which covers ``j``,
   and exactly the known class at point and mask pixels. A box that is not exhaustive excludes
   nothing outside it; it only adds its inside positives (the maximum along its rows and columns);
 - the boxes that touch the crop, clipped, with whether their rows / columns are still complete
   (a row of a clipped box is only a valid positive if the box's full X extent is in the crop);
-- the slice's tags (image-level positives).
+- the slice's tags (image-level positives). Region tags add no positive yet: the tag loss pools
+  over the whole crop, and a region's class need not be anywhere else in the crop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...annotations.model import Annotations
+from ...annotations.region_tags import region_allowed, tag_regions
 from ...annotations.targets import tag_matrix
 from ...engine.crops import Crop
 
@@ -64,6 +67,7 @@ class AnnotationIndex:
         self.points = _group_by_z(annotations.points[:, [1, 2, 3]], annotations.points[:, 0])
         self.boxes = _group_by_z(annotations.boxes[:, 1:], annotations.boxes[:, 0])
         self.tagged, self.allowed_by_tags = tag_matrix(annotations, self.shape[0])
+        self.regions = tag_regions(annotations)
         self.masks = annotations.masks
 
     def slice_allowed(self, z: int) -> np.ndarray:
@@ -88,6 +92,8 @@ class AnnotationIndex:
         exhaustive = self.exhaustive[crop.z]
         if exhaustive.any():
             allowed &= _box_coverage(boxes, crop, n_classes) | ~exhaustive[:, None, None]
+        if len(self.regions):
+            allowed &= region_allowed(self.regions, crop.z, crop.y, crop.x, size, size)
         known = labels >= 0
         allowed[:, known] = np.arange(n_classes)[:, None] == labels[known][None, :]
         box_fields = _clip_boxes(boxes, crop)
