@@ -186,18 +186,53 @@ def predict_block_input(
     n_classes = len(model.classes)
     labels = np.empty(shape, dtype=label_dtype(n_classes))
     probs = np.empty((n_classes, *shape), dtype=np.uint8) if probabilities else None
-    halo_z = model_halo_z(model)
-    for start in range(0, shape[0], BATCH_SLICES):
-        stop = min(start + BATCH_SLICES, shape[0])
-        z0 = max(crop[0].start + start - halo_z, 0)
-        z1 = min(crop[0].start + stop + halo_z, data.shape[0])
-        proba = _block_probabilities(model, data[z0:z1], n_classes)
-        inner = slice(crop[0].start + start - z0, crop[0].start + stop - z0)
-        proba = proba[:, inner, crop[1], crop[2]]
+    for start, stop, proba in _slab_probabilities(model, data, crop):
         labels[start:stop] = np.argmax(proba, axis=0)
         if probs is not None:
             probs[:, start:stop] = np.clip(np.round(proba * 255), 0, 255)
     return BlockPrediction(labels, probs)
+
+
+def _slab_probabilities(model, data: np.ndarray, crop):
+    """``(start, stop, (C, stop - start, Y, X) float32)`` for slabs of at most
+    :data:`BATCH_SLICES` slices of the block, each predicted with ``halo_z`` slices of context."""
+    n_slices = crop[0].stop - crop[0].start
+    halo_z = model_halo_z(model)
+    for start in range(0, n_slices, BATCH_SLICES):
+        stop = min(start + BATCH_SLICES, n_slices)
+        z0 = max(crop[0].start + start - halo_z, 0)
+        z1 = min(crop[0].start + stop + halo_z, data.shape[0])
+        proba = _block_probabilities(model, data[z0:z1], len(model.classes))
+        inner = slice(crop[0].start + start - z0, crop[0].start + stop - z0)
+        yield start, stop, np.asarray(proba[:, inner, crop[1], crop[2]], dtype=np.float32)
+
+
+def predict_proba_region(model, image: Image, region: Region) -> np.ndarray:
+    """Class probabilities ``(C, Z, Y, X)`` float32 of a region, with the model's context.
+
+    Reads ``halo`` pixels around the region in y and x and ``halo_z`` slices above and below it
+    (clipped to the image), as block-wise prediction does, so the result equals the same voxels
+    of a whole-volume prediction. The preview of one slice or of the visible part of a slice
+    calls this, so a 3D method sees its z neighbours there too.
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> from napari_wsseg.annotations.model import Annotations, default_classes
+    >>> from napari_wsseg.io.image import as_image
+    >>> image = as_image(np.random.default_rng(0).random((3, 16, 16)).astype(np.float32))
+    >>> model = RandomForestMethod(n_estimators=4)
+    >>> _ = model.fit(image, Annotations(default_classes(2), points=[[1, 2, 2, 0], [1, 9, 9, 1]]))
+    >>> predict_proba_region(model, image, (slice(1, 2), slice(4, 9), slice(0, 16))).shape
+    (2, 1, 5, 16)
+    """
+    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model))
+    n_slices = crop[0].stop - crop[0].start
+    shape = tuple(sl.stop - sl.start for sl in crop[1:])
+    out = np.empty((len(model.classes), n_slices, *shape), dtype=np.float32)
+    for start, stop, proba in _slab_probabilities(model, data, crop):
+        out[:, start:stop] = proba
+    return out
 
 
 def _block_probabilities(model, slab: np.ndarray, n_classes: int) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Slice-by-slice prediction of a 2D image or a stack with any trained method. Imports no Qt.
 
-Every method predicts one 2D slice at a time (:meth:`Method.predict_proba_slice`); this module
-runs it over the chosen slices of an :class:`~napari_wsseg.io.image.Image` and writes labels into
-any array-like output (a numpy array, or a zarr array for outputs larger than memory).
+This module runs a method over the chosen slices of an :class:`~napari_wsseg.io.image.Image` and
+writes labels into any array-like output (a numpy array, or a zarr array for outputs larger than
+memory). A 2D method predicts each slice on its own (:meth:`Method.predict_proba_slice`); a
+method with ``halo_z > 0`` gets its ``halo_z`` neighbouring slices with each
+(:func:`predict_slice_proba`), so ``wsseg predict --slices`` equals the same slices of a
+whole-volume prediction.
 """
 
 from __future__ import annotations
@@ -127,9 +130,47 @@ def predict_image(
     for done, z in enumerate(zs):
         if is_cancelled(cancel):
             break
-        proba = model.predict_proba_slice(image.slice(z))
+        proba = predict_slice_proba(model, image, z)
         out[z] = np.argmax(proba, axis=0).astype(out.dtype)
         if probabilities_out is not None:
             probabilities_out[z] = np.clip(np.round(proba * 255), 0, 255).astype(np.uint8)
         report(progress, ProgressEvent(done + 1, len(zs), f"slice {z}"))
     return out
+
+
+def predict_slice_proba(model, image: Image, z: int, region_yx=None) -> np.ndarray:
+    """Class probabilities ``(C, Y, X)`` float32 of slice ``z`` (or a ``(y, x)`` window of it).
+
+    A method with ``halo_z == 0`` and no window gets the slice alone
+    (:meth:`~napari_wsseg.methods.base.Method.predict_proba_slice`); otherwise the slice goes
+    with ``halo_z`` neighbouring slices and ``halo`` pixels around the window
+    (:func:`~napari_wsseg.predict.blocks.predict_proba_region`), as in block-wise prediction.
+
+    Parameters
+    ----------
+    model : Method
+        A trained method.
+    image : Image
+    z : int
+        The slice.
+    region_yx : (slice, slice) or None, default None
+        A window of the slice in ``(y, x)`` pixels; None: the whole slice.
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> from napari_wsseg.annotations.model import Annotations, default_classes
+    >>> from napari_wsseg.io.image import as_image
+    >>> image = as_image(np.random.default_rng(0).random((3, 16, 16)).astype(np.float32))
+    >>> model = RandomForestMethod(n_estimators=4)
+    >>> _ = model.fit(image, Annotations(default_classes(2), points=[[1, 2, 2, 0], [1, 9, 9, 1]]))
+    >>> predict_slice_proba(model, image, 2, (slice(0, 4), slice(3, 8))).shape
+    (2, 4, 5)
+    """
+    from .blocks import model_halo_z, predict_proba_region
+
+    if region_yx is None and model_halo_z(model) == 0:
+        return np.asarray(model.predict_proba_slice(image.slice(z)), dtype=np.float32)
+    _, height, width = image.shape
+    ys, xs = region_yx if region_yx is not None else (slice(0, height), slice(0, width))
+    return predict_proba_region(model, image, (slice(int(z), int(z) + 1), ys, xs))[:, 0]

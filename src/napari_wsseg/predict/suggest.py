@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import WssegError
 from ..io.image import Image
 from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
+from .slices import predict_slice_proba
 
 if TYPE_CHECKING:
     from ..annotations.model import Annotations
@@ -198,7 +199,7 @@ def suggest(
     --------
     >>> from napari_wsseg.io.image import as_image
     >>> class Half:  # a stand-in model: sure on the left half, unsure on the right
-    ...     classes, training_summary = ["a", "b"], {}
+    ...     classes, training_summary, halo_z = ["a", "b"], {}, 0
     ...     def check_image(self, image): pass
     ...     def predict_proba_slice(self, s):
     ...         p = np.ones((2,) + s.shape[:2]); p[0, :, :8], p[1, :, :8] = 1, 0
@@ -217,7 +218,7 @@ def suggest(
     for done, z in enumerate(zs):
         if is_cancelled(cancel):
             break
-        proba = np.asarray(model.predict_proba_slice(image.slice(z)), dtype=np.float64)
+        proba = np.asarray(predict_slice_proba(model, image, z), dtype=np.float64)
         scores = pixel_scores(proba, weights, config.measure)
         if z in labelled:
             scores[labelled[z]] = -1.0  # never suggest a pixel that already has a label

@@ -175,6 +175,17 @@ class MEWSMethod(Method):
     config_class = MEWSConfig
     main_options = ("backbone", "backbone_weights", "max_steps")
 
+    @property
+    def halo(self) -> int:  # type: ignore[override]
+        """One feature tile (``tile_patches`` patches) of context in y and x.
+
+        ViT attention mixes a whole tile, so a pixel's features depend on pixels up to a tile
+        away. With this halo a block of a slice no wider than a tile sees the whole slice, and
+        block-wise equals whole-slice prediction exactly; on wider slices a block's tiles start
+        elsewhere than the whole slice's, which changes predictions as tile overlaps do.
+        """
+        return self.config.tile_patches * self.backbone.patch_size
+
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
         self._backbone: FrozenViT | None = None
