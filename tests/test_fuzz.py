@@ -134,12 +134,13 @@ def test_classes_json_reader_answers_clearly(scratch, document, raw):
 # ------------------------------------------------------------------------------ model loader
 @pytest.fixture(scope="module")
 def model_folders(phantom_2d, tmp_path_factory):
-    """Small trained rf and dsp model folders (the weights stay valid; config.json is fuzzed)."""
+    """Small trained rf, dsp and size model folders (weights stay valid; config.json is fuzzed)."""
     from napari_wsseg.annotations.model import Annotations
     from napari_wsseg.io.image import as_image
     from napari_wsseg.methods.base import FitOptions
     from napari_wsseg.methods.dsp.method import DSPMethod
     from napari_wsseg.methods.rf import RandomForestMethod
+    from napari_wsseg.methods.size.method import SizeMethod
 
     image, labels, classes = phantom_2d
     rng = np.random.default_rng(0)
@@ -150,6 +151,7 @@ def model_folders(phantom_2d, tmp_path_factory):
         "rf": RandomForestMethod(n_estimators=2, max_depth=3, sigma_max=2.0),
         "dsp": DSPMethod(depth=1, width=4, embed_dim=8, crop_size=32, batch_size=2, max_steps=1,
                          cpu_bf16=False),
+        "size": SizeMethod(depth=1, width=4, crop_size=32, batch_size=2, max_steps=1),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -190,7 +192,7 @@ def _mutate(meta: dict, data) -> dict:
     return meta
 
 
-@pytest.mark.parametrize("method", ["rf", "dsp"])
+@pytest.mark.parametrize("method", ["rf", "dsp", "size"])
 @FUZZ
 @given(data=st.data())
 def test_model_loader_answers_a_fuzzed_config_json_clearly(model_folders, method, data):
