@@ -134,3 +134,26 @@ def test_predicting_with_a_model_of_other_classes_warns_and_shows_its_classes(
     )
     pred = L.find_layers(viewer.layers, "prediction")[0]
     assert L.layer_class_colors(pred) == [c.color for c in classes]
+
+
+def test_open_project_restores_predictions_as_dropping_the_folder_does(
+    annotate, make_napari_viewer, small_3d, tmp_path
+):
+    from napari_wsseg.io import read_labels, write_labels
+    from napari_wsseg.widgets._annotate import AnnotateWidget
+
+    image, labels, classes = small_3d
+    viewer, _, widget = annotate(image, classes)
+    widget.new_project(tmp_path / "proj")
+    project = widget.session.project
+    path = project.prediction_path("rf-1")
+    path.parent.mkdir()
+    write_labels(path, labels.astype(np.uint8))
+    project.record_prediction("rf-1", "rf-1")
+
+    other = AnnotateWidget(make_napari_viewer())
+    other.open_project(tmp_path / "proj")
+    names = [layer.name for layer in other.viewer.layers]
+    assert names == ["img", "img prediction rf-1", "img points", "img boxes", "img masks"]
+    shown = np.asarray(other.viewer.layers["img prediction rf-1"].data)
+    np.testing.assert_array_equal(shown, np.asarray(read_labels(path)) + 1)

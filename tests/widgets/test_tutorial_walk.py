@@ -125,7 +125,7 @@ def inner_pixels(labels_slice: np.ndarray, k: int, n: int, seed: int = 0) -> np.
 def test_tutorial_walk_with_real_events(make_napari_viewer, qtbot, tmp_path, tiny_sample, how):
     image, labels, _ = tiny_sample
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1200, 900)
+    viewer.window._qt_window.resize(1400, 1000)  # a 1000-pixel-tall screen
 
     # 1. Open the sample: the volume and its hidden ground truth
     viewer.open_sample("napari-wsseg", "phantom_3d")
@@ -206,6 +206,8 @@ def test_tutorial_walk_with_real_events(make_napari_viewer, qtbot, tmp_path, tin
     # 5. Predict the whole volume into the project
     predict = dock(viewer, "Predict", how)
     assert predict.session is session
+    # the three docks scroll: the window fits a 1000-pixel-tall screen
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 1000
     predict.refresh_models()
     predict.model_combo.setCurrentText(model_name)
     predict.scope_combo.setCurrentText("whole volume")

@@ -129,7 +129,10 @@ def run_training_in_subprocess(
     try:
         _send(to_child, spec)
         result = _relay(job, process, to_child, from_child, progress, preview, info, poll_s)
-        process.wait(timeout=CANCEL_GRACE_S * 10)
+        try:
+            process.wait(timeout=CANCEL_GRACE_S * 10)
+        except subprocess.TimeoutExpired:
+            pass  # it sent its result but does not exit: ended below
     finally:
         if process.poll() is None:
             process.kill()
