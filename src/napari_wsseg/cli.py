@@ -266,7 +266,7 @@ def cmd_train(args, method_options: dict) -> int:
         "--classes": args.classes if args.classes and args.classes.endswith(".json") else None,
     }, "a model folder")
     check_model_destination(out, overwrite=args.overwrite)
-    image = read_image(args.image)
+    image = _with_voxel_size(read_image(args.image), args.voxel_size)
     masks = None
     if args.masks:
         masks = read_labels(args.masks)
@@ -367,7 +367,7 @@ def cmd_predict(args) -> int:
     from .predict.slices import parse_slices, predict_image
 
     model = load_model(args.model)
-    image = read_image(args.image)
+    image = _with_voxel_size(read_image(args.image), args.voxel_size)
     model.check_image(image)
     slices = parse_slices(args.slices, image.n_slices)
     if out_path.exists() and not args.overwrite:
@@ -390,10 +390,18 @@ def cmd_predict(args) -> int:
 def _predict_blockwise(args, out_path: Path) -> int:
     from .predict.volume import predict_volume
 
+    image = args.image
+    if args.voxel_size is not None:
+        if args.scheduler != "threads":
+            raise WssegError(f"--voxel-size with --scheduler {args.scheduler} is not supported yet; "
+                             "store the voxel size in the image metadata or use --scheduler threads")
+        from .predict.blocks import open_image
+
+        image = _with_voxel_size(open_image(args.image), args.voxel_size)
     update, close = _progress("predict")
     try:
         result = predict_volume(
-            args.model, args.image, out_path, block=args.block, probabilities=args.probabilities,
+            args.model, image, out_path, block=args.block, probabilities=args.probabilities,
             scheduler=args.scheduler, n_workers=args.workers, resume=args.resume,
             overwrite=args.overwrite, progress=update,
         )
@@ -623,6 +631,16 @@ def _add_pretrain_parser(sub) -> None:
                    help="continue the run in --out from its checkpoint")
 
 
+def _with_voxel_size(image, voxel_size):
+    """``image`` with the voxel size given by --voxel-size (None: keep the file's metadata)."""
+    if voxel_size is not None:
+        if image.was_2d:
+            raise WssegError(f"--voxel-size is Z,Y,X for volumes, but image {image.name} is 2D; "
+                             "leave it out for 2D images")
+        image.voxel_size_zyx = voxel_size
+    return image
+
+
 def _parse_voxel_size(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -705,6 +723,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "(other classes: from scratch, with a warning)")
     p.add_argument("--warm-steps", type=_count(1), default=None,
                    help="training steps of a warm start (default: the method's, see docs/cli.md)")
+    p.add_argument("--voxel-size", type=_parse_voxel_size, default=None,
+                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)")
     if method is not None:
         _add_method_options(p, method)
 
@@ -730,6 +750,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                    help="worker processes for --scheduler processes")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted .zarr prediction: finished blocks are kept")
+    p.add_argument("--voxel-size", type=_parse_voxel_size, default=None,
+                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)")
 
     p = sub.add_parser("evaluate", help="Dice/IoU of a prediction against dense ground truth (JSON)")
     p.add_argument("pred", help="predicted labels")

@@ -97,6 +97,7 @@ class Project:
         image_shape: tuple[int, int, int] | None = None,
         n_channels: int = 1,
         overwrite: bool = False,
+        voxel_size_zyx=None,
     ) -> "Project":
         """Create a new project folder.
 
@@ -111,6 +112,8 @@ class Project:
             from the file when ``image_shape`` is not given.
         image_shape : (Z, Y, X), optional
             Spatial shape of the image (required without ``image``).
+        voxel_size_zyx : (Z, Y, X) micrometres, optional
+            Physical voxel size; by default the image file's metadata (None when it has none).
         """
         folder = Path(folder)
         if is_project(folder) and not overwrite:
@@ -129,6 +132,7 @@ class Project:
 
             img = read_image(image)
             image_shape, n_channels, was_2d = img.shape, img.n_channels, img.was_2d
+            voxel_size_zyx = voxel_size_zyx or img.voxel_size_zyx
             image = str(Path(image).resolve())
         if image_shape is None:
             raise ProjectError(f"project {folder}: give an image path or image_shape=(Z, Y, X)")
@@ -144,6 +148,7 @@ class Project:
                 "shape": [int(s) for s in image_shape],
                 "n_channels": int(n_channels),
                 "was_2d": was_2d,
+                "voxel_size_zyx": _checked_voxel_size(voxel_size_zyx),
             },
             "classes": [dataclasses.asdict(c) for c in classes],
             "annotations": None,
@@ -199,6 +204,17 @@ class Project:
         return tuple(self._meta["image"]["shape"])
 
     @property
+    def voxel_size_zyx(self) -> tuple[float, float, float] | None:
+        """Physical voxel size ``(Z, Y, X)`` in micrometres; None when unknown."""
+        stored = self._meta["image"].get("voxel_size_zyx")
+        return None if stored is None else tuple(_checked_voxel_size(stored))
+
+    def set_voxel_size(self, voxel_size_zyx) -> None:
+        """Store the voxel size (``(Z, Y, X)`` micrometres, or None for unknown); checked."""
+        self._meta["image"]["voxel_size_zyx"] = _checked_voxel_size(voxel_size_zyx)
+        self._write_meta()
+
+    @property
     def schema_version(self) -> int:
         return self._meta["schema_version"]
 
@@ -236,7 +252,10 @@ class Project:
                 f"project {self.folder}: image {self.image_path} is missing; move it back or "
                 "recreate the project"
             )
-        return read_image(self.image_path)
+        image = read_image(self.image_path)
+        if self.voxel_size_zyx is not None:  # the project's (user-given) size wins
+            image.voxel_size_zyx = self.voxel_size_zyx
+        return image
 
     # ------------------------------------------------------------ annotations
     def set_classes(self, classes: list[ClassInfo]) -> None:
@@ -371,6 +390,13 @@ class Project:
     def record_prediction(self, name: str, model_name: str) -> None:
         self._meta["predictions"][name] = {"model": model_name, "path": f"predictions/{name}.zarr"}
         self._write_meta()
+
+
+def _checked_voxel_size(values):
+    """``values`` as a list of three positive micrometre sizes, or None; raises WssegError."""
+    from .io.voxel_size import check_voxel_size
+
+    return None if values is None else list(check_voxel_size(values, 3, source="project voxel size"))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

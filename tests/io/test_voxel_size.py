@@ -109,3 +109,60 @@ def test_image_checks_its_voxel_size():
     with pytest.raises(WssegError, match="voxel size of image <array>"):
         Image(data, voxel_size_zyx=(1.0, 0.0, 1.0))
     assert as_image(np.zeros((2, 4, 4))).voxel_size_zyx is None
+
+
+# ------------------------------------------------------- the project and the command line
+def test_project_stores_the_voxel_size_from_metadata_or_given(tmp_path):
+    from napari_wsseg.annotations.model import default_classes
+    from napari_wsseg.project import Project
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(250.0, 250.0),
+                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    project = Project.create(tmp_path / "p1", classes=default_classes(2), image=path)
+    assert project.voxel_size_zyx == pytest.approx((0.03, 0.004, 0.004))
+    project.set_voxel_size((0.05, 0.005, 0.005))
+    reopened = Project.open(tmp_path / "p1")
+    assert reopened.voxel_size_zyx == (0.05, 0.005, 0.005)
+    assert reopened.load_image().voxel_size_zyx == (0.05, 0.005, 0.005)  # the project's wins
+    with pytest.raises(WssegError, match="project voxel size"):
+        reopened.set_voxel_size((0.05, -1, 0.005))
+    assert Project.open(tmp_path / "p1").voxel_size_zyx == (0.05, 0.005, 0.005)  # unchanged
+    plain = Project.create(tmp_path / "p2", classes=default_classes(2), image_shape=(3, 8, 8))
+    assert plain.voxel_size_zyx is None
+
+
+def test_cli_train_and_predict_take_a_voxel_size(tmp_path, capsys, monkeypatch):
+    from napari_wsseg import cli
+    from napari_wsseg.cli import main
+
+    volume = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "image.npy", volume)
+    (tmp_path / "points.csv").write_text("z,y,x,class\n1,2,2,0\n1,9,9,1\n")
+    seen = []
+    real = cli._with_voxel_size
+    monkeypatch.setattr(cli, "_with_voxel_size", lambda image, size: seen.append(
+        real(image, size).voxel_size_zyx) or image)
+    train = ["train", str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"),
+             "--method", "rf", "--out", str(tmp_path / "model"), "--n-estimators", "3"]
+    assert main([*train, "--voxel-size", "0.05,0.004,0.004"]) == 0
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out",
+                 str(tmp_path / "p.zarr"), "--voxel-size", "0.05,0.004,0.004"]) == 0
+    assert seen == [(0.05, 0.004, 0.004)] * 2
+    capsys.readouterr()
+    assert main([*train[:-4], "--out", str(tmp_path / "m2"), "--voxel-size", "0,1,1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wsseg: error:") and "Z,Y,X" in err[0]
+    assert not (tmp_path / "m2").exists()
+
+
+def test_cli_refuses_a_voxel_size_for_a_2d_image(tmp_path, capsys):
+    from napari_wsseg.cli import main
+
+    np.save(tmp_path / "image.npy", np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    (tmp_path / "points.csv").write_text("z,y,x,class\n0,2,2,0\n0,9,9,1\n")
+    argv = ["train", str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"),
+            "--method", "rf", "--out", str(tmp_path / "model"), "--voxel-size", "1,1,1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is 2D" in err[0] and not (tmp_path / "model").exists()
