@@ -275,7 +275,7 @@ def cmd_train(args, method_options: dict) -> int:
         masks = np.asarray(masks)
     annotations = load_annotations(
         points=args.points, boxes=args.boxes, tags=args.tags, sizes=args.sizes, masks=masks,
-        classes=_load_classes(args.classes), image_shape=image.shape,
+        classes=_load_classes(args.classes), image_shape=image.shape, masks_file=args.masks,
     )
     update, close = _progress(f"train {args.method}")
     last: dict = {}
@@ -531,7 +531,8 @@ def _suggest_annotations(folder: str, model, image):
     if not files and masks is None:
         raise WssegError(f"--annotations {folder} holds no points.csv, boxes.csv, tags.csv, "
                          "sizes.csv or masks.npy; give the folder of the current annotations")
-    return load_annotations(**files, masks=masks, classes=model.classes, image_shape=image.shape)
+    return load_annotations(**files, masks=masks, classes=model.classes, image_shape=image.shape,
+                            masks_file=masks_path if masks is not None else None)
 
 
 def _add_suggest_parser(sub) -> None:

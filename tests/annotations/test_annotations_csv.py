@@ -150,9 +150,35 @@ def test_write_annotations_round_trip(tmp_path):
 
 def test_write_annotations_removes_csv_of_a_kind_that_became_empty(tmp_path):
     write_annotations(tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]]))
-    write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]))
+    write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]), overwrite=True)
     assert not (tmp_path / "points.csv").exists()
     assert list(find_annotation_files(tmp_path)) == ["tags"]
+
+
+def test_write_annotations_without_overwrite_touches_no_existing_file(tmp_path):
+    write_annotations(tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]]))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(AnnotationError, match=r"classes\.json already exists; pass overwrite=True"):
+        write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("theirs", ["points.csv", "classes.json"])
+def test_write_annotations_never_replaces_or_removes_a_file_it_did_not_write(tmp_path, theirs):
+    (tmp_path / theirs).write_text("a file of the user's\n")
+    with pytest.raises(AnnotationError, match=rf"{theirs} was not written by napari-wsseg"):
+        write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]), overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == [theirs]
+    assert (tmp_path / theirs).read_text() == "a file of the user's\n"
+
+
+def test_write_annotations_keeps_a_csv_the_user_edited_after_writing(tmp_path):
+    write_annotations(tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]]))
+    edited = (tmp_path / "points.csv").read_text() + "0,1,1,0\n"
+    (tmp_path / "points.csv").write_text(edited)
+    with pytest.raises(AnnotationError, match=r"points\.csv was not written by .* or was changed"):
+        write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]), overwrite=True)
+    assert (tmp_path / "points.csv").read_text() == edited
 
 
 def test_find_annotation_files_rejects_a_missing_folder(tmp_path):
@@ -332,13 +358,29 @@ def test_load_2d_csv_for_a_volume_asks_for_a_z_column(tmp_path):
     assert "'z,y0,x0,y1,x1,class'" in message
 
 
-def test_load_validates_against_the_image_and_names_the_folder(tmp_path):
+def test_load_validates_against_the_image_and_names_the_file(tmp_path):
     points = write(tmp_path, "points.csv", "z,y,x,class\n0,1,2,0\n0,9,2,1\n")
     with pytest.raises(AnnotationError) as err:
         load_annotations(points=points, image_shape=(1, 4, 4))
     message = str(err.value)
-    assert f"annotations in {tmp_path}" in message and "points row 2" in message
+    assert message.startswith(f"{points}: points row 2 (z=0, y=9, x=2, class=1")
     assert "y=9 is outside the image" in message
+
+
+def test_validation_names_the_file_of_each_kind(tmp_path):
+    for name in "ps":
+        (tmp_path / name).mkdir()
+    points = write(tmp_path / "p", "points.csv", "z,y,x,class\n0,1,1,0\n")
+    sizes = write(tmp_path / "s", "sizes.csv", "z,class,fraction\n0,0,0.5\n0,0,0.5\n")
+    with pytest.raises(AnnotationError) as err:
+        load_annotations(points=points, sizes=sizes, image_shape=(1, 4, 4))
+    assert str(err.value).startswith(f"{sizes}: sizes rows 1 and 2 both give")
+    masks = tmp_path / "m" / "masks.npy"
+    with pytest.raises(AnnotationError) as err:
+        load_annotations(points=points, masks=np.ones((1, 3, 3), np.uint8), masks_file=masks,
+                         image_shape=(1, 4, 4))
+    assert str(err.value).startswith(f"{masks}: mask shape (1, 3, 3) is not the image shape")
+    assert str(points.parent) not in str(err.value)
 
 
 def test_load_header_only_file_is_an_error(tmp_path):

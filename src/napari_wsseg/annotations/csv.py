@@ -888,6 +888,7 @@ def load_annotations(
     masks=None,
     classes=None,
     image_shape: Sequence[int] | None = None,
+    masks_file=None,
 ) -> Annotations:
     """Read the given annotation CSVs (and a mask array) into :class:`Annotations`.
 
@@ -907,6 +908,10 @@ def load_annotations(
         The image the annotations belong to. When given, a CSV without a ``z`` column is only
         accepted for a 2D image (Z = 1), and the result is checked with
         :func:`~napari_wsseg.annotations.validate.validate_annotations` (which may warn).
+        Its messages name the CSV file (and row) of a bad row.
+    masks_file : str or Path, optional
+        The file ``masks`` was read from, named in messages about the mask. By default the
+        messages say "annotations".
 
     Returns
     -------
@@ -954,7 +959,8 @@ def load_annotations(
     if image_shape is not None:
         from .validate import validate_annotations
 
-        validate_annotations(annotations, image_shape, source=_source_name(given))
+        files = {**given, "masks": masks_file}
+        validate_annotations(annotations, image_shape, source=_source_name(given), files=files)
     return annotations
 
 

@@ -9,7 +9,7 @@ vectorised; rows are only looked at one by one to describe the first failing one
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +49,7 @@ def validate_annotations(
     image_shape: Sequence[int],
     *,
     source: str = "annotations",
+    files: Mapping[str, object] | None = None,
     size_tolerance: float = SIZE_SUM_TOLERANCE,
     warn: bool = True,
 ) -> list[str]:
@@ -75,6 +76,10 @@ def validate_annotations(
         Spatial shape of the image; ``(Y, X)`` is read as ``(1, Y, X)``.
     source : str, optional
         Names the annotations in messages. By default ``"annotations"``.
+    files : dict, optional
+        The file each kind was read from (keys ``points``, ``boxes``, ``tags``, ``sizes``,
+        ``masks``): a message about a row or the mask names that file instead of ``source``
+        (exhaustive statements name the boxes file, region tags the tags file). By default none.
     size_tolerance : float, optional
         How far a slice's size fractions may sum from 1. By default 0.1.
     warn : bool, optional
@@ -102,6 +107,7 @@ def validate_annotations(
     ...
     napari_wsseg.errors.AnnotationError: annotations: points row 2 (...): y=2 is outside the ...
     """
+    source = _Source(source, files or {})
     shape = _image_shape(image_shape, source)
     if size_tolerance < 0:
         raise AnnotationError(f"size tolerance {size_tolerance} is negative; give a value >= 0")
@@ -141,6 +147,23 @@ def _image_shape(image_shape, source: str) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------- row descriptions
+class _Source:
+    """What messages name: the file a kind was read from, else the general source name."""
+
+    _FILE_OF = {"exhaustive_boxes": "boxes", "region_tags": "tags"}
+
+    def __init__(self, name: str, files: Mapping[str, object]) -> None:
+        self.name = str(name)
+        self.files = {kind: str(path) for kind, path in files.items() if path is not None}
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
+
+    def of(self, kind: str) -> str:
+        """The file ``kind`` came from, or the general name."""
+        return self.files.get(self._FILE_OF.get(kind, kind), self.name)
+
+
 def _describe(ann: Annotations, kind: str, i: int) -> str:
     """``points row 3 (z=0, y=5, x=7, class=1 'mito')`` for 0-based row ``i``."""
     parts = []
@@ -204,7 +227,7 @@ def _check_column(ann, kind: str, col: int, low: int, high: int, source: str, hi
     if fractional.any():
         i, more = _first(fractional)
         raise AnnotationError(
-            f"{source}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is not an "
+            f"{source.of(kind)}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is not an "
             f"integer; use whole numbers{more}"
         )
     outside = (values < low) | (values >= high)
@@ -212,7 +235,7 @@ def _check_column(ann, kind: str, col: int, low: int, high: int, source: str, hi
         i, more = _first(outside)
         what = "an unknown class" if name == "class" else "outside the image"
         raise AnnotationError(
-            f"{source}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is {what}, "
+            f"{source.of(kind)}: {_describe(ann, kind, i)}: {name}={_number(values[i])} is {what}, "
             f"{hint}{more}"
         )
 
@@ -225,7 +248,7 @@ def _check_boxes_ordered(ann: Annotations, source: str) -> None:
             if flipped.any():
                 i, more = _first(flipped)
                 raise AnnotationError(
-                    f"{source}: {_describe(ann, kind, i)}: {axis}1 < {axis}0; corners are "
+                    f"{source.of(kind)}: {_describe(ann, kind, i)}: {axis}1 < {axis}0; corners are "
                     f"(y0, x0) top-left and (y1, x1) bottom-right, inclusive; swap them{more}"
                 )
 
@@ -239,7 +262,7 @@ def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
     if invalid.any():
         i, more = _first(invalid)
         raise AnnotationError(
-            f"{source}: {_describe(ann, 'sizes', i)}: fraction is outside 0..1; give the "
+            f"{source.of('sizes')}: {_describe(ann, 'sizes', i)}: fraction is outside 0..1; give the "
             f"fraction of the slice the class covers (0.25 for a quarter){more}"
         )
     z = sizes[:, 0].astype(np.int64)
@@ -248,7 +271,7 @@ def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
     if (counts > 1).any():
         a, b = np.flatnonzero(keys == unique_keys[np.argmax(counts > 1)])[:2]
         raise AnnotationError(
-            f"{source}: sizes rows {a + 1} and {b + 1} both give the fraction of class "
+            f"{source.of('sizes')}: sizes rows {a + 1} and {b + 1} both give the fraction of class "
             f"{_class_label(ann, sizes[a, 1])} in slice z={z[a]}; keep one of them"
         )
     slices, inverse = np.unique(z, return_inverse=True)
@@ -258,7 +281,7 @@ def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
         s = int(np.argmax(off))
         rows = ", ".join(str(r + 1) for r in np.flatnonzero(inverse == s))
         raise AnnotationError(
-            f"{source}: sizes of slice z={slices[s]} (rows {rows}) sum to {sums[s]:.3g}, not "
+            f"{source.of('sizes')}: sizes of slice z={slices[s]} (rows {rows}) sum to {sums[s]:.3g}, not "
             f"1 ± {tolerance:g}; list the fraction of every class present in that slice "
             "(a class left out counts as 0) so that they add up to 1"
         )
@@ -270,12 +293,12 @@ def _check_masks(ann: Annotations, shape: tuple[int, int, int], source: str) -> 
         return
     if not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool):
         raise AnnotationError(
-            f"{source}: mask has dtype {masks.dtype}; give an integer label image "
+            f"{source.of('masks')}: mask has dtype {masks.dtype}; give an integer label image "
             "(0 unlabeled, k > 0 for class k-1)"
         )
     if masks.shape != shape:
         raise AnnotationError(
-            f"{source}: mask shape {masks.shape} is not the image shape (Z, Y, X) = {shape}; "
+            f"{source.of('masks')}: mask shape {masks.shape} is not the image shape (Z, Y, X) = {shape}; "
             "give a label image of the same shape as the image"
         )
     low, high = int(masks.min()), int(masks.max())
@@ -288,7 +311,7 @@ def _check_masks(ann: Annotations, shape: tuple[int, int, int], source: str) -> 
 def _raise_mask_value(ann: Annotations, value: int, why: str, source: str) -> None:
     where = np.unravel_index(int(np.argmax(ann.masks == value)), ann.masks.shape)
     raise AnnotationError(
-        f"{source}: mask value {value} at (z, y, x) = {tuple(map(int, where))} {why}; use 0 "
+        f"{source.of('masks')}: mask value {value} at (z, y, x) = {tuple(map(int, where))} {why}; use 0 "
         f"for unlabeled and k = 1..{ann.n_classes} for class k-1 ({ann.n_classes} classes)"
     )
 
@@ -332,7 +355,7 @@ def _raise_first(ann: Annotations, kind: str, bad: np.ndarray, source: str, expl
     if not bad.any():
         return
     i, more = _first(bad)
-    raise AnnotationError(f"{source}: {_describe(ann, kind, i)}: {explain(i)}; {fix}{more}")
+    raise AnnotationError(f"{source.of(kind)}: {_describe(ann, kind, i)}: {explain(i)}; {fix}{more}")
 
 
 def _check_masks_against_tags(ann, tagged: np.ndarray, allowed: np.ndarray, source: str) -> None:
@@ -345,7 +368,7 @@ def _check_masks_against_tags(ann, tagged: np.ndarray, allowed: np.ndarray, sour
         if excluded.any():
             c = int(np.argmax(excluded))
             raise AnnotationError(
-                f"{source}: the mask labels {counts[c]} pixels of class {_class_label(ann, c)} "
+                f"{source.of('masks')}: the mask labels {counts[c]} pixels of class {_class_label(ann, c)} "
                 f"in slice z={z} but the tags of that slice ({_tagged_names(ann, allowed[z])}) "
                 "exclude it; add a tag for the class on that slice or fix the mask"
             )
@@ -374,7 +397,7 @@ def _check_points_on_one_pixel(ann: Annotations, source: str) -> None:
     a = rows[0]
     b = rows[np.argmax(points[rows, 3] != points[a, 3])]
     raise AnnotationError(
-        f"{source}: points rows {a + 1} and {b + 1} mark the same pixel (z, y, x) = "
+        f"{source.of('points')}: points rows {a + 1} and {b + 1} mark the same pixel (z, y, x) = "
         f"{tuple(map(int, points[a, :3]))} with classes {_class_label(ann, points[a, 3])} "
         f"and {_class_label(ann, points[b, 3])}; delete one of them"
     )
@@ -451,7 +474,7 @@ def _check_masks_inside_exhaustive_boxes(ann: Annotations, shape, source: str) -
         if outside.any():
             y, x = np.unravel_index(int(np.argmax(outside)), outside.shape)
             raise AnnotationError(
-                f"{source}: the mask labels {int(outside.sum())} pixels of class "
+                f"{source.of('masks')}: the mask labels {int(outside.sum())} pixels of class "
                 f"{_class_label(ann, c)} in slice z={z} outside its boxes (first at (y, x) = "
                 f"({y}, {x})), but those boxes are marked exhaustive; box that object, fix the "
                 "mask, or clear the exhaustive mark"
@@ -474,7 +497,7 @@ def _check_points_against_regions(ann: Annotations, source: str) -> None:
     j = int(np.argmax(same))
     names = ", ".join(f"'{ann.class_names[int(k)]}'" for k in np.unique(rows[same, 1]))
     raise AnnotationError(
-        f"{source}: {_describe(ann, 'points', i)} lies in the region of "
+        f"{source.of('points')}: {_describe(ann, 'points', i)} lies in the region of "
         f"{_describe(ann, 'region_tags', j)}, which tags only {names}; add a region tag for the "
         f"point's class there or fix the point's class{more}"
     )

@@ -350,7 +350,7 @@ class AnnotateWidget(QWidget):
 
         def export():
             ann = self.session.snapshot()
-            written = write_annotations(folder, ann)
+            written = write_annotations(folder, ann, overwrite=True)  # the folder the user chose
             if ann.masks is not None:
                 written["masks"] = write_labels(Path(folder) / "masks.tif", ann.masks)
             return written
