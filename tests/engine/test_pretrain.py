@@ -26,7 +26,7 @@ from napari_wsseg.engine.backbones import (
     read_backbone_info,
 )
 from napari_wsseg.engine.multicrop import ViewSampler, ViewSpec, training_planes
-from napari_wsseg.engine.pretrain import PretrainConfig, pretrain
+from napari_wsseg.engine.pretrain import PretrainConfig, can_resume, pretrain
 from napari_wsseg.engine.vit import file_sha256, load_backbone
 from napari_wsseg.errors import ModelError, WssegError
 from napari_wsseg.io.image import Image, as_image
@@ -149,6 +149,7 @@ def test_a_cancelled_run_resumes_to_the_weights_of_an_uninterrupted_run(finished
         report_every_s=0,
     )
     assert stopped.stopped == "cancelled" and stopped.steps == 5 and seen == [1, 2, 3, 4, 5]
+    assert can_resume(stopped.out) and not can_resume(tmp_path / "elsewhere")
     partial = read_backbone_info(stopped.out)  # the folder is a usable backbone already
     assert partial.training["steps"] == 5 and not partial.training["finished"]
     resumed = pretrain(image, tmp_path / "run", device="cpu", resume=True)

@@ -571,6 +571,18 @@ def _forward(model: torch.nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
     return model["head"](model["backbone"](views))
 
 
+def can_resume(out) -> bool:
+    """True when ``out`` holds a checkpoint that ``pretrain(..., resume=True)`` continues.
+
+    Examples
+    --------
+    >>> can_resume("/nonexistent/backbone")
+    False
+    """
+    out = Path(out)
+    return (out / MARKER_FILE).is_file() and (out / CHECKPOINT_DIR / _STATE_JSON).is_file()
+
+
 def image_content_hash(image: Image) -> str:
     """sha256 of the image's shape, dtype and the bytes of up to 8 evenly spaced slices.
 
@@ -698,6 +710,7 @@ def _sha256(path: Path) -> str:
 
 __all__ = [
     "DEFAULT_ARCH",
+    "can_resume",
     "PretrainConfig",
     "PretrainResult",
     "image_content_hash",
