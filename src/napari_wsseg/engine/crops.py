@@ -52,8 +52,8 @@ def annotation_anchors(
 ) -> np.ndarray:
     """Anchor pixels ``(N, 4)`` int64 rows ``(z, y, x, class)`` for crop sampling.
 
-    Points are anchors themselves; boxes contribute BOX_ANCHORS random pixels each (thousands
-    per box would crowd out the few clicks of their class) and mask pixels random pixels;
+    Points are anchors themselves; a box is one random pixel inside it, like one click
+    (thousands per box crowded out the few clicks of their class); masks give random pixels;
     tags contribute random pixels of their slice, but only for classes nothing else locates (a
     tag says where a class is no better than a random crop, and hundreds of tag anchors would
     crowd out the few clicks of the class). At most ``max_per_class`` anchors per class and kind
@@ -76,8 +76,10 @@ def annotation_anchors(
     return np.concatenate(parts).reshape(-1, 4)
 
 
-#: Anchors per box: as a click is one anchor, a box is a few (crops land on it at random offsets).
-BOX_ANCHORS = 4
+#: Anchors per box: one, as for a click (crops land on it at random offsets). On the phantom,
+#: partial membrane boxes with 1 anchor scored membrane 0.528 (3 seeds) against 0.491 with 4
+#: and 0.552 for the clicks alone (tests/methods/dsp/test_dsp_boxes.py's setting).
+BOX_ANCHORS = 1
 
 
 def _box_anchors(boxes: np.ndarray, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
