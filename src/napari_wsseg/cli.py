@@ -643,15 +643,12 @@ def _with_voxel_size(image, voxel_size):
 
 
 def _parse_voxel_size(text: str) -> tuple[float, float, float]:
+    from .io.voxel_size import parse_voxel_size
+
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{_quote(text)} is not a voxel size; write Z,Y,X e.g. 8,8,8") from None
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"voxel size {_quote(text)} must be three positive numbers Z,Y,X")
-    return values
+        return parse_voxel_size(text, 3, source="voxel size")
+    except WssegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ parser
