@@ -195,6 +195,20 @@ def test_a_time_budget_plans_the_steps_and_a_resume_keeps_that_plan(image, tmp_p
     )
 
 
+def test_a_near_isotropic_voxel_size_from_the_image_adds_xz_and_yz(tmp_path):
+    volume = np.random.default_rng(0).integers(0, 255, (20, 40, 40, 1), dtype=np.uint8)
+    config = dataclasses.replace(TINY, steps=2)
+    iso = pretrain(
+        Image(volume, voxel_size_zyx=(9.0, 8.0, 8.0)), tmp_path / "iso", config, device="cpu"
+    )
+    assert iso.info.trained_on["planes"] == ["xy", "xz", "yz"]
+    assert iso.info.trained_on["voxel_size_zyx"] == [9.0, 8.0, 8.0]
+    thick = pretrain(
+        Image(volume, voxel_size_zyx=(50.0, 4.0, 4.0)), tmp_path / "thick", config, device="cpu"
+    )
+    assert thick.info.trained_on["planes"] == ["xy"]
+
+
 # ------------------------------------------------------------------ output folder
 def test_a_user_folder_is_refused_and_left_untouched(image, tmp_path):
     user = tmp_path / "mine"

@@ -120,7 +120,8 @@ class PretrainConfig:
     clip_grad : float, default 3.0
         Gradient norm clipping (0: none).
     voxel_size_zyx : (float, float, float) or None, default None
-        Voxel size; a near-isotropic volume also trains on xz and yz planes. None: xy only.
+        Voxel size; a near-isotropic volume also trains on xz and yz planes. None: the image's
+        own ``voxel_size_zyx`` (from file metadata), and xy only when that is unknown too.
     seed : int, default 0
         Seeds the initial weights and every random view.
     """
@@ -341,7 +342,8 @@ class _Run:
     def __init__(self, image: Image, config: PretrainConfig, device: torch.device) -> None:
         self.image, self.config, self.device = image, config, device
         self.normalization = Normalization.from_image(image)
-        self.planes = training_planes(image.shape, config.voxel_size_zyx, min_side=config.local_px)
+        voxel = config.voxel_size_zyx if config.voxel_size_zyx is not None else image.voxel_size_zyx
+        self.planes = training_planes(image.shape, voxel, min_side=config.local_px)
         stats_generator = torch.Generator().manual_seed(config.seed + 1)
         self.mean, self.std = estimate_mean_std(
             image, self.normalization, self.planes, config.views, stats_generator
@@ -363,6 +365,7 @@ class _Run:
                 "dtype": str(image.dtype),
                 "content_hash": image_content_hash(image),
                 "planes": list(self.planes),
+                "voxel_size_zyx": None if voxel is None else list(voxel),
             },
         )
         with torch.random.fork_rng(devices=[]):
