@@ -211,7 +211,7 @@ def test_write_classes_json_round_trip(tmp_path):
         ('[{"id": 0, "name": "a"}, {"id": 1, "name": "a"}]', ["classes 0 and 1", "'a'", "unique"]),
         ('[{"id": 0}]', ["entry 1", '"name"']),
         ('[{"id": "0", "name": "a"}]', ["entry 1", "id '0' is not an integer"]),
-        ('[{"id": 0, "name": "a", "color": 5}]', ["entry 1", "color 5"]),
+        ('[{"id": 0, "name": "a", "color": 5}]', ["entry 1", "color '5' is not '#rrggbb'"]),
     ],
 )
 def test_read_classes_json_errors(tmp_path, text, expected):
