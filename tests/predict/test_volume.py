@@ -280,11 +280,24 @@ def test_dask_schedulers_need_the_model_folder(model_dir, volume_zarr, tmp_path)
         predict_volume(
             load_model(model_dir), volume_zarr, tmp_path / "p.zarr", scheduler="processes"
         )
+    assert not (tmp_path / "p.zarr").exists()  # refused before any store was created
+
+
+@pytest.mark.parametrize("n_workers", [0, -2, 1.5, True, "4"])
+def test_worker_count_below_one_is_refused_before_any_output(
+    model_dir, volume_zarr, tmp_path, n_workers
+):
+    with pytest.raises(WssegError, match=r"n_workers=.* is not a whole number >= 1"):
+        predict_volume(
+            model_dir, volume_zarr, tmp_path / "p.zarr", scheduler="processes", n_workers=n_workers
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_scheduler_is_refused(model_dir, volume_zarr, tmp_path):
     with pytest.raises(WssegError, match="scheduler 'gpu' is unknown"):
         predict_volume(model_dir, volume_zarr, tmp_path / "p.zarr", scheduler="gpu")
+    assert not (tmp_path / "p.zarr").exists()
 
 
 # ------------------------------------------------------------------------------- errors
@@ -436,7 +449,12 @@ def test_resume_recomputes_a_damaged_finished_block(model_dir, volume_zarr, tmp_
             progress=events.append,
         )
     assert resumed.repaired == 1 and resumed.skipped == first.computed - 1
-    assert "recomputing 1 damaged block(s)" in events[0].message
+    verifying = [e for e in events if e.message.startswith("verifying finished block")]
+    assert [(e.done, e.total) for e in verifying] == [
+        (n, first.computed) for n in range(1, first.computed + 1)
+    ]
+    assert events[: len(verifying)] == verifying  # reported while verifying, before any block
+    assert "recomputing 1 damaged block(s)" in events[len(verifying)].message
     predict_volume(model_dir, volume_zarr, clean, block=ODD_BLOCK, probabilities=True)
     _assert_same_stores(out, clean)
     _assert_same_stores(probabilities_path(out), probabilities_path(clean))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 import time
@@ -49,6 +50,32 @@ def uses_threads(scheduler) -> bool:
             "address such as tcp://HOST:8786"
         )
     return False
+
+
+def check_scheduler(scheduler, n_workers, model_dir) -> None:
+    """Refuse scheduler settings that cannot run, before any output is created.
+
+    ``n_workers`` must be None or a whole number >= 1; a dask scheduler needs the model folder
+    (``model_dir``), as each worker loads the model from it.
+
+    Examples
+    --------
+    >>> check_scheduler("processes", 0, "model/")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_wsseg.errors.WssegError: n_workers=0 is not a whole number >= 1; give e.g. ...
+    """
+    whole = isinstance(n_workers, numbers.Integral) and not isinstance(n_workers, bool)
+    if n_workers is not None and (not whole or n_workers < 1):
+        raise WssegError(
+            f"n_workers={n_workers!r} is not a whole number >= 1; give e.g. n_workers=4, or None "
+            "for dask's choice"
+        )
+    if not uses_threads(scheduler) and model_dir is None:
+        raise WssegError(
+            f"scheduler {scheduler!r} loads the model on each worker from its folder; pass the "
+            "model folder (not a model object) or use scheduler='threads'"
+        )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ImageFormatError, WssegError
 from ..io.image import Image
+from ..progress import ProgressCallback, ProgressEvent, report
 from .blocks import BlockIndex, BlockPrediction, Region, label_dtype
 
 #: Folder inside the output store holding one marker file per finished block.
@@ -132,7 +133,10 @@ class BlockStore:
         return recorded
 
     def verify_blocks(
-        self, recorded: dict[BlockIndex, dict | None], region_of
+        self,
+        recorded: dict[BlockIndex, dict | None],
+        region_of,
+        progress: ProgressCallback | None = None,
     ) -> tuple[set[BlockIndex], list[BlockIndex]]:
         """Split ``recorded`` blocks into those whose data reads back as written and the rest.
 
@@ -143,6 +147,9 @@ class BlockStore:
             record); a block without checksums counts as not verified.
         region_of : callable
             Maps a block index to its ``(z, y, x)`` region.
+        progress : callable, optional
+            Receives a :class:`~napari_wsseg.progress.ProgressEvent` after each block read, as
+            reading a whole output back takes a while.
 
         Returns
         -------
@@ -151,12 +158,14 @@ class BlockStore:
             Blocks with a missing, unreadable or changed chunk; their markers are removed.
         """
         verified, damaged = set(), []
-        for index in sorted(recorded):
+        for n, index in enumerate(sorted(recorded), start=1):
+            message = f"verifying finished block {n}/{len(recorded)}"
             if self._reads_back(region_of(index), recorded[index]):
                 verified.add(index)
             else:
                 damaged.append(index)
                 (self.progress_dir / _marker_name(index)).unlink(missing_ok=True)
+            report(progress, ProgressEvent(n, len(recorded), message))
         return verified, damaged
 
     def restore_markers(self, recorded: dict[BlockIndex, dict]) -> None:

@@ -43,6 +43,7 @@ from .schedulers import (
     BlockCounter,
     RunSpec,
     WorkerTask,
+    check_scheduler,
     run_dask,
     run_threads,
     uses_threads,
@@ -162,7 +163,8 @@ def predict_volume(
         An address such as ``"tcp://10.0.0.1:8786"``: an existing dask scheduler (its workers must
         see the same paths). A ``Client`` or cluster object: used as it is.
     n_workers : int, optional
-        Worker processes for ``"processes"``; by default dask's choice for this machine.
+        Worker processes for ``"processes"`` (at least 1); by default dask's choice for this
+        machine.
     resume : bool, default False
         Finish an interrupted run: blocks recorded as done are kept when their data still reads
         back with the checksums recorded when they were written; the others, and any finished
@@ -173,7 +175,8 @@ def predict_volume(
         Replace an existing output. Without it (and without ``resume``) an existing output is an
         error.
     progress : callable, optional
-        Receives a :class:`~napari_wsseg.progress.ProgressEvent` per finished block.
+        Receives a :class:`~napari_wsseg.progress.ProgressEvent` per finished block, and when
+        resuming one per finished block verified before that.
     cancel : threading.Event, optional
         When set, the blocks under way are finished and recorded and the function returns with
         ``stopped='cancelled'``; ``resume=True`` completes the output later.
@@ -188,7 +191,8 @@ def predict_volume(
     ------
     WssegError
         A 3D block for a 2D image, an existing output without ``overwrite``/``resume``, a resumed
-        output written with other settings, a missing or read-only output folder.
+        output written with other settings, a missing or read-only output folder, ``n_workers``
+        below 1, a dask scheduler with a model object; all before any output is created.
     ModelError
         A model trained on a different number of channels than the image has.
 
@@ -222,6 +226,7 @@ def predict_volume(
     """
     started = time.monotonic()
     model, model_dir = _resolve_model(model_or_dir)
+    check_scheduler(scheduler, n_workers, model_dir)
     image, image_source = _resolve_image(image_or_path)
     model.check_image(image)
     block = resolve_block(block, image)
@@ -242,7 +247,7 @@ def predict_volume(
     grid = block_grid(image.shape, block)
     run = RunSpec(image.shape, block, halo, probabilities, halo_z)
     output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
-    done, repaired = _verified_blocks(output, stored, record, run, grid)
+    done, repaired = _verified_blocks(output, stored, record, run, grid, progress)
     if stored is not None and stored.get("status") in FINISHED and not repaired:
         if stored["status"] == "blocks_done":  # killed while adding the pyramid
             finish_outputs(output, record)
@@ -254,11 +259,6 @@ def predict_volume(
     if uses_threads(scheduler):
         run_threads(model, image, output, pending, run, counter, cancel, prefetch)
     else:
-        if model_dir is None:
-            raise WssegError(
-                f"scheduler {scheduler!r} loads the model on each worker from its folder; pass the "
-                "model folder (not a model object) or use scheduler='threads'"
-            )
         task = WorkerTask(
             str(model_dir),
             signature,
@@ -285,13 +285,18 @@ def predict_volume(
 
 
 def _verified_blocks(
-    output: BlockStore, stored: dict | None, record: dict, run: RunSpec, grid: list
+    output: BlockStore,
+    stored: dict | None,
+    record: dict,
+    run: RunSpec,
+    grid: list,
+    progress: ProgressCallback | None,
 ) -> tuple[set, list]:
     """Finished blocks of a resumed run that read back as written, and those to recompute."""
     recorded = finished_blocks(output, stored)
     blocks = set(grid)
     in_grid = {index: value for index, value in recorded.items() if index in blocks}
-    done, damaged = output.verify_blocks(in_grid, run.region)
+    done, damaged = output.verify_blocks(in_grid, run.region, progress)
     if damaged:
         warnings.warn(
             f"output {output.path}: {len(damaged)} finished block(s) are missing or damaged on "
