@@ -477,7 +477,11 @@ def _model_from_meta(meta: dict) -> Method:
     if not isinstance(meta["method"], str) or len(meta["method"]) > 64:
         raise ModelError(f"method {_short(meta['method'])} is not a method name")
     method_class = get_method(meta["method"])
-    model = method_class(config_from_dict(method_class.config_class, meta["config"]))
+    retired = getattr(method_class.config_class, "retired_options", frozenset())
+    values = meta["config"]
+    if isinstance(values, dict):  # options older releases wrote that no longer change a trained model
+        values = {key: value for key, value in values.items() if key not in retired}
+    model = method_class(config_from_dict(method_class.config_class, values))
     model.classes = _classes_from_meta(meta["classes"])
     n_channels = meta["n_channels"]
     if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_CHANNELS:

@@ -269,3 +269,18 @@ def test_same_seed_with_a_time_budget_gives_identical_predictions(phantom_3d):
         assert result.stopped == "done"
         predictions.append(method.predict_proba_slice(image[5][..., None]))
     assert np.array_equal(predictions[0], predictions[1])
+
+
+def test_a_model_saved_with_the_retired_boxes_exhaustive_option_still_loads(tmp_path):
+    image, ann = _small_problem()
+    method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32}))
+    method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
+    folder = method.save(tmp_path / "model")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["config"]["boxes_exhaustive"] = True  # what every dsp model saved before issue 13 holds
+    (folder / "config.json").write_text(json.dumps(meta))
+    loaded = load_model(folder)
+    assert np.array_equal(loaded.predict_proba_slice(image[1][..., None]),
+                          method.predict_proba_slice(image[1][..., None]))
+    with pytest.raises(WssegError, match=r"unknown option\(s\) \['boxes_exhaustive'\]"):
+        DSPMethod(boxes_exhaustive=False)  # as an option it is gone: exhaustiveness is annotation data

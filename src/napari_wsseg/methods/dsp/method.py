@@ -18,6 +18,7 @@ See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -133,6 +134,10 @@ class DSPConfig:
     cpu_bf16: bool = True
     tile: int = 512
     tile_overlap: int = 128
+
+    #: Options older model folders hold that no longer exist; loading drops them. boxes_exhaustive
+    #: only shaped the training targets (exhaustiveness now comes from the annotations).
+    retired_options: ClassVar[frozenset[str]] = frozenset({"boxes_exhaustive"})
 
     def __post_init__(self) -> None:
         self.validate()
