@@ -8,7 +8,8 @@ slices (every default is chosen on these) and **scored** slices (they only repor
 
     .venv/bin/python benchmarks/protocol.py --method dsp --datasets drosophila_vnc,cdeep3m_mito \\
         --seeds 0,1,2 --split validation --time-budget 600
-    .venv/bin/python benchmarks/protocol.py --method rf --datasets phantom --scenarios pts4 --seeds 0
+    .venv/bin/python benchmarks/protocol.py --method rf --datasets phantom --scenarios pts4 \\
+        --seeds 0
 
 Each run trains ``rf`` and the method on one scenario with one seed and appends one JSON line to
 ``benchmarks/results/protocol.jsonl``; a run already recorded there (same dataset, split, method,
@@ -45,9 +46,12 @@ class Split:
 #: The split of each dataset. drosophila_vnc: 20 consecutive sections (z 0-19); cdeep3m_mito:
 #: block A z 0-19 and block B z 20-29 (20 sections apart); phantom: 16 x 256 x 256, seed 0.
 SPLITS = {
-    "drosophila_vnc": Split(annotated=(0, 2, 3, 5, 7, 9, 10, 12), validation=(14, 15), scored=(17, 18, 19)),
-    "cdeep3m_mito": Split(annotated=(0, 3, 5, 8, 11, 14, 16, 19), validation=(21, 22, 23),
-                          scored=(26, 27, 28, 29)),
+    "drosophila_vnc": Split(
+        annotated=(0, 2, 3, 5, 7, 9, 10, 12), validation=(14, 15), scored=(17, 18, 19)
+    ),
+    "cdeep3m_mito": Split(
+        annotated=(0, 3, 5, 8, 11, 14, 16, 19), validation=(21, 22, 23), scored=(26, 27, 28, 29)
+    ),
     "phantom": Split(annotated=(0, 3, 5, 8), validation=(10, 11), scored=(13, 14, 15)),
 }
 
@@ -95,7 +99,10 @@ def load_dataset(name: str):
     elif name == "cdeep3m_mito":
         import tifffile
 
-        image, labels = tifffile.imread(folder / "image.tif"), tifffile.imread(folder / "labels.tif")
+        image, labels = (
+            tifffile.imread(folder / "image.tif"),
+            tifffile.imread(folder / "labels.tif"),
+        )
     else:
         raise SystemExit(f"unknown dataset {name}; choose from {', '.join(SPLITS)}")
     return image, labels, read_classes_json(folder / "classes.json")
@@ -108,8 +115,14 @@ def scenario_annotations(scenario: str, labels, classes, slices, seed: int):
     kinds = dict(SCENARIOS[scenario])
     share = kinds.pop("scribble_share", None)
     if share is None:
-        return simulate_annotations(labels, slices=list(slices), seed=seed, classes=classes,
-                                    points=kinds.pop("points", 0), **kinds)
+        return simulate_annotations(
+            labels,
+            slices=list(slices),
+            seed=seed,
+            classes=classes,
+            points=kinds.pop("points", 0),
+            **kinds,
+        )
     return _scribbles(labels, classes, slices, seed, share)
 
 
@@ -119,8 +132,9 @@ def _scribbles(labels, classes, slices, seed: int, share: float):
 
     area = len(slices) * labels.shape[1] * labels.shape[2]
     for count in range(1, 33):
-        ann = simulate_annotations(labels, slices=list(slices), seed=seed, classes=classes,
-                                   points=0, scribbles=count)
+        ann = simulate_annotations(
+            labels, slices=list(slices), seed=seed, classes=classes, points=0, scribbles=count
+        )
         if np.count_nonzero(ann.masks) >= share * area:
             break
     return ann
@@ -148,7 +162,7 @@ def merge_annotations(parts):
 
 # -------------------------------------------------------------------------------- one run
 def make_deterministic() -> None:
-    """Deterministic torch kernels (warn where an op has none) and no benchmark-chosen algorithms."""
+    """Deterministic torch kernels (warn where an op has none), no benchmark-chosen algorithms."""
     import torch
 
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -168,8 +182,11 @@ def run_one(job: dict, data) -> dict:
     image = as_image(image_zyx)
     method = get_method(job["method"])(**job["options"])
     start = time.perf_counter()
-    result = method.fit(image, ann, FitOptions(device=job["device"], seed=job["seed"],
-                                               time_budget_s=job["time_budget_s"]))
+    result = method.fit(
+        image,
+        ann,
+        FitOptions(device=job["device"], seed=job["seed"], time_budget_s=job["time_budget_s"]),
+    )
     train_s = time.perf_counter() - start
     slices = list(getattr(split, job["split"]))
     pred = np.zeros(labels.shape, np.uint8)
@@ -179,22 +196,33 @@ def run_one(job: dict, data) -> dict:
     predict_s = time.perf_counter() - start
     names = [c.name for c in classes]
     scores = evaluate(pred, labels, slices=slices, class_names=names)
-    mask_share = 0.0 if ann.masks is None else np.count_nonzero(ann.masks) / (
-        len(split.annotated) * labels.shape[1] * labels.shape[2])
+    mask_share = (
+        0.0
+        if ann.masks is None
+        else np.count_nonzero(ann.masks)
+        / (len(split.annotated) * labels.shape[1] * labels.shape[2])
+    )
     return job | {
         "key": job_key(job),
         "mean_fg_dice": round(float(scores["mean_fg_dice"]), 4),
         "dice": {n: round(float(d), 4) for n, d in zip(names, scores["dice"])},
-        "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
-        "steps": int(getattr(result, "steps", 0) or 0), "stopped": getattr(result, "stopped", None),
-        "mask_share": round(mask_share, 4), "n_points": len(ann.points), "n_boxes": len(ann.boxes),
+        "train_s": round(train_s, 1),
+        "predict_s": round(predict_s, 1),
+        "steps": int(getattr(result, "steps", 0) or 0),
+        "stopped": getattr(result, "stopped", None),
+        "mask_share": round(mask_share, 4),
+        "n_points": len(ann.points),
+        "n_boxes": len(ann.boxes),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
 def job_key(job: dict) -> str:
     """What makes two runs the same run (the resume key)."""
-    fields = {k: job[k] for k in ("dataset", "split", "method", "scenario", "seed", "time_budget_s", "options")}
+    fields = {
+        k: job[k]
+        for k in ("dataset", "split", "method", "scenario", "seed", "time_budget_s", "options")
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -207,26 +235,38 @@ def read_records(path: Path) -> list[dict]:
 
 def table(records: list[dict], dataset: str, split: str, scenarios, methods) -> str:
     """Markdown table: scenario rows, per method mean +- std of mean foreground Dice and s/run."""
-    lines = [f"### {dataset} ({split} slices {list(getattr(SPLITS[dataset], split))})", "",
-             "| scenario | " + " | ".join(f"{m} Dice | {m} s/run" for m in methods) + " |",
-             "|---|" + "---|---|" * len(methods)]
+    lines = [
+        f"### {dataset} ({split} slices {list(getattr(SPLITS[dataset], split))})",
+        "",
+        "| scenario | " + " | ".join(f"{m} Dice | {m} s/run" for m in methods) + " |",
+        "|---|" + "---|---|" * len(methods),
+    ]
     for scenario in scenarios:
         cells = []
         for method in methods:
-            runs = [r for r in records if (r["dataset"], r["split"], r["scenario"], r["method"])
-                    == (dataset, split, scenario, method)]
+            runs = [
+                r
+                for r in records
+                if (r["dataset"], r["split"], r["scenario"], r["method"])
+                == (dataset, split, scenario, method)
+            ]
             dice = np.array([r["mean_fg_dice"] for r in runs]) * 100
             seconds = np.array([r["train_s"] + r["predict_s"] for r in runs])
             if not len(runs):
                 cells += ["—", "—"]
                 continue
-            cells += [f"{dice.mean():.1f} ± {dice.std():.1f} (n={len(runs)})", f"{seconds.mean():.0f}"]
+            cells += [
+                f"{dice.mean():.1f} ± {dice.std():.1f} (n={len(runs)})",
+                f"{seconds.mean():.0f}",
+            ]
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--method", required=True, help="the method to compare with rf (e.g. dsp)")
     parser.add_argument("--datasets", default="drosophila_vnc,cdeep3m_mito", help="comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
@@ -240,10 +280,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = [s for s in scenarios if s not in SCENARIOS] + [d for d in datasets if d not in SPLITS]
+    unknown = [s for s in scenarios if s not in SCENARIOS] + [
+        d for d in datasets if d not in SPLITS
+    ]
     if unknown:
-        parser.error(f"unknown scenario or dataset {unknown}; scenarios: {', '.join(SCENARIOS)}; "
-                     f"datasets: {', '.join(SPLITS)}")
+        parser.error(
+            f"unknown scenario or dataset {unknown}; scenarios: {', '.join(SCENARIOS)}; "
+            f"datasets: {', '.join(SPLITS)}"
+        )
     methods = list(dict.fromkeys(([] if args.no_rf else ["rf"]) + [args.method]))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     make_deterministic()
@@ -255,19 +299,41 @@ def main(argv=None) -> int:
         for scenario in scenarios:
             for method in methods:
                 for seed in seeds:
-                    job = {"dataset": dataset, "split": args.split, "method": method, "scenario": scenario,
-                           "seed": seed, "device": args.device,
-                           "time_budget_s": None if method == "rf" else args.time_budget,
-                           "options": {} if method == "rf" else json.loads(args.options)}
+                    job = {
+                        "dataset": dataset,
+                        "split": args.split,
+                        "method": method,
+                        "scenario": scenario,
+                        "seed": seed,
+                        "device": args.device,
+                        "time_budget_s": None if method == "rf" else args.time_budget,
+                        "options": {} if method == "rf" else json.loads(args.options),
+                    }
                     if job_key(job) in done:
                         continue
                     record = run_one(job, data)
                     with open(args.results, "a") as fh:
                         fh.write(json.dumps(record) + "\n")
-                    print(json.dumps({k: record[k] for k in ("dataset", "scenario", "method", "seed",
-                                                             "mean_fg_dice", "train_s")}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                k: record[k]
+                                for k in (
+                                    "dataset",
+                                    "scenario",
+                                    "method",
+                                    "seed",
+                                    "mean_fg_dice",
+                                    "train_s",
+                                )
+                            }
+                        ),
+                        flush=True,
+                    )
         print()
-        print(table(read_records(args.results), dataset, args.split, scenarios, methods), flush=True)
+        print(
+            table(read_records(args.results), dataset, args.split, scenarios, methods), flush=True
+        )
     return 0
 
 

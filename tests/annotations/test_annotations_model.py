@@ -1,4 +1,4 @@
-"""The Annotations model: the exhaustive-boxes statement is normalised, counted and kept by slice."""
+"""The Annotations model: exhaustive-box statements are normalised, counted and kept by slice."""
 
 import numpy as np
 

@@ -25,7 +25,7 @@ def test_every_split_keeps_an_unused_slice_between_groups(protocol):
         protocol.check_split(name, split, SLICES[name])  # raises on a bad split
         groups = [split.annotated, split.validation, split.scored]
         for i, a in enumerate(groups):
-            for b in groups[i + 1:]:
+            for b in groups[i + 1 :]:
                 assert min(abs(p - q) for p in a for q in b) >= 2, name
 
 
@@ -37,5 +37,7 @@ def test_cdeep3m_annotates_block_a_and_validates_and_scores_block_b(protocol):
 
 def test_check_split_refuses_neighbouring_groups(protocol):
     bad = protocol.Split(annotated=(0, 2), validation=(3,), scored=(6,))
-    with pytest.raises(SystemExit, match=r"annotated and validation slices \(2, 3\) are equal or neighbours"):
+    with pytest.raises(
+        SystemExit, match=r"annotated and validation slices \(2, 3\) are equal or neighbours"
+    ):
         protocol.check_split("x", bad, 10)

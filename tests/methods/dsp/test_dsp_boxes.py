@@ -17,12 +17,22 @@ from napari_wsseg.sample import make_phantom
 
 MEMBRANE = 1  # the phantom's class that forms one connected network per slice
 ANNOTATED, HELD_OUT = [0, 2, 4], [6, 7]  # held-out slices are not next to an annotated one
-TINY = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 64, "batch_size": 4, "cpu_bf16": False,
-        "max_steps": 200, "lr": 3e-3}
+TINY = {
+    "depth": 2,
+    "width": 8,
+    "embed_dim": 16,
+    "crop_size": 64,
+    "batch_size": 4,
+    "cpu_bf16": False,
+    "max_steps": 200,
+    "lr": 3e-3,
+}
 SEEDS = (0, 1, 2)
 
 
-def partial_boxes(labels: np.ndarray, slices, per_slice: int, seed: int, window: int = 40) -> np.ndarray:
+def partial_boxes(
+    labels: np.ndarray, slices, per_slice: int, seed: int, window: int = 40
+) -> np.ndarray:
     """Boxes a user draws around parts of the membrane: the bounding box of the piece of membrane
     connected to a random membrane pixel within a ``window``-pixel square around it."""
     rng = np.random.default_rng(seed)
@@ -32,7 +42,10 @@ def partial_boxes(labels: np.ndarray, slices, per_slice: int, seed: int, window:
         ys, xs = np.nonzero(membrane)
         for i in rng.choice(len(ys), per_slice, replace=False):
             near = np.zeros_like(membrane)
-            near[max(ys[i] - window // 2, 0): ys[i] + window // 2, max(xs[i] - window // 2, 0): xs[i] + window // 2] = True
+            near[
+                max(ys[i] - window // 2, 0) : ys[i] + window // 2,
+                max(xs[i] - window // 2, 0) : xs[i] + window // 2,
+            ] = True
             pieces, _ = ndi.label(membrane & near)
             py, px = np.nonzero(pieces == pieces[ys[i], xs[i]])
             rows.append((z, py.min(), px.min(), py.max(), px.max(), MEMBRANE))
@@ -50,7 +63,9 @@ def test_partial_membrane_boxes_do_not_lower_membrane_dice():
     image, labels, classes = make_phantom((8, 128, 128), seed=0)
     clicks_only, with_boxes = [], []
     for seed in SEEDS:
-        clicks = simulate_annotations(labels, slices=ANNOTATED, points=4, seed=seed, classes=classes)
+        clicks = simulate_annotations(
+            labels, slices=ANNOTATED, points=4, seed=seed, classes=classes
+        )
         boxed = dataclasses.replace(clicks, boxes=partial_boxes(labels, ANNOTATED, 2, seed))
         assert len(boxed.exhaustive_boxes) == 0  # a box on its own excludes nothing outside it
         clicks_only.append(_membrane_dice(image, labels, clicks, seed))
