@@ -19,6 +19,16 @@ WAIT_MS = 60_000  # only guards against a hang
 pytestmark = pytest.mark.gui
 
 
+@pytest.fixture(autouse=True)
+def _no_triton_after_a_viewer():
+    """A viewer loads libLLVM (OpenGL under Xvfb) and importing triton after that crashes the
+    process, so later tests that train torch models must not import it."""
+    yield
+    from napari_wsseg.training import avoid_triton_llvm_crash
+
+    avoid_triton_llvm_crash()
+
+
 @pytest.fixture(scope="module")
 def tiny_size_model():
     from napari_wsseg.training import avoid_triton_llvm_crash
