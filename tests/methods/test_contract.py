@@ -19,6 +19,7 @@ FAST_OPTIONS = {
     "dsp": {"max_steps": 3},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "size": {"max_steps": 3},
+    "cpews": {"backbone": "test_vit", "max_steps": 3, "batch_size": 2, "region_size": 32},
 }
 
 

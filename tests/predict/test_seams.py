@@ -29,6 +29,7 @@ FAST_OPTIONS = {
     "dsp": {"max_steps": 3},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "size": {"max_steps": 3},
+    "cpews": {"backbone": "test_vit", "max_steps": 3, "batch_size": 2, "region_size": 32},
 }
 #: Odd block sizes, so block borders cut through objects and through U-Net pooling cells.
 ODD_BLOCK = (3, 23, 29)

@@ -1,0 +1,1 @@
+"""Method ``cpews``: CPEWS (contextual prototypes, Shao et al.) from region tags. No Qt."""

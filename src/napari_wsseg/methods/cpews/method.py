@@ -1,0 +1,490 @@
+"""Method ``cpews``: CPEWS (Shao et al.) trained from region tags, slice tags, points and masks.
+
+Training "images" are the tagged regions (``Annotations.region_tags``) and the slices with slice
+tags: each is read whole (shrunk to ``region_size`` when larger, padded when smaller) and its tag
+set is its image-level label. On them the ViT is trained with the paper's Eq. 13:
+``L_cls^m + L_cls^h + lambda1 L_ISM + lambda2 L_PDL + lambda3 L_SSL`` (:mod:`.losses`).
+The per-pixel output is a segmentation head on the final features, trained on the same images
+with (a) the tags' exclusion (every pixel of a region belongs to one of its tagged classes) and
+(b) the final CAM's confident token labels, and on crops around points and mask pixels with
+cross-entropy when there are any. Prediction runs the head over tiles of each slice (volumes
+slice by slice). Imports no Qt.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...annotations.model import Annotations
+from ...annotations.region_tags import tag_regions
+from ...annotations.targets import tag_matrix
+from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
+from ...engine.results import FitResult
+from ...engine.trainer import OptimConfig, run_training
+from ...engine.vit import RANDOM_WEIGHTS, load_backbone
+from ...errors import ModelError, WssegError
+from ...io.image import Image
+from .._torch import TorchSliceMethod
+from ..base import FitOptions, check_config, state_mapping
+from .losses import (
+    PrototypePools,
+    anchor_features,
+    class_activation_maps,
+    classification_loss,
+    ism_loss,
+    ism_pseudo_labels,
+    pdl_loss,
+    ssl_loss,
+)
+from .model import CPEWSNet, create_vit
+
+CPEWS_BOUNDS = {
+    "intermediate_block": (-64, 63),
+    "region_size": (16, 1024),
+    "batch_size": (1, 256),
+    "max_steps": (1, 1_000_000),
+    "lr": (1e-8, 1.0),
+    "weight_decay": (0.0, 1.0),
+    "warmup_fraction": (0.0, 0.5),
+    "alpha": (0.0, 1.0),
+    "beta": (0.0, 1.0),
+    "prototypes": (1, 256),
+    "temperature": (1e-3, 1e4),
+    "lambda_ism": (0.0, 1e3),
+    "lambda_pdl": (0.0, 1e3),
+    "lambda_ssl": (0.0, 1e3),
+    "pool_size": (1, 100_000),
+    "kmeans_iters": (0, 100),
+    "seg_weight": (0.0, 1e3),
+    "tile": (32, 4096),
+    "tile_overlap": (0, 1024),
+}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_MODEL_KWARGS = ("patch_size", "in_chans", "img_size")
+
+
+@dataclass(frozen=True)
+class CPEWSConfig:
+    """Options of the cpews method (paper values where the paper gives one).
+
+    Attributes
+    ----------
+    backbone : str, default "vit_small_patch16_224"
+        timm ViT architecture (the paper uses ViT-B/16). Ignored with a backbone folder, which
+        names its own.
+    backbone_weights : str or None, default None
+        A backbone folder from ``wsseg pretrain`` (in-domain), or a ``.safetensors``/state-dict
+        weights file of ``backbone``. None starts from random weights (the training summary says
+        so). No weights are downloaded.
+    intermediate_block : int, default -3
+        The block whose tokens are ``F_m`` (ISM's intermediate features); negative counts from
+        the end.
+    region_size : int, default 64
+        Side in pixels of a training image: a tagged region is padded to it, a larger one shrunk
+        to fit; also the side of the crops around points.
+    batch_size : int, default 8
+        Training images (and as many point crops, when there are points or masks) per step.
+    max_steps : int, default 1000
+        Training steps (the paper: 20000 at batch 4 on PASCAL VOC; not yet chosen for EM).
+    lr, weight_decay, warmup_fraction : float, default 1e-4, 0.01, 0.1
+        AdamW with warm-up then decay (the paper: PolyWarmupAdamW, weight decay 0.01).
+    alpha, beta : float, default 0.25, 0.7
+        ISM thresholds on the normalised intermediate CAM (paper, VOC).
+    prototypes : int, default 10
+        K, positive and negative prototypes per class.
+    temperature : float, default 13.0
+        T of Eq. 8-9.
+    lambda_ism, lambda_pdl, lambda_ssl : float, default 0.12, 1.5e-4, 0.2
+        lambda1-3 of Eq. 13.
+    pool_size : int, default 256
+        Anchor features kept per class in each of the positive and negative pools.
+    kmeans_iters : int, default 10
+        Lloyd iterations of the positive prototypes' k-means at each step.
+    seg_weight : float, default 1.0
+        Weight of the segmentation head's losses.
+    tile, tile_overlap : int, default 256, 32
+        Prediction tiles and their overlap, in pixels.
+    """
+
+    backbone: str = "vit_small_patch16_224"
+    backbone_weights: str | None = None
+    intermediate_block: int = -3
+    region_size: int = 64
+    batch_size: int = 8
+    max_steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    alpha: float = 0.25
+    beta: float = 0.7
+    prototypes: int = 10
+    temperature: float = 13.0
+    lambda_ism: float = 0.12
+    lambda_pdl: float = 1.5e-4
+    lambda_ssl: float = 0.2
+    pool_size: int = 256
+    kmeans_iters: int = 10
+    seg_weight: float = 1.0
+    tile: int = 256
+    tile_overlap: int = 32
+
+    def __post_init__(self) -> None:
+        check_config(self, "cpews", CPEWS_BOUNDS)
+        if not self.alpha < self.beta:
+            raise WssegError(
+                f"cpews alpha ({self.alpha}) must be below beta ({self.beta}); "
+                "use e.g. the paper's 0.25 and 0.7"
+            )
+        if self.tile_overlap >= self.tile:
+            raise WssegError(
+                f"cpews tile_overlap ({self.tile_overlap}) must be below tile "
+                f"({self.tile}); use e.g. {self.tile // 8}"
+            )
+
+
+class CPEWSMethod(TorchSliceMethod):
+    """CPEWS: a ViT trained from image-level (region) tags with ISM, CPM, L_PDL and L_SSL."""
+
+    name = "cpews"
+    config_class = CPEWSConfig
+    main_options = ("backbone", "backbone_weights", "max_steps", "region_size")
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        #: The backbone's architecture and origin: arch, model_kwargs, mean, std, source.
+        self.backbone_info: dict = {}
+
+    @property
+    def halo(self) -> int:  # type: ignore[override]
+        """A whole tile: ViT attention is global within a tile, so a block predicted with less
+        context would see other features (block-wise equals whole-slice prediction exactly when a
+        slice fits in one tile)."""
+        return self.config.tile
+
+    def _build_net(self) -> CPEWSNet:
+        info = self.backbone_info
+        vit = create_vit(info.get("arch", self.config.backbone), info.get("model_kwargs"))
+        return CPEWSNet(
+            vit,
+            self.n_channels,
+            len(self.classes),
+            self.config.intermediate_block,
+            info.get("mean", IMAGENET_MEAN),
+            info.get("std", IMAGENET_STD),
+        )
+
+    # ---------------------------------------------------------------- training
+    def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
+        _check_usable(annotations, len(self.classes))
+        backbone_state = None
+        if self.warm_init is not None:
+            self.backbone_info = dict(self.warm_init.backbone_info)
+        else:
+            backbone_state = self._resolve_backbone()
+        device, rng, _ = self._start_training(options)
+        if backbone_state is not None:
+            self.net.vit.load_state_dict(backbone_state)
+        step = _CPEWSTrainStep(self, image, annotations, rng, device)
+        cfg = self.config
+        optim = OptimConfig(
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_fraction=cfg.warmup_fraction,
+            max_steps=cfg.max_steps,
+        )
+        outcome = run_training(
+            self.net,
+            step,
+            optim=optim,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
+        )
+        self.fit_info = {
+            "steps": outcome.steps,
+            "seconds": round(outcome.seconds, 1),
+            "stopped": outcome.stopped,
+            "training_images": step.n_images,
+        }
+        self.training_summary["backbone"] = self.backbone_info["source"]
+        return outcome
+
+    def _resolve_backbone(self) -> dict:
+        """Set :attr:`backbone_info` from the config; returns the backbone's weights."""
+        weights = self.config.backbone_weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning goes into the summary
+            vit = load_backbone(self.config.backbone, weights or RANDOM_WEIGHTS)
+        source = vit.weights_source
+        kwargs = {}
+        if source.startswith("backbone:"):
+            from ...engine.backbones import read_backbone_info
+
+            kwargs = read_backbone_info(source[len("backbone:") :]).model_kwargs()
+            described = f"in-domain backbone folder {source[len('backbone:') :]} (wsseg pretrain)"
+        elif source.startswith("file:"):
+            described = f"weights file {source[len('file:') :]}"
+        else:
+            described = "random initialisation (no pretrained weights given)"
+            self.training_summary.setdefault("warnings", []).append(
+                f"cpews backbone '{vit.name}' starts from random weights; give --backbone-weights "
+                "a wsseg pretrain folder or a weights file for pretrained features"
+            )
+        self.backbone_info = {
+            "arch": vit.name,
+            "model_kwargs": kwargs,
+            "mean": list(vit.mean),
+            "std": list(vit.std),
+            "source": described,
+        }
+        return vit.model.state_dict()
+
+    # -------------------------------------------------------------- prediction
+    def _tile_probabilities(self, net: CPEWSNet, tiles: torch.Tensor) -> torch.Tensor:
+        return F.softmax(net(tiles), dim=1)
+
+    # ------------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"fit": self.fit_info, "backbone": self.backbone_info}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.fit_info = state_mapping(state, "fit")
+        self.backbone_info = _checked_backbone_info(state_mapping(state, "backbone"))
+
+
+def _check_usable(annotations: Annotations, n_classes: int) -> None:
+    if n_classes < 2:
+        raise WssegError(f"cpews needs at least 2 classes, got {n_classes}; add a class")
+    has_masks = annotations.masks is not None and bool(np.any(annotations.masks))
+    if not (
+        len(annotations.region_tags)
+        or len(annotations.tags)
+        or len(annotations.points)
+        or has_masks
+    ):
+        raise WssegError(
+            "cpews learns from region tags, slice tags, points or masks; boxes and sizes alone "
+            "are not used: add region tags (tags.csv with y0,x0,y1,x1) or points"
+        )
+
+
+def _checked_backbone_info(info: dict) -> dict:
+    """The recorded backbone description, checked (a model folder is untrusted input)."""
+    arch, kwargs = info.get("arch"), info.get("model_kwargs", {})
+    mean, std = info.get("mean"), info.get("std")
+    ok = (
+        isinstance(arch, str)
+        and 0 < len(arch) <= 100
+        and isinstance(kwargs, dict)
+        and all(
+            k in _MODEL_KWARGS and isinstance(v, int) and 0 < v <= 4096 for k, v in kwargs.items()
+        )
+        and all(
+            isinstance(v, list)
+            and 0 < len(v) <= 4
+            and all(isinstance(x, (int, float)) and np.isfinite(x) for x in v)
+            for v in (mean, std)
+        )
+        and all(x > 0 for x in std)
+    )
+    if not ok:
+        raise ModelError(
+            "cpews model: the recorded backbone (arch, model_kwargs, mean, std) is not "
+            "what training writes; retrain the model"
+        )
+    return {
+        "arch": arch,
+        "model_kwargs": kwargs,
+        "mean": mean,
+        "std": std,
+        "source": str(info.get("source", ""))[:300],
+    }
+
+
+class _CPEWSTrainStep:
+    """One step: tagged images through Eq. 13 and the head, point crops through the head."""
+
+    def __init__(
+        self,
+        method: CPEWSMethod,
+        image: Image,
+        annotations: Annotations,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> None:
+        cfg = method.config
+        self.cfg, self.net, self.device, self.rng = cfg, method.net, device, rng
+        self.n_classes = len(method.classes)
+        self.store = SliceStore(image, method.normalization)
+        self.boxes, self.present = _training_images(annotations, image.shape)
+        self.n_images = len(self.boxes)
+        self.size = cfg.region_size
+        self.pools = PrototypePools(
+            self.n_classes,
+            int(self.net.vit.embed_dim),
+            cfg.pool_size,
+            cfg.prototypes,
+            cfg.kmeans_iters,
+        )
+        self.masks = annotations.masks
+        self.points = annotations.points
+        labelled = Annotations(
+            annotations.classes, points=annotations.points, masks=annotations.masks
+        )
+        anchors = (
+            annotation_anchors(labelled, image.shape, rng) if not labelled.is_empty() else None
+        )
+        self.sampler = (
+            None
+            if anchors is None or not len(anchors)
+            else CropSampler(image.shape, anchors, self.size, rng)
+        )
+
+    def __call__(self, step: int, fraction: float) -> dict:
+        losses: dict = {}
+        total = torch.zeros((), device=self.device)
+        if self.n_images:
+            losses |= self._image_losses()
+            total = total + losses["cpews"] + self.cfg.seg_weight * losses["seg_tags"]
+        if self.sampler is not None:
+            losses["seg_points"] = self._point_loss()
+            total = total + self.cfg.seg_weight * losses["seg_points"]
+        losses["loss"] = total
+        return losses
+
+    # ---------------------------------------------------------------- tagged images
+    def _image_losses(self) -> dict:
+        cfg, net = self.cfg, self.net
+        x, valid_px, y = self._image_batch()
+        f_m, f_h = net.features(x)
+        valid = _token_validity(valid_px, net.patch, f_h.shape[2:])
+        cls_m, _ = classification_loss(f_m, valid, net.classifier_m, y)
+        cls_h, logits_h = classification_loss(f_h, valid, net.classifier_h, y)
+        cam_m = class_activation_maps(f_m, net.classifier_m)
+        cam_h = class_activation_maps(f_h, net.classifier_h)
+        ism = ism_loss(f_h, ism_pseudo_labels(cam_m.detach(), valid, y, cfg.alpha, cfg.beta))
+        anchors = anchor_features(f_h, cam_h, valid)
+        prototypes = [p.to(self.device) for p in self.pools.prototypes()]
+        pdl = pdl_loss(anchors, y, *prototypes, cfg.temperature)
+        ssl = ssl_loss(f_h, cam_h, valid, y, *prototypes)
+        self.pools.update(anchors, y, torch.sigmoid(logits_h))
+        cpews = cls_m + cls_h + cfg.lambda_ism * ism + cfg.lambda_pdl * pdl + cfg.lambda_ssl * ssl
+        seg = net.segment(x, f_h)
+        seg_tags = _tag_exclusion_loss(seg, valid_px, y) + _pseudo_label_loss(
+            seg,
+            ism_pseudo_labels(cam_h.detach(), valid, y, cfg.alpha, cfg.beta),
+            valid_px,
+            net.patch,
+        )
+        return {
+            "cls_m": cls_m,
+            "cls_h": cls_h,
+            "ism": ism,
+            "pdl": pdl,
+            "ssl": ssl,
+            "cpews": cpews,
+            "seg_tags": seg_tags,
+        }
+
+    def _image_batch(self):
+        picks = self.rng.integers(0, self.n_images, self.cfg.batch_size)
+        pixels, valid = zip(*(self._read_image(self.boxes[i]) for i in picks))
+        y = torch.from_numpy(self.present[picks].astype(np.float32))
+        return (
+            torch.stack(pixels).to(self.device),
+            torch.stack(valid).to(self.device),
+            y.to(self.device),
+        )
+
+    def _read_image(self, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A region's pixels shrunk to fit ``size`` if needed, padded, randomly flipped."""
+        z, y0, x0, y1, x1 = (int(v) for v in box)
+        region = torch.from_numpy(
+            np.ascontiguousarray(self.store.slice(z)[:, y0 : y1 + 1, x0 : x1 + 1])
+        )
+        longest = max(region.shape[1:])
+        if longest > self.size:
+            scale = self.size / longest
+            shape = [max(1, int(s * scale)) for s in region.shape[1:]]
+            region = F.interpolate(region[None], size=shape, mode="area")[0]
+        pixels = torch.zeros(region.shape[0], self.size, self.size)
+        valid = torch.zeros(self.size, self.size, dtype=torch.bool)
+        pixels[:, : region.shape[1], : region.shape[2]] = region
+        valid[: region.shape[1], : region.shape[2]] = True
+        for axis in (-1, -2):
+            if self.rng.random() < 0.5:
+                pixels, valid = pixels.flip(axis), valid.flip(axis)
+        return pixels, valid
+
+    # ---------------------------------------------------------------- point crops
+    def _point_loss(self) -> torch.Tensor:
+        crops = self.sampler.sample(self.cfg.batch_size)
+        pixels, _ = zip(*(self.store.crop(c) for c in crops))
+        labels = torch.from_numpy(np.stack([self._crop_labels(c) for c in crops])).to(self.device)
+        logits = self.net(torch.from_numpy(np.stack(pixels)).to(self.device))
+        if not (labels >= 0).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels, ignore_index=-1)
+
+    def _crop_labels(self, crop: Crop) -> np.ndarray:
+        """``(S, S)`` int64 class of each point or mask pixel in the crop, -1 elsewhere."""
+        labels = np.full((crop.size, crop.size), -1, np.int64)
+        if self.masks is not None:
+            part = np.asarray(
+                self.masks[
+                    crop.z, max(crop.y, 0) : crop.y + crop.size, max(crop.x, 0) : crop.x + crop.size
+                ]
+            ).astype(np.int64)
+            oy, ox = max(-crop.y, 0), max(-crop.x, 0)
+            window = labels[oy : oy + part.shape[0], ox : ox + part.shape[1]]
+            window[part > 0] = part[part > 0] - 1
+        points = self.points[self.points[:, 0] == crop.z]
+        local = points[:, 1:3] - (crop.y, crop.x)
+        inside = np.all((local >= 0) & (local < crop.size), axis=1)
+        labels[local[inside, 0], local[inside, 1]] = points[inside, 3]
+        return labels
+
+
+def _training_images(annotations: Annotations, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``(N, 5)`` (z, y0, x0, y1, x1) and labels ``(N, C)`` of the tagged regions and of the
+    slices with slice tags (the whole slice)."""
+    regions = tag_regions(annotations)
+    tagged, allowed = tag_matrix(annotations, int(shape[0]))
+    zs = np.flatnonzero(tagged)
+    whole = np.stack([zs, 0 * zs, 0 * zs, 0 * zs + shape[1] - 1, 0 * zs + shape[2] - 1], axis=1)
+    boxes = np.concatenate([regions.boxes, whole.reshape(-1, 5)]).astype(np.int64)
+    present = np.concatenate([regions.present, allowed[zs]]).astype(bool)
+    return boxes, present
+
+
+def _token_validity(valid_px: torch.Tensor, patch: int, grid) -> torch.Tensor:
+    """``(B, h, w)`` bool: tokens whose patch lies at least half inside the image."""
+    padded = F.pad(
+        valid_px.float()[:, None],
+        (0, grid[1] * patch - valid_px.shape[2], 0, grid[0] * patch - valid_px.shape[1]),
+    )
+    return F.avg_pool2d(padded, patch)[:, 0] >= 0.5
+
+
+def _tag_exclusion_loss(
+    logits: torch.Tensor, valid_px: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Mean over valid pixels of ``-log sum_{c tagged} p_c``: a region's pixels are of its tags."""
+    log_p = F.log_softmax(logits, dim=1).masked_fill(y[:, :, None, None] < 0.5, float("-inf"))
+    inside = -torch.logsumexp(log_p, dim=1)
+    return (inside * valid_px).sum() / valid_px.sum().clamp(min=1)
+
+
+def _pseudo_label_loss(logits, token_labels, valid_px, patch: int) -> torch.Tensor:
+    """Cross-entropy against the final CAM's confident token labels, spread to their pixels."""
+    pixels = token_labels.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    pixels = pixels[:, : logits.shape[2], : logits.shape[3]].masked_fill(~valid_px, -1)
+    if not (pixels >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, pixels, ignore_index=-1)
