@@ -460,7 +460,7 @@ def cmd_measure(args) -> int:
         result = measure_labels(
             labels, image=image, classes=measured, class_names=names,
             voxel_size=voxel_size, instances_out=args.instances, block=args.block,
-            surface=not args.no_surface, progress=update,
+            surface=not args.no_surface, overwrite=args.overwrite, progress=update,
         )
     finally:
         close()

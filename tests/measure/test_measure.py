@@ -158,8 +158,18 @@ def test_cancel_stops_before_tables_and_removes_the_temporary_store(phantom, tmp
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_bad_inputs_get_one_line_errors(phantom):
+def test_bad_inputs_get_one_line_errors(phantom, tmp_path):
     image, labels, _ = phantom
+    measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr")
+    with pytest.raises(WssegError, match="already exists"):
+        measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr")
+    assert measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr",
+                          overwrite=True).stopped == "done"
+    (tmp_path / "mine.zarr").mkdir()
+    (tmp_path / "mine.zarr" / "notes.txt").write_text("a user's folder")
+    with pytest.raises(WssegError):
+        measure_labels(labels, classes=[2], instances_out=tmp_path / "mine.zarr", overwrite=True)
+    assert (tmp_path / "mine.zarr" / "notes.txt").read_text() == "a user's folder"
     with pytest.raises(WssegError, match="spatial shape"):
         measure_labels(labels, image=image[:, :10])
     with pytest.raises(WssegError, match="class ids"):

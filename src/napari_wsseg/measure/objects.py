@@ -56,6 +56,7 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
                    class_names: list[str] | None = None,
                    voxel_size: tuple[float, ...] | None = None, instances_out=None,
                    block: tuple[int, ...] | None = None, surface: bool = True,
+                   overwrite: bool = False,
                    progress: ProgressCallback | None = None,
                    cancel: threading.Event | None = None) -> MeasureResult:
     """Label each class's connected components and measure every object.
@@ -80,6 +81,9 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
     surface : bool, default True
         Measure surface areas (perimeters in 2D). The marching cubes are most of the run time
         on big objects; False leaves the column out.
+    overwrite : bool, default False
+        Replace an existing ``instances_out`` written by napari-wsseg (anything else is never
+        replaced).
     progress, cancel : optional
         Progress callback and cancel flag, checked between blocks.
 
@@ -109,7 +113,7 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
     _check_classes(classes)
     block = _block(block, volume.shape, is_2d)
     names = _names(classes, class_names)
-    with _InstanceStore(instances_out, volume, is_2d, block) as store:
+    with _InstanceStore(instances_out, volume, is_2d, block, overwrite) as store:
         found = label_instances(volume, classes, store.array, block, progress=progress, cancel=cancel)
         if found.stopped == "cancelled":
             return MeasureResult(instances=store.keep(), stopped="cancelled")
@@ -336,8 +340,9 @@ def _block(block, shape, is_2d: bool) -> tuple[int, int, int]:
 class _InstanceStore:
     """Where instance ids go: memory, the user's ``.zarr``, or a temporary zarr removed at exit."""
 
-    def __init__(self, out, volume, is_2d: bool, block) -> None:
+    def __init__(self, out, volume, is_2d: bool, block, overwrite: bool) -> None:
         self.out, self.volume, self.is_2d, self.block = out, volume, is_2d, block
+        self.overwrite = overwrite
         self.temp: Path | None = None
         self.array = None
 
@@ -353,7 +358,7 @@ class _InstanceStore:
             raise WssegError(f"instances output {path} must end in .zarr; e.g. {path.stem}.zarr")
         array = create_labels_zarr(path, shape[1:] if self.is_2d else shape, dtype=np.uint32,
                                    chunks=self.block[1:] if self.is_2d else self.block,
-                                   overwrite=True)
+                                   overwrite=self.overwrite or self.out is None)
         self.path = path
         self.array = array if not self.is_2d else _Lift2D(array)
         return self
