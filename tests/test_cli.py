@@ -193,3 +193,22 @@ def test_argument_errors_are_one_short_line(capsys):
     assert code == 2 and not out
     assert err.count("\n") == 1 and err.startswith("wsseg: error: argument --workers")
     assert len(err) < 500
+
+
+def test_python_warnings_print_as_one_wsseg_line(tmp_path, capsys):
+    import warnings
+
+    labels = (np.arange(2 * 16 * 16).reshape(2, 16, 16) % 2).astype(np.uint8)
+    with tifffile.TiffWriter(tmp_path / "pred.tif") as tif:  # two series: the reader warns
+        tif.write(labels, photometric="minisblack")
+        tif.write(labels[0, :8, :8], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "gt.tif", labels, photometric="minisblack")
+    before = warnings.showwarning
+    code, _, err = run(["evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif"], capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert lines == [
+        f"wsseg: warning: TIFF {tmp_path / 'pred.tif'} holds 2 image series; reading only the "
+        "first, QYX (2, 16, 16); save the stack as one series to read it all"
+    ]
+    assert warnings.showwarning is before  # the hook is removed when main returns

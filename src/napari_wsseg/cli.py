@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from .errors import WssegError
@@ -870,6 +871,24 @@ def _method_from_argv(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``wsseg`` command; returns the exit code (0 done, 2 a user error).
+
+    Python warnings are printed as one line each, ``wsseg: warning: <message>``, while it runs.
+    """
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line without its source line (the ``warnings.showwarning`` hook)."""
+    print(f"wsseg: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("WSSEG_DEBUG") == "1"
     try:

@@ -149,7 +149,9 @@ def test_write_annotations_round_trip(tmp_path):
 
 
 def test_write_annotations_removes_csv_of_a_kind_that_became_empty(tmp_path):
-    write_annotations(tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]]))
+    write_annotations(
+        tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]])
+    )
     write_annotations(tmp_path, Annotations(default_classes(1), tags=[[0, 0]]), overwrite=True)
     assert not (tmp_path / "points.csv").exists()
     assert list(find_annotation_files(tmp_path)) == ["tags"]
@@ -173,7 +175,9 @@ def test_write_annotations_never_replaces_or_removes_a_file_it_did_not_write(tmp
 
 
 def test_write_annotations_keeps_a_csv_the_user_edited_after_writing(tmp_path):
-    write_annotations(tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]]))
+    write_annotations(
+        tmp_path, Annotations(default_classes(1), points=[[0, 0, 0, 0]], tags=[[0, 0]])
+    )
     edited = (tmp_path / "points.csv").read_text() + "0,1,1,0\n"
     (tmp_path / "points.csv").write_text(edited)
     with pytest.raises(AnnotationError, match=r"points\.csv was not written by .* or was changed"):

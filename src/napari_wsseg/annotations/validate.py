@@ -262,7 +262,8 @@ def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
     if invalid.any():
         i, more = _first(invalid)
         raise AnnotationError(
-            f"{source.of('sizes')}: {_describe(ann, 'sizes', i)}: fraction is outside 0..1; give the "
+            f"{source.of('sizes')}: {_describe(ann, 'sizes', i)}: fraction is outside 0..1; "
+            "give the "
             f"fraction of the slice the class covers (0.25 for a quarter){more}"
         )
     z = sizes[:, 0].astype(np.int64)
@@ -281,7 +282,8 @@ def _check_sizes(ann: Annotations, source: str, tolerance: float) -> None:
         s = int(np.argmax(off))
         rows = ", ".join(str(r + 1) for r in np.flatnonzero(inverse == s))
         raise AnnotationError(
-            f"{source.of('sizes')}: sizes of slice z={slices[s]} (rows {rows}) sum to {sums[s]:.3g}, not "
+            f"{source.of('sizes')}: sizes of slice z={slices[s]} (rows {rows}) sum to "
+            f"{sums[s]:.3g}, not "
             f"1 ± {tolerance:g}; list the fraction of every class present in that slice "
             "(a class left out counts as 0) so that they add up to 1"
         )
@@ -298,7 +300,8 @@ def _check_masks(ann: Annotations, shape: tuple[int, int, int], source: str) -> 
         )
     if masks.shape != shape:
         raise AnnotationError(
-            f"{source.of('masks')}: mask shape {masks.shape} is not the image shape (Z, Y, X) = {shape}; "
+            f"{source.of('masks')}: mask shape {masks.shape} is not the image shape "
+            f"(Z, Y, X) = {shape}; "
             "give a label image of the same shape as the image"
         )
     low, high = int(masks.min()), int(masks.max())
@@ -311,7 +314,8 @@ def _check_masks(ann: Annotations, shape: tuple[int, int, int], source: str) -> 
 def _raise_mask_value(ann: Annotations, value: int, why: str, source: str) -> None:
     where = np.unravel_index(int(np.argmax(ann.masks == value)), ann.masks.shape)
     raise AnnotationError(
-        f"{source.of('masks')}: mask value {value} at (z, y, x) = {tuple(map(int, where))} {why}; use 0 "
+        f"{source.of('masks')}: mask value {value} at (z, y, x) = {tuple(map(int, where))} "
+        f"{why}; use 0 "
         f"for unlabeled and k = 1..{ann.n_classes} for class k-1 ({ann.n_classes} classes)"
     )
 
@@ -355,7 +359,9 @@ def _raise_first(ann: Annotations, kind: str, bad: np.ndarray, source: str, expl
     if not bad.any():
         return
     i, more = _first(bad)
-    raise AnnotationError(f"{source.of(kind)}: {_describe(ann, kind, i)}: {explain(i)}; {fix}{more}")
+    raise AnnotationError(
+        f"{source.of(kind)}: {_describe(ann, kind, i)}: {explain(i)}; {fix}{more}"
+    )
 
 
 def _check_masks_against_tags(ann, tagged: np.ndarray, allowed: np.ndarray, source: str) -> None:
@@ -368,7 +374,8 @@ def _check_masks_against_tags(ann, tagged: np.ndarray, allowed: np.ndarray, sour
         if excluded.any():
             c = int(np.argmax(excluded))
             raise AnnotationError(
-                f"{source.of('masks')}: the mask labels {counts[c]} pixels of class {_class_label(ann, c)} "
+                f"{source.of('masks')}: the mask labels {counts[c]} pixels of class "
+                f"{_class_label(ann, c)} "
                 f"in slice z={z} but the tags of that slice ({_tagged_names(ann, allowed[z])}) "
                 "exclude it; add a tag for the class on that slice or fix the mask"
             )
