@@ -6,7 +6,7 @@ user script without ``if __name__ == "__main__":`` would run again there (a seco
 project folder recreated). Parent and child talk over the child's stdin and stdout, which carry
 pickled messages between two processes of this package only (model files are never pickled):
 
-* parent -> child: the :class:`_ChildSpec`, then ``("cancel", None)`` and ``("z", slice)``;
+* parent -> child: the :class:`_ChildSpec` (with the warm-start model's folder, if any), then ``("cancel", None)`` and ``("z", slice)``;
 * child -> parent: ``("progress", event)``, ``("preview", result)``, then ``("done", outcome)``
   or ``("error", (type name, message, is user error, traceback))``.
 
@@ -66,6 +66,8 @@ class _ChildSpec:
     preview_every_s: float
     preview_z: int
     model_dir: str
+    #: The model folder the child continues from (warm start); None trains from scratch.
+    init_dir: str | None = None
 
 
 @dataclass
@@ -106,6 +108,7 @@ def run_training_in_subprocess(
 
     model_dir = Path(job.model_dir or _temporary_folder() / job.method.name)
     options = dataclasses.replace(job.options, progress=None, cancel=None)
+    init_dir = _init_folder(job.init)
     spec = _ChildSpec(
         job.method.name,
         config_to_dict(job.method.config),
@@ -115,6 +118,7 @@ def run_training_in_subprocess(
         job.preview_every_s if preview is not None else 0.0,
         int(job.preview_z),
         str(model_dir),
+        init_dir,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "napari_wsseg.training"],
@@ -139,6 +143,8 @@ def run_training_in_subprocess(
             process.wait()
         to_child.close()
         from_child.close()
+        if init_dir is not None and not isinstance(job.init, (str, os.PathLike)):
+            remove_temporary_model(init_dir)  # the copy of an in-memory model made above
     if result is None:  # cancelled and ended: nothing trained, nothing kept
         return TrainingOutcome(job.method, None, 0.0)
     outcome = dataclasses.replace(
@@ -147,6 +153,18 @@ def run_training_in_subprocess(
     if outcome.trained and job.save_model is not None and not was_cancelled(job):
         outcome.model_name = job.save_model(None, model_dir)
     return outcome
+
+
+def _init_folder(init) -> str | None:
+    """The folder the child loads the warm-start model from; an in-memory model is saved first
+    (into a temporary folder marked as this module's)."""
+    if init is None:
+        return None
+    if isinstance(init, (str, os.PathLike)):
+        return str(init)
+    folder = _temporary_folder() / f"init-{init.name}"
+    init.save(folder)
+    return str(folder)
 
 
 def _temporary_folder() -> Path:
@@ -280,6 +298,7 @@ def _train(
         dataclasses.replace(spec.options, cancel=cancel),
         preview_z=preview_z[0],
         preview_every_s=spec.preview_every_s,
+        init=Path(spec.init_dir) if spec.init_dir else None,
     )
 
     def on_progress(event: ProgressEvent) -> None:

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,6 +75,9 @@ class TrainingJob:
     model_dir: Path | None = None
     #: The name the model gets in the project.
     model_name: str | None = None
+    #: The previous model to continue from (warm start): a trained method or its model folder;
+    #: None trains from scratch. See :meth:`~napari_wsseg.methods.base.Method.fit`.
+    init: Method | Path | None = None
 
 
 @dataclass
@@ -88,6 +92,10 @@ class TrainingOutcome:
     model_name: str | None = None
     #: Where a separate training process saved the model (``method`` is then not trained here).
     model_dir: Path | None = None
+    #: Warnings of the fit meant for the user, e.g. why a warm start fell back to a cold one.
+    warnings: list[str] = field(default_factory=list)
+    #: Whether the fit continued from ``TrainingJob.init`` (False: trained from scratch).
+    warm: bool = False
 
     @property
     def trained(self) -> bool:
@@ -116,20 +124,48 @@ def run_training(
         hook.maybe_preview(event)
 
     options = dataclasses.replace(job.options, progress=on_progress)
-    fit = job.method.fit(job.image, job.annotations, options)
+    fit, messages = _fit(job, options)
+    warm = bool((job.method.training_summary or {}).get("warm_start"))
     try:
         final = predict_slice(job.method, job.image, job.preview_z, step=fit.steps)
     except ModelError:
         if fit.stopped == "cancelled":
-            return TrainingOutcome(job.method, fit, time.monotonic() - start)
+            return TrainingOutcome(
+                job.method, fit, time.monotonic() - start, warnings=messages, warm=warm
+            )
         raise
     outcome = TrainingOutcome(
         job.method, fit, 0.0, final, dense_slice_dice(job.method, job.image, job.annotations, final)
     )
+    outcome.warnings, outcome.warm = messages, warm
     if job.save_model is not None and not was_cancelled(job):
         outcome.model_name = job.save_model(job.method, None)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _fit(job: TrainingJob, options: FitOptions) -> tuple[FitResult, list[str]]:
+    """``job.method.fit`` from ``job.init``; also returns the warm-start warnings it gave.
+
+    The warnings are recorded, not printed, so the caller can show them to the user (the widget
+    as a notification). ``warnings.catch_warnings`` is process-wide: a warning another thread
+    gives during the fit may land in this list too, which only adds a message.
+    """
+    from ..methods.warm import WarmStartWarning
+
+    init = job.init
+    if init is not None and not isinstance(init, Method):
+        from ..methods.base import load_model
+
+        init = load_model(init)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WarmStartWarning)
+        fit = job.method.fit(job.image, job.annotations, options, init=init)
+    messages = [str(w.message) for w in caught if issubclass(w.category, WarmStartWarning)]
+    for w in caught:
+        if not issubclass(w.category, WarmStartWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return fit, messages
 
 
 def was_cancelled(job: TrainingJob) -> bool:

@@ -64,6 +64,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: docs/benchmarks.md (GUI responsiveness).
 RUN_MODES = {"separate process": run_training_in_subprocess, "napari process": run_training}
 DEFAULT_BUDGET_S = 60.0
+#: Where a training starts: from the last model of the method (warm start, a short run) or anew.
+START_CONTINUE = "continue from last model"
+START_SCRATCH = "from scratch"
 
 
 class _TrainSignals(QObject):
@@ -104,6 +107,12 @@ class TrainWidget(QWidget):
         self.budget_spin.setValue(DEFAULT_BUDGET_S)
         self.budget_spin.setSuffix(" s")
         self.budget_spin.setSpecialValueText("method decides")
+        self.start_combo = QComboBox()
+        self.start_combo.addItems([START_CONTINUE, START_SCRATCH])
+        self.start_combo.setToolTip(
+            "continue: a short run from the last model of this method (same classes); "
+            "from scratch: a full training that ignores it"
+        )
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.model_name = QLineEdit()
@@ -131,6 +140,7 @@ class TrainWidget(QWidget):
         self._layout()
         self._connect()
         self._show_options(self.method_combo.currentText())
+        self.choose_default_start()
 
     def _layout(self) -> None:
         layout = scroll_layout(self)
@@ -141,6 +151,7 @@ class TrainWidget(QWidget):
         form = QFormLayout()
         form.addRow("device", self.device_combo)
         form.addRow("run in", self.run_combo)
+        form.addRow("start", self.start_combo)
         form.addRow("time budget", self.budget_spin)
         form.addRow("seed", self.seed_spin)
         form.addRow("model name", self.model_name)
@@ -162,6 +173,8 @@ class TrainWidget(QWidget):
 
     def _connect(self) -> None:
         self.method_combo.currentTextChanged.connect(self._show_options)
+        self.method_combo.currentTextChanged.connect(self.choose_default_start)
+        link(self, self.session.classes_changed, self.choose_default_start)
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
         self.keep_button.clicked.connect(self.keep_cancelled_model)
@@ -228,6 +241,39 @@ class TrainWidget(QWidget):
         notify_info(f"cancelled run kept as model '{kept}'")
         return kept
 
+    def choose_default_start(self, *_) -> None:
+        """Continue when the last model is of the chosen method and has the current classes."""
+        info = self._last_model_info()
+        names = [c.name for c in self.session.classes]
+        warm = info is not None and info == (self.method_combo.currentText(), names)
+        self.start_combo.setCurrentText(START_CONTINUE if warm else START_SCRATCH)
+
+    def warm_start_model(self):
+        """The model the next training continues from (a method or its folder), or None."""
+        if self.start_combo.currentText() != START_CONTINUE:
+            return None
+        info = self._last_model_info()
+        if info is None or info[0] != self.method_combo.currentText():
+            return None
+        return self.session.last_model
+
+    def _last_model_info(self) -> tuple[str, list[str]] | None:
+        """(method name, class names) of the session's last model; None without a usable one."""
+        from ..errors import ModelError
+        from ..methods.base import Method, read_model_config
+
+        model = self.session.last_model
+        if isinstance(model, Method):
+            return model.name, [c.name for c in model.classes]
+        if model is None:
+            return None
+        try:
+            meta = read_model_config(model)
+        except ModelError:  # deleted or broken since: nothing to continue from
+            return None
+        classes = meta.get("classes") or []
+        return str(meta.get("method")), [str(c.get("name")) for c in classes if isinstance(c, dict)]
+
     # ------------------------------------------------------------------------------ helpers
     def _build_job(self) -> TrainingJob:
         from ..methods.base import FitOptions
@@ -257,6 +303,7 @@ class TrainWidget(QWidget):
             preview_every_s=every,
             model_name=name,
             save_model=lambda m, folder: self._save_model(m, folder, name, method.name),
+            init=self.warm_start_model(),
         )
         return job
 
@@ -357,6 +404,8 @@ class TrainWidget(QWidget):
 
     def _on_returned(self, outcome: TrainingOutcome) -> None:
         cancelled = self._cancel is not None and self._cancel.is_set()
+        for message in outcome.warnings:  # e.g. a warm start that fell back to a cold one
+            notify_warning(message)
         if not outcome.trained:
             self.progress_label.setText(f"{outcome.method.name}: cancelled; no model")
             notify_info(f"{outcome.method.name}: cancelled before a model was kept; nothing saved")
@@ -401,6 +450,7 @@ class TrainWidget(QWidget):
         self._cancel = None
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self.choose_default_start()
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)
 
@@ -408,7 +458,8 @@ class TrainWidget(QWidget):
 def summary(outcome: TrainingOutcome) -> str:
     """One line: method, time, steps, why it stopped, where it was saved, Dice on dense slices."""
     fit = outcome.fit
-    text = f"{outcome.method.name} trained in {_duration(outcome.seconds)}"
+    start = "continued from the last model" if outcome.warm else "trained"
+    text = f"{outcome.method.name} {start} in {_duration(outcome.seconds)}"
     if fit is not None:
         text += f" ({fit.steps} steps, {fit.stopped.replace('_', ' ')})"
     text += (

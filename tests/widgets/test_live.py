@@ -1,0 +1,71 @@
+"""The Train widget's warm start: continue from the last model, or from scratch (issue 17)."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+
+from napari_wsseg.methods.base import read_model_config
+from napari_wsseg.project import Project
+from napari_wsseg.widgets._train import START_CONTINUE, START_SCRATCH, TrainWidget
+
+WAIT_MS = 120_000  # only guards against a hang
+
+
+def _setup(annotate, clicks, phantom, tmp_path, run_in):
+    image, labels, classes = phantom
+    viewer, _, annotate_widget = annotate(image, classes)
+    rows = clicks.from_truth(labels, 4)
+    clicks.add(annotate_widget.session.layer("points"), rows)
+    annotate_widget.new_project(tmp_path / "proj")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    train.run_combo.setCurrentText(run_in)
+    train.method_combo.setCurrentText("rf")
+    train.options.set_values(n_estimators=10, sigma_max=4.0)
+    return viewer, train, labels
+
+
+def _train(train, qtbot):
+    qtbot.mouseClick(train.train_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(train.worker.finished, timeout=WAIT_MS):
+        pass
+
+
+def test_the_second_training_continues_from_the_last_model_in_the_separate_process(
+    annotate, clicks, small_2d, tmp_path, qtbot, notifications
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
+    assert train.start_combo.currentText() == START_SCRATCH  # no model yet
+    _train(train, qtbot)
+    first = train.session.last_model
+    assert train.start_combo.currentText() == START_CONTINUE  # same method, same classes
+    assert train.warm_start_model() == first
+    more = clicks.from_truth(labels, 3, seed=7)
+    clicks.add(train.session.layer("points"), more)
+    _train(train, qtbot)
+    assert any(m.startswith("rf continued from the last model in") for m in notifications)
+    assert not any("not warm" in m for m in notifications), notifications
+    assert len(Project.open(tmp_path / "proj").list_models()) == 2
+    assert train.session.last_model != first
+    # "from scratch" ignores the last model
+    train.start_combo.setCurrentText(START_SCRATCH)
+    assert train.warm_start_model() is None
+    _train(train, qtbot)
+    assert len([m for m in notifications if m.startswith("rf trained in")]) == 2
+
+
+def test_a_class_change_trains_from_scratch_and_says_so(
+    annotate, clicks, small_2d, tmp_path, qtbot, notifications
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
+    _train(train, qtbot)
+    assert train.start_combo.currentText() == START_CONTINUE
+    train.session.add_class("debris")
+    assert train.start_combo.currentText() == START_SCRATCH  # the default follows the classes
+    train.start_combo.setCurrentText(START_CONTINUE)  # the user insists: a cold start, told why
+    _train(train, qtbot)
+    cold = [m for m in notifications if "training from scratch, not warm" in m]
+    assert len(cold) == 1 and "added ['debris']" in cold[0], notifications
+    assert any(m.startswith("rf trained in") for m in notifications[-3:])
+    classes = [c["name"] for c in read_model_config(train.session.last_model)["classes"]]
+    assert classes[-1] == "debris"  # the new model has the new classes
