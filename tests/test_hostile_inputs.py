@@ -265,6 +265,28 @@ CASES = [
         "mine.zarr",
     ),
     (
+        "predict-overwrite-other-tools-labels",
+        lambda ws: ws.predict("--overwrite", "--block", "1,32,32", out=_other_tools_labels(ws)),
+        "cells.zarr",
+    ),
+    (
+        "predict-overwrite-other-tools-labels-tiles",
+        lambda ws: ws.predict("--overwrite", out=_other_tools_labels(ws)),
+        "cells.zarr",
+    ),
+    (
+        "simulate-overwrite-user-csv",
+        lambda ws: [
+            "simulate",
+            ws.labels,
+            "--out",
+            _user_csv_folder(ws),
+            "--tags",
+            "--overwrite",
+        ],
+        "points.csv",
+    ),
+    (
         "sample-out-has-sample",
         lambda ws: ["sample", "--out", ws.image.parent, "--shape", "2,32,32"],
         "--overwrite",
@@ -426,7 +448,7 @@ CASES = [
     (
         "boxes-upside-down",
         lambda ws: ws.train("--boxes", ws.write("b.csv", "z,y0,x0,y1,x1,class\n0,9,9,2,2,0\n")),
-        "boxes row 1",
+        "b.csv: boxes row 1",
     ),
     (
         "tags-unknown-class",
@@ -436,12 +458,12 @@ CASES = [
     (
         "sizes-fraction-above-one",
         lambda ws: ws.train("--sizes", ws.write("s.csv", "z,class,fraction\n0,0,1.7\n")),
-        "sizes row 1",
+        "s.csv: sizes row 1",
     ),
     (
         "masks-wrong-shape",
         lambda ws: ws.train("--masks", ws.npy("m.npy", np.ones((5, 5), np.uint8))),
-        "mask shape",
+        "m.npy: mask shape",
     ),
     # ------------------------------------------------------------------------- class lists
     ("classes-duplicate-names", lambda ws: ws.train_classes("a,b,a"), "a"),
@@ -549,6 +571,26 @@ def _user_folder(ws: Workspace, name: str = "mine") -> Path:
     folder = ws.tmp / name
     folder.mkdir()
     (folder / "thesis.txt").write_text("years of work")
+    return folder
+
+
+def _other_tools_labels(ws: Workspace) -> Path:
+    """An OME-Zarr label image written by ome-zarr-py (not napari-wsseg) inside an image."""
+    import zarr
+    from ome_zarr.writer import write_labels as ome_write_labels
+
+    image = ws.tmp / "theirs.zarr"
+    zarr.open_group(str(image), mode="w", zarr_format=3)
+    labels = np.ones((2, 32, 32), np.uint8)
+    ome_write_labels(labels, str(image), name="cells.zarr", axes="zyx", scaler=None,
+                     scale_factors=())  # fmt: skip
+    return image / "labels" / "cells.zarr"
+
+
+def _user_csv_folder(ws: Workspace) -> Path:
+    """A folder holding the user's own points.csv (not written by napari-wsseg)."""
+    folder = _user_folder(ws, "clicks")
+    (folder / "points.csv").write_text("z,y,x,class\n0,4,4,1\n")
     return folder
 
 
