@@ -81,6 +81,8 @@ def test_package_passes_the_bioimageio_model_test_and_matches_wsseg_predict(trai
 def test_rf_is_refused_with_the_exportable_methods(tmp_path, capsys):
     with pytest.raises(WssegError, match="exportable methods: dsp, size, mews"):
         check_exportable("rf")
+    with pytest.raises(WssegError, match="no bioimage.io exporter for this method yet"):
+        check_exportable("cpews")
     folder = tmp_path / "rf_model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"format_version": 1, "method": "rf"}))

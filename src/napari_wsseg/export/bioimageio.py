@@ -117,7 +117,7 @@ def check_exportable(method: str | None) -> None:
     """
     if method in EXPORTABLE:
         return
-    reason = REFUSED.get(method, "it is not a torch network on 2D slices")
+    reason = REFUSED.get(method, "napari-wsseg has no bioimage.io exporter for this method yet")
     raise WssegError(f"{method} models cannot be exported to bioimage.io: {reason}; exportable "
                      f"methods: {', '.join(EXPORTABLE)}")
 
