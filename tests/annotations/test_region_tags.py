@@ -156,6 +156,30 @@ def test_dsp_allowed_set_follows_region_tags():
     assert not targets.allowed[1, :8, :8].any() and targets.allowed[1, 8:].all()
     assert targets.allowed[:, 2, 2].tolist() == [True, False, False]  # the point pins class 0
     assert not targets.tagged.any()  # region tags add no slice-level positive
+    assert targets.region_boxes.tolist() == [[0, 0, 7, 7]] * 2
+    assert targets.region_classes.tolist() == [0, 2]
+    cut = index.crop_targets(Crop(1, 4, 4, 12))  # the crop cuts the region: no positive
+    assert cut.region_classes.shape == (0,) and not cut.allowed[1, :4, :4].any()
+
+
+def test_dsp_region_tag_positive_is_the_mean_over_the_region_after_a_flip():
+    import torch
+
+    from napari_wsseg.engine.augment import Geometry
+    from napari_wsseg.methods.dsp.losses import collate, positives, transform_targets
+
+    index = AnnotationIndex(_annotations(), SHAPE)
+    crop = index.crop_targets(Crop(1, 0, 0, 16))
+    targets = collate([crop], [np.ones((16, 16), bool)])
+    logits = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(1, 3, 16, 16)
+    values, classes = positives(logits, targets)["tag"]
+    assert classes.tolist() == [0, 2]
+    expected = [logits[0, c, :8, :8].mean().item() for c in (0, 2)]
+    assert values.tolist() == pytest.approx(expected)
+    flipped = transform_targets(targets, [Geometry(flip_x=True, rot90=0)])
+    assert flipped.region_boxes.tolist() == [[0, 8, 7, 15]] * 2
+    values, _ = positives(logits, flipped)["tag"]
+    assert values.tolist() == pytest.approx([logits[0, c, :8, 8:].mean().item() for c in (0, 2)])
 
 
 # ------------------------------------------------------------------------------------ simulator
@@ -221,3 +245,26 @@ def test_cli_simulate_refuses_a_zero_cell(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("wsseg: error:") and "--region-tags" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_dsp_trains_from_region_tags_alone():
+    from napari_wsseg.io.image import as_image
+    from napari_wsseg.methods import get_method
+    from napari_wsseg.methods.base import FitOptions
+
+    gt = np.zeros((2, 32, 32), np.uint8)
+    gt[:, 4:12, 4:12] = 1
+    gt[:, 20:30, 2:30] = 2
+    image = as_image((gt * 60 + 20).astype(np.float32))
+    ann = simulate_annotations(gt, slices=[0], points=0, region_tags=8, seed=0)
+    method = get_method("dsp")(max_steps=2, batch_size=2, crop_size=32)
+    result = method.fit(image, ann, FitOptions(device="cpu", seed=0))
+    assert result.steps == 2 and result.history[0]["dsp_tag"] > 0  # region positives were used
+
+
+def test_region_tags_anchor_training_crops_inside_their_regions():
+    from napari_wsseg.engine.crops import annotation_anchors
+
+    anchors = annotation_anchors(_annotations(points=[]), SHAPE, np.random.default_rng(0))
+    assert anchors[:, [0, 3]].tolist() == [[1, 0], [1, 2]] + [[2, 1]] * (len(anchors) - 2)
+    assert np.all(anchors[:2, 1:3] <= 7) and np.all(anchors[:2, 1:3] >= 0)

@@ -54,7 +54,8 @@ def annotation_anchors(
 
     Points are anchors themselves; a box is one random pixel inside it, like one click
     (thousands per box crowded out the few clicks of their class); masks give random pixels;
-    tags contribute random pixels of their slice, but only for classes nothing else locates (a
+    region tags one random pixel of their region per row; tags contribute random pixels of their
+    slice, but only for classes nothing else locates (a
     tag says where a class is no better than a random crop, and hundreds of tag anchors would
     crowd out the few clicks of the class). At most ``max_per_class`` anchors per class and kind
     are kept (drawn at random), so big masks do not cost memory.
@@ -68,6 +69,7 @@ def annotation_anchors(
     """
     parts = [annotations.points.astype(np.int64)]
     parts.append(_box_anchors(annotations.boxes, rng, max_per_class))
+    parts.append(_region_tag_anchors(annotations.region_tags, rng, max_per_class))
     if annotations.masks is not None:
         parts.append(_mask_anchors(np.asarray(annotations.masks), rng, max_per_class))
     located = np.unique(np.concatenate(parts).reshape(-1, 4)[:, 3])
@@ -90,6 +92,17 @@ def _box_anchors(boxes: np.ndarray, rng: np.random.Generator, max_per_class: int
     ys = rng.integers(rows[:, 1], rows[:, 3] + 1)
     xs = rng.integers(rows[:, 2], rows[:, 4] + 1)
     return np.stack([rows[:, 0], ys, xs, rows[:, 5]], axis=1)
+
+
+def _region_tag_anchors(
+    rows: np.ndarray, rng: np.random.Generator, max_per_class: int
+) -> np.ndarray:
+    """One random pixel of its region per region tag row (a tagged cell is one action)."""
+    if len(rows) > max_per_class:
+        rows = rows[rng.choice(len(rows), max_per_class, replace=False)]
+    ys = rng.integers(rows[:, 2], rows[:, 4] + 1) if len(rows) else np.zeros(0, np.int64)
+    xs = rng.integers(rows[:, 3], rows[:, 5] + 1) if len(rows) else np.zeros(0, np.int64)
+    return np.stack([rows[:, 0], ys, xs, rows[:, 1]], axis=1).reshape(-1, 4)
 
 
 def _tag_anchors(tags: np.ndarray, shape, rng: np.random.Generator, max_per_class: int) -> np.ndarray:

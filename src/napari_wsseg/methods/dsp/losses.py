@@ -12,7 +12,8 @@ set: ``Z_c = sum_{k != c} sum_j exp(logit_k(j)) + sum_{j: c not in A(j)} exp(log
 a log-sum-exp over the per-class column log-sum-exps plus one masked log-sum-exp.
 
 Positives by annotation type: mask components (mean over each connected component, via
-``index_add``), points (the pixel), tags (mean over the crop), boxes (the maximum along every
+``index_add``), points (the pixel), tags (mean over the crop; a region tag: mean over its
+region, when the region lies wholly in the crop), boxes (the maximum along every
 complete row and every complete column of the box, via a masked max). Each type's loss is the
 mean over its positives times its weight λ (the paper sums; the mean keeps the scale independent
 of crop and batch size). No Python loop runs over pixels, annotations or components.
@@ -27,7 +28,7 @@ nothing pushes back outside a box that is not exhaustive, so a boxed class sprea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -61,6 +62,9 @@ class BatchTargets:
     box_rows_valid: torch.Tensor  # (NB,) bool
     box_cols_valid: torch.Tensor  # (NB,) bool
     tagged: torch.Tensor  # (B, C) bool
+    region_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
+    region_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    region_classes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def to(self, device) -> "BatchTargets":
         return BatchTargets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -71,6 +75,7 @@ def collate(crops: list[CropTargets], valid: list[np.ndarray]) -> BatchTargets:
     offsets = np.cumsum([0] + [len(c.component_classes) for c in crops[:-1]])
     components = np.stack([np.where(c.components > 0, c.components + o, 0) for c, o in zip(crops, offsets)])
     box_counts = [len(c.box_classes) for c in crops]
+    region_counts = [len(c.region_classes) for c in crops]
     return BatchTargets(
         labels=torch.from_numpy(np.stack([c.labels for c in crops])),
         is_point=torch.from_numpy(np.stack([c.is_point for c in crops])),
@@ -84,6 +89,11 @@ def collate(crops: list[CropTargets], valid: list[np.ndarray]) -> BatchTargets:
         box_rows_valid=torch.from_numpy(np.concatenate([c.box_rows_valid for c in crops])),
         box_cols_valid=torch.from_numpy(np.concatenate([c.box_cols_valid for c in crops])),
         tagged=torch.from_numpy(np.stack([c.tagged for c in crops])),
+        region_boxes=torch.from_numpy(
+            np.concatenate([c.region_boxes for c in crops]).reshape(-1, 4)
+        ).long(),
+        region_index=torch.from_numpy(np.repeat(np.arange(len(crops)), region_counts)).long(),
+        region_classes=torch.from_numpy(np.concatenate([c.region_classes for c in crops])).long(),
     )
 
 
@@ -107,8 +117,14 @@ def transform_targets(targets: BatchTargets, geometries: list[Geometry]) -> Batc
         name: per_crop(getattr(targets, name))
         for name in ("labels", "is_point", "components", "allowed", "valid")
     }
+    regions = targets.region_boxes.clone()
+    for i, geometry in enumerate(geometries):
+        mine = targets.region_index == i
+        if mine.any():
+            regions[mine] = geometry.apply_boxes(targets.region_boxes[mine], size)[0]
     rest = {f.name: getattr(targets, f.name) for f in fields(targets)}
-    moved_boxes = {"boxes": boxes, "box_rows_valid": rows_valid, "box_cols_valid": cols_valid}
+    moved_boxes = {"boxes": boxes, "box_rows_valid": rows_valid, "box_cols_valid": cols_valid,
+                   "region_boxes": regions}
     return BatchTargets(**(rest | maps | moved_boxes))
 
 
@@ -169,7 +185,24 @@ def _tag_positives(logits, targets):
     valid = targets.valid[:, None].to(logits.dtype)
     means = (logits * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
     classes = torch.nonzero(targets.tagged)[:, 1]
-    return means[targets.tagged], classes
+    region_means, region_classes = _region_tag_means(logits, targets)
+    return torch.cat([means[targets.tagged], region_means]), torch.cat([classes, region_classes])
+
+
+def _region_tag_means(logits, targets):
+    """Mean logit of each region tag's class over its region (regions lie inside their crop)."""
+    if len(targets.region_classes) == 0:
+        return logits.new_zeros(0), targets.region_classes
+    height, width = logits.shape[-2:]
+    scores = logits[targets.region_index, targets.region_classes]  # (NR, H, W)
+    ys = torch.arange(height, device=logits.device)
+    xs = torch.arange(width, device=logits.device)
+    y0, x0, y1, x1 = targets.region_boxes.unbind(1)
+    rows_in = (ys[None] >= y0[:, None]) & (ys[None] <= y1[:, None])  # (NR, H)
+    cols_in = (xs[None] >= x0[:, None]) & (xs[None] <= x1[:, None])  # (NR, W)
+    inside = (rows_in[:, :, None] & cols_in[:, None, :]).to(logits.dtype)
+    means = (scores * inside).sum(dim=(1, 2)) / inside.sum(dim=(1, 2)).clamp(min=1)
+    return means, targets.region_classes
 
 
 def _box_positives(logits, targets):

@@ -12,13 +12,13 @@ For one crop this builds what the losses need:
   nothing outside it; it only adds its inside positives (the maximum along its rows and columns);
 - the boxes that touch the crop, clipped, with whether their rows / columns are still complete
   (a row of a clipped box is only a valid positive if the box's full X extent is in the crop);
-- the slice's tags (image-level positives). Region tags add no positive yet: the tag loss pools
-  over the whole crop, and a region's class need not be anywhere else in the crop.
+- the slice's tags (image-level positives), and the region tags whose region lies wholly in the
+  crop (a positive of each tagged class, pooled over the region).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -43,6 +43,8 @@ class CropTargets:
     box_rows_valid: np.ndarray  # (nb,) bool
     box_cols_valid: np.ndarray  # (nb,) bool
     tagged: np.ndarray  # (C,) bool
+    region_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    region_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class AnnotationIndex:
@@ -101,7 +103,9 @@ class AnnotationIndex:
         # mean score over the slice) is only taken when the crop holds the whole slice.
         whole_slice = crop.y <= 0 and crop.x <= 0 and crop.y + size >= self.shape[1] and crop.x + size >= self.shape[2]
         tagged = self.slice_allowed(crop.z) & self.tagged[crop.z] & whole_slice
-        return CropTargets(labels, is_point, components, component_classes, allowed, *box_fields, tagged)
+        regions = _region_positives(self.regions.in_slice(crop.z), crop)
+        return CropTargets(labels, is_point, components, component_classes, allowed, *box_fields,
+                           tagged, *regions)
 
     def _mask_window(self, crop: Crop) -> np.ndarray:
         window = np.zeros((crop.size, crop.size), np.int64)
@@ -140,6 +144,16 @@ def _box_coverage(boxes: np.ndarray, crop: Crop, n_classes: int) -> np.ndarray:
     # a pixel is covered for class c if any box of c contains both its row and its column
     rows, cols = rows_in.astype(np.float32), cols_in.astype(np.float32)
     return np.einsum("cb,by,bx->cyx", for_class.astype(np.float32), rows, cols) > 0
+
+
+def _region_positives(regions, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``(N, 4)`` in crop coordinates and classes ``(N,)``: one row per tagged class of each
+    region lying wholly in the crop (a region cut by the crop may hold its class in the cut-off
+    part)."""
+    local = regions.boxes[:, 1:] - np.array([crop.y, crop.x, crop.y, crop.x])
+    inside = np.all((local >= 0) & (local < crop.size), axis=1)
+    region, classes = np.nonzero(regions.present[inside])
+    return local[inside][region].reshape(-1, 4).astype(np.int64), classes.astype(np.int64)
 
 
 def _clip_boxes(boxes: np.ndarray, crop: Crop) -> tuple[np.ndarray, ...]:
