@@ -268,3 +268,18 @@ def test_region_tags_anchor_training_crops_inside_their_regions():
     anchors = annotation_anchors(_annotations(points=[]), SHAPE, np.random.default_rng(0))
     assert anchors[:, [0, 3]].tolist() == [[1, 0], [1, 2]] + [[2, 1]] * (len(anchors) - 2)
     assert np.all(anchors[:2, 1:3] <= 7) and np.all(anchors[:2, 1:3] >= 0)
+
+
+def test_grid_cell_and_toggle_build_the_rows_the_simulator_writes():
+    from napari_wsseg.annotations.region_tags import grid_cell, toggle_region_tag
+
+    labels = np.zeros((20, 30), np.int64)
+    labels[12:, 25:] = 1
+    simulated = grid_region_tags(labels, 0, 8, 2)
+    rows = np.zeros((0, 6), np.int64)
+    for _, k, y0, x0, _, _ in simulated:  # click every tagged cell with its class
+        rows = toggle_region_tag(rows, 0, int(k), grid_cell(y0 + 1, x0 + 1, 8, labels.shape))
+    assert rows.tolist() == simulated.tolist()
+    assert grid_cell(19, 29, 8, labels.shape) == (16, 24, 19, 29)
+    again = toggle_region_tag(rows, 0, 1, grid_cell(19, 29, 8, labels.shape))
+    assert len(again) == len(rows) - 1 and [0, 1, 16, 24, 19, 29] not in again.tolist()

@@ -101,3 +101,40 @@ def regions_containing(regions: TagRegions, zyx: np.ndarray) -> np.ndarray:
 def _inside(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``(R, N)`` bool: ``lo[r] <= coords[n] <= hi[r]``."""
     return (coords[None, :] >= lo[:, None]) & (coords[None, :] <= hi[:, None])
+
+
+def grid_cell(y: int, x: int, cell: int, shape_yx: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)`` (inclusive) of the ``cell``-pixel grid cell holding pixel ``(y, x)``.
+
+    The grid starts at the top-left pixel; edge cells are clipped to the image (as
+    :func:`napari_wsseg.eval.simulate.grid_region_tags` lays it).
+
+    Examples
+    --------
+    >>> grid_cell(5, 70, 32, (100, 80))
+    (0, 64, 31, 79)
+    """
+    y0, x0 = (int(y) // cell) * cell, (int(x) // cell) * cell
+    return y0, x0, min(y0 + cell, int(shape_yx[0])) - 1, min(x0 + cell, int(shape_yx[1])) - 1
+
+
+def toggle_region_tag(
+    rows: np.ndarray, z: int, k: int, box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """``rows`` with the tag of class ``k`` in rectangle ``box`` of slice ``z`` added, or removed
+    when it is there (what clicking a grid cell with the current class does).
+
+    Examples
+    --------
+    >>> rows = toggle_region_tag(np.zeros((0, 6), np.int64), 2, 1, (0, 0, 31, 31))
+    >>> rows.tolist()
+    [[2, 1, 0, 0, 31, 31]]
+    >>> toggle_region_tag(rows, 2, 1, (0, 0, 31, 31)).shape
+    (0, 6)
+    """
+    rows = np.asarray(rows, np.int64).reshape(-1, 6)
+    row = np.array([z, k, *box], np.int64)
+    same = np.all(rows == row, axis=1)
+    if same.any():
+        return rows[~same]
+    return np.concatenate([rows, row[None]])
