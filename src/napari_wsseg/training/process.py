@@ -6,7 +6,8 @@ user script without ``if __name__ == "__main__":`` would run again there (a seco
 project folder recreated). Parent and child talk over the child's stdin and stdout, which carry
 pickled messages between two processes of this package only (model files are never pickled):
 
-* parent -> child: the :class:`_ChildSpec` (with the warm-start model's folder, if any), then ``("cancel", None)`` and ``("z", slice)``;
+* parent -> child: the :class:`_ChildSpec` (with a warm-start model's folder), then
+  ``("cancel", None)`` and ``("z", slice)``;
 * child -> parent: ``("progress", event)``, ``("preview", result)``, then ``("done", outcome)``
   or ``("error", (type name, message, is user error, traceback))``.
 

@@ -52,6 +52,7 @@ from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
 from ._scroll import scroll_layout
 from ._session import session_for
+from ._suggest import SuggestPanel
 
 if TYPE_CHECKING:
     import napari
@@ -137,6 +138,7 @@ class TrainWidget(QWidget):
         self.progress_label.setWordWrap(True)
         self._cancelled: tuple[TrainingOutcome, str] | None = None
         self.loss_plot = LossPlot()
+        self.suggest_panel = SuggestPanel(napari_viewer)
         self._layout()
         self._connect()
         self._show_options(self.method_combo.currentText())
@@ -169,6 +171,9 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.loss_plot)
+        box = QGroupBox("Annotate here next")
+        QVBoxLayout(box).addWidget(self.suggest_panel)
+        layout.addWidget(box)
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -436,6 +441,7 @@ class TrainWidget(QWidget):
         self.session.last_model_name = outcome.model_name
         self.progress_label.setText(summary(outcome))
         notify_info(summary(outcome))
+        self.suggest_panel.refresh()  # suggestions follow the new model
 
     def _on_error(self, exc: Exception, method_name: str) -> None:
         message = user_message(exc, f"training {method_name}")
