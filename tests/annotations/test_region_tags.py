@@ -283,3 +283,16 @@ def test_grid_cell_and_toggle_build_the_rows_the_simulator_writes():
     assert grid_cell(19, 29, 8, labels.shape) == (16, 24, 19, 29)
     again = toggle_region_tag(rows, 0, 1, grid_cell(19, 29, 8, labels.shape))
     assert len(again) == len(rows) - 1 and [0, 1, 16, 24, 19, 29] not in again.tolist()
+
+
+def test_mask_pixels_of_a_class_the_region_excludes_are_an_error():
+    masks = np.zeros(SHAPE, np.uint8)
+    masks[1, 10:12, 10:12] = 2  # mito outside the region: fine
+    assert validate_annotations(_annotations(masks=masks), SHAPE, warn=False) == []
+    masks[1, 6:8, 6:8] = 2  # mito inside the region tagging cyto and membrane
+    with pytest.raises(AnnotationError) as err:
+        validate_annotations(_annotations(masks=masks), SHAPE, warn=False)
+    assert (
+        "the mask labels 4 pixels of class 1 'mito' inside the region of region_tags row 1"
+        in str(err.value)
+    )

@@ -64,7 +64,7 @@ def validate_annotations(
     image's shape with values ``0..C``; for a (slice, class) whose boxes are exhaustive, a point or
     mask pixel of the class outside all of its boxes, or a tag saying the class is present when
     it has no box there; a region tag whose rectangle has ``y1 < y0`` or ``x1 < x0``, or a point
-    inside a tagged region that does not tag the point's class.
+    inside a tagged region that does not tag the point's class, or mask pixels of such a class.
 
     Warnings (returned, and emitted with :func:`warnings.warn` unless ``warn`` is False): a class
     with no points, boxes, tags, positive sizes or mask pixels.
@@ -127,6 +127,7 @@ def validate_annotations(
     _check_point_conflicts(ann, source)
     _check_exhaustive_boxes(ann, shape, source)
     _check_points_against_regions(ann, source)
+    _check_masks_against_regions(ann, source)
     messages = _unannotated_classes(ann, source)
     if warn:
         for message in messages:
@@ -508,6 +509,26 @@ def _check_points_against_regions(ann: Annotations, source: str) -> None:
         f"{_describe(ann, 'region_tags', j)}, which tags only {names}; add a region tag for the "
         f"point's class there or fix the point's class{more}"
     )
+
+
+def _check_masks_against_regions(ann: Annotations, source: _Source) -> None:
+    """No mask pixel inside a tagged region may be of a class the region does not tag."""
+    if ann.masks is None or not len(ann.region_tags):
+        return
+    regions = tag_regions(ann)
+    for r, (z, y0, x0, y1, x1) in enumerate(regions.boxes):  # one window per region, not pixel
+        window = np.asarray(ann.masks[z, y0 : y1 + 1, x0 : x1 + 1]).ravel()
+        counts = np.bincount(window, minlength=ann.n_classes + 1)[1 : ann.n_classes + 1]
+        excluded = (counts > 0) & ~regions.present[r]
+        if excluded.any():
+            c = int(np.argmax(excluded))
+            rows = ann.region_tags[:, [0, 2, 3, 4, 5]]
+            j = int(np.argmax(np.all(rows == regions.boxes[r], axis=1)))
+            raise AnnotationError(
+                f"{source.of('masks')}: the mask labels {counts[c]} pixels of class "
+                f"{_class_label(ann, c)} inside the region of {_describe(ann, 'region_tags', j)}, "
+                "which does not tag that class; add a region tag for it there or fix the mask"
+            )
 
 
 # ----------------------------------------------------------------------------------- warnings
