@@ -391,6 +391,44 @@ class Project:
         self._meta["predictions"][name] = {"model": model_name, "path": f"predictions/{name}.zarr"}
         self._write_meta()
 
+    def backbone_dir(self) -> Path:
+        """Where the widgets' "Learn features from this image" writes its backbone folder."""
+        return self.folder / "backbones" / "learned"
+
+    @property
+    def mews_backbone(self) -> Path | None:
+        """The backbone folder MEWS uses by default in this project (None: MEWS's own default).
+
+        Raises
+        ------
+        ProjectError
+            When ``project.json`` names a relative folder that leads outside the project.
+        """
+        defaults = self._meta.get("defaults")
+        stored = defaults.get("mews_backbone_weights") if isinstance(defaults, dict) else None
+        if not isinstance(stored, str) or not stored:
+            return None
+        return Path(stored) if Path(stored).is_absolute() else _inner_path(self.folder, stored)
+
+    def set_mews_backbone(self, folder: str | os.PathLike | None) -> None:
+        """Make ``folder`` (a ``wsseg pretrain`` backbone folder) MEWS's default in this project.
+
+        A folder inside the project is stored relative to it, so a moved project keeps it.
+        None removes the default.
+        """
+        if not isinstance(self._meta.get("defaults"), dict):
+            self._meta["defaults"] = {}
+        defaults = self._meta["defaults"]
+        if folder is None:
+            defaults.pop("mews_backbone_weights", None)
+        else:
+            path = Path(folder).resolve()
+            inside = path.is_relative_to(self.folder.resolve())
+            defaults["mews_backbone_weights"] = str(
+                path.relative_to(self.folder.resolve()) if inside else path
+            )
+        self._write_meta()
+
 
 def _checked_voxel_size(values):
     """``values`` as a list of three positive micrometre sizes, or None; raises WssegError."""

@@ -50,6 +50,7 @@ from . import _layers as L
 from ._links import link
 from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
+from ._pretrain import PretrainPanel
 from ._scroll import scroll_layout
 from ._session import session_for
 from ._suggest import SuggestPanel
@@ -139,6 +140,9 @@ class TrainWidget(QWidget):
         self._cancelled: tuple[TrainingOutcome, str] | None = None
         self.loss_plot = LossPlot()
         self.suggest_panel = SuggestPanel(napari_viewer)
+        self.pretrain_panel = PretrainPanel(
+            napari_viewer, lambda: self.device_combo.currentText(), self.use_backbone
+        )
         self._layout()
         self._connect()
         self._show_options(self.method_combo.currentText())
@@ -173,6 +177,9 @@ class TrainWidget(QWidget):
         layout.addWidget(self.loss_plot)
         box = QGroupBox("Annotate here next")
         QVBoxLayout(box).addWidget(self.suggest_panel)
+        layout.addWidget(box)
+        box = QGroupBox("Learn features from this image (for mews)")
+        QVBoxLayout(box).addWidget(self.pretrain_panel)
         layout.addWidget(box)
         layout.addStretch(1)
 
@@ -279,6 +286,18 @@ class TrainWidget(QWidget):
         classes = meta.get("classes") or []
         return str(meta.get("method")), [str(c.get("name")) for c in classes if isinstance(c, dict)]
 
+    def use_backbone(self, folder: str | None = None) -> None:
+        """Fill mews's ``backbone_weights`` with ``folder`` (default: the project's backbone)."""
+        if self.method_combo.currentText() != "mews" or self.options is None:
+            return
+        if folder is None:
+            project = self.session.project
+            default = project.mews_backbone if project is not None else None
+            if default is None:
+                return
+            folder = str(default)
+        self.options.set_values(backbone_weights=folder)
+
     # ------------------------------------------------------------------------------ helpers
     def _build_job(self) -> TrainingJob:
         from ..methods.base import FitOptions
@@ -364,6 +383,10 @@ class TrainWidget(QWidget):
         self.options = ConfigForm(method_class.config_class, main=method_class.main_options)
         layout.addWidget(self.options.native)
         self.options_box.setTitle(f"{method_name} options")
+        try:
+            self.use_backbone()
+        except WssegError as exc:  # a project.json naming a folder outside the project
+            notify_error(str(exc))
 
     def _follow_slice(self, event=None) -> None:
         if self.job is not None:

@@ -1,0 +1,210 @@
+"""The "Learn features from this image" panel: self-supervised pretraining for MEWS.
+
+:func:`napari_wsseg.engine.pretrain.pretrain` runs in a napari **thread worker** (not the
+separate training process: wiring a second long job through that process is not done yet), on
+the session's image, into the project's ``backbones/learned`` folder. Progress, loss and ETA
+come back as Qt signals; Cancel sets the event the run checks before each step (it then writes a
+checkpoint and the backbone so far); a folder with a checkpoint is resumed by the next press.
+When a backbone was written, the project records it as MEWS's default ``backbone_weights``
+and the Train widget fills it in whenever MEWS is chosen.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import WssegError
+from ..progress import ProgressEvent
+from ._notify import notify_error, notify_info, user_message
+from ._session import session_for
+
+if TYPE_CHECKING:
+    import napari
+
+DEFAULT_BUDGET_MIN = 60.0
+LEARN, RESUME = "Learn features from this image", "Resume learning features"
+
+
+class _Signals(QObject):
+    progress = Signal(object)
+
+
+class PretrainPanel(QWidget):
+    """Time budget, Learn / Resume, Cancel, progress with loss and ETA.
+
+    ``config`` is the :class:`~napari_wsseg.engine.pretrain.PretrainConfig` of a new run
+    (None: the defaults); a resumed run always uses the config stored with its checkpoint.
+    ``on_backbone(folder)`` is called on the main thread when a backbone was written.
+    """
+
+    def __init__(
+        self,
+        napari_viewer: "napari.Viewer",
+        device: Callable[[], str] = lambda: "auto",
+        on_backbone: Callable[[str], None] | None = None,
+        parent=None,
+    ) -> None:
+        super().__init__(parent)
+        self.session = session_for(napari_viewer)
+        self.device = device
+        self.on_backbone = on_backbone
+        self.config = None
+        self.worker = None
+        self._cancel: threading.Event | None = None
+        self._signals = _Signals()
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setRange(0.0, 7 * 24 * 60.0)
+        self.budget_spin.setValue(DEFAULT_BUDGET_MIN)
+        self.budget_spin.setSuffix(" min")
+        self.budget_spin.setSpecialValueText("until done")
+        self.learn_button = QPushButton(LEARN)
+        self.learn_button.setToolTip(
+            "self-supervised training (DINO) of a small ViT on every slice of this image, no "
+            "labels; MEWS then uses it by default in this project (runs in a napari thread)"
+        )
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        form.addRow("time budget", self.budget_spin)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.learn_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.label)
+        self.learn_button.clicked.connect(self.learn)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._signals.progress.connect(self._on_progress)
+
+    # ------------------------------------------------------------------------ public actions
+    def learn(self):
+        """Start (or resume) pretraining in a thread worker; returns it (None: not started)."""
+        if self.worker is not None:
+            notify_error("feature learning is already running; wait for it or press Cancel")
+            return None
+        try:
+            image, folder = self._inputs()
+        except WssegError as exc:
+            notify_error(str(exc))
+            return None
+        from napari.qt.threading import create_worker
+
+        from ..training import avoid_triton_llvm_crash
+
+        avoid_triton_llvm_crash()
+        self._cancel = threading.Event()
+        budget = self.budget_spin.value() * 60.0 or None
+        self.worker = create_worker(
+            _pretrain, image, folder, self.config, budget, self.device(), self._cancel,
+            self._signals.progress.emit, _ignore_errors=True, _start_thread=False,
+        )
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.learn_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.label.setText("learning features…")
+        QTimer.singleShot(0, self.worker.start)  # after the caller has connected to its signals
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop at the next step; the checkpoint and the backbone so far are kept (resumable)."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.label.setText("cancelling…")
+
+    def refresh(self) -> None:
+        """Show *Resume* when the project's backbone folder holds a checkpoint."""
+        from ..engine.pretrain import can_resume
+
+        project = self.session.project
+        resumable = project is not None and can_resume(project.backbone_dir())
+        self.learn_button.setText(RESUME if resumable else LEARN)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _inputs(self):
+        project = self.session.project
+        if project is None:
+            raise WssegError(
+                "feature learning writes its backbone into the project; create one first "
+                "(Annotate → New project…)"
+            )
+        return self.session.require_image(), project.backbone_dir()
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        total = max(int(event.total), 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(int(event.done), total))
+        parts = [f"step {event.done}/{event.total}"]
+        loss = event.metrics.get("loss")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4g}")
+        if event.eta_s is not None:
+            parts.append(f"ETA {int(round(event.eta_s))} s")
+        self.label.setText(" · ".join(parts))
+
+    def _on_returned(self, result) -> None:
+        project = self.session.project
+        if project is not None:
+            project.set_mews_backbone(result.out)
+        if self.on_backbone is not None:
+            self.on_backbone(str(result.out))
+        again = " (press Resume to continue)" if result.stopped != "done" else ""
+        message = (
+            f"features learnt for {result.steps} steps in {int(round(result.seconds))} s, "
+            f"{result.stopped.replace('_', ' ')}{again}; MEWS now uses backbone {result.out} "
+            "in this project"
+        )
+        self.label.setText(message)
+        notify_info(message)
+
+    def _on_error(self, exc: Exception) -> None:
+        message = user_message(exc, "learning features")
+        self.label.setText(message)
+        notify_error(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._cancel = None
+        self.cancel_button.setEnabled(False)
+        self.learn_button.setEnabled(True)
+        if self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1)
+        self.refresh()
+
+
+def _pretrain(image, folder, config, budget_s, device: str, cancel, progress):
+    """Pretrain into ``folder``, resuming its checkpoint if it has one (in the worker thread)."""
+    from ..engine.pretrain import PretrainConfig, can_resume, pretrain
+
+    resume = can_resume(folder)
+    return pretrain(
+        image,
+        folder,
+        None if resume else (config or PretrainConfig()),
+        time_budget_s=budget_s,
+        device=device,
+        resume=resume,
+        progress=progress,
+        cancel=cancel,
+    )
