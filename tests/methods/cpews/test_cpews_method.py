@@ -145,3 +145,18 @@ def test_a_tampered_backbone_record_is_refused(scene, tmp_path):
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="recorded backbone"):
         load_model(folder)
+
+
+def test_region_tags_alone_teach_an_object_class():
+    """Cells that hold only background or only object pin the classes; 60 steps separate them
+    well beyond predicting the majority class everywhere (73 % of the pixels)."""
+    gt = np.zeros((1, 64, 64), np.uint8)
+    gt[0, 16:48, 16:48] = 1  # four whole object cells
+    gt[0, 2:10, 50:60] = 1  # and a small object inside a mixed cell
+    image = (gt * 100 + np.random.default_rng(0).normal(0, 15, gt.shape)).astype(np.float32)
+    ann = simulate_annotations(gt, points=0, region_tags=16, seed=0)
+    method = get_method("cpews")(backbone="test_vit", max_steps=60, batch_size=8, lr=1e-3)
+    method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
+    predicted = method.predict_proba_slice(as_image(image).slice(0)).argmax(axis=0)
+    assert (gt[0] == 0).mean() < 0.75
+    assert (predicted == gt[0]).mean() > 0.9

@@ -1,8 +1,9 @@
 """Method ``cpews``: CPEWS (Shao et al.) trained from region tags, slice tags, points and masks.
 
 Training "images" are the tagged regions (``Annotations.region_tags``) and the slices with slice
-tags: each is read whole (shrunk to ``region_size`` when larger, padded when smaller) and its tag
-set is its image-level label. On them the ViT is trained with the paper's Eq. 13:
+tags; the tag set is the image-level label. A region is shown in a ``region_size`` window with its
+surroundings (shrunk to fit, without them, when larger), and only its own pixels and tokens
+count. On them the ViT is trained with the paper's Eq. 13:
 ``L_cls^m + L_cls^h + lambda1 L_ISM + lambda2 L_PDL + lambda3 L_SSL`` (:mod:`.losses`).
 The per-pixel output is a segmentation head on the final features, trained on the same images
 with (a) the tags' exclusion (every pixel of a region belongs to one of its tagged classes) and
@@ -85,8 +86,9 @@ class CPEWSConfig:
         The block whose tokens are ``F_m`` (ISM's intermediate features); negative counts from
         the end.
     region_size : int, default 64
-        Side in pixels of a training image: a tagged region is padded to it, a larger one shrunk
-        to fit; also the side of the crops around points.
+        Side in pixels of a training window: a tagged region is shown in it with its
+        surroundings (only the region's pixels count), a larger region is shrunk to fit; also the
+        side of the crops around points.
     batch_size : int, default 8
         Training images (and as many point crops, when there are points or masks) per step.
     max_steps : int, default 1000
@@ -403,23 +405,47 @@ class _CPEWSTrainStep:
         )
 
     def _read_image(self, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """A region's pixels shrunk to fit ``size`` if needed, padded, randomly flipped."""
+        """A ``size``-square window holding the region, and the region's pixels in it.
+
+        The window shows the region's surroundings too (the ViT attends to them, as it does when
+        predicting whole tiles) but only the region's pixels count in the losses. The region
+        starts on the patch grid at a random place in the window. A region larger than the
+        window is shrunk to fit it, without surroundings. Random flips.
+        """
         z, y0, x0, y1, x1 = (int(v) for v in box)
+        height, width = y1 - y0 + 1, x1 - x0 + 1
+        if max(height, width) > self.size:
+            pixels, valid = self._shrunk(z, y0, x0, y1, x1)
+        else:
+            _, slice_height, slice_width = self.store.image.shape
+            origin_y = _clamp(y0 - self._offset(height), slice_height - self.size)
+            origin_x = _clamp(x0 - self._offset(width), slice_width - self.size)
+            top, left = y0 - origin_y, x0 - origin_x
+            pixels, _ = self.store.crop(Crop(z, origin_y, origin_x, self.size))
+            pixels = torch.from_numpy(pixels)
+            valid = torch.zeros(self.size, self.size, dtype=torch.bool)
+            valid[top : top + height, left : left + width] = True
+        for axis in (-1, -2):
+            if self.rng.random() < 0.5:
+                pixels, valid = pixels.flip(axis), valid.flip(axis)
+        return pixels, valid
+
+    def _offset(self, length: int) -> int:
+        """Where a region of ``length`` pixels starts in the window: a random patch boundary."""
+        patch = self.net.patch
+        return patch * int(self.rng.integers(0, (self.size - length) // patch + 1))
+
+    def _shrunk(self, z: int, y0: int, x0: int, y1: int, x1: int):
         region = torch.from_numpy(
             np.ascontiguousarray(self.store.slice(z)[:, y0 : y1 + 1, x0 : x1 + 1])
         )
-        longest = max(region.shape[1:])
-        if longest > self.size:
-            scale = self.size / longest
-            shape = [max(1, int(s * scale)) for s in region.shape[1:]]
-            region = F.interpolate(region[None], size=shape, mode="area")[0]
+        scale = self.size / max(region.shape[1:])
+        shape = [max(1, int(s * scale)) for s in region.shape[1:]]
+        region = F.interpolate(region[None], size=shape, mode="area")[0]
         pixels = torch.zeros(region.shape[0], self.size, self.size)
         valid = torch.zeros(self.size, self.size, dtype=torch.bool)
         pixels[:, : region.shape[1], : region.shape[2]] = region
         valid[: region.shape[1], : region.shape[2]] = True
-        for axis in (-1, -2):
-            if self.rng.random() < 0.5:
-                pixels, valid = pixels.flip(axis), valid.flip(axis)
         return pixels, valid
 
     # ---------------------------------------------------------------- point crops
@@ -449,6 +475,11 @@ class _CPEWSTrainStep:
         inside = np.all((local >= 0) & (local < crop.size), axis=1)
         labels[local[inside, 0], local[inside, 1]] = points[inside, 3]
         return labels
+
+
+def _clamp(origin: int, last: int) -> int:
+    """A window origin kept inside the slice (at 0 when the slice is smaller than the window)."""
+    return max(0, min(origin, last))
 
 
 def _training_images(annotations: Annotations, shape) -> tuple[np.ndarray, np.ndarray]:
