@@ -19,6 +19,7 @@ FAST_OPTIONS = {
     "dsp": {"max_steps": 3},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "size": {"max_steps": 3},
+    "rewis3d": {"max_steps": 3, "depth_2d": 2, "depth_3d": 2, "width": 4, "crop_z": 4, "crop_yx": 16},
     "cpews": {"backbone": "test_vit", "max_steps": 3, "batch_size": 2, "region_size": 32},
 }
 

@@ -79,6 +79,30 @@ def level_plan(voxel_size_zyx, depth: int) -> list[tuple[bool, bool]]:
     return plan
 
 
+def receptive_radius_zyx(config: UNet3DConfig) -> tuple[int, int]:
+    """Upper bounds ``(z, y/x)`` on the voxels of context on each side that influence one output.
+
+    Examples
+    --------
+    >>> receptive_radius_zyx(UNet3DConfig(depth=2, voxel_size_zyx=(10.0, 1.0, 1.0)))[0]
+    0
+    """
+    plan = level_plan(config.voxel_size_zyx, config.depth)
+    radii = []
+    for axis in ("z", "yx"):
+        factor, radius = 1, 0
+        for level, (full, pool_z) in enumerate(plan):
+            pooled = level > 0 and (axis == "yx" or pool_z)
+            if pooled:
+                radius += factor + 2 * factor  # the pooling window, then linear up-sampling
+                factor *= 2
+            kernel_half = 1 if (axis == "yx" or full) else 0
+            convs = 4 if level < config.depth else 2  # encoder and decoder blocks; bottom: one
+            radius += convs * kernel_half * factor
+        radii.append(radius)
+    return radii[0], radii[1]
+
+
 def _conv_block(channels_in: int, channels_out: int, full: bool) -> nn.Sequential:
     kernel, padding = ((3, 3, 3), (1, 1, 1)) if full else ((1, 3, 3), (0, 1, 1))
     return nn.Sequential(
@@ -126,8 +150,12 @@ class UNet3D(nn.Module):
     @property
     def size_multiple(self) -> tuple[int, int, int]:
         """Input ``(Z, Y, X)`` sizes must be multiples of these."""
-        z_pools = sum(pool_z for _, pool_z in self.plan)
-        return 2**z_pools, 2**self.config.depth, 2**self.config.depth
+        return self.z_multiple(self.config), 2**self.config.depth, 2**self.config.depth
+
+    @staticmethod
+    def z_multiple(config: UNet3DConfig) -> int:
+        """``2 ** (poolings along z)`` of a network with ``config``."""
+        return 2 ** sum(pool_z for _, pool_z in level_plan(config.voxel_size_zyx, config.depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, Z, Y, X)`` -> ``(B, out_channels, Z, Y, X)``."""

@@ -16,6 +16,7 @@ _REGISTRY: dict[str, str] = {
     "mews": "napari_wsseg.methods.mews.method:MEWSMethod",
     "dsp": "napari_wsseg.methods.dsp.method:DSPMethod",
     "size": "napari_wsseg.methods.size.method:SizeMethod",
+    "rewis3d": "napari_wsseg.methods.rewis3d.method:Rewis3dMethod",
     "cpews": "napari_wsseg.methods.cpews.method:CPEWSMethod",
 }
 

@@ -234,6 +234,10 @@ class Method(ABC):
     #: Slices of context :meth:`predict_proba_block` needs above and below a block; 0 for methods
     #: that predict each slice on its own (every method so far).
     halo_z: ClassVar[int] = 0
+    #: ``(z, y, x)`` multiples the start of a block's context is rounded down to, so a network
+    #: that pools (a U-Net pools in cells of ``2 ** depth``) sees the same pooling grid in every
+    #: block as over the whole volume; ``(1, 1, 1)``: no rounding.
+    block_align: ClassVar[tuple[int, int, int]] = (1, 1, 1)
     #: Options the GUI's form shows first, the others behind "more options"; empty: all shown.
     main_options: ClassVar[tuple[str, ...]] = ()
 

@@ -102,7 +102,8 @@ def block_region(index, block, shape) -> Region:
 
 
 def read_block_input(
-    image: Image, region: Region, halo: int, *, halo_z: int = 0, scheduler: str = "synchronous"
+    image: Image, region: Region, halo: int, *, halo_z: int = 0, scheduler: str = "synchronous",
+    align: tuple[int, int, int] = (1, 1, 1),
 ):
     """Read a block plus ``halo`` pixels of context in y and x and ``halo_z`` slices in z.
 
@@ -121,6 +122,9 @@ def read_block_input(
     scheduler : str, default "synchronous"
         dask scheduler for lazy data. One block touches few chunks, and a thread pool per read
         costs more than it saves (4x here); inside a dask worker it must not start another one.
+    align : (int, int, int), default (1, 1, 1)
+        The start of the context is rounded down to these multiples in z, y and x (the model's
+        ``block_align``), so a pooling network sees the whole volume's pooling grid.
 
     Returns
     -------
@@ -139,7 +143,7 @@ def read_block_input(
     """
     lows, highs = [], []
     for axis, (sl, context) in enumerate(zip(region, (halo_z, halo, halo))):
-        lows.append(max(sl.start - context, 0))
+        lows.append(max(sl.start - context, 0) // align[axis] * align[axis])
         highs.append(min(sl.stop + context, image.shape[axis]))
     data = image.data[lows[0] : highs[0], lows[1] : highs[1], lows[2] : highs[2], :]
     if hasattr(data, "compute"):
@@ -226,7 +230,8 @@ def predict_proba_region(model, image: Image, region: Region) -> np.ndarray:
     >>> predict_proba_region(model, image, (slice(1, 2), slice(4, 9), slice(0, 16))).shape
     (2, 1, 5, 16)
     """
-    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model))
+    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model),
+                                  align=model_align(model))
     n_slices = crop[0].stop - crop[0].start
     shape = tuple(sl.stop - sl.start for sl in crop[1:])
     out = np.empty((len(model.classes), n_slices, *shape), dtype=np.float32)
@@ -295,7 +300,8 @@ def predict_block(
             [0, 1, 0],
             [0, 0, 1]]], dtype=uint8)
     """
-    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model))
+    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model),
+                                  align=model_align(model))
     return predict_block_input(model, data, crop, probabilities=probabilities)
 
 
@@ -321,6 +327,26 @@ def model_halo_z(model) -> int:
     0
     """
     return _checked_halo(model, "halo_z", model.halo_z)
+
+
+def model_align(model) -> tuple[int, int, int]:
+    """The model's ``block_align`` (``(z, y, x)`` multiples, each at least 1), checked.
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> model_align(RandomForestMethod())
+    (1, 1, 1)
+    """
+    value = getattr(model, "block_align", (1, 1, 1))
+    try:
+        align = tuple(int(a) for a in value)
+    except (TypeError, ValueError):
+        align = ()
+    if len(align) != 3 or min(align) < 1:
+        raise ModelError(f"{model.name} reports block_align={value!r}; it must be three positive "
+                         "integers (z, y, x): fix the method")
+    return align
 
 
 def _checked_halo(model, attribute: str, value) -> int:

@@ -87,6 +87,7 @@ class RunSpec:
     halo: int
     probabilities: bool
     halo_z: int = 0
+    align: tuple[int, int, int] = (1, 1, 1)
 
     def region(self, index: BlockIndex) -> Region:
         """The ``(z, y, x)`` slices of block ``index``."""
@@ -133,7 +134,8 @@ def run_threads(
     prefetch = max(int(prefetch), 1)
 
     def read(index):
-        return read_block_input(image, run.region(index), run.halo, halo_z=run.halo_z)
+        return read_block_input(image, run.region(index), run.halo, halo_z=run.halo_z,
+                                align=run.align)
 
     def write(index, prediction):
         output.write(index, run.region(index), prediction)
@@ -203,7 +205,8 @@ def _predict_and_write_block(task: WorkerTask, index: BlockIndex, image) -> Bloc
         lambda: BlockStore(task.out_path, task.probs_path, was_2d=task.was_2d),
     )
     region = task.run.region(index)
-    data, crop = read_block_input(image, region, task.run.halo, halo_z=task.run.halo_z)
+    data, crop = read_block_input(image, region, task.run.halo, halo_z=task.run.halo_z,
+                                  align=task.run.align)
     prediction = predict_block_input(model, data, crop, probabilities=task.run.probabilities)
     output.write(index, region, prediction)
     return index

@@ -31,6 +31,7 @@ from .blocks import (
     block_grid,
     block_region,
     model_halo,
+    model_align,
     model_halo_z,
     open_image,
     predict_block,
@@ -245,7 +246,7 @@ def predict_volume(
         overwrite=overwrite,
     )
     grid = block_grid(image.shape, block)
-    run = RunSpec(image.shape, block, halo, probabilities, halo_z)
+    run = RunSpec(image.shape, block, halo, probabilities, halo_z, model_align(model))
     output = BlockStore(out_path, probs_path, was_2d=image.was_2d)
     done, repaired = _verified_blocks(output, stored, record, run, grid, progress)
     if stored is not None and stored.get("status") in FINISHED and not repaired:

@@ -1,0 +1,359 @@
+"""Method ``rewis3d``: a 2D and a 3D branch, each a student with an EMA teacher, that teach each
+other across views (Rewis3d, sections 3.2-3.4, on image volumes). Imports no Qt.
+
+Each step draws one 3D box ``(dz, dy, dx)`` around annotations (or at random, for the
+unlabelled terms), runs the 2D U-Net on its xy slices and the anisotropy-aware 3D U-Net on the
+whole box, and minimises (Eq. 4 and 7)
+
+    sum over m in {2D, 3D} of (1 - β) L_S^m + β w_t^m L_U^m  +  λ(t) (L_C^2D + L_C^3D)
+
+L_S: cross-entropy on annotated voxels (points, masks/scribbles); L_U: KL from the branch's own
+teacher on unlabelled voxels, scaled by the share of confident teacher voxels w_t; L_C: the other
+branch's teacher's hard labels weighted by its confidence. λ is 0 during base training and then
+ramps up linearly. Students see noisier input than teachers. Prediction uses the 2D student (as
+the paper), the 3D student or their average (``inference``). See ``docs/methods/rewis3d.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...annotations.model import Annotations
+from ...engine.crops import Crop3D, CropSampler, SliceStore, annotation_anchors
+from ...engine.devices import resolve_device
+from ...engine.ema import EMATeacher
+from ...engine.results import FitResult
+from ...engine.trainer import OptimConfig, run_training
+from ...engine.unet import UNet, UNetConfig
+from ...engine.unet3d import UNet3D, UNet3DConfig, receptive_radius_zyx
+from ...errors import ModelError, WssegError
+from ...io.image import Image
+from ..base import FitOptions, Method, check_config, state_mapping
+from .losses import consistency_loss, cross_view_loss, cross_view_weight, supervised_loss
+
+WEIGHTS_FILE = "model.safetensors"
+INFERENCE = ("2d", "3d", "average")
+REWIS3D_BOUNDS = {
+    "depth_2d": (0, 5), "depth_3d": (0, 5), "width": (1, 128), "crop_z": (1, 256),
+    "crop_yx": (8, 1024), "max_steps": (1, 1_000_000), "lr": (0, 1), "weight_decay": (0, 10),
+    "ema_momentum": (0, 1), "beta": (0, 1), "tau": (0, 1), "cross_lambda": (0, 100),
+    "base_fraction": (0, 1), "ramp_fraction": (0, 1), "random_crop_fraction": (0, 1),
+    "student_noise": (0, 10),
+}
+
+
+@dataclass(frozen=True)
+class Rewis3dConfig:
+    """Options of rewis3d. Defaults are CPU-sized guesses, not yet chosen on the protocol.
+
+    Attributes
+    ----------
+    depth_2d, depth_3d : int, default 3 and 3
+        Down-sampling steps of the 2D and the 3D U-Net (the 3D one pools z only where voxels are
+        near-isotropic).
+    width : int, default 8
+        Channels at full resolution of both U-Nets.
+    crop_z, crop_yx : int, default 8 and 48
+        Training box of ``crop_z`` slices and ``crop_yx`` pixels square (a multiple of
+        ``2 ** max(depth_2d, depth_3d)``).
+    max_steps : int, default 300
+        Training steps (one box each) unless the time budget ends training first.
+    lr, weight_decay : float, default 1e-3 and 1e-4
+        AdamW settings of both students.
+    ema_momentum : float, default 0.99
+        Teacher update ``α`` of Eq. 1.
+    beta : float, default 0.5
+        Balance of supervised and unlabelled terms (Eq. 4).
+    tau : float, default 0.8
+        Teacher confidence threshold of ``w_t`` (Eq. 3).
+    cross_lambda : float, default 0.1
+        Largest weight λ of the cross-view terms (Eq. 7; the paper's 0.1).
+    base_fraction, ramp_fraction : float, default 0.3 and 0.2
+        Share of the schedule without cross-view terms, then of the linear ramp of λ.
+    random_crop_fraction : float, default 0.5
+        Share of boxes at random places (unlabelled voxels for L_U and L_C).
+    student_noise : float, default 0.1
+        Standard deviation of the Gaussian noise added to the students' (normalised) input.
+    inference : str, default "2d"
+        Which student predicts: "2d" (as the paper), "3d" or "average" of both.
+    """
+
+    depth_2d: int = 3
+    depth_3d: int = 3
+    width: int = 8
+    crop_z: int = 8
+    crop_yx: int = 48
+    max_steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    ema_momentum: float = 0.99
+    beta: float = 0.5
+    tau: float = 0.8
+    cross_lambda: float = 0.1
+    base_fraction: float = 0.3
+    ramp_fraction: float = 0.2
+    random_crop_fraction: float = 0.5
+    student_noise: float = 0.1
+    inference: str = "2d"
+
+    def __post_init__(self) -> None:
+        check_config(self, "rewis3d", REWIS3D_BOUNDS)
+        if self.inference not in INFERENCE:
+            raise WssegError(f"rewis3d option inference={self.inference!r} must be one of "
+                             f"{', '.join(INFERENCE)}; use such a value (default '2d')")
+        multiple = 2 ** max(self.depth_2d, self.depth_3d)
+        if self.crop_yx % multiple:
+            raise WssegError(f"rewis3d option crop_yx={self.crop_yx} must be a multiple of "
+                             f"{multiple} (2 ** depth); use e.g. {multiple * 3}")
+
+
+class Rewis3dMethod(Method):
+    """2D and 3D mean-teacher branches with bidirectional cross-view consistency (volumes only)."""
+
+    name = "rewis3d"
+    config_class = Rewis3dConfig
+    main_options = ("max_steps", "inference")
+
+    def __init__(self, config=None, **options) -> None:
+        super().__init__(config, **options)
+        self.net_2d: UNet | None = None
+        self.net_3d: UNet3D | None = None
+        self.voxel_size_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        self.fit_info: dict = {}
+
+    # ------------------------------------------------------------- context
+    @property
+    def halo(self) -> int:  # type: ignore[override]
+        radius_2d = self._config_2d().receptive_radius()
+        if self.config.inference == "2d":
+            return radius_2d
+        return max(radius_2d, receptive_radius_zyx(self._config_3d())[1])
+
+    @property
+    def halo_z(self) -> int:  # type: ignore[override]
+        return 0 if self.config.inference == "2d" else receptive_radius_zyx(self._config_3d())[0]
+
+    @property
+    def block_align(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Pooling cells: blocks start on the U-Nets' pooling grid (z only for the 3D student)."""
+        yx = 2 ** max(self.config.depth_2d, self.config.depth_3d)
+        z = 1 if self.config.inference == "2d" else UNet3D.z_multiple(self._config_3d())
+        return z, yx, yx
+
+    def _config_2d(self) -> UNetConfig:
+        return UNetConfig(in_channels=self.n_channels or 1, out_channels=max(len(self.classes), 2),
+                          depth=self.config.depth_2d, width=self.config.width)
+
+    def _config_3d(self) -> UNet3DConfig:
+        return UNet3DConfig(in_channels=self.n_channels or 1, out_channels=max(len(self.classes), 2),
+                            depth=self.config.depth_3d, width=self.config.width,
+                            voxel_size_zyx=tuple(self.voxel_size_zyx))
+
+    # ------------------------------------------------------------ training
+    def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
+        if image.was_2d or image.n_slices < 2:
+            raise WssegError(f"rewis3d needs a volume, but image {image.name} has "
+                             f"{image.n_slices} slice; use dsp or another 2D method for 2D images")
+        unused = [k for k, n in (("boxes", len(annotations.boxes)), ("tags", len(annotations.tags)),
+                                 ("sizes", len(annotations.sizes))) if n]
+        if unused:
+            message = (f"rewis3d learns from points and masks only so far; the {', '.join(unused)} "
+                       "are not used")
+            warnings.warn(message, stacklevel=3)
+            self.training_summary.setdefault("warnings", []).append(message)
+        if len(annotations.points) == 0 and annotations.masks is None:
+            raise WssegError("rewis3d learns from points and masks; add clicks or a mask")
+        if self.warm_init is not None:  # not supported yet: say so rather than claim it
+            warnings.warn("rewis3d: training from scratch, not warm: warm start is not supported "
+                          "yet", stacklevel=3)
+            self.training_summary["warm_start"] = False
+        self.voxel_size_zyx = tuple(image.voxel_size_zyx or (1.0, 1.0, 1.0))
+        torch.manual_seed(options.seed)
+        device = resolve_device(options.device)
+        self.net_2d, self.net_3d = UNet(self._config_2d()).to(device), UNet3D(self._config_3d()).to(device)
+        students = nn.ModuleDict({"s2d": self.net_2d, "s3d": self.net_3d})
+        teachers = {k: EMATeacher(net, self.config.ema_momentum) for k, net in students.items()}
+        step_fn = _Steps(self, image, annotations, teachers, device, options.seed)
+        cfg = self.config
+        result = run_training(
+            students, step_fn, device=device, time_budget_s=options.time_budget_s,
+            cancel=options.cancel, progress=options.progress,
+            optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps),
+            after_step=lambda step, fraction: [t.update(students[k]) for k, t in teachers.items()],
+        )
+        self.fit_info = {"steps": result.steps, "stopped": result.stopped}
+        self.net_2d.cpu().eval()
+        self.net_3d.cpu().eval()
+        return result
+
+    # ---------------------------------------------------------- prediction
+    def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, Y, X)`` of one raw slice (for "3d"/"average": without z
+        context; block-wise prediction gives it)."""
+        return self.predict_proba_block(np.asarray(slice_yxc)[None])[:, 0]
+
+    def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
+        """Independent slices: with the 2D student, runs of equal shape go through it together."""
+        if self.config.inference != "2d":
+            return [self.predict_proba_slice(s) for s in slices]
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(slices):
+            stop = start + 1
+            while stop < len(slices) and np.shape(slices[stop]) == np.shape(slices[start]):
+                stop += 1
+            block = self.predict_proba_block(np.stack([np.asarray(s) for s in slices[start:stop]]))
+            out.extend(block[:, i] for i in range(stop - start))
+            start = stop
+        return out
+
+    def predict_proba_block(self, block_zyxc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, Z, Y, X)`` float32 of a raw ``(Z, Y, X, C)`` block."""
+        if self.net_2d is None or self.net_3d is None:
+            raise ModelError("rewis3d model is not trained; call fit() or load a model folder")
+        block = np.asarray(block_zyxc)
+        if block.ndim == 3:
+            block = block[..., None]
+        x = torch.from_numpy(np.moveaxis(self.normalization.apply(block), -1, 0).astype(np.float32))
+        with torch.no_grad():
+            parts = []
+            if self.config.inference in ("2d", "average"):
+                parts.append(_probs_2d(self.net_2d, x))
+            if self.config.inference in ("3d", "average"):
+                parts.append(_probs_3d(self.net_3d, x))
+            probs = sum(parts) / len(parts)
+        return probs[: len(self.classes)].numpy().astype(np.float32)
+
+    # ---------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"fit": self.fit_info, "voxel_size_zyx": list(self.voxel_size_zyx)}
+
+    def _load_state_dict(self, state: dict) -> None:
+        from ...io.voxel_size import check_voxel_size
+
+        self.fit_info = state_mapping(state, "fit")
+        self.voxel_size_zyx = check_voxel_size(state.get("voxel_size_zyx", (1.0, 1.0, 1.0)), 3,
+                                               source="rewis3d state voxel_size_zyx")
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"s2d.{k}": v.contiguous() for k, v in self.net_2d.state_dict().items()}
+        tensors |= {f"s3d.{k}": v.contiguous() for k, v in self.net_3d.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE))
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise ModelError(f"model folder {folder}: cannot read {WEIGHTS_FILE} ({exc}); retrain") from None
+        self.net_2d, self.net_3d = UNet(self._config_2d()), UNet3D(self._config_3d())
+        for prefix, net in (("s2d.", self.net_2d), ("s3d.", self.net_3d)):
+            part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                net.load_state_dict(part)
+            except RuntimeError:
+                raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} does not match the "
+                                 "rewis3d networks of config.json; retrain the model") from None
+            net.eval()
+
+
+def _probs_2d(net: UNet, x: torch.Tensor) -> torch.Tensor:
+    """``(K, Z, Y, X)`` softmax of the 2D U-Net on each slice of ``x`` ``(C, Z, Y, X)``."""
+    slices = _pad_yx(x.permute(1, 0, 2, 3), net.size_multiple)
+    logits = net(slices)[..., : x.shape[2], : x.shape[3]]
+    return torch.softmax(logits, dim=1).permute(1, 0, 2, 3)
+
+
+def _probs_3d(net: UNet3D, x: torch.Tensor) -> torch.Tensor:
+    """``(K, Z, Y, X)`` softmax of the 3D U-Net on ``x`` ``(C, Z, Y, X)``."""
+    mz, my, _ = net.size_multiple
+    volume = _pad_yx(x[None], my)
+    pad_z = (-volume.shape[2]) % mz
+    if pad_z:
+        volume = torch.cat([volume, volume[:, :, -1:].expand(-1, -1, pad_z, -1, -1)], dim=2)
+    logits = net(volume)[0, :, : x.shape[1], : x.shape[2], : x.shape[3]]
+    return torch.softmax(logits, dim=0)
+
+
+def _pad_yx(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the last two axes up to a multiple (edge values, like the image border)."""
+    pad_y, pad_x = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    if not (pad_y or pad_x):
+        return x
+    x = torch.cat([x, x[..., -1:, :].expand(*x.shape[:-2], pad_y, x.shape[-1])], dim=-2)
+    return torch.cat([x, x[..., -1:].expand(*x.shape[:-1], pad_x)], dim=-1)
+
+
+class _Steps:
+    """One training step: a box, both students and teachers, the losses of Eq. 4 and 7."""
+
+    def __init__(self, method: Rewis3dMethod, image: Image, annotations: Annotations,
+                 teachers: dict, device: torch.device, seed: int) -> None:
+        cfg = method.config
+        self.method, self.cfg, self.teachers, self.device = method, cfg, teachers, device
+        self.rng = np.random.default_rng(seed)
+        located = Annotations(annotations.classes, points=annotations.points, masks=annotations.masks)
+        anchors = annotation_anchors(located, image.shape, self.rng)
+        self.sampler = CropSampler(image.shape, anchors, cfg.crop_yx, self.rng,
+                                   random_fraction=cfg.random_crop_fraction)
+        self.store = SliceStore(image, method.normalization)
+        self.points = np.asarray(annotations.points, dtype=np.int64).reshape(-1, 4)
+        self.masks = annotations.masks
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, step: int, fraction: float) -> dict:
+        cfg = self.cfg
+        box = self.sampler.sample_3d(1, (cfg.crop_z, cfg.crop_yx, cfg.crop_yx))[0]
+        pixels, valid = self.store.crop_3d(box)
+        x = torch.from_numpy(pixels).to(self.device)
+        valid_t = torch.from_numpy(valid).to(self.device)[None]
+        target = torch.from_numpy(self._targets(box)).to(self.device)[None]
+        noisy = x + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(self.device)
+        s2d = _logits_2d(self.method.net_2d, noisy)
+        s3d = self.method.net_3d(noisy[None])
+        t2d = _logits_2d(self.teachers["s2d"].module, x).detach()
+        with torch.no_grad():
+            t3d = self.teachers["s3d"](x[None])
+        unlabelled = valid_t & (target < 0)
+        terms = {}
+        total = 0.0
+        for name, student, teacher in (("2d", s2d, t2d), ("3d", s3d, t3d)):
+            sup = supervised_loss(student, target)
+            kl, w_t = consistency_loss(student, teacher, unlabelled, cfg.tau)
+            total = total + (1 - cfg.beta) * sup + cfg.beta * w_t * kl
+            terms |= {f"sup_{name}": sup.detach(), f"kl_{name}": kl.detach()}
+        lam = cross_view_weight(fraction, cfg.base_fraction, cfg.ramp_fraction, cfg.cross_lambda)
+        cross = cross_view_loss(s2d, t3d, valid_t) + cross_view_loss(s3d, t2d, valid_t)
+        total = total + lam * cross
+        return {"loss": total, **terms, "cross": cross.detach(), "lambda": torch.tensor(lam)}
+
+    def _targets(self, box: Crop3D) -> np.ndarray:
+        """``(dz, dy, dx)`` int64 classes of annotated voxels in ``box``, -1 elsewhere."""
+        dz, dy, dx = box.size_zyx
+        target = np.full((dz, dy, dx), -1, np.int64)
+        if self.masks is not None:
+            window = np.asarray(self.masks[box.z : box.z + dz, box.y : box.y + dy, box.x : box.x + dx])
+            sub = target[: window.shape[0], : window.shape[1], : window.shape[2]]
+            sub[window > 0] = window[window > 0].astype(np.int64) - 1
+        p = self.points
+        inside = ((p[:, 0] >= box.z) & (p[:, 0] < box.z + dz) & (p[:, 1] >= box.y)
+                  & (p[:, 1] < box.y + dy) & (p[:, 2] >= box.x) & (p[:, 2] < box.x + dx))
+        for z, y, x, c in p[inside]:
+            target[z - box.z, y - box.y, x - box.x] = c
+        return target
+
+
+def _logits_2d(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(1, K, Z, Y, X)`` logits of the 2D U-Net on the slices of ``x`` ``(C, Z, Y, X)``."""
+    return net(x.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)[None]
