@@ -296,3 +296,10 @@ def test_mask_pixels_of_a_class_the_region_excludes_are_an_error():
         "the mask labels 4 pixels of class 1 'mito' inside the region of region_tags row 1"
         in str(err.value)
     )
+
+
+def test_mews_says_it_ignores_region_tags():
+    from napari_wsseg.methods.mews.method import _warn_unused_annotations
+
+    with pytest.warns(UserWarning, match="ignoring 1 tags, 2 region_tags"):
+        _warn_unused_annotations(_annotations())

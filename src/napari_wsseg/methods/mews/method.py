@@ -607,7 +607,8 @@ def _check_every_class_clicked(prototypes: np.ndarray, annotations: Annotations)
 
 
 def _warn_unused_annotations(annotations: Annotations) -> None:
-    unused = {kind: len(getattr(annotations, kind)) for kind in ("boxes", "tags", "sizes")}
+    kinds = ("boxes", "tags", "sizes", "region_tags")
+    unused = {kind: len(getattr(annotations, kind)) for kind in kinds}
     unused = {k: n for k, n in unused.items() if n}
     if unused:
         warnings.warn(
