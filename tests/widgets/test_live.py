@@ -69,3 +69,60 @@ def test_a_class_change_trains_from_scratch_and_says_so(
     assert any(m.startswith("rf trained in") for m in notifications[-3:])
     classes = [c["name"] for c in read_model_config(train.session.last_model)["classes"]]
     assert classes[-1] == "debris"  # the new model has the new classes
+
+
+def _prediction(viewer):
+    from napari_wsseg.widgets import _layers as L
+
+    layers = L.find_layers(viewer.layers, "prediction")
+    return layers[0] if layers else None
+
+
+def test_live_mode_refreshes_the_prediction_after_a_click(
+    annotate, clicks, small_2d, tmp_path, qtbot
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
+    points = train.session.layer("points")
+    viewer.layers.selection.active = points
+    train.live_check.click()  # as a user ticks it
+    assert train.live.enabled
+    clicks.add(points, clicks.from_truth(labels, 1, seed=3))  # an edit: a live run follows
+    qtbot.waitUntil(lambda: train.live.runs == 1 and not train.is_running, timeout=WAIT_MS)
+    prediction = _prediction(viewer)
+    assert prediction is not None and prediction.data.any()
+    assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]
+    prediction.data[:] = 0  # so that the refresh is visible
+    clicks.add(points, clicks.from_truth(labels, 1, seed=4))
+    qtbot.waitUntil(lambda: train.live.runs == 2 and not train.is_running, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: _prediction(viewer).data.any(), timeout=WAIT_MS)
+    assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]  # replaced, not piled up
+    assert viewer.layers.selection.active is points  # still annotating
+    train.live_check.setChecked(False)
+    clicks.add(points, clicks.from_truth(labels, 1, seed=5))
+    assert not train.live.timer.isActive()  # off: edits start nothing
+
+
+def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
+    annotate, clicks, small_2d, slow_method, qtbot
+):
+    image, labels, classes = small_2d
+    viewer, _, annotate_widget = annotate(image, classes)
+    points = annotate_widget.session.layer("points")
+    clicks.add(points, clicks.from_truth(labels, 3))
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    train.run_combo.setCurrentText("napari process")
+    train.method_combo.setCurrentText(slow_method)
+    train.options.set_values(steps=600)  # at least 6 s: the edits and the 1.5 s debounce fall in it
+    train.budget_spin.setValue(0)
+    train.live_check.setChecked(True)
+    clicks.add(points, clicks.from_truth(labels, 1, seed=1))
+    qtbot.waitUntil(lambda: train.live.runs == 1 and train.is_running, timeout=WAIT_MS)
+    before = len(points.data)
+    for seed in range(10, 15):  # five quick edits during the run
+        clicks.add(points, clicks.from_truth(labels, 1, seed=seed))
+    qtbot.waitUntil(lambda: train.live.queued, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: train.live.runs == 2, timeout=WAIT_MS)
+    assert len(train.job.annotations.points) == len(points.data) > before  # all edits in it
+    qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
+    assert train.live.runs == 2 and not train.live.queued and not train.live.timer.isActive()

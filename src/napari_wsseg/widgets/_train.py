@@ -48,6 +48,7 @@ from ..training import (
 )
 from . import _layers as L
 from ._links import link
+from ._live import LiveUpdater
 from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
 from ._pretrain import PretrainPanel
@@ -129,6 +130,11 @@ class TrainWidget(QWidget):
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(50)
         self.train_button = QPushButton("Train")
+        self.live_check = QCheckBox("live: retrain after each edit")
+        self.live_check.setToolTip(
+            "after the annotations change (1.5 s quiet), a short run continues from the last "
+            "model and refreshes the prediction of the current slice; saved as model METHOD-live"
+        )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.keep_button = QPushButton("Keep cancelled model")
@@ -140,6 +146,7 @@ class TrainWidget(QWidget):
         self._cancelled: tuple[TrainingOutcome, str] | None = None
         self.loss_plot = LossPlot()
         self.suggest_panel = SuggestPanel(napari_viewer)
+        self.live = LiveUpdater(self)
         self.pretrain_panel = PretrainPanel(
             napari_viewer, lambda: self.device_combo.currentText(), self.use_backbone
         )
@@ -171,6 +178,7 @@ class TrainWidget(QWidget):
         row.addWidget(self.train_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        layout.addWidget(self.live_check)
         layout.addWidget(self.keep_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
@@ -190,6 +198,7 @@ class TrainWidget(QWidget):
         self.train_button.clicked.connect(self.train)
         self.cancel_button.clicked.connect(self.cancel)
         self.keep_button.clicked.connect(self.keep_cancelled_model)
+        self.live_check.toggled.connect(self.live.set_enabled)
         self.opacity_slider.valueChanged.connect(self._set_opacity)
         self._signals.progress.connect(self._on_progress)
         self._signals.preview.connect(self._on_preview)
@@ -200,13 +209,17 @@ class TrainWidget(QWidget):
     def is_running(self) -> bool:
         return self.worker is not None
 
-    def train(self):
-        """Start training in a worker thread and return the worker (None if it could not start)."""
+    def train(self, *, live: bool = False):
+        """Start training in a worker thread and return the worker (None if it could not start).
+
+        A ``live`` run (started by live mode) is saved as model ``METHOD-live``, replacing the
+        previous live model, instead of under a new name.
+        """
         if self.is_running:
             notify_error("training is already running; wait for it or press Cancel")
             return None
         try:
-            job = self._build_job()
+            job = self._build_job(live)
         except WssegError as exc:
             notify_error(str(exc))
             return None
@@ -299,7 +312,7 @@ class TrainWidget(QWidget):
         self.options.set_values(backbone_weights=folder)
 
     # ------------------------------------------------------------------------------ helpers
-    def _build_job(self) -> TrainingJob:
+    def _build_job(self, live: bool = False) -> TrainingJob:
         from ..methods.base import FitOptions
 
         session = self.session
@@ -317,6 +330,8 @@ class TrainWidget(QWidget):
         for message in warnings:
             notify_warning(f"{message}")
         name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if live:
+            name = f"{method.name}-live"
         every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
         job = TrainingJob(
             method,
@@ -482,6 +497,7 @@ class TrainWidget(QWidget):
         self.choose_default_start()
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)
+        self.live.run_finished()
 
 
 def summary(outcome: TrainingOutcome) -> str:

@@ -1,0 +1,74 @@
+"""Live update: a short retraining after the annotations change, debounced, never piling up.
+
+While *live* is on, every annotation edit (the session's ``changed`` signal) restarts a
+single-shot timer of :data:`DEBOUNCE_MS`; when it fires, the Train widget starts a live run (a
+warm start from the last model when the Start choice allows it), whose final prediction of the
+visible slice replaces the prediction layer. An edit made while a run is going marks one more
+run as queued; however many edits follow, exactly one run starts after the current one ends,
+on the annotations of that moment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QObject, QTimer
+
+from ._links import link
+
+if TYPE_CHECKING:
+    from ._train import TrainWidget
+
+#: Quiet time after the last edit before a live run starts.
+DEBOUNCE_MS = 1500
+
+
+class LiveUpdater(QObject):
+    """Debounce edits into live runs of ``train``; at most one run queued behind a running one.
+
+    Attributes
+    ----------
+    runs : int
+        Live runs started so far.
+    queued : bool
+        Whether one more run starts when the current one ends.
+    """
+
+    def __init__(self, train: "TrainWidget") -> None:
+        super().__init__(train)
+        self.train = train
+        self.enabled = False
+        self.queued = False
+        self.runs = 0
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(DEBOUNCE_MS)
+        self.timer.timeout.connect(self._fire)
+        link(train, train.session.changed, self.on_edit)
+
+    def set_enabled(self, on: bool) -> None:
+        """Turn live mode on (a run follows the next edit) or off (queued runs are dropped)."""
+        self.enabled = bool(on)
+        if not self.enabled:
+            self.timer.stop()
+            self.queued = False
+
+    def on_edit(self, *_) -> None:
+        """An annotation changed: (re)start the quiet-time timer."""
+        if self.enabled:
+            self.timer.start()
+
+    def run_finished(self) -> None:
+        """Called by the Train widget when any run ends: start the queued run, if any."""
+        if self.enabled and self.queued:
+            self.queued = False
+            self._fire()
+
+    def _fire(self) -> None:
+        if not self.enabled:
+            return
+        if self.train.is_running:
+            self.queued = True  # one run behind the current one, whatever the number of edits
+            return
+        if self.train.train(live=True) is not None:
+            self.runs += 1
