@@ -126,3 +126,33 @@ def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
     assert len(train.job.annotations.points) == len(points.data) > before  # all edits in it
     qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
     assert train.live.runs == 2 and not train.live.queued and not train.live.timer.isActive()
+
+
+def test_a_model_trained_in_napari_seeds_a_separate_process_through_a_temporary_copy(
+    annotate, clicks, small_2d, qtbot, notifications, monkeypatch
+):
+    from pathlib import Path
+
+    from napari_wsseg.training import process
+
+    image, labels, classes = small_2d
+    viewer, _, annotate_widget = annotate(image, classes)  # no project: the model stays in memory
+    clicks.add(annotate_widget.session.layer("points"), clicks.from_truth(labels, 4))
+    train = TrainWidget(viewer)
+    train.run_combo.setCurrentText("napari process")
+    train.method_combo.setCurrentText("rf")
+    train.options.set_values(n_estimators=10, sigma_max=4.0)
+    _train(train, qtbot)
+    copies = []
+    original = process._init_folder
+
+    def recording(init):
+        copies.append(original(init))
+        return copies[-1]
+
+    monkeypatch.setattr(process, "_init_folder", recording)
+    train.run_combo.setCurrentText("separate process")
+    assert train.start_combo.currentText() == START_CONTINUE
+    _train(train, qtbot)
+    assert any(m.startswith("rf continued from the last model in") for m in notifications)
+    assert len(copies) == 1 and not Path(copies[0]).exists()  # the copy is removed after the run
