@@ -201,7 +201,9 @@ def entropy_map(proba: np.ndarray) -> np.ndarray:
 
 def predict_slice(method: Method, image: Image, z: int, *, step: int = 0) -> SlicePrediction:
     """Class ids and uncertainty of slice ``z``."""
-    proba = method.predict_proba_slice(image.slice(z))
+    from ..predict.slices import predict_slice_proba  # z neighbours for methods with halo_z > 0
+
+    proba = predict_slice_proba(method, image, z)
     labels = np.argmax(proba, axis=0).astype(np.uint8)
     return SlicePrediction(int(z), labels, entropy_map(proba), step)
 

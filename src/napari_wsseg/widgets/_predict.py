@@ -354,20 +354,9 @@ def _predict_region(source, image, z: int, region):
     model.check_image(image)
     if region is None:
         return RegionPrediction(predict_slice(model, image, z), None, list(model.classes))
-    halo = int(model.halo)
-    ys, xs = region
-    _, height, width = image.shape
-    outer = (
-        slice(max(ys.start - halo, 0), min(ys.stop + halo, height)),
-        slice(max(xs.start - halo, 0), min(xs.stop + halo, width)),
-    )
-    window = np.asarray(image.data[int(z), outer[0], outer[1]])
-    proba = model.predict_proba_slice(window)
-    inner = (
-        slice(ys.start - outer[0].start, ys.stop - outer[0].start),
-        slice(xs.start - outer[1].start, xs.stop - outer[1].start),
-    )
-    proba = proba[:, inner[0], inner[1]]
+    from ..predict.slices import predict_slice_proba  # with the halo and halo_z neighbours
+
+    proba = predict_slice_proba(model, image, int(z), region)
     labels = np.argmax(proba, axis=0).astype(np.uint8)
     return RegionPrediction(
         SlicePrediction(int(z), labels, L.entropy_map(proba)), region, list(model.classes)
