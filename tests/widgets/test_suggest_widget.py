@@ -90,3 +90,16 @@ def test_without_a_model_the_button_says_train_first(annotate, small_3d, notific
     train = TrainWidget(viewer)
     assert train.suggest_panel.compute() is None
     assert any("train a model first" in m for m in notifications)
+
+
+def test_on_a_2d_image_n_centres_the_camera_on_the_suggestion(annotate, clicks, small_2d, qtbot):
+    viewer, train = _trained(annotate, clicks, small_2d, qtbot)
+    panel = train.suggest_panel
+    with qtbot.waitSignal(panel.compute().finished, timeout=WAIT_MS):
+        pass
+    best = panel.suggestions[0]
+    layer = L.find_layers(viewer.layers, "suggestions")[0]
+    assert layer.ndim == 2 and layer.data[0].shape == (4, 2)
+    camera(viewer).center = (0.0, 0.0)
+    _press(qtbot, viewer, Qt.Key.Key_N)
+    np.testing.assert_allclose(camera(viewer).center[-2:], (best.y, best.x))
