@@ -69,7 +69,9 @@ def test_predict_visible_region_only_fills_the_region(predict_setup, qtbot, monk
     assert not prediction.data[0][outside].any()
 
 
-def test_predict_whole_volume_to_zarr_opens_lazily_and_is_recorded(predict_setup, qtbot, tmp_path, notifications):
+def test_predict_whole_volume_to_zarr_opens_lazily_and_is_recorded(
+    predict_setup, qtbot, tmp_path, notifications
+):
     viewer, image_layer, widget, model = predict_setup
     widget.scope_combo.setCurrentText("whole volume")
     _run(qtbot, widget)
@@ -80,11 +82,15 @@ def test_predict_whole_volume_to_zarr_opens_lazily_and_is_recorded(predict_setup
     np.testing.assert_array_equal(np.asarray(layer.data), expected)
     assert (tmp_path / "proj" / "predictions" / "m1.zarr").is_dir()
     assert any("prediction written to" in m for m in notifications)
-    roles = [kwargs["metadata"]["wsseg"]["role"] for _, kwargs, _ in read_project(tmp_path / "proj")]
+    roles = [
+        kwargs["metadata"]["wsseg"]["role"] for _, kwargs, _ in read_project(tmp_path / "proj")
+    ]
     assert roles.count("prediction") == 1
 
 
-def test_cancelled_whole_volume_prediction_still_opens_a_valid_store(predict_setup, qtbot, tmp_path, notifications):
+def test_cancelled_whole_volume_prediction_still_opens_a_valid_store(
+    predict_setup, qtbot, tmp_path, notifications
+):
     viewer, image_layer, widget, _ = predict_setup
     widget.scope_combo.setCurrentText("whole volume")
     widget.output_edit.setText(str(tmp_path / "out.zarr"))

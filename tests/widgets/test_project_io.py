@@ -30,9 +30,13 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(getattr(a, kind), getattr(b, kind))
 
 
-def test_autosave_then_reopen_restores_every_layer(annotate, make_napari_viewer, small_3d, tmp_path, qtbot):
+def test_autosave_then_reopen_restores_every_layer(
+    annotate, make_napari_viewer, small_3d, tmp_path, qtbot
+):
     image, _, classes = small_3d
-    tifffile.imwrite(tmp_path / "vol.tif", image, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(
+        tmp_path / "vol.tif", image, photometric="minisblack", metadata={"axes": "ZYX"}
+    )
     viewer = make_napari_viewer()
     viewer.open(str(tmp_path / "vol.tif"), plugin="napari-wsseg")
     widget = AnnotateWidget(viewer)
@@ -42,7 +46,9 @@ def test_autosave_then_reopen_restores_every_layer(annotate, make_napari_viewer,
     widget.new_project(tmp_path / "proj")
     widget.autosaver.delay_ms = 300  # 2 s by default
     assert Project.open(tmp_path / "proj").image_path == str((tmp_path / "vol.tif").resolve())
-    with qtbot.waitSignal(widget.autosaver.saved, timeout=10_000):  # debounced: one save for all edits
+    with qtbot.waitSignal(
+        widget.autosaver.saved, timeout=10_000
+    ):  # debounced: one save for all edits
         _annotate_everything(session)
     qtbot.waitUntil(lambda: not widget.autosaver.is_pending, timeout=10_000)
     expected = session.snapshot()
@@ -76,7 +82,9 @@ def test_flush_writes_pending_changes_at_once(annotate, small_2d, tmp_path):
     assert Project.open(tmp_path / "p2").annotations.points.tolist() == [[0, 3, 4, 0]]
 
 
-def test_invalid_annotations_are_not_saved_and_say_why(annotate, small_2d, tmp_path, qtbot, notifications):
+def test_invalid_annotations_are_not_saved_and_say_why(
+    annotate, small_2d, tmp_path, qtbot, notifications
+):
     image, _, _ = small_2d
     _, _, widget = annotate(image)
     widget.new_project(tmp_path / "p3")
@@ -90,7 +98,9 @@ def test_invalid_annotations_are_not_saved_and_say_why(annotate, small_2d, tmp_p
     assert Project.open(tmp_path / "p3").annotations.points.tolist() == [[0, 3, 4, 0]]
 
 
-def test_opening_a_folder_that_is_no_project_shows_the_fix(annotate, small_2d, tmp_path, notifications):
+def test_opening_a_folder_that_is_no_project_shows_the_fix(
+    annotate, small_2d, tmp_path, notifications
+):
     image, _, _ = small_2d
     _, _, widget = annotate(image)
     widget.open_project(tmp_path)
@@ -104,7 +114,9 @@ def test_writer_saves_masks_as_they_are_and_predictions_as_class_ids(tmp_path):
     write_labels_layer(str(tmp_path / "m.tif"), masks, meta)
     np.testing.assert_array_equal(read_labels(tmp_path / "m.tif"), masks)
     prediction = np.array([[1, 2], [3, 1]], dtype=np.uint8)
-    paths = write_labels_layer(str(tmp_path / "p.zarr"), prediction, {"metadata": L.role_metadata("prediction")})
+    paths = write_labels_layer(
+        str(tmp_path / "p.zarr"), prediction, {"metadata": L.role_metadata("prediction")}
+    )
     assert paths == [str(tmp_path / "p.zarr")]
     np.testing.assert_array_equal(np.asarray(read_labels(tmp_path / "p.zarr")), prediction - 1)
 

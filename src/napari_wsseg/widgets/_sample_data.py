@@ -8,8 +8,16 @@ def _layers(image, labels, classes, name):
 
     return [
         (image, {"name": name}, "image"),
-        (labels.astype("uint8") + 1, {"name": f"{name} ground truth", "colormap": label_colors(classes),
-                                      "opacity": 0.4, "visible": False}, "labels"),
+        (
+            labels.astype("uint8") + 1,
+            {
+                "name": f"{name} ground truth",
+                "colormap": label_colors(classes),
+                "opacity": 0.4,
+                "visible": False,
+            },
+            "labels",
+        ),
     ]
 
 

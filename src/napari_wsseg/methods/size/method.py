@@ -164,7 +164,6 @@ class SizeMethod(TorchSliceMethod):
     name = "size"
     config_class = SizeConfig
     main_options = ("max_steps", "size_weight", "crf_weight")
-    main_options = ("max_steps", "size_weight", "crf_weight")
     halo = 64
 
     def __init__(self, config=None, **options) -> None:
