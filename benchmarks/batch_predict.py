@@ -117,7 +117,12 @@ def compute_limit(model_dir: Path, volume: Path, min_seconds: float = 10.0) -> d
     """The model on block inputs already in memory (reading excluded), at least ``min_seconds``."""
     from napari_wsseg.methods.base import load_model
     from napari_wsseg.predict.volume import (
-        block_grid, block_region, model_halo, open_image, predict_block_input, read_block_input,
+        block_grid,
+        block_region,
+        model_halo,
+        open_image,
+        predict_block_input,
+        read_block_input,
     )
 
     model = load_model(model_dir)

@@ -30,7 +30,12 @@ import numpy as np
 
 from napari_wsseg.annotations.model import Annotations, ClassInfo
 from napari_wsseg.eval.metrics import evaluate
-from napari_wsseg.eval.simulate import class_fractions, relative_errors, simulate_annotations, size_noise_mre
+from napari_wsseg.eval.simulate import (
+    class_fractions,
+    relative_errors,
+    simulate_annotations,
+    size_noise_mre,
+)
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import get_method
 from napari_wsseg.methods.base import FitOptions

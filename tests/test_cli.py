@@ -29,27 +29,77 @@ def sample_dir(tmp_path_factory):
 
 
 def test_sample_simulate_train_predict_evaluate(sample_dir, tmp_path, capsys):
-    code, out, _ = run(["simulate", sample_dir / "labels.tif", "--out", tmp_path / "ann", "--slices", "2",
-                        "--slice-range", "0-2", "--points", "4", "--tags", "--seed", "1"], capsys)
+    code, out, _ = run(
+        [
+            "simulate",
+            sample_dir / "labels.tif",
+            "--out",
+            tmp_path / "ann",
+            "--slices",
+            "2",
+            "--slice-range",
+            "0-2",
+            "--points",
+            "4",
+            "--tags",
+            "--seed",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, out
     assert (tmp_path / "ann" / "points.csv").read_text().startswith("z,y,x,class")
 
-    code, out, err = run(["train", sample_dir / "image.tif", "--points", tmp_path / "ann" / "points.csv",
-                          "--classes", sample_dir / "classes.json", "--method", "rf", "--out", tmp_path / "model",
-                          "--n-estimators", "20"], capsys)
+    code, out, err = run(
+        [
+            "train",
+            sample_dir / "image.tif",
+            "--points",
+            tmp_path / "ann" / "points.csv",
+            "--classes",
+            sample_dir / "classes.json",
+            "--method",
+            "rf",
+            "--out",
+            tmp_path / "model",
+            "--n-estimators",
+            "20",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["method"] == "rf"
 
-    code, out, err = run(["predict", tmp_path / "model", sample_dir / "image.tif", "--out", tmp_path / "pred.tif",
-                          "--slices", "4,5"], capsys)
+    code, out, err = run(
+        [
+            "predict",
+            tmp_path / "model",
+            sample_dir / "image.tif",
+            "--out",
+            tmp_path / "pred.tif",
+            "--slices",
+            "4,5",
+        ],
+        capsys,
+    )
     assert code == 0, err
     pred = tifffile.imread(tmp_path / "pred.tif")
     gt = tifffile.imread(sample_dir / "labels.tif")
     assert pred.shape == gt.shape
     assert not pred[:4].any()  # only the asked slices are computed
 
-    code, out, err = run(["evaluate", tmp_path / "pred.tif", sample_dir / "labels.tif", "--slices", "4,5",
-                          "--classes", sample_dir / "classes.json"], capsys)
+    code, out, err = run(
+        [
+            "evaluate",
+            tmp_path / "pred.tif",
+            sample_dir / "labels.tif",
+            "--slices",
+            "4,5",
+            "--classes",
+            sample_dir / "classes.json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     scores = json.loads(out)
     assert scores["pixel_accuracy"] > 0.6
@@ -59,12 +109,44 @@ def test_predict_to_zarr_and_npy(sample_dir, tmp_path, capsys):
     from napari_wsseg.io import read_labels
 
     ann = tmp_path / "ann"
-    assert run(["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "3"], capsys)[0] == 0
-    assert run(["train", sample_dir / "image.tif", "--points", ann / "points.csv", "--method", "rf",
-                "--out", tmp_path / "m", "--n-estimators", "5"], capsys)[0] == 0
+    assert (
+        run(
+            ["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "3"],
+            capsys,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            [
+                "train",
+                sample_dir / "image.tif",
+                "--points",
+                ann / "points.csv",
+                "--method",
+                "rf",
+                "--out",
+                tmp_path / "m",
+                "--n-estimators",
+                "5",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     for suffix in (".zarr", ".npy"):
-        code, _, err = run(["predict", tmp_path / "m", sample_dir / "image.tif", "--out", tmp_path / f"p{suffix}",
-                            "--slices", "0"], capsys)
+        code, _, err = run(
+            [
+                "predict",
+                tmp_path / "m",
+                sample_dir / "image.tif",
+                "--out",
+                tmp_path / f"p{suffix}",
+                "--slices",
+                "0",
+            ],
+            capsys,
+        )
         assert code == 0, err
         labels = np.asarray(read_labels(tmp_path / f"p{suffix}"))
         assert labels.shape == (6, 96, 96) and labels[0].any() and not labels[1:].any()
@@ -72,19 +154,50 @@ def test_predict_to_zarr_and_npy(sample_dir, tmp_path, capsys):
 
 def test_2d_image_gives_2d_prediction(tmp_path, capsys):
     assert run(["sample", "--out", tmp_path / "s", "--shape", "80,80"], capsys)[0] == 0
-    assert run(["simulate", tmp_path / "s" / "labels.tif", "--out", tmp_path / "a", "--points", "3"], capsys)[0] == 0
-    assert run(["train", tmp_path / "s" / "image.tif", "--points", tmp_path / "a" / "points.csv", "--method", "rf",
-                "--out", tmp_path / "m", "--n-estimators", "5"], capsys)[0] == 0
-    assert run(["predict", tmp_path / "m", tmp_path / "s" / "image.tif", "--out", tmp_path / "p.npy"], capsys)[0] == 0
+    assert (
+        run(
+            ["simulate", tmp_path / "s" / "labels.tif", "--out", tmp_path / "a", "--points", "3"],
+            capsys,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            [
+                "train",
+                tmp_path / "s" / "image.tif",
+                "--points",
+                tmp_path / "a" / "points.csv",
+                "--method",
+                "rf",
+                "--out",
+                tmp_path / "m",
+                "--n-estimators",
+                "5",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            ["predict", tmp_path / "m", tmp_path / "s" / "image.tif", "--out", tmp_path / "p.npy"],
+            capsys,
+        )[0]
+        == 0
+    )
     assert np.load(tmp_path / "p.npy").shape == (80, 80)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "missing.tif", "--method", "rf", "--out", "m"], "missing.tif"),
-    (["predict", "no-model", "x.tif", "--out", "p.npy"], "no config.json"),
-    (["evaluate", "a.npy", "b.npy"], "a.npy"),
-    (["train", "x.tif", "--method", "rf", "--out", "m", "--classes", ""], ""),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "missing.tif", "--method", "rf", "--out", "m"], "missing.tif"),
+        (["predict", "no-model", "x.tif", "--out", "p.npy"], "no config.json"),
+        (["evaluate", "a.npy", "b.npy"], "a.npy"),
+        (["train", "x.tif", "--method", "rf", "--out", "m", "--classes", ""], ""),
+    ],
+)
 def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)
@@ -98,18 +211,49 @@ def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys
 def test_train_with_annotations_of_unknown_class(sample_dir, tmp_path, capsys):
     points = tmp_path / "points.csv"
     points.write_text("z,y,x,class\n0,5,5,0\n0,6,6,7\n")
-    code, _, err = run(["train", sample_dir / "image.tif", "--points", points, "--classes",
-                        sample_dir / "classes.json", "--method", "rf", "--out", tmp_path / "m"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            sample_dir / "image.tif",
+            "--points",
+            points,
+            "--classes",
+            sample_dir / "classes.json",
+            "--method",
+            "rf",
+            "--out",
+            tmp_path / "m",
+        ],
+        capsys,
+    )
     assert code == 2 and "class" in err and len(err.strip().splitlines()) == 1
 
 
 def test_predict_refuses_to_overwrite(sample_dir, tmp_path, capsys):
     ann = tmp_path / "ann"
-    run(["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "2"], capsys)
-    run(["train", sample_dir / "image.tif", "--points", ann / "points.csv", "--method", "rf", "--out",
-         tmp_path / "m", "--n-estimators", "3"], capsys)
+    run(
+        ["simulate", sample_dir / "labels.tif", "--out", ann, "--slices", "1", "--points", "2"],
+        capsys,
+    )
+    run(
+        [
+            "train",
+            sample_dir / "image.tif",
+            "--points",
+            ann / "points.csv",
+            "--method",
+            "rf",
+            "--out",
+            tmp_path / "m",
+            "--n-estimators",
+            "3",
+        ],
+        capsys,
+    )
     (tmp_path / "p.npy").write_bytes(b"")
-    code, _, err = run(["predict", tmp_path / "m", sample_dir / "image.tif", "--out", tmp_path / "p.npy"], capsys)
+    code, _, err = run(
+        ["predict", tmp_path / "m", sample_dir / "image.tif", "--out", tmp_path / "p.npy"], capsys
+    )
     assert code == 2 and "--overwrite" in err
 
 
@@ -121,8 +265,8 @@ def test_method_options_come_from_the_config(capsys):
 
 
 def test_every_method_option_has_a_help_sentence():
-    from napari_wsseg.methods.base import option_summaries
     from napari_wsseg.methods import available_methods, get_method
+    from napari_wsseg.methods.base import option_summaries
 
     for name in available_methods():
         config_class = get_method(name).config_class
@@ -144,7 +288,10 @@ def test_import_tiff_stack_to_omezarr(tmp_path, capsys):
 
     stack = np.random.default_rng(0).integers(0, 65535, (5, 40, 30), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack)
-    code, out, err = run(["import", tmp_path / "stack.tif", "--out", tmp_path / "vol.zarr", "--chunks", "2,16,16"], capsys)
+    code, out, err = run(
+        ["import", tmp_path / "stack.tif", "--out", tmp_path / "vol.zarr", "--chunks", "2,16,16"],
+        capsys,
+    )
     assert code == 0, err
     image = read_image(tmp_path / "vol.zarr")
     assert image.shape == (5, 40, 30)
@@ -158,7 +305,9 @@ def test_sample_of_3_or_4_slices_reads_back_as_slices(n_slices, tmp_path, capsys
     from napari_wsseg.io import read_image, read_labels
 
     assert run(["sample", "--out", tmp_path, "--shape", f"{n_slices},16,16"], capsys)[0] == 0
-    image = read_image(tmp_path / "image.tif")  # tifffile alone would store (3|4, Y, X) as planar RGB
+    image = read_image(
+        tmp_path / "image.tif"
+    )  # tifffile alone would store (3|4, Y, X) as planar RGB
     assert (image.shape, image.n_channels) == ((n_slices, 16, 16), 1)
     assert read_labels(tmp_path / "labels.tif").shape == (n_slices, 16, 16)
 
@@ -177,8 +326,18 @@ def test_overwrite_replaces_only_our_own_outputs(sample_dir, tmp_path, capsys):
     assert code == 2 and "points.csv" in err and "--overwrite" in err
     assert run([*simulate, "--overwrite", "--seed", "4"], capsys)[0] == 0
 
-    train = ["train", sample_dir / "image.tif", "--points", tmp_path / "ann" / "points.csv", "--method",
-             "rf", "--out", tmp_path / "m", "--n-estimators", "2"]
+    train = [
+        "train",
+        sample_dir / "image.tif",
+        "--points",
+        tmp_path / "ann" / "points.csv",
+        "--method",
+        "rf",
+        "--out",
+        tmp_path / "m",
+        "--n-estimators",
+        "2",
+    ]
     assert run(train, capsys)[0] == 0
     code, _, err = run([*train[:-1], "3"], capsys)
     assert code == 2 and "already holds a model" in err
@@ -189,7 +348,9 @@ def test_overwrite_replaces_only_our_own_outputs(sample_dir, tmp_path, capsys):
 
 
 def test_argument_errors_are_one_short_line(capsys):
-    code, out, err = run(["predict", "m", "x.tif", "--out", "p.zarr", "--workers", "9" * 100_000], capsys)
+    code, out, err = run(
+        ["predict", "m", "x.tif", "--out", "p.zarr", "--workers", "9" * 100_000], capsys
+    )
     assert code == 2 and not out
     assert err.count("\n") == 1 and err.startswith("wsseg: error: argument --workers")
     assert len(err) < 500

@@ -13,7 +13,8 @@ import napari_wsseg
 
 def _core_modules() -> list[str]:
     return sorted(
-        info.name for info in pkgutil.walk_packages(napari_wsseg.__path__, prefix="napari_wsseg.")
+        info.name
+        for info in pkgutil.walk_packages(napari_wsseg.__path__, prefix="napari_wsseg.")
         if ".widgets" not in info.name
     )
 

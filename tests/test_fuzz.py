@@ -21,8 +21,13 @@ from hypothesis import strategies as st
 from napari_wsseg.annotations import csv as ann_csv
 from napari_wsseg.errors import WssegError
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 READERS = {
     "points": ann_csv.read_points_csv,
@@ -42,11 +47,37 @@ PLAUSIBLE = st.sampled_from(["0", "1", "2", "12", " 3 "])
 NASTY = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["", " ", "nan", "inf", "-inf", "1e400", "1_0", "0x10", "１", "½", "cyto",
-                     "mito", "'q'", '"a,b"', "1.5", "-0", "+3", " 7 ", "1e-400", "True", "9.3e18"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "1_0",
+            "0x10",
+            "１",
+            "½",
+            "cyto",
+            "mito",
+            "'q'",
+            '"a,b"',
+            "1.5",
+            "-0",
+            "+3",
+            " 7 ",
+            "1e-400",
+            "True",
+            "9.3e18",
+        ]
+    ),
     st.text(max_size=8),
 )
-CLASSES = [None, ["cyto", "mito", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12"]]
+CLASSES = [
+    None,
+    ["cyto", "mito", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12"],
+]
 
 
 def assert_clear(error: Exception) -> None:
@@ -77,14 +108,19 @@ def _read(kind: str, path, classes):
 @FUZZ
 @given(data=st.data())
 def test_csv_reader_answers_structured_rows_clearly(scratch, kind, data):
-    header = data.draw(st.sampled_from(HEADERS[kind]) | st.sampled_from(["z,y,x", "", "z,,class"]),
-                       label="header")
+    header = data.draw(
+        st.sampled_from(HEADERS[kind]) | st.sampled_from(["z,y,x", "", "z,,class"]), label="header"
+    )
     width = header.count(",") + 1
-    rows = data.draw(st.lists(st.lists(PLAUSIBLE, min_size=width, max_size=width), max_size=4), label="rows")
+    rows = data.draw(
+        st.lists(st.lists(PLAUSIBLE, min_size=width, max_size=width), max_size=4), label="rows"
+    )
     for _ in range(data.draw(st.integers(0, 2), label="nasty cells")):
         if rows:
             row = rows[data.draw(st.integers(0, len(rows) - 1), label="row")]
-            row[data.draw(st.integers(0, width - 1), label="column")] = data.draw(NASTY, label="cell")
+            row[data.draw(st.integers(0, width - 1), label="column")] = data.draw(
+                NASTY, label="cell"
+            )
     if data.draw(st.booleans(), label="ragged row"):
         rows.append(data.draw(st.lists(NASTY, max_size=8), label="ragged"))
     text = "\n".join([header] + [",".join(row) for row in rows]) + "\n"
@@ -98,7 +134,9 @@ def test_csv_reader_answers_structured_rows_clearly(scratch, kind, data):
 
 @pytest.mark.parametrize("kind", list(READERS))
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda t: t.encode("utf-8"))))
+@given(
+    raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda t: t.encode("utf-8")))
+)
 def test_csv_reader_answers_any_bytes_clearly(scratch, kind, raw):
     path = scratch / f"{kind}-raw.csv"
     path.write_bytes(raw)
@@ -106,14 +144,23 @@ def test_csv_reader_answers_any_bytes_clearly(scratch, kind, raw):
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 CLASS_ENTRY = st.fixed_dictionaries(
-    {}, optional={"id": JSON | st.integers(-2, 5), "name": JSON | st.sampled_from(["a", "b", " a "]),
-                  "color": JSON | st.sampled_from(["#ff0000", "red", ""])},
+    {},
+    optional={
+        "id": JSON | st.integers(-2, 5),
+        "name": JSON | st.sampled_from(["a", "b", " a "]),
+        "color": JSON | st.sampled_from(["#ff0000", "red", ""]),
+    },
 )
 
 
@@ -145,12 +192,15 @@ def model_folders(phantom_2d, tmp_path_factory):
     image, labels, classes = phantom_2d
     rng = np.random.default_rng(0)
     ys, xs = rng.integers(0, 128, 40), rng.integers(0, 128, 40)
-    annotations = Annotations(classes=classes, points=np.stack([0 * ys, ys, xs, labels[ys, xs]], axis=1))
+    annotations = Annotations(
+        classes=classes, points=np.stack([0 * ys, ys, xs, labels[ys, xs]], axis=1)
+    )
     root = tmp_path_factory.mktemp("models")
     models = {
         "rf": RandomForestMethod(n_estimators=2, max_depth=3, sigma_max=2.0),
-        "dsp": DSPMethod(depth=1, width=4, embed_dim=8, crop_size=32, batch_size=2, max_steps=1,
-                         cpu_bf16=False),
+        "dsp": DSPMethod(
+            depth=1, width=4, embed_dim=8, crop_size=32, batch_size=2, max_steps=1, cpu_bf16=False
+        ),
         "size": SizeMethod(depth=1, width=4, crop_size=32, batch_size=2, max_steps=1),
     }
     with warnings.catch_warnings():
@@ -163,7 +213,13 @@ def model_folders(phantom_2d, tmp_path_factory):
 
 def _paths(node, prefix=()):
     """Every path ``(key, index, ...)`` into a JSON document, the root excluded."""
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    children = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for key, child in children:
         yield prefix + (key,)
         yield from _paths(child, prefix + (key,))

@@ -43,7 +43,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a shape; write e.g. 16,256,256") from None
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a shape; write e.g. 16,256,256"
+        ) from None
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape '{text}' must be Y,X or Z,Y,X with positive sizes")
     return shape
@@ -150,8 +152,13 @@ def _progress(desc: str):
 def cmd_sample(args) -> int:
     from .sample import save_sample
 
-    paths = save_sample(args.out, shape=args.shape, seed=args.seed, n_classes=args.n_classes,
-                        overwrite=args.overwrite)
+    paths = save_sample(
+        args.out,
+        shape=args.shape,
+        seed=args.seed,
+        n_classes=args.n_classes,
+        overwrite=args.overwrite,
+    )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -251,21 +258,33 @@ def _check_simulate_out(args) -> None:
 
 def cmd_train(args, method_options: dict) -> int:
     from .annotations import load_annotations
-    from .progress import ProgressEvent
     from .io import read_image, read_labels
     from .methods import get_method
     from .methods.base import FitOptions, check_model_destination
+    from .progress import ProgressEvent
 
-    fit_options = FitOptions(device=args.device, seed=args.seed, time_budget_s=args.time_budget,
-                             warm_steps=args.warm_steps)
+    fit_options = FitOptions(
+        device=args.device,
+        seed=args.seed,
+        time_budget_s=args.time_budget,
+        warm_steps=args.warm_steps,
+    )
     method = get_method(args.method)(**method_options)
     init = _load_init_model(args.init, args.method)
     out = Path(args.out)
-    _check_sources_outside(out, {
-        "the image": args.image, "--points": args.points, "--boxes": args.boxes,
-        "--tags": args.tags, "--sizes": args.sizes, "--masks": args.masks,
-        "--classes": args.classes if args.classes and args.classes.endswith(".json") else None,
-    }, "a model folder")
+    _check_sources_outside(
+        out,
+        {
+            "the image": args.image,
+            "--points": args.points,
+            "--boxes": args.boxes,
+            "--tags": args.tags,
+            "--sizes": args.sizes,
+            "--masks": args.masks,
+            "--classes": args.classes if args.classes and args.classes.endswith(".json") else None,
+        },
+        "a model folder",
+    )
     check_model_destination(out, overwrite=args.overwrite)
     image = _with_voxel_size(read_image(args.image), args.voxel_size)
     masks = None
@@ -275,8 +294,14 @@ def cmd_train(args, method_options: dict) -> int:
 
         masks = np.asarray(masks)
     annotations = load_annotations(
-        points=args.points, boxes=args.boxes, tags=args.tags, sizes=args.sizes, masks=masks,
-        classes=_load_classes(args.classes), image_shape=image.shape, masks_file=args.masks,
+        points=args.points,
+        boxes=args.boxes,
+        tags=args.tags,
+        sizes=args.sizes,
+        masks=masks,
+        classes=_load_classes(args.classes),
+        image_shape=image.shape,
+        masks_file=args.masks,
     )
     update, close = _progress(f"train {args.method}")
     last: dict = {}
@@ -293,12 +318,20 @@ def cmd_train(args, method_options: dict) -> int:
     for note in notes:
         print(f"wsseg: warning: {note}", file=sys.stderr)
     folder = method.save(out, overwrite=args.overwrite)
-    print(json.dumps({
-        "model": str(folder), "method": args.method, "stopped": result.stopped,
-        "steps": result.steps, "seconds": round(result.seconds, 2), "last_metrics": last,
-        "warnings": method.training_summary.get("warnings", []),
-        "warm_start": method.training_summary.get("warm_start", False),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": str(folder),
+                "method": args.method,
+                "stopped": result.stopped,
+                "steps": result.steps,
+                "seconds": round(result.seconds, 2),
+                "last_metrics": last,
+                "warnings": method.training_summary.get("warnings", []),
+                "warm_start": method.training_summary.get("warm_start", False),
+            }
+        )
+    )
     return 0
 
 
@@ -351,11 +384,17 @@ def cmd_predict(args) -> int:
     _check_predict_out(args, out_path)
     if out_path.suffix.lower() == ".zarr" and args.slices is None:
         return _predict_blockwise(args, out_path)
-    batch_only = [flag for flag, used in (
-        ("--probabilities", args.probabilities), ("--block", args.block is not None),
-        ("--resume", args.resume), ("--scheduler", args.scheduler != "threads"),
-        ("--workers", args.workers is not None),
-    ) if used]
+    batch_only = [
+        flag
+        for flag, used in (
+            ("--probabilities", args.probabilities),
+            ("--block", args.block is not None),
+            ("--resume", args.resume),
+            ("--scheduler", args.scheduler != "threads"),
+            ("--workers", args.workers is not None),
+        )
+        if used
+    ]
     if batch_only:
         given = f"--out {out_path}" + (f" --slices {args.slices}" if args.slices else "")
         raise WssegError(
@@ -372,11 +411,15 @@ def cmd_predict(args) -> int:
     model.check_image(image)
     slices = parse_slices(args.slices, image.n_slices)
     if out_path.exists() and not args.overwrite:
-        raise WssegError(f"output {out_path} exists; pass --overwrite to replace it or choose another path")
+        raise WssegError(
+            f"output {out_path} exists; pass --overwrite to replace it or choose another path"
+        )
     update, close = _progress("predict")
     try:
         if out_path.suffix == ".zarr":
-            target = create_labels_zarr(out_path, image.shape, classes=model.classes, overwrite=args.overwrite)
+            target = create_labels_zarr(
+                out_path, image.shape, classes=model.classes, overwrite=args.overwrite
+            )
             predict_image(model, image, slices=slices, out=target, progress=update)
             finalize_labels_zarr(out_path)
         else:
@@ -394,17 +437,26 @@ def _predict_blockwise(args, out_path: Path) -> int:
     image = args.image
     if args.voxel_size is not None:
         if args.scheduler != "threads":
-            raise WssegError(f"--voxel-size with --scheduler {args.scheduler} is not supported yet; "
-                             "store the voxel size in the image metadata or use --scheduler threads")
+            raise WssegError(
+                f"--voxel-size with --scheduler {args.scheduler} is not supported yet; "
+                "store the voxel size in the image metadata or use --scheduler threads"
+            )
         from .predict.blocks import open_image
 
         image = _with_voxel_size(open_image(args.image), args.voxel_size)
     update, close = _progress("predict")
     try:
         result = predict_volume(
-            args.model, image, out_path, block=args.block, probabilities=args.probabilities,
-            scheduler=args.scheduler, n_workers=args.workers, resume=args.resume,
-            overwrite=args.overwrite, progress=update,
+            args.model,
+            image,
+            out_path,
+            block=args.block,
+            probabilities=args.probabilities,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=update,
         )
     finally:
         close()
@@ -422,7 +474,8 @@ def cmd_evaluate(args) -> int:
     n_slices = 1 if gt.ndim == 2 else gt.shape[0]
     classes = _load_classes(args.classes)
     result = evaluate(
-        pred, gt,
+        pred,
+        gt,
         n_classes=len(classes) if classes else args.n_classes,
         slices=parse_slices(args.slices, n_slices),
         class_names=[c.name for c in classes] if classes else None,
@@ -444,11 +497,16 @@ def cmd_measure(args) -> int:
     if not args.overwrite:
         existing = [str(p) for p in table_paths(args.out).values() if p.exists()]
         if existing:
-            raise WssegError(f"{', '.join(existing)} exist(s); pass --overwrite or choose another --out")
+            raise WssegError(
+                f"{', '.join(existing)} exist(s); pass --overwrite or choose another --out"
+            )
     image = read_image(args.image) if args.image else None
-    voxel_size = (parse_voxel_size(args.voxel_size, labels.ndim) if args.voxel_size else
-                  voxel_size_from_metadata(args.labels, labels.ndim)
-                  or (voxel_size_from_metadata(args.image, labels.ndim) if args.image else None))
+    voxel_size = (
+        parse_voxel_size(args.voxel_size, labels.ndim)
+        if args.voxel_size
+        else voxel_size_from_metadata(args.labels, labels.ndim)
+        or (voxel_size_from_metadata(args.image, labels.ndim) if args.image else None)
+    )
     classes = _load_classes(args.class_names) or read_label_classes(args.labels)
     names = [c.name for c in classes] if classes else None
     measured = _measured_classes(args.classes, names)
@@ -459,16 +517,31 @@ def cmd_measure(args) -> int:
     update, close = _progress("measure")
     try:
         result = measure_labels(
-            labels, image=image, classes=measured, class_names=names,
-            voxel_size=voxel_size, instances_out=args.instances, block=args.block,
-            surface=not args.no_surface, overwrite=args.overwrite, progress=update,
+            labels,
+            image=image,
+            classes=measured,
+            class_names=names,
+            voxel_size=voxel_size,
+            instances_out=args.instances,
+            block=args.block,
+            surface=not args.no_surface,
+            overwrite=args.overwrite,
+            progress=update,
         )
     finally:
         close()
     paths = write_tables(result, args.out, overwrite=True)
-    print(json.dumps({**{k: str(v) for k, v in paths.items()}, "objects_measured": len(result.objects),
-                      "units": result.units, "voxel_size_um": voxel_size,
-                      "instances": str(result.instances) if args.instances else None}))
+    print(
+        json.dumps(
+            {
+                **{k: str(v) for k, v in paths.items()},
+                "objects_measured": len(result.objects),
+                "units": result.units,
+                "voxel_size_um": voxel_size,
+                "instances": str(result.instances) if args.instances else None,
+            }
+        )
+    )
     return 0
 
 
@@ -484,8 +557,10 @@ def _measured_classes(text: str | None, names: list[str] | None) -> list[int] | 
             chosen.append(names.index(item))
         else:
             known = ", ".join(names) if names else "none (the labels carry no class names)"
-            raise WssegError(f"--classes: '{item}' is neither a class id nor a class name; known "
-                             f"names: {known}; give ids such as 2,3 or --class-names")
+            raise WssegError(
+                f"--classes: '{item}' is neither a class id nor a class name; known "
+                f"names: {known}; give ids such as 2,3 or --class-names"
+            )
     return chosen
 
 
@@ -498,20 +573,38 @@ def cmd_suggest(args) -> int:
 
     out = Path(args.out)
     if out.is_dir() or (out.exists() and not args.overwrite):
-        raise WssegError(f"--out {out} exists; pass --overwrite to replace it or choose another file name")
+        raise WssegError(
+            f"--out {out} exists; pass --overwrite to replace it or choose another file name"
+        )
     if _is_inside(out, Path(args.model)) or out.resolve() == Path(args.image).resolve():
-        raise WssegError(f"--out {out} is the image or lies in the model folder; choose another path")
+        raise WssegError(
+            f"--out {out} is the image or lies in the model folder; choose another path"
+        )
     if not out.parent.is_dir():
-        raise WssegError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
-    config = SuggestConfig(n=args.n, cell=args.cell, per_slice=args.per_slice,
-                           min_distance=args.min_distance, measure=args.measure, seed=args.seed)
+        raise WssegError(
+            f"--out {out}: folder {out.parent} does not exist; create it or choose another path"
+        )
+    config = SuggestConfig(
+        n=args.n,
+        cell=args.cell,
+        per_slice=args.per_slice,
+        min_distance=args.min_distance,
+        measure=args.measure,
+        seed=args.seed,
+    )
     model = load_model(args.model)
     image = read_image(args.image)
     annotations = _suggest_annotations(args.annotations, model, image) if args.annotations else None
     update, close = _progress("suggest")
     try:
-        found = suggest(model, image, annotations=annotations, config=config,
-                        slices=parse_slices(args.slices, image.n_slices), progress=update)
+        found = suggest(
+            model,
+            image,
+            annotations=annotations,
+            config=config,
+            slices=parse_slices(args.slices, image.n_slices),
+            progress=update,
+        )
     finally:
         close()
     write_suggestions_csv(out, found)
@@ -530,31 +623,57 @@ def _suggest_annotations(folder: str, model, image):
     masks_path = Path(folder) / "masks.npy"
     masks = np.load(masks_path, allow_pickle=False) if masks_path.is_file() else None
     if not files and masks is None:
-        raise WssegError(f"--annotations {folder} holds no points.csv, boxes.csv, tags.csv, "
-                         "sizes.csv or masks.npy; give the folder of the current annotations")
-    return load_annotations(**files, masks=masks, classes=model.classes, image_shape=image.shape,
-                            masks_file=masks_path if masks is not None else None)
+        raise WssegError(
+            f"--annotations {folder} holds no points.csv, boxes.csv, tags.csv, "
+            "sizes.csv or masks.npy; give the folder of the current annotations"
+        )
+    return load_annotations(
+        **files,
+        masks=masks,
+        classes=model.classes,
+        image_shape=image.shape,
+        masks_file=masks_path if masks is not None else None,
+    )
 
 
 def _add_suggest_parser(sub) -> None:
-    p = sub.add_parser("suggest", help="rank where to annotate next (CSV: z,y,x,score,y0,x0,y1,x1)",
-                       description="Score grid cells by the model's uncertainty, weighted towards "
-                       "classes with few labels and spread out; write the pixel to label in each "
-                       "of the best cells, best first (see docs/cli.md).")
+    p = sub.add_parser(
+        "suggest",
+        help="rank where to annotate next (CSV: z,y,x,score,y0,x0,y1,x1)",
+        description="Score grid cells by the model's uncertainty, weighted towards "
+        "classes with few labels and spread out; write the pixel to label in each "
+        "of the best cells, best first (see docs/cli.md).",
+    )
     p.add_argument("model", help="model folder written by `wsseg train`")
     p.add_argument("image", help="image or volume the model was trained for")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--n", type=_count(1), default=20, help="suggestions at most (default 20)")
     p.add_argument("--slices", default=None, help="look only in these slices, e.g. 3,5,7 or 15-19")
-    p.add_argument("--annotations", default=None, metavar="DIR",
-                   help="folder of the current annotations (points.csv, ..., masks.npy): class "
-                        "counts and labelled pixels (default: the counts the model was trained on)")
-    p.add_argument("--cell", type=_count(2), default=64, help="grid cell side in pixels (default 64)")
-    p.add_argument("--per-slice", type=_count(1), default=5, help="suggestions per slice at most (default 5)")
-    p.add_argument("--min-distance", type=_finite(0, inclusive=True), default=None,
-                   help="pixels between suggestions of one slice at least (default: --cell)")
-    p.add_argument("--measure", default="entropy", choices=["entropy", "margin"],
-                   help="uncertainty measure (default entropy)")
+    p.add_argument(
+        "--annotations",
+        default=None,
+        metavar="DIR",
+        help="folder of the current annotations (points.csv, ..., masks.npy): class "
+        "counts and labelled pixels (default: the counts the model was trained on)",
+    )
+    p.add_argument(
+        "--cell", type=_count(2), default=64, help="grid cell side in pixels (default 64)"
+    )
+    p.add_argument(
+        "--per-slice", type=_count(1), default=5, help="suggestions per slice at most (default 5)"
+    )
+    p.add_argument(
+        "--min-distance",
+        type=_finite(0, inclusive=True),
+        default=None,
+        help="pixels between suggestions of one slice at least (default: --cell)",
+    )
+    p.add_argument(
+        "--measure",
+        default="entropy",
+        choices=["entropy", "margin"],
+        help="uncertainty measure (default entropy)",
+    )
     p.add_argument("--seed", type=_count(0), default=0, help="orders cells with equal scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -565,8 +684,15 @@ def cmd_export(args) -> int:
 
     image = read_image(args.image) if args.image else None
     authors = [a.strip() for a in (args.authors or "").split(",") if a.strip()]
-    out = export_bioimageio(args.model, args.out, licence=args.licence, authors=authors or None,
-                            image=image, name=args.name, overwrite=args.overwrite)
+    out = export_bioimageio(
+        args.model,
+        args.out,
+        licence=args.licence,
+        authors=authors or None,
+        image=image,
+        name=args.name,
+        overwrite=args.overwrite,
+    )
     print(json.dumps({"out": str(out), "format": args.format}))
     return 0
 
@@ -581,64 +707,113 @@ def cmd_pretrain(args) -> int:
     from .progress import tqdm_progress
 
     image = read_image(args.image)
-    given = {"arch": args.arch, "patch_size": args.patch_size, "steps": args.steps,
-             "batch": args.batch, "seed": args.seed, "voxel_size_zyx": args.voxel_size}
+    given = {
+        "arch": args.arch,
+        "patch_size": args.patch_size,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seed": args.seed,
+        "voxel_size_zyx": args.voxel_size,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     config = PretrainConfig(**given) if given or not args.resume else None
     cancel = threading.Event()  # Ctrl-C stops at the next step with a checkpoint (resumable)
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     update, close = tqdm_progress("pretrain")
     try:
-        result = pretrain(image, args.out, config, time_budget_s=args.time_budget,
-                          device=args.device, resume=args.resume,
-                          checkpoint_every_s=args.checkpoint_every, progress=update, cancel=cancel)
+        result = pretrain(
+            image,
+            args.out,
+            config,
+            time_budget_s=args.time_budget,
+            device=args.device,
+            resume=args.resume,
+            checkpoint_every_s=args.checkpoint_every,
+            progress=update,
+            cancel=cancel,
+        )
     finally:
         close()
         signal.signal(signal.SIGINT, previous)
     losses = [h["loss"] for h in result.history]
-    print(json.dumps({
-        "out": str(result.out), "stopped": result.stopped, "steps": result.steps,
-        "planned_steps": result.planned_steps, "seconds": round(result.seconds, 1),
-        "images_per_s": round(result.images_per_s, 2), "loss": losses[-1] if losses else None,
-        "weights_hash": result.info.weights_hash,
-    }))
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "stopped": result.stopped,
+                "steps": result.steps,
+                "planned_steps": result.planned_steps,
+                "seconds": round(result.seconds, 1),
+                "images_per_s": round(result.images_per_s, 2),
+                "loss": losses[-1] if losses else None,
+                "weights_hash": result.info.weights_hash,
+            }
+        )
+    )
     return 0
 
 
 def _add_pretrain_parser(sub) -> None:
-    p = sub.add_parser("pretrain", help="learn a ViT backbone from the image itself (for mews)",
-                       description="Self-supervised DINO pretraining of a small timm ViT on every "
-                       "slice of IMAGE (no labels). Writes a backbone folder for `wsseg train "
-                       "--method mews --backbone-weights FOLDER`; resumable with --resume (see "
-                       "docs/pretrain.md).")
+    p = sub.add_parser(
+        "pretrain",
+        help="learn a ViT backbone from the image itself (for mews)",
+        description="Self-supervised DINO pretraining of a small timm ViT on every "
+        "slice of IMAGE (no labels). Writes a backbone folder for `wsseg train "
+        "--method mews --backbone-weights FOLDER`; resumable with --resume (see "
+        "docs/pretrain.md).",
+    )
     p.add_argument("image", help="image or volume (.zarr/OME-Zarr and large .tif are read lazily)")
-    p.add_argument("--out", required=True,
-                   help="backbone folder to write (new or empty; or the run to --resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="backbone folder to write (new or empty; or the run to --resume)",
+    )
     p.add_argument("--arch", default=None, help="timm ViT name (default vit_tiny_patch16_224)")
-    p.add_argument("--patch-size", type=_count(2), default=None,
-                   help="patch side in pixels (default 8)")
-    p.add_argument("--steps", type=_count(1), default=None,
-                   help="optimisation steps (default: as many as fit --time-budget, else 2000)")
+    p.add_argument(
+        "--patch-size", type=_count(2), default=None, help="patch side in pixels (default 8)"
+    )
+    p.add_argument(
+        "--steps",
+        type=_count(1),
+        default=None,
+        help="optimisation steps (default: as many as fit --time-budget, else 2000)",
+    )
     p.add_argument("--batch", type=_count(1), default=None, help="windows per step (default 16)")
-    p.add_argument("--time-budget", type=_finite(0, inclusive=False), default=None,
-                   help="stop after this many seconds (with a checkpoint; --resume continues)")
-    p.add_argument("--voxel-size", type=_parse_voxel_size, default=None,
-                   help="Z,Y,X voxel size; near-isotropic volumes also train on xz and yz planes")
-    p.add_argument("--checkpoint-every", type=_finite(0, inclusive=False), default=120.0,
-                   help="seconds between checkpoints (default 120)")
+    p.add_argument(
+        "--time-budget",
+        type=_finite(0, inclusive=False),
+        default=None,
+        help="stop after this many seconds (with a checkpoint; --resume continues)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=_parse_voxel_size,
+        default=None,
+        help="Z,Y,X voxel size; near-isotropic volumes also train on xz and yz planes",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_finite(0, inclusive=False),
+        default=120.0,
+        help="seconds between checkpoints (default 120)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=_count(0), default=None,
-                   help="seed of the weights and views (default 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint")
+    p.add_argument(
+        "--seed", type=_count(0), default=None, help="seed of the weights and views (default 0)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
 
 
 def _with_voxel_size(image, voxel_size):
     """``image`` with the voxel size given by --voxel-size (None: keep the file's metadata)."""
     if voxel_size is not None:
         if image.was_2d:
-            raise WssegError(f"--voxel-size is Z,Y,X for volumes, but image {image.name} is 2D; "
-                             "leave it out for 2D images")
+            raise WssegError(
+                f"--voxel-size is Z,Y,X for volumes, but image {image.name} is 2D; "
+                "leave it out for 2D images"
+            )
         image.voxel_size_zyx = voxel_size
     return image
 
@@ -658,45 +833,94 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     from .methods import available_methods
 
     parser = _Parser(
-        prog="wsseg", description="Weakly-supervised segmentation of microscopy images and volumes.",
+        prog="wsseg",
+        description="Weakly-supervised segmentation of microscopy images and volumes.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("sample", help="write the procedural FIB-SEM-like phantom (image, labels, classes)")
+    p = sub.add_parser(
+        "sample", help="write the procedural FIB-SEM-like phantom (image, labels, classes)"
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--shape", type=_parse_shape, default=(16, 256, 256), help="Z,Y,X or Y,X (default 16,256,256)")
-    p.add_argument("--n-classes", type=int, default=4, choices=[3, 4, 5], help="number of classes (default 4)")
+    p.add_argument(
+        "--shape",
+        type=_parse_shape,
+        default=(16, 256, 256),
+        help="Z,Y,X or Y,X (default 16,256,256)",
+    )
+    p.add_argument(
+        "--n-classes", type=int, default=4, choices=[3, 4, 5], help="number of classes (default 4)"
+    )
     p.add_argument("--seed", type=_count(0), default=0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace image.tif, labels.tif, classes.json in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace image.tif, labels.tif, classes.json in --out",
+    )
 
     p = sub.add_parser("import", help="convert a TIFF stack to chunked OME-Zarr")
     p.add_argument("stack", help="TIFF stack")
     p.add_argument("--out", required=True, help="output .zarr folder (must not exist)")
-    p.add_argument("--chunks", type=_parse_shape, default=None, help="chunk shape Z,Y,X (default 8,512,512)")
+    p.add_argument(
+        "--chunks", type=_parse_shape, default=None, help="chunk shape Z,Y,X (default 8,512,512)"
+    )
 
     p = sub.add_parser("simulate", help="sample weak annotations (CSV) from dense ground truth")
     p.add_argument("gt", help="dense label image (.npy, .tif, .png, .zarr)")
-    p.add_argument("--out", required=True, help="output folder for points.csv, boxes.csv, tags.csv, sizes.csv")
-    p.add_argument("--slices", type=int, default=None, help="annotate N evenly spaced slices (default: all)")
-    p.add_argument("--slice-list", default=None, help="annotate exactly these slices, e.g. 0,2,4 or 0-12")
-    p.add_argument("--slice-range", default=None, help="pick the N slices within this range, e.g. 0-12")
+    p.add_argument(
+        "--out", required=True, help="output folder for points.csv, boxes.csv, tags.csv, sizes.csv"
+    )
+    p.add_argument(
+        "--slices", type=int, default=None, help="annotate N evenly spaced slices (default: all)"
+    )
+    p.add_argument(
+        "--slice-list", default=None, help="annotate exactly these slices, e.g. 0,2,4 or 0-12"
+    )
+    p.add_argument(
+        "--slice-range", default=None, help="pick the N slices within this range, e.g. 0-12"
+    )
     p.add_argument("--points", type=int, default=0, help="points per class per slice")
-    p.add_argument("--boxes", type=_parse_box_count, default=0, metavar="K|all",
-                   help="K boxes per class per slice (some objects boxed, not exhaustive), or 'all': "
-                        "every object of every class boxed, marked exhaustive")
+    p.add_argument(
+        "--boxes",
+        type=_parse_box_count,
+        default=0,
+        metavar="K|all",
+        help="K boxes per class per slice (some objects boxed, not exhaustive), or 'all': "
+        "every object of every class boxed, marked exhaustive",
+    )
     p.add_argument("--tags", action="store_true", help="write slice tags (class presence)")
-    p.add_argument("--region-tags", type=_count(1), default=0, metavar="CELL",
-                   help="write region tags (tags.csv rows with y0,x0,y1,x1): the classes present "
-                        "in each CELL x CELL pixel cell of a grid over the chosen slices")
-    p.add_argument("--region-tag-cells", type=_count(0), default=None, metavar="N",
-                   help="with --region-tags: tag N random cells per slice (default: every cell)")
+    p.add_argument(
+        "--region-tags",
+        type=_count(1),
+        default=0,
+        metavar="CELL",
+        help="write region tags (tags.csv rows with y0,x0,y1,x1): the classes present "
+        "in each CELL x CELL pixel cell of a grid over the chosen slices",
+    )
+    p.add_argument(
+        "--region-tag-cells",
+        type=_count(0),
+        default=None,
+        metavar="N",
+        help="with --region-tags: tag N random cells per slice (default: every cell)",
+    )
     p.add_argument("--sizes", action="store_true", help="write class size fractions")
-    p.add_argument("--size-noise", type=_finite(0, inclusive=True), default=0.0,
-                   help="sigma of the multiplicative size noise")
-    p.add_argument("--masks", action="store_true", help="write the full masks of the chosen slices (masks.npy)")
-    p.add_argument("--scribbles", type=int, default=0, help="scribbles per class per slice (written to masks.npy)")
+    p.add_argument(
+        "--size-noise",
+        type=_finite(0, inclusive=True),
+        default=0.0,
+        help="sigma of the multiplicative size noise",
+    )
+    p.add_argument(
+        "--masks", action="store_true", help="write the full masks of the chosen slices (masks.npy)"
+    )
+    p.add_argument(
+        "--scribbles",
+        type=int,
+        default=0,
+        help="scribbles per class per slice (written to masks.npy)",
+    )
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
     p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace annotation files in --out")
@@ -708,27 +932,54 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tags", help="tags.csv (z,class)")
     p.add_argument("--sizes", help="sizes.csv (z,class,fraction)")
     p.add_argument("--masks", help="partial label image: 0 unlabeled, k = class k-1")
-    p.add_argument("--classes", help="class names (a,b,c) or classes.json; default: largest class id + 1 classes")
-    p.add_argument("--method", required=True, choices=available_methods(), help="segmentation method")
+    p.add_argument(
+        "--classes",
+        help="class names (a,b,c) or classes.json; default: largest class id + 1 classes",
+    )
+    p.add_argument(
+        "--method", required=True, choices=available_methods(), help="segmentation method"
+    )
     p.add_argument("--out", required=True, help="model folder to write (missing or empty)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a model folder written by wsseg train")
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a model folder written by wsseg train"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)",
+    )
     p.add_argument("--seed", type=_count(0), default=0)
-    p.add_argument("--time-budget", type=_finite(0, inclusive=False), default=None,
-                   help="stop after this many seconds")
-    p.add_argument("--init", metavar="MODEL_DIR", default=None,
-                   help="warm start: continue from this model of the same method and classes "
-                        "(other classes: from scratch, with a warning)")
-    p.add_argument("--warm-steps", type=_count(1), default=None,
-                   help="training steps of a warm start (default: the method's, see docs/cli.md)")
-    p.add_argument("--voxel-size", type=_parse_voxel_size, default=None,
-                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)")
+    p.add_argument(
+        "--time-budget",
+        type=_finite(0, inclusive=False),
+        default=None,
+        help="stop after this many seconds",
+    )
+    p.add_argument(
+        "--init",
+        metavar="MODEL_DIR",
+        default=None,
+        help="warm start: continue from this model of the same method and classes "
+        "(other classes: from scratch, with a warning)",
+    )
+    p.add_argument(
+        "--warm-steps",
+        type=_count(1),
+        default=None,
+        help="training steps of a warm start (default: the method's, see docs/cli.md)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=_parse_voxel_size,
+        default=None,
+        help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)",
+    )
     if method is not None:
         _add_method_options(p, method)
 
     p = sub.add_parser(
-        "predict", help="predict labels with a trained model",
+        "predict",
+        help="predict labels with a trained model",
         description="Predict labels. A .zarr --out (without --slices) is predicted block by block: "
         "memory stays flat, the run can be resumed after a crash, and dask can spread it over "
         "processes or a cluster (see docs/batch.md).",
@@ -736,29 +987,55 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder written by `wsseg train`")
     p.add_argument("image", help="image or volume (.zarr/OME-Zarr and .tif are read lazily)")
     p.add_argument("--out", required=True, help="output labels (.npy, .tif or .zarr)")
-    p.add_argument("--slices", default=None, help="only these slices, e.g. 3,5,7 or 15-19 (others stay 0)")
+    p.add_argument(
+        "--slices", default=None, help="only these slices, e.g. 3,5,7 or 15-19 (others stay 0)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--probabilities", action="store_true",
-                   help="also write uint8 class probabilities to OUT_probabilities.zarr (.zarr --out)")
-    p.add_argument("--block", type=_parse_shape, default=None,
-                   help="block shape Z,Y,X (Y,X for 2D images; default 64,512,512 or 512,512)")
-    p.add_argument("--scheduler", default="threads",
-                   help="threads (default), processes (a local dask cluster) or a dask scheduler "
-                   "address such as tcp://HOST:8786")
-    p.add_argument("--workers", type=_count(1), default=None,
-                   help="worker processes for --scheduler processes")
-    p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted .zarr prediction: finished blocks are kept")
-    p.add_argument("--voxel-size", type=_parse_voxel_size, default=None,
-                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write uint8 class probabilities to OUT_probabilities.zarr (.zarr --out)",
+    )
+    p.add_argument(
+        "--block",
+        type=_parse_shape,
+        default=None,
+        help="block shape Z,Y,X (Y,X for 2D images; default 64,512,512 or 512,512)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default="threads",
+        help="threads (default), processes (a local dask cluster) or a dask scheduler "
+        "address such as tcp://HOST:8786",
+    )
+    p.add_argument(
+        "--workers", type=_count(1), default=None, help="worker processes for --scheduler processes"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted .zarr prediction: finished blocks are kept",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=_parse_voxel_size,
+        default=None,
+        help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else unknown)",
+    )
 
-    p = sub.add_parser("evaluate", help="Dice/IoU of a prediction against dense ground truth (JSON)")
+    p = sub.add_parser(
+        "evaluate", help="Dice/IoU of a prediction against dense ground truth (JSON)"
+    )
     p.add_argument("pred", help="predicted labels")
     p.add_argument("gt", help="ground-truth labels")
     p.add_argument("--slices", default=None, help="score only these slices, e.g. 15-19")
     p.add_argument("--classes", default=None, help="class names (a,b,c) or classes.json")
-    p.add_argument("--n-classes", type=_count(1), default=None,
-                   help="number of classes (default: from the data)")
+    p.add_argument(
+        "--n-classes",
+        type=_count(1),
+        default=None,
+        help="number of classes (default: from the data)",
+    )
     _add_measure_parser(sub)
     _add_suggest_parser(sub)
     _add_pretrain_parser(sub)
@@ -767,36 +1044,62 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a torch model (dsp, size, mews) as a bioimage.io package",
-                       description="Write a bioimage.io model package (weights, normalisation, "
-                       "test tensors, README) that bioimageio.core, deepImageJ or ilastik can run "
-                       "(see docs/export.md).")
+    p = sub.add_parser(
+        "export",
+        help="export a torch model (dsp, size, mews) as a bioimage.io package",
+        description="Write a bioimage.io model package (weights, normalisation, "
+        "test tensors, README) that bioimageio.core, deepImageJ or ilastik can run "
+        "(see docs/export.md).",
+    )
     p.add_argument("model", help="model folder written by `wsseg train`")
     p.add_argument("--format", default="bioimageio", choices=["bioimageio"], help="package format")
     p.add_argument("--out", required=True, help="package to write, MODEL.zip")
-    p.add_argument("--licence", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
+    p.add_argument(
+        "--licence", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)"
+    )
     p.add_argument("--authors", default=None, help="author names, comma-separated")
-    p.add_argument("--image", default=None, help="image to cut the test slice from (default: the phantom)")
+    p.add_argument(
+        "--image", default=None, help="image to cut the test slice from (default: the phantom)"
+    )
     p.add_argument("--name", default=None, help="model name in the package")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package")
 
 
 def _add_measure_parser(sub) -> None:
-    p = sub.add_parser("measure", help="objects of each class: instances, volumes, surfaces (CSV)",
-                       description="Label each class's connected components (3D for volumes) and "
-                       "write one row per object plus TABLE_summary.csv and TABLE_per_slice.csv. "
-                       "zarr input is processed block by block (see docs/measure.md).")
+    p = sub.add_parser(
+        "measure",
+        help="objects of each class: instances, volumes, surfaces (CSV)",
+        description="Label each class's connected components (3D for volumes) and "
+        "write one row per object plus TABLE_summary.csv and TABLE_per_slice.csv. "
+        "zarr input is processed block by block (see docs/measure.md).",
+    )
     p.add_argument("labels", help="class-id labels, e.g. a prediction (.tif, .npy, .zarr)")
     p.add_argument("--out", required=True, help="objects table TABLE.csv")
     p.add_argument("--image", default=None, help="image for the mean intensity of each object")
-    p.add_argument("--classes", default=None, help="classes to measure, names or ids, e.g. mito,nucleus (default all)")
-    p.add_argument("--class-names", default=None, help="class names (a,b,c) or classes.json (default: the labels' metadata)")
-    p.add_argument("--voxel-size", default=None,
-                   help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else results in voxels)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="classes to measure, names or ids, e.g. mito,nucleus (default all)",
+    )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        help="class names (a,b,c) or classes.json (default: the labels' metadata)",
+    )
+    p.add_argument(
+        "--voxel-size",
+        default=None,
+        help="Z,Y,X micrometres (default: OME-Zarr/TIFF metadata; else results in voxels)",
+    )
     p.add_argument("--instances", default=None, help="write the instance label volume to OUT.zarr")
-    p.add_argument("--block", type=_parse_shape, default=None, help="block Z,Y,X (default 64,512,512)")
-    p.add_argument("--no-surface", action="store_true",
-                   help="skip surface areas (marching cubes; most of the time on big objects)")
+    p.add_argument(
+        "--block", type=_parse_shape, default=None, help="block Z,Y,X (default 64,512,512)"
+    )
+    p.add_argument(
+        "--no-surface",
+        action="store_true",
+        help="skip surface areas (marching cubes; most of the time on big objects)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing tables")
 
 
@@ -815,16 +1118,30 @@ def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
         kind = _option_type(hints[field.name])
         summary = summaries.get(field.name, "")
         if kind is bool:
-            group.add_argument(flag, dest=f"opt_{field.name}", action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{summary} (default {default})".lstrip())
+            group.add_argument(
+                flag,
+                dest=f"opt_{field.name}",
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{summary} (default {default})".lstrip(),
+            )
         elif kind is tuple:
-            group.add_argument(flag, dest=f"opt_{field.name}", default=argparse.SUPPRESS,
-                               type=lambda s: tuple(_scalar(v) for v in s.split(",")),
-                               help=f"{summary} comma-separated (default {','.join(map(str, default))})".lstrip())
+            group.add_argument(
+                flag,
+                dest=f"opt_{field.name}",
+                default=argparse.SUPPRESS,
+                type=lambda s: tuple(_scalar(v) for v in s.split(",")),
+                help=f"{summary} comma-separated (default {','.join(map(str, default))})".lstrip(),
+            )
         else:
-            group.add_argument(flag, dest=f"opt_{field.name}", default=argparse.SUPPRESS,
-                               type=_optional(kind), metavar=kind.__name__.upper(),
-                               help=f"{summary} (default {default})".lstrip())
+            group.add_argument(
+                flag,
+                dest=f"opt_{field.name}",
+                default=argparse.SUPPRESS,
+                type=_optional(kind),
+                metavar=kind.__name__.upper(),
+                help=f"{summary} (default {default})".lstrip(),
+            )
 
 
 def _option_type(hint):
@@ -903,12 +1220,24 @@ def _run(argv: list[str] | None) -> int:
         if args.command == "simulate":
             _check_simulate_out(args)
         handler = {
-            "sample": cmd_sample, "import": cmd_import, "simulate": cmd_simulate,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "suggest": cmd_suggest,
-            "measure": cmd_measure, "export": cmd_export, "pretrain": cmd_pretrain,
+            "sample": cmd_sample,
+            "import": cmd_import,
+            "simulate": cmd_simulate,
+            "predict": cmd_predict,
+            "evaluate": cmd_evaluate,
+            "suggest": cmd_suggest,
+            "measure": cmd_measure,
+            "export": cmd_export,
+            "pretrain": cmd_pretrain,
         }[args.command]
         return handler(args)
-    except (WssegError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except (
+        WssegError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as exc:
         if debug:
             raise
         print(f"wsseg: error: {_one_line(exc)}", file=sys.stderr)
@@ -919,14 +1248,20 @@ def _run(argv: list[str] | None) -> int:
     except Exception as exc:  # unexpected: still one line, with the way to get details
         if debug:
             raise
-        print(f"wsseg: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
-              "traceback and report it)", file=sys.stderr)
+        print(
+            f"wsseg: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) if not isinstance(exc, (FileNotFoundError, PermissionError)) or not exc.filename else (
-        f"{exc.strerror}: {exc.filename}")
+    text = (
+        str(exc)
+        if not isinstance(exc, (FileNotFoundError, PermissionError)) or not exc.filename
+        else (f"{exc.strerror}: {exc.filename}")
+    )
     text = " ".join(text.split())
     if len(text) > MAX_ERROR_CHARS:  # e.g. a 17 MB argument quoted back by a library
         tail = MAX_ERROR_CHARS // 3

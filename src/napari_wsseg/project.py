@@ -434,7 +434,9 @@ def _checked_voxel_size(values):
     """``values`` as a list of three positive micrometre sizes, or None; raises WssegError."""
     from .io.voxel_size import check_voxel_size
 
-    return None if values is None else list(check_voxel_size(values, 3, source="project voxel size"))
+    return (
+        None if values is None else list(check_voxel_size(values, 3, source="project voxel size"))
+    )
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

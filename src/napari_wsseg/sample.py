@@ -189,8 +189,10 @@ def _check_sample_destination(out: Path, paths: list[Path], overwrite: bool) -> 
             "replace them or choose another folder"
         )
     if overwrite and any(p.is_dir() for p in paths):
-        raise WssegError(f"sample output {out}: one of {[p.name for p in paths]} is a folder; "
-                         "remove it or choose another folder")
+        raise WssegError(
+            f"sample output {out}: one of {[p.name for p in paths]} is a folder; "
+            "remove it or choose another folder"
+        )
 
 
 def _check_phantom_args(shape, n_classes: int) -> tuple[int, int, int]:

@@ -123,7 +123,11 @@ def test_write_sizes_keeps_full_precision(tmp_path):
 
 
 def test_write_annotations_round_trip(tmp_path):
-    classes = [ClassInfo("cyto", "#7f7f7f"), ClassInfo("mito", "#dc1e1e"), ClassInfo("glia", "#00c850")]
+    classes = [
+        ClassInfo("cyto", "#7f7f7f"),
+        ClassInfo("mito", "#dc1e1e"),
+        ClassInfo("glia", "#00c850"),
+    ]
     ann = Annotations(
         classes,
         points=[[0, 1, 2, 0], [1, 3, 4, 2]],
@@ -192,9 +196,13 @@ def test_find_annotation_files_rejects_a_missing_folder(tmp_path):
 
 # ------------------------------------------------------------------------------- classes.json
 def test_read_classes_json_in_any_order_with_default_colour(tmp_path):
-    path = write(tmp_path, "classes.json", json.dumps(
-        [{"id": 1, "name": "membrane", "color": "#ff8c00"}, {"id": 0, "name": "intracellular"}]
-    ))
+    path = write(
+        tmp_path,
+        "classes.json",
+        json.dumps(
+            [{"id": 1, "name": "membrane", "color": "#ff8c00"}, {"id": 0, "name": "intracellular"}]
+        ),
+    )
     classes = read_classes_json(path)
     assert [c.name for c in classes] == ["intracellular", "membrane"]
     assert classes[1].color == "#ff8c00" and classes[0].color.startswith("#")
@@ -208,10 +216,13 @@ def test_write_classes_json_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("[{\"id\": 0, \"name\": \"a\"},", ["classes.json line 1", "not valid JSON"]),
+        ('[{"id": 0, "name": "a"},', ["classes.json line 1", "not valid JSON"]),
         ("{}", ["expected a non-empty list"]),
         ("[]", ["expected a non-empty list"]),
-        ('[{"id": 0, "name": "a"}, {"id": 2, "name": "b"}]', ["ids are [0, 2]", "0..1", "renumber"]),
+        (
+            '[{"id": 0, "name": "a"}, {"id": 2, "name": "b"}]',
+            ["ids are [0, 2]", "0..1", "renumber"],
+        ),
         ('[{"id": 0, "name": "a"}, {"id": 1, "name": "a"}]', ["classes 0 and 1", "'a'", "unique"]),
         ('[{"id": 0}]', ["entry 1", '"name"']),
         ('[{"id": "0", "name": "a"}]', ["entry 1", "id '0' is not an integer"]),
@@ -234,55 +245,185 @@ def test_read_classes_json_missing_file(tmp_path):
 # ---------------------------------------------------------------------------- bad CSV inputs
 BAD_CSVS = [
     # (reader, file name, text, classes, expected message parts)
-    (read_points_csv, "points.csv", "z,y,x,label\n0,1,1,0\n", None,
-     ["points.csv line 1", "header is 'z,y,x,label'", "must be 'z,y,x,class'", "'y,x,class'",
-      "fix the first line"]),
-    (read_points_csv, "points.csv", "0,1,2,0\n", None, ["points.csv line 1", "must be 'z,y,x,class'"]),
-    (read_boxes_csv, "boxes.csv", "z,y,x,class\n0,1,1,0\n", None,
-     ["boxes.csv line 1", "must be 'z,y0,x0,y1,x1,class'"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,0\n0,1,2\n", None,
-     ["points.csv line 3", "3 values '0,1,2'", "4 columns (z,y,x,class)", "one value per column"]),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,label\n0,1,1,0\n",
+        None,
+        [
+            "points.csv line 1",
+            "header is 'z,y,x,label'",
+            "must be 'z,y,x,class'",
+            "'y,x,class'",
+            "fix the first line",
+        ],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        "0,1,2,0\n",
+        None,
+        ["points.csv line 1", "must be 'z,y,x,class'"],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y,x,class\n0,1,1,0\n",
+        None,
+        ["boxes.csv line 1", "must be 'z,y0,x0,y1,x1,class'"],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1,2,0\n0,1,2\n",
+        None,
+        [
+            "points.csv line 3",
+            "3 values '0,1,2'",
+            "4 columns (z,y,x,class)",
+            "one value per column",
+        ],
+    ),
     (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,0,\n", None, ["line 2", "5 values"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,0\n0,abc,2,0\n", None,
-     ["points.csv line 3", "y is 'abc', not a number", "whole pixel index"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,,2,0\n", None, ["line 2", "y is '', not a number"]),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1,2,0\n0,abc,2,0\n",
+        None,
+        ["points.csv line 3", "y is 'abc', not a number", "whole pixel index"],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,,2,0\n",
+        None,
+        ["line 2", "y is '', not a number"],
+    ),
     (read_points_csv, "points.csv", "z,y,x,class\n0,1,nan,0\n", None, ["line 2", "x is 'nan'"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1.5,2,0\n", None,
-     ["points.csv line 2", "y is 1.5, not an integer", "round it"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class\n0,1,2,3,4.25,0\n", None,
-     ["boxes.csv line 2", "x1 is 4.25, not an integer"]),
-    (read_sizes_csv, "sizes.csv", "z,class,fraction\n0,0,30%\n", None,
-     ["sizes.csv line 2", "fraction is '30%', not a number", "fraction between 0 and 1"]),
-    (read_tags_csv, "tags.csv", "z,class\n0.5,0\n", None, ["tags.csv line 2", "z is 0.5, not an integer"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,mitochondria\n", NAMES,
-     ["points.csv line 2", "class 'mitochondria' is not a known class", "known: 0 'cyto', 1 'mito'",
-      "fix the name"]),
-    (read_tags_csv, "tags.csv", "z,class\n0,0\n\n0,5\n", NAMES,
-     ["tags.csv line 4", "class 5 is not a class id 0..1", "add the class"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,-1\n", None,
-     ["line 2", "class -1 is not a class id"]),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1.5,2,0\n",
+        None,
+        ["points.csv line 2", "y is 1.5, not an integer", "round it"],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class\n0,1,2,3,4.25,0\n",
+        None,
+        ["boxes.csv line 2", "x1 is 4.25, not an integer"],
+    ),
+    (
+        read_sizes_csv,
+        "sizes.csv",
+        "z,class,fraction\n0,0,30%\n",
+        None,
+        ["sizes.csv line 2", "fraction is '30%', not a number", "fraction between 0 and 1"],
+    ),
+    (
+        read_tags_csv,
+        "tags.csv",
+        "z,class\n0.5,0\n",
+        None,
+        ["tags.csv line 2", "z is 0.5, not an integer"],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1,2,mitochondria\n",
+        NAMES,
+        [
+            "points.csv line 2",
+            "class 'mitochondria' is not a known class",
+            "known: 0 'cyto', 1 'mito'",
+            "fix the name",
+        ],
+    ),
+    (
+        read_tags_csv,
+        "tags.csv",
+        "z,class\n0,0\n\n0,5\n",
+        NAMES,
+        ["tags.csv line 4", "class 5 is not a class id 0..1", "add the class"],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1,2,-1\n",
+        None,
+        ["line 2", "class -1 is not a class id"],
+    ),
     (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,1.5\n", None, ["line 2", "class 1.5"]),
     (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,\n", NAMES, ["line 2", "class is empty"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n0,1,2,0\n0,1,3,mito\n", None,
-     ["points.csv line 3", "class 'mito' is a name but no class list was given", "--classes"]),
-    (read_sizes_csv, "sizes.csv", "", None,
-     ["sizes.csv is empty", "header 'z,class,fraction'"]),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n0,1,2,0\n0,1,3,mito\n",
+        None,
+        ["points.csv line 3", "class 'mito' is a name but no class list was given", "--classes"],
+    ),
+    (read_sizes_csv, "sizes.csv", "", None, ["sizes.csv is empty", "header 'z,class,fraction'"]),
     (read_boxes_csv, "boxes.csv", "\n", None, ["boxes.csv is empty", "one row per box"]),
-    (read_points_csv, "points.csv", "z,y,x,class\n\n", None,
-     ["points.csv has a header but no rows", "leave the file out"]),
-    (read_points_csv, "points.csv", b"z,y,x,class\n\xff\xfe,1,2,0\n", None,
-     ["points.csv", "not a readable UTF-8 CSV"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,yes\n", None,
-     ["boxes.csv line 2", "exhaustive is 'yes'", "write 1", "or 0"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,1\n0,5,5,6,6,1,0\n"
-     "0,3,3,4,4,0,0\n", None,
-     ["boxes.csv lines 2 and 4", "class 0 in slice z=0", "exhaustive=1 and exhaustive=0", "must agree"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive\n3,,,,,1,0\n", None,
-     ["boxes.csv line 2", "y0,x0,y1,x1 are empty", "exhaustive=1", "z=3 holds no object of class 1"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class\n3,,,,,1\n", None,
-     ["boxes.csv line 2", "y0 is '', not a number"]),
-    (read_boxes_csv, "boxes.csv", "z,y0,x0,y1,x1,class,exhaustive,extra\n0,1,1,2,2,0,1,0\n", None,
-     ["boxes.csv line 1", "optionally followed by ',exhaustive'"]),
+    (
+        read_points_csv,
+        "points.csv",
+        "z,y,x,class\n\n",
+        None,
+        ["points.csv has a header but no rows", "leave the file out"],
+    ),
+    (
+        read_points_csv,
+        "points.csv",
+        b"z,y,x,class\n\xff\xfe,1,2,0\n",
+        None,
+        ["points.csv", "not a readable UTF-8 CSV"],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,yes\n",
+        None,
+        ["boxes.csv line 2", "exhaustive is 'yes'", "write 1", "or 0"],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class,exhaustive\n0,1,1,2,2,0,1\n0,5,5,6,6,1,0\n0,3,3,4,4,0,0\n",
+        None,
+        [
+            "boxes.csv lines 2 and 4",
+            "class 0 in slice z=0",
+            "exhaustive=1 and exhaustive=0",
+            "must agree",
+        ],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class,exhaustive\n3,,,,,1,0\n",
+        None,
+        [
+            "boxes.csv line 2",
+            "y0,x0,y1,x1 are empty",
+            "exhaustive=1",
+            "z=3 holds no object of class 1",
+        ],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class\n3,,,,,1\n",
+        None,
+        ["boxes.csv line 2", "y0 is '', not a number"],
+    ),
+    (
+        read_boxes_csv,
+        "boxes.csv",
+        "z,y0,x0,y1,x1,class,exhaustive,extra\n0,1,1,2,2,0,1,0\n",
+        None,
+        ["boxes.csv line 1", "optionally followed by ',exhaustive'"],
+    ),
 ]
 
 
@@ -308,8 +449,13 @@ def test_missing_csv_file(tmp_path):
 
 @pytest.mark.parametrize(
     "classes, expected",
-    [("cyto,mito", "one string"), ([], "empty"), (["a", "a"], "both named 'a'"),
-     (["a", ClassInfo("b", "#000000")], "mixes types"), (["a", " "], "empty name")],
+    [
+        ("cyto,mito", "one string"),
+        ([], "empty"),
+        (["a", "a"], "both named 'a'"),
+        (["a", ClassInfo("b", "#000000")], "mixes types"),
+        (["a", " "], "empty name"),
+    ],
 )
 def test_bad_class_lists(tmp_path, classes, expected):
     path = write(tmp_path, "points.csv", "z,y,x,class\n0,1,2,0\n")
@@ -381,8 +527,12 @@ def test_validation_names_the_file_of_each_kind(tmp_path):
     assert str(err.value).startswith(f"{sizes}: sizes rows 1 and 2 both give")
     masks = tmp_path / "m" / "masks.npy"
     with pytest.raises(AnnotationError) as err:
-        load_annotations(points=points, masks=np.ones((1, 3, 3), np.uint8), masks_file=masks,
-                         image_shape=(1, 4, 4))
+        load_annotations(
+            points=points,
+            masks=np.ones((1, 3, 3), np.uint8),
+            masks_file=masks,
+            image_shape=(1, 4, 4),
+        )
     assert str(err.value).startswith(f"{masks}: mask shape (1, 3, 3) is not the image shape")
     assert str(points.parent) not in str(err.value)
 
@@ -412,17 +562,23 @@ def test_exhaustive_boxes_round_trip_through_write_and_load(tmp_path):
     )
     written = write_annotations(tmp_path, ann)
     assert written["boxes"].read_text().splitlines() == [
-        "z,y0,x0,y1,x1,class,exhaustive", "0,1,1,2,2,0,0", "0,5,5,6,6,1,1", "2,1,1,3,3,1,1", "2,,,,,2,1",
+        "z,y0,x0,y1,x1,class,exhaustive",
+        "0,1,1,2,2,0,0",
+        "0,5,5,6,6,1,1",
+        "2,1,1,3,3,1,1",
+        "2,,,,,2,1",
     ]
-    loaded = load_annotations(**find_annotation_files(tmp_path), classes=ann.classes,
-                              image_shape=(3, 8, 8))
+    loaded = load_annotations(
+        **find_annotation_files(tmp_path), classes=ann.classes, image_shape=(3, 8, 8)
+    )
     assert loaded.boxes.tolist() == ann.boxes.tolist()
     assert loaded.exhaustive_boxes.tolist() == ann.exhaustive_boxes.tolist()
 
 
 def test_only_exhaustive_statements_still_write_a_boxes_file(tmp_path):
-    ann = Annotations(default_classes(3), points=[[0, 1, 1, 0], [0, 2, 2, 1]],
-                      exhaustive_boxes=[[1, 2]])
+    ann = Annotations(
+        default_classes(3), points=[[0, 1, 1, 0], [0, 2, 2, 1]], exhaustive_boxes=[[1, 2]]
+    )
     write_annotations(tmp_path, ann)
     loaded = load_annotations(**find_annotation_files(tmp_path), image_shape=(2, 4, 4))
     assert loaded.boxes.shape == (0, 6) and loaded.exhaustive_boxes.tolist() == [[1, 2]]

@@ -22,13 +22,16 @@ def test_estimate_counts_unpainted_pixels_as_the_given_class():
     np.testing.assert_allclose(estimate_sizes_from_mask(mask, 3), [0.0, 1.0, 0.0])
 
 
-@pytest.mark.parametrize("mask, kwargs, message", [
-    (np.zeros((4, 4), int), {}, "empty"),
-    (np.full((4, 4), 5), {}, "label 5"),
-    (np.full((4, 4), -1), {}, "label -1"),
-    (np.ones((4, 4)), {}, "integer label slice"),
-    (np.ones((4, 4), int), {"unlabeled_as": 3}, "unlabeled_as=3"),
-])
+@pytest.mark.parametrize(
+    "mask, kwargs, message",
+    [
+        (np.zeros((4, 4), int), {}, "empty"),
+        (np.full((4, 4), 5), {}, "label 5"),
+        (np.full((4, 4), -1), {}, "label -1"),
+        (np.ones((4, 4)), {}, "integer label slice"),
+        (np.ones((4, 4), int), {"unlabeled_as": 3}, "unlabeled_as=3"),
+    ],
+)
 def test_estimate_errors_name_the_problem(mask, kwargs, message):
     with pytest.raises(AnnotationError, match=message):
         estimate_sizes_from_mask(mask, 3, **kwargs)

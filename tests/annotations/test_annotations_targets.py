@@ -57,9 +57,7 @@ def test_box_masks_union_per_class_with_inclusive_corners():
     ]
     masks = box_masks(ann(boxes=boxes), 0, (3, 4))
     assert masks.shape == (3, 3, 4) and masks.dtype == bool
-    np.testing.assert_array_equal(
-        masks[0].astype(int), [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]]
-    )
+    np.testing.assert_array_equal(masks[0].astype(int), [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]])
     assert not masks[1].any()
     np.testing.assert_array_equal(np.argwhere(masks[2]), [[2, 3]])
 
@@ -68,7 +66,9 @@ def test_box_masks_match_slicing_for_random_boxes():
     rng = np.random.default_rng(0)
     y = np.sort(rng.integers(0, 20, (30, 2)), axis=1)
     x = np.sort(rng.integers(0, 25, (30, 2)), axis=1)
-    boxes = np.column_stack([np.zeros(30, int), y[:, 0], x[:, 0], y[:, 1], x[:, 1], rng.integers(0, 3, 30)])
+    boxes = np.column_stack(
+        [np.zeros(30, int), y[:, 0], x[:, 0], y[:, 1], x[:, 1], rng.integers(0, 3, 30)]
+    )
     expected = np.zeros((3, 20, 25), dtype=bool)
     for _, y0, x0, y1, x1, c in boxes:
         expected[c, y0 : y1 + 1, x0 : x1 + 1] = True

@@ -51,19 +51,34 @@ def test_valid_annotations_give_no_warning():
 
 def test_empty_annotations():
     message = error_message(ann(masks=np.zeros(SHAPE, dtype=np.uint8)), source="layer set 'fib'")
-    assert_parts(message, ["layer set 'fib': no annotations", "add points, boxes, tags, sizes or a mask"])
+    assert_parts(
+        message, ["layer set 'fib': no annotations", "add points, boxes, tags, sizes or a mask"]
+    )
 
 
 @pytest.mark.parametrize(
     "kinds, parts",
     [
-        ({"points": [[0, 1, 1, 0], [0, 8, 2, 1]]},
-         ["points row 2 (z=0, y=8, x=2, class=1 'class1')", "y=8 is outside the image",
-          "y must be 0..7", "(Z, Y, X) = (3, 8, 10)", "fix the row"]),
+        (
+            {"points": [[0, 1, 1, 0], [0, 8, 2, 1]]},
+            [
+                "points row 2 (z=0, y=8, x=2, class=1 'class1')",
+                "y=8 is outside the image",
+                "y must be 0..7",
+                "(Z, Y, X) = (3, 8, 10)",
+                "fix the row",
+            ],
+        ),
         ({"points": [[0, 1, -1, 0], [0, 1, 1, 1]]}, ["points row 1", "x=-1 is outside the image"]),
         ({"points": [[3, 1, 1, 0], [0, 1, 1, 1]]}, ["points row 1", "z=3", "z must be 0..2"]),
-        ({"boxes": [[0, 0, 0, 2, 10, 0], [0, 0, 0, 1, 1, 1]]},
-         ["boxes row 1 (z=0, y0=0, x0=0, y1=2, x1=10, class=0 'class0')", "x1=10", "x1 must be 0..9"]),
+        (
+            {"boxes": [[0, 0, 0, 2, 10, 0], [0, 0, 0, 1, 1, 1]]},
+            [
+                "boxes row 1 (z=0, y0=0, x0=0, y1=2, x1=10, class=0 'class0')",
+                "x1=10",
+                "x1 must be 0..9",
+            ],
+        ),
         ({"tags": [[5, 0], [0, 1]]}, ["tags row 1 (z=5, class=0 'class0')", "z must be 0..2"]),
         ({"sizes": [[0, 0, 0.5], [0, 1, 0.5], [-1, 0, 1.0]]}, ["sizes row 3", "z=-1"]),
     ],
@@ -79,13 +94,18 @@ def test_out_of_bounds_counts_further_rows():
 
 def test_z_must_be_zero_for_a_2d_image():
     message = error_message(complete(points=[[0, 0, 0, 0], [1, 1, 1, 1]]), shape=(8, 10))
-    assert_parts(message, ["points row 2", "z=1 is outside the image", "z must be 0 for a 2D image"])
+    assert_parts(
+        message, ["points row 2", "z=1 is outside the image", "z must be 0 for a 2D image"]
+    )
 
 
 @pytest.mark.parametrize(
     "kinds, parts",
     [
-        ({"points": [[0, 1, 1, 2]]}, ["points row 1 (z=0, y=1, x=1, class=2)", "class=2 is an unknown class"]),
+        (
+            {"points": [[0, 1, 1, 2]]},
+            ["points row 1 (z=0, y=1, x=1, class=2)", "class=2 is an unknown class"],
+        ),
         ({"boxes": [[0, 1, 1, 2, 2, -1]]}, ["boxes row 1", "class=-1 is an unknown class"]),
         ({"tags": [[0, 0], [0, 7]]}, ["tags row 2", "class=7"]),
         ({"sizes": [[0, 5, 1.0]]}, ["sizes row 1", "class=5"]),
@@ -93,7 +113,9 @@ def test_z_must_be_zero_for_a_2d_image():
 )
 def test_unknown_class(kinds, parts):
     message = error_message(ann(**kinds))
-    assert_parts(message, parts + ["class ids are 0..1 (class0, class1)", "add it to the class list"])
+    assert_parts(
+        message, parts + ["class ids are 0..1 (class0, class1)", "add it to the class list"]
+    )
 
 
 def test_non_integer_class_in_sizes():
@@ -124,8 +146,15 @@ def test_size_given_twice_for_a_class_and_slice():
 
 def test_sizes_of_a_slice_must_sum_to_one():
     message = error_message(complete(sizes=[[1, 0, 0.9], [1, 1, 0.1], [2, 0, 0.3], [2, 1, 0.2]]))
-    assert_parts(message, ["sizes of slice z=2 (rows 3, 4) sum to 0.5", "not 1 ± 0.1",
-                           "list the fraction of every class present", "left out counts as 0"])
+    assert_parts(
+        message,
+        [
+            "sizes of slice z=2 (rows 3, 4) sum to 0.5",
+            "not 1 ± 0.1",
+            "list the fraction of every class present",
+            "left out counts as 0",
+        ],
+    )
 
 
 def test_size_tolerance_is_configurable():
@@ -140,9 +169,14 @@ def test_a_single_class_covering_the_slice_is_valid():
 
 def test_point_excluded_by_tags():
     message = error_message(complete(tags=[[0, 0]]))
-    assert_parts(message, ["points row 2 (z=0, y=1, x=1, class=1 'class1')",
-                           "the tags of slice z=0 (tagged: 'class0') exclude this class",
-                           "add a tag for the class on that slice or fix the point's class"])
+    assert_parts(
+        message,
+        [
+            "points row 2 (z=0, y=1, x=1, class=1 'class1')",
+            "the tags of slice z=0 (tagged: 'class0') exclude this class",
+            "add a tag for the class on that slice or fix the point's class",
+        ],
+    )
 
 
 def test_point_on_an_untagged_slice_is_allowed():
@@ -166,34 +200,60 @@ def test_zero_size_for_an_excluded_class_is_consistent():
 
 def test_tagged_class_with_zero_size():
     message = error_message(complete(tags=[[1, 0], [1, 1]], sizes=[[1, 0, 1.0], [1, 1, 0.0]]))
-    assert_parts(message, ["sizes row 2", "tagged present in slice z=1 but its fraction is 0",
-                           "remove its tag"])
+    assert_parts(
+        message,
+        ["sizes row 2", "tagged present in slice z=1 but its fraction is 0", "remove its tag"],
+    )
 
 
 def test_mask_pixels_excluded_by_tags():
     masks = np.zeros(SHAPE, dtype=np.uint8)
     masks[1, 3:5, 3:5] = 2
     message = error_message(complete(tags=[[1, 0]], masks=masks))
-    assert_parts(message, ["mask labels 4 pixels of class 1 'class1' in slice z=1",
-                           "(tagged: 'class0')", "fix the mask"])
+    assert_parts(
+        message,
+        [
+            "mask labels 4 pixels of class 1 'class1' in slice z=1",
+            "(tagged: 'class0')",
+            "fix the mask",
+        ],
+    )
 
 
 def test_two_points_on_one_pixel_with_different_classes():
-    message = error_message(complete(points=[[0, 0, 0, 0], [0, 1, 1, 1], [1, 2, 2, 1], [0, 0, 0, 1]]))
-    assert_parts(message, ["points rows 1 and 4", "(z, y, x) = (0, 0, 0)",
-                           "classes 0 'class0' and 1 'class1'", "delete one"])
+    message = error_message(
+        complete(points=[[0, 0, 0, 0], [0, 1, 1, 1], [1, 2, 2, 1], [0, 0, 0, 1]])
+    )
+    assert_parts(
+        message,
+        [
+            "points rows 1 and 4",
+            "(z, y, x) = (0, 0, 0)",
+            "classes 0 'class0' and 1 'class1'",
+            "delete one",
+        ],
+    )
 
 
 def test_repeated_identical_points_are_fine():
-    assert validate_annotations(complete(points=[[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]]), SHAPE) == []
+    assert (
+        validate_annotations(complete(points=[[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]]), SHAPE)
+        == []
+    )
 
 
 def test_point_disagreeing_with_the_mask():
     masks = np.zeros(SHAPE, dtype=np.uint8)
     masks[0, 1, 1] = 1
     message = error_message(complete(masks=masks))
-    assert_parts(message, ["points row 2", "the mask labels this pixel class 0 'class0'",
-                           "fix the point or the mask"])
+    assert_parts(
+        message,
+        [
+            "points row 2",
+            "the mask labels this pixel class 0 'class0'",
+            "fix the point or the mask",
+        ],
+    )
 
 
 def test_mask_shape_must_match_the_image():
@@ -212,8 +272,9 @@ def test_mask_values_outside_0_to_c(value, why):
     masks = np.zeros(SHAPE, dtype=np.int16)
     masks[2, 4, 5] = value
     message = error_message(complete(masks=masks))
-    assert_parts(message, [f"mask value {value} at (z, y, x) = (2, 4, 5) {why}",
-                           "k = 1..2 for class k-1"])
+    assert_parts(
+        message, [f"mask value {value} at (z, y, x) = (2, 4, 5) {why}", "k = 1..2 for class k-1"]
+    )
 
 
 def test_float_mask_is_rejected():
@@ -223,7 +284,9 @@ def test_float_mask_is_rejected():
 
 def test_class_without_annotation_warns_and_returns_the_warning():
     annotations = ann(n_classes=3, points=[[0, 0, 0, 0]], sizes=[[0, 0, 1.0], [0, 2, 0.0]])
-    with pytest.warns(UserWarning, match="has no points, boxes, tags, sizes > 0 or mask pixels") as record:
+    with pytest.warns(
+        UserWarning, match="has no points, boxes, tags, sizes > 0 or mask pixels"
+    ) as record:
         messages = validate_annotations(annotations, SHAPE, source="proj")
     assert len(messages) == 2 and len(record) == 2
     assert messages[0].startswith("proj: class 1 'class1'")
@@ -273,12 +336,16 @@ def _boxed(**kwargs) -> Annotations:
 
 def test_a_point_outside_exhaustive_boxes_of_its_class_is_refused():
     ann = _boxed(points=[[0, 3, 3, 1], [0, 8, 8, 1]], exhaustive_boxes=[[0, 1]])
-    with pytest.raises(AnnotationError, match=r"points row 2 .*marked exhaustive.*clear the exhaustive"):
+    with pytest.raises(
+        AnnotationError, match=r"points row 2 .*marked exhaustive.*clear the exhaustive"
+    ):
         validate_annotations(ann, (2, 10, 10))
     # without the exhaustive mark the same point is fine: a box excludes nothing outside it
     validate_annotations(_boxed(points=[[0, 3, 3, 1], [0, 8, 8, 1]]), (2, 10, 10), warn=False)
     # a point in another slice is not concerned
-    validate_annotations(_boxed(points=[[1, 8, 8, 1]], exhaustive_boxes=[[0, 1]]), (2, 10, 10), warn=False)
+    validate_annotations(
+        _boxed(points=[[1, 8, 8, 1]], exhaustive_boxes=[[0, 1]]), (2, 10, 10), warn=False
+    )
 
 
 def test_mask_pixels_outside_exhaustive_boxes_are_refused():
@@ -292,7 +359,9 @@ def test_mask_pixels_outside_exhaustive_boxes_are_refused():
 
 def test_exhaustive_without_boxes_contradicts_a_presence_tag():
     ann = _boxed(tags=[[1, 0], [1, 2]], exhaustive_boxes=[[1, 2]])
-    with pytest.raises(AnnotationError, match=r"exhaustive_boxes row 1 \(z=1, class=2 'class2'\).*tag"):
+    with pytest.raises(
+        AnnotationError, match=r"exhaustive_boxes row 1 \(z=1, class=2 'class2'\).*tag"
+    ):
         validate_annotations(ann, (2, 10, 10))
 
 

@@ -139,8 +139,11 @@ def test_3d_crops_from_lazy_data_equal_cached_ones():
     volume = np.random.default_rng(1).integers(0, 255, (5, 16, 16, 2), dtype=np.uint8)
     norm = Normalization(low=(0.0, 10.0), high=(255.0, 200.0))
     cached = SliceStore(as_image(volume, channel_axis=-1), norm)
-    lazy = SliceStore(as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1), norm,
-                      max_cache_bytes=0)
+    lazy = SliceStore(
+        as_image(da.from_array(volume, chunks=(1, 8, 8, 2)), channel_axis=-1),
+        norm,
+        max_cache_bytes=0,
+    )
     box = Crop3D(1, 3, 5, (3, 8, 9))
     np.testing.assert_allclose(lazy.crop_3d(box)[0], cached.crop_3d(box)[0])
     expected = np.moveaxis(norm.apply(volume[1:4, 3:11, 5:14]), -1, 0)

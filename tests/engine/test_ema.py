@@ -54,7 +54,9 @@ def test_momentum_zero_copies_and_one_keeps():
     teacher = EMATeacher(other, momentum=1.0)
     kept = {k: v.clone() for k, v in teacher.state_dict().items()}
     teacher.update(student)
-    assert all(torch.equal(kept[k], v) for k, v in teacher.state_dict().items() if v.is_floating_point())
+    assert all(
+        torch.equal(kept[k], v) for k, v in teacher.state_dict().items() if v.is_floating_point()
+    )
     teacher.update(student, momentum=0.0)
     assert all(torch.equal(student.state_dict()[k], v) for k, v in teacher.state_dict().items())
 
@@ -81,8 +83,10 @@ def test_after_step_hook_updates_the_teacher_once_per_step():
         expected = 0.8 * expected + 0.2 * float(model.weight)  # naive recursion on the student
 
     result = run_training(
-        model, lambda step, fraction: {"loss": (model.weight[0, 0] - 3.0) ** 2},
-        optim=OptimConfig(lr=0.1, max_steps=12, warmup_fraction=0.0), device=CPU,
+        model,
+        lambda step, fraction: {"loss": (model.weight[0, 0] - 3.0) ** 2},
+        optim=OptimConfig(lr=0.1, max_steps=12, warmup_fraction=0.0),
+        device=CPU,
         after_step=after_step,
     )
     assert result.steps == 12 and [s for s, _ in calls] == list(range(12))

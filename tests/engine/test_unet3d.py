@@ -11,7 +11,9 @@ from napari_wsseg.errors import WssegError
 
 def _net(voxel_size, depth=2):
     torch.manual_seed(0)
-    return UNet3D(UNet3DConfig(out_channels=3, depth=depth, width=4, voxel_size_zyx=voxel_size)).eval()
+    return UNet3D(
+        UNet3DConfig(out_channels=3, depth=depth, width=4, voxel_size_zyx=voxel_size)
+    ).eval()
 
 
 def test_very_anisotropic_voxels_never_mix_slices():

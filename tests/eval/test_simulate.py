@@ -98,7 +98,10 @@ def test_boxes_all_boxes_every_object_and_marks_every_class_exhaustive():
     gt[0, 20:24, 2:6] = 2  # class 2 only in slice 0
     ann = simulate_annotations(gt, points=2, boxes="all", tags=True, seed=0)
     assert ann.boxes[ann.boxes[:, 5] == 1, :5].tolist() == [
-        [0, 2, 2, 11, 11], [0, 25, 25, 25, 25], [1, 2, 2, 11, 11]]
+        [0, 2, 2, 11, 11],
+        [0, 25, 25, 25, 25],
+        [1, 2, 2, 11, 11],
+    ]
     # every class of every annotated slice is exhaustive, class 2 in slice 1 with no box (absent)
     assert ann.exhaustive_boxes.tolist() == [[z, k] for z in (0, 1) for k in (0, 1, 2)]
     validate_annotations(ann, gt.shape)  # points, tags and exhaustive boxes agree

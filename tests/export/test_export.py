@@ -45,12 +45,24 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", sorted(TINY))
-def test_package_passes_the_bioimageio_model_test_and_matches_wsseg_predict(trained, method, tmp_path):
-    from bioimageio.core import create_prediction_pipeline, load_model_description, predict, test_model
+def test_package_passes_the_bioimageio_model_test_and_matches_wsseg_predict(
+    trained, method, tmp_path
+):
+    from bioimageio.core import (
+        create_prediction_pipeline,
+        load_model_description,
+        predict,
+        test_model,
+    )
 
     folder, models = trained
-    out = export_bioimageio(models[method], tmp_path / f"{method}.zip", licence="MIT",
-                            authors=["A. Tester"], image=as_image(np.load(folder / "image.npy")))
+    out = export_bioimageio(
+        models[method],
+        tmp_path / f"{method}.zip",
+        licence="MIT",
+        authors=["A. Tester"],
+        image=as_image(np.load(folder / "image.npy")),
+    )
     summary = test_model(out)
     assert summary.status == "passed", summary.format()
 
@@ -63,8 +75,18 @@ def test_package_passes_the_bioimageio_model_test_and_matches_wsseg_predict(trai
     assert "MIT" in readme and "points" in readme and "mitochondrion" in readme
 
     np.save(tmp_path / "crop.npy", test_input[0, 0].astype(np.uint8))
-    assert main(["predict", str(models[method]), str(tmp_path / "crop.npy"),
-                 "--out", str(tmp_path / "pred.npy")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(models[method]),
+                str(tmp_path / "crop.npy"),
+                "--out",
+                str(tmp_path / "pred.npy"),
+            ]
+        )
+        == 0
+    )
     expected = np.asarray(read_labels(tmp_path / "pred.npy"))
     descr = load_model_description(out)
     formats = [f for f in ("pytorch_state_dict", "torchscript") if getattr(descr.weights, f)]

@@ -50,8 +50,9 @@ def test_predict_widget_has_an_export_button(make_napari_viewer):
     assert "Export…" in [b.text() for b in widget.findChildren(QPushButton)]
 
 
-def test_export_worker_writes_a_package_from_an_in_memory_model(tiny_size_model, tmp_path, qtbot,
-                                                                monkeypatch):
+def test_export_worker_writes_a_package_from_an_in_memory_model(
+    tiny_size_model, tmp_path, qtbot, monkeypatch
+):
     from napari_wsseg.widgets._export import export_model
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

@@ -88,8 +88,13 @@ def test_cancel_removes_partial_output(tmp_path, stack):
         events.append(event)
         cancel.set()
 
-    out = import_tiff_to_omezarr(src, tmp_path / "vol.zarr", chunks=(4, 64, 64),
-                                 progress=stop_after_first_batch, cancel=cancel)
+    out = import_tiff_to_omezarr(
+        src,
+        tmp_path / "vol.zarr",
+        chunks=(4, 64, 64),
+        progress=stop_after_first_batch,
+        cancel=cancel,
+    )
     assert out is None and len(events) == 1
     assert not (tmp_path / "vol.zarr").exists()
 

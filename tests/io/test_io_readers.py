@@ -10,8 +10,7 @@ import tifffile
 import zarr
 
 from napari_wsseg.errors import ImageFormatError
-from napari_wsseg.io import read_image, read_labels
-from napari_wsseg.io import readers
+from napari_wsseg.io import read_image, read_labels, readers
 
 
 @pytest.fixture
@@ -67,7 +66,9 @@ def test_tiff_rgb_has_three_channels(tmp_path, rng):
 def test_tiff_of_three_planes_read_as_rgb_warns_how_to_save_a_stack(tmp_path, rng):
     planes = rng.integers(0, 255, (3, 12, 17), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "three.tif", planes)  # tifffile stores this as planar RGB
-    with pytest.warns(UserWarning, match="three.tif says its 3 planes are colour samples.*minisblack"):
+    with pytest.warns(
+        UserWarning, match="three.tif says its 3 planes are colour samples.*minisblack"
+    ):
         image = read_image(tmp_path / "three.tif")
     assert image.data.shape == (1, 12, 17, 3)
     tifffile.imwrite(tmp_path / "stack.tif", planes, photometric="minisblack")
@@ -340,14 +341,16 @@ def test_read_labels_inside_ome_zarr_image(tmp_path, rng):
 
     labels = rng.integers(0, 3, (3, 16, 20), dtype=np.uint8)
     _write_ome(tmp_path / "img.zarr", np.zeros((3, 16, 20), np.uint8), "zyx")
-    ome_write_labels(labels, str(tmp_path / "img.zarr"), name="cells", axes="zyx", scaler=None,
-                     scale_factors=())
+    ome_write_labels(
+        labels, str(tmp_path / "img.zarr"), name="cells", axes="zyx", scaler=None, scale_factors=()
+    )
     for path in (tmp_path / "img.zarr", tmp_path / "img.zarr" / "labels" / "cells"):
         read = read_labels(path)
         assert isinstance(read, da.Array)
         np.testing.assert_array_equal(read, labels)
-    ome_write_labels(labels, str(tmp_path / "img.zarr"), name="other", axes="zyx", scaler=None,
-                     scale_factors=())
+    ome_write_labels(
+        labels, str(tmp_path / "img.zarr"), name="other", axes="zyx", scaler=None, scale_factors=()
+    )
     with pytest.raises(ImageFormatError, match=r"holds label images \['cells', 'other'\]"):
         read_labels(tmp_path / "img.zarr")
 
@@ -370,5 +373,7 @@ def test_read_labels_drops_leading_singletons_and_refuses_4d(tmp_path):
     np.save(tmp_path / "l5.npy", np.zeros((1, 1, 2, 4, 5), np.uint8))
     assert read_labels(tmp_path / "l5.npy").shape == (2, 4, 5)
     np.save(tmp_path / "l4.npy", np.zeros((2, 2, 4, 5), np.uint8))
-    with pytest.raises(ImageFormatError, match=r"shape \(2, 2, 4, 5\) is not \(Y, X\) or \(Z, Y, X\)"):
+    with pytest.raises(
+        ImageFormatError, match=r"shape \(2, 2, 4, 5\) is not \(Y, X\) or \(Z, Y, X\)"
+    ):
         read_labels(tmp_path / "l4.npy")

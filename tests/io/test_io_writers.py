@@ -59,8 +59,11 @@ def test_dtype_depends_on_number_of_classes(tmp_path):
 
 
 def test_ngff_label_metadata(tmp_path, labels_3d):
-    classes = [ClassInfo("cytoplasm", "#7f7f7f"), ClassInfo("membrane", "#ff8c00"),
-               ClassInfo("mito", "#dc1e1e")]
+    classes = [
+        ClassInfo("cytoplasm", "#7f7f7f"),
+        ClassInfo("membrane", "#ff8c00"),
+        ClassInfo("mito", "#dc1e1e"),
+    ]
     write_labels(tmp_path / "pred.zarr", labels_3d, classes=classes, chunks=(1, 64, 64))
     group = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")
     assert group.metadata.zarr_format == 3
@@ -144,8 +147,9 @@ def test_overwrite_leaves_a_label_image_of_another_tool_alone(tmp_path):
     theirs = tmp_path / "theirs.zarr"
     labels = np.arange(20, dtype=np.uint8).reshape(4, 5) % 3
     zarr.open_group(str(theirs), mode="w", zarr_format=3)
-    ome_write_labels(labels, str(theirs), name="cells.zarr", axes="yx", scaler=None,
-                     scale_factors=())
+    ome_write_labels(
+        labels, str(theirs), name="cells.zarr", axes="yx", scaler=None, scale_factors=()
+    )
     cells = theirs / "labels" / "cells.zarr"  # an OME label image, written by ome-zarr-py
     before = sorted(p.relative_to(theirs) for p in theirs.rglob("*"))
     for store in (theirs, cells):
@@ -184,8 +188,9 @@ def test_write_errors(tmp_path):
     with pytest.raises(ImageFormatError, match=r"class ids range -1\.\.0"):
         write_labels(tmp_path / "p.npy", np.array([[0, -1]]))
     with pytest.raises(ImageFormatError, match=r"class 'bad': colour 'red' is not '#rrggbb'"):
-        write_labels(tmp_path / "p.zarr", np.zeros((4, 5), np.uint8),
-                     classes=[ClassInfo("bad", "red")])
+        write_labels(
+            tmp_path / "p.zarr", np.zeros((4, 5), np.uint8), classes=[ClassInfo("bad", "red")]
+        )
     with pytest.raises(ImageFormatError, match=r"chunks \(1, 2\) do not fit shape \(3, 4, 5\)"):
         create_labels_zarr(tmp_path / "c.zarr", (3, 4, 5), chunks=(1, 2))
     with pytest.raises(ImageFormatError, match=r"shape \(4,\) is not a positive"):

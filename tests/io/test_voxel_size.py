@@ -20,7 +20,9 @@ from napari_wsseg.io.voxel_size import (
 
 def _write_ome(path, data, scale, units):
     """An NGFF 0.5 image written with zarr directly (ome-zarr-py's writer drops units)."""
-    axes = [{"name": n, "type": "space", **({"unit": u} if u else {})} for n, u in zip("zyx", units)]
+    axes = [
+        {"name": n, "type": "space", **({"unit": u} if u else {})} for n, u in zip("zyx", units)
+    ]
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.create_array("0", data=data)
     dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}
@@ -28,8 +30,9 @@ def _write_ome(path, data, scale, units):
 
 
 def test_ome_zarr_scale_with_units_becomes_micrometres(tmp_path):
-    _write_ome(tmp_path / "img.zarr", np.zeros((3, 8, 8), np.uint8), (50.0, 4.0, 5.0),
-               ("nanometer",) * 3)
+    _write_ome(
+        tmp_path / "img.zarr", np.zeros((3, 8, 8), np.uint8), (50.0, 4.0, 5.0), ("nanometer",) * 3
+    )
     image = read_image(tmp_path / "img.zarr")
     assert image.voxel_size_zyx == pytest.approx((0.05, 0.004, 0.005))
 
@@ -41,32 +44,53 @@ def test_ome_zarr_scale_without_unit_is_unknown(tmp_path):
 
 def test_imagej_tiff_spacing_and_resolution(tmp_path):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True,
-                     resolution=(1 / 0.004, 1 / 0.005),
-                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint8),
+        imagej=True,
+        resolution=(1 / 0.004, 1 / 0.005),
+        metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"},
+    )
     assert read_image(path).voxel_size_zyx == pytest.approx((0.03, 0.005, 0.004))
     assert read_tiff_lazily(path).voxel_size_zyx == pytest.approx((0.03, 0.005, 0.004))
 
 
 def test_imagej_tiff_in_nanometres(tmp_path):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(1 / 4.0, 1 / 4.0),
-                     metadata={"spacing": 40.0, "unit": "nm", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint8),
+        imagej=True,
+        resolution=(1 / 4.0, 1 / 4.0),
+        metadata={"spacing": 40.0, "unit": "nm", "axes": "ZYX"},
+    )
     assert read_image(path).voxel_size_zyx == pytest.approx((0.04, 0.004, 0.004))
 
 
 def test_ome_tiff_physical_sizes_with_units(tmp_path):
     path = tmp_path / "stack.ome.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), metadata={
-        "axes": "ZYX", "PhysicalSizeZ": 60.0, "PhysicalSizeZUnit": "nm",
-        "PhysicalSizeY": 0.006, "PhysicalSizeX": 0.007})  # Y, X in the default unit, µm
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint8),
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeZ": 60.0,
+            "PhysicalSizeZUnit": "nm",
+            "PhysicalSizeY": 0.006,
+            "PhysicalSizeX": 0.007,
+        },
+    )  # Y, X in the default unit, µm
     assert read_image(path).voxel_size_zyx == pytest.approx((0.06, 0.006, 0.007))
 
 
 def test_resolution_tags_in_centimetres_give_yx_only(tmp_path):
     path = tmp_path / "slice.tif"
-    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(1e4 / 0.5, 1e4 / 0.25),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        np.zeros((8, 8), np.uint8),
+        resolution=(1e4 / 0.5, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
     assert voxel_size_from_metadata(path, 2) == pytest.approx((0.25, 0.5))
     assert voxel_size_from_metadata(path, 3) is None  # no z spacing in the file
     assert read_image(path).voxel_size_zyx is None  # 2D images carry none
@@ -117,8 +141,13 @@ def test_project_stores_the_voxel_size_from_metadata_or_given(tmp_path):
     from napari_wsseg.project import Project
 
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(250.0, 250.0),
-                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint8),
+        imagej=True,
+        resolution=(250.0, 250.0),
+        metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"},
+    )
     project = Project.create(tmp_path / "p1", classes=default_classes(2), image=path)
     assert project.voxel_size_zyx == pytest.approx((0.03, 0.004, 0.004))
     project.set_voxel_size((0.05, 0.005, 0.005))
@@ -141,13 +170,38 @@ def test_cli_train_and_predict_take_a_voxel_size(tmp_path, capsys, monkeypatch):
     (tmp_path / "points.csv").write_text("z,y,x,class\n1,2,2,0\n1,9,9,1\n")
     seen = []
     real = cli._with_voxel_size
-    monkeypatch.setattr(cli, "_with_voxel_size", lambda image, size: seen.append(
-        real(image, size).voxel_size_zyx) or image)
-    train = ["train", str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"),
-             "--method", "rf", "--out", str(tmp_path / "model"), "--n-estimators", "3"]
+    monkeypatch.setattr(
+        cli,
+        "_with_voxel_size",
+        lambda image, size: seen.append(real(image, size).voxel_size_zyx) or image,
+    )
+    train = [
+        "train",
+        str(tmp_path / "image.npy"),
+        "--points",
+        str(tmp_path / "points.csv"),
+        "--method",
+        "rf",
+        "--out",
+        str(tmp_path / "model"),
+        "--n-estimators",
+        "3",
+    ]
     assert main([*train, "--voxel-size", "0.05,0.004,0.004"]) == 0
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out",
-                 str(tmp_path / "p.zarr"), "--voxel-size", "0.05,0.004,0.004"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "model"),
+                str(tmp_path / "image.npy"),
+                "--out",
+                str(tmp_path / "p.zarr"),
+                "--voxel-size",
+                "0.05,0.004,0.004",
+            ]
+        )
+        == 0
+    )
     assert seen == [(0.05, 0.004, 0.004)] * 2
     capsys.readouterr()
     assert main([*train[:-4], "--out", str(tmp_path / "m2"), "--voxel-size", "0,1,1"]) == 2
@@ -161,8 +215,18 @@ def test_cli_refuses_a_voxel_size_for_a_2d_image(tmp_path, capsys):
 
     np.save(tmp_path / "image.npy", np.random.default_rng(0).random((16, 16)).astype(np.float32))
     (tmp_path / "points.csv").write_text("z,y,x,class\n0,2,2,0\n0,9,9,1\n")
-    argv = ["train", str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"),
-            "--method", "rf", "--out", str(tmp_path / "model"), "--voxel-size", "1,1,1"]
+    argv = [
+        "train",
+        str(tmp_path / "image.npy"),
+        "--points",
+        str(tmp_path / "points.csv"),
+        "--method",
+        "rf",
+        "--out",
+        str(tmp_path / "model"),
+        "--voxel-size",
+        "1,1,1",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is 2D" in err[0] and not (tmp_path / "model").exists()

@@ -58,8 +58,13 @@ def test_blockwise_equals_in_memory_with_objects_crossing_blocks(phantom, tmp_pa
     image, labels, names = phantom
     whole = measure_labels(labels, image=image, classes=[1, 2, 3])
     source = _zarr(tmp_path / "labels.zarr", labels, chunks=(3, 17, 13))
-    blocked = measure_labels(source, image=image, classes=[1, 2, 3], block=(5, 23, 19),
-                             instances_out=tmp_path / "instances.zarr")
+    blocked = measure_labels(
+        source,
+        image=image,
+        classes=[1, 2, 3],
+        block=(5, 23, 19),
+        instances_out=tmp_path / "instances.zarr",
+    )
     # objects do cross block borders here: a membrane and big cells span many blocks
     assert any(r["bbox_z1"] - r["bbox_z0"] > 5 for r in whole.objects)
     _assert_same_objects(blocked, whole)
@@ -67,7 +72,9 @@ def test_blockwise_equals_in_memory_with_objects_crossing_blocks(phantom, tmp_pa
     assert blocked.per_slice == whole.per_slice
     written = np.asarray(read_labels(blocked.instances))
     pairs = np.unique(np.stack([written.ravel(), whole.instances.ravel()]), axis=1)
-    assert len(pairs.T) == len(np.unique(written)) == len(np.unique(whole.instances))  # a relabelling
+    assert (
+        len(pairs.T) == len(np.unique(written)) == len(np.unique(whole.instances))
+    )  # a relabelling
 
 
 def _assert_same_objects(a, b) -> None:
@@ -86,12 +93,15 @@ def test_surface_area_is_the_marching_cubes_area_of_the_padded_object():
     ball = ((z - 7) ** 2 + (y - 9) ** 2 + (x - 10) ** 2 <= 36).astype(np.uint8)
     ball[0:3, 0:4, 0:4] = 1  # a second object touching the volume corner
     spacing = (0.5, 0.25, 0.25)
-    blocked = measure_labels(ball, classes=[1], voxel_size=spacing, block=(4, 6, 7),
-                             instances_out=None)
+    blocked = measure_labels(
+        ball, classes=[1], voxel_size=spacing, block=(4, 6, 7), instances_out=None
+    )
     for row in blocked.objects:
         mask = np.pad(blocked.instances == row["id"], 1).astype(np.float32)
         vertices, faces, _, _ = marching_cubes(mask, 0.5, spacing=spacing)
-        assert row["surface_area_um2"] == pytest.approx(mesh_surface_area(vertices, faces), rel=1e-5)
+        assert row["surface_area_um2"] == pytest.approx(
+            mesh_surface_area(vertices, faces), rel=1e-5
+        )
     assert [r["touches_border"] for r in blocked.objects] == [True, False]
 
 
@@ -134,8 +144,13 @@ def test_voxel_size_from_tiff_metadata(tmp_path):
     import tifffile
 
     path = tmp_path / "labels.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(1 / 0.004, 1 / 0.005),
-                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint8),
+        imagej=True,
+        resolution=(1 / 0.004, 1 / 0.005),
+        metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"},
+    )
     assert voxel_size_from_metadata(path, 3) == pytest.approx((0.03, 0.005, 0.004))
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, np.zeros((3, 8, 8), np.uint8))
@@ -163,8 +178,12 @@ def test_bad_inputs_get_one_line_errors(phantom, tmp_path):
     measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr")
     with pytest.raises(WssegError, match="already exists"):
         measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr")
-    assert measure_labels(labels, classes=[2], instances_out=tmp_path / "inst.zarr",
-                          overwrite=True).stopped == "done"
+    assert (
+        measure_labels(
+            labels, classes=[2], instances_out=tmp_path / "inst.zarr", overwrite=True
+        ).stopped
+        == "done"
+    )
     (tmp_path / "mine.zarr").mkdir()
     (tmp_path / "mine.zarr" / "notes.txt").write_text("a user's folder")
     with pytest.raises(WssegError):
@@ -181,10 +200,22 @@ def test_bad_inputs_get_one_line_errors(phantom, tmp_path):
 def test_cli_writes_three_tables_and_instances(tmp_path, capsys):
     assert main(["sample", "--out", str(tmp_path / "s"), "--shape", "12,64,64"]) == 0
     out = tmp_path / "m" / "cells.csv"
-    args = ["measure", str(tmp_path / "s" / "labels.tif"), "--image", str(tmp_path / "s" / "image.tif"),
-            "--class-names", str(tmp_path / "s" / "classes.json"), "--classes", "mitochondrion,3",
-            "--voxel-size", "0.01,0.005,0.005", "--instances", str(tmp_path / "inst.zarr"),
-            "--out", str(out)]
+    args = [
+        "measure",
+        str(tmp_path / "s" / "labels.tif"),
+        "--image",
+        str(tmp_path / "s" / "image.tif"),
+        "--class-names",
+        str(tmp_path / "s" / "classes.json"),
+        "--classes",
+        "mitochondrion,3",
+        "--voxel-size",
+        "0.01,0.005,0.005",
+        "--instances",
+        str(tmp_path / "inst.zarr"),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     with open(out) as handle:
         rows = list(csv.DictReader(handle))

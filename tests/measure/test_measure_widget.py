@@ -70,24 +70,34 @@ def test_measure_adds_instances_and_a_table_with_one_row_per_object(measured):
     instances = viewer.layers["img prediction m1 instances"]
     assert np.asarray(instances.data).max() == expected
     assert tuple(instances.scale) == (2.0, 1.0, 1.0)
-    headers = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    headers = [
+        widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())
+    ]
     assert "volume_um3" in headers and "mean_intensity" in headers
-    names = {widget.table.item(r, headers.index("class")).text() for r in range(widget.table.rowCount())}
+    names = {
+        widget.table.item(r, headers.index("class")).text() for r in range(widget.table.rowCount())
+    }
     assert names <= {c.name for c in classes}
 
 
 def test_table_sorts_numerically_and_selection_centres_the_view(measured):
     viewer, widget, _, _ = measured
-    headers = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    headers = [
+        widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())
+    ]
     column = headers.index("voxels")
     widget.table.sortItems(column, Qt.SortOrder.DescendingOrder)
-    values = [widget.table.item(r, column).data(Qt.ItemDataRole.DisplayRole)
-              for r in range(widget.table.rowCount())]
+    values = [
+        widget.table.item(r, column).data(Qt.ItemDataRole.DisplayRole)
+        for r in range(widget.table.rowCount())
+    ]
     assert values == sorted(values, reverse=True) and values[0] > values[-1]
     row = widget.table.rowCount() - 1  # the smallest object
     widget.table.selectRow(row)
-    centroid = [widget.table.item(row, headers.index(f"centroid_{a}")).data(Qt.ItemDataRole.DisplayRole)
-                for a in "zyx"]
+    centroid = [
+        widget.table.item(row, headers.index(f"centroid_{a}")).data(Qt.ItemDataRole.DisplayRole)
+        for a in "zyx"
+    ]
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     assert tuple(camera.center[-2:]) == pytest.approx((centroid[1], centroid[2]))
     assert viewer.dims.point[0] == pytest.approx(round(centroid[0]) * 2.0, abs=2.0)
@@ -107,7 +117,9 @@ def test_lazy_layer_without_instances_path_is_a_notification(make_napari_viewer,
     from napari_wsseg.widgets._measure import MeasureWidget
 
     viewer = make_napari_viewer()
-    viewer.add_labels(da.zeros((4, 16, 16), dtype=np.uint8, chunks=(2, 16, 16)), name="lazy prediction")
+    viewer.add_labels(
+        da.zeros((4, 16, 16), dtype=np.uint8, chunks=(2, 16, 16)), name="lazy prediction"
+    )
     widget = MeasureWidget(viewer)
     assert widget.measure() is None
     assert any("OUT.zarr" in message for message in notifications)

@@ -19,7 +19,14 @@ FAST_OPTIONS = {
     "dsp": {"max_steps": 3},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "size": {"max_steps": 3},
-    "rewis3d": {"max_steps": 3, "depth_2d": 2, "depth_3d": 2, "width": 4, "crop_z": 4, "crop_yx": 16},
+    "rewis3d": {
+        "max_steps": 3,
+        "depth_2d": 2,
+        "depth_3d": 2,
+        "width": 4,
+        "crop_z": 4,
+        "crop_yx": 16,
+    },
     "cpews": {"backbone": "test_vit", "max_steps": 3, "batch_size": 2, "region_size": 32},
 }
 
@@ -62,8 +69,11 @@ def test_batch_prediction_equals_slice_prediction(name, phantom_3d):
     image, labels, classes = phantom_3d
     img = as_image(image[:4, :64, :64])
     method = get_method(name)(**FAST_OPTIONS.get(name, {}))
-    method.fit(img, Annotations(classes=classes, points=_clicks(labels[:4, :64, :64], len(classes))),
-               FitOptions(device="cpu", seed=0))
+    method.fit(
+        img,
+        Annotations(classes=classes, points=_clicks(labels[:4, :64, :64], len(classes))),
+        FitOptions(device="cpu", seed=0),
+    )
     slices = [img.slice(z) for z in range(3)] + [img.slice(3)[:40, :50]]  # two shapes
     # what block-wise prediction calls: predict_proba_block, whose default hands the slices to
     # predict_proba_batch (batched on a GPU for the torch methods)
@@ -80,7 +90,9 @@ def test_batch_prediction_equals_slice_prediction(name, phantom_3d):
 def test_method_refuses_empty_annotations(name, phantom_3d):
     image, _, classes = phantom_3d
     with pytest.raises(WssegError, match="no annotations"):
-        get_method(name)(**FAST_OPTIONS.get(name, {})).fit(as_image(image[:2]), Annotations(classes=classes))
+        get_method(name)(**FAST_OPTIONS.get(name, {})).fit(
+            as_image(image[:2]), Annotations(classes=classes)
+        )
 
 
 @pytest.mark.parametrize("name", available_methods())

@@ -51,8 +51,13 @@ def test_rf_needs_pixel_labels(phantom_2d):
 
 def test_rf_is_repeatable_with_a_seed(phantom_2d):
     image, labels, classes = phantom_2d
-    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])],
-                       [0, 100, 30, int(labels[100, 30])]])
+    points = np.array(
+        [
+            [0, 10, 10, int(labels[10, 10])],
+            [0, 60, 70, int(labels[60, 70])],
+            [0, 100, 30, int(labels[100, 30])],
+        ]
+    )
     preds = []
     for _ in range(2):
         rf = RandomForestMethod(n_estimators=5)
@@ -66,7 +71,9 @@ def test_rf_refuses_a_corrupted_tree(phantom_2d, tmp_path):
     points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])]])
     rf = RandomForestMethod(n_estimators=2)
     rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
-    rf.forest.estimators_[0].tree_.children_left[0] = 10_000  # out of range: would read out of bounds
+    rf.forest.estimators_[0].tree_.children_left[0] = (
+        10_000  # out of range: would read out of bounds
+    )
     folder = rf.save(tmp_path / "m")
     with pytest.raises(ModelError, match="corrupt tree"):
         load_model(folder)
@@ -77,8 +84,13 @@ def test_rf_model_is_plain_arrays_and_reloads_the_same_forest(phantom_2d, tmp_pa
     from safetensors.numpy import load_file
 
     image, labels, classes = phantom_2d
-    points = np.array([[0, 10, 10, int(labels[10, 10])], [0, 60, 70, int(labels[60, 70])],
-                       [0, 100, 30, int(labels[100, 30])]])
+    points = np.array(
+        [
+            [0, 10, 10, int(labels[10, 10])],
+            [0, 60, 70, int(labels[60, 70])],
+            [0, 100, 30, int(labels[100, 30])],
+        ]
+    )
     rf = RandomForestMethod(n_estimators=4)
     rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=1))
     folder = rf.save(tmp_path / "m")
@@ -89,7 +101,9 @@ def test_rf_model_is_plain_arrays_and_reloads_the_same_forest(phantom_2d, tmp_pa
         np.testing.assert_array_equal(before.tree_.threshold, after.tree_.threshold)
         np.testing.assert_array_equal(before.tree_.value, after.tree_.value)
     features = rf.features(image[..., None]).reshape(-1, rf.forest.n_features_in_)
-    np.testing.assert_array_equal(rf.forest.predict_proba(features), reloaded.forest.predict_proba(features))
+    np.testing.assert_array_equal(
+        rf.forest.predict_proba(features), reloaded.forest.predict_proba(features)
+    )
 
 
 def test_rf_folder_of_an_older_release_asks_for_retraining(phantom_2d, tmp_path):

@@ -49,7 +49,9 @@ def _weights(method) -> dict[str, torch.Tensor]:
 
 def _fit(name, image, annotations, *, init=None, seed=0, warm_steps=None):
     method = get_method(name)(**FAST[name])
-    method.fit(image, annotations, FitOptions(device="cpu", seed=seed, warm_steps=warm_steps), init=init)
+    method.fit(
+        image, annotations, FitOptions(device="cpu", seed=seed, warm_steps=warm_steps), init=init
+    )
     return method
 
 
@@ -70,7 +72,9 @@ def test_warm_start_resumes_from_the_saved_model_and_changes_it(name, small, tmp
     assert any(not torch.equal(scratch[k], after[k]) for k in start)  # not from scratch
     assert warm.fit_info["steps"] == 3 and cold.fit_info["steps"] == FAST[name]["max_steps"]
     assert warm.config.max_steps == FAST[name]["max_steps"]  # the model keeps its own options
-    assert warm.training_summary["warm_start"] is True and cold.training_summary["warm_start"] is False
+    assert (
+        warm.training_summary["warm_start"] is True and cold.training_summary["warm_start"] is False
+    )
     assert warm.normalization == init.normalization
 
 
@@ -134,11 +138,16 @@ def test_rf_warm_start_reuses_the_features_of_seen_slices(small):
     image, labels, classes = small
     first = _fit("rf", image, Annotations(classes, points=_clicks(labels[:2], len(classes), 2, 0)))
     assert first.feature_memo.stats == {"hits": 0, "computed": 2}
-    warm = _fit("rf", image, Annotations(classes, points=_clicks(labels, len(classes), 3, 1)), init=first)
+    warm = _fit(
+        "rf", image, Annotations(classes, points=_clicks(labels, len(classes), 3, 1)), init=first
+    )
     assert warm.feature_memo.stats == {"hits": 2, "computed": 3}  # only slice 2 was new
     cold = _fit("rf", image, Annotations(classes, points=_clicks(labels, len(classes), 3, 1)))
-    np.testing.assert_allclose(warm.predict_proba_slice(image.slice(2)),
-                               cold.predict_proba_slice(image.slice(2)), atol=1e-6)
+    np.testing.assert_allclose(
+        warm.predict_proba_slice(image.slice(2)),
+        cold.predict_proba_slice(image.slice(2)),
+        atol=1e-6,
+    )
 
 
 def test_mews_warm_start_continues_the_heads_and_reuses_features(small):
@@ -148,7 +157,10 @@ def test_mews_warm_start_continues_the_heads_and_reuses_features(small):
     more = Annotations(classes, points=_clicks(labels, len(classes), 3, 1))
     warm = _fit("mews", image, more, init=first, warm_steps=2)
     cold = _fit("mews", image, more)
-    assert warm.feature_cache is first.feature_cache and warm.feature_cache.stats["computed"] == computed
+    assert (
+        warm.feature_cache is first.feature_cache
+        and warm.feature_cache.stats["computed"] == computed
+    )
     heads = {k: v.clone() for k, v in warm._heads.state_dict().items()}
     assert any(not torch.equal(first._heads.state_dict()[k], v) for k, v in heads.items())
     assert any(not torch.equal(cold._heads.state_dict()[k], v) for k, v in heads.items())
@@ -165,27 +177,78 @@ def _write_inputs(tmp_path, small):
 
 def test_cli_train_init_warm_starts_and_refuses_another_method(small, tmp_path, capsys):
     _write_inputs(tmp_path, small)
-    base = [str(tmp_path / "image.npy"), "--points", str(tmp_path / "points.csv"),
-            "--classes", str(tmp_path / "classes.json"), "--device", "cpu"]
+    base = [
+        str(tmp_path / "image.npy"),
+        "--points",
+        str(tmp_path / "points.csv"),
+        "--classes",
+        str(tmp_path / "classes.json"),
+        "--device",
+        "cpu",
+    ]
     dsp_options = ["--max-steps", "3", "--batch-size", "2", "--crop-size", "32"]
-    assert main(["train", *base, "--method", "dsp", *dsp_options, "--out", str(tmp_path / "m1")]) == 0
+    assert (
+        main(["train", *base, "--method", "dsp", *dsp_options, "--out", str(tmp_path / "m1")]) == 0
+    )
     capsys.readouterr()
-    code = main(["train", *base, "--method", "dsp", *dsp_options, "--init", str(tmp_path / "m1"),
-                 "--warm-steps", "2", "--out", str(tmp_path / "m2")])
+    code = main(
+        [
+            "train",
+            *base,
+            "--method",
+            "dsp",
+            *dsp_options,
+            "--init",
+            str(tmp_path / "m1"),
+            "--warm-steps",
+            "2",
+            "--out",
+            str(tmp_path / "m2"),
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["warm_start"] is True and report["steps"] == 2
     first, second = load_model(tmp_path / "m1"), load_model(tmp_path / "m2")
-    assert any(not torch.equal(first.net.state_dict()[k], v) for k, v in second.net.state_dict().items())
+    assert any(
+        not torch.equal(first.net.state_dict()[k], v) for k, v in second.net.state_dict().items()
+    )
 
     renamed = [*base[:3], "--classes", ",".join("abcdefgh"[: len(small[2])]), "--device", "cpu"]
-    code = main(["train", *renamed, "--method", "dsp", *dsp_options, "--init", str(tmp_path / "m1"),
-                 "--out", str(tmp_path / "m4")])
+    code = main(
+        [
+            "train",
+            *renamed,
+            "--method",
+            "dsp",
+            *dsp_options,
+            "--init",
+            str(tmp_path / "m1"),
+            "--out",
+            str(tmp_path / "m4"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["warm_start"] is False
     notes = [line for line in captured.err.splitlines() if line.startswith("wsseg: warning:")]
     assert len(notes) == 1 and "training from scratch, not warm: the classes changed" in notes[0]
 
-    code = main(["train", *base, "--method", "rf", "--init", str(tmp_path / "m1"), "--out", str(tmp_path / "m3")])
+    code = main(
+        [
+            "train",
+            *base,
+            "--method",
+            "rf",
+            "--init",
+            str(tmp_path / "m1"),
+            "--out",
+            str(tmp_path / "m3"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("wsseg: error:") and "'dsp' model" in err and len(err.splitlines()) == 1
+    assert (
+        code == 2
+        and err.startswith("wsseg: error:")
+        and "'dsp' model" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (tmp_path / "m3").exists()

@@ -29,8 +29,15 @@ FAST_OPTIONS = {
     "dsp": {"max_steps": 3},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "size": {"max_steps": 3},
-    "rewis3d": {"max_steps": 3, "depth_2d": 2, "depth_3d": 2, "width": 4, "crop_z": 4,
-                "crop_yx": 16, "inference": "average"},  # both students, z context
+    "rewis3d": {
+        "max_steps": 3,
+        "depth_2d": 2,
+        "depth_3d": 2,
+        "width": 4,
+        "crop_z": 4,
+        "crop_yx": 16,
+        "inference": "average",
+    },  # both students, z context
     "cpews": {"backbone": "test_vit", "max_steps": 3, "batch_size": 2, "region_size": 32},
 }
 #: Odd block sizes, so block borders cut through objects and through U-Net pooling cells.

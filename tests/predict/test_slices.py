@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import threading
-
-import numpy as np
 import pytest
 
 from napari_wsseg.errors import WssegError
@@ -15,7 +12,9 @@ def test_parse_slices_ranges_and_lists():
     assert parse_slices(None, 5) is None
 
 
-@pytest.mark.parametrize("text, message", [("a", "not a slice number"), ("3,25", r"outside the image's 0..19")])
+@pytest.mark.parametrize(
+    "text, message", [("a", "not a slice number"), ("3,25", r"outside the image's 0..19")]
+)
 def test_parse_slices_errors(text, message):
     with pytest.raises(WssegError, match=message):
         parse_slices(text, 20)

@@ -1,4 +1,4 @@
-""""Annotate here next": suggestions are deterministic, inside the image, sorted, spread out, and
+""" "Annotate here next": suggestions are deterministic, inside the image, sorted, spread out, and
 go where the model is unsure, towards classes with few labels and away from labelled pixels."""
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def _image(n_slices: int, shape=(128, 128)):
 
 def _noisy_model(n_slices=3, seed=0):
     rng = np.random.default_rng(seed)
-    maps = {z: rng.dirichlet([0.3] * 3, size=(128, 128)).transpose(2, 0, 1) for z in range(n_slices)}
+    maps = {
+        z: rng.dirichlet([0.3] * 3, size=(128, 128)).transpose(2, 0, 1) for z in range(n_slices)
+    }
     return _Scripted(maps), _image(n_slices)
 
 
@@ -97,9 +99,16 @@ def test_suggestions_are_spread_out():
 def test_ties_are_broken_by_the_seed_reproducibly():
     maps = {0: _unsure(_sure(), 0, 128, 0, 128)}  # every cell equally unsure
     model, image = _Scripted(maps), _image(1)
-    picks = {seed: [(s.y0, s.x0) for s in suggest(model, image, config=SuggestConfig(n=3, cell=32, seed=seed))]
-             for seed in range(4)}
-    assert picks[1] == [(s.y0, s.x0) for s in suggest(model, image, config=SuggestConfig(n=3, cell=32, seed=1))]
+    picks = {
+        seed: [
+            (s.y0, s.x0)
+            for s in suggest(model, image, config=SuggestConfig(n=3, cell=32, seed=seed))
+        ]
+        for seed in range(4)
+    }
+    assert picks[1] == [
+        (s.y0, s.x0) for s in suggest(model, image, config=SuggestConfig(n=3, cell=32, seed=1))
+    ]
     assert len({tuple(p) for p in picks.values()}) > 1
 
 
@@ -122,7 +131,9 @@ def test_classes_with_few_labels_are_preferred():
     found = suggest(model, image, annotations=ann, config=SuggestConfig(n=2, cell=32))
     assert (found[0].y0, found[0].x0) == (96, 96) and (found[1].y0, found[1].x0) == (0, 0)
     assert found[0].score > found[1].score
-    flat = suggest(model, image, annotations=ann, config=SuggestConfig(n=2, cell=32, rarity_power=0))
+    flat = suggest(
+        model, image, annotations=ann, config=SuggestConfig(n=2, cell=32, rarity_power=0)
+    )
     assert flat[0].score == pytest.approx(flat[1].score)
 
 
@@ -131,7 +142,9 @@ def test_labelled_pixels_are_never_suggested():
     masks = np.zeros((1, 128, 128), np.uint8)
     masks[0, 0:16, 0:32] = 1
     ann = Annotations(CLASSES, points=np.array([[0, 20, 5, 1]]), masks=masks)
-    found = suggest(_Scripted({0: proba}), _image(1), annotations=ann, config=SuggestConfig(n=1, cell=32))
+    found = suggest(
+        _Scripted({0: proba}), _image(1), annotations=ann, config=SuggestConfig(n=1, cell=32)
+    )
     assert (found[0].y0, found[0].x0) == (0, 0)
     assert found[0].y >= 16 and (found[0].y, found[0].x) != (20, 5)
 
@@ -139,14 +152,18 @@ def test_labelled_pixels_are_never_suggested():
 def test_slices_progress_and_cancel():
     model, image = _noisy_model(4)
     events = []
-    found = suggest(model, image, slices=[3, 1], progress=events.append, config=SuggestConfig(n=50, cell=64))
+    found = suggest(
+        model, image, slices=[3, 1], progress=events.append, config=SuggestConfig(n=50, cell=64)
+    )
     assert {s.z for s in found} == {1, 3} and [e.done for e in events] == [1, 2]
     cancel = threading.Event()
     cancel.set()
     assert suggest(model, image, cancel=cancel) == []
     with pytest.raises(WssegError, match="outside the image"):
         suggest(model, image, slices=[4])
-    other = Annotations([ClassInfo("a", "#000000"), ClassInfo("b", "#ffffff")], points=np.array([[0, 1, 1, 0]]))
+    other = Annotations(
+        [ClassInfo("a", "#000000"), ClassInfo("b", "#ffffff")], points=np.array([[0, 1, 1, 0]])
+    )
     with pytest.raises(WssegError, match="classes"):
         suggest(model, image, annotations=other)
     with pytest.raises(WssegError, match="measure"):
@@ -169,12 +186,27 @@ def test_cli_suggest_writes_best_first_csv(phantom_3d, tmp_path, capsys):
     write_points_csv(tmp_path / "ann" / "points.csv", points)
     write_classes_json(tmp_path / "classes.json", classes)
     model = get_method("rf")(n_estimators=5)
-    model.fit(as_image(image[:3]), Annotations(classes, points=np.array(points)), FitOptions(device="cpu"))
+    model.fit(
+        as_image(image[:3]), Annotations(classes, points=np.array(points)), FitOptions(device="cpu")
+    )
     model.save(tmp_path / "model")
 
     out = tmp_path / "suggestions.csv"
-    args = ["suggest", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(out),
-            "--n", "6", "--slices", "0-1", "--annotations", str(tmp_path / "ann"), "--cell", "32"]
+    args = [
+        "suggest",
+        str(tmp_path / "model"),
+        str(tmp_path / "image.npy"),
+        "--out",
+        str(out),
+        "--n",
+        "6",
+        "--slices",
+        "0-1",
+        "--annotations",
+        str(tmp_path / "ann"),
+        "--cell",
+        "32",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["suggestions"] == 6
     rows = list(csv.reader(out.open()))
@@ -187,20 +219,41 @@ def test_cli_suggest_writes_best_first_csv(phantom_3d, tmp_path, capsys):
     assert err.startswith("wsseg: error:") and "--overwrite" in err and len(err.splitlines()) == 1
     assert main([*args, "--overwrite"]) == 0
     capsys.readouterr()
-    assert main(["suggest", str(tmp_path / "ann"), str(tmp_path / "image.npy"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert (
+        main(
+            [
+                "suggest",
+                str(tmp_path / "ann"),
+                str(tmp_path / "image.npy"),
+                "--out",
+                str(tmp_path / "x.csv"),
+            ]
+        )
+        == 2
+    )
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
     missing = tmp_path / "no-such-folder" / "s.csv"
-    assert main(["suggest", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(missing)]) == 2
+    assert (
+        main(
+            ["suggest", str(tmp_path / "model"), str(tmp_path / "image.npy"), "--out", str(missing)]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_edge_cells_of_an_image_not_a_multiple_of_the_cell_are_clipped():
     rng = np.random.default_rng(1)
     proba = rng.dirichlet([0.5] * 3, size=(100, 70)).transpose(2, 0, 1)
-    found = suggest(_Scripted({0: proba}), _image(1, (100, 70)),
-                    config=SuggestConfig(n=12, cell=32, per_slice=12, min_distance=0))
+    found = suggest(
+        _Scripted({0: proba}),
+        _image(1, (100, 70)),
+        config=SuggestConfig(n=12, cell=32, per_slice=12, min_distance=0),
+    )
     assert len(found) == 4 * 3  # ceil(100 / 32) x ceil(70 / 32) cells
-    assert {(s.y1, s.x1) for s in found} == {(y1, x1) for y1 in (32, 64, 96, 100) for x1 in (32, 64, 70)}
+    assert {(s.y1, s.x1) for s in found} == {
+        (y1, x1) for y1 in (32, 64, 96, 100) for x1 in (32, 64, 70)
+    }
     for s in found:
         assert s.y0 <= s.y < s.y1 and s.x0 <= s.x < s.x1
         cell = proba[:, s.y0 : s.y1, s.x0 : s.x1]

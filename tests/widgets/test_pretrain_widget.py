@@ -15,8 +15,17 @@ from napari_wsseg.widgets._train import TrainWidget
 
 WAIT_MS = 120_000  # only guards against a hang
 TINY = dict(
-    arch="test_vit", patch_size=8, batch=2, global_px=32, local_px=16, n_local=2, out_dim=32,
-    hidden_dim=32, bottleneck_dim=16, lr=1e-3, seed=0,
+    arch="test_vit",
+    patch_size=8,
+    batch=2,
+    global_px=32,
+    local_px=16,
+    n_local=2,
+    out_dim=32,
+    hidden_dim=32,
+    bottleneck_dim=16,
+    lr=1e-3,
+    seed=0,
 )
 
 

@@ -63,7 +63,9 @@ class _Kind:
 
 _KINDS = {
     "points": _Kind("points", "point", ("z", "y", "x", "class"), np.int64),
-    "boxes": _Kind("boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64, ("exhaustive",)),
+    "boxes": _Kind(
+        "boxes", "box", ("z", "y0", "x0", "y1", "x1", "class"), np.int64, ("exhaustive",)
+    ),
     "tags": _Kind("tags", "tag", ("z", "class"), np.int64, ("y0", "x0", "y1", "x1")),
     "sizes": _Kind("sizes", "size", ("z", "class", "fraction"), np.float64),
 }
@@ -429,8 +431,7 @@ def _read_table(path, kind_name: str, classes: list[ClassInfo] | None) -> _Table
     data_lines, data = lines[1:], rows[1:]
     if not data:
         raise AnnotationError(
-            f"{path} has a header but no rows; add rows '{','.join(columns)}' "
-            "or leave the file out"
+            f"{path} has a header but no rows; add rows '{','.join(columns)}' or leave the file out"
         )
     _check_row_lengths(path, data_lines, data, columns)
     table = np.char.strip(np.array(data, dtype=np.str_).reshape(len(data), len(columns)))
@@ -691,7 +692,9 @@ def write_boxes_csv(path, boxes, exhaustive=None) -> Path:
         return _write_kind(path, "boxes", boxes)
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 6)
     flagged = {(int(z), int(c)) for z, c in exhaustive}
-    rows = [",".join(map(str, row)) + f",{int((row[0], row[5]) in flagged)}" for row in boxes.tolist()]
+    rows = [
+        ",".join(map(str, row)) + f",{int((row[0], row[5]) in flagged)}" for row in boxes.tolist()
+    ]
     boxed = {(int(z), int(c)) for z, c in boxes[:, [0, 5]]}
     rows += [f"{z},,,,,{c},1" for z, c in sorted(flagged - boxed)]
     header = _KINDS["boxes"].header + ",exhaustive"
@@ -966,7 +969,12 @@ def load_annotations(
 
 def _inferred_class_count(arrays: dict[str, np.ndarray], masks: np.ndarray | None) -> int:
     class_columns = {
-        "points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1, "region_tags": 1,
+        "points": 3,
+        "boxes": 5,
+        "tags": 1,
+        "sizes": 1,
+        "exhaustive_boxes": 1,
+        "region_tags": 1,
     }
     top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if len(arrays.get(k, []))]
     if masks is not None and masks.size and np.issubdtype(masks.dtype, np.integer):

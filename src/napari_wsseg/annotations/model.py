@@ -13,8 +13,16 @@ import numpy as np
 
 #: Default class colours (tab10-like, readable on grey EM), used when a class has no colour.
 DEFAULT_COLORS = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
 )
 
 
@@ -109,16 +117,24 @@ class Annotations:
         """True when there is no annotation of any kind."""
         no_mask = self.masks is None or not np.any(self.masks)
         return (
-            len(self.points) == 0 and len(self.boxes) == 0 and len(self.tags) == 0
-            and len(self.sizes) == 0 and len(self.exhaustive_boxes) == 0 and no_mask
+            len(self.points) == 0
+            and len(self.boxes) == 0
+            and len(self.tags) == 0
+            and len(self.sizes) == 0
+            and len(self.exhaustive_boxes) == 0
+            and no_mask
             and len(self.region_tags) == 0
         )
 
     def annotated_slices(self) -> np.ndarray:
         """Sorted z indices that carry at least one annotation of any kind."""
         zs = [
-            self.points[:, 0], self.boxes[:, 0], self.tags[:, 0],
-            self.sizes[:, 0].astype(np.int64), self.exhaustive_boxes[:, 0], self.region_tags[:, 0],
+            self.points[:, 0],
+            self.boxes[:, 0],
+            self.tags[:, 0],
+            self.sizes[:, 0].astype(np.int64),
+            self.exhaustive_boxes[:, 0],
+            self.region_tags[:, 0],
         ]
         if self.masks is not None:
             zs.append(np.flatnonzero(np.any(self.masks.reshape(len(self.masks), -1) > 0, axis=1)))

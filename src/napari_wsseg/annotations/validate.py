@@ -36,7 +36,12 @@ _AXES = {
     "region_tags": {0: 0, 2: 1, 3: 2, 4: 1, 5: 2},
 }
 _CLASS_COLUMN = {
-    "points": 3, "boxes": 5, "tags": 1, "sizes": 1, "exhaustive_boxes": 1, "region_tags": 1,
+    "points": 3,
+    "boxes": 5,
+    "tags": 1,
+    "sizes": 1,
+    "exhaustive_boxes": 1,
+    "region_tags": 1,
 }
 #: The (y0, x0, y1, x1) columns of the kinds that hold rectangles.
 _CORNERS = {"boxes": (1, 2, 3, 4), "region_tags": (2, 3, 4, 5)}
@@ -206,7 +211,12 @@ def _check_rows(ann: Annotations, kind: str, shape: tuple[int, int, int], source
     for col, axis in _AXES[kind].items():
         _check_column(ann, kind, col, 0, shape[axis], source, _bound_hint(kind, col, axis, shape))
     _check_column(
-        ann, kind, _CLASS_COLUMN[kind], 0, ann.n_classes, source,
+        ann,
+        kind,
+        _CLASS_COLUMN[kind],
+        0,
+        ann.n_classes,
+        source,
         f"class ids are 0..{ann.n_classes - 1} ({', '.join(ann.class_names)}); "
         "fix the class or add it to the class list",
     )
@@ -329,16 +339,32 @@ def _check_against_tags(ann: Annotations, n_slices: int, source: str) -> None:
     for kind, what in (("points", "point"), ("boxes", "box")):
         rows = getattr(ann, kind)
         excluded = ~allowed[rows[:, 0], rows[:, _CLASS_COLUMN[kind]]]
-        _raise_first(ann, kind, excluded, source, _excluded_by_tags(ann, kind, allowed),
-                     f"add a tag for the class on that slice or fix the {what}'s class")
+        _raise_first(
+            ann,
+            kind,
+            excluded,
+            source,
+            _excluded_by_tags(ann, kind, allowed),
+            f"add a tag for the class on that slice or fix the {what}'s class",
+        )
     z, c = ann.sizes[:, 0].astype(np.int64), ann.sizes[:, 1].astype(np.int64)
     positive = ann.sizes[:, 2] > 0
-    _raise_first(ann, "sizes", positive & ~allowed[z, c], source,
-                 _excluded_by_tags(ann, "sizes", allowed),
-                 "add a tag for the class on that slice or set its fraction to 0")
-    _raise_first(ann, "sizes", tagged[z] & ~positive & allowed[z, c], source,
-                 lambda i: f"the class is tagged present in slice z={z[i]} but its fraction is 0",
-                 "give its approximate fraction or remove its tag")
+    _raise_first(
+        ann,
+        "sizes",
+        positive & ~allowed[z, c],
+        source,
+        _excluded_by_tags(ann, "sizes", allowed),
+        "add a tag for the class on that slice or set its fraction to 0",
+    )
+    _raise_first(
+        ann,
+        "sizes",
+        tagged[z] & ~positive & allowed[z, c],
+        source,
+        lambda i: f"the class is tagged present in slice z={z[i]} but its fraction is 0",
+        "give its approximate fraction or remove its tag",
+    )
     _check_masks_against_tags(ann, tagged, allowed, source)
 
 
@@ -442,16 +468,29 @@ def _exhaustive_matrix(ann: Annotations, n_slices: int) -> np.ndarray:
 def _check_exhaustive_against_tags(ann: Annotations, source: str) -> None:
     boxed = {(int(z), int(c)) for z, c in ann.boxes[:, [0, 5]]}
     tagged = {(int(z), int(c)) for z, c in ann.tags}
-    empty = np.array([(int(z), int(c)) in tagged and (int(z), int(c)) not in boxed
-                      for z, c in ann.exhaustive_boxes], dtype=bool)
+    empty = np.array(
+        [
+            (int(z), int(c)) in tagged and (int(z), int(c)) not in boxed
+            for z, c in ann.exhaustive_boxes
+        ],
+        dtype=bool,
+    )
 
     def explain(i: int) -> str:
         z = ann.exhaustive_boxes[i, 0]
-        return (f"the class has no box in slice z={z}, so exhaustive boxes say it is absent, "
-                "but a tag says it is present")
+        return (
+            f"the class has no box in slice z={z}, so exhaustive boxes say it is absent, "
+            "but a tag says it is present"
+        )
 
-    _raise_first(ann, "exhaustive_boxes", empty, source, explain,
-                 "box its objects, or remove the tag or the exhaustive mark")
+    _raise_first(
+        ann,
+        "exhaustive_boxes",
+        empty,
+        source,
+        explain,
+        "box its objects, or remove the tag or the exhaustive mark",
+    )
 
 
 def _check_points_inside_exhaustive_boxes(ann: Annotations, n_slices: int, source: str) -> None:
@@ -459,17 +498,31 @@ def _check_points_inside_exhaustive_boxes(ann: Annotations, n_slices: int, sourc
     rows = np.flatnonzero(_exhaustive_matrix(ann, n_slices)[z, cls])  # only these need a box
     boxes = ann.boxes
     z, y, x, cls = z[rows, None], y[rows, None], x[rows, None], cls[rows, None]
-    inside = ((z == boxes[:, 0]) & (cls == boxes[:, 5]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])
-              & (x >= boxes[:, 2]) & (x <= boxes[:, 4]))
+    inside = (
+        (z == boxes[:, 0])
+        & (cls == boxes[:, 5])
+        & (y >= boxes[:, 1])
+        & (y <= boxes[:, 3])
+        & (x >= boxes[:, 2])
+        & (x <= boxes[:, 4])
+    )
     outside = np.zeros(len(ann.points), dtype=bool)
     outside[rows] = ~inside.any(axis=1)
 
     def explain(i: int) -> str:
-        return (f"the boxes of this class in slice z={ann.points[i, 0]} are marked exhaustive but "
-                "none contains the point")
+        return (
+            f"the boxes of this class in slice z={ann.points[i, 0]} are marked exhaustive but "
+            "none contains the point"
+        )
 
-    _raise_first(ann, "points", outside, source, explain,
-                 "box the object it marks, fix the point, or clear the exhaustive mark")
+    _raise_first(
+        ann,
+        "points",
+        outside,
+        source,
+        explain,
+        "box the object it marks, fix the point, or clear the exhaustive mark",
+    )
 
 
 def _check_masks_inside_exhaustive_boxes(ann: Annotations, shape, source: str) -> None:

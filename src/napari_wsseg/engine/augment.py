@@ -92,7 +92,10 @@ def cutout(
     batch, _, height, width = images.shape
     n_holes = torch.randint(0, max_holes + 1, (batch,), generator=generator)
     slots = torch.arange(max_holes)[None, :] < n_holes[:, None]  # (B, max_holes) active holes
-    longest_h, longest_w = max(2, int(height * max_fraction) + 1), max(2, int(width * max_fraction) + 1)
+    longest_h, longest_w = (
+        max(2, int(height * max_fraction) + 1),
+        max(2, int(width * max_fraction) + 1),
+    )
     size_h = torch.randint(1, longest_h, (batch, max_holes), generator=generator)
     size_w = torch.randint(1, longest_w, (batch, max_holes), generator=generator)
     top = (torch.rand(batch, max_holes, generator=generator) * (height - size_h + 1)).long()

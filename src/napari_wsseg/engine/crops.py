@@ -73,7 +73,11 @@ def annotation_anchors(
     if annotations.masks is not None:
         parts.append(_mask_anchors(np.asarray(annotations.masks), rng, max_per_class))
     located = np.unique(np.concatenate(parts).reshape(-1, 4)[:, 3])
-    tags = annotations.tags[~np.isin(annotations.tags[:, 1], located)] if len(annotations.tags) else annotations.tags
+    tags = (
+        annotations.tags[~np.isin(annotations.tags[:, 1], located)]
+        if len(annotations.tags)
+        else annotations.tags
+    )
     parts.append(_tag_anchors(tags, shape, rng, max_per_class))
     return np.concatenate(parts).reshape(-1, 4)
 
@@ -105,7 +109,9 @@ def _region_tag_anchors(
     return np.stack([rows[:, 0], ys, xs, rows[:, 1]], axis=1).reshape(-1, 4)
 
 
-def _tag_anchors(tags: np.ndarray, shape, rng: np.random.Generator, max_per_class: int) -> np.ndarray:
+def _tag_anchors(
+    tags: np.ndarray, shape, rng: np.random.Generator, max_per_class: int
+) -> np.ndarray:
     if len(tags) == 0:
         return np.zeros((0, 4), np.int64)
     per_tag = max(1, min(64, max_per_class // max(1, len(tags))))
@@ -212,8 +218,9 @@ class CropSampler:
             raise ValueError(f"3D crop size {size_zyx} must be three positive sizes (dz, dy, dx)")
         points = self._crop_points(n)
         offsets = self.rng.integers(0, size_zyx, size=(len(points), 3))
-        corners = [_clip_origin(points[:, a] - offsets[:, a], self.shape[a], size_zyx[a])
-                   for a in range(3)]
+        corners = [
+            _clip_origin(points[:, a] - offsets[:, a], self.shape[a], size_zyx[a]) for a in range(3)
+        ]
         return [Crop3D(int(z), int(y), int(x), size_zyx) for z, y, x in zip(*corners)]
 
     def _crop_points(self, n: int) -> np.ndarray:
@@ -261,7 +268,9 @@ class SliceStore:
         Whole normalised slices are cached up to this size; beyond it crops are read as windows.
     """
 
-    def __init__(self, image: Image, normalization: Normalization, max_cache_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self, image: Image, normalization: Normalization, max_cache_bytes: int = 2 << 30
+    ) -> None:
         self.image = image
         self.normalization = normalization
         self.max_cache_bytes = int(max_cache_bytes)
@@ -274,7 +283,9 @@ class SliceStore:
         if z in self._cache:
             self._cache.move_to_end(z)
             return self._cache[z]
-        data = np.ascontiguousarray(np.moveaxis(self.normalization.apply(self.image.slice(z)), -1, 0))
+        data = np.ascontiguousarray(
+            np.moveaxis(self.normalization.apply(self.image.slice(z)), -1, 0)
+        )
         while self._cache and (len(self._cache) + 1) * self._slice_bytes > self.max_cache_bytes:
             self._cache.popitem(last=False)  # least recently used
         if self._slice_bytes <= self.max_cache_bytes:

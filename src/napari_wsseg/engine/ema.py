@@ -100,5 +100,7 @@ def _check_same(teacher: dict, student: dict, what: str) -> None:
     shapes_s = {k: tuple(v.shape) for k, v in student.items()}
     if shapes_t != shapes_s:
         differing = sorted(set(shapes_t.items()) ^ set(shapes_s.items()))[:3]
-        raise ValueError(f"EMA teacher and student {what} differ ({differing}); "
-                         "build the teacher from the same network")
+        raise ValueError(
+            f"EMA teacher and student {what} differ ({differing}); "
+            "build the teacher from the same network"
+        )

@@ -57,7 +57,11 @@ class TileSpec:
     halo_patches: int = 4
 
     def __post_init__(self) -> None:
-        if self.tile_patches < 1 or self.halo_patches < 0 or 2 * self.halo_patches >= self.tile_patches:
+        if (
+            self.tile_patches < 1
+            or self.halo_patches < 0
+            or 2 * self.halo_patches >= self.tile_patches
+        ):
             raise WssegError(
                 f"tile of {self.tile_patches} patches with a halo of {self.halo_patches} patches leaves "
                 "no core; use tile_patches > 2 * halo_patches (defaults 64 and 4)"
@@ -208,7 +212,9 @@ class FrozenViT:
             values = np.repeat(values.mean(axis=-1, keepdims=True), wanted, axis=-1)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2)))
+        tensor = torch.from_numpy(
+            np.ascontiguousarray(((values - mean) / std).transpose(0, 3, 1, 2))
+        )
         p = self.patch_size
         pad_y, pad_x = (-tensor.shape[2]) % p, (-tensor.shape[3]) % p
         if pad_y or pad_x:
@@ -226,8 +232,11 @@ class FrozenViT:
         p = self.patch_size
         rows, cols = batch.shape[2] // p, batch.shape[3] // p
         batch = batch.to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+            ),
         ):
             tokens = self.model.forward_features(batch)
         patches = tokens[:, self.num_prefix_tokens :, :]
@@ -297,8 +306,14 @@ def load_backbone(
     is_folder = weights is not None and str(weights) != RANDOM_WEIGHTS
     if is_folder and Path(weights).expanduser().is_dir():
         folder = Path(weights).expanduser().resolve()
-        return _load_backbone_folder(name, folder, device=device, tiles=tiles, batch_size=batch_size,
-                                     expected_file_sha256=expected_file_sha256)
+        return _load_backbone_folder(
+            name,
+            folder,
+            device=device,
+            tiles=tiles,
+            batch_size=batch_size,
+            expected_file_sha256=expected_file_sha256,
+        )
     _check_name(name)
     warning, file_sha256 = None, None
     if weights is None:
@@ -341,9 +356,16 @@ def _load_backbone_folder(
             f"backbone folder {folder} holds a '{info.arch}' but backbone '{name}' was asked for; "
             f"leave out --backbone or pass --backbone {info.arch}"
         )
-    return FrozenViT(model, name=info.arch, weights_source=f"backbone:{folder}",
-                     weights_hash=info.weights_hash, weights_file_sha256=sha, mean=info.mean,
-                     std=info.std, **options)
+    return FrozenViT(
+        model,
+        name=info.arch,
+        weights_source=f"backbone:{folder}",
+        weights_hash=info.weights_hash,
+        weights_file_sha256=sha,
+        mean=info.mean,
+        std=info.std,
+        **options,
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -400,15 +422,22 @@ def _check_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models("*vit*"), n=4, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('vit_*')"
-    raise ModelError(f"unknown backbone '{name}': timm has no such model; {hint} (default {DEFAULT_BACKBONE})")
+    raise ModelError(
+        f"unknown backbone '{name}': timm has no such model; {hint} (default {DEFAULT_BACKBONE})"
+    )
 
 
 def _create(name: str, *, pretrained: bool, model_kwargs: dict | None = None):
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True,
-                                  **(model_kwargs or {}))
+        model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            num_classes=0,
+            dynamic_img_size=True,
+            **(model_kwargs or {}),
+        )
     except TypeError as exc:
         if "dynamic_img_size" not in str(exc):
             raise
@@ -417,7 +446,9 @@ def _create(name: str, *, pretrained: bool, model_kwargs: dict | None = None):
             f"such as {DEFAULT_BACKBONE} or vit_small_patch14_dinov2"
         ) from None
     if not hasattr(model, "patch_embed") or not hasattr(model, "forward_features"):
-        raise ModelError(f"backbone '{name}' is not a Vision Transformer with patch tokens; choose a vit_* model")
+        raise ModelError(
+            f"backbone '{name}' is not a Vision Transformer with patch tokens; choose a vit_* model"
+        )
     return model
 
 
@@ -433,18 +464,22 @@ def _create_pretrained(name: str):
     import timm
 
     cfg = timm.models.get_pretrained_cfg(name)
-    hub_id = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or getattr(cfg, "file", None)
+    hub_id = (
+        getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or getattr(cfg, "file", None)
+    )
     if not hub_id:
         raise ModelError(
             f"backbone '{name}' has no pretrained weights in timm; pass --backbone-weights FILE "
-            "(safetensors or torch state dict) or pick a model with weights, e.g. " + DEFAULT_BACKBONE
+            "(safetensors or torch state dict) or pick a model with weights, e.g. "
+            + DEFAULT_BACKBONE
         )
     try:
         model = _create(name, pretrained=True)
     except OSError as exc:  # huggingface_hub's LocalEntryNotFoundError, connection errors
         reason = (
             "not in the local Hugging Face cache and the Hub cannot be reached"
-            if "local cache" in str(exc) else " ".join(str(exc).split())[:160]
+            if "local cache" in str(exc)
+            else " ".join(str(exc).split())[:160]
         )
         raise ModelError(
             f"could not get pretrained weights for backbone '{name}' ({hub_id}): {reason}. "
@@ -463,7 +498,9 @@ def _load_weights_file(model, path: Path, name: str) -> None:
     used = {k: v for k, v in state.items() if k in expected or not k.startswith(_IGNORED_PREFIXES)}
     missing = sorted(set(expected) - set(used))
     unexpected = sorted(set(used) - set(expected))
-    wrong_shape = sorted(k for k in set(used) & set(expected) if tuple(used[k].shape) != tuple(expected[k].shape))
+    wrong_shape = sorted(
+        k for k in set(used) & set(expected) if tuple(used[k].shape) != tuple(expected[k].shape)
+    )
     if missing or unexpected or wrong_shape:
         example = (missing or unexpected or wrong_shape)[0]
         raise ModelError(
@@ -489,7 +526,9 @@ def _read_state_dict(path: Path) -> dict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"backbone weights file {path} is not a readable safetensors file ({exc})") from None
+            raise ModelError(
+                f"backbone weights file {path} is not a readable safetensors file ({exc})"
+            ) from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... by format
@@ -520,7 +559,9 @@ def _adapt_to_timm(state: dict, model) -> dict:
         return state
     try:
         converted = filter_fn(dict(state), model)
-    except Exception as exc:  # a foreign checkpoint the filter does not understand: report key counts
+    except (
+        Exception
+    ) as exc:  # a foreign checkpoint the filter does not understand: report key counts
         _log.debug("timm checkpoint filter failed: %s", exc)
         return state
     mismatch = lambda keys: len(set(keys) ^ expected)  # noqa: E731

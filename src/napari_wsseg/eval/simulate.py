@@ -121,9 +121,14 @@ def simulate_annotations(
     """
     volume = _as_volume(gt)
     box_all = _box_all(boxes)
-    _check_counts(points=points, boxes=0 if box_all else boxes, scribbles=scribbles,
-                  size_noise=size_noise, region_tags=region_tags,
-                  region_tag_cells=region_tag_cells or 0)
+    _check_counts(
+        points=points,
+        boxes=0 if box_all else boxes,
+        scribbles=scribbles,
+        size_noise=size_noise,
+        region_tags=region_tags,
+        region_tag_cells=region_tag_cells or 0,
+    )
     n_classes, classes = _resolve_classes(volume, n_classes, classes)
     chosen = choose_slices(volume.shape[0], slices, slice_range=slice_range)
     rng = np.random.default_rng(seed)
@@ -147,9 +152,7 @@ def simulate_annotations(
             elif boxes:
                 rows["boxes"].append(_boxes(rng, class_mask, boxes, min_component_px, z, k))
             if scribbles:
-                drawn = _scribbles(
-                    rng, class_mask, scribbles, scribble_length_px, min_component_px
-                )
+                drawn = _scribbles(rng, class_mask, scribbles, scribble_length_px, min_component_px)
                 mask_volume[z][drawn & (mask_volume[z] == 0)] = k + 1
         if tags:
             rows["tags"].append(np.stack([np.full(len(present), z), present], axis=1))
@@ -447,8 +450,14 @@ def _boxes(rng, class_mask: np.ndarray, k: int, min_component_px: int, z: int, c
     picked = np.sort(rng.choice(ids, size=min(k, len(ids)), replace=False))
     extents = ndi.find_objects(components)
     rows = [
-        (z, extents[i - 1][0].start, extents[i - 1][1].start,
-         extents[i - 1][0].stop - 1, extents[i - 1][1].stop - 1, cls)
+        (
+            z,
+            extents[i - 1][0].start,
+            extents[i - 1][1].start,
+            extents[i - 1][0].stop - 1,
+            extents[i - 1][1].stop - 1,
+            cls,
+        )
         for i in picked
     ]
     return np.array(rows, dtype=np.int64).reshape(-1, 6)
@@ -457,7 +466,10 @@ def _boxes(rng, class_mask: np.ndarray, k: int, min_component_px: int, z: int, c
 def _all_boxes(class_mask: np.ndarray, z: int, cls: int) -> np.ndarray:
     """The bounding box of every connected component of the class."""
     components, _ = ndi.label(class_mask)
-    rows = [(z, ys.start, xs.start, ys.stop - 1, xs.stop - 1, cls) for ys, xs in ndi.find_objects(components)]
+    rows = [
+        (z, ys.start, xs.start, ys.stop - 1, xs.stop - 1, cls)
+        for ys, xs in ndi.find_objects(components)
+    ]
     return np.array(rows, dtype=np.int64).reshape(-1, 6)
 
 

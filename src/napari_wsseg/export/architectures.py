@@ -35,9 +35,18 @@ class SliceProbabilities(nn.Module):
         None adds nothing.
     """
 
-    def __init__(self, kind: str, in_channels: int, n_classes: int, depth: int, width: int,
-                 embed_dim: int = 64, n_prototypes: int = 5, scale: float = 1.0,
-                 shift: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        in_channels: int,
+        n_classes: int,
+        depth: int,
+        width: int,
+        embed_dim: int = 64,
+        n_prototypes: int = 5,
+        scale: float = 1.0,
+        shift: list[float] | None = None,
+    ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown network kind '{kind}'; use one of {', '.join(KINDS)}")
@@ -46,11 +55,19 @@ class SliceProbabilities(nn.Module):
 
             self.net = DSPNet(in_channels, n_classes, depth, width, embed_dim, n_prototypes)
         else:
-            self.net = UNet(UNetConfig(in_channels=in_channels, out_channels=n_classes, depth=depth,
-                                       width=width, head="classifier"))
+            self.net = UNet(
+                UNetConfig(
+                    in_channels=in_channels,
+                    out_channels=n_classes,
+                    depth=depth,
+                    width=width,
+                    head="classifier",
+                )
+            )
         self.scale = float(scale)
-        shift_tensor = torch.tensor(shift if shift is not None else [0.0] * n_classes,
-                                    dtype=torch.float32)
+        shift_tensor = torch.tensor(
+            shift if shift is not None else [0.0] * n_classes, dtype=torch.float32
+        )
         self.register_buffer("shift", shift_tensor.view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,16 +100,26 @@ class MEWSProbabilities(nn.Module):
         Per-channel normalisation of the backbone input.
     """
 
-    def __init__(self, backbone: str, n_classes: int, in_dim: int, proj_dim: int, patch_size: int,
-                 num_prefix_tokens: int, temperature: float, mean: list[float],
-                 std: list[float]) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        n_classes: int,
+        in_dim: int,
+        proj_dim: int,
+        patch_size: int,
+        num_prefix_tokens: int,
+        temperature: float,
+        mean: list[float],
+        std: list[float],
+    ) -> None:
         super().__init__()
         import timm
 
         from ..methods.mews.heads import ProjectionHeads
 
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0,
-                                          dynamic_img_size=True)
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, num_classes=0, dynamic_img_size=True
+        )
         self.heads = ProjectionHeads(n_classes, in_dim, proj_dim)
         self.register_buffer("centroids", torch.zeros(n_classes, proj_dim))
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -114,6 +141,7 @@ class MEWSProbabilities(nn.Module):
         grid = tokens[:, self.num_prefix_tokens :, :].reshape(batch, height // p, width // p, -1)
         features = F.normalize(grid.half().float(), dim=-1)
         logits = self.heads.similarities(features, self.centroids) / self.temperature
-        logits = F.interpolate(logits.transpose(0, 1), scale_factor=p, mode="bilinear",
-                               align_corners=False)
+        logits = F.interpolate(
+            logits.transpose(0, 1), scale_factor=p, mode="bilinear", align_corners=False
+        )
         return torch.softmax(logits, dim=1)

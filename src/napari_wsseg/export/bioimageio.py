@@ -32,25 +32,38 @@ from ..errors import ModelError, WssegError
 
 #: Methods a bioimage.io package can hold, with the paper cited in the package.
 EXPORTABLE = {
-    "dsp": ("Reiß, Seibold, Freytag, Rodner & Stiefelhagen, Decoupled Semantic Prototypes enable "
-            "learning from diverse annotation types for semi-weakly segmentation in expert-driven "
-            "domains, CVPR 2023", "https://github.com/Simael/DSP"),
+    "dsp": (
+        "Reiß, Seibold, Freytag, Rodner & Stiefelhagen, Decoupled Semantic Prototypes enable "
+        "learning from diverse annotation types for semi-weakly segmentation in expert-driven "
+        "domains, CVPR 2023",
+        "https://github.com/Simael/DSP",
+    ),
     "size": ("Approximate Size Targets Are Sufficient for Accurate Semantic Segmentation", None),
-    "mews": ("Apostolidis, Mygdalis, Tzimas & Pitas, MEWS: Semantic image segmentation with "
-             "multiclass extreme weak supervision, Neurocomputing 680 (2026) 133290",
-             "doi:10.1016/j.neucom.2026.133290"),
+    "mews": (
+        "Apostolidis, Mygdalis, Tzimas & Pitas, MEWS: Semantic image segmentation with "
+        "multiclass extreme weak supervision, Neurocomputing 680 (2026) 133290",
+        "doi:10.1016/j.neucom.2026.133290",
+    ),
 }
 REFUSED = {
     "rf": "a random forest on hand-made filter features is not a network the bioimage.io format "
-          "can hold",
+    "can hold",
 }
 #: Side of the test slice (cropped to the image, rounded down to the network's size multiple).
 TEST_SIDE = 128
 _TEMP_MARKER = ".wsseg-export-temporary"
 
 
-def export_bioimageio(model_dir, out, *, licence: str = "CC-BY-4.0", authors: list[str] | None = None,
-                      image=None, name: str | None = None, overwrite: bool = False) -> Path:
+def export_bioimageio(
+    model_dir,
+    out,
+    *,
+    licence: str = "CC-BY-4.0",
+    authors: list[str] | None = None,
+    image=None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the model in ``model_dir`` as a bioimage.io package ``out`` (a ``.zip``).
 
     Parameters
@@ -87,7 +100,9 @@ def export_bioimageio(model_dir, out, *, licence: str = "CC-BY-4.0", authors: li
 
     out = Path(out).expanduser()
     if out.suffix.lower() != ".zip":
-        raise WssegError(f"--out {out} must end in .zip (a bioimage.io package); e.g. {out.stem}.zip")
+        raise WssegError(
+            f"--out {out} must end in .zip (a bioimage.io package); e.g. {out.stem}.zip"
+        )
     if out.exists() and not overwrite:
         raise WssegError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     method = read_model_config(model_dir).get("method")
@@ -118,8 +133,10 @@ def check_exportable(method: str | None) -> None:
     if method in EXPORTABLE:
         return
     reason = REFUSED.get(method, "napari-wsseg has no bioimage.io exporter for this method yet")
-    raise WssegError(f"{method} models cannot be exported to bioimage.io: {reason}; exportable "
-                     f"methods: {', '.join(EXPORTABLE)}")
+    raise WssegError(
+        f"{method} models cannot be exported to bioimage.io: {reason}; exportable "
+        f"methods: {', '.join(EXPORTABLE)}"
+    )
 
 
 # ------------------------------------------------------------------------------- the network
@@ -128,18 +145,31 @@ def network_kwargs(model) -> dict:
     cfg = model.config
     if model.name == "mews":
         backbone = model.backbone
-        return {"backbone": backbone.name, "n_classes": len(model.classes),
-                "in_dim": int(backbone.embed_dim), "proj_dim": int(model._heads.weight.shape[2]),
-                "patch_size": int(backbone.patch_size),
-                "num_prefix_tokens": int(backbone.num_prefix_tokens),
-                "temperature": float(cfg.temperature), "mean": list(backbone.mean),
-                "std": list(backbone.std)}
-    kwargs = {"kind": model.name, "in_channels": int(model.n_channels),
-              "n_classes": len(model.classes), "depth": int(cfg.depth), "width": int(cfg.width)}
+        return {
+            "backbone": backbone.name,
+            "n_classes": len(model.classes),
+            "in_dim": int(backbone.embed_dim),
+            "proj_dim": int(model._heads.weight.shape[2]),
+            "patch_size": int(backbone.patch_size),
+            "num_prefix_tokens": int(backbone.num_prefix_tokens),
+            "temperature": float(cfg.temperature),
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+        }
+    kwargs = {
+        "kind": model.name,
+        "in_channels": int(model.n_channels),
+        "n_classes": len(model.classes),
+        "depth": int(cfg.depth),
+        "width": int(cfg.width),
+    }
     if model.name == "dsp":
         shift = model.log_prior_shift
-        kwargs |= {"embed_dim": int(cfg.embed_dim), "n_prototypes": int(cfg.prototypes_per_class),
-                   "scale": 1.0 / float(cfg.tau)}
+        kwargs |= {
+            "embed_dim": int(cfg.embed_dim),
+            "n_prototypes": int(cfg.prototypes_per_class),
+            "scale": 1.0 / float(cfg.tau),
+        }
     else:
         shift = None if model.class_bias is None else [float(b) for b in model.class_bias]
     kwargs["shift"] = None if shift is None else [float(s) for s in shift]
@@ -193,54 +223,83 @@ def _describe(model, model_dir: Path, work: Path, licence, authors, image, name)
     readme.write_text(model_readme(model, model_dir, licence))
     multiple = size_multiple(model)
     input_id = spec.TensorId("raw")
-    input_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[
-        spec.Identifier(f"channel{c}") for c in range(model.n_channels)])]
-    input_axes += [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=multiple,
-                                                                                      step=multiple))
-                   for a in "yx"]
-    output_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=_class_identifiers(model, spec))]
-    output_axes += [spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(
-        tensor_id=input_id, axis_id=spec.AxisId(a))) for a in "yx"]
+    input_axes = [
+        spec.BatchAxis(),
+        spec.ChannelAxis(
+            channel_names=[spec.Identifier(f"channel{c}") for c in range(model.n_channels)]
+        ),
+    ]
+    input_axes += [
+        spec.SpaceInputAxis(
+            id=spec.AxisId(a), size=spec.ParameterizedSize(min=multiple, step=multiple)
+        )
+        for a in "yx"
+    ]
+    output_axes = [
+        spec.BatchAxis(),
+        spec.ChannelAxis(channel_names=_class_identifiers(model, spec)),
+    ]
+    output_axes += [
+        spec.SpaceOutputAxis(
+            id=spec.AxisId(a), size=spec.SizeReference(tensor_id=input_id, axis_id=spec.AxisId(a))
+        )
+        for a in "yx"
+    ]
     pytorch_version = spec.Version(torch.__version__.split("+")[0])
     try:
         return spec.ModelDescr(
             name=name or f"napari-wsseg {model.name} ({model_dir.name})",
             description=f"{model.name} semantic segmentation of 2D slices into "
-                        f"{len(model.classes)} classes, trained with napari-wsseg {__version__} "
-                        "from weak annotations; outputs class probabilities.",
+            f"{len(model.classes)} classes, trained with napari-wsseg {__version__} "
+            "from weak annotations; outputs class probabilities.",
             authors=[spec.Author(name=a) for a in (authors or [])],
             cite=_citations(model.name, spec),
             license=spec.LicenseId(licence),
             documentation=spec.FileDescr(source=readme),
             tags=["napari-wsseg", model.name, "semantic-segmentation", "weak-supervision", "2d"],
-            inputs=[spec.InputTensorDescr(
-                id=input_id, axes=input_axes, test_tensor=spec.FileDescr(source=work / "test_input.npy"),
-                data=spec.IntervalOrRatioDataDescr(type="float32"),
-                preprocessing=[spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
-                               _scale_linear(model.normalization, spec)],
-            )],
-            outputs=[spec.OutputTensorDescr(
-                id=spec.TensorId("probabilities"), axes=output_axes,
-                test_tensor=spec.FileDescr(source=work / "test_output.npy"),
-                data=spec.IntervalOrRatioDataDescr(type="float32"),
-            )],
+            inputs=[
+                spec.InputTensorDescr(
+                    id=input_id,
+                    axes=input_axes,
+                    test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+                    data=spec.IntervalOrRatioDataDescr(type="float32"),
+                    preprocessing=[
+                        spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
+                        _scale_linear(model.normalization, spec),
+                    ],
+                )
+            ],
+            outputs=[
+                spec.OutputTensorDescr(
+                    id=spec.TensorId("probabilities"),
+                    axes=output_axes,
+                    test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+                    data=spec.IntervalOrRatioDataDescr(type="float32"),
+                )
+            ],
             weights=spec.WeightsDescr(
                 pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-                    source=weights, pytorch_version=pytorch_version,
+                    source=weights,
+                    pytorch_version=pytorch_version,
                     architecture=spec.ArchitectureFromLibraryDescr(
                         callable=spec.Identifier(architecture_name(model)),
                         import_from="napari_wsseg.export.architectures",
                         kwargs=network_kwargs(model),
                     ),
                 ),
-                torchscript=None if scripted is None else spec.TorchscriptWeightsDescr(
-                    source=scripted, pytorch_version=pytorch_version, parent="pytorch_state_dict",
+                torchscript=None
+                if scripted is None
+                else spec.TorchscriptWeightsDescr(
+                    source=scripted,
+                    pytorch_version=pytorch_version,
+                    parent="pytorch_state_dict",
                 ),
             ),
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise WssegError(f"bioimage.io description of {model_dir} is invalid: "
-                         f"{_first_error(exc)}") from None
+        raise WssegError(
+            f"bioimage.io description of {model_dir} is invalid: {_first_error(exc)}"
+        ) from None
 
 
 def _trace(network, normalized_bhwc: np.ndarray, path: Path) -> None:
@@ -252,8 +311,10 @@ def _trace(network, normalized_bhwc: np.ndarray, path: Path) -> None:
         traced = torch.jit.trace(network, example, check_trace=False)
         bigger = torch.cat([example, example.flip(-1)], dim=-1)
         if not torch.allclose(traced(bigger), network(bigger), atol=1e-5):
-            raise ModelError("the TorchScript trace of the network depends on the input size; "
-                             "report this with the model's config.json")
+            raise ModelError(
+                "the TorchScript trace of the network depends on the input size; "
+                "report this with the model's config.json"
+            )
     traced.save(str(path))
 
 
@@ -264,8 +325,11 @@ def _scale_linear(normalization, spec):
     gain, offset = (1.0 / span).tolist(), (-low / span).tolist()
     if len(gain) == 1:
         return spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain[0], offset=offset[0]))
-    return spec.ScaleLinearDescr(kwargs=spec.ScaleLinearAlongAxisKwargs(
-        axis=spec.AxisId("channel"), gain=gain, offset=offset))
+    return spec.ScaleLinearDescr(
+        kwargs=spec.ScaleLinearAlongAxisKwargs(
+            axis=spec.AxisId("channel"), gain=gain, offset=offset
+        )
+    )
 
 
 def _class_identifiers(model, spec) -> list:
@@ -283,7 +347,7 @@ def _citations(method: str, spec) -> list:
     if link is None:
         return []
     if link.startswith("doi:"):
-        return [spec.CiteEntry(text=text, doi=spec.Doi(link[len("doi:"):]))]
+        return [spec.CiteEntry(text=text, doi=spec.Doi(link[len("doi:") :]))]
     return [spec.CiteEntry(text=text, url=link)]
 
 
@@ -298,13 +362,17 @@ def _test_input(model, image) -> np.ndarray:
         raw = (low + phantom[..., None] * (high - low)).astype(np.float32)
         return np.moveaxis(raw, -1, 0)[None]
     if image.n_channels != model.n_channels:
-        raise ModelError(f"image {image.name} has {image.n_channels} channel(s) but the "
-                         f"{model.name} model was trained on {model.n_channels}; give an image "
-                         "like the training image")
+        raise ModelError(
+            f"image {image.name} has {image.n_channels} channel(s) but the "
+            f"{model.name} model was trained on {model.n_channels}; give an image "
+            "like the training image"
+        )
     h, w = (min(TEST_SIDE, s) // multiple * multiple for s in image.shape[1:])
     if h == 0 or w == 0:
-        raise WssegError(f"image {image.name} slices {image.shape[1:]} are smaller than "
-                         f"{multiple} pixels; give a larger test image")
+        raise WssegError(
+            f"image {image.name} slices {image.shape[1:]} are smaller than "
+            f"{multiple} pixels; give a larger test image"
+        )
     return np.moveaxis(np.asarray(image.data[0, :h, :w]), -1, 0)[None]
 
 
@@ -333,23 +401,36 @@ def model_readme(model, model_dir: Path, licence: str) -> str:
     summary = model.training_summary or {}
     counts = summary.get("counts", {})
     lines = [
-        f"# napari-wsseg `{model.name}` model ({model_dir.name})", "",
+        f"# napari-wsseg `{model.name}` model ({model_dir.name})",
+        "",
         f"Semantic segmentation of 2D slices into {len(model.classes)} classes, trained with "
         f"napari-wsseg {__version__} from weak annotations (points, "
-        "boxes, slice tags, sizes or partial masks) on one image or volume.", "",
-        "## Method", "", f"{paper}" + (f" ({url})" if url else "") + ".", "",
-        "## Input and output", "",
+        "boxes, slice tags, sizes or partial masks) on one image or volume.",
+        "",
+        "## Method",
+        "",
+        f"{paper}" + (f" ({url})" if url else "") + ".",
+        "",
+        "## Input and output",
+        "",
         f"- input `raw`: `(batch, channel, y, x)` raw intensities, {model.n_channels} channel(s); "
         f"y and x multiples of {size_multiple(model)}. Pre-processing maps the "
         f"training image's percentiles low={list(model.normalization.low)} and "
         f"high={list(model.normalization.high)} to 0 and 1 (fixed, not re-estimated).",
         "- output `probabilities`: `(batch, class, y, x)`; the label of a pixel is the class "
         "with the highest probability. Large slices are best predicted in overlapping tiles.",
-        "", "## Classes", "",
+        "",
+        "## Classes",
+        "",
     ]
     lines += [f"{k}. {c.name}" for k, c in enumerate(model.classes)]
-    lines += ["", "## Training data", "",
-              "The model was trained on a single image or volume with these annotations:", ""]
+    lines += [
+        "",
+        "## Training data",
+        "",
+        "The model was trained on a single image or volume with these annotations:",
+        "",
+    ]
     for kind, values in counts.items():
         values = values if isinstance(values, list) else [values]
         per_class = ", ".join(f"{c.name}: {v}" for c, v in zip(model.classes, values))

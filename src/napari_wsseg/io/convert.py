@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import ProgressEvent, is_cancelled, report
 from ..errors import ImageFormatError
+from ..progress import ProgressEvent, is_cancelled, report
 from .readers import read_tiff_lazily
 from .writers import pyramid_levels, write_pyramid
 
@@ -87,8 +87,12 @@ def import_tiff_to_omezarr(
     group = zarr.open_group(str(dst), mode="w-", zarr_format=3)
     try:
         level0 = group.create_array(
-            "0", shape=_layout_shape(image, channels), dtype=image.dtype, fill_value=0,
-            chunks=_layout_chunks(image, channels, chunks), dimension_names=list(axes),
+            "0",
+            shape=_layout_shape(image, channels),
+            dtype=image.dtype,
+            fill_value=0,
+            chunks=_layout_chunks(image, channels, chunks),
+            dimension_names=list(axes),
         )
         _copy_slices(image, level0, chunks[0], channels, progress, cancel, total)
 

@@ -40,7 +40,9 @@ class Normalization:
     high: tuple[float, ...]
 
     @classmethod
-    def from_image(cls, image, percentiles=DEFAULT_PERCENTILES, max_slices: int = MAX_SAMPLE_SLICES):
+    def from_image(
+        cls, image, percentiles=DEFAULT_PERCENTILES, max_slices: int = MAX_SAMPLE_SLICES
+    ):
         """Estimate from an :class:`~napari_wsseg.io.image.Image` (at most ``max_slices`` slices).
 
         Raises
@@ -48,7 +50,9 @@ class Normalization:
         ImageFormatError
             When a channel of the sampled slices has no finite value.
         """
-        z_indices = np.unique(np.linspace(0, image.n_slices - 1, min(image.n_slices, max_slices)).astype(int))
+        z_indices = np.unique(
+            np.linspace(0, image.n_slices - 1, min(image.n_slices, max_slices)).astype(int)
+        )
         sample = np.stack([image.slice(z) for z in z_indices]).reshape(-1, image.n_channels)
         return cls.from_array(sample, percentiles, source=f"image {image.name}")
 

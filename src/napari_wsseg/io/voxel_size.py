@@ -16,10 +16,27 @@ from ..errors import WssegError
 
 #: Micrometres per unit, for the unit names OME-NGFF, OME-XML and ImageJ write.
 UM_PER_UNIT = {
-    "micrometer": 1.0, "micrometre": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "μm": 1.0,
-    "\\u00b5m": 1.0, "nanometer": 1e-3, "nanometre": 1e-3, "nm": 1e-3,
-    "millimeter": 1e3, "millimetre": 1e3, "mm": 1e3, "centimeter": 1e4, "centimetre": 1e4,
-    "cm": 1e4, "angstrom": 1e-4, "å": 1e-4, "meter": 1e6, "metre": 1e6, "m": 1e6,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "micron": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "\\u00b5m": 1.0,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "nm": 1e-3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "mm": 1e3,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "cm": 1e4,
+    "angstrom": 1e-4,
+    "å": 1e-4,
+    "meter": 1e6,
+    "metre": 1e6,
+    "m": 1e6,
 }
 #: Micrometres per TIFF ``ResolutionUnit`` (2: inch, 3: centimetre; 1: none).
 _UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 10000.0}
@@ -54,8 +71,10 @@ def check_voxel_size(values, ndim: int = 3, *, source: str = "voxel size") -> tu
     """
     axes = "Z,Y,X" if ndim == 3 else "Y,X"
     count = {2: "two", 3: "three"}.get(ndim, str(ndim))
-    problem = (f"{source} {_short(values)} must be {count} positive numbers {axes} in "
-               f"micrometres; e.g. {'0.05,' if ndim == 3 else ''}0.004,0.004")
+    problem = (
+        f"{source} {_short(values)} must be {count} positive numbers {axes} in "
+        f"micrometres; e.g. {'0.05,' if ndim == 3 else ''}0.004,0.004"
+    )
     try:
         sizes = tuple(float(v) for v in values)
     except (TypeError, ValueError):
@@ -65,7 +84,9 @@ def check_voxel_size(values, ndim: int = 3, *, source: str = "voxel size") -> tu
     return sizes
 
 
-def parse_voxel_size(text: str, ndim: int = 3, *, source: str = "--voxel-size") -> tuple[float, ...]:
+def parse_voxel_size(
+    text: str, ndim: int = 3, *, source: str = "--voxel-size"
+) -> tuple[float, ...]:
     """Read ``Z,Y,X`` (or ``Y,X`` for 2D) micrometres from text; one number means isotropic.
 
     Raises
@@ -85,8 +106,10 @@ def parse_voxel_size(text: str, ndim: int = 3, *, source: str = "--voxel-size") 
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise WssegError(f"{source} {_short(text)} is not numbers; write {axes} in micrometres, "
-                         f"e.g. {'0.05,' if ndim == 3 else ''}0.004,0.004") from None
+        raise WssegError(
+            f"{source} {_short(text)} is not numbers; write {axes} in micrometres, "
+            f"e.g. {'0.05,' if ndim == 3 else ''}0.004,0.004"
+        ) from None
     if len(values) == 1:
         values = values * ndim
     return check_voxel_size(values, ndim, source=source)
@@ -133,15 +156,25 @@ def voxel_size_from_metadata(path, ndim: int = 3) -> tuple[float, ...] | None:
     """
     path = Path(path)
     try:
-        if path.suffix.lower() == ".zarr" or (path / "zarr.json").exists() \
-                or (path / ".zattrs").exists():
+        if (
+            path.suffix.lower() == ".zarr"
+            or (path / "zarr.json").exists()
+            or (path / ".zattrs").exists()
+        ):
             sizes = _from_omezarr(path)
         elif path.suffix.lower() in (".tif", ".tiff"):
             sizes = _from_tiff(path)
         else:
             return None
-    except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError,
-            ZeroDivisionError):
+    except (
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        ZeroDivisionError,
+    ):
         return None
     if sizes is None or len(sizes) < ndim:
         return None

@@ -152,8 +152,12 @@ def create_labels_zarr(path, shape, *, classes=None, chunks=None, dtype=None, ov
     axes = "zyx"[-len(shape) :]
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     array = group.create_array(
-        "0", shape=shape, chunks=_label_chunks(shape, chunks, path), dtype=dtype,
-        fill_value=0, dimension_names=list(axes),
+        "0",
+        shape=shape,
+        chunks=_label_chunks(shape, chunks, path),
+        dtype=dtype,
+        fill_value=0,
+        dimension_names=list(axes),
     )
     write_multiscales(group, 1, axes, name=path.stem)
     _write_image_label(group, classes)
@@ -270,8 +274,12 @@ def write_pyramid(group, axes: str, *, name: str, smooth: bool, on_level=None) -
         reduced = _halve_mean(source) if smooth else source[..., ::2, ::2]
         chunks = tuple(min(c, s) for c, s in zip(level0.chunks, reduced.shape))
         previous = group.create_array(
-            str(level), shape=reduced.shape, chunks=chunks, dtype=level0.dtype,
-            fill_value=0, dimension_names=list(axes),
+            str(level),
+            shape=reduced.shape,
+            chunks=chunks,
+            dtype=level0.dtype,
+            fill_value=0,
+            dimension_names=list(axes),
         )
         da.store(reduced.rechunk(chunks), previous, lock=False)
         if on_level is not None:
@@ -422,6 +430,11 @@ def _write_tiff(path: Path, labels, dtype: np.dtype) -> None:
     else:  # one slice in memory at a time
         data = (np.asarray(labels[z]).astype(dtype) for z in range(labels.shape[0]))
     tifffile.imwrite(
-        path, data, shape=tuple(labels.shape), dtype=dtype, compression="zlib",
-        photometric="minisblack", metadata={"axes": axes},
+        path,
+        data,
+        shape=tuple(labels.shape),
+        dtype=dtype,
+        compression="zlib",
+        photometric="minisblack",
+        metadata={"axes": axes},
     )

@@ -8,5 +8,10 @@ from .objects import MeasureResult, measure_labels
 from .tables import write_tables
 from .voxel_size import parse_voxel_size, voxel_size_from_metadata
 
-__all__ = ["MeasureResult", "measure_labels", "parse_voxel_size", "voxel_size_from_metadata",
-           "write_tables"]
+__all__ = [
+    "MeasureResult",
+    "measure_labels",
+    "parse_voxel_size",
+    "voxel_size_from_metadata",
+    "write_tables",
+]

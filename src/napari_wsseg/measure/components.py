@@ -46,8 +46,10 @@ def block_slices(shape: tuple[int, ...], block: tuple[int, ...]) -> list[tuple[s
     >>> [tuple((s.start, s.stop) for s in b) for b in block_slices((5,), (2,))]
     [((0, 2),), ((2, 4),), ((4, 5),)]
     """
-    ranges = [[slice(start, min(start + size, n)) for start in range(0, n, size)]
-              for n, size in zip(shape, block)]
+    ranges = [
+        [slice(start, min(start + size, n)) for start in range(0, n, size)]
+        for n, size in zip(shape, block)
+    ]
     return [tuple(combo) for combo in product(*ranges)]
 
 
@@ -65,9 +67,15 @@ def label_block(block: np.ndarray, classes: list[int]) -> tuple[np.ndarray, list
     return out, counts
 
 
-def label_instances(labels, classes: list[int], out, block: tuple[int, ...], *,
-                    progress: ProgressCallback | None = None,
-                    cancel: threading.Event | None = None) -> Instances:
+def label_instances(
+    labels,
+    classes: list[int],
+    out,
+    block: tuple[int, ...],
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Instances:
     """Label the connected components of each class in ``labels`` into ``out``.
 
     Parameters
@@ -98,7 +106,9 @@ def label_instances(labels, classes: list[int], out, block: tuple[int, ...], *,
         counts[k] = label_block(np.asarray(labels[region]), classes)[1]
         report(progress, ProgressEvent(k + 1, total_steps, "labelling blocks"))
     offsets = np.concatenate([[0], np.cumsum(counts.ravel())])[:-1].reshape(counts.shape)
-    fragment_class = np.concatenate([[-1], np.repeat(np.tile(classes, len(blocks)), counts.ravel())])
+    fragment_class = np.concatenate(
+        [[-1], np.repeat(np.tile(classes, len(blocks)), counts.ravel())]
+    )
     report(progress, ProgressEvent(len(blocks), total_steps, "merging labels across blocks"))
     instance_of = _merge_fragments(labels, classes, block, offsets, fragment_class)
     if is_cancelled(cancel):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from ..errors import WssegError
+from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from .components import Instances, block_slices, label_instances
 from .properties import ObjectAccumulator, padded_region
 
@@ -52,13 +52,20 @@ class MeasureResult:
     stopped: str = "done"
 
 
-def measure_labels(labels, *, image=None, classes: list[int] | None = None,
-                   class_names: list[str] | None = None,
-                   voxel_size: tuple[float, ...] | None = None, instances_out=None,
-                   block: tuple[int, ...] | None = None, surface: bool = True,
-                   overwrite: bool = False,
-                   progress: ProgressCallback | None = None,
-                   cancel: threading.Event | None = None) -> MeasureResult:
+def measure_labels(
+    labels,
+    *,
+    image=None,
+    classes: list[int] | None = None,
+    class_names: list[str] | None = None,
+    voxel_size: tuple[float, ...] | None = None,
+    instances_out=None,
+    block: tuple[int, ...] | None = None,
+    surface: bool = True,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> MeasureResult:
     """Label each class's connected components and measure every object.
 
     Parameters
@@ -114,11 +121,22 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
     block = _block(block, volume.shape, is_2d)
     names = _names(classes, class_names)
     with _InstanceStore(instances_out, volume, is_2d, block, overwrite) as store:
-        found = label_instances(volume, classes, store.array, block, progress=progress, cancel=cancel)
+        found = label_instances(
+            volume, classes, store.array, block, progress=progress, cancel=cancel
+        )
         if found.stopped == "cancelled":
             return MeasureResult(instances=store.keep(), stopped="cancelled")
-        stats, class_voxels = _accumulate(store.array, found, classes, intensities, spacing, block,
-                                          surface and not is_2d, progress, cancel)
+        stats, class_voxels = _accumulate(
+            store.array,
+            found,
+            classes,
+            intensities,
+            spacing,
+            block,
+            surface and not is_2d,
+            progress,
+            cancel,
+        )
         if stats is None:
             return MeasureResult(instances=store.keep(), stopped="cancelled")
         perimeter = _perimeters(store.array, found.count, spacing) if is_2d and surface else None
@@ -126,13 +144,19 @@ def measure_labels(labels, *, image=None, classes: list[int] | None = None,
     units = "um" if voxel_size is not None else "voxels"
     tables = _Tables(volume.shape, is_2d, spacing, units, names, classes)
     objects = tables.objects(stats, found, perimeter, intensities is not None, surface)
-    return MeasureResult(objects, tables.summary(objects, class_voxels),
-                         tables.per_slice(objects, class_voxels), instances, units)
+    return MeasureResult(
+        objects,
+        tables.summary(objects, class_voxels),
+        tables.per_slice(objects, class_voxels),
+        instances,
+        units,
+    )
 
 
 # ----------------------------------------------------------------------------- accumulation
-def _accumulate(instances, found: Instances, classes, image, spacing, block, surface: bool,
-                progress, cancel):
+def _accumulate(
+    instances, found: Instances, classes, image, spacing, block, surface: bool, progress, cancel
+):
     """Per-object sums and the voxels of each class per slice ``(Z, len(classes))``."""
     n_channels = 0 if image is None else int(image.shape[-1])
     stats = ObjectAccumulator(found.count, n_channels, spacing)
@@ -177,30 +201,42 @@ class _Tables:
         self.axes = (1, 2) if is_2d else (0, 1, 2)
         self.physical = physical = units == "um"
         if is_2d:
-            self.size_key, self.surface_key = ("area_um2", "perimeter_um") if physical else \
-                ("area_px", "perimeter_px")
+            self.size_key, self.surface_key = (
+                ("area_um2", "perimeter_um") if physical else ("area_px", "perimeter_px")
+            )
             self.voxel_key = "pixels"
         else:
-            self.size_key, self.surface_key = ("volume_um3", "surface_area_um2") if physical else \
-                ("volume_vox", "surface_area_vox2")
+            self.size_key, self.surface_key = (
+                ("volume_um3", "surface_area_um2")
+                if physical
+                else ("volume_vox", "surface_area_vox2")
+            )
             self.voxel_key = "voxels"
         self.voxel_volume = float(np.prod([spacing[a] for a in self.axes]))
 
-    def objects(self, stats: ObjectAccumulator, found: Instances, perimeter, with_image,
-                with_surface: bool) -> list[dict]:
+    def objects(
+        self, stats: ObjectAccumulator, found: Instances, perimeter, with_image, with_surface: bool
+    ) -> list[dict]:
         ids = np.flatnonzero(stats.voxels)
         order = sorted(ids.tolist(), key=lambda i: (self.classes.index(found.instance_class[i]), i))
         surface = (perimeter if perimeter is not None else stats.surface) if with_surface else None
         rows = []
         for i in order:
-            rows.append(self._object_row(i, stats, int(found.instance_class[i]), surface, with_image))
+            rows.append(
+                self._object_row(i, stats, int(found.instance_class[i]), surface, with_image)
+            )
         return rows
 
     def _object_row(self, i, stats, class_id, surface, with_image) -> dict:
         letters = "zyx"
         count = int(stats.voxels[i])
-        row = {"class_id": class_id, "class": self.names[class_id], "id": int(i),
-               self.voxel_key: count, self.size_key: _round(count * self.voxel_volume)}
+        row = {
+            "class_id": class_id,
+            "class": self.names[class_id],
+            "id": int(i),
+            self.voxel_key: count,
+            self.size_key: _round(count * self.voxel_volume),
+        }
         for a in self.axes:
             row[f"bbox_{letters[a]}0"] = int(stats.bbox_min[i, a])
         for a in self.axes:
@@ -215,8 +251,12 @@ class _Tables:
                 row["mean_intensity"] = _round(means[0])
             else:
                 row.update({f"mean_intensity_c{c}": _round(m) for c, m in enumerate(means)})
-        row["touches_border"] = bool(any(stats.bbox_min[i, a] == 0 or stats.bbox_max[i, a] ==
-                                         self.shape[a] for a in self.axes))
+        row["touches_border"] = bool(
+            any(
+                stats.bbox_min[i, a] == 0 or stats.bbox_max[i, a] == self.shape[a]
+                for a in self.axes
+            )
+        )
         return row
 
     def summary(self, objects: list[dict], class_voxels: np.ndarray) -> list[dict]:
@@ -225,12 +265,19 @@ class _Tables:
         for column, class_id in enumerate(self.classes):
             sizes = [r[self.size_key] for r in objects if r["class_id"] == class_id]
             voxels = int(class_voxels[:, column].sum())
-            rows.append({
-                "class_id": class_id, "class": self.names[class_id], "count": len(sizes),
-                self.voxel_key: voxels, f"total_{self.size_key}": _round(voxels * self.voxel_volume),
-                f"mean_{self.size_key}": _round(float(np.mean(sizes))) if sizes else 0.0,
-                "volume_fraction" if not self.is_2d else "area_fraction": _round(voxels / total),
-            })
+            rows.append(
+                {
+                    "class_id": class_id,
+                    "class": self.names[class_id],
+                    "count": len(sizes),
+                    self.voxel_key: voxels,
+                    f"total_{self.size_key}": _round(voxels * self.voxel_volume),
+                    f"mean_{self.size_key}": _round(float(np.mean(sizes))) if sizes else 0.0,
+                    "volume_fraction" if not self.is_2d else "area_fraction": _round(
+                        voxels / total
+                    ),
+                }
+            )
         return rows
 
     def per_slice(self, objects: list[dict], class_voxels: np.ndarray) -> list[dict]:
@@ -254,10 +301,17 @@ class _Tables:
             crossing = np.cumsum(crossing)[:n_z]
             for z in range(n_z):
                 pixels = int(class_voxels[z, column])
-                rows.append({"z": z, "class_id": class_id, "class": self.names[class_id],
-                             "objects": int(crossing[z]), "pixels": pixels,
-                             area_key: _round(pixels * pixel_area),
-                             "area_fraction": _round(pixels / slice_pixels)})
+                rows.append(
+                    {
+                        "z": z,
+                        "class_id": class_id,
+                        "class": self.names[class_id],
+                        "objects": int(crossing[z]),
+                        "pixels": pixels,
+                        area_key: _round(pixels * pixel_area),
+                        "area_fraction": _round(pixels / slice_pixels),
+                    }
+                )
         return rows
 
 
@@ -310,7 +364,7 @@ def _image_array(image, shape, is_2d: bool):
         name = image.name if isinstance(image, Image) else "image"
         spatial = tuple(shape[1:]) if is_2d else tuple(shape)
         raise WssegError(
-            f"{name} has spatial shape {tuple(data.shape[1 if is_2d else 0:3])} but the labels "
+            f"{name} has spatial shape {tuple(data.shape[1 if is_2d else 0 : 3])} but the labels "
             f"have {spatial}; give the image the labels were predicted from"
         )
     return data
@@ -356,9 +410,13 @@ class _InstanceStore:
         path = Path(self.out) if self.out is not None else self._temporary() / "instances.zarr"
         if path.suffix.lower() != ".zarr":
             raise WssegError(f"instances output {path} must end in .zarr; e.g. {path.stem}.zarr")
-        array = create_labels_zarr(path, shape[1:] if self.is_2d else shape, dtype=np.uint32,
-                                   chunks=self.block[1:] if self.is_2d else self.block,
-                                   overwrite=self.overwrite or self.out is None)
+        array = create_labels_zarr(
+            path,
+            shape[1:] if self.is_2d else shape,
+            dtype=np.uint32,
+            chunks=self.block[1:] if self.is_2d else self.block,
+            overwrite=self.overwrite or self.out is None,
+        )
         self.path = path
         self.array = array if not self.is_2d else _Lift2D(array)
         return self

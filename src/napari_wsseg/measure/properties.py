@@ -37,8 +37,9 @@ class ObjectAccumulator:
         self.surface = np.zeros(n + 1, np.float64)
         self.spacing = tuple(float(s) for s in spacing)
 
-    def add_block(self, instances: np.ndarray, origin: tuple[int, int, int],
-                  image: np.ndarray | None = None) -> None:
+    def add_block(
+        self, instances: np.ndarray, origin: tuple[int, int, int], image: np.ndarray | None = None
+    ) -> None:
         """Add one block's counts, sums and bounding boxes.
 
         ``instances`` is the ``(z, y, x)`` block at ``origin``; ``image`` the matching
@@ -72,8 +73,9 @@ class ObjectAccumulator:
         for j, box in enumerate(ndi.find_objects(padded), start=1):
             if box is None:
                 continue
-            grown = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
-                          for s, n in zip(box, padded.shape))
+            grown = tuple(
+                slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, padded.shape)
+            )
             mask = (padded[grown] == j).astype(np.float32)
             if min(mask.shape) < 2 or mask.min() == 1.0:
                 continue  # no cell of this block crosses the object's boundary

@@ -19,8 +19,11 @@ def table_paths(out) -> dict[str, Path]:
     out = Path(out).expanduser()
     if out.suffix.lower() != ".csv":
         raise WssegError(f"table {out} must end in .csv; e.g. {out.with_suffix('.csv').name}")
-    return {"objects": out, "summary": out.with_name(f"{out.stem}_summary.csv"),
-            "per_slice": out.with_name(f"{out.stem}_per_slice.csv")}
+    return {
+        "objects": out,
+        "summary": out.with_name(f"{out.stem}_summary.csv"),
+        "per_slice": out.with_name(f"{out.stem}_per_slice.csv"),
+    }
 
 
 def write_tables(result, out, *, overwrite: bool = False) -> dict[str, Path]:
@@ -42,8 +45,10 @@ def write_tables(result, out, *, overwrite: bool = False) -> dict[str, Path]:
     if not overwrite:
         existing = [str(p) for p in paths.values() if p.exists()]
         if existing:
-            raise WssegError(f"{', '.join(existing)} exist(s); pass --overwrite to replace or "
-                             "choose another --out")
+            raise WssegError(
+                f"{', '.join(existing)} exist(s); pass --overwrite to replace or "
+                "choose another --out"
+            )
     paths["objects"].parent.mkdir(parents=True, exist_ok=True)
     for key, path in paths.items():
         write_csv(path, getattr(result, key))

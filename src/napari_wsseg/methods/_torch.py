@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..engine.devices import resolve_device
-from ..errors import ModelError
 from ..engine.tiling import predict_tiled_batch
+from ..errors import ModelError
 from .base import FitOptions, Method
 from .warm import TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
 
@@ -79,10 +79,15 @@ class TorchSliceMethod(Method):
         net = self._build_net()
         if self.warm_init is not None:
             net.load_state_dict(self.warm_init._require_net().state_dict())
-            self.config = dataclasses.replace(self.config, max_steps=self._warm_steps,
-                                              warmup_fraction=WARM_WARMUP_FRACTION)
+            self.config = dataclasses.replace(
+                self.config, max_steps=self._warm_steps, warmup_fraction=WARM_WARMUP_FRACTION
+            )
         self.net = self._place(net, device)
-        return device, np.random.default_rng(options.seed), torch.Generator().manual_seed(options.seed)
+        return (
+            device,
+            np.random.default_rng(options.seed),
+            torch.Generator().manual_seed(options.seed),
+        )
 
     def _place(self, module_or_tensor, device):
         if self.channels_last:
@@ -124,8 +129,9 @@ class TorchSliceMethod(Method):
         results: list[np.ndarray] = []
         for group in _same_shape_groups(arrays, per_pass):
             normalized = np.stack([np.moveaxis(self.normalization.apply(a), -1, 0) for a in group])
-            out = predict_tiled_batch(probabilities, normalized, tile=self.config.tile,
-                                      overlap=overlap, align=align)
+            out = predict_tiled_batch(
+                probabilities, normalized, tile=self.config.tile, overlap=overlap, align=align
+            )
             results.extend(out)
         return results
 
@@ -143,8 +149,10 @@ class TorchSliceMethod(Method):
         from safetensors.torch import save_file
 
         weights = self._require_net().state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
-                  str(folder / WEIGHTS_FILE))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+            str(folder / WEIGHTS_FILE),
+        )
 
     def _load_weights(self, folder: Path) -> None:
         """Load the weights after checking, without allocating, that their shapes are the ones
@@ -189,7 +197,9 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except (SafetensorError, OSError) as exc:
         reason = " ".join(str(exc).split())[:120]
-        raise ModelError(f"model file {path} is not a valid safetensors file ({reason}); retrain the model") from None
+        raise ModelError(
+            f"model file {path} is not a valid safetensors file ({reason}); retrain the model"
+        ) from None
 
 
 def _shape_mismatch(stored: dict, expected: dict) -> str | None:

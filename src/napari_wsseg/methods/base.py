@@ -34,12 +34,12 @@ import numpy as np
 
 from .. import __version__
 from ..annotations.model import Annotations, ClassInfo
-from ..engine.results import FitResult
 from ..engine.devices import check_device_name
-from ..progress import ProgressCallback
+from ..engine.results import FitResult
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from ..io.normalize import Normalization
+from ..progress import ProgressCallback
 
 MODEL_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -255,8 +255,14 @@ class Method(ABC):
         self.warm_init: Method | None = None
 
     # ---------------------------------------------------------------- training
-    def fit(self, image: Image, annotations: Annotations, options: FitOptions | None = None, *,
-            init: Method | None = None) -> FitResult:
+    def fit(
+        self,
+        image: Image,
+        annotations: Annotations,
+        options: FitOptions | None = None,
+        *,
+        init: Method | None = None,
+    ) -> FitResult:
         """Train on ``image`` from ``annotations``.
 
         Parameters
@@ -273,9 +279,8 @@ class Method(ABC):
             When the annotations are empty or do not fit the image, or ``init`` is not a
             trained model of this method.
         """
-        from .warm import warm_start_source
-
         from ..annotations.validate import validate_annotations
+        from .warm import warm_start_source
 
         options = options or FitOptions()
         if annotations.is_empty():
@@ -419,7 +424,9 @@ def read_model_config(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise ModelError(f"model folder {folder}: no {CONFIG_FILE}; give a folder written by `wsseg train`")
+        raise ModelError(
+            f"model folder {folder}: no {CONFIG_FILE}; give a folder written by `wsseg train`"
+        )
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelError(
             f"model folder {folder}: {CONFIG_FILE} is {path.stat().st_size} bytes, more than a model "
@@ -433,7 +440,9 @@ def read_model_config(folder: str | os.PathLike) -> dict:
             f"model folder {folder}: {CONFIG_FILE} is not valid JSON ({reason}); retrain the model"
         ) from None
     except OSError as exc:
-        raise ModelError(f"model folder {folder}: cannot read {CONFIG_FILE} ({exc.strerror}); check the folder") from None
+        raise ModelError(
+            f"model folder {folder}: cannot read {CONFIG_FILE} ({exc.strerror}); check the folder"
+        ) from None
     if not isinstance(meta, dict):
         raise ModelError(
             f"model folder {folder}: {CONFIG_FILE} holds a {type(meta).__name__}, not the JSON object "
@@ -466,7 +475,9 @@ def load_model(folder: str | os.PathLike) -> Method:
         model = _model_from_meta(meta)
     except WssegError as exc:
         reason = str(exc).rsplit("; ", 1)[0]  # the inner fix is replaced by the folder's
-        raise ModelError(f"model folder {folder}: {CONFIG_FILE} is not valid ({reason}); retrain the model") from None
+        raise ModelError(
+            f"model folder {folder}: {CONFIG_FILE} is not valid ({reason}); retrain the model"
+        ) from None
     model._load_weights(folder)
     return model
 
@@ -483,17 +494,27 @@ def _model_from_meta(meta: dict) -> Method:
     method_class = get_method(meta["method"])
     retired = getattr(method_class.config_class, "retired_options", frozenset())
     values = meta["config"]
-    if isinstance(values, dict):  # options older releases wrote that no longer change a trained model
+    if isinstance(
+        values, dict
+    ):  # options older releases wrote that no longer change a trained model
         values = {key: value for key, value in values.items() if key not in retired}
     model = method_class(config_from_dict(method_class.config_class, values))
     model.classes = _classes_from_meta(meta["classes"])
     n_channels = meta["n_channels"]
-    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= MAX_CHANNELS:
-        raise ModelError(f"n_channels {_short(n_channels)} is not a channel count from 1 to {MAX_CHANNELS}")
+    if (
+        isinstance(n_channels, bool)
+        or not isinstance(n_channels, int)
+        or not 1 <= n_channels <= MAX_CHANNELS
+    ):
+        raise ModelError(
+            f"n_channels {_short(n_channels)} is not a channel count from 1 to {MAX_CHANNELS}"
+        )
     model.n_channels = n_channels
     model.normalization = Normalization.from_dict(meta["normalization"])
     if len(model.normalization.low) != n_channels:
-        raise ModelError(f"normalization has {len(model.normalization.low)} channels, n_channels {n_channels}")
+        raise ModelError(
+            f"normalization has {len(model.normalization.low)} channels, n_channels {n_channels}"
+        )
     for key in ("training_summary", "state"):
         if not isinstance(meta.get(key, {}), dict):
             raise ModelError(f"{key} {_short(meta[key])} is not a JSON object")
@@ -509,9 +530,12 @@ def _model_from_meta(meta: dict) -> Method:
 
 def _checked_summary(summary: dict) -> dict:
     """The training summary, with the entries other code reads checked for their JSON types."""
+
     def numbers(v):
         return isinstance(v, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x >= 0 for x in v)
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x >= 0
+            for x in v
+        )
 
     rules = {
         "counts": lambda v: isinstance(v, dict) and all(numbers(x) for x in v.values()),
@@ -522,19 +546,26 @@ def _checked_summary(summary: dict) -> dict:
     }
     for key, ok in rules.items():
         if key in summary and not ok(summary[key]):
-            raise ModelError(f"training_summary {key} {_short(summary[key])} is not what training writes")
+            raise ModelError(
+                f"training_summary {key} {_short(summary[key])} is not what training writes"
+            )
     return summary
 
 
 def _classes_from_meta(entries) -> list[ClassInfo]:
-    ok = isinstance(entries, list) and 1 <= len(entries) <= MAX_CLASSES and all(
-        isinstance(e, dict) and set(e) == {"name", "color"}
-        and all(isinstance(v, str) and len(v) <= MAX_OPTION_CHARS for v in e.values())
-        for e in entries
+    ok = (
+        isinstance(entries, list)
+        and 1 <= len(entries) <= MAX_CLASSES
+        and all(
+            isinstance(e, dict)
+            and set(e) == {"name", "color"}
+            and all(isinstance(v, str) and len(v) <= MAX_OPTION_CHARS for v in e.values())
+            for e in entries
+        )
     )
     if not ok:
         raise ModelError(
-            f"classes {_short(entries)} is not a list of 1 to {MAX_CLASSES} {{\"name\", \"color\"}} objects"
+            f'classes {_short(entries)} is not a list of 1 to {MAX_CLASSES} {{"name", "color"}} objects'
         )
     return [ClassInfo(e["name"], e["color"]) for e in entries]
 
@@ -551,11 +582,18 @@ def state_numbers(state: dict, key: str, count: int) -> list[float] | None:
     values = state.get(key)
     if values is None:
         return None
-    ok = isinstance(values, list) and len(values) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values
+    ok = (
+        isinstance(values, list)
+        and len(values) == count
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+            for v in values
+        )
     )
     if not ok:
-        raise ModelError(f"state {key} {_short(values)} is not a list of {count} finite numbers (one per class)")
+        raise ModelError(
+            f"state {key} {_short(values)} is not a list of {count} finite numbers (one per class)"
+        )
     return [float(v) for v in values]
 
 

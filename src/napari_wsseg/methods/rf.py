@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ..annotations.model import Annotations
-from ..progress import Budget, ProgressEvent, report
+from ..engine.results import FitResult
 from ..errors import ModelError, WssegError
 from ..io.image import Image
-from ..engine.results import FitResult
+from ..progress import Budget, ProgressEvent, report
 from .base import FitOptions, Method, check_config
 
 WEIGHTS_FILE = "model.safetensors"
@@ -43,8 +43,12 @@ _OLD_WEIGHTS_FILE = "model.skops"
 
 #: Inclusive bounds of the numeric rf options; they also hold for a config.json read at load.
 RF_BOUNDS = {
-    "n_estimators": (1, 10_000), "max_depth": (1, 1000), "sigma_min": (0.05, 256.0),
-    "sigma_max": (0.05, 256.0), "num_sigma": (1, 64), "max_samples_per_class": (1, 10_000_000),
+    "n_estimators": (1, 10_000),
+    "max_depth": (1, 1000),
+    "sigma_min": (0.05, 256.0),
+    "sigma_max": (0.05, 256.0),
+    "num_sigma": (1, 64),
+    "max_samples_per_class": (1, 10_000_000),
 }
 
 
@@ -140,16 +144,28 @@ class RandomForestMethod(Method):
             feats = self.feature_memo.get(key, lambda: self.features(raw))
             xs.append(feats[coords[:, 0], coords[:, 1]])
             ys.append(classes)
-            report(options.progress, ProgressEvent(done + 1, budget.total_steps, f"features of slice {z}",
-                                                   eta_s=budget.eta(done + 1)))
-        x, y = _balance(np.concatenate(xs), np.concatenate(ys), self.config.max_samples_per_class, rng)
+            report(
+                options.progress,
+                ProgressEvent(
+                    done + 1,
+                    budget.total_steps,
+                    f"features of slice {z}",
+                    eta_s=budget.eta(done + 1),
+                ),
+            )
+        x, y = _balance(
+            np.concatenate(xs), np.concatenate(ys), self.config.max_samples_per_class, rng
+        )
         self.forest = RandomForestClassifier(
             n_estimators=self.config.n_estimators,
             max_depth=self.config.max_depth,
             n_jobs=-1,
             random_state=options.seed,
         ).fit(x, y)
-        report(options.progress, ProgressEvent(budget.total_steps, budget.total_steps, "forest trained"))
+        report(
+            options.progress,
+            ProgressEvent(budget.total_steps, budget.total_steps, "forest trained"),
+        )
         return FitResult(stopped="done", steps=budget.total_steps, seconds=budget.elapsed)
 
     # -------------------------------------------------------------- prediction
@@ -181,13 +197,17 @@ class RandomForestMethod(Method):
                     f"model folder {folder} was written by an older napari-wsseg ({_OLD_WEIGHTS_FILE}); "
                     "retrain the rf model (it takes seconds)"
                 )
-            raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the rf model")
+            raise ModelError(
+                f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the rf model"
+            )
         try:
             with safe_open(str(path), framework="numpy") as f:
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
                 metadata = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"model file {path} is not a valid safetensors file ({exc}); retrain") from None
+            raise ModelError(
+                f"model file {path} is not a valid safetensors file ({exc}); retrain"
+            ) from None
         forest = forest_from_tensors(tensors, metadata, path)
         self._check_forest_fits(forest, path)
         self.forest = forest
@@ -246,7 +266,10 @@ class FeatureMemo:
         features = compute()
         self.stats["computed"] += 1
         self._entries[key] = features
-        while sum(f.nbytes for f in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
+        while (
+            sum(f.nbytes for f in self._entries.values()) > self.max_bytes
+            and len(self._entries) > 1
+        ):
             self._entries.popitem(last=False)
         if features.nbytes > self.max_bytes:
             self._entries.pop(key)
@@ -268,8 +291,12 @@ def forest_to_tensors(forest) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             tensors[f"tree{i}.{name}"] = np.ascontiguousarray(nodes[name])
         tensors[f"tree{i}.values"] = np.ascontiguousarray(state["values"])
         depths.append(int(state["max_depth"]))
-    metadata = {"format": "napari-wsseg random forest 1", "n_trees": str(len(depths)),
-                "n_features": str(int(forest.n_features_in_)), "max_depths": json.dumps(depths)}
+    metadata = {
+        "format": "napari-wsseg random forest 1",
+        "n_trees": str(len(depths)),
+        "n_features": str(int(forest.n_features_in_)),
+        "max_depths": json.dumps(depths),
+    }
     return tensors, metadata
 
 
@@ -302,10 +329,18 @@ def forest_from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str]
         nodes, values = _tree_table(tensors, i, node_dtype, path)
         problem = _tree_problem(nodes, values, n_features, n_classes)
         if problem:
-            raise ModelError(f"model file {path}: corrupt tree {i} ({problem}); retrain the rf model")
+            raise ModelError(
+                f"model file {path}: corrupt tree {i} ({problem}); retrain the rf model"
+            )
         tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-        tree.__setstate__({"max_depth": _tree_depth(nodes), "node_count": len(nodes), "nodes": nodes,
-                           "values": np.ascontiguousarray(values, dtype=np.float64)})
+        tree.__setstate__(
+            {
+                "max_depth": _tree_depth(nodes),
+                "node_count": len(nodes),
+                "nodes": nodes,
+                "values": np.ascontiguousarray(values, dtype=np.float64),
+            }
+        )
         estimators.append(_fitted(DecisionTreeClassifier(), tree, classes, n_features))
     forest = RandomForestClassifier(n_estimators=n_trees, n_jobs=-1)
     forest.estimators_ = estimators
@@ -313,12 +348,16 @@ def forest_from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str]
     return _fitted(forest, None, classes, n_features)
 
 
-def _forest_sizes(tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path) -> tuple[int, int]:
+def _forest_sizes(
+    tensors: dict[str, np.ndarray], metadata: dict[str, str], path: Path
+) -> tuple[int, int]:
     """The tree and feature counts of the metadata, bounded and matching the stored trees."""
     try:
         n_trees, n_features = int(metadata["n_trees"]), int(metadata["n_features"])
     except (KeyError, ValueError) as exc:
-        raise ModelError(f"model file {path} lacks the forest description ({exc}); retrain") from None
+        raise ModelError(
+            f"model file {path} lacks the forest description ({exc}); retrain"
+        ) from None
     stored = sum(1 for key in tensors if key.startswith("tree") and key.endswith(".values"))
     if not 1 <= n_trees <= _MAX_TREES or n_trees != stored:
         raise ModelError(
@@ -335,9 +374,14 @@ def _forest_sizes(tensors: dict[str, np.ndarray], metadata: dict[str, str], path
 def _forest_classes(tensors: dict[str, np.ndarray], path: Path) -> np.ndarray:
     """The forest's class ids: a non-empty, strictly increasing 1-D array of ids >= 0."""
     classes = tensors.get("classes")
-    ok = (classes is not None and classes.ndim == 1 and len(classes) >= 1
-          and np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0
-          and np.all(np.diff(classes) > 0))
+    ok = (
+        classes is not None
+        and classes.ndim == 1
+        and len(classes) >= 1
+        and np.issubdtype(classes.dtype, np.integer)
+        and classes.min() >= 0
+        and np.all(np.diff(classes) > 0)
+    )
     if not ok:
         raise ModelError(
             f"model file {path}: 'classes' is missing or not increasing class ids; retrain the rf model"
@@ -345,12 +389,15 @@ def _forest_classes(tensors: dict[str, np.ndarray], path: Path) -> np.ndarray:
     return classes.astype(np.int64)
 
 
-def _tree_table(tensors: dict[str, np.ndarray], i: int, node_dtype: np.dtype,
-                path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _tree_table(
+    tensors: dict[str, np.ndarray], i: int, node_dtype: np.dtype, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
     """Tree ``i``'s node table (scikit-learn's dtype) and leaf values, with matching lengths."""
     values = tensors.get(f"tree{i}.values")
     fields = {name: tensors.get(f"tree{i}.{name}") for name in node_dtype.names}
-    missing = [name for name, array in fields.items() if array is None] + ([] if values is not None else ["values"])
+    missing = [name for name, array in fields.items() if array is None] + (
+        [] if values is not None else ["values"]
+    )
     if missing:
         raise ModelError(
             f"model file {path}: tree {i} lacks {missing} (written by another scikit-learn "
@@ -370,7 +417,9 @@ def _tree_table(tensors: dict[str, np.ndarray], i: int, node_dtype: np.dtype,
     return nodes, values
 
 
-def _tree_problem(nodes: np.ndarray, values: np.ndarray, n_features: int, n_classes: int) -> str | None:
+def _tree_problem(
+    nodes: np.ndarray, values: np.ndarray, n_features: int, n_classes: int
+) -> str | None:
     """What makes a node table unsafe to predict with (None when it is a proper tree).
 
     scikit-learn numbers nodes so that children come after their parent, and a leaf has both

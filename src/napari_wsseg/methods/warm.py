@@ -22,11 +22,24 @@ if TYPE_CHECKING:
 
 #: Options that may change between the previous model and the new training without ruling out a
 #: warm start: they steer how long or how a run trains, or how it predicts, not what is learned.
-FREE_OPTIONS = frozenset({
-    "max_steps", "lr", "weight_decay", "warmup_fraction", "batch_size", "tile", "tile_overlap",
-    "cpu_bf16", "cache_dir", "cache_memory_mb", "n_estimators", "max_depth", "max_samples_per_class",
-    "random_crop_fraction",
-})
+FREE_OPTIONS = frozenset(
+    {
+        "max_steps",
+        "lr",
+        "weight_decay",
+        "warmup_fraction",
+        "batch_size",
+        "tile",
+        "tile_overlap",
+        "cpu_bf16",
+        "cache_dir",
+        "cache_memory_mb",
+        "n_estimators",
+        "max_depth",
+        "max_samples_per_class",
+        "random_crop_fraction",
+    }
+)
 #: Steps of a warm-started torch training (dsp, size) when FitOptions.warm_steps is None: 1/6 of
 #: dsp's 1200-step cold run (about 3.5 min on 2 CPU cores), so roughly 35 s, estimated, not
 #: measured; a choice, not yet validated on the benchmark protocol.
@@ -40,8 +53,9 @@ class WarmStartWarning(UserWarning):
     """A warm start was asked for but the training starts from scratch (the message says why)."""
 
 
-def warm_start_source(method: "Method", init: "Method | None", annotations: "Annotations",
-                      n_channels: int) -> "Method | None":
+def warm_start_source(
+    method: "Method", init: "Method | None", annotations: "Annotations", n_channels: int
+) -> "Method | None":
     """The previous model to continue from, or None for a cold start.
 
     Parameters
@@ -81,17 +95,23 @@ def warm_start_source(method: "Method", init: "Method | None", annotations: "Ann
             f"'{method.name}' model or train from scratch"
         )
     if not init.classes or init.normalization is None:
-        raise WssegError(f"init '{init.name}' model is not trained; train it first or train from scratch")
+        raise WssegError(
+            f"init '{init.name}' model is not trained; train it first or train from scratch"
+        )
     reason = _cold_reason(method, init, annotations, n_channels)
     if reason is not None:
-        warnings.warn(f"{method.name}: training from scratch, not warm: {reason}",
-                      WarmStartWarning, stacklevel=3)
+        warnings.warn(
+            f"{method.name}: training from scratch, not warm: {reason}",
+            WarmStartWarning,
+            stacklevel=3,
+        )
         return None
     return init
 
 
-def _cold_reason(method: "Method", init: "Method", annotations: "Annotations",
-                 n_channels: int) -> str | None:
+def _cold_reason(
+    method: "Method", init: "Method", annotations: "Annotations", n_channels: int
+) -> str | None:
     """Why ``init`` cannot seed ``method``'s training, in words; None when it can."""
     old = [c.name for c in init.classes]
     new = list(annotations.class_names)
@@ -100,8 +120,10 @@ def _cold_reason(method: "Method", init: "Method", annotations: "Annotations",
     if init.n_channels != n_channels:
         return f"the image has {n_channels} channel(s), the previous model {init.n_channels}"
     changed = [
-        f.name for f in dataclasses.fields(method.config)
-        if f.name not in FREE_OPTIONS and getattr(method.config, f.name) != getattr(init.config, f.name)
+        f.name
+        for f in dataclasses.fields(method.config)
+        if f.name not in FREE_OPTIONS
+        and getattr(method.config, f.name) != getattr(init.config, f.name)
     ]
     if changed:
         return f"option(s) {', '.join(changed)} differ from the previous model's"
@@ -116,8 +138,9 @@ def _class_change(old: list[str], new: list[str]) -> str:
         pairs = [f"{o!r} to {n!r}" for o, n in zip(old, new) if o != n]
         return f"renamed {', '.join(pairs)}"
     added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
-    return ", ".join(filter(None, [f"added {added}" if added else "",
-                                   f"removed {removed}" if removed else ""]))
+    return ", ".join(
+        filter(None, [f"added {added}" if added else "", f"removed {removed}" if removed else ""])
+    )
 
 
 def check_warm_steps(steps: int | None) -> int | None:

@@ -102,7 +102,12 @@ def block_region(index, block, shape) -> Region:
 
 
 def read_block_input(
-    image: Image, region: Region, halo: int, *, halo_z: int = 0, scheduler: str = "synchronous",
+    image: Image,
+    region: Region,
+    halo: int,
+    *,
+    halo_z: int = 0,
+    scheduler: str = "synchronous",
     align: tuple[int, int, int] = (1, 1, 1),
 ):
     """Read a block plus ``halo`` pixels of context in y and x and ``halo_z`` slices in z.
@@ -230,8 +235,9 @@ def predict_proba_region(model, image: Image, region: Region) -> np.ndarray:
     >>> predict_proba_region(model, image, (slice(1, 2), slice(4, 9), slice(0, 16))).shape
     (2, 1, 5, 16)
     """
-    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model),
-                                  align=model_align(model))
+    data, crop = read_block_input(
+        image, region, model_halo(model), halo_z=model_halo_z(model), align=model_align(model)
+    )
     n_slices = crop[0].stop - crop[0].start
     shape = tuple(sl.stop - sl.start for sl in crop[1:])
     out = np.empty((len(model.classes), n_slices, *shape), dtype=np.float32)
@@ -300,8 +306,9 @@ def predict_block(
             [0, 1, 0],
             [0, 0, 1]]], dtype=uint8)
     """
-    data, crop = read_block_input(image, region, model_halo(model), halo_z=model_halo_z(model),
-                                  align=model_align(model))
+    data, crop = read_block_input(
+        image, region, model_halo(model), halo_z=model_halo_z(model), align=model_align(model)
+    )
     return predict_block_input(model, data, crop, probabilities=probabilities)
 
 
@@ -344,8 +351,10 @@ def model_align(model) -> tuple[int, int, int]:
     except (TypeError, ValueError):
         align = ()
     if len(align) != 3 or min(align) < 1:
-        raise ModelError(f"{model.name} reports block_align={value!r}; it must be three positive "
-                         "integers (z, y, x): fix the method")
+        raise ModelError(
+            f"{model.name} reports block_align={value!r}; it must be three positive "
+            "integers (z, y, x): fix the method"
+        )
     return align
 
 

@@ -134,8 +134,9 @@ def run_threads(
     prefetch = max(int(prefetch), 1)
 
     def read(index):
-        return read_block_input(image, run.region(index), run.halo, halo_z=run.halo_z,
-                                align=run.align)
+        return read_block_input(
+            image, run.region(index), run.halo, halo_z=run.halo_z, align=run.align
+        )
 
     def write(index, prediction):
         output.write(index, run.region(index), prediction)
@@ -205,8 +206,9 @@ def _predict_and_write_block(task: WorkerTask, index: BlockIndex, image) -> Bloc
         lambda: BlockStore(task.out_path, task.probs_path, was_2d=task.was_2d),
     )
     region = task.run.region(index)
-    data, crop = read_block_input(image, region, task.run.halo, halo_z=task.run.halo_z,
-                                  align=task.run.align)
+    data, crop = read_block_input(
+        image, region, task.run.halo, halo_z=task.run.halo_z, align=task.run.align
+    )
     prediction = predict_block_input(model, data, crop, probabilities=task.run.probabilities)
     output.write(index, region, prediction)
     return index

@@ -15,9 +15,9 @@ import threading
 
 import numpy as np
 
-from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 from ..errors import WssegError
 from ..io.image import Image
+from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 
 
 def parse_slices(text: str | None, n_slices: int, *, source: str = "--slices") -> list[int] | None:

@@ -80,12 +80,18 @@ class SuggestConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise WssegError(f"suggest option {name}={value!r} must be an integer >= {low}")
         if self.measure not in MEASURES:
-            raise WssegError(f"suggest measure {self.measure!r} is unknown; use one of {', '.join(MEASURES)}")
+            raise WssegError(
+                f"suggest measure {self.measure!r} is unknown; use one of {', '.join(MEASURES)}"
+            )
         for name in ("min_distance", "rarity_power"):
             value = getattr(self, name)
             if value is None and name == "min_distance":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value < 1e6
+            ):
                 raise WssegError(f"suggest option {name}={value!r} must be a number from 0 to 1e6")
 
     @property
@@ -258,8 +264,18 @@ def _cell_candidates(z: int, scores: np.ndarray, cell: int) -> list[Suggestion]:
     for iy, ix in zip(*np.nonzero(counts)):
         y0, x0 = int(iy) * cell, int(ix) * cell
         dy, dx = divmod(int(best[iy, ix]), cell)
-        found.append(Suggestion(int(z), y0 + dy, x0 + dx, float(means[iy, ix]), y0, x0,
-                                min(y0 + cell, height), min(x0 + cell, width)))
+        found.append(
+            Suggestion(
+                int(z),
+                y0 + dy,
+                x0 + dx,
+                float(means[iy, ix]),
+                y0,
+                x0,
+                min(y0 + cell, height),
+                min(x0 + cell, width),
+            )
+        )
     return found
 
 
@@ -292,7 +308,9 @@ def _counts_for(model: "Method", annotations: "Annotations | None") -> np.ndarra
                 "give the annotations the model was trained for"
             )
         return label_counts(annotations)
-    counts = model.training_summary.get("counts", {}) if isinstance(model.training_summary, dict) else {}
+    counts = (
+        model.training_summary.get("counts", {}) if isinstance(model.training_summary, dict) else {}
+    )
     total = np.zeros(n_classes)
     for key, divisor in (("points", 1), ("boxes", 1), ("mask_pixels", MASK_PIXELS_PER_LABEL)):
         values = counts.get(key)
@@ -301,7 +319,9 @@ def _counts_for(model: "Method", annotations: "Annotations | None") -> np.ndarra
     return total
 
 
-def _labelled_masks(annotations: "Annotations", shape: tuple[int, int, int]) -> dict[int, np.ndarray]:
+def _labelled_masks(
+    annotations: "Annotations", shape: tuple[int, int, int]
+) -> dict[int, np.ndarray]:
     """Boolean ``(Y, X)`` masks of the pixels that already carry a point or mask label, by slice."""
     masks: dict[int, np.ndarray] = {}
 
@@ -324,7 +344,9 @@ def _check_slices(slices: list[int] | None, n_slices: int) -> list[int]:
         return list(range(n_slices))
     bad = [z for z in slices if not 0 <= int(z) < n_slices]
     if bad:
-        raise WssegError(f"slices {bad[:5]} are outside the image's 0..{n_slices - 1}; pick slices inside it")
+        raise WssegError(
+            f"slices {bad[:5]} are outside the image's 0..{n_slices - 1}; pick slices inside it"
+        )
     return sorted({int(z) for z in slices})
 
 

@@ -21,7 +21,9 @@ _TEMP_MARKER = ".wsseg-export-temporary"
 def make_export_button(predict_widget) -> QPushButton:
     """A button that exports ``predict_widget``'s chosen model (needs its ``_model_source``)."""
     button = QPushButton("Export…")
-    button.setToolTip("export the chosen model as a bioimage.io package (dsp, size and mews models)")
+    button.setToolTip(
+        "export the chosen model as a bioimage.io package (dsp, size and mews models)"
+    )
     button.clicked.connect(lambda: _ask_and_export(predict_widget))
     return button
 
@@ -33,8 +35,9 @@ def export_model(source, out, *, licence: str = "CC-BY-4.0"):
     from ..training import avoid_triton_llvm_crash
 
     avoid_triton_llvm_crash()  # torch may import triton while tracing; see its docstring
-    worker = create_worker(_export, source, Path(out), licence, _ignore_errors=True,
-                           _start_thread=False)
+    worker = create_worker(
+        _export, source, Path(out), licence, _ignore_errors=True, _start_thread=False
+    )
     worker.returned.connect(lambda path: notify_info(f"bioimage.io package written to {path}"))
     worker.errored.connect(lambda exc: notify_exception(exc, "export"))
     return worker
@@ -46,8 +49,9 @@ def _ask_and_export(predict_widget) -> None:
     except WssegError as exc:
         notify_error(str(exc))
         return
-    path, _ = QFileDialog.getSaveFileName(predict_widget, "Export bioimage.io package", "model.zip",
-                                          "bioimage.io package (*.zip)")
+    path, _ = QFileDialog.getSaveFileName(
+        predict_widget, "Export bioimage.io package", "model.zip", "bioimage.io package (*.zip)"
+    )
     if path:
         export_model(source, path).start()
 

@@ -105,8 +105,11 @@ class MeasureWidget(QWidget):
         from napari.layers import Image, Labels
 
         current = self.labels_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)
-                 and not layer.name.endswith(" instances")]
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and not layer.name.endswith(" instances")
+        ]
         names.sort(key=lambda n: "prediction" not in n)
         self.labels_combo.clear()
         self.labels_combo.addItems(names)
@@ -133,9 +136,15 @@ class MeasureWidget(QWidget):
             return None
         self._source = layer
         self._cancel = threading.Event()
-        worker = create_worker(measure_labels, layer.data, **kwargs,
-                               progress=self._signals.progress.emit, cancel=self._cancel,
-                               _ignore_errors=True, _start_thread=False)
+        worker = create_worker(
+            measure_labels,
+            layer.data,
+            **kwargs,
+            progress=self._signals.progress.emit,
+            cancel=self._cancel,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
         worker.returned.connect(self._on_returned)
         worker.errored.connect(lambda exc: notify_exception(exc, "measurement"))
         worker.finished.connect(self._on_finished)
@@ -176,26 +185,39 @@ class MeasureWidget(QWidget):
         ndim = layer.data.ndim
         text = self.voxel_edit.text().strip()
         scale = tuple(float(s) for s in layer.scale[-ndim:])
-        voxel_size = parse_voxel_size(text, ndim) if text else (
-            scale if any(s != 1.0 for s in scale) else None)
+        voxel_size = (
+            parse_voxel_size(text, ndim)
+            if text
+            else (scale if any(s != 1.0 for s in scale) else None)
+        )
         classes = [c.name for c in session_for(self.viewer).classes]
         largest = int(layer.data.max()) if isinstance(layer.data, np.ndarray) else len(classes)
-        names = ["unlabelled"] + [classes[k] if k < len(classes) else f"class{k}"
-                                  for k in range(max(largest, len(classes)))]
+        names = ["unlabelled"] + [
+            classes[k] if k < len(classes) else f"class{k}"
+            for k in range(max(largest, len(classes)))
+        ]
         values = list(range(1, len(names)))
         out = self.instances_edit.text().strip() or None
         if out is None and not isinstance(layer.data, np.ndarray):
-            raise WssegError(f"layer '{layer.name}' is loaded lazily; type an instances OUT.zarr "
-                             "path so the instance volume can be written to disk")
+            raise WssegError(
+                f"layer '{layer.name}' is loaded lazily; type an instances OUT.zarr "
+                "path so the instance volume can be written to disk"
+            )
         image = None
         if self.image_combo.currentText() not in ("", NO_IMAGE):
             image = self.viewer.layers[self.image_combo.currentText()].data
-        return {"image": image, "classes": values, "class_names": names,
-                "voxel_size": voxel_size, "instances_out": out}
+        return {
+            "image": image,
+            "classes": values,
+            "class_names": names,
+            "voxel_size": voxel_size,
+            "instances_out": out,
+        }
 
     def _ask_csv_path(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save measurements", "measurements.csv",
-                                              "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save measurements", "measurements.csv", "CSV (*.csv)"
+        )
         if path:
             try:
                 self.export_csv(path)
@@ -238,9 +260,12 @@ class MeasureWidget(QWidget):
             for c, key in enumerate(columns):
                 value = row[key]
                 item = QTableWidgetItem()
-                item.setData(Qt.ItemDataRole.DisplayRole,
-                             value if isinstance(value, (int, float)) and not isinstance(value, bool)
-                             else str(value))
+                item.setData(
+                    Qt.ItemDataRole.DisplayRole,
+                    value
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)
+                    else str(value),
+                )
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
 
@@ -249,11 +274,19 @@ class MeasureWidget(QWidget):
         selected = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
         if not selected or self._source is None:
             return
-        headers = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
+        headers = [
+            self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())
+        ]
         axes = [a for a in "zyx" if f"centroid_{a}" in headers]
         row = selected[0].row()
-        point = [float(self.table.item(row, headers.index(f"centroid_{a}")).data(
-            Qt.ItemDataRole.DisplayRole)) for a in axes]
+        point = [
+            float(
+                self.table.item(row, headers.index(f"centroid_{a}")).data(
+                    Qt.ItemDataRole.DisplayRole
+                )
+            )
+            for a in axes
+        ]
         world = self._source.data_to_world(point)
         _camera(self.viewer).center = tuple(world[-2:])
         if len(axes) == 3:

@@ -114,8 +114,16 @@ class PretrainPanel(QWidget):
         self._cancel = threading.Event()
         budget = self.budget_spin.value() * 60.0 or None
         self.worker = create_worker(
-            _pretrain, image, folder, self.config, budget, self.device(), self._cancel,
-            self._signals.progress.emit, _ignore_errors=True, _start_thread=False,
+            _pretrain,
+            image,
+            folder,
+            self.config,
+            budget,
+            self.device(),
+            self._cancel,
+            self._signals.progress.emit,
+            _ignore_errors=True,
+            _start_thread=False,
         )
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_error)

@@ -94,8 +94,15 @@ class SuggestPanel(QWidget):
         from napari.qt.threading import create_worker
 
         self.worker = create_worker(
-            _suggest, source, image, annotations, slices, self.n_spin.value(), threading.Event(),
-            _ignore_errors=True, _start_thread=False,
+            _suggest,
+            source,
+            image,
+            annotations,
+            slices,
+            self.n_spin.value(),
+            threading.Event(),
+            _ignore_errors=True,
+            _start_thread=False,
         )
         self.worker.returned.connect(self.show_suggestions)
         self.worker.errored.connect(self._on_error)
@@ -176,8 +183,8 @@ class SuggestPanel(QWidget):
             "edge_width": 1,
             "features": {"rank": np.arange(1, len(self.suggestions) + 1)},
             "text": {"string": "{rank}", "color": BOX_COLOR, "anchor": "upper_left", "size": 10},
-            "scale": image_layer.scale[-(3 if three_d else 2):],
-            "translate": image_layer.translate[-(3 if three_d else 2):],
+            "scale": image_layer.scale[-(3 if three_d else 2) :],
+            "translate": image_layer.translate[-(3 if three_d else 2) :],
             "metadata": L.role_metadata(ROLE, self.session.project_folder),
         }
 
@@ -224,7 +231,11 @@ def _suggest(source, image, annotations, slices: list[int], n: int, cancel) -> l
 
     model = source if isinstance(source, Method) else load_model(source)
     return suggest(
-        model, image, annotations=annotations, slices=slices, config=SuggestConfig(n=n),
+        model,
+        image,
+        annotations=annotations,
+        slices=slices,
+        config=SuggestConfig(n=n),
         cancel=cancel,
     )
 

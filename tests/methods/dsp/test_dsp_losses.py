@@ -74,15 +74,22 @@ def test_tag_positive_is_the_mean_over_valid_pixels():
 
 def test_box_positives_are_row_and_column_maxima():
     logits = torch.zeros(1, 2, 4, 5)
-    logits[0, 1] = torch.tensor([
-        [9, 9, 9, 9, 9],
-        [9, 1, 2, 3, 9],
-        [9, 6, 5, 4, 9],
-        [9, 9, 9, 9, 9],
-    ], dtype=torch.float32)
+    logits[0, 1] = torch.tensor(
+        [
+            [9, 9, 9, 9, 9],
+            [9, 1, 2, 3, 9],
+            [9, 6, 5, 4, 9],
+            [9, 9, 9, 9, 9],
+        ],
+        dtype=torch.float32,
+    )
     targets = _targets(
-        size=4, classes=2, boxes=torch.tensor([[1, 1, 2, 3]]), box_index=torch.tensor([0]),
-        box_classes=torch.tensor([1]), box_rows_valid=torch.tensor([True]),
+        size=4,
+        classes=2,
+        boxes=torch.tensor([[1, 1, 2, 3]]),
+        box_index=torch.tensor([0]),
+        box_classes=torch.tensor([1]),
+        box_rows_valid=torch.tensor([True]),
         box_cols_valid=torch.tensor([True]),
     )
     targets.valid = torch.ones(1, 4, 5, dtype=torch.bool)
@@ -94,8 +101,11 @@ def test_box_positives_are_row_and_column_maxima():
 def test_clipped_box_keeps_only_complete_rows_or_columns():
     logits = torch.arange(4 * 4, dtype=torch.float32).reshape(1, 1, 4, 4).expand(1, 2, 4, 4).clone()
     targets = _targets(
-        size=4, boxes=torch.tensor([[0, 1, 1, 2]]), box_index=torch.tensor([0]),
-        box_classes=torch.tensor([0]), box_rows_valid=torch.tensor([False]),
+        size=4,
+        boxes=torch.tensor([[0, 1, 1, 2]]),
+        box_index=torch.tensor([0]),
+        box_classes=torch.tensor([0]),
+        box_rows_valid=torch.tensor([False]),
         box_cols_valid=torch.tensor([True]),
     )
     values, _ = positives(logits, targets)["box"]
@@ -152,13 +162,24 @@ def _naive_dsp(logits, t: BatchTargets, weights):
                     found["point"].append((float(logits[b, c, y, x]), c))
         for c in range(n_classes):
             if t.tagged[b, c]:
-                pixels = [float(logits[b, c, y, x]) for y in range(height) for x in range(width) if t.valid[b, y, x]]
+                pixels = [
+                    float(logits[b, c, y, x])
+                    for y in range(height)
+                    for x in range(width)
+                    if t.valid[b, y, x]
+                ]
                 found["tag"].append((sum(pixels) / len(pixels), c))
     for m, c in enumerate(t.component_classes.tolist()):
-        pixels = [float(logits[b, c, y, x]) for b, y, x in zip(*np.nonzero(t.components.numpy() == m + 1))]
+        pixels = [
+            float(logits[b, c, y, x]) for b, y, x in zip(*np.nonzero(t.components.numpy() == m + 1))
+        ]
         found["mask"].append((sum(pixels) / len(pixels), c))
     for (y0, x0, y1, x1), b, c, rows_ok, cols_ok in zip(
-        t.boxes.tolist(), t.box_index.tolist(), t.box_classes.tolist(), t.box_rows_valid, t.box_cols_valid
+        t.boxes.tolist(),
+        t.box_index.tolist(),
+        t.box_classes.tolist(),
+        t.box_rows_valid,
+        t.box_cols_valid,
     ):
         # boxes: cross-entropy of the box class at the pixel holding each row's / column's maximum
         if rows_ok:
@@ -198,12 +219,20 @@ def _random_targets(gen, batch=2, classes=3, size=6) -> BatchTargets:
     one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), classes).permute(0, 3, 1, 2).bool()
     allowed = torch.where(known[:, None], one_hot, allowed)
     return _targets(
-        batch=batch, classes=classes, size=size, labels=labels, is_point=is_point,
-        components=components, component_classes=torch.tensor([1, 2]), allowed=allowed,
+        batch=batch,
+        classes=classes,
+        size=size,
+        labels=labels,
+        is_point=is_point,
+        components=components,
+        component_classes=torch.tensor([1, 2]),
+        allowed=allowed,
         valid=torch.rand(batch, size, size, generator=gen) > 0.1,
         boxes=torch.tensor([[1, 1, 3, 4], [0, 2, 5, 2], [2, 0, 2, 5]]),
-        box_index=torch.tensor([0, 1, 1]), box_classes=torch.tensor([2, 0, 1]),
-        box_rows_valid=torch.tensor([True, False, True]), box_cols_valid=torch.tensor([True, True, False]),
+        box_index=torch.tensor([0, 1, 1]),
+        box_classes=torch.tensor([2, 0, 1]),
+        box_rows_valid=torch.tensor([True, False, True]),
+        box_cols_valid=torch.tensor([True, True, False]),
         tagged=torch.tensor([[True, False, True], [False, False, False]]),
     )
 
@@ -237,9 +266,9 @@ def test_positives_are_invariant_to_the_crop_geometry():
         before = sorted((round(v, 9), c) for v, c in zip(values.tolist(), classes.tolist()))
         after = sorted((round(v, 9), c) for v, c in zip(new_values.tolist(), new_classes.tolist()))
         assert before == after and len(before) > 0, kind
-    assert float(dsp_loss(moved_logits, transform_targets(targets, geometries), WEIGHTS)["dsp"]) == pytest.approx(
-        float(dsp_loss(logits, targets, WEIGHTS)["dsp"])
-    )
+    assert float(
+        dsp_loss(moved_logits, transform_targets(targets, geometries), WEIGHTS)["dsp"]
+    ) == pytest.approx(float(dsp_loss(logits, targets, WEIGHTS)["dsp"]))
 
 
 # ----------------------------------------------------------------------------- L_CE, L_PLF

@@ -18,19 +18,39 @@ from napari_wsseg.eval.simulate import simulate_annotations
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import get_method
 from napari_wsseg.methods.base import FitOptions, load_model
-from napari_wsseg.methods.dsp.method import DENSE_STEPS, SPARSE_STEPS, DSPConfig, DSPMethod, auto_max_steps
+from napari_wsseg.methods.dsp.method import (
+    DENSE_STEPS,
+    SPARSE_STEPS,
+    DSPConfig,
+    DSPMethod,
+    auto_max_steps,
+)
 
 #: A network small enough to train in seconds on a CPU.
-TINY = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 64, "batch_size": 4, "cpu_bf16": False}
+TINY = {
+    "depth": 2,
+    "width": 8,
+    "embed_dim": 16,
+    "crop_size": 64,
+    "batch_size": 4,
+    "cpu_bf16": False,
+}
 
 
 @pytest.fixture(scope="module")
 def trained(phantom_3d):
     """A dsp model trained briefly on clicks in slices 0, 2, 4 of the phantom."""
     image, labels, classes = phantom_3d
-    ann = simulate_annotations(labels, slices=[0, 2, 4], points=20, boxes=1, tags=True, seed=0, classes=classes)
-    options = {"max_steps": 80, "lr": 3e-3,
-               "plf_weight": 1.0, "plf_start": 0.3, "plf_threshold": 0.0}  # exercise L_PLF too
+    ann = simulate_annotations(
+        labels, slices=[0, 2, 4], points=20, boxes=1, tags=True, seed=0, classes=classes
+    )
+    options = {
+        "max_steps": 80,
+        "lr": 3e-3,
+        "plf_weight": 1.0,
+        "plf_start": 0.3,
+        "plf_threshold": 0.0,
+    }  # exercise L_PLF too
     method = DSPMethod(**(TINY | options))
     result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=0))
     return method, result
@@ -60,11 +80,17 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, phantom_3d, 
     folder = method.save(tmp_path / "model")
     assert (folder / "model.safetensors").is_file()
     meta = json.loads((folder / "config.json").read_text())
-    assert meta["method"] == "dsp" and meta["config"]["width"] == 8 and meta["state"]["fit"]["steps"] == 80
+    assert (
+        meta["method"] == "dsp"
+        and meta["config"]["width"] == 8
+        and meta["state"]["fit"]["steps"] == 80
+    )
     reloaded = load_model(folder)
     assert isinstance(reloaded, DSPMethod) and reloaded.config == method.config
-    np.testing.assert_array_equal(reloaded.predict_proba_slice(image[7][..., None]),
-                                  method.predict_proba_slice(image[7][..., None]))
+    np.testing.assert_array_equal(
+        reloaded.predict_proba_slice(image[7][..., None]),
+        method.predict_proba_slice(image[7][..., None]),
+    )
 
 
 def test_a_damaged_weights_file_is_refused(trained, tmp_path):
@@ -109,7 +135,9 @@ def test_class_prior_correction_is_estimated_stored_and_applied(trained, phantom
 
 def test_no_prior_correction_without_labelled_pixels_or_when_off():
     image, _ = _small_problem()
-    boxes_only = Annotations(default_classes(2), boxes=[[0, 0, 0, 10, 10, 0], [0, 12, 12, 30, 30, 1]])
+    boxes_only = Annotations(
+        default_classes(2), boxes=[[0, 0, 0, 10, 10, 0], [0, 12, 12, 30, 30, 1]]
+    )
     method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32}))
     method.fit(as_image(image), boxes_only, FitOptions(device="cpu"))
     assert method.log_prior_shift is None
@@ -156,7 +184,9 @@ def test_cancel_stops_at_a_step_boundary_and_reports_progress():
             cancel.set()
 
     method = DSPMethod(**(TINY | {"max_steps": 1000, "crop_size": 32}))
-    result = method.fit(as_image(image), ann, FitOptions(device="cpu", progress=progress, cancel=cancel))
+    result = method.fit(
+        as_image(image), ann, FitOptions(device="cpu", progress=progress, cancel=cancel)
+    )
     assert result.stopped == "cancelled" and result.steps < 1000
     training = [e for e in events if e.message == "training"]
     assert training and "loss" in training[0].metrics and training[-1].eta_s is not None
@@ -164,7 +194,9 @@ def test_cancel_stops_at_a_step_boundary_and_reports_progress():
 
 def test_trains_and_predicts_on_a_lazy_multichannel_volume():
     rng = np.random.default_rng(1)
-    volume = da.from_array(rng.integers(0, 255, (3, 40, 48, 2), dtype=np.uint8), chunks=(1, 20, 24, 2))
+    volume = da.from_array(
+        rng.integers(0, 255, (3, 40, 48, 2), dtype=np.uint8), chunks=(1, 20, 24, 2)
+    )
     image = as_image(volume, channel_axis=-1)
     ann = Annotations(default_classes(2), points=[[1, 5, 5, 0], [1, 30, 30, 1]], tags=[[0, 0]])
     method = DSPMethod(**(TINY | {"max_steps": 2, "crop_size": 32, "tile": 32, "tile_overlap": 8}))
@@ -190,7 +222,9 @@ def test_annotations_for_a_class_the_model_lacks_are_refused():
 def test_empty_annotations_are_refused():
     image, _ = _small_problem()
     with pytest.raises(WssegError, match="no annotations"):
-        DSPMethod(**TINY).fit(as_image(image), Annotations(default_classes(2)), FitOptions(device="cpu"))
+        DSPMethod(**TINY).fit(
+            as_image(image), Annotations(default_classes(2)), FitOptions(device="cpu")
+        )
 
 
 def test_a_zero_time_budget_is_refused():
@@ -239,8 +273,10 @@ def test_step_count_grows_with_the_share_of_painted_pixels():
     sparse = Annotations(default_classes(2), points=clicks)
     assert auto_max_steps(sparse, shape) == SPARSE_STEPS
     masks[0] = 1  # 1 of 8 annotated slices painted: half of the dense share
-    assert auto_max_steps(Annotations(default_classes(2), points=clicks, masks=masks), shape) == \
-        (SPARSE_STEPS + DENSE_STEPS) // 2
+    assert (
+        auto_max_steps(Annotations(default_classes(2), points=clicks, masks=masks), shape)
+        == (SPARSE_STEPS + DENSE_STEPS) // 2
+    )
     masks[:] = 2
     assert auto_max_steps(Annotations(default_classes(2), masks=masks), shape) == DENSE_STEPS
 
@@ -261,11 +297,15 @@ def test_same_seed_with_a_time_budget_gives_identical_predictions(phantom_3d):
     follow the clock only when the budget is what ends training, else a seed would not fix the
     result (the protocol in benchmarks/protocol.py relies on this)."""
     image, labels, classes = phantom_3d
-    ann = simulate_annotations(labels, slices=[0, 3], points=3, boxes=1, tags=True, seed=1, classes=classes)
+    ann = simulate_annotations(
+        labels, slices=[0, 3], points=3, boxes=1, tags=True, seed=1, classes=classes
+    )
     predictions = []
     for _ in range(2):
         method = DSPMethod(**(TINY | {"max_steps": 6, "crop_size": 32}))
-        result = method.fit(as_image(image), ann, FitOptions(device="cpu", seed=3, time_budget_s=3600))
+        result = method.fit(
+            as_image(image), ann, FitOptions(device="cpu", seed=3, time_budget_s=3600)
+        )
         assert result.stopped == "done"
         predictions.append(method.predict_proba_slice(image[5][..., None]))
     assert np.array_equal(predictions[0], predictions[1])
@@ -280,7 +320,11 @@ def test_a_model_saved_with_the_retired_boxes_exhaustive_option_still_loads(tmp_
     meta["config"]["boxes_exhaustive"] = True  # what every dsp model saved before issue 13 holds
     (folder / "config.json").write_text(json.dumps(meta))
     loaded = load_model(folder)
-    assert np.array_equal(loaded.predict_proba_slice(image[1][..., None]),
-                          method.predict_proba_slice(image[1][..., None]))
+    assert np.array_equal(
+        loaded.predict_proba_slice(image[1][..., None]),
+        method.predict_proba_slice(image[1][..., None]),
+    )
     with pytest.raises(WssegError, match=r"unknown option\(s\) \['boxes_exhaustive'\]"):
-        DSPMethod(boxes_exhaustive=False)  # as an option it is gone: exhaustiveness is annotation data
+        DSPMethod(
+            boxes_exhaustive=False
+        )  # as an option it is gone: exhaustiveness is annotation data

@@ -76,14 +76,22 @@ def test_exhaustive_without_a_box_makes_the_class_absent_from_the_slice():
 def test_boxes_are_clipped_with_row_and_column_validity():
     index = AnnotationIndex(_annotations(), SHAPE)
     whole = index.crop_targets(Crop(1, 0, 0, 10))
-    assert whole.boxes.tolist() == [[2, 2, 4, 4]] and whole.box_rows_valid[0] and whole.box_cols_valid[0]
+    assert (
+        whole.boxes.tolist() == [[2, 2, 4, 4]]
+        and whole.box_rows_valid[0]
+        and whole.box_cols_valid[0]
+    )
     # crop rows 3..6, columns 0..3: the box keeps y 3..4 (cut) and x 2..3 (cut)
     cut = index.crop_targets(Crop(1, 3, 0, 4))
     assert cut.boxes.tolist() == [[0, 2, 1, 3]] and cut.box_classes.tolist() == [1]
     assert not cut.box_rows_valid[0] and not cut.box_cols_valid[0]
     # crop rows 0..7, columns 3..10: y extent complete (columns valid), x extent cut
     side = index.crop_targets(Crop(1, 0, 3, 8))
-    assert side.boxes.tolist() == [[2, 0, 4, 1]] and side.box_cols_valid[0] and not side.box_rows_valid[0]
+    assert (
+        side.boxes.tolist() == [[2, 0, 4, 1]]
+        and side.box_cols_valid[0]
+        and not side.box_rows_valid[0]
+    )
     assert len(index.crop_targets(Crop(1, 6, 6, 4)).boxes) == 0
 
 
@@ -92,9 +100,15 @@ def test_mask_components_are_per_class_and_connected():
     masks[0, 0, 0:2] = 1  # class 0 component
     masks[0, 0, 2:4] = 2  # touching, but class 1: its own component
     masks[0, 4:6, 4:6] = 1  # a second class-0 component
-    targets = AnnotationIndex(Annotations(default_classes(2), masks=masks), (1, 6, 6)).crop_targets(Crop(0, 0, 0, 6))
+    targets = AnnotationIndex(Annotations(default_classes(2), masks=masks), (1, 6, 6)).crop_targets(
+        Crop(0, 0, 0, 6)
+    )
     assert len(targets.component_classes) == 3
-    ids = {int(targets.components[0, 0]), int(targets.components[0, 2]), int(targets.components[4, 4])}
+    ids = {
+        int(targets.components[0, 0]),
+        int(targets.components[0, 2]),
+        int(targets.components[4, 4]),
+    }
     assert len(ids) == 3 and 0 not in ids
     assert sorted(targets.component_classes.tolist()) == [0, 0, 1]
     assert (targets.components[targets.labels < 0] == 0).all()

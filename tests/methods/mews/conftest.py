@@ -29,7 +29,9 @@ def blocky_phantom():
     return up(image), up(labels), classes
 
 
-def patch_centre_clicks(labels: np.ndarray, n_classes: int, per_class: int, seed: int = 0) -> np.ndarray:
+def patch_centre_clicks(
+    labels: np.ndarray, n_classes: int, per_class: int, seed: int = 0
+) -> np.ndarray:
     """Points ``(z, y, x, class)`` at the centres of patches that are >= 75 % one class."""
     z_, y_, x_ = labels.shape
     crop = labels[:, : y_ // PATCH * PATCH, : x_ // PATCH * PATCH]

@@ -9,8 +9,15 @@ from napari_wsseg.errors import ModelError
 from napari_wsseg.io.normalize import Normalization
 from napari_wsseg.methods.mews.cache import FeatureCache, slice_key
 
-SIGNATURE = {"backbone": "test_vit", "weights_hash": "ab" * 32, "patch_size": 16, "tile_patches": 64,
-             "halo_patches": 4, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+SIGNATURE = {
+    "backbone": "test_vit",
+    "weights_hash": "ab" * 32,
+    "patch_size": 16,
+    "tile_patches": 64,
+    "halo_patches": 4,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+}
 NORM = Normalization((0.0,), (255.0,))
 
 
@@ -52,11 +59,16 @@ def test_predictions_do_not_write_to_disk(tmp_path):
     assert FeatureCache(SIGNATURE, tmp_path / "c").get("a") is None
 
 
-@pytest.mark.parametrize("key, value", [("weights_hash", "cd" * 32), ("tile_patches", 32), ("backbone", "other")])
+@pytest.mark.parametrize(
+    "key, value", [("weights_hash", "cd" * 32), ("tile_patches", 32), ("backbone", "other")]
+)
 def test_a_cache_with_another_signature_is_refused(tmp_path, key, value):
     FeatureCache(SIGNATURE, tmp_path / "c").get_many(["a"], _Backbone())
-    with pytest.raises(ModelError, match=rf"feature cache .*c was computed with different settings \({key}: "
-                                         r"cached .* vs now .*\); delete that folder or give another cache_dir"):
+    with pytest.raises(
+        ModelError,
+        match=rf"feature cache .*c was computed with different settings \({key}: "
+        r"cached .* vs now .*\); delete that folder or give another cache_dir",
+    ):
         FeatureCache({**SIGNATURE, key: value}, tmp_path / "c")
 
 
@@ -69,7 +81,9 @@ def test_a_folder_that_is_not_a_cache_is_refused(tmp_path):
 def test_an_interrupted_write_is_ignored(tmp_path):
     cache = FeatureCache(SIGNATURE, tmp_path / "c")
     cache.put("a", _features(0))
-    del cache._group["a"].attrs["complete"]  # as if the process died before marking the entry complete
+    del cache._group["a"].attrs[
+        "complete"
+    ]  # as if the process died before marking the entry complete
     assert FeatureCache(SIGNATURE, tmp_path / "c").get("a") is None
 
 

@@ -39,8 +39,14 @@ def test_gmm_thresholds_match_sklearn_on_a_few_patches():
     betas = gmm_thresholds(torch.from_numpy(rows), max_iter=50, tol=0.0)
     for i, row in enumerate(rows):
         gm = GaussianMixture(
-            2, covariance_type="full", max_iter=50, tol=0.0, reg_covar=1e-6,
-            means_init=[[0.04], [0.30]], weights_init=[0.5, 0.5], precisions_init=[[[100.0]], [[100.0]]],
+            2,
+            covariance_type="full",
+            max_iter=50,
+            tol=0.0,
+            reg_covar=1e-6,
+            means_init=[[0.04], [0.30]],
+            weights_init=[0.5, 0.5],
+            precisions_init=[[[100.0]], [[100.0]]],
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning: we ask for exactly 50 iterations
@@ -79,11 +85,15 @@ def test_correlation_loss_by_hand():
     expected = -(0.5 + 0.5 - 2 * 0.5 / math.sqrt(2)) / 4
     assert correlation_loss(x, z, betas).item() == pytest.approx(expected)
     z_opposite = torch.tensor([[[[1.0, 0.0], [-1.0, 0.0]]]])  # cos = -1, clamped at r = -0.25
-    assert correlation_loss(x, z_opposite, betas, clamp=-0.25).item() == pytest.approx(-(0.5 + 0.5 + 2 * 0.125) / 4)
+    assert correlation_loss(x, z_opposite, betas, clamp=-0.25).item() == pytest.approx(
+        -(0.5 + 0.5 + 2 * 0.125) / 4
+    )
 
 
 def test_prototype_loss_by_hand():
-    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # patch 0 is class 0's prototype, patch 1 class 1's
+    x = torch.tensor(
+        [[[1.0, 0.0], [0.0, 1.0]]]
+    )  # patch 0 is class 0's prototype, patch 1 class 1's
     proto_x, labels = torch.eye(2), torch.tensor([0, 1])
     z = torch.stack([x, x])  # both heads are the identity
     centroids = torch.eye(2)
@@ -91,7 +101,9 @@ def test_prototype_loss_by_hand():
     # class 0: s = (1, 0), y = (1, 0) -> (0.5 * 1 + (-0.5) * 0) / 2; class 1 likewise
     assert prototype_loss(x, z, proto_x, labels, centroids, beta).item() == pytest.approx(-0.5)
     # a patch dissimilar to the prototypes (s < β) is pushed away: positive contribution
-    z_wrong = torch.stack([x.flip(1), x.flip(1)])  # heads swap: each patch looks like the other class
+    z_wrong = torch.stack(
+        [x.flip(1), x.flip(1)]
+    )  # heads swap: each patch looks like the other class
     assert prototype_loss(x, z_wrong, proto_x, labels, centroids, beta).item() == pytest.approx(0.5)
 
 
@@ -101,7 +113,9 @@ def _unit(angle: float) -> list[float]:
 
 def test_triplet_loss_is_exactly_zero_when_the_margin_holds():
     labels = torch.tensor([0, 0, 1, 1])
-    clicks = torch.tensor([_unit(0.0), _unit(0.1), _unit(1.5), _unit(1.6)])  # two tight, distant clusters
+    clicks = torch.tensor(
+        [_unit(0.0), _unit(0.1), _unit(1.5), _unit(1.6)]
+    )  # two tight, distant clusters
     proto_z = torch.stack([clicks, clicks])  # (C=2, K=4, P=2)
     loss = triplet_loss(proto_z, labels, margin=0.25)
     assert loss.item() == 0.0
@@ -114,8 +128,12 @@ def test_triplet_loss_by_hand_when_violated():
     margin = 0.5
     a0, a1 = F.normalize(clicks[:2].mean(0), dim=0), F.normalize(clicks[2:].mean(0), dim=0)
     d = torch.dist
-    expected = max(d(clicks[0], a0) - d(a1, a0) + margin, 0) + max(d(clicks[2], a1) - d(a0, a1) + margin, 0)
-    assert triplet_loss(proto_z, labels, margin=margin).item() == pytest.approx(float(expected), abs=1e-6)
+    expected = max(d(clicks[0], a0) - d(a1, a0) + margin, 0) + max(
+        d(clicks[2], a1) - d(a0, a1) + margin, 0
+    )
+    assert triplet_loss(proto_z, labels, margin=margin).item() == pytest.approx(
+        float(expected), abs=1e-6
+    )
     assert triplet_loss(proto_z, labels, margin=margin).item() > 0
 
 

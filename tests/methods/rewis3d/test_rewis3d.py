@@ -73,7 +73,9 @@ def test_cross_view_loss_weights_hard_labels_by_teacher_confidence():
             ps = _softmax([float(student[0, k, 0, y, x]) for k in range(3)])
             label = max(range(3), key=lambda k: pt[k])
             terms.append(-max(pt) * math.log(ps[label]))
-    assert float(cross_view_loss(student, teacher, valid)) == pytest.approx(sum(terms) / 12, rel=1e-5)
+    assert float(cross_view_loss(student, teacher, valid)) == pytest.approx(
+        sum(terms) / 12, rel=1e-5
+    )
 
 
 def test_cross_view_weight_is_zero_in_base_training_then_ramps():

@@ -16,7 +16,9 @@ def test_size_kl_matches_hand_computed_values():
     target = torch.tensor([[0.2, 0.8], [0.5, 0.5], [1.0, 0.0]])
     mean = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.25, 0.75]])
     expected = [0.2 * math.log(0.2 / 0.5) + 0.8 * math.log(0.8 / 0.5), 0.0, math.log(1 / 0.25)]
-    np.testing.assert_allclose(size_kl(target, mean, eps=0.0).numpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        size_kl(target, mean, eps=0.0).numpy(), expected, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_size_kl_is_forward_not_reverse():
@@ -31,7 +33,9 @@ def test_size_kl_is_forward_not_reverse():
 def test_size_kl_epsilon_keeps_a_vanished_class_finite():
     value = size_kl(torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]]), eps=1e-6)
     assert torch.isfinite(value).all()
-    assert float(value) == pytest.approx(0.5 * math.log(0.5 / (1 + 1e-6)) + 0.5 * math.log(0.5 / 1e-6), rel=1e-5)
+    assert float(value) == pytest.approx(
+        0.5 * math.log(0.5 / (1 + 1e-6)) + 0.5 * math.log(0.5 / 1e-6), rel=1e-5
+    )
 
 
 def _mean_softmax_and_grad(target, logits):
@@ -56,7 +60,9 @@ def test_gradient_pushes_a_vanishing_target_class_up_and_harder_the_smaller_it_i
 
 def test_descending_the_size_loss_recovers_a_vanished_class_and_suppresses_an_absent_one():
     target = torch.tensor([0.6, 0.4, 0.0])
-    logits = torch.stack([torch.zeros(6, 6), torch.full((6, 6), -12.0), torch.zeros(6, 6)]).requires_grad_(True)
+    logits = torch.stack(
+        [torch.zeros(6, 6), torch.full((6, 6), -12.0), torch.zeros(6, 6)]
+    ).requires_grad_(True)
     for _ in range(40):  # plain gradient descent
         mean = torch.softmax(logits, dim=0).mean(dim=(1, 2))
         (grad,) = torch.autograd.grad(size_kl(target[None], mean[None]).sum(), logits)
@@ -67,7 +73,9 @@ def test_descending_the_size_loss_recovers_a_vanished_class_and_suppresses_an_ab
 
 def test_tag_size_loss_penalises_absent_and_too_small_present_classes_only():
     present = torch.tensor([[True, True, False]])
-    assert float(tag_size_loss(present, torch.tensor([[0.6, 0.4, 0.0]]), 0.01)) == pytest.approx(0.0, abs=1e-6)
+    assert float(tag_size_loss(present, torch.tensor([[0.6, 0.4, 0.0]]), 0.01)) == pytest.approx(
+        0.0, abs=1e-6
+    )
     absent_predicted = float(tag_size_loss(present, torch.tensor([[0.5, 0.3, 0.2]]), 0.01))
     assert absent_predicted == pytest.approx(-math.log(0.8), rel=1e-4)
     too_small = float(tag_size_loss(present, torch.tensor([[0.999, 0.001, 0.0]]), 0.01))
@@ -84,7 +92,9 @@ def _naive_crf(probabilities, image, valid, radius, sigma_intensity, sigma_xy):
         for j, (yj, xj) in enumerate(coords):
             near = i != j and abs(yi - yj) <= radius and abs(xi - xj) <= radius
             if near and valid[yi, xi] and valid[yj, xj]:
-                colour = np.sum((image[:, yi, xi] - image[:, yj, xj]) ** 2) / (2 * sigma_intensity**2)
+                colour = np.sum((image[:, yi, xi] - image[:, yj, xj]) ** 2) / (
+                    2 * sigma_intensity**2
+                )
                 space = ((yi - yj) ** 2 + (xi - xj) ** 2) / (2 * sigma_xy**2)
                 w[i, j] = np.exp(-colour - space)
     total = sum(s[k] @ w @ (1 - s[k]) for k in range(n_classes))
@@ -99,8 +109,14 @@ def test_crf_loss_equals_a_naive_double_loop():
     valid = np.ones((5, 6), bool)
     valid[4, 3:] = False
     expected = _naive_crf(probabilities, image, valid, radius=2, sigma_intensity=0.3, sigma_xy=1.2)
-    value = crf_loss(torch.tensor(probabilities[None]), torch.tensor(image[None]), torch.tensor(valid[None]),
-                     radius=2, sigma_intensity=0.3, sigma_xy=1.2)
+    value = crf_loss(
+        torch.tensor(probabilities[None]),
+        torch.tensor(image[None]),
+        torch.tensor(valid[None]),
+        radius=2,
+        sigma_intensity=0.3,
+        sigma_xy=1.2,
+    )
     assert float(value) == pytest.approx(expected, rel=1e-10)
 
 

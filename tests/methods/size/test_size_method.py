@@ -52,7 +52,9 @@ def _fit(phantom, ann, steps=60, **options):
 
 def test_sizes_and_points_train_clearly_better_than_chance(phantom):
     image, labels, classes = phantom
-    ann = simulate_annotations(labels, slices=[0, 2], points=2, sizes=True, size_noise=0.1, seed=0, classes=classes)
+    ann = simulate_annotations(
+        labels, slices=[0, 2], points=2, sizes=True, size_noise=0.1, seed=0, classes=classes
+    )
     method = _fit(phantom, ann)
     pred = method.predict_slice(as_image(image).slice(1))
     # random labels drawn with the class frequencies score Dice = frequency for each class
@@ -100,7 +102,9 @@ def test_checkpoint_round_trip(phantom, tmp_path):
     assert meta["state"]["fit"]["size_slices"] == [0] and len(meta["state"]["class_bias"]) == 3
     reloaded = load_model(folder)
     assert isinstance(reloaded, SizeMethod) and reloaded.config == method.config
-    np.testing.assert_allclose(reloaded.predict_proba_slice(as_image(image).slice(1)), before, atol=1e-5)
+    np.testing.assert_allclose(
+        reloaded.predict_proba_slice(as_image(image).slice(1)), before, atol=1e-5
+    )
 
 
 def test_registry_and_config_validation():
@@ -111,22 +115,30 @@ def test_registry_and_config_validation():
         SizeConfig(crf_weight=-1)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([[0, 0, 0.5], [0, 1, 0.2]], "sum to 0.7"),
-    ([[0, 0, 1.2], [0, 1, -0.2]], "outside 0..1"),
-    ([[0, 0, 0.5], [0, 7, 0.5]], "unknown class"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([[0, 0, 0.5], [0, 1, 0.2]], "sum to 0.7"),
+        ([[0, 0, 1.2], [0, 1, -0.2]], "outside 0..1"),
+        ([[0, 0, 0.5], [0, 7, 0.5]], "unknown class"),
+    ],
+)
 def test_fit_rejects_bad_sizes(phantom, rows, message):
     image, _, classes = phantom
     with pytest.raises(AnnotationError, match=message):
-        SizeMethod(**TINY).fit(as_image(image), Annotations(classes, sizes=rows), FitOptions(device="cpu"))
+        SizeMethod(**TINY).fit(
+            as_image(image), Annotations(classes, sizes=rows), FitOptions(device="cpu")
+        )
 
 
 def test_boxes_alone_are_refused(phantom):
     image, _, classes = phantom
     with pytest.raises(WssegError, match="boxes alone"):
-        SizeMethod(**TINY).fit(as_image(image), Annotations(classes, boxes=[[0, 1, 1, 5, 5, 1]]),
-                               FitOptions(device="cpu"))
+        SizeMethod(**TINY).fit(
+            as_image(image),
+            Annotations(classes, boxes=[[0, 1, 1, 5, 5, 1]]),
+            FitOptions(device="cpu"),
+        )
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -143,7 +155,9 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("volume", [False, True], ids=["2d", "3d"])
 @pytest.mark.parametrize("with_points", [False, True], ids=["sizes", "sizes+points"])
-def test_cli_trains_from_sizes_and_points_and_predicts(phantom, tmp_path, capsys, volume, with_points):
+def test_cli_trains_from_sizes_and_points_and_predicts(
+    phantom, tmp_path, capsys, volume, with_points
+):
     image, labels, classes = phantom
     data = image if volume else image[1]
     np.save(tmp_path / "image.npy", data)
@@ -155,29 +169,70 @@ def test_cli_trains_from_sizes_and_points_and_predicts(phantom, tmp_path, capsys
     ys, xs = np.nonzero(labels[1] == 2)
     (tmp_path / "points.csv").write_text(f"{z}y,x,class\n{zval}{ys[0]},{xs[0]},2\n")
     points = ["--points", tmp_path / "points.csv"] if with_points else []
-    code, out, err = run(["train", tmp_path / "image.npy", "--sizes", tmp_path / "sizes.csv", *points,
-                          "--classes", ",".join(c.name for c in classes), "--method", "size",
-                          "--out", tmp_path / "model", "--max-steps", "3", "--width", "4", "--depth", "2",
-                          "--crop-size", "32", "--tile", "64"], capsys)
+    code, out, err = run(
+        [
+            "train",
+            tmp_path / "image.npy",
+            "--sizes",
+            tmp_path / "sizes.csv",
+            *points,
+            "--classes",
+            ",".join(c.name for c in classes),
+            "--method",
+            "size",
+            "--out",
+            tmp_path / "model",
+            "--max-steps",
+            "3",
+            "--width",
+            "4",
+            "--depth",
+            "2",
+            "--crop-size",
+            "32",
+            "--tile",
+            "64",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["method"] == "size"
-    code, _, err = run(["predict", tmp_path / "model", tmp_path / "image.npy", "--out", tmp_path / "pred.npy"], capsys)
+    code, _, err = run(
+        ["predict", tmp_path / "model", tmp_path / "image.npy", "--out", tmp_path / "pred.npy"],
+        capsys,
+    )
     assert code == 0, err
     assert np.load(tmp_path / "pred.npy").shape == data.shape
 
 
-@pytest.mark.parametrize("sizes, message", [
-    ("z,class,fraction\n0,0,0.5\n0,1,0.2\n", "sum to 0.7"),
-    ("z,class,fraction\n0,0,1.1\n0,1,-0.1\n", "outside 0..1"),
-    ("z,class,fraction\n0,0,0.5\n0,mito,0.5\n", "mito"),
-    ("z,class,fraction\n0,0,0.5\n0,9,0.5\n", "class 9 is not a class id"),
-])
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        ("z,class,fraction\n0,0,0.5\n0,1,0.2\n", "sum to 0.7"),
+        ("z,class,fraction\n0,0,1.1\n0,1,-0.1\n", "outside 0..1"),
+        ("z,class,fraction\n0,0,0.5\n0,mito,0.5\n", "mito"),
+        ("z,class,fraction\n0,0,0.5\n0,9,0.5\n", "class 9 is not a class id"),
+    ],
+)
 def test_cli_reports_bad_sizes_in_one_line(phantom, tmp_path, capsys, sizes, message):
     image, _, classes = phantom
     np.save(tmp_path / "image.npy", image)
     _write_sizes(tmp_path / "sizes.csv", sizes)
-    code, _, err = run(["train", tmp_path / "image.npy", "--sizes", tmp_path / "sizes.csv", "--classes",
-                        ",".join(c.name for c in classes), "--method", "size", "--out", tmp_path / "m"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            tmp_path / "image.npy",
+            "--sizes",
+            tmp_path / "sizes.csv",
+            "--classes",
+            ",".join(c.name for c in classes),
+            "--method",
+            "size",
+            "--out",
+            tmp_path / "m",
+        ],
+        capsys,
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m").exists()
 

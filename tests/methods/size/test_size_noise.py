@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_wsseg.eval.simulate import class_fractions, relative_errors, simulate_annotations, size_noise_mre
+from napari_wsseg.eval.simulate import (
+    class_fractions,
+    relative_errors,
+    simulate_annotations,
+    size_noise_mre,
+)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 0.2, 0.4])

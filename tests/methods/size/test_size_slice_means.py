@@ -45,8 +45,15 @@ def test_an_untouched_cache_returns_the_initial_distribution_and_gradients_reach
 def test_aligned_crops_keep_their_anchor_inside():
     rng = np.random.default_rng(1)
     shape, cell, size = (3, 100, 90), 16, 48
-    anchors = np.stack([rng.integers(0, 3, 500), rng.integers(0, 100, 500), rng.integers(0, 90, 500),
-                        np.zeros(500, int)], axis=1)
+    anchors = np.stack(
+        [
+            rng.integers(0, 3, 500),
+            rng.integers(0, 100, 500),
+            rng.integers(0, 90, 500),
+            np.zeros(500, int),
+        ],
+        axis=1,
+    )
     for anchor in anchors[:60]:
         sampler = CropSampler(shape, anchor[None], size - cell, rng)
         (crop,) = align_crops(sampler.sample(1), cell, size)

@@ -73,14 +73,18 @@ class BatchTargets:
 def collate(crops: list[CropTargets], valid: list[np.ndarray]) -> BatchTargets:
     """Stack per-crop targets into a :class:`BatchTargets` (component ids made batch-unique)."""
     offsets = np.cumsum([0] + [len(c.component_classes) for c in crops[:-1]])
-    components = np.stack([np.where(c.components > 0, c.components + o, 0) for c, o in zip(crops, offsets)])
+    components = np.stack(
+        [np.where(c.components > 0, c.components + o, 0) for c, o in zip(crops, offsets)]
+    )
     box_counts = [len(c.box_classes) for c in crops]
     region_counts = [len(c.region_classes) for c in crops]
     return BatchTargets(
         labels=torch.from_numpy(np.stack([c.labels for c in crops])),
         is_point=torch.from_numpy(np.stack([c.is_point for c in crops])),
         components=torch.from_numpy(components),
-        component_classes=torch.from_numpy(np.concatenate([c.component_classes for c in crops])).long(),
+        component_classes=torch.from_numpy(
+            np.concatenate([c.component_classes for c in crops])
+        ).long(),
         allowed=torch.from_numpy(np.stack([c.allowed for c in crops])),
         valid=torch.from_numpy(np.stack(valid)),
         boxes=torch.from_numpy(np.concatenate([c.boxes for c in crops]).reshape(-1, 4)).long(),
@@ -123,8 +127,12 @@ def transform_targets(targets: BatchTargets, geometries: list[Geometry]) -> Batc
         if mine.any():
             regions[mine] = geometry.apply_boxes(targets.region_boxes[mine], size)[0]
     rest = {f.name: getattr(targets, f.name) for f in fields(targets)}
-    moved_boxes = {"boxes": boxes, "box_rows_valid": rows_valid, "box_cols_valid": cols_valid,
-                   "region_boxes": regions}
+    moved_boxes = {
+        "boxes": boxes,
+        "box_rows_valid": rows_valid,
+        "box_cols_valid": cols_valid,
+        "region_boxes": regions,
+    }
     return BatchTargets(**(rest | maps | moved_boxes))
 
 
@@ -151,7 +159,9 @@ def log_partition(logits: torch.Tensor, allowed: torch.Tensor, valid: torch.Tens
     return torch.logaddexp(others, excluded)
 
 
-def positives(logits: torch.Tensor, targets: BatchTargets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def positives(
+    logits: torch.Tensor, targets: BatchTargets
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Pooled positive logits and their classes by annotation kind: ``{kind: (values, classes)}``."""
     return {
         "mask": _mask_positives(logits, targets),
@@ -220,10 +230,12 @@ def _box_positives(logits, targets):
     use_rows = rows_in & targets.box_rows_valid[:, None]
     use_cols = cols_in & targets.box_cols_valid[:, None]
     values = torch.cat([row_max[use_rows], col_max[use_cols]])
-    classes = torch.cat([
-        targets.box_classes[:, None].expand_as(use_rows)[use_rows],
-        targets.box_classes[:, None].expand_as(use_cols)[use_cols],
-    ])
+    classes = torch.cat(
+        [
+            targets.box_classes[:, None].expand_as(use_rows)[use_rows],
+            targets.box_classes[:, None].expand_as(use_cols)[use_cols],
+        ]
+    )
     return values, classes
 
 
@@ -253,11 +265,19 @@ def box_loss(logits: torch.Tensor, targets: BatchTargets) -> torch.Tensor:
     cols_in = (xs[None] >= x0[:, None]) & (xs[None] <= x1[:, None])  # (NB, W)
     masked = scores.detach().masked_fill(~(rows_in[:, :, None] & cols_in[:, None, :]), NEG)
     n_classes = logits.shape[1]
-    at_row_max = boxed.gather(3, masked.argmax(dim=2)[:, None, :, None].expand(-1, n_classes, -1, 1))[..., 0]
-    at_col_max = boxed.gather(2, masked.argmax(dim=1)[:, None, None, :].expand(-1, n_classes, 1, -1))[:, :, 0]
+    at_row_max = boxed.gather(
+        3, masked.argmax(dim=2)[:, None, :, None].expand(-1, n_classes, -1, 1)
+    )[..., 0]
+    at_col_max = boxed.gather(
+        2, masked.argmax(dim=1)[:, None, None, :].expand(-1, n_classes, 1, -1)
+    )[:, :, 0]
     pick = classes[:, None, None]
-    row_ce = torch.logsumexp(at_row_max, dim=1) - at_row_max.gather(1, pick.expand(-1, 1, height))[:, 0]
-    col_ce = torch.logsumexp(at_col_max, dim=1) - at_col_max.gather(1, pick.expand(-1, 1, width))[:, 0]
+    row_ce = (
+        torch.logsumexp(at_row_max, dim=1) - at_row_max.gather(1, pick.expand(-1, 1, height))[:, 0]
+    )
+    col_ce = (
+        torch.logsumexp(at_col_max, dim=1) - at_col_max.gather(1, pick.expand(-1, 1, width))[:, 0]
+    )
     use_rows = rows_in & targets.box_rows_valid[:, None]
     use_cols = cols_in & targets.box_cols_valid[:, None]
     values = torch.cat([row_ce[use_rows], col_ce[use_cols]])

@@ -34,21 +34,46 @@ from ...errors import WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
-from .losses import KINDS, ce_loss, collate, dsp_loss, filtered_pseudo_labels, plf_loss, transform_targets
+from .losses import (
+    KINDS,
+    ce_loss,
+    collate,
+    dsp_loss,
+    filtered_pseudo_labels,
+    plf_loss,
+    transform_targets,
+)
 from .model import DSPNet
 from .targets import AnnotationIndex
-
 
 #: Inclusive (low, high) of each numeric DSP option. The highs are far above any useful value
 #: and keep a crafted config.json from asking for e.g. 10^8 prototypes or a 10^6-pixel tile.
 DSP_BOUNDS = {
-    "depth": (0, 6), "width": (1, 256), "embed_dim": (1, 1024), "prototypes_per_class": (1, 100),
-    "tau": (0, 10), "lambda_mask": (0, 1000), "lambda_box": (0, 1000), "lambda_point": (0, 1000),
-    "lambda_tag": (0, 1000), "ce_weight": (0, 1000), "plf_weight": (0, 1000), "plf_start": (0, 1),
-    "plf_threshold": (0, 1), "lr": (0, 1), "weight_decay": (0, 10), "warmup_fraction": (0, 1),
-    "max_steps": (1, 1_000_000), "batch_size": (1, 1024), "crop_size": (1, 4096),
-    "random_crop_fraction": (0, 1), "weak_jitter": (0, 1), "strong_jitter": (0, 1),
-    "cutout_holes": (0, 1000), "tile": (1, 4096), "tile_overlap": (0, 4096),
+    "depth": (0, 6),
+    "width": (1, 256),
+    "embed_dim": (1, 1024),
+    "prototypes_per_class": (1, 100),
+    "tau": (0, 10),
+    "lambda_mask": (0, 1000),
+    "lambda_box": (0, 1000),
+    "lambda_point": (0, 1000),
+    "lambda_tag": (0, 1000),
+    "ce_weight": (0, 1000),
+    "plf_weight": (0, 1000),
+    "plf_start": (0, 1),
+    "plf_threshold": (0, 1),
+    "lr": (0, 1),
+    "weight_decay": (0, 10),
+    "warmup_fraction": (0, 1),
+    "max_steps": (1, 1_000_000),
+    "batch_size": (1, 1024),
+    "crop_size": (1, 4096),
+    "random_crop_fraction": (0, 1),
+    "weak_jitter": (0, 1),
+    "strong_jitter": (0, 1),
+    "cutout_holes": (0, 1000),
+    "tile": (1, 4096),
+    "tile_overlap": (0, 4096),
 }
 
 
@@ -212,8 +237,14 @@ class DSPMethod(TorchSliceMethod):
 
     def _build_net(self) -> DSPNet:
         cfg = self.config
-        return DSPNet(self.n_channels, len(self.classes), cfg.depth, cfg.width, cfg.embed_dim,
-                      cfg.prototypes_per_class)
+        return DSPNet(
+            self.n_channels,
+            len(self.classes),
+            cfg.depth,
+            cfg.width,
+            cfg.embed_dim,
+            cfg.prototypes_per_class,
+        )
 
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
@@ -226,19 +257,35 @@ class DSPMethod(TorchSliceMethod):
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
         max_steps = cfg.max_steps or auto_max_steps(annotations, image.shape)
-        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction,
-                            max_steps=max_steps)
-        outcome = run_training(
-            self.net, trainer, optim=optim, device=device, time_budget_s=options.time_budget_s,
-            cancel=options.cancel, progress=options.progress, monitor="supervised",
-            keep_best_after=max(cfg.plf_start, 0.5), autocast_cpu=cfg.cpu_bf16,
+        optim = OptimConfig(
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_fraction=cfg.warmup_fraction,
+            max_steps=max_steps,
         )
-        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
-                         "stopped": outcome.stopped}
+        outcome = run_training(
+            self.net,
+            trainer,
+            optim=optim,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
+            monitor="supervised",
+            keep_best_after=max(cfg.plf_start, 0.5),
+            autocast_cpu=cfg.cpu_bf16,
+        )
+        self.fit_info = {
+            "steps": outcome.steps,
+            "seconds": round(outcome.seconds, 1),
+            "stopped": outcome.stopped,
+        }
         self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
         return outcome
 
-    def _estimate_prior_shift(self, trainer: "_DSPTrainStep", n_crops: int = 32) -> list[float] | None:
+    def _estimate_prior_shift(
+        self, trainer: "_DSPTrainStep", n_crops: int = 32
+    ) -> list[float] | None:
         """log(image prior / training prior): the image prior is the mean predicted probability
         over random crops, the training prior the class frequency of the labelled pixels that
         L_CE saw. None when training saw no labelled pixel (e.g. boxes only)."""
@@ -255,11 +302,15 @@ class DSPMethod(TorchSliceMethod):
                 pixels, valid = zip(*(trainer.store.crop(c) for c in chunk))
                 batch = self._place(torch.from_numpy(np.stack(pixels)), trainer.device)
                 proba = F.softmax(net(batch) / tau, dim=1).cpu()
-                sums += (proba * torch.from_numpy(np.stack(valid))[:, None]).sum(dim=(0, 2, 3)).double()
+                sums += (
+                    (proba * torch.from_numpy(np.stack(valid))[:, None]).sum(dim=(0, 2, 3)).double()
+                )
         image_prior = (sums / sums.sum()).numpy()
         train_prior = (counts + 1) / (counts.sum() + len(counts))
-        self.fit_info |= {"image_prior": np.round(image_prior, 4).tolist(),
-                          "train_prior": np.round(train_prior, 4).tolist()}
+        self.fit_info |= {
+            "image_prior": np.round(image_prior, 4).tolist(),
+            "train_prior": np.round(train_prior, 4).tolist(),
+        }
         return np.log(np.maximum(image_prior, 1e-6) / train_prior).tolist()
 
     # -------------------------------------------------------------- prediction
@@ -279,8 +330,15 @@ class DSPMethod(TorchSliceMethod):
 class _DSPTrainStep:
     """One DSP training step: sample crops, build targets, augment, compute the losses."""
 
-    def __init__(self, method: DSPMethod, image: Image, annotations: Annotations,
-                 rng: np.random.Generator, generator: torch.Generator, device: torch.device) -> None:
+    def __init__(
+        self,
+        method: DSPMethod,
+        image: Image,
+        annotations: Annotations,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
         cfg = method.config
         self.cfg, self.net, self.device, self.generator = cfg, method.net, device, generator
         self.index = AnnotationIndex(annotations, image.shape)
@@ -289,9 +347,12 @@ class _DSPTrainStep:
             self.store.slice(int(z))  # annotated slices stay cached
         crop = _crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
         anchors = annotation_anchors(annotations, image.shape, rng)
-        self.sampler = CropSampler(image.shape, anchors, crop, rng,
-                                   random_fraction=cfg.random_crop_fraction)
-        self.label_counts = np.zeros(len(method.classes), np.int64)  # labelled pixels L_CE saw, by class
+        self.sampler = CropSampler(
+            image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction
+        )
+        self.label_counts = np.zeros(
+            len(method.classes), np.int64
+        )  # labelled pixels L_CE saw, by class
 
     def __call__(self, step: int, fraction: float) -> dict:
         cfg, generator = self.cfg, self.generator
@@ -304,7 +365,9 @@ class _DSPTrainStep:
         views = [jitter(images, cfg.weak_jitter, generator)]
         use_plf = cfg.plf_weight > 0 and fraction >= cfg.plf_start
         if use_plf:
-            strong, _ = cutout(jitter(images, cfg.strong_jitter, generator), generator, cfg.cutout_holes)
+            strong, _ = cutout(
+                jitter(images, cfg.strong_jitter, generator), generator, cfg.cutout_holes
+            )
             views.append(strong)
         inputs = torch.cat(views).to(self.device, memory_format=torch.channels_last)
         logits = self.net(inputs) / cfg.tau
@@ -316,7 +379,7 @@ class _DSPTrainStep:
         total = losses["supervised"]
         if use_plf:
             pseudo = filtered_pseudo_labels(weak, targets.allowed, targets.valid, cfg.plf_threshold)
-            losses["plf"] = plf_loss(logits[len(crops):], pseudo)
+            losses["plf"] = plf_loss(logits[len(crops) :], pseudo)
             total = total + cfg.plf_weight * losses["plf"]
         losses["loss"] = total
         return losses

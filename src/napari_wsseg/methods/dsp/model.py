@@ -48,11 +48,13 @@ class PrototypeHead(nn.Module):
 class DSPNet(nn.Module):
     """U-Net embedding backbone + :class:`PrototypeHead`; ``forward`` returns class scores ``s``."""
 
-    def __init__(self, in_channels: int, n_classes: int, depth: int, width: int, dim: int,
-                 n_prototypes: int) -> None:
+    def __init__(
+        self, in_channels: int, n_classes: int, depth: int, width: int, dim: int, n_prototypes: int
+    ) -> None:
         super().__init__()
-        config = UNetConfig(in_channels=in_channels, out_channels=dim, depth=depth, width=width,
-                            head="embedding")
+        config = UNetConfig(
+            in_channels=in_channels, out_channels=dim, depth=depth, width=width, head="embedding"
+        )
         self.backbone = UNet(config)
         self.head = PrototypeHead(n_classes, n_prototypes, dim)
 

@@ -65,7 +65,9 @@ class AnnotationIndex:
         self.n_classes = annotations.n_classes
         self.shape = tuple(int(s) for s in shape)
         self.exhaustive = np.zeros((self.shape[0], self.n_classes), bool)  # (Z, C)
-        self.exhaustive[annotations.exhaustive_boxes[:, 0], annotations.exhaustive_boxes[:, 1]] = True
+        self.exhaustive[annotations.exhaustive_boxes[:, 0], annotations.exhaustive_boxes[:, 1]] = (
+            True
+        )
         self.points = _group_by_z(annotations.points[:, [1, 2, 3]], annotations.points[:, 0])
         self.boxes = _group_by_z(annotations.boxes[:, 1:], annotations.boxes[:, 0])
         self.tagged, self.allowed_by_tags = tag_matrix(annotations, self.shape[0])
@@ -90,7 +92,9 @@ class AnnotationIndex:
         labels[local[inside, 0], local[inside, 1]] = points[inside, 2]
         is_point[local[inside, 0], local[inside, 1]] = True
         boxes = self.boxes.get(crop.z, np.zeros((0, 5), np.int64))
-        allowed = np.broadcast_to(self.slice_allowed(crop.z)[:, None, None], (n_classes, size, size)).copy()
+        allowed = np.broadcast_to(
+            self.slice_allowed(crop.z)[:, None, None], (n_classes, size, size)
+        ).copy()
         exhaustive = self.exhaustive[crop.z]
         if exhaustive.any():
             allowed &= _box_coverage(boxes, crop, n_classes) | ~exhaustive[:, None, None]
@@ -101,17 +105,25 @@ class AnnotationIndex:
         box_fields = _clip_boxes(boxes, crop)
         # A class present in the slice need not be present in a crop of it: the tag positive (the
         # mean score over the slice) is only taken when the crop holds the whole slice.
-        whole_slice = crop.y <= 0 and crop.x <= 0 and crop.y + size >= self.shape[1] and crop.x + size >= self.shape[2]
+        whole_slice = (
+            crop.y <= 0
+            and crop.x <= 0
+            and crop.y + size >= self.shape[1]
+            and crop.x + size >= self.shape[2]
+        )
         tagged = self.slice_allowed(crop.z) & self.tagged[crop.z] & whole_slice
         regions = _region_positives(self.regions.in_slice(crop.z), crop)
-        return CropTargets(labels, is_point, components, component_classes, allowed, *box_fields,
-                           tagged, *regions)
+        return CropTargets(
+            labels, is_point, components, component_classes, allowed, *box_fields, tagged, *regions
+        )
 
     def _mask_window(self, crop: Crop) -> np.ndarray:
         window = np.zeros((crop.size, crop.size), np.int64)
         if self.masks is None:
             return window
-        part = np.asarray(self.masks[crop.z, crop.y : crop.y + crop.size, crop.x : crop.x + crop.size])
+        part = np.asarray(
+            self.masks[crop.z, crop.y : crop.y + crop.size, crop.x : crop.x + crop.size]
+        )
         window[: part.shape[0], : part.shape[1]] = part
         return window
 
@@ -160,8 +172,15 @@ def _clip_boxes(boxes: np.ndarray, crop: Crop) -> tuple[np.ndarray, ...]:
     """Boxes overlapping the crop in crop coordinates, clipped, with row/column validity."""
     local = boxes[:, :4] - np.array([crop.y, crop.x, crop.y, crop.x])
     last = crop.size - 1
-    overlaps = (local[:, 0] <= last) & (local[:, 2] >= 0) & (local[:, 1] <= last) & (local[:, 3] >= 0)
+    overlaps = (
+        (local[:, 0] <= last) & (local[:, 2] >= 0) & (local[:, 1] <= last) & (local[:, 3] >= 0)
+    )
     local, classes = local[overlaps], boxes[overlaps, 4]
     rows_valid = (local[:, 1] >= 0) & (local[:, 3] <= last)  # full X extent inside
     cols_valid = (local[:, 0] >= 0) & (local[:, 2] <= last)  # full Y extent inside
-    return np.clip(local, 0, last).astype(np.int64), classes.astype(np.int64), rows_valid, cols_valid
+    return (
+        np.clip(local, 0, last).astype(np.int64),
+        classes.astype(np.int64),
+        rows_valid,
+        cols_valid,
+    )

@@ -121,7 +121,11 @@ class FeatureCache:
     """
 
     def __init__(self, signature: dict, directory=None, *, max_memory_mb: float = 2048) -> None:
-        self.signature = {**signature, "cache_format": CACHE_FORMAT_VERSION, "package_version": __version__}
+        self.signature = {
+            **signature,
+            "cache_format": CACHE_FORMAT_VERSION,
+            "package_version": __version__,
+        }
         self.directory = None if directory is None else Path(directory)
         self.max_bytes = int(max_memory_mb * 2**20)
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -191,7 +195,9 @@ class FeatureCache:
         elif stored != _jsonable(self.signature):
             now = _jsonable(self.signature)
             diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
-            details = ", ".join(f"{k}: cached {stored.get(k)!r} vs now {now.get(k)!r}" for k in diff)
+            details = ", ".join(
+                f"{k}: cached {stored.get(k)!r} vs now {now.get(k)!r}" for k in diff
+            )
             raise ModelError(
                 f"feature cache {self.directory} was computed with different settings ({details}); "
                 "delete that folder or give another cache_dir"

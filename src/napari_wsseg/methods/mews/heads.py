@@ -24,10 +24,14 @@ class ProjectionHeads(nn.Module):
         Seeds the initialisation (uniform in ``±1/sqrt(D)``, as ``nn.Linear``).
     """
 
-    def __init__(self, n_classes: int, in_dim: int, out_dim: int, generator: torch.Generator | None = None):
+    def __init__(
+        self, n_classes: int, in_dim: int, out_dim: int, generator: torch.Generator | None = None
+    ):
         super().__init__()
         bound = 1.0 / math.sqrt(in_dim)
-        weight = torch.empty(n_classes, in_dim, out_dim).uniform_(-bound, bound, generator=generator)
+        weight = torch.empty(n_classes, in_dim, out_dim).uniform_(
+            -bound, bound, generator=generator
+        )
         self.weight = nn.Parameter(weight)
 
     @property

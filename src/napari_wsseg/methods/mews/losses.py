@@ -38,7 +38,8 @@ class Gmm1d:
         quad = inv[:, 0] - inv[:, 1]
         lin = 2 * (self.means[:, 1] * inv[:, 1] - self.means[:, 0] * inv[:, 0])
         const = (
-            self.means[:, 0] ** 2 * inv[:, 0] - self.means[:, 1] ** 2 * inv[:, 1]
+            self.means[:, 0] ** 2 * inv[:, 0]
+            - self.means[:, 1] ** 2 * inv[:, 1]
             + torch.log(self.weights[:, 1] / self.weights[:, 0])
             - 0.5 * torch.log(self.variances[:, 1] / self.variances[:, 0])
         )
@@ -120,7 +121,11 @@ def high_cluster_minimum(values: torch.Tensor, **gmm_options) -> torch.Tensor:
 
 
 def prototype_class_thresholds(
-    proto_x: torch.Tensor, proto_labels: torch.Tensor, patches_x: torch.Tensor, n_classes: int, **gmm_options
+    proto_x: torch.Tensor,
+    proto_labels: torch.Tensor,
+    patches_x: torch.Tensor,
+    n_classes: int,
+    **gmm_options,
 ) -> torch.Tensor:
     """β_pc of ``L_proto``, ``(C,)``, from the clicked patches' minimum similarities.
 
@@ -142,8 +147,9 @@ def prototype_class_thresholds(
         Passed to :func:`fit_gmm_1d`.
     """
     sims = proto_x @ proto_x.T
-    same = (proto_labels[:, None] == proto_labels[None, :]) & ~torch.eye(len(proto_x), dtype=torch.bool,
-                                                                         device=proto_x.device)
+    same = (proto_labels[:, None] == proto_labels[None, :]) & ~torch.eye(
+        len(proto_x), dtype=torch.bool, device=proto_x.device
+    )
     minima = torch.where(same, sims, torch.full_like(sims, torch.inf)).min(dim=1).values  # (K,)
     paired = torch.isfinite(minima)
     if not bool(paired.all()):
@@ -218,7 +224,9 @@ def prototype_loss(
     return -((s - beta_proto[:, None, None]) * y.clamp(min=0)).mean(dim=(1, 2)).sum()
 
 
-def triplet_loss(proto_z: torch.Tensor, proto_labels: torch.Tensor, *, margin: float = 0.25) -> torch.Tensor:
+def triplet_loss(
+    proto_z: torch.Tensor, proto_labels: torch.Tensor, *, margin: float = 0.25
+) -> torch.Tensor:
     """``L_triplet`` with the class centroid as anchor and hard-in-batch mining, summed over classes.
 
     In head c's space (unit vectors): anchor ``a = z̄_pc``, hard positive = class c's clicked patch
@@ -236,12 +244,16 @@ def triplet_loss(proto_z: torch.Tensor, proto_labels: torch.Tensor, *, margin: f
     if n_classes < 2:
         return proto_z.sum() * 0.0
     units = F.normalize(proto_z, dim=-1)  # (C, K, P)
-    centroids = F.normalize(torch.stack([_class_mean(u, proto_labels, n_classes) for u in units]), dim=-1)
+    centroids = F.normalize(
+        torch.stack([_class_mean(u, proto_labels, n_classes) for u in units]), dim=-1
+    )
     classes = torch.arange(n_classes, device=proto_z.device)
     anchors = centroids[classes, classes]  # (C, P): class c's centroid in head c
     d_pos = torch.linalg.vector_norm(units - anchors[:, None, :], dim=-1)  # (C, K)
     own = proto_labels[None, :] == classes[:, None]
     hard_pos = torch.where(own, d_pos, torch.full_like(d_pos, -torch.inf)).max(dim=1).values
     d_neg = torch.linalg.vector_norm(centroids - anchors[:, None, :], dim=-1)  # (C, C)
-    hard_neg = d_neg.masked_fill(torch.eye(n_classes, dtype=torch.bool, device=d_neg.device), torch.inf)
+    hard_neg = d_neg.masked_fill(
+        torch.eye(n_classes, dtype=torch.bool, device=d_neg.device), torch.inf
+    )
     return F.relu(hard_pos - hard_neg.min(dim=1).values + margin).sum()

@@ -37,15 +37,28 @@ import torch.nn.functional as F
 
 from ...annotations.model import Annotations
 from ...engine.devices import resolve_device
-from ...progress import Budget, ProgressEvent, report
 from ...engine.results import FitResult
-from ...engine.vit import DEFAULT_BACKBONE, RANDOM_WEIGHTS, FrozenViT, TileSpec, file_sha256, load_backbone
+from ...engine.vit import (
+    DEFAULT_BACKBONE,
+    RANDOM_WEIGHTS,
+    FrozenViT,
+    TileSpec,
+    file_sha256,
+    load_backbone,
+)
 from ...errors import AnnotationError, ModelError, WssegError
 from ...io.image import Image
+from ...progress import Budget, ProgressEvent, report
 from ..base import FitOptions, Method, check_config, state_mapping
 from .cache import FeatureCache, confined_cache_dir, slice_key
 from .heads import ProjectionHeads
-from .losses import correlation_loss, gmm_thresholds, prototype_class_thresholds, prototype_loss, triplet_loss
+from .losses import (
+    correlation_loss,
+    gmm_thresholds,
+    prototype_class_thresholds,
+    prototype_loss,
+    triplet_loss,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 #: Folders (separated like PATH) searched for a backbone weights file that moved with the model.
@@ -63,11 +76,23 @@ MEWS_WARM_STEPS = 100
 #: and keep a crafted config.json from asking for huge heads, crops (L_corr is quadratic in a
 #: crop's patches) or backbone tiles (attention is quadratic in a tile's patches).
 MEWS_BOUNDS = {
-    "proj_dim": (1, 4096), "lr": (0, 1), "batch": (1, 1024), "max_steps": (0, 1_000_000),
-    "crop_patches": (2, 64), "margin": (0, 4), "corr_clamp": (-1, 1), "corr_patches": (2, 4096),
-    "gmm_init": (-1, 1), "gmm_max_iter": (1, 1000), "temperature": (0, 10), "tile_patches": (1, 128),
-    "halo_patches": (0, 63), "feature_batch": (1, 256), "extra_slices": (0, 100_000),
-    "max_mask_prototypes": (1, 4096), "cache_memory_mb": (0, 1_000_000),
+    "proj_dim": (1, 4096),
+    "lr": (0, 1),
+    "batch": (1, 1024),
+    "max_steps": (0, 1_000_000),
+    "crop_patches": (2, 64),
+    "margin": (0, 4),
+    "corr_clamp": (-1, 1),
+    "corr_patches": (2, 4096),
+    "gmm_init": (-1, 1),
+    "gmm_max_iter": (1, 1000),
+    "temperature": (0, 10),
+    "tile_patches": (1, 128),
+    "halo_patches": (0, 63),
+    "feature_batch": (1, 256),
+    "extra_slices": (0, 100_000),
+    "max_mask_prototypes": (1, 4096),
+    "cache_memory_mb": (0, 1_000_000),
 }
 
 
@@ -163,8 +188,10 @@ class MEWSConfig:
             if not getattr(self, name) > 0:
                 raise WssegError(f"mews option {name}={getattr(self, name)} must be > 0")
         if not (self.use_corr or self.use_proto or self.use_triplet):
-            raise WssegError("mews options switch off all three losses; keep at least one of use_corr, "
-                             "use_proto, use_triplet")
+            raise WssegError(
+                "mews options switch off all three losses; keep at least one of use_corr, "
+                "use_proto, use_triplet"
+            )
         TileSpec(self.tile_patches, self.halo_patches)
 
 
@@ -243,7 +270,9 @@ class MEWSMethod(Method):
         budget = Budget(options.time_budget_s, steps, options.cancel)
         self._device = resolve_device(options.device)
         backbone = self._get_backbone()
-        backbone.grid_shape(image.shape[1:])  # a slice smaller than one patch fails here, before any work
+        backbone.grid_shape(
+            image.shape[1:]
+        )  # a slice smaller than one patch fails here, before any work
         prototypes = _prototype_pixels(annotations, self.config.max_mask_prototypes, options.seed)
         _check_every_class_clicked(prototypes, annotations)
         _warn_unused_annotations(annotations)
@@ -256,14 +285,22 @@ class MEWSMethod(Method):
             return FitResult(stopped="cancelled", seconds=budget.elapsed)
         p = backbone.patch_size
         index = {z: i for i, z in enumerate(zs)}
-        where = [torch.as_tensor(v, device=self._device) for v in
-                 ([index[z] for z in prototypes[:, 0]], prototypes[:, 1] // p, prototypes[:, 2] // p)]
+        where = [
+            torch.as_tensor(v, device=self._device)
+            for v in (
+                [index[z] for z in prototypes[:, 0]],
+                prototypes[:, 1] // p,
+                prototypes[:, 2] // p,
+            )
+        ]
         proto_x = feats[where[0], where[1], where[2]]
         proto_labels = torch.as_tensor(prototypes[:, 3], device=self._device)
         keys = [slice_key(s, self.normalization) for s in slices]
         return self._train(feats, keys, proto_x, proto_labels, options, budget)
 
-    def _train(self, feats, keys, proto_x, proto_labels, options: FitOptions, budget: Budget) -> FitResult:
+    def _train(
+        self, feats, keys, proto_x, proto_labels, options: FitOptions, budget: Budget
+    ) -> FitResult:
         cfg = self.config
         generator = torch.Generator().manual_seed(int(options.seed))
         origins = _crop_origins(feats.shape[1:3], cfg.crop_patches)
@@ -273,9 +310,15 @@ class MEWSMethod(Method):
         report(options.progress, ProgressEvent(0, max_steps, "fitting GMM thresholds"))
         betas = self._crop_thresholds(feats, keys, origins, size) if cfg.use_corr else None
         beta_proto = prototype_class_thresholds(
-            proto_x, proto_labels, _sample_patches(feats, generator), self.n_classes, **self._gmm_options()
+            proto_x,
+            proto_labels,
+            _sample_patches(feats, generator),
+            self.n_classes,
+            **self._gmm_options(),
         )
-        heads = ProjectionHeads(self.n_classes, feats.shape[-1], cfg.proj_dim, generator).to(self._device)
+        heads = ProjectionHeads(self.n_classes, feats.shape[-1], cfg.proj_dim, generator).to(
+            self._device
+        )
         if self.warm_init is not None and self.warm_init._heads is not None:
             heads.load_state_dict(self.warm_init._heads.state_dict())
         optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr)
@@ -290,18 +333,29 @@ class MEWSMethod(Method):
                 order = torch.cat([order, torch.randperm(len(crops), generator=generator)])
             batch, order = order[: min(cfg.batch, len(crops))], order[min(cfg.batch, len(crops)) :]
             x = torch.stack([_crop(feats, crops[i], size) for i in batch.tolist()])
-            terms = self._loss_terms(heads, x, None if betas is None else betas[batch], proto_x, proto_labels,
-                                     beta_proto, generator)
+            terms = self._loss_terms(
+                heads,
+                x,
+                None if betas is None else betas[batch],
+                proto_x,
+                proto_labels,
+                beta_proto,
+                generator,
+            )
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            history.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
+            history.append(
+                {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+            )
             if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S or step == max_steps:
                 last_report = time.monotonic()
-                report(options.progress, ProgressEvent(step, max_steps, "training", dict(history[-1]),
-                                                       budget.eta(step)))
+                report(
+                    options.progress,
+                    ProgressEvent(step, max_steps, "training", dict(history[-1]), budget.eta(step)),
+                )
         with torch.no_grad():
             self._centroids = heads.centroids(proto_x, proto_labels).detach()
         self._heads = heads.eval().requires_grad_(False)
@@ -318,8 +372,12 @@ class MEWSMethod(Method):
         if cfg.use_corr:
             pick = slice(None)
             if cfg.corr_patches is not None and cfg.corr_patches < x.shape[1]:
-                pick = torch.randperm(x.shape[1], generator=generator)[: cfg.corr_patches].to(x.device)
-            terms["l_corr"] = correlation_loss(x[:, pick], z[:, :, pick], betas[:, pick], clamp=cfg.corr_clamp)
+                pick = torch.randperm(x.shape[1], generator=generator)[: cfg.corr_patches].to(
+                    x.device
+                )
+            terms["l_corr"] = correlation_loss(
+                x[:, pick], z[:, :, pick], betas[:, pick], clamp=cfg.corr_clamp
+            )
         if cfg.use_proto:
             centroids = heads.centroids(proto_x, proto_labels)
             terms["l_proto"] = prototype_loss(x, z, proto_x, proto_labels, centroids, beta_proto)
@@ -334,7 +392,13 @@ class MEWSMethod(Method):
         """
         per_slice = []
         for s, key in enumerate(keys):
-            memo_key = (key, tuple(origins), size, self._gmm_options()["init_means"], self.config.gmm_max_iter)
+            memo_key = (
+                key,
+                tuple(origins),
+                size,
+                self._gmm_options()["init_means"],
+                self.config.gmm_max_iter,
+            )
             if memo_key not in self._beta_memo:
                 self._beta_memo[memo_key] = self._slice_crop_thresholds(feats[s], origins, size)
             per_slice.append(self._beta_memo[memo_key].to(feats.device))
@@ -358,7 +422,10 @@ class MEWSMethod(Method):
         total = len(slices)
 
         def on_chunk(done: int) -> bool:
-            report(options.progress, ProgressEvent(0, self.config.max_steps, f"features {done}/{total} slices"))
+            report(
+                options.progress,
+                ProgressEvent(0, self.config.max_steps, f"features {done}/{total} slices"),
+            )
             return budget.stop_reason() == "cancelled"
 
         try:
@@ -379,14 +446,20 @@ class MEWSMethod(Method):
             slice_yxc = slice_yxc[..., None]
         x = _normalized(self._features([slice_yxc], persist=False), self._get_device())[0]
         with torch.no_grad():
-            logits = self._heads.similarities(x, self._centroids) / self.config.temperature  # (C, Hp, Wp)
+            logits = (
+                self._heads.similarities(x, self._centroids) / self.config.temperature
+            )  # (C, Hp, Wp)
             p = self.backbone.patch_size
-            up = F.interpolate(logits[None], scale_factor=p, mode="bilinear", align_corners=False)[0]
+            up = F.interpolate(logits[None], scale_factor=p, mode="bilinear", align_corners=False)[
+                0
+            ]
             probs = torch.softmax(up[:, : slice_yxc.shape[0], : slice_yxc.shape[1]], dim=0)
         return probs.float().cpu().numpy()
 
     # ---------------------------------------------------------------- features
-    def _features(self, slices: list[np.ndarray], *, persist: bool, on_chunk=None) -> list[np.ndarray]:
+    def _features(
+        self, slices: list[np.ndarray], *, persist: bool, on_chunk=None
+    ) -> list[np.ndarray]:
         """Cached backbone features ``(Hp, Wp, D)`` float16 of raw ``(Y, X, C)`` slices."""
         backbone = self._get_backbone()
         cache = self._get_cache()
@@ -396,7 +469,9 @@ class MEWSMethod(Method):
             out = []
             step = self.config.feature_batch
             for start in range(0, len(missing), step):
-                group = np.stack([self.normalization.apply(slices[i]) for i in missing[start : start + step]])
+                group = np.stack(
+                    [self.normalization.apply(slices[i]) for i in missing[start : start + step]]
+                )
                 out.extend(backbone.features(group))
                 if on_chunk is not None and on_chunk(start + len(group)):
                     raise _Cancelled
@@ -463,7 +538,11 @@ class MEWSMethod(Method):
         """
         expected = self._backbone_state.get("weights_file_sha256")
         folders = [self._folder] if self._folder is not None else []
-        folders += [Path(f).expanduser() for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep) if f]
+        folders += [
+            Path(f).expanduser()
+            for f in os.environ.get(WEIGHTS_DIR_VARIABLE, "").split(os.pathsep)
+            if f
+        ]
         candidates = [recorded] + [folder / recorded.name for folder in folders]
         found = [c for c in candidates if c.is_file()]
         if expected is None:
@@ -489,15 +568,22 @@ class MEWSMethod(Method):
             if directory is not None and self._folder is not None:
                 directory = confined_cache_dir(directory, self._folder)
             self._cache = FeatureCache(
-                self._get_backbone().signature(), directory, max_memory_mb=self.config.cache_memory_mb
+                self._get_backbone().signature(),
+                directory,
+                max_memory_mb=self.config.cache_memory_mb,
             )
         return self._cache
 
     def _describe_backbone(self) -> dict:
         b = self._get_backbone()
-        return {"name": b.name, "weights_source": b.weights_source, "weights_hash": b.weights_hash,
-                "weights_file_sha256": b.weights_file_sha256, "patch_size": b.patch_size,
-                "embed_dim": b.embed_dim}
+        return {
+            "name": b.name,
+            "weights_source": b.weights_source,
+            "weights_hash": b.weights_hash,
+            "weights_file_sha256": b.weights_file_sha256,
+            "patch_size": b.patch_size,
+            "embed_dim": b.embed_dim,
+        }
 
     @property
     def n_classes(self) -> int:
@@ -510,7 +596,10 @@ class MEWSMethod(Method):
     def _load_state_dict(self, state: dict) -> None:
         backbone = state_mapping(state, "backbone")
         for key in ("name", "weights_source", "weights_hash", "weights_file_sha256"):
-            if not isinstance(backbone.get(key, ""), (str, type(None))) or len(backbone.get(key) or "") > 4096:
+            if (
+                not isinstance(backbone.get(key, ""), (str, type(None)))
+                or len(backbone.get(key) or "") > 4096
+            ):
                 raise ModelError(f"state backbone {key} {backbone[key]!r:.60} is not a text")
         self._backbone_state = backbone
 
@@ -518,8 +607,11 @@ class MEWSMethod(Method):
         from safetensors.torch import save_file
 
         tensors = {"heads": self._heads.weight.detach(), "centroids": self._centroids}
-        save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE),
-                  metadata={"method": self.name})
+        save_file(
+            {k: v.float().cpu().contiguous() for k, v in tensors.items()},
+            str(folder / WEIGHTS_FILE),
+            metadata={"method": self.name},
+        )
 
     def _load_weights(self, folder: Path) -> None:
         self._folder = Path(folder)
@@ -548,20 +640,27 @@ class MEWSMethod(Method):
         try:
             with safe_open(str(path), framework="pt") as f:
                 shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-                ok = (set(shapes) == {"heads", "centroids"} and len(shapes["heads"]) == 3
-                      and shapes["heads"][0::2] == (n_classes, proj_dim)
-                      and shapes["centroids"] == (n_classes, proj_dim))
+                ok = (
+                    set(shapes) == {"heads", "centroids"}
+                    and len(shapes["heads"]) == 3
+                    and shapes["heads"][0::2] == (n_classes, proj_dim)
+                    and shapes["centroids"] == (n_classes, proj_dim)
+                )
                 tensors = {key: f.get_tensor(key).float() for key in shapes} if ok else {}
         except (SafetensorError, OSError) as exc:
             reason = " ".join(str(exc).split())[:120]
-            raise ModelError(f"model file {path} is not a valid safetensors file ({reason}); retrain") from None
+            raise ModelError(
+                f"model file {path} is not a valid safetensors file ({reason}); retrain"
+            ) from None
         if not ok:
             raise ModelError(
                 f"model file {path} holds {_short_shapes(shapes)} but config.json implies heads "
                 f"({n_classes}, D, {proj_dim}) and centroids ({n_classes}, {proj_dim}); retrain the mews model"
             )
         if not all(torch.isfinite(t).all() for t in tensors.values()):
-            raise ModelError(f"model file {path} holds NaN or infinite weights; retrain the mews model")
+            raise ModelError(
+                f"model file {path} holds NaN or infinite weights; retrain the mews model"
+            )
         return tensors["heads"], tensors["centroids"]
 
     def _check_backbone(self, folder: Path) -> FrozenViT:
@@ -623,7 +722,9 @@ def _training_slices(annotated_z: np.ndarray, n_slices: int, extra: int) -> list
     annotated = sorted(set(int(z) for z in annotated_z))
     others = np.setdiff1d(np.arange(n_slices), annotated)
     if extra and len(others):
-        picks = others[np.unique(np.linspace(0, len(others) - 1, min(extra, len(others))).round().astype(int))]
+        picks = others[
+            np.unique(np.linspace(0, len(others) - 1, min(extra, len(others))).round().astype(int))
+        ]
         annotated = sorted(set(annotated) | set(int(z) for z in picks))
     return annotated
 

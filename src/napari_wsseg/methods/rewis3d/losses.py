@@ -18,8 +18,9 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target.clamp(min=0), reduction="none")[labelled].mean()
 
 
-def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, unlabelled: torch.Tensor,
-                     tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def consistency_loss(
+    student: torch.Tensor, teacher: torch.Tensor, unlabelled: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(KL(σ(teacher) || σ(student)), w_t)`` over unlabelled voxels (Eq. 2 and 3).
 
     ``w_t`` is the share of unlabelled voxels whose teacher confidence is at least ``tau``; the
@@ -35,7 +36,9 @@ def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, unlabelled: t
     return kl, confident.float().mean()
 
 
-def cross_view_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def cross_view_loss(
+    student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Eq. 5-6: the teacher's hard labels supervise the other view's student, each voxel weighted
     by the teacher's confidence (max softmax). Averaged over ``valid`` voxels.
 
@@ -51,8 +54,9 @@ def cross_view_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.T
     return -(weight * picked)[valid].mean()
 
 
-def cross_view_weight(fraction: float, base_fraction: float, ramp_fraction: float,
-                      maximum: float) -> float:
+def cross_view_weight(
+    fraction: float, base_fraction: float, ramp_fraction: float, maximum: float
+) -> float:
     """λ at ``fraction`` of the schedule: 0 during base training, then a linear ramp to ``maximum``.
 
     Examples

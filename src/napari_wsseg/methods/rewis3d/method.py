@@ -40,10 +40,21 @@ from .losses import consistency_loss, cross_view_loss, cross_view_weight, superv
 WEIGHTS_FILE = "model.safetensors"
 INFERENCE = ("2d", "3d", "average")
 REWIS3D_BOUNDS = {
-    "depth_2d": (0, 5), "depth_3d": (0, 5), "width": (1, 128), "crop_z": (1, 256),
-    "crop_yx": (8, 1024), "max_steps": (1, 1_000_000), "lr": (0, 1), "weight_decay": (0, 10),
-    "ema_momentum": (0, 1), "beta": (0, 1), "tau": (0, 1), "cross_lambda": (0, 100),
-    "base_fraction": (0, 1), "ramp_fraction": (0, 1), "random_crop_fraction": (0, 1),
+    "depth_2d": (0, 5),
+    "depth_3d": (0, 5),
+    "width": (1, 128),
+    "crop_z": (1, 256),
+    "crop_yx": (8, 1024),
+    "max_steps": (1, 1_000_000),
+    "lr": (0, 1),
+    "weight_decay": (0, 10),
+    "ema_momentum": (0, 1),
+    "beta": (0, 1),
+    "tau": (0, 1),
+    "cross_lambda": (0, 100),
+    "base_fraction": (0, 1),
+    "ramp_fraction": (0, 1),
+    "random_crop_fraction": (0, 1),
     "student_noise": (0, 10),
 }
 
@@ -105,12 +116,16 @@ class Rewis3dConfig:
     def __post_init__(self) -> None:
         check_config(self, "rewis3d", REWIS3D_BOUNDS)
         if self.inference not in INFERENCE:
-            raise WssegError(f"rewis3d option inference={self.inference!r} must be one of "
-                             f"{', '.join(INFERENCE)}; use such a value (default '2d')")
+            raise WssegError(
+                f"rewis3d option inference={self.inference!r} must be one of "
+                f"{', '.join(INFERENCE)}; use such a value (default '2d')"
+            )
         multiple = 2 ** max(self.depth_2d, self.depth_3d)
         if self.crop_yx % multiple:
-            raise WssegError(f"rewis3d option crop_yx={self.crop_yx} must be a multiple of "
-                             f"{multiple} (2 ** depth); use e.g. {multiple * 3}")
+            raise WssegError(
+                f"rewis3d option crop_yx={self.crop_yx} must be a multiple of "
+                f"{multiple} (2 ** depth); use e.g. {multiple * 3}"
+            )
 
 
 class Rewis3dMethod(Method):
@@ -147,43 +162,71 @@ class Rewis3dMethod(Method):
         return z, yx, yx
 
     def _config_2d(self) -> UNetConfig:
-        return UNetConfig(in_channels=self.n_channels or 1, out_channels=max(len(self.classes), 2),
-                          depth=self.config.depth_2d, width=self.config.width)
+        return UNetConfig(
+            in_channels=self.n_channels or 1,
+            out_channels=max(len(self.classes), 2),
+            depth=self.config.depth_2d,
+            width=self.config.width,
+        )
 
     def _config_3d(self) -> UNet3DConfig:
-        return UNet3DConfig(in_channels=self.n_channels or 1, out_channels=max(len(self.classes), 2),
-                            depth=self.config.depth_3d, width=self.config.width,
-                            voxel_size_zyx=tuple(self.voxel_size_zyx))
+        return UNet3DConfig(
+            in_channels=self.n_channels or 1,
+            out_channels=max(len(self.classes), 2),
+            depth=self.config.depth_3d,
+            width=self.config.width,
+            voxel_size_zyx=tuple(self.voxel_size_zyx),
+        )
 
     # ------------------------------------------------------------ training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         if image.was_2d or image.n_slices < 2:
-            raise WssegError(f"rewis3d needs a volume, but image {image.name} has "
-                             f"{image.n_slices} slice; use dsp or another 2D method for 2D images")
-        unused = [k for k, n in (("boxes", len(annotations.boxes)), ("tags", len(annotations.tags)),
-                                 ("sizes", len(annotations.sizes))) if n]
+            raise WssegError(
+                f"rewis3d needs a volume, but image {image.name} has "
+                f"{image.n_slices} slice; use dsp or another 2D method for 2D images"
+            )
+        unused = [
+            k
+            for k, n in (
+                ("boxes", len(annotations.boxes)),
+                ("tags", len(annotations.tags)),
+                ("sizes", len(annotations.sizes)),
+            )
+            if n
+        ]
         if unused:
-            message = (f"rewis3d learns from points and masks only so far; the {', '.join(unused)} "
-                       "are not used")
+            message = (
+                f"rewis3d learns from points and masks only so far; the {', '.join(unused)} "
+                "are not used"
+            )
             warnings.warn(message, stacklevel=3)
             self.training_summary.setdefault("warnings", []).append(message)
         if len(annotations.points) == 0 and annotations.masks is None:
             raise WssegError("rewis3d learns from points and masks; add clicks or a mask")
         if self.warm_init is not None:  # not supported yet: say so rather than claim it
-            warnings.warn("rewis3d: training from scratch, not warm: warm start is not supported "
-                          "yet", stacklevel=3)
+            warnings.warn(
+                "rewis3d: training from scratch, not warm: warm start is not supported yet",
+                stacklevel=3,
+            )
             self.training_summary["warm_start"] = False
         self.voxel_size_zyx = tuple(image.voxel_size_zyx or (1.0, 1.0, 1.0))
         torch.manual_seed(options.seed)
         device = resolve_device(options.device)
-        self.net_2d, self.net_3d = UNet(self._config_2d()).to(device), UNet3D(self._config_3d()).to(device)
+        self.net_2d, self.net_3d = (
+            UNet(self._config_2d()).to(device),
+            UNet3D(self._config_3d()).to(device),
+        )
         students = nn.ModuleDict({"s2d": self.net_2d, "s3d": self.net_3d})
         teachers = {k: EMATeacher(net, self.config.ema_momentum) for k, net in students.items()}
         step_fn = _Steps(self, image, annotations, teachers, device, options.seed)
         cfg = self.config
         result = run_training(
-            students, step_fn, device=device, time_budget_s=options.time_budget_s,
-            cancel=options.cancel, progress=options.progress,
+            students,
+            step_fn,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
             optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps),
             after_step=lambda step, fraction: [t.update(students[k]) for k, t in teachers.items()],
         )
@@ -238,8 +281,9 @@ class Rewis3dMethod(Method):
         from ...io.voxel_size import check_voxel_size
 
         self.fit_info = state_mapping(state, "fit")
-        self.voxel_size_zyx = check_voxel_size(state.get("voxel_size_zyx", (1.0, 1.0, 1.0)), 3,
-                                               source="rewis3d state voxel_size_zyx")
+        self.voxel_size_zyx = check_voxel_size(
+            state.get("voxel_size_zyx", (1.0, 1.0, 1.0)), 3, source="rewis3d state voxel_size_zyx"
+        )
 
     def _save_weights(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -256,15 +300,19 @@ class Rewis3dMethod(Method):
         try:
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as exc:
-            raise ModelError(f"model folder {folder}: cannot read {WEIGHTS_FILE} ({exc}); retrain") from None
+            raise ModelError(
+                f"model folder {folder}: cannot read {WEIGHTS_FILE} ({exc}); retrain"
+            ) from None
         self.net_2d, self.net_3d = UNet(self._config_2d()), UNet3D(self._config_3d())
         for prefix, net in (("s2d.", self.net_2d), ("s3d.", self.net_3d)):
-            part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 net.load_state_dict(part)
             except RuntimeError:
-                raise ModelError(f"model folder {folder}: {WEIGHTS_FILE} does not match the "
-                                 "rewis3d networks of config.json; retrain the model") from None
+                raise ModelError(
+                    f"model folder {folder}: {WEIGHTS_FILE} does not match the "
+                    "rewis3d networks of config.json; retrain the model"
+                ) from None
             net.eval()
 
 
@@ -298,15 +346,25 @@ def _pad_yx(x: torch.Tensor, multiple: int) -> torch.Tensor:
 class _Steps:
     """One training step: a box, both students and teachers, the losses of Eq. 4 and 7."""
 
-    def __init__(self, method: Rewis3dMethod, image: Image, annotations: Annotations,
-                 teachers: dict, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        method: Rewis3dMethod,
+        image: Image,
+        annotations: Annotations,
+        teachers: dict,
+        device: torch.device,
+        seed: int,
+    ) -> None:
         cfg = method.config
         self.method, self.cfg, self.teachers, self.device = method, cfg, teachers, device
         self.rng = np.random.default_rng(seed)
-        located = Annotations(annotations.classes, points=annotations.points, masks=annotations.masks)
+        located = Annotations(
+            annotations.classes, points=annotations.points, masks=annotations.masks
+        )
         anchors = annotation_anchors(located, image.shape, self.rng)
-        self.sampler = CropSampler(image.shape, anchors, cfg.crop_yx, self.rng,
-                                   random_fraction=cfg.random_crop_fraction)
+        self.sampler = CropSampler(
+            image.shape, anchors, cfg.crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
+        )
         self.store = SliceStore(image, method.normalization)
         self.points = np.asarray(annotations.points, dtype=np.int64).reshape(-1, 4)
         self.masks = annotations.masks
@@ -319,7 +377,9 @@ class _Steps:
         x = torch.from_numpy(pixels).to(self.device)
         valid_t = torch.from_numpy(valid).to(self.device)[None]
         target = torch.from_numpy(self._targets(box)).to(self.device)[None]
-        noisy = x + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(self.device)
+        noisy = x + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
+            self.device
+        )
         s2d = _logits_2d(self.method.net_2d, noisy)
         s3d = self.method.net_3d(noisy[None])
         t2d = _logits_2d(self.teachers["s2d"].module, x).detach()
@@ -343,12 +403,20 @@ class _Steps:
         dz, dy, dx = box.size_zyx
         target = np.full((dz, dy, dx), -1, np.int64)
         if self.masks is not None:
-            window = np.asarray(self.masks[box.z : box.z + dz, box.y : box.y + dy, box.x : box.x + dx])
+            window = np.asarray(
+                self.masks[box.z : box.z + dz, box.y : box.y + dy, box.x : box.x + dx]
+            )
             sub = target[: window.shape[0], : window.shape[1], : window.shape[2]]
             sub[window > 0] = window[window > 0].astype(np.int64) - 1
         p = self.points
-        inside = ((p[:, 0] >= box.z) & (p[:, 0] < box.z + dz) & (p[:, 1] >= box.y)
-                  & (p[:, 1] < box.y + dy) & (p[:, 2] >= box.x) & (p[:, 2] < box.x + dx))
+        inside = (
+            (p[:, 0] >= box.z)
+            & (p[:, 0] < box.z + dz)
+            & (p[:, 1] >= box.y)
+            & (p[:, 1] < box.y + dy)
+            & (p[:, 2] >= box.x)
+            & (p[:, 2] < box.x + dx)
+        )
         for z, y, x, c in p[inside]:
             target[z - box.z, y - box.y, x - box.x] = c
         return target

@@ -102,8 +102,12 @@ def window_offsets(radius: int) -> list[tuple[int, int]]:
     >>> window_offsets(1)
     [(0, 1), (1, -1), (1, 0), (1, 1)]
     """
-    return [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1)
-            if dy > 0 or dx > 0]
+    return [
+        (dy, dx)
+        for dy in range(radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy > 0 or dx > 0
+    ]
 
 
 def _shifted_pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +160,12 @@ def crf_loss(
     1.0
     """
     if valid is None:
-        valid = torch.ones(probabilities.shape[0], *probabilities.shape[2:], dtype=torch.bool,
-                           device=probabilities.device)
+        valid = torch.ones(
+            probabilities.shape[0],
+            *probabilities.shape[2:],
+            dtype=torch.bool,
+            device=probabilities.device,
+        )
     valid_f = valid.to(probabilities.dtype)
     total = probabilities.new_zeros(())
     for dy, dx in window_offsets(radius):  # a loop over window offsets, never over pixels

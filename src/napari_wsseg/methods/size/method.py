@@ -31,12 +31,12 @@ from ...annotations.model import Annotations
 from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
-from ...progress import ProgressEvent, is_cancelled, report
 from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...errors import WssegError
 from ...io.image import Image
+from ...progress import ProgressEvent, is_cancelled, report
 from .._torch import TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .calibration import fit_class_bias
@@ -46,13 +46,29 @@ from .slice_means import SliceMeanCache, align_crops, uniform_aligned_crops
 #: Inclusive (low, high) of each numeric size option. The highs are far above any useful value
 #: and keep a crafted config.json from asking for huge networks, crops or tiles.
 SIZE_BOUNDS = {
-    "depth": (0, 6), "width": (1, 256), "size_weight": (0, 1000), "tag_weight": (0, 1000),
-    "tag_min_fraction": (0, 1), "crf_weight": (0, 1000), "crf_radius": (1, 16),
-    "crf_sigma_intensity": (0, 1000), "crf_sigma_xy": (0, 1000), "pce_weight": (0, 1000),
-    "kl_epsilon": (0, 0.1), "lr": (0, 1), "weight_decay": (0, 10), "warmup_fraction": (0, 1),
-    "max_steps": (1, 1_000_000), "batch_size": (1, 1024), "crop_size": (1, 4096),
-    "size_cell": (1, 1024), "anchor_crop_fraction": (0, 1), "jitter": (0, 1),
-    "calibration_pixels": (1, 10_000_000), "tile": (1, 4096), "tile_overlap": (0, 4096),
+    "depth": (0, 6),
+    "width": (1, 256),
+    "size_weight": (0, 1000),
+    "tag_weight": (0, 1000),
+    "tag_min_fraction": (0, 1),
+    "crf_weight": (0, 1000),
+    "crf_radius": (1, 16),
+    "crf_sigma_intensity": (0, 1000),
+    "crf_sigma_xy": (0, 1000),
+    "pce_weight": (0, 1000),
+    "kl_epsilon": (0, 0.1),
+    "lr": (0, 1),
+    "weight_decay": (0, 10),
+    "warmup_fraction": (0, 1),
+    "max_steps": (1, 1_000_000),
+    "batch_size": (1, 1024),
+    "crop_size": (1, 4096),
+    "size_cell": (1, 1024),
+    "anchor_crop_fraction": (0, 1),
+    "jitter": (0, 1),
+    "calibration_pixels": (1, 10_000_000),
+    "tile": (1, 4096),
+    "tile_overlap": (0, 4096),
 }
 
 
@@ -172,8 +188,15 @@ class SizeMethod(TorchSliceMethod):
 
     def _build_net(self) -> UNet:
         cfg = self.config
-        return UNet(UNetConfig(in_channels=self.n_channels, out_channels=len(self.classes),
-                               depth=cfg.depth, width=cfg.width, head="classifier"))
+        return UNet(
+            UNetConfig(
+                in_channels=self.n_channels,
+                out_channels=len(self.classes),
+                depth=cfg.depth,
+                width=cfg.width,
+                head="classifier",
+            )
+        )
 
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
@@ -181,22 +204,42 @@ class SizeMethod(TorchSliceMethod):
         device, rng, generator = self._start_training(options)
         step = _SizeTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
-        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            warmup_fraction=cfg.warmup_fraction, max_steps=cfg.max_steps)
+        optim = OptimConfig(
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_fraction=cfg.warmup_fraction,
+            max_steps=cfg.max_steps,
+        )
         outcome = run_training(
-            self.net, step, optim=optim, device=device, time_budget_s=options.time_budget_s,
-            cancel=options.cancel, progress=options.progress, autocast_cpu=cfg.cpu_bf16,
+            self.net,
+            step,
+            optim=optim,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
+            autocast_cpu=cfg.cpu_bf16,
         )
         self.class_bias = None
         if cfg.calibrate and step.sizes and outcome.stopped != "cancelled":
             self.class_bias = self._fit_class_bias(image, step.sizes, rng, options)
-        self.fit_info = {"steps": outcome.steps, "seconds": round(outcome.seconds, 1),
-                         "stopped": outcome.stopped, "crop_size": step.crop_size,
-                         "size_slices": sorted(step.sizes), "tag_slices": sorted(step.present)}
+        self.fit_info = {
+            "steps": outcome.steps,
+            "seconds": round(outcome.seconds, 1),
+            "stopped": outcome.stopped,
+            "crop_size": step.crop_size,
+            "size_slices": sorted(step.sizes),
+            "tag_slices": sorted(step.present),
+        }
         return outcome
 
-    def _fit_class_bias(self, image: Image, sizes: dict[int, np.ndarray],
-                        rng: np.random.Generator, options: FitOptions) -> np.ndarray | None:
+    def _fit_class_bias(
+        self,
+        image: Image,
+        sizes: dict[int, np.ndarray],
+        rng: np.random.Generator,
+        options: FitOptions,
+    ) -> np.ndarray | None:
         """Offsets making the labels of the sized slices cover their target sizes (pooled);
         None when cancelled."""
         samples = []
@@ -250,17 +293,26 @@ def _check_trainable(annotations: Annotations) -> None:
             "by it (give sizes.csv, or use --method dsp for boxes)"
         )
     if len(annotations.boxes):
-        warnings.warn(f"the size method ignores the {len(annotations.boxes)} box(es); use dsp to "
-                      "learn from boxes", stacklevel=3)
+        warnings.warn(
+            f"the size method ignores the {len(annotations.boxes)} box(es); use dsp to "
+            "learn from boxes",
+            stacklevel=3,
+        )
 
 
 class _SizeTrainStep:
     """One training step: sample aligned crops, augment, predict, compute the losses, refresh the
     whole-slice mean cache."""
 
-    def __init__(self, method: SizeMethod, image: Image, annotations: Annotations,
-                 rng: np.random.Generator, generator: torch.Generator,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        method: SizeMethod,
+        image: Image,
+        annotations: Annotations,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
         cfg = method.config
         self.cfg, self.net, self.device = cfg, method.net, device
         self.rng, self.generator = rng, generator
@@ -278,8 +330,9 @@ class _SizeTrainStep:
         self.uniform_slices = np.asarray(constrained, dtype=np.int64)
 
     def _anchor_sampler(self, annotations: Annotations, shape) -> CropSampler | None:
-        pixel_labels = Annotations(annotations.classes, points=annotations.points,
-                                   masks=annotations.masks)
+        pixel_labels = Annotations(
+            annotations.classes, points=annotations.points, masks=annotations.masks
+        )
         anchors = annotation_anchors(pixel_labels, shape, self.rng)
         if not len(anchors):
             return None
@@ -297,8 +350,9 @@ class _SizeTrainStep:
         anchored = []
         if n_anchored:
             anchored = align_crops(self.sampler.sample(n_anchored), cell, self.crop_size)
-        uniform = uniform_aligned_crops(self.uniform_slices, self.shape_yx, self.crop_size, cell,
-                                        n - n_anchored, self.rng)
+        uniform = uniform_aligned_crops(
+            self.uniform_slices, self.shape_yx, self.crop_size, cell, n - n_anchored, self.rng
+        )
         return anchored + uniform
 
     def __call__(self, step: int, fraction: float) -> dict:
@@ -316,12 +370,21 @@ class _SizeTrainStep:
         losses = {"pce": partial_ce(logits, labels_t)}
         losses |= self._size_losses(crops, masked, valid_t)
         if cfg.crf_weight > 0:
-            losses["crf"] = crf_loss(probabilities, images.to(self.device), valid_t,
-                                     radius=cfg.crf_radius, sigma_intensity=cfg.crf_sigma_intensity,
-                                     sigma_xy=cfg.crf_sigma_xy)
+            losses["crf"] = crf_loss(
+                probabilities,
+                images.to(self.device),
+                valid_t,
+                radius=cfg.crf_radius,
+                sigma_intensity=cfg.crf_sigma_intensity,
+                sigma_xy=cfg.crf_sigma_xy,
+            )
         self._refresh_cache(crops, masked.detach(), geometries)
-        weights = {"pce": cfg.pce_weight, "size": cfg.size_weight, "tag": cfg.tag_weight,
-                   "crf": cfg.crf_weight}
+        weights = {
+            "pce": cfg.pce_weight,
+            "size": cfg.size_weight,
+            "tag": cfg.tag_weight,
+            "crf": cfg.crf_weight,
+        }
         losses["loss"] = sum(w * losses[key] for key, w in weights.items() if key in losses)
         return losses
 
@@ -347,8 +410,9 @@ class _SizeTrainStep:
             out[key] = scaled.mean()
         return out
 
-    def _refresh_cache(self, crops: list[Crop], masked: torch.Tensor,
-                       geometries: list[Geometry]) -> None:
+    def _refresh_cache(
+        self, crops: list[Crop], masked: torch.Tensor, geometries: list[Geometry]
+    ) -> None:
         cell = self.cfg.size_cell
         cell_sums = F.avg_pool2d(masked, cell) * cell**2
         undone = torch.stack([_undo_geometry(g, s) for g, s in zip(geometries, cell_sums)])
@@ -389,8 +453,10 @@ def _pixel_labels(annotations: Annotations, shape_yx: tuple[int, int]) -> dict[i
     if annotations.masks is not None:
         flat = np.asarray(annotations.masks).reshape(len(annotations.masks), -1)
         slices.update(np.flatnonzero(flat.max(axis=1) > 0).tolist())
-    return {int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16)
-            for z in sorted(slices)}
+    return {
+        int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16)
+        for z in sorted(slices)
+    }
 
 
 def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:

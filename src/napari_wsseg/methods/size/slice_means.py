@@ -43,8 +43,9 @@ class SliceMeanCache:
     [[0.5625, 0.4375]]
     """
 
-    def __init__(self, shape_yx: tuple[int, int], cell: int,
-                 initial: dict[int, np.ndarray]) -> None:
+    def __init__(
+        self, shape_yx: tuple[int, int], cell: int, initial: dict[int, np.ndarray]
+    ) -> None:
         self.cell = int(cell)
         height, width = (int(s) for s in shape_yx)
         self.n_pixels = height * width
