@@ -95,7 +95,8 @@ def test_tiled_features_take_each_patch_from_its_tile(backbone):
     slices = np.random.default_rng(2).random((1, 7 * 16, 5 * 16, 1), dtype=np.float32)
     feats = tiled.features(slices)
     assert feats.shape == (1, 7, 5, 64)
-    # cores are 2 patches: rows 0..1 come from the tile on rows 0..3, columns 2..4 from the one on 1..4
+    # cores are 2 patches: rows 0..1 come from the tile
+    # on rows 0..3, columns 2..4 from the one on 1..4
     tile = tiled.features(slices[:, : 4 * 16, 16 : 5 * 16])  # one tile: no further tiling
     np.testing.assert_array_equal(feats[0, 0:2, 2:5], tile[0, 0:2, 1:4])
     assert not np.array_equal(
@@ -167,7 +168,8 @@ def test_unknown_and_non_vit_backbones():
 def test_missing_download_explains_the_offline_routes(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf
 
-    # Offline mode with an empty cache: the same failure as a machine without network, without retries.
+    # Offline mode with an empty cache: the same failure
+    # as a machine without network, without retries.
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(

@@ -1,4 +1,5 @@
-"""bioimage.io export: the package passes bioimageio.core's model test and reproduces wsseg predict."""
+"""bioimage.io export: the package passes bioimageio.core's
+model test and reproduces wsseg predict."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Voxel sizes: the one parser, and metadata read from OME-Zarr and TIFF into ``Image.voxel_size_zyx``."""
+"""Voxel sizes: the one parser, and metadata read from
+OME-Zarr and TIFF into ``Image.voxel_size_zyx``."""
 
 import numpy as np
 import pytest

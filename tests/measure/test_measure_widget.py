@@ -1,4 +1,5 @@
-"""The Measure widget in a real viewer: instance layer, sortable table, row selection, CSV export."""
+"""The Measure widget in a real viewer: instance
+layer, sortable table, row selection, CSV export."""
 
 from __future__ import annotations
 

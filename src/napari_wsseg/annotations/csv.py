@@ -259,7 +259,8 @@ def read_points_csv(path, classes=None) -> np.ndarray:
 
 
 def read_boxes_csv(path, classes=None, *, with_exhaustive: bool = False):
-    """Read ``boxes.csv`` (``z,y0,x0,y1,x1,class[,exhaustive]``, corners inclusive; no ``z`` for 2D).
+    """Read ``boxes.csv`` (``z,y0,x0,y1,x1,class[,exhaustive]``,
+    corners inclusive; no ``z`` for 2D).
 
     The optional ``exhaustive`` column (0/1, empty = 0) says, with 1, that every object of the
     row's class in its slice is boxed; all rows of one (z, class) must agree. A row with empty
@@ -504,9 +505,9 @@ def _check_flags_agree(table: _Table, flags: np.ndarray) -> None:
     b = rows[np.argmax(flags[rows] != flags[a])]
     z, cls = table.values[a, 0], table.values[a, 5]
     raise AnnotationError(
-        f"{table.path} lines {table.lines[a]} and {table.lines[b]}: boxes of class {cls} in slice "
-        f"z={z} say exhaustive={flags[a]} and exhaustive={flags[b]}; all boxes of a class in a slice "
-        "must agree: 1 if every object of the class there is boxed, else 0"
+        f"{table.path} lines {table.lines[a]} and {table.lines[b]}: boxes of class {cls} in "
+        f"slice z={z} say exhaustive={flags[a]} and exhaustive={flags[b]}; all boxes of a "
+        "class in a slice must agree: 1 if every object of the class there is boxed, else 0"
     )
 
 

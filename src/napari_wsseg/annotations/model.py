@@ -35,7 +35,8 @@ class ClassInfo:
 
 
 def default_classes(n_classes: int, names: list[str] | None = None) -> list[ClassInfo]:
-    """Return ``n_classes`` classes named ``names`` (or ``class0``, ``class1``...) with default colours.
+    """Return ``n_classes`` classes named ``names`` (or
+    ``class0``, ``class1``...) with default colours.
 
     Examples
     --------
@@ -141,7 +142,8 @@ class Annotations:
         return np.unique(np.concatenate(zs)).astype(np.int64)
 
     def counts(self) -> dict[str, np.ndarray]:
-        """Per-class annotation counts by kind: ``{'points': (C,), 'boxes': ..., 'mask_pixels': ...}``.
+        """Per-class annotation counts by kind:
+        ``{'points': (C,), 'boxes': ..., 'mask_pixels': ...}``.
 
         ``exhaustive_boxes`` counts the slices in which every object of the class is boxed.
         """

@@ -1,4 +1,5 @@
-"""Training augmentations as torch tensor ops: flips, 90° rotations, intensity jitter, CutOut. No Qt.
+"""Training augmentations as torch tensor ops: flips,
+90° rotations, intensity jitter, CutOut. No Qt.
 
 Geometric transforms (:class:`Geometry`) act on the last two axes of any tensor, so the same
 transform is applied to an image and to its target maps; :meth:`Geometry.apply_boxes` moves

@@ -208,7 +208,8 @@ class CropSampler:
 
         Examples
         --------
-        >>> sampler = CropSampler((10, 20, 20), np.array([[4, 5, 6, 0]]), 8, np.random.default_rng(0))
+        >>> anchors = np.array([[4, 5, 6, 0]])
+        >>> sampler = CropSampler((10, 20, 20), anchors, 8, np.random.default_rng(0))
         >>> box = sampler.sample_3d(1, (3, 8, 8))[0]
         >>> box.z <= 4 < box.z + 3 and box.y <= 5 < box.y + 8 and box.x <= 6 < box.x + 8
         True
@@ -224,7 +225,8 @@ class CropSampler:
         return [Crop3D(int(z), int(y), int(x), size_zyx) for z, y, x in zip(*corners)]
 
     def _crop_points(self, n: int) -> np.ndarray:
-        """``(n, 3)`` points a crop must contain: a ``random_fraction`` share random, the rest anchors."""
+        """``(n, 3)`` points a crop must contain: a
+        ``random_fraction`` share random, the rest anchors."""
         n_random = self.rng.binomial(n, self.random_fraction) if self.random_fraction < 1 else n
         return np.concatenate([self._random_points(n_random), self._anchor_points(n - n_random)])
 

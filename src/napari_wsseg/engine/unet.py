@@ -6,8 +6,8 @@ ends in one of two heads, chosen by :class:`UNetConfig`:
 ``"classifier"``
     a 1x1 convolution to ``out_channels`` class logits;
 ``"embedding"``
-    the DSP head: BatchNorm -> 1x1 conv(``out_channels``) -> LeakyReLU -> 1x1 conv(``out_channels``),
-    giving a per-pixel embedding (Reiß et al. 2023, Sec. 5.2).
+    the DSP head: BatchNorm -> 1x1 conv(``out_channels``) -> LeakyReLU -> 1x1
+    conv(``out_channels``), giving a per-pixel embedding (Reiß et al. 2023, Sec. 5.2).
 
 Every convolution is Xavier-initialised. Inputs must have a height and width divisible by
 ``2 ** depth`` (:attr:`UNet.size_multiple`); tiled prediction pads to that.

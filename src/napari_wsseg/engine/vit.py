@@ -14,8 +14,8 @@ which turns normalised slices into a ``(Hp, Wp, D)`` grid of patch features:
   (:mod:`napari_wsseg.engine.backbones`); its architecture, patch size, input channels and
   normalisation come from the folder, and every file is checked before use.
 
-Slices are padded (reflect) at the bottom/right to a multiple of the patch size, so the patch grid is
-``ceil(Y / p) x ceil(X / p)`` at the image's own resolution; nothing is resized, because EM
+Slices are padded (reflect) at the bottom/right to a multiple of the patch size, so the patch grid
+is ``ceil(Y / p) x ceil(X / p)`` at the image's own resolution; nothing is resized, because EM
 structures are a few pixels wide. Grids larger than ``tile_patches`` per side are covered by
 patch-aligned tiles that overlap by ``halo_patches`` patches of context on each inner side; each
 tile keeps only its core, so the stitched grid has exactly one feature per patch.
@@ -63,8 +63,8 @@ class TileSpec:
             or 2 * self.halo_patches >= self.tile_patches
         ):
             raise WssegError(
-                f"tile of {self.tile_patches} patches with a halo of {self.halo_patches} patches leaves "
-                "no core; use tile_patches > 2 * halo_patches (defaults 64 and 4)"
+                f"tile of {self.tile_patches} patches with a halo of {self.halo_patches} patches "
+                "leaves no core; use tile_patches > 2 * halo_patches (defaults 64 and 4)"
             )
 
 
@@ -147,13 +147,15 @@ class FrozenViT:
         }
 
     def grid_shape(self, shape_yx: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid ``(Hp, Wp)`` of a slice of shape ``(Y, X)``; raises if smaller than a patch."""
+        """Patch grid ``(Hp, Wp)`` of a slice of shape
+        ``(Y, X)``; raises if smaller than a patch."""
         y, x = (int(s) for s in shape_yx)
         p = self.patch_size
         if y < p or x < p:
             raise WssegError(
-                f"slice of shape ({y}, {x}) is smaller than one {p}x{p} patch of backbone "
-                f"'{self.name}'; use images of at least {p}x{p} pixels or a backbone with smaller patches"
+                f"slice of shape ({y}, {x}) is smaller than one {p}x{p} "
+                f"patch of backbone '{self.name}'; use images of at "
+                f"least {p}x{p} pixels or a backbone with smaller patches"
             )
         return -(-y // p), -(-x // p)
 
@@ -242,8 +244,9 @@ class FrozenViT:
         patches = tokens[:, self.num_prefix_tokens :, :]
         if patches.shape[1] != rows * cols:
             raise ModelError(
-                f"backbone '{self.name}' returned {patches.shape[1]} patch tokens for a {rows}x{cols} "
-                "patch grid; it is not a plain ViT with patch tokens, choose a vit_* backbone"
+                f"backbone '{self.name}' returned {patches.shape[1]} "
+                f"patch tokens for a {rows}x{cols} patch grid; it is not "
+                "a plain ViT with patch tokens, choose a vit_* backbone"
             )
         grid = patches.reshape(len(batch), rows, cols, -1)
         return grid.float().cpu().numpy().astype(np.float16)
@@ -442,8 +445,8 @@ def _create(name: str, *, pretrained: bool, model_kwargs: dict | None = None):
         if "dynamic_img_size" not in str(exc):
             raise
         raise ModelError(
-            f"backbone '{name}' is not a Vision Transformer with patch tokens; choose a vit_* model "
-            f"such as {DEFAULT_BACKBONE} or vit_small_patch14_dinov2"
+            f"backbone '{name}' is not a Vision Transformer with patch tokens; choose "
+            f"a vit_* model such as {DEFAULT_BACKBONE} or vit_small_patch14_dinov2"
         ) from None
     if not hasattr(model, "patch_embed") or not hasattr(model, "forward_features"):
         raise ModelError(
@@ -482,11 +485,12 @@ def _create_pretrained(name: str):
             else " ".join(str(exc).split())[:160]
         )
         raise ModelError(
-            f"could not get pretrained weights for backbone '{name}' ({hub_id}): {reason}. "
-            f"On an offline machine either copy the folder hub/models--{str(hub_id).replace('/', '--')} "
-            "of the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) from a machine where "
-            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` ran and set "
-            "HF_HUB_OFFLINE=1, or download its model.safetensors and pass --backbone-weights FILE"
+            f"could not get pretrained weights for backbone '{name}' ({hub_id}): {reason}. On an "
+            "offline machine either copy the folder "
+            f"hub/models--{str(hub_id).replace('/', '--')} of the Hugging Face cache "
+            '(~/.cache/huggingface, or $HF_HOME) from a machine where `python -c "import timm; '
+            f"timm.create_model('{name}', pretrained=True)\"` ran and set HF_HUB_OFFLINE=1, or "
+            "download its model.safetensors and pass --backbone-weights FILE"
         ) from None
     return model, f"timm:{hub_id}"
 
@@ -504,9 +508,10 @@ def _load_weights_file(model, path: Path, name: str) -> None:
     if missing or unexpected or wrong_shape:
         example = (missing or unexpected or wrong_shape)[0]
         raise ModelError(
-            f"backbone weights file {path} does not fit backbone '{name}': {len(missing)} missing keys, "
-            f"{len(unexpected)} unexpected keys, {len(wrong_shape)} with the wrong shape (e.g. '{example}'); "
-            "give the weights of this architecture or the matching --backbone NAME"
+            f"backbone weights file {path} does not fit backbone '{name}': "
+            f"{len(missing)} missing keys, {len(unexpected)} unexpected keys, "
+            f"{len(wrong_shape)} with the wrong shape (e.g. '{example}'); give "
+            "the weights of this architecture or the matching --backbone NAME"
         )
     model.load_state_dict(used, strict=True)
 
@@ -516,8 +521,8 @@ def _read_state_dict(path: Path) -> dict:
 
     if not path.is_file():
         raise ModelError(
-            f"backbone weights file {path} does not exist; give a .safetensors or torch state-dict file, "
-            "or leave --backbone-weights out to use the Hugging Face cache"
+            f"backbone weights file {path} does not exist; give a .safetensors or torch "
+            "state-dict file, or leave --backbone-weights out to use the Hugging Face cache"
         )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -542,13 +547,15 @@ def _read_state_dict(path: Path) -> dict:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(
-            f"backbone weights file {path} does not hold a state dict of tensors; save model.state_dict()"
+            f"backbone weights file {path} does not hold a "
+            "state dict of tensors; save model.state_dict()"
         )
     return state
 
 
 def _adapt_to_timm(state: dict, model) -> dict:
-    """Convert an original-repo checkpoint (DINOv2/DINOv3 layouts) with timm's own filter, if that fits better."""
+    """Convert an original-repo checkpoint (DINOv2/DINOv3
+    layouts) with timm's own filter, if that fits better."""
     import sys
 
     expected = set(model.state_dict())

@@ -128,7 +128,9 @@ def check_exportable(method: str | None) -> None:
     >>> check_exportable("rf")
     Traceback (most recent call last):
     ...
-    napari_wsseg.errors.WssegError: rf models cannot be exported to bioimage.io: a random forest on hand-made filter features is not a network the bioimage.io format can hold; exportable methods: dsp, size, mews
+    napari_wsseg.errors.WssegError: rf models cannot be exported to bioimage.io: a random forest
+    on hand-made filter features is not a network the bioimage.io format can hold; exportable
+    methods: dsp, size, mews
     """
     if method in EXPORTABLE:
         return
@@ -303,7 +305,8 @@ def _describe(model, model_dir: Path, work: Path, licence, authors, image, name)
 
 
 def _trace(network, normalized_bhwc: np.ndarray, path: Path) -> None:
-    """Save ``network`` traced to TorchScript, after checking it on a larger input than the trace's."""
+    """Save ``network`` traced to TorchScript, after
+    checking it on a larger input than the trace's."""
     import torch
 
     example = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalized_bhwc, -1, 1)))

@@ -40,8 +40,8 @@ class Image:
     def __post_init__(self) -> None:
         if len(self.data.shape) != 4:
             raise ImageFormatError(
-                f"image {self.name}: expected (Z, Y, X, C) data, got shape {tuple(self.data.shape)}; "
-                "build it with as_image(array, channel_axis=...)"
+                f"image {self.name}: expected (Z, Y, X, C) data, got shape "
+                f"{tuple(self.data.shape)}; build it with as_image(array, channel_axis=...)"
             )
         if self.voxel_size_zyx is not None:
             from .voxel_size import check_voxel_size

@@ -245,9 +245,9 @@ def _read_tiff_array(path: Path, lazy: bool | None = None):
     if planar_rgb:
         # tifffile itself writes any (3|4, Y, X) uint8 array as planar RGB(A) unless told otherwise
         warnings.warn(
-            f"TIFF {path} says its {shape[0]} planes are colour samples (planar RGB), so it is read "
-            f"as one {shape[0]}-channel slice; if it is a stack of {shape[0]} slices, save it with "
-            "photometric='minisblack' (tifffile) or axes ZYX",
+            f"TIFF {path} says its {shape[0]} planes are colour samples (planar RGB), so "
+            f"it is read as one {shape[0]}-channel slice; if it is a stack of {shape[0]} "
+            "slices, save it with photometric='minisblack' (tifffile) or axes ZYX",
             stacklevel=4,
         )
     return array, axes

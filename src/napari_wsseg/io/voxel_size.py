@@ -67,7 +67,8 @@ def check_voxel_size(values, ndim: int = 3, *, source: str = "voxel size") -> tu
     >>> check_voxel_size((1, 0, 1))
     Traceback (most recent call last):
     ...
-    napari_wsseg.errors.WssegError: voxel size (1, 0, 1) must be three positive numbers Z,Y,X in micrometres; e.g. 0.05,0.004,0.004
+    napari_wsseg.errors.WssegError: voxel size (1, 0, 1) must be three positive numbers Z,Y,X in
+    micrometres; e.g. 0.05,0.004,0.004
     """
     axes = "Z,Y,X" if ndim == 3 else "Y,X"
     count = {2: "two", 3: "three"}.get(ndim, str(ndim))
@@ -150,7 +151,8 @@ def voxel_size_from_metadata(path, ndim: int = 3) -> tuple[float, ...] | None:
     >>> import tempfile, numpy as np, tifffile
     >>> path = Path(tempfile.mkdtemp()) / "stack.tif"
     >>> tifffile.imwrite(path, np.zeros((2, 4, 4), np.uint8), imagej=True,
-    ...                  resolution=(1 / 0.004, 1 / 0.004), metadata={"spacing": 0.05, "unit": "um"})
+    ...                  resolution=(1 / 0.004, 1 / 0.004),
+    ...                  metadata={"spacing": 0.05, "unit": "um"})
     >>> tuple(round(v, 6) for v in voxel_size_from_metadata(path))
     (0.05, 0.004, 0.004)
     """

@@ -28,7 +28,8 @@ from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
 
 @dataclass
 class Instances:
-    """The instances found: ``instance_class[i]`` is the class id of instance ``i`` (index 0 unused)."""
+    """The instances found: ``instance_class[i]`` is
+    the class id of instance ``i`` (index 0 unused)."""
 
     instance_class: np.ndarray
     stopped: str = "done"

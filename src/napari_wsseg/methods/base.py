@@ -144,7 +144,8 @@ def check_config(config, method: str, bounds: dict[str, tuple[float, float]]) ->
 
 
 def _option_problem(value, kind, bound: tuple[float, float] | None) -> str | None:
-    """What ``value`` lacks to be a valid option of type ``kind`` within ``bound``; None if valid."""
+    """What ``value`` lacks to be a valid option of
+    type ``kind`` within ``bound``; None if valid."""
     import typing
 
     if typing.get_origin(kind) is tuple:
@@ -190,7 +191,8 @@ def option_summaries(docstring: str) -> dict[str, str]:
     ...         (levels minus one).
     ...     '''
     >>> option_summaries(doc)
-    {'lr': 'AdamW settings.', 'weight_decay': 'AdamW settings.', 'depth': 'U-Net down-sampling steps (levels minus one).'}
+    {'lr': 'AdamW settings.', 'weight_decay': 'AdamW settings.',
+     'depth': 'U-Net down-sampling steps (levels minus one).'}
     """
     lines = inspect.cleandoc(docstring).splitlines()
     if "Attributes" not in lines:
@@ -285,7 +287,8 @@ class Method(ABC):
         options = options or FitOptions()
         if annotations.is_empty():
             raise WssegError(
-                f"no annotations for image {image.name}; add points, boxes, tags, sizes or a mask first"
+                f"no annotations for image {image.name}; add "
+                "points, boxes, tags, sizes or a mask first"
             )
         self.classes = list(annotations.classes)
         self.n_channels = image.n_channels
@@ -308,7 +311,8 @@ class Method(ABC):
     # -------------------------------------------------------------- prediction
     @abstractmethod
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(C, Y, X)`` float32 of one raw (un-normalised) ``(Y, X, C)`` slice."""
+        """Class probabilities ``(C, Y, X)`` float32 of
+        one raw (un-normalised) ``(Y, X, C)`` slice."""
 
     def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
         """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice in ``slices``.
@@ -341,8 +345,8 @@ class Method(ABC):
             raise ModelError(f"{self.name} model is not trained; call fit() or load a model folder")
         if image.n_channels != self.n_channels:
             raise ModelError(
-                f"image {image.name} has {image.n_channels} channel(s) but the {self.name} model was "
-                f"trained on {self.n_channels}; use an image with the same channels or retrain"
+                f"image {image.name} has {image.n_channels} channel(s) but the {self.name} model "
+                f"was trained on {self.n_channels}; use an image with the same channels or retrain"
             )
 
     # ------------------------------------------------------------- persistence
@@ -429,8 +433,8 @@ def read_model_config(folder: str | os.PathLike) -> dict:
         )
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelError(
-            f"model folder {folder}: {CONFIG_FILE} is {path.stat().st_size} bytes, more than a model "
-            f"config ever holds ({MAX_CONFIG_BYTES}); retrain the model"
+            f"model folder {folder}: {CONFIG_FILE} is {path.stat().st_size} bytes, more "
+            f"than a model config ever holds ({MAX_CONFIG_BYTES}); retrain the model"
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -445,15 +449,15 @@ def read_model_config(folder: str | os.PathLike) -> dict:
         ) from None
     if not isinstance(meta, dict):
         raise ModelError(
-            f"model folder {folder}: {CONFIG_FILE} holds a {type(meta).__name__}, not the JSON object "
-            "`wsseg train` writes; retrain the model"
+            f"model folder {folder}: {CONFIG_FILE} holds a {type(meta).__name__}, "
+            "not the JSON object `wsseg train` writes; retrain the model"
         )
     version = meta.get("format_version")
     if version != MODEL_FORMAT_VERSION or isinstance(version, bool):
         raise ModelError(
-            f"model folder {folder}: format version {_short(version)} is not supported by napari-wsseg "
-            f"{__version__} (supports {MODEL_FORMAT_VERSION}); install the release that wrote it "
-            f"(package_version {_short(meta.get('package_version'))}) or retrain"
+            f"model folder {folder}: format version {_short(version)} is not supported by "
+            f"napari-wsseg {__version__} (supports {MODEL_FORMAT_VERSION}); install the release "
+            f"that wrote it (package_version {_short(meta.get('package_version'))}) or retrain"
         )
     return meta
 
@@ -565,7 +569,8 @@ def _classes_from_meta(entries) -> list[ClassInfo]:
     )
     if not ok:
         raise ModelError(
-            f'classes {_short(entries)} is not a list of 1 to {MAX_CLASSES} {{"name", "color"}} objects'
+            f"classes {_short(entries)} is not a list of 1 to {MAX_CLASSES} "
+            '{"name", "color"} objects'
         )
     return [ClassInfo(e["name"], e["color"]) for e in entries]
 
@@ -598,7 +603,8 @@ def state_numbers(state: dict, key: str, count: int) -> list[float] | None:
 
 
 def state_mapping(state: dict, key: str) -> dict:
-    """``state[key]`` as a dict (empty when absent); raises ModelError when it is not a JSON object."""
+    """``state[key]`` as a dict (empty when absent); raises ModelError when it is not a JSON
+    object."""
     value = state.get(key, {})
     if not isinstance(value, dict):
         raise ModelError(f"state {key} {_short(value)} is not a JSON object")

@@ -194,8 +194,8 @@ class RandomForestMethod(Method):
         if not path.is_file():
             if (folder / _OLD_WEIGHTS_FILE).is_file():
                 raise ModelError(
-                    f"model folder {folder} was written by an older napari-wsseg ({_OLD_WEIGHTS_FILE}); "
-                    "retrain the rf model (it takes seconds)"
+                    f"model folder {folder} was written by an older napari-wsseg "
+                    f"({_OLD_WEIGHTS_FILE}); retrain the rf model (it takes seconds)"
                 )
             raise ModelError(
                 f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the rf model"
@@ -222,8 +222,8 @@ class RandomForestMethod(Method):
         expected = self.features(np.zeros((8, 8, self.n_channels), dtype=np.float32)).shape[-1]
         if forest.n_features_in_ != expected:
             raise ModelError(
-                f"model file {path}: forest of {forest.n_features_in_} features but the filter bank "
-                f"in config.json gives {expected}; retrain the rf model"
+                f"model file {path}: forest of {forest.n_features_in_} features but "
+                f"the filter bank in config.json gives {expected}; retrain the rf model"
             )
 
 
@@ -361,12 +361,13 @@ def _forest_sizes(
     stored = sum(1 for key in tensors if key.startswith("tree") and key.endswith(".values"))
     if not 1 <= n_trees <= _MAX_TREES or n_trees != stored:
         raise ModelError(
-            f"model file {path} declares {n_trees} trees but holds {stored} (at most {_MAX_TREES}); "
-            "retrain the rf model"
+            f"model file {path} declares {n_trees} trees but holds "
+            f"{stored} (at most {_MAX_TREES}); retrain the rf model"
         )
     if not 1 <= n_features <= _MAX_FEATURES:
         raise ModelError(
-            f"model file {path} declares {n_features} features (1 to {_MAX_FEATURES}); retrain the rf model"
+            f"model file {path} declares {n_features} features "
+            f"(1 to {_MAX_FEATURES}); retrain the rf model"
         )
     return n_trees, n_features
 
@@ -384,7 +385,8 @@ def _forest_classes(tensors: dict[str, np.ndarray], path: Path) -> np.ndarray:
     )
     if not ok:
         raise ModelError(
-            f"model file {path}: 'classes' is missing or not increasing class ids; retrain the rf model"
+            f"model file {path}: 'classes' is missing or not increasing class ids; "
+            "retrain the rf model"
         )
     return classes.astype(np.int64)
 

@@ -49,7 +49,8 @@ def test_mask_positive_is_the_mean_over_each_component():
     components = torch.tensor([[[1, 1, 0], [0, 0, 2], [0, 0, 2]]])
     targets = _targets(size=3, components=components, component_classes=torch.tensor([0, 1]))
     values, classes = positives(logits, targets)["mask"]
-    # component 1: class 0 at (0,0),(0,1) -> (0+1)/2; component 2: class 1 at (1,2),(2,2) -> (14+17)/2
+    # component 1: class 0 at (0,0),(0,1) -> (0+1)/2;
+    # component 2: class 1 at (1,2),(2,2) -> (14+17)/2
     assert values.tolist() == [0.5, 15.5] and classes.tolist() == [0, 1]
 
 

@@ -38,7 +38,8 @@ def _predict(method, image) -> np.ndarray:
 
 
 def _prototype_baseline_accuracy(method, image, clicks) -> float:
-    """Clicked-pixel accuracy of nearest class centroid on the raw backbone features (no training)."""
+    """Clicked-pixel accuracy of nearest class centroid
+    on the raw backbone features (no training)."""
     feats = method._features([image[z][..., None] for z in range(len(image))], persist=False)
     x = F.normalize(torch.from_numpy(np.stack(feats)).float(), dim=-1)
     at_clicks = x[clicks[:, 0], clicks[:, 1] // PATCH, clicks[:, 2] // PATCH]

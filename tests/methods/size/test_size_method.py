@@ -1,4 +1,5 @@
-"""The ``size`` method end to end: training from sizes (+ points, tags), bad sizes, checkpoints, CLI."""
+"""The ``size`` method end to end: training from sizes
+(+ points, tags), bad sizes, checkpoints, CLI."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ TINY = dict(width=8, depth=2, crop_size=32, batch_size=4, lr=3e-3, tile=64, tile
 @pytest.fixture(autouse=True)
 def _one_core():
     """Train on one core: on a shared, busy CI machine two torch threads spin against each other
-    (about 10x slower for these tiny networks). ``resolve_device`` uses the affinity's core count."""
+    (about 10x slower for these tiny networks). ``resolve_device`` uses the affinity's core
+    count."""
     if not hasattr(os, "sched_setaffinity"):
         yield
         return

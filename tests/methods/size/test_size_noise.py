@@ -15,7 +15,8 @@ from napari_wsseg.eval.simulate import (
 
 @pytest.mark.parametrize("sigma", [0.1, 0.2, 0.4])
 def test_empirical_mre_matches_sigma_sqrt_2_over_pi(sigma):
-    # 20 equal classes: renormalisation shrinks errors only by sqrt(1 - 1/20) (see docs/evaluation.md)
+    # 20 equal classes: renormalisation shrinks errors
+    # only by sqrt(1 - 1/20) (see docs/evaluation.md)
     gt = np.broadcast_to(np.arange(400).reshape(20, 20) % 20, (300, 20, 20)).astype(np.uint8)
     ann = simulate_annotations(gt, points=0, sizes=True, size_noise=sigma, seed=3)
     errors = []

@@ -162,7 +162,8 @@ def log_partition(logits: torch.Tensor, allowed: torch.Tensor, valid: torch.Tens
 def positives(
     logits: torch.Tensor, targets: BatchTargets
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Pooled positive logits and their classes by annotation kind: ``{kind: (values, classes)}``."""
+    """Pooled positive logits and their classes by
+    annotation kind: ``{kind: (values, classes)}``."""
     return {
         "mask": _mask_positives(logits, targets),
         "box": _box_positives(logits, targets),

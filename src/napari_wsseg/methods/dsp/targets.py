@@ -57,8 +57,9 @@ class AnnotationIndex:
     shape : (Z, Y, X)
         Spatial shape of the image.
 
-    Outside the boxes of an exhaustive (slice, class) of ``annotations.exhaustive_boxes`` the
-    class is absent (everywhere in the slice when it has no box there). Assumes annotations that passed :func:`~napari_wsseg.annotations.validate.validate_annotations`.
+    Outside the boxes of an exhaustive (slice, class) of ``annotations.exhaustive_boxes`` the class
+    is absent (everywhere in the slice when it has no box there). Assumes annotations that passed
+    :func:`~napari_wsseg.annotations.validate.validate_annotations`.
     """
 
     def __init__(self, annotations: Annotations, shape: tuple[int, int, int]) -> None:

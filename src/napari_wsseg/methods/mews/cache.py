@@ -1,4 +1,5 @@
-"""Feature cache for MEWS: backbone patch features per slice, in memory and optionally on disk. No Qt.
+"""Feature cache for MEWS: backbone patch features
+per slice, in memory and optionally on disk. No Qt.
 
 Features of a slice depend only on the frozen backbone, the tiling and the slice's normalised
 pixels, so they are computed once and reused: retraining after a new click, or predicting a slice
@@ -162,7 +163,8 @@ class FeatureCache:
         *,
         persist: bool = True,
     ) -> list[np.ndarray]:
-        """Features for every key; ``compute(indices)`` returns those of the missing ones, in order."""
+        """Features for every key; ``compute(indices)``
+        returns those of the missing ones, in order."""
         found = [self.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
@@ -185,8 +187,8 @@ class FeatureCache:
         exists = (self.directory / "zarr.json").is_file()
         if self.directory.exists() and not exists and any(self.directory.iterdir()):
             raise ModelError(
-                f"feature cache {self.directory} is a non-empty folder that is not a feature cache; "
-                "give an empty or new folder as cache_dir"
+                f"feature cache {self.directory} is a non-empty folder that is "
+                "not a feature cache; give an empty or new folder as cache_dir"
             )
         group = zarr.open_group(str(self.directory), mode="a")
         stored = group.attrs.asdict().get("signature")

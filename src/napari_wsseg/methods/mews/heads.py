@@ -50,12 +50,14 @@ class ProjectionHeads(nn.Module):
         return torch.einsum("cd,cdp->cp", mean_x, self.weight)
 
     def similarities(self, x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-        """Cosine of each head's projection of ``(..., D)`` features to its centroid -> ``(C, ...)``."""
+        """Cosine of each head's projection of ``(..., D)``
+        features to its centroid -> ``(C, ...)``."""
         z = F.normalize(self(x), dim=-1)
         return torch.einsum("c...p,cp->c...", z, F.normalize(centroids, dim=-1))
 
 
 def class_means(values: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean row ``(C, F)`` of ``values`` ``(K, F)`` per label in ``0..C-1`` (zeros for absent labels)."""
+    """Mean row ``(C, F)`` of ``values`` ``(K, F)`` per
+    label in ``0..C-1`` (zeros for absent labels)."""
     one_hot = F.one_hot(labels, n_classes).to(values.dtype)
     return (one_hot.T @ values) / one_hot.sum(dim=0).clamp(min=1)[:, None]

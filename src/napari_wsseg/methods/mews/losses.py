@@ -81,7 +81,8 @@ def fit_gmm_1d(
     means = torch.tensor(init_means, dtype=values.dtype, device=values.device).expand(m, 2).clone()
     gmm = Gmm1d(means, torch.full_like(means, init_std**2), torch.full_like(means, 0.5), 0)
     tiny = 10 * torch.finfo(values.dtype).eps
-    # Per row: count, sum and sum of squares; the M-step only needs these weighted by the responsibilities.
+    # Per row: count, sum and sum of squares; the M-step
+    # only needs these weighted by the responsibilities.
     powers = torch.stack([torch.ones_like(values), values, values * values], dim=-1)  # (M, N, 3)
     totals = powers.sum(dim=1)  # (M, 3)
     for iteration in range(1, max_iter + 1):
@@ -203,7 +204,8 @@ def prototype_loss(
     """``L_proto``: keep each patch's similarity to the class prototypes after projection.
 
     ``-1/N Σ_i (s_ic - β_pc) · max(cos(z_ci, z̄_pc), 0)`` summed over classes, averaged over the
-    batch, where ``s_ic`` is the mean cosine of backbone feature ``x_i`` to class c's clicked patches.
+    batch, where ``s_ic`` is the mean cosine of backbone feature ``x_i`` to class c's clicked
+    patches.
 
     Parameters
     ----------
@@ -227,7 +229,8 @@ def prototype_loss(
 def triplet_loss(
     proto_z: torch.Tensor, proto_labels: torch.Tensor, *, margin: float = 0.25
 ) -> torch.Tensor:
-    """``L_triplet`` with the class centroid as anchor and hard-in-batch mining, summed over classes.
+    """``L_triplet`` with the class centroid as anchor and hard-in-batch mining, summed over
+    classes.
 
     In head c's space (unit vectors): anchor ``a = z̄_pc``, hard positive = class c's clicked patch
     farthest from ``a``, hard negative = the nearest other class centroid (projected by head c);

@@ -181,7 +181,8 @@ class MEWSConfig:
         """Check each option's type and range (:data:`MEWS_BOUNDS`) and the rules between options.
 
         Called on construction, so a config read from a model's ``config.json`` is checked too
-        (where ``cache_dir`` and ``backbone_weights`` are also confined, see ``docs/methods/mews.md``).
+        (where ``cache_dir`` and ``backbone_weights`` are also confined, see
+        ``docs/methods/mews.md``).
         """
         check_config(self, "mews", MEWS_BOUNDS)
         for name in ("lr", "temperature", "cache_memory_mb"):
@@ -231,7 +232,8 @@ class MEWSMethod(Method):
         return self._cache
 
     def share_feature_cache(self, other: "MEWSMethod") -> None:
-        """Use ``other``'s backbone, feature cache and GMM thresholds, e.g. to retrain with changed options.
+        """Use ``other``'s backbone, feature cache and GMM
+        thresholds, e.g. to retrain with changed options.
 
         Raises
         ------
@@ -253,7 +255,8 @@ class MEWSMethod(Method):
         return self._get_backbone()
 
     def set_device(self, device: str = "auto") -> None:
-        """Run prediction (and the next training) on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
+        """Run prediction (and the next training) on
+        ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
         self._device = resolve_device(device)
         if self._backbone is not None:
             self._backbone.to(self._device)
@@ -654,8 +657,9 @@ class MEWSMethod(Method):
             ) from None
         if not ok:
             raise ModelError(
-                f"model file {path} holds {_short_shapes(shapes)} but config.json implies heads "
-                f"({n_classes}, D, {proj_dim}) and centroids ({n_classes}, {proj_dim}); retrain the mews model"
+                f"model file {path} holds {_short_shapes(shapes)} but "
+                f"config.json implies heads ({n_classes}, D, {proj_dim}) and "
+                f"centroids ({n_classes}, {proj_dim}); retrain the mews model"
             )
         if not all(torch.isfinite(t).all() for t in tensors.values()):
             raise ModelError(
@@ -668,20 +672,23 @@ class MEWSMethod(Method):
         backbone = self._get_backbone()
         if expected and backbone.weights_hash != expected:
             raise ModelError(
-                f"model folder {folder}: backbone '{backbone.name}' from {backbone.weights_source} has weights "
-                f"hash {backbone.weights_hash[:12]} but the model was trained with {expected[:12]}; provide the "
-                "same backbone weights (Hugging Face cache or --backbone-weights file) or retrain"
+                f"model folder {folder}: backbone '{backbone.name}' from "
+                f"{backbone.weights_source} has weights hash {backbone.weights_hash[:12]} "
+                f"but the model was trained with {expected[:12]}; provide the same backbone "
+                "weights (Hugging Face cache or --backbone-weights file) or retrain"
             )
         return backbone
 
 
 class _Cancelled(Exception):
-    """Raised inside feature computation when the user cancels; caught in :meth:`MEWSMethod._fit`."""
+    """Raised inside feature computation when the user
+    cancels; caught in :meth:`MEWSMethod._fit`."""
 
 
 # ------------------------------------------------------------------- helpers
 def _prototype_pixels(annotations: Annotations, max_mask_per_class: int, seed: int) -> np.ndarray:
-    """Rows ``(z, y, x, class)``: every point, plus up to ``max_mask_per_class`` mask pixels per class."""
+    """Rows ``(z, y, x, class)``: every point, plus up
+    to ``max_mask_per_class`` mask pixels per class."""
     rows = [annotations.points]
     if annotations.masks is not None and np.any(annotations.masks):
         rng = np.random.default_rng(seed)
@@ -700,8 +707,8 @@ def _check_every_class_clicked(prototypes: np.ndarray, annotations: Annotations)
     if missing:
         names = ", ".join(f"{k} '{annotations.classes[k].name}'" for k in missing)
         raise AnnotationError(
-            f"class {names} has no clicks: MEWS builds each class's prototype from its points (or mask pixels); "
-            "add at least one point per class or remove the class"
+            f"class {names} has no clicks: MEWS builds each class's prototype from its "
+            "points (or mask pixels); add at least one point per class or remove the class"
         )
 
 
@@ -730,13 +737,15 @@ def _training_slices(annotated_z: np.ndarray, n_slices: int, extra: int) -> list
 
 
 def _normalized(arrays: list[np.ndarray], device) -> torch.Tensor:
-    """Stack float16 feature grids into an L2-normalised float32 tensor ``(S, Hp, Wp, D)`` on ``device``."""
+    """Stack float16 feature grids into an L2-normalised
+    float32 tensor ``(S, Hp, Wp, D)`` on ``device``."""
     stacked = torch.from_numpy(np.stack(arrays)).to(device=device, dtype=torch.float32)
     return F.normalize(stacked, dim=-1)
 
 
 def _crop_origins(grid: tuple[int, int], crop: int) -> list[tuple[int, int]]:
-    """Top-left patch of each crop: tiles of ``crop`` patches, the last ones flush with the far edges."""
+    """Top-left patch of each crop: tiles of ``crop``
+    patches, the last ones flush with the far edges."""
 
     def starts(n: int) -> list[int]:
         size = min(crop, n)
@@ -751,7 +760,8 @@ def _crop(feats: torch.Tensor, crop: tuple[int, int, int], size: tuple[int, int]
 
 
 def _sample_patches(feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Up to ``_MAX_PATCHES_FOR_PROTO_GMM`` random patch features ``(M, D)`` of the training slices."""
+    """Up to ``_MAX_PATCHES_FOR_PROTO_GMM`` random
+    patch features ``(M, D)`` of the training slices."""
     flat = feats.reshape(-1, feats.shape[-1])
     if len(flat) <= _MAX_PATCHES_FOR_PROTO_GMM:
         return flat

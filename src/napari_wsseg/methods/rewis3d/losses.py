@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled voxels (``target >= 0``); 0 (with a graph) when there are none."""
+    """Cross-entropy over labelled voxels (``target >= 0``);
+    0 (with a graph) when there are none."""
     labelled = target >= 0
     if not labelled.any():
         return logits.sum() * 0.0
