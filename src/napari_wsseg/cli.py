@@ -492,7 +492,8 @@ def cmd_measure(args) -> int:
     labels = read_labels(args.labels)
     if args.instances and _is_inside(args.labels, Path(args.instances)):
         raise WssegError(
-            f"--instances {args.instances} would replace the labels {args.labels}; choose another path"
+            f"--instances {args.instances} would replace the labels {args.labels}; "
+            "choose another path"
         )
     if not args.overwrite:
         existing = [str(p) for p in table_paths(args.out).values() if p.exists()]
@@ -1249,8 +1250,8 @@ def _run(argv: list[str] | None) -> int:
         if debug:
             raise
         print(
-            f"wsseg: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
-            "traceback and report it)",
+            f"wsseg: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with --debug for the traceback and report it)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR

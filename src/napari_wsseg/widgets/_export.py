@@ -29,7 +29,8 @@ def make_export_button(predict_widget) -> QPushButton:
 
 
 def export_model(source, out, *, licence: str = "CC-BY-4.0"):
-    """Start exporting ``source`` (a model folder or a trained Method) to ``out``; returns the worker."""
+    """Start exporting ``source`` (a model folder or a trained Method) to ``out``; returns the
+    worker."""
     from napari.qt.threading import create_worker
 
     from ..training import avoid_triton_llvm_crash
