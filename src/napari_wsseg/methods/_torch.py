@@ -156,7 +156,8 @@ class TorchSliceMethod(Method):
 
     def _load_weights(self, folder: Path) -> None:
         """Load the weights after checking, without allocating, that their shapes are the ones
-        config.json's architecture implies (a crafted config cannot make us build a huge network)."""
+        config.json's architecture implies (a crafted config cannot make us build a huge
+        network)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -206,7 +207,8 @@ def _shape_mismatch(stored: dict, expected: dict) -> str | None:
     """The first difference between stored and expected tensor shapes, in words; None if equal."""
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or unexpected:
-        return f"{len(missing)} missing and {len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]!r}"
+        example = (missing or unexpected)[0]
+        return f"{len(missing)} missing and {len(unexpected)} unexpected tensors, e.g. {example!r}"
     wrong = next((k for k in sorted(expected) if stored[k] != expected[k]), None)
     if wrong is not None:
         return f"tensor {wrong!r} has shape {stored[wrong]}, config.json implies {expected[wrong]}"

@@ -113,8 +113,8 @@ class DSPConfig:
         AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
     max_steps : int or None, default None
         Training steps, None to pick them from the annotations; a time budget may stop the run
-        earlier. None (:func:`auto_max_steps`) gives 1200 steps (about 3.5 minutes on 2 CPU cores) for
-        clicks, boxes and tags, growing to 3000 as mask pixels cover up to a quarter of the
+        earlier. None (:func:`auto_max_steps`) gives 1200 steps (about 3.5 minutes on 2 CPU cores)
+        for clicks, boxes and tags, growing to 3000 as mask pixels cover up to a quarter of the
         annotated slices. 1200 beat 3000 with clicks (longer runs over-fit them); 3000 beat 1200
         with full or mixed masks (docs/benchmarks.md).
     batch_size, crop_size : int, default 8 and 128
