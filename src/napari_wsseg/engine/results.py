@@ -33,3 +33,13 @@ class FitResult:
     steps: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """``steps``, ``seconds`` (to 0.1 s) and ``stopped``: what a model's ``fit_info`` records.
+
+        Examples
+        --------
+        >>> FitResult("done", steps=3, seconds=1.26).summary()
+        {'steps': 3, 'seconds': 1.3, 'stopped': 'done'}
+        """
+        return {"steps": self.steps, "seconds": round(self.seconds, 1), "stopped": self.stopped}

@@ -22,12 +22,26 @@ import numpy as np
 import torch
 
 from ..engine.devices import resolve_device
+from ..engine.results import FitResult
 from ..engine.tiling import predict_tiled_batch
+from ..engine.trainer import OptimConfig, run_training
 from ..errors import ModelError
 from .base import FitOptions, Method
 from .warm import TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
 
 WEIGHTS_FILE = "model.safetensors"
+
+#: Inclusive bounds of the schedule and crop options the U-Net methods (dsp, size) share.
+UNET_TRAINING_BOUNDS = {
+    "lr": (0, 1),
+    "weight_decay": (0, 10),
+    "warmup_fraction": (0, 1),
+    "max_steps": (1, 1_000_000),
+    "batch_size": (1, 1024),
+    "crop_size": (1, 4096),
+}
+#: Inclusive bounds of the prediction tile options the U-Net methods (dsp, size) share.
+UNET_TILE_BOUNDS = {"tile": (1, 4096), "tile_overlap": (0, 4096)}
 
 
 class TorchSliceMethod(Method):
@@ -87,6 +101,31 @@ class TorchSliceMethod(Method):
             device,
             np.random.default_rng(options.seed),
             torch.Generator().manual_seed(options.seed),
+        )
+
+    def _run_training(
+        self, step, options: FitOptions, device, *, max_steps: int | None = None, **training
+    ) -> FitResult:
+        """Train ``self.net`` with ``step`` under the config's ``lr``, ``weight_decay``,
+        ``warmup_fraction`` and ``max_steps`` (or the ``max_steps`` given), within the options'
+        time budget, cancel flag and progress callback; ``training`` goes to
+        :func:`~napari_wsseg.engine.trainer.run_training`."""
+        cfg = self.config
+        optim = OptimConfig(
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_fraction=cfg.warmup_fraction,
+            max_steps=cfg.max_steps if max_steps is None else max_steps,
+        )
+        return run_training(
+            self.net,
+            step,
+            optim=optim,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
+            **training,
         )
 
     def _place(self, module_or_tensor, device):

@@ -26,7 +26,6 @@ from ...annotations.region_tags import tag_regions
 from ...annotations.targets import tag_matrix
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
 from ...engine.results import FitResult
-from ...engine.trainer import OptimConfig, run_training
 from ...engine.vit import RANDOM_WEIGHTS, load_backbone
 from ...errors import ModelError, WssegError
 from ...io.image import Image
@@ -192,26 +191,9 @@ class CPEWSMethod(TorchSliceMethod):
         if backbone_state is not None:
             self.net.vit.load_state_dict(backbone_state)
         step = _CPEWSTrainStep(self, image, annotations, rng, device)
-        cfg = self.config
-        optim = OptimConfig(
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup_fraction=cfg.warmup_fraction,
-            max_steps=cfg.max_steps,
-        )
-        outcome = run_training(
-            self.net,
-            step,
-            optim=optim,
-            device=device,
-            time_budget_s=options.time_budget_s,
-            cancel=options.cancel,
-            progress=options.progress,
-        )
+        outcome = self._run_training(step, options, device)
         self.fit_info = {
-            "steps": outcome.steps,
-            "seconds": round(outcome.seconds, 1),
-            "stopped": outcome.stopped,
+            **outcome.summary(),
             "training_images": step.n_images,
         }
         self.training_summary["backbone"] = self.backbone_info["source"]

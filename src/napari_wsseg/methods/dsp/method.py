@@ -28,11 +28,10 @@ from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors
 from ...engine.results import FitResult
-from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNetConfig
 from ...errors import WssegError
 from ...io.image import Image
-from .._torch import TorchSliceMethod
+from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .losses import (
     KINDS,
@@ -62,18 +61,12 @@ DSP_BOUNDS = {
     "plf_weight": (0, 1000),
     "plf_start": (0, 1),
     "plf_threshold": (0, 1),
-    "lr": (0, 1),
-    "weight_decay": (0, 10),
-    "warmup_fraction": (0, 1),
-    "max_steps": (1, 1_000_000),
-    "batch_size": (1, 1024),
-    "crop_size": (1, 4096),
+    **UNET_TRAINING_BOUNDS,
     "random_crop_fraction": (0, 1),
     "weak_jitter": (0, 1),
     "strong_jitter": (0, 1),
     "cutout_holes": (0, 1000),
-    "tile": (1, 4096),
-    "tile_overlap": (0, 4096),
+    **UNET_TILE_BOUNDS,
 }
 
 
@@ -256,30 +249,16 @@ class DSPMethod(TorchSliceMethod):
         device, rng, generator = self._start_training(options)
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
-        max_steps = cfg.max_steps or auto_max_steps(annotations, image.shape)
-        optim = OptimConfig(
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup_fraction=cfg.warmup_fraction,
-            max_steps=max_steps,
-        )
-        outcome = run_training(
-            self.net,
+        outcome = self._run_training(
             trainer,
-            optim=optim,
-            device=device,
-            time_budget_s=options.time_budget_s,
-            cancel=options.cancel,
-            progress=options.progress,
+            options,
+            device,
+            max_steps=cfg.max_steps or auto_max_steps(annotations, image.shape),
             monitor="supervised",
             keep_best_after=max(cfg.plf_start, 0.5),
             autocast_cpu=cfg.cpu_bf16,
         )
-        self.fit_info = {
-            "steps": outcome.steps,
-            "seconds": round(outcome.seconds, 1),
-            "stopped": outcome.stopped,
-        }
+        self.fit_info = outcome.summary()
         self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
         return outcome
 

@@ -32,12 +32,11 @@ from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
 from ...engine.results import FitResult
-from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...errors import WssegError
 from ...io.image import Image
 from ...progress import ProgressEvent, is_cancelled, report
-from .._torch import TorchSliceMethod
+from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .calibration import fit_class_bias
 from .losses import crf_loss, partial_ce, size_kl, tag_size_loss
@@ -57,18 +56,12 @@ SIZE_BOUNDS = {
     "crf_sigma_xy": (0, 1000),
     "pce_weight": (0, 1000),
     "kl_epsilon": (0, 0.1),
-    "lr": (0, 1),
-    "weight_decay": (0, 10),
-    "warmup_fraction": (0, 1),
-    "max_steps": (1, 1_000_000),
-    "batch_size": (1, 1024),
-    "crop_size": (1, 4096),
+    **UNET_TRAINING_BOUNDS,
     "size_cell": (1, 1024),
     "anchor_crop_fraction": (0, 1),
     "jitter": (0, 1),
     "calibration_pixels": (1, 10_000_000),
-    "tile": (1, 4096),
-    "tile_overlap": (0, 4096),
+    **UNET_TILE_BOUNDS,
 }
 
 
@@ -204,29 +197,12 @@ class SizeMethod(TorchSliceMethod):
         device, rng, generator = self._start_training(options)
         step = _SizeTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
-        optim = OptimConfig(
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup_fraction=cfg.warmup_fraction,
-            max_steps=cfg.max_steps,
-        )
-        outcome = run_training(
-            self.net,
-            step,
-            optim=optim,
-            device=device,
-            time_budget_s=options.time_budget_s,
-            cancel=options.cancel,
-            progress=options.progress,
-            autocast_cpu=cfg.cpu_bf16,
-        )
+        outcome = self._run_training(step, options, device, autocast_cpu=cfg.cpu_bf16)
         self.class_bias = None
         if cfg.calibrate and step.sizes and outcome.stopped != "cancelled":
             self.class_bias = self._fit_class_bias(image, step.sizes, rng, options)
         self.fit_info = {
-            "steps": outcome.steps,
-            "seconds": round(outcome.seconds, 1),
-            "stopped": outcome.stopped,
+            **outcome.summary(),
             "crop_size": step.crop_size,
             "size_slices": sorted(step.sizes),
             "tag_slices": sorted(step.present),
