@@ -147,12 +147,7 @@ def read_backbone_info(folder) -> BackboneInfo:
             f"backbone config {path} is larger than 1 MiB; it is not a backbone.json, "
             "re-run wsseg pretrain"
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(
-            f"backbone config {path} is not readable JSON ({exc}); re-run wsseg pretrain"
-        ) from None
+    raw = read_json_file(path, "backbone config", "re-run wsseg pretrain")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ModelError(
             f"backbone config {path} is not a napari-wsseg backbone (format {FORMAT!r} missing); "
@@ -248,6 +243,21 @@ def locate_backbone_folder(
         "model "
         "folder or into a folder listed in WSSEG_WEIGHTS_DIR"
     )
+
+
+def read_json_file(path: Path, what: str, fix: str):
+    """The JSON value in ``path``.
+
+    Raises
+    ------
+    ModelError
+        ``"{what} {path} is not readable JSON (...); {fix}"`` when the file cannot be read or
+        parsed.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{what} {path} is not readable JSON ({exc}); {fix}") from None
 
 
 def write_json_atomically(path: Path, value: dict) -> None:

@@ -45,6 +45,7 @@ from .backbones import (
     BackboneInfo,
     build_model,
     is_backbone_folder,
+    read_json_file,
     write_backbone_folder,
     write_json_atomically,
 )
@@ -631,12 +632,7 @@ def _claim_out(out: Path) -> Path:
 
 def _read_checkpoint_meta(out: Path) -> dict:
     path = out / CHECKPOINT_DIR / _STATE_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(
-            f"checkpoint {path} is not readable JSON ({exc}); start a new run with another --out"
-        ) from None
+    meta = read_json_file(path, "checkpoint", "start a new run with another --out")
     needed = (
         "state_file",
         "state_sha256",
