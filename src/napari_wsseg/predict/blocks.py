@@ -235,15 +235,20 @@ def predict_proba_region(model, image: Image, region: Region) -> np.ndarray:
     >>> predict_proba_region(model, image, (slice(1, 2), slice(4, 9), slice(0, 16))).shape
     (2, 1, 5, 16)
     """
-    data, crop = read_block_input(
-        image, region, model_halo(model), halo_z=model_halo_z(model), align=model_align(model)
-    )
+    data, crop = _read_model_input(model, image, region)
     n_slices = crop[0].stop - crop[0].start
     shape = tuple(sl.stop - sl.start for sl in crop[1:])
     out = np.empty((len(model.classes), n_slices, *shape), dtype=np.float32)
     for start, stop, proba in _slab_probabilities(model, data, crop):
         out[:, start:stop] = proba
     return out
+
+
+def _read_model_input(model, image: Image, region: Region):
+    """:func:`read_block_input` of ``region`` with the model's halo, ``halo_z`` and alignment."""
+    return read_block_input(
+        image, region, model_halo(model), halo_z=model_halo_z(model), align=model_align(model)
+    )
 
 
 def _block_probabilities(model, slab: np.ndarray, n_classes: int) -> np.ndarray:
@@ -306,9 +311,7 @@ def predict_block(
             [0, 1, 0],
             [0, 0, 1]]], dtype=uint8)
     """
-    data, crop = read_block_input(
-        image, region, model_halo(model), halo_z=model_halo_z(model), align=model_align(model)
-    )
+    data, crop = _read_model_input(model, image, region)
     return predict_block_input(model, data, crop, probabilities=probabilities)
 
 
