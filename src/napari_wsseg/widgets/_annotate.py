@@ -9,7 +9,9 @@ Keyboard (while the viewer has focus): ``1``..``9``, ``0`` pick class 1..10; ``S
 (dots), ``Shift+B`` boxes, ``Shift+S`` scribble; ``Ctrl+Z`` / ``Ctrl+Shift+Z`` undo / redo
 on the points and boxes layers (the session's history, :mod:`._history`) and napari's own undo
 on the scribble layer. The digits replace napari's digit mode keys on the three annotation
-layers only; napari's letter keys still work.
+layers only; napari's letter keys still work. ``Shift+T`` toggles tag-cells mode (region tags
+of grid cells, :mod:`._region_tags`), where Ctrl+Z / Ctrl+Shift+Z undo / redo tag edits and
+``Shift+O`` tags the cell under the mouse with the current class only.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from . import _layers as L
 from ._autosave import Autosaver
 from ._links import link
 from ._notify import notify_error, notify_info
+from ._region_tags import MODE_KEY, ONLY_KEY, RegionTagPanel
 from ._scroll import scroll_layout
 from ._session import SIZE_SUM_TOLERANCE, UNDO_ROLES, session_for
 
@@ -88,6 +91,7 @@ class AnnotateWidget(QWidget):
             mode: QPushButton(f"{mode.capitalize()} ({key})") for mode, key in MODES.items()
         }
         self.slice_panel = _SlicePanel(self)
+        self.region_panel = RegionTagPanel(self)
         self.import_button = QPushButton("Import CSV…")
         self.export_button = QPushButton("Export CSV…")
         self.status = QLabel()
@@ -134,6 +138,7 @@ class AnnotateWidget(QWidget):
             modes.addWidget(button)
         layout.addLayout(modes)
         layout.addWidget(self.slice_panel)
+        layout.addWidget(self.region_panel)
         row = QHBoxLayout()
         row.addWidget(self.import_button)
         row.addWidget(self.export_button)
@@ -171,6 +176,8 @@ class AnnotateWidget(QWidget):
     def _bind_keys(self) -> None:
         keys = {str((k + 1) % 10): (lambda _=None, k=k: self._pick_class_key(k)) for k in range(10)}
         keys.update({key: (lambda _=None, m=mode: self.set_mode(m)) for mode, key in MODES.items()})
+        keys[MODE_KEY] = lambda _=None: self.region_panel.set_active(not self.region_panel.active)
+        keys[ONLY_KEY] = lambda _=None: self.region_panel.only_at_cursor()
         self._keys = keys
         for key, func in keys.items():
             self.viewer.bind_key(key, func, overwrite=True)
@@ -189,13 +196,21 @@ class AnnotateWidget(QWidget):
                 )
 
     def undo(self, role: str) -> None:
-        """Undo the last edit of the points or boxes layer (Ctrl+Z on that layer)."""
-        if not self.session.undo(role):
+        """Undo the last edit of the points or boxes layer (Ctrl+Z on that layer).
+
+        In tag-cells mode Ctrl+Z undoes the last region-tag edit instead.
+        """
+        if self.region_panel.active:
+            self.region_panel.undo()
+        elif not self.session.undo(role):
             notify_info(f"nothing to undo on the {role} layer")
 
     def redo(self, role: str) -> None:
-        """Redo the last undone edit of the points or boxes layer (Ctrl+Shift+Z)."""
-        if not self.session.redo(role):
+        """Redo the last undone edit of the points or boxes layer (Ctrl+Shift+Z), or in tag-cells
+        mode the last undone region-tag edit."""
+        if self.region_panel.active:
+            self.region_panel.redo()
+        elif not self.session.redo(role):
             notify_info(f"nothing to redo on the {role} layer")
 
     # ------------------------------------------------------------------------ public actions
@@ -297,7 +312,11 @@ class AnnotateWidget(QWidget):
         self._guard(lambda: self.session.set_current_class(k))
 
     def set_mode(self, mode: str) -> None:
-        """Activate the layer and tool of ``mode``: 'points', 'boxes' or 'scribble'."""
+        """Activate the layer and tool of ``mode``: 'points', 'boxes' or 'scribble'.
+
+        Leaves tag-cells mode.
+        """
+        self.region_panel.set_active(False)
         role, tool = {
             "points": ("points", "add"),
             "boxes": ("boxes", "add_rectangle"),
@@ -483,6 +502,7 @@ def status_text(session, saved_at: str = "", problem: str = "") -> str:
                 ("tags", "tags"),
                 ("sizes", "sizes"),
                 ("exhaustive_boxes", "all-boxed slices"),
+                ("region_tags", "cell tags"),
             )
             if counts[kind][k]
         ]
@@ -677,16 +697,22 @@ class _SlicePanel(QGroupBox):
 
     def show_grid(self, name: str) -> None:
         """Show a coarse (5 x 5) or fine (10 x 10) counting grid over the image, or none."""
+        if name == "off" or self.session.image_layer is None:
+            self.show_lines(None, name)
+            return
+        self.show_lines(grid_lines(self.session.image.shape[1:], coarse=name == "coarse"), name)
+
+    def show_lines(self, lines, name: str) -> None:
+        """Replace the grid layer by ``lines`` ((N, 2, 2) (y, x) segments; None: no grid)."""
         viewer = self.owner.viewer
         for layer in L.find_layers(viewer.layers, "grid"):
             viewer.layers.remove(layer)
         image_layer = self.session.image_layer
-        if name == "off" or image_layer is None:
+        if lines is None or not len(lines) or image_layer is None:
             return
         active = viewer.layers.selection.active
-        lines = list(grid_lines(self.session.image.shape[1:], coarse=name == "coarse"))
         viewer.add_shapes(
-            lines,
+            list(lines),
             shape_type="line",
             edge_color="yellow",
             edge_width=1,

@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     import napari
 
 META_KEY = "wsseg"
-ROLES = ("image", "points", "boxes", "masks", "prediction", "uncertainty", "grid")
+ROLES = (
+    "image",
+    "points",
+    "boxes",
+    "masks",
+    "prediction",
+    "uncertainty",
+    "grid",
+    "region_tags",
+)
 #: Largest volume (voxels) for which in-memory masks and full-size prediction layers are created.
 MAX_IN_MEMORY_VOXELS = 2**28
 

@@ -22,6 +22,7 @@ from psygnal import Signal
 
 from ..annotations.marks import SliceMarks
 from ..annotations.model import Annotations, ClassInfo, default_classes
+from ..annotations.region_tags import toggle_region_tag
 from ..annotations.sizes import estimate_sizes_from_mask
 from ..annotations.validate import SIZE_SUM_TOLERANCE  # noqa: F401 (the widgets' one tolerance)
 from ..errors import AnnotationError, ProjectError, WssegError
@@ -88,6 +89,10 @@ class AnnotationSession:
         self.current_class = 0
         #: Tags, sizes and "all boxed" marks (not layers; Qt-free, in the core).
         self.marks = SliceMarks()
+        #: Region tags ``(z, class, y0, x0, y1, x1)`` of grid cells, with their own undo history.
+        self.region_tags = _no_region_tags()
+        self._region_history = EditHistory()
+        self._region_history.reset(self.region_tags)
         self.project: Project | None = None
         #: Serialises writes to the project folder (autosave thread, training thread, main thread).
         self.project_lock = threading.RLock()
@@ -369,6 +374,8 @@ class AnnotationSession:
         with self._quiet_history():
             self._remove_class_annotations(k)
         self.marks.remove_class(k)
+        self.region_tags = _without_class(self.region_tags, k)
+        self._region_history.reset(self.region_tags)
         self.set_classes(self.classes[:k] + self.classes[k + 1 :])
         for role in UNDO_ROLES:  # older states hold the removed class
             self._history[role].reset(self._rows(role))
@@ -435,9 +442,45 @@ class AnnotationSession:
         self.marks.set_exhaustive(z, k, all_boxed)
         self._marks_changed()
 
+    def toggle_region_tag(self, z: int, k: int, box: tuple[int, int, int, int]) -> None:
+        """Add class ``k`` to grid cell ``box`` (y0, x0, y1, x1) of slice ``z``, or remove it."""
+        self._set_region_tags(toggle_region_tag(self.region_tags, z, k, box))
+
+    def tag_region_only(self, z: int, k: int, box: tuple[int, int, int, int]) -> None:
+        """Mark cell ``box`` of slice ``z`` "checked, nothing else here": class ``k`` alone.
+
+        Every other class's tag of that cell is removed, and ``k`` is tagged (kept if it was).
+        """
+        rows = self.region_tags
+        cell = np.all(rows[:, [0, 2, 3, 4, 5]] == np.array([z, *box]), axis=1)
+        kept = rows[~cell]
+        self._set_region_tags(toggle_region_tag(kept, z, k, box))
+
+    def undo_region_tags(self) -> bool:
+        """Undo the last region-tag edit; False when there is none."""
+        return self._restore_region_tags(self._region_history.undo())
+
+    def redo_region_tags(self) -> bool:
+        """Redo the last undone region-tag edit; False when there is none."""
+        return self._restore_region_tags(self._region_history.redo())
+
+    def _set_region_tags(self, rows: np.ndarray) -> None:
+        self.region_tags = np.asarray(rows, np.int64).reshape(-1, 6)
+        self._region_history.record(self.region_tags)
+        self._marks_changed()
+
+    def _restore_region_tags(self, rows: np.ndarray | None) -> bool:
+        if rows is None:
+            return False
+        self.region_tags = rows
+        self._marks_changed()
+        return True
+
     def _set_slice_marks(self, annotations: Annotations) -> None:
         """Tags, sizes and "all boxed" marks (not layers) from ``annotations``."""
         self.marks = SliceMarks.from_annotations(annotations)
+        self.region_tags = np.array(annotations.region_tags, np.int64).reshape(-1, 6)
+        self._region_history.reset(self.region_tags)
 
     def set_size(self, z: int, k: int, fraction: float | None) -> None:
         """Set (or, with None, clear) the fraction of slice ``z`` covered by class ``k``."""
@@ -509,6 +552,7 @@ class AnnotationSession:
             boxes=L.boxes_from_layer(boxes) if boxes is not None else np.zeros((0, 6)),
             **self.marks.rows(),
             masks=_copy(mask_data) if copy else mask_data,
+            region_tags=self.region_tags.copy(),
         )
 
     def sources(self) -> dict[str, str]:
@@ -554,6 +598,8 @@ class AnnotationSession:
         given = SliceMarks.from_annotations(ann)
         if "tags" in kinds:
             self.marks.tags = given.tags
+            self.region_tags = np.array(ann.region_tags, np.int64).reshape(-1, 6)
+            self._region_history.record(self.region_tags)
         if "sizes" in kinds:
             self.marks.sizes = given.sizes
         if "exhaustive_boxes" in kinds:
@@ -702,6 +748,17 @@ class AnnotationSession:
 # --------------------------------------------------------------------------------------- helpers
 def _copy(array):
     return None if array is None else np.array(array, copy=True)
+
+
+def _no_region_tags() -> np.ndarray:
+    return np.zeros((0, 6), np.int64)
+
+
+def _without_class(rows: np.ndarray, k: int) -> np.ndarray:
+    """Region-tag rows without class ``k``; the classes after it move down by one."""
+    rows = rows[rows[:, 1] != k].copy()
+    rows[:, 1] -= rows[:, 1] > k
+    return rows
 
 
 def validate_for_layers(ann: Annotations, shape, sources: dict[str, str]) -> list[str]:
