@@ -969,15 +969,9 @@ def load_annotations(
 
 
 def _inferred_class_count(arrays: dict[str, np.ndarray], masks: np.ndarray | None) -> int:
-    class_columns = {
-        "points": 3,
-        "boxes": 5,
-        "tags": 1,
-        "sizes": 1,
-        "exhaustive_boxes": 1,
-        "region_tags": 1,
-    }
-    top = [int(arrays[k][:, c].max()) for k, c in class_columns.items() if len(arrays.get(k, []))]
+    from .validate import CLASS_COLUMN
+
+    top = [int(arrays[k][:, c].max()) for k, c in CLASS_COLUMN.items() if len(arrays.get(k, []))]
     if masks is not None and masks.size and np.issubdtype(masks.dtype, np.integer):
         top.append(int(masks.max()) - 1)
     return max(top, default=-1) + 1

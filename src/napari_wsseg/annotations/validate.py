@@ -35,7 +35,8 @@ _AXES = {
     "exhaustive_boxes": {0: 0},
     "region_tags": {0: 0, 2: 1, 3: 2, 4: 1, 5: 2},
 }
-_CLASS_COLUMN = {
+#: The class id column of each kind of annotation array.
+CLASS_COLUMN = {
     "points": 3,
     "boxes": 5,
     "tags": 1,
@@ -213,7 +214,7 @@ def _check_rows(ann: Annotations, kind: str, shape: tuple[int, int, int], source
     _check_column(
         ann,
         kind,
-        _CLASS_COLUMN[kind],
+        CLASS_COLUMN[kind],
         0,
         ann.n_classes,
         source,
@@ -338,7 +339,7 @@ def _check_against_tags(ann: Annotations, n_slices: int, source: str) -> None:
     tagged, allowed = tag_matrix(ann, n_slices)
     for kind, what in (("points", "point"), ("boxes", "box")):
         rows = getattr(ann, kind)
-        excluded = ~allowed[rows[:, 0], rows[:, _CLASS_COLUMN[kind]]]
+        excluded = ~allowed[rows[:, 0], rows[:, CLASS_COLUMN[kind]]]
         _raise_first(
             ann,
             kind,
