@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..errors import WssegError
 from ..progress import ProgressEvent
 from ._notify import notify_error, notify_exception, notify_info
+from ._progress import show_progress
 from ._session import session_for
 
 if TYPE_CHECKING:
@@ -226,9 +227,7 @@ class MeasureWidget(QWidget):
 
     # -------------------------------------------------------------------------------- slots
     def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress_bar.setRange(0, max(int(event.total), 1))
-        self.progress_bar.setValue(int(event.done))
-        self.status.setText(f"{event.done}/{event.total} {event.message}".strip())
+        show_progress(self.progress_bar, self.status, event)
 
     def _on_returned(self, result) -> None:
         if result.stopped == "cancelled":

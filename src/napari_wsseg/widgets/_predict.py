@@ -36,6 +36,7 @@ from . import _layers as L
 from ._export import make_export_button
 from ._links import link
 from ._notify import notify_error, notify_info, notify_warning, user_message
+from ._progress import show_progress
 from ._scroll import scroll_layout
 from ._session import session_for
 
@@ -258,9 +259,7 @@ class PredictWidget(QWidget):
 
     # -------------------------------------------------------------------------------- slots
     def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress_bar.setRange(0, max(int(event.total), 1))
-        self.progress_bar.setValue(int(event.done))
-        self.progress_label.setText(f"{event.done}/{event.total} {event.message}".strip())
+        show_progress(self.progress_bar, self.progress_label, event)
 
     def _on_returned(self, result) -> None:
         session = self.session

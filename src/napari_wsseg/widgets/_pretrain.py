@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from ..errors import WssegError
 from ..progress import ProgressEvent
 from ._notify import notify_error, notify_info, user_message
+from ._progress import set_progress_bar
 from ._session import session_for
 
 if TYPE_CHECKING:
@@ -160,9 +161,7 @@ class PretrainPanel(QWidget):
         return self.session.require_image(), project.backbone_dir()
 
     def _on_progress(self, event: ProgressEvent) -> None:
-        total = max(int(event.total), 1)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(min(int(event.done), total))
+        set_progress_bar(self.progress_bar, event)
         parts = [f"step {event.done}/{event.total}"]
         loss = event.metrics.get("loss")
         if isinstance(loss, (int, float)):

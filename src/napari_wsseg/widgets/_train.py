@@ -52,6 +52,7 @@ from ._live import LiveUpdater
 from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
 from ._pretrain import PretrainPanel
+from ._progress import set_progress_bar
 from ._scroll import scroll_layout
 from ._session import session_for
 from ._suggest import SuggestPanel
@@ -413,9 +414,7 @@ class TrainWidget(QWidget):
 
     # -------------------------------------------------------------------------------- slots
     def _on_progress(self, event: ProgressEvent) -> None:
-        total = max(int(event.total), 1)
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(min(int(event.done), total))
+        set_progress_bar(self.progress_bar, event)
         parts = [f"step {event.done}/{event.total}"]
         if event.eta_s is not None:
             parts.append(f"ETA {_duration(event.eta_s)}")
