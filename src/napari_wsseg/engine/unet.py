@@ -125,7 +125,7 @@ class UNet(nn.Module):
             self.decoders.append(_conv_block(channels + widths[level], widths[level]))
             channels = widths[level]
         self.head = _make_head(config, channels)
-        self.apply(_xavier_init)
+        self.apply(xavier_init)
 
     @property
     def size_multiple(self) -> int:
@@ -141,15 +141,24 @@ class UNet(nn.Module):
             x = encoder(x)
             skips.append(x)
         skips.pop()
-        for decoder in self.decoders:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return self.head(decode_with_skips(x, skips, self.decoders, "bilinear"))
 
 
-def _xavier_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
+def decode_with_skips(
+    x: torch.Tensor, skips: list[torch.Tensor], decoders: nn.ModuleList, mode: str
+) -> torch.Tensor:
+    """The U-Net decoder path: per decoder, interpolate ``x`` (``mode``: ``"bilinear"`` in 2D,
+    ``"trilinear"`` in 3D) to the last skip popped from ``skips``, concatenate, decode."""
+    for decoder in decoders:
+        skip = skips.pop()
+        x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+        x = decoder(torch.cat([x, skip], dim=1))
+    return x
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for 2D and 3D convolutions (``Module.apply``)."""
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

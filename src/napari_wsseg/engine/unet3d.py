@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..errors import WssegError
 from ..io.voxel_size import NEAR_ISOTROPIC_RATIO, check_voxel_size
+from .unet import decode_with_skips, xavier_init
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class UNet3D(nn.Module):
             self.decoders.append(_conv_block(channels + widths[level], widths[level], full))
             channels = widths[level]
         self.head = nn.Conv3d(channels, config.out_channels, 1)
-        self.apply(_xavier_init)
+        self.apply(xavier_init)
 
     @property
     def size_multiple(self) -> tuple[int, int, int]:
@@ -166,15 +167,4 @@ class UNet3D(nn.Module):
             x = encoder(x)
             skips.append(x)
         skips.pop()
-        for decoder in self.decoders:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-3:], mode="trilinear", align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return self.head(x)
-
-
-def _xavier_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv3d):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        return self.head(decode_with_skips(x, skips, self.decoders, "trilinear"))
