@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPushButton,
     QSlider,
@@ -79,6 +80,13 @@ class AnnotateWidget(QWidget):
         self.project_label.setWordWrap(True)
         self.new_project_button = QPushButton("New project…")
         self.open_project_button = QPushButton("Open project…")
+        self.voxel_size_edit = QLineEdit()
+        self.voxel_size_edit.setPlaceholderText("unknown, e.g. 0.05,0.004,0.004")
+        self.voxel_size_edit.setToolTip(
+            "physical voxel size Z,Y,X in micrometres (one number: isotropic); stored in the "
+            "project, used for anisotropy"
+        )
+        self.voxel_size_row = QWidget()
         self.class_table = _ClassTable()
         self.add_class_button = QPushButton("Add class")
         self.remove_class_button = QPushButton("Remove class")
@@ -123,6 +131,11 @@ class AnnotateWidget(QWidget):
         row.addWidget(self.new_project_button)
         row.addWidget(self.open_project_button)
         box.addLayout(row)
+        row = QHBoxLayout(self.voxel_size_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("voxel size Z,Y,X (µm)"))
+        row.addWidget(self.voxel_size_edit, 1)
+        box.addWidget(self.voxel_size_row)
         layout.addWidget(project)
         classes = QGroupBox("Classes (keys 1–9, 0)")
         box = QVBoxLayout(classes)
@@ -151,6 +164,9 @@ class AnnotateWidget(QWidget):
         self.image_combo.activated.connect(lambda _: self._attach_selected_image())
         self.new_project_button.clicked.connect(self._ask_new_project)
         self.open_project_button.clicked.connect(self._ask_open_project)
+        self.voxel_size_edit.editingFinished.connect(
+            lambda: self.set_voxel_size(self.voxel_size_edit.text())
+        )
         self.add_class_button.clicked.connect(lambda: self.add_class(f"class{len(s.classes)}"))
         self.remove_class_button.clicked.connect(lambda: self.remove_class(s.current_class))
         self.undo_remove_button.clicked.connect(self.undo_remove_class)
@@ -269,6 +285,25 @@ class AnnotateWidget(QWidget):
             self.session.open_project(folder)
         except WssegError as exc:
             notify_error(str(exc))
+
+    def set_voxel_size(self, text: str) -> bool:
+        """Keep the voxel size typed as ``Z,Y,X`` µm (empty: unknown) and store it in the project.
+
+        Bad text gets a one-line notification and leaves the stored size as it was.
+        """
+        from ..io.voxel_size import parse_voxel_size
+
+        text = text.strip()
+
+        def store():
+            sizes = parse_voxel_size(text, 3, source="voxel size") if text else None
+            self.session.set_voxel_size(sizes)
+            return True
+
+        stored = self._guard(store)
+        if stored:
+            self._show_voxel_size()
+        return bool(stored)
 
     def add_class(self, name: str, color: str | None = None) -> int | None:
         return self._guard(lambda: self.session.add_class(name, color))
@@ -462,7 +497,15 @@ class AnnotateWidget(QWidget):
             f"project: {folder}" if folder else "no project: annotations are not saved"
         )
         self.slice_panel.refresh()
+        self._show_voxel_size()
         self._update_status()
+
+    def _show_voxel_size(self) -> None:
+        """Show the voxel size row for volumes, with the known size (project, metadata)."""
+        image = self.session.image
+        self.voxel_size_row.setVisible(image is not None and not image.was_2d)
+        sizes = self.session.known_voxel_size() if image is not None else None
+        self.voxel_size_edit.setText("" if sizes is None else ",".join(f"{v:g}" for v in sizes))
 
     def _refresh_classes(self) -> None:
         self.class_table.show_classes(self.session.classes, self.session.current_class)

@@ -94,6 +94,8 @@ class AnnotationSession:
         self._region_history = EditHistory()
         self._region_history.reset(self.region_tags)
         self.project: Project | None = None
+        #: Voxel size (Z, Y, X) in µm from the Annotate widget or the project (None: unknown).
+        self.voxel_size_zyx: tuple[float, float, float] | None = None
         #: Serialises writes to the project folder (autosave thread, training thread, main thread).
         self.project_lock = threading.RLock()
         #: The last model trained in this viewer (a trained method, or the folder a separate
@@ -172,6 +174,7 @@ class AnnotationSession:
         image = L.image_from_layer(layer)
         if self.image is not None and self.image_layer is not layer:
             self._detach_layers()
+            self.voxel_size_zyx = None  # the previous image's
         self.image_layer, self.image = layer, image
         if annotations is not None:
             self.classes = list(annotations.classes)
@@ -634,6 +637,10 @@ class AnnotationSession:
             )
             project.set_image_path(_copy_image(image, project.folder / "image.zarr"))
         project.set_image_name(self.image_layer.name)
+        if self.voxel_size_zyx is not None or project.voxel_size_zyx is None:
+            known = self.known_voxel_size()  # the user's value wins over the file's metadata
+            if known is not None:
+                project.set_voxel_size(known)
         self.project = project
         self._mark_layers_with_project()
         self.save(self.snapshot())
@@ -670,6 +677,7 @@ class AnnotationSession:
         self.image_layer = None  # layers of the previous image stay, unattached
         self.attach_image(layer, annotations=project.annotations)
         self.project = project
+        self.voxel_size_zyx = project.voxel_size_zyx
         self._mark_layers_with_project()
         self._add_prediction_layers(project)
         self.attached.emit()
@@ -711,6 +719,7 @@ class AnnotationSession:
                 self.image_layer = None
                 self.attach_image(layer)
                 self.project = project
+                self.voxel_size_zyx = project.voxel_size_zyx
                 self._mark_layers_with_project()
                 self.attached.emit()
                 return True
@@ -735,6 +744,29 @@ class AnnotationSession:
             meta = dict(layer.metadata.get(L.META_KEY) or {"role": "image"})
             meta["project"] = str(self.project.folder)
             layer.metadata[L.META_KEY] = meta
+
+    def known_voxel_size(self) -> tuple[float, float, float] | None:
+        """The voxel size in µm: the user's or project's, else the image file's, else None."""
+        if self.voxel_size_zyx is not None:
+            return self.voxel_size_zyx
+        if self.image is not None and self.image.voxel_size_zyx is not None:
+            return tuple(self.image.voxel_size_zyx)
+        source = _layer_source_path(self.image_layer) if self.image_layer is not None else None
+        if source:
+            from ..io.voxel_size import voxel_size_from_metadata
+
+            return voxel_size_from_metadata(source, 3)
+        return None
+
+    def set_voxel_size(self, voxel_size_zyx) -> None:
+        """Keep the voxel size ((Z, Y, X) µm, checked; None: unknown); store it in the project."""
+        from ..io.voxel_size import check_voxel_size
+
+        sizes = None if voxel_size_zyx is None else check_voxel_size(voxel_size_zyx, 3)
+        self.voxel_size_zyx = sizes
+        if self.project is not None:
+            with self.project_lock:
+                self.project.set_voxel_size(sizes)
 
     def save(self, annotations: Annotations) -> None:
         """Write ``annotations`` to the project (atomic; callable from any thread)."""
