@@ -148,6 +148,17 @@ def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def fitted_crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
+    """The configured crop side, shrunk to the slice (rounded up to ``multiple``) if smaller.
+
+    Examples
+    --------
+    >>> fitted_crop_size(128, (40, 70), 16), fitted_crop_size(128, (400, 700), 16)
+    (80, 128)
+    """
+    return min(crop_size, -(-max(shape_yx) // multiple) * multiple)
+
+
 class CropSampler:
     """Draws training crops: around anchors (by class) or at random places.
 

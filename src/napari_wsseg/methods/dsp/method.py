@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
-from ...engine.crops import CropSampler, SliceStore, annotation_anchors
+from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
 from ...errors import WssegError
@@ -324,7 +324,7 @@ class _DSPTrainStep:
         self.store = SliceStore(image, method.normalization)
         for z in annotations.annotated_slices():
             self.store.slice(int(z))  # annotated slices stay cached
-        crop = _crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
+        crop = fitted_crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
         anchors = annotation_anchors(annotations, image.shape, rng)
         self.sampler = CropSampler(
             image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction
@@ -362,9 +362,3 @@ class _DSPTrainStep:
             total = total + cfg.plf_weight * losses["plf"]
         losses["loss"] = total
         return losses
-
-
-def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
-    """The configured crop side, shrunk to the image (rounded up to ``multiple``) if smaller."""
-    largest = max(shape_yx)
-    return min(crop_size, -(-largest // multiple) * multiple)

@@ -30,7 +30,13 @@ from torch.nn import functional as F
 from ...annotations.model import Annotations
 from ...annotations.targets import point_targets, sizes_for_slice, tag_matrix
 from ...engine.augment import Geometry, apply_geometries, jitter, random_geometries
-from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
+from ...engine.crops import (
+    Crop,
+    CropSampler,
+    SliceStore,
+    annotation_anchors,
+    fitted_crop_size,
+)
 from ...engine.results import FitResult
 from ...engine.unet import UNet, UNetConfig
 from ...errors import WssegError
@@ -293,7 +299,7 @@ class _SizeTrainStep:
         self.cfg, self.net, self.device = cfg, method.net, device
         self.rng, self.generator = rng, generator
         self.shape_yx = image.shape[1:]
-        self.crop_size = _crop_size(cfg.crop_size, self.shape_yx, cfg.crop_multiple)
+        self.crop_size = fitted_crop_size(cfg.crop_size, self.shape_yx, cfg.crop_multiple)
         self.sizes, self.present = _slice_constraints(annotations, image.shape[0])
         initial = dict(self.sizes) | {z: p / p.sum() for z, p in self.present.items()}
         self.cache = SliceMeanCache(self.shape_yx, cfg.size_cell, initial)
@@ -433,8 +439,3 @@ def _pixel_labels(annotations: Annotations, shape_yx: tuple[int, int]) -> dict[i
         int(z): point_targets(annotations, int(z), shape_yx).astype(np.int16)
         for z in sorted(slices)
     }
-
-
-def _crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -> int:
-    """The configured crop side, shrunk to the slice (rounded up to ``multiple``) if smaller."""
-    return min(crop_size, -(-max(shape_yx) // multiple) * multiple)
