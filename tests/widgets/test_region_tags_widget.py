@@ -141,3 +141,27 @@ def test_region_tags_export_and_import_as_csv(annotate, small_3d, tmp_path):
     assert widget.session.region_tags.tolist() == [[0, 0, 0, 0, 15, 15]]
     widget.session.undo_region_tags()  # the import is one undoable step
     assert widget.session.region_tags.shape == (0, 6)
+
+
+def test_keys_on_the_canvas_enter_the_mode_and_tag_a_cell_only(annotate, small_3d, qtbot):
+    image, _, _ = small_3d
+    viewer, _, widget = annotate(image, default_classes(3))
+    viewer.dims.set_point(0, 0)
+    widget.region_panel.cell_spin.setValue(16)
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitExposed(canvas)
+    widget.set_current_class(0)
+    widget.region_panel.toggle_at(3, 3)
+    widget.region_panel.toggle_at(3, 40)
+    viewer.layers.selection.active = widget.session.layer("boxes")
+    qtbot.keyClick(canvas, Qt.Key.Key_T, Qt.KeyboardModifier.ShiftModifier)
+    assert widget.region_panel.active
+    qtbot.keyClick(canvas, Qt.Key.Key_3)  # class 3 (id 2)
+    viewer.cursor.position = (0.0, 5.0, 5.0)
+    qtbot.keyClick(canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier)
+    assert widget.session.region_tags.tolist() == [[0, 0, 0, 32, 15, 47], [0, 2, 0, 0, 15, 15]]
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # undo the tag
+    assert len(widget.session.region_tags) == 2
+    assert widget.session.layer("boxes").data == []  # the boxes layer's own history untouched
+    qtbot.keyClick(canvas, Qt.Key.Key_T, Qt.KeyboardModifier.ShiftModifier)
+    assert not widget.region_panel.active
