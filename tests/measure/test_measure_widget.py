@@ -124,3 +124,21 @@ def test_lazy_layer_without_instances_path_is_a_notification(make_napari_viewer,
     widget = MeasureWidget(viewer)
     assert widget.measure() is None
     assert any("OUT.zarr" in message for message in notifications)
+
+
+def test_voxel_size_falls_back_to_the_open_project(make_napari_viewer, tmp_path):
+    from napari_wsseg.annotations.model import default_classes
+    from napari_wsseg.project import Project
+    from napari_wsseg.widgets._measure import MeasureWidget
+    from napari_wsseg.widgets._session import session_for
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((3, 8, 8), dtype=np.uint8), name="p")
+    widget = MeasureWidget(viewer)
+    assert widget._measure_kwargs(layer)["voxel_size"] is None  # no project, unit scale
+    project = Project.create(tmp_path / "proj", classes=default_classes(2), image_shape=(3, 8, 8))
+    project.set_voxel_size((0.04, 0.005, 0.005))
+    session_for(viewer).project = project
+    assert widget._measure_kwargs(layer)["voxel_size"] == (0.04, 0.005, 0.005)
+    widget.voxel_edit.setText("1,2,2")  # the form wins over the project
+    assert widget._measure_kwargs(layer)["voxel_size"] == (1.0, 2.0, 2.0)

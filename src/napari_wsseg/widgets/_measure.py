@@ -60,7 +60,9 @@ class MeasureWidget(QWidget):
         self.labels_combo = QComboBox()
         self.image_combo = QComboBox()
         self.voxel_edit = QLineEdit()
-        self.voxel_edit.setPlaceholderText("Z,Y,X µm (default: the layer's scale if not 1)")
+        self.voxel_edit.setPlaceholderText(
+            "Z,Y,X µm (default: the layer's scale if not 1, else the project's)"
+        )
         self.instances_edit = QLineEdit()
         self.instances_edit.setPlaceholderText("instances OUT.zarr (needed for lazy layers)")
         self.measure_button = QPushButton("Measure")
@@ -186,12 +188,13 @@ class MeasureWidget(QWidget):
         ndim = layer.data.ndim
         text = self.voxel_edit.text().strip()
         scale = tuple(float(s) for s in layer.scale[-ndim:])
+        session = session_for(self.viewer)
         voxel_size = (
             parse_voxel_size(text, ndim)
             if text
-            else (scale if any(s != 1.0 for s in scale) else None)
+            else (scale if any(s != 1.0 for s in scale) else _project_voxel_size(session, ndim))
         )
-        classes = [c.name for c in session_for(self.viewer).classes]
+        classes = [c.name for c in session.classes]
         largest = int(layer.data.max()) if isinstance(layer.data, np.ndarray) else len(classes)
         names = ["unlabelled"] + [
             classes[k] if k < len(classes) else f"class{k}"
@@ -304,3 +307,10 @@ def _camera(viewer):
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None else viewer.camera
+
+
+def _project_voxel_size(session, ndim: int):
+    """The open project's voxel size for a volume layer (None without a project or a size)."""
+    if session.project is None or ndim != 3:
+        return None
+    return session.project.voxel_size_zyx
