@@ -142,3 +142,23 @@ def test_voxel_size_falls_back_to_the_open_project(make_napari_viewer, tmp_path)
     assert widget._measure_kwargs(layer)["voxel_size"] == (0.04, 0.005, 0.005)
     widget.voxel_edit.setText("1,2,2")  # the form wins over the project
     assert widget._measure_kwargs(layer)["voxel_size"] == (1.0, 2.0, 2.0)
+
+
+def test_layer_list_measure_action_measures_the_selected_labels(make_napari_viewer, qtbot):
+    """The 'Measure objects' entry of the layer list's Measure menu, run as napari runs it."""
+    from napari._app_model import get_app_model
+
+    image, labels, _ = make_phantom((4, 48, 48), seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    layer = viewer.add_labels(labels + 1, name="img prediction m1")
+    viewer.layers.selection.active = layer
+    app = get_app_model()
+    menu_ids = {item.command.id for item in app.menus.get_menu("napari/layers/measure")}
+    assert "napari-wsseg.measure_layer" in menu_ids
+    worker = app.commands.execute_command("napari-wsseg.measure_layer").result()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        pass
+    assert "img prediction m1 instances" in viewer.layers
+    assert viewer.layers.selection.active is layer  # the action never moves the selection

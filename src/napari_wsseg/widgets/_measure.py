@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import WssegError
 from ..progress import ProgressEvent
+from ._layers import keep_selection
 from ._notify import notify_error, notify_exception, notify_info
 from ._progress import show_progress
 from ._session import session_for
@@ -244,9 +245,12 @@ class MeasureWidget(QWidget):
 
             instances = read_labels(instances)
         name = f"{source.name} instances"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_labels(instances, name=name, scale=source.scale, translate=source.translate)
+        with keep_selection(self.viewer):  # the user stays on the layer they were working on
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_labels(
+                instances, name=name, scale=source.scale, translate=source.translate
+            )
         self._fill_table(result.objects)
         self.export_button.setEnabled(True)
         self.status.setText(f"{len(result.objects)} objects ({result.units})")
@@ -314,3 +318,21 @@ def _project_voxel_size(session, ndim: int):
     if session.project is None or ndim != 3:
         return None
     return session.project.voxel_size_zyx
+
+
+def measure_selected_labels(viewer: napari.Viewer):
+    """Layer-list action: measure the selected Labels layer in the (docked) Measure widget.
+
+    Opens the Measure widget if it is not docked yet, picks the selected layer and starts the
+    measurement; returns the worker (None with a notification when nothing could start).
+    """
+    from napari.layers import Labels
+
+    layer = viewer.layers.selection.active
+    if not isinstance(layer, Labels):
+        notify_error("select one Labels layer (a prediction) in the layer list, then Measure")
+        return None
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsseg", "Measure")
+    widget.refresh_layers()
+    widget.labels_combo.setCurrentText(layer.name)
+    return widget.measure()
