@@ -3,8 +3,9 @@
 :class:`SliceProbabilities` wraps the network of a ``dsp`` or ``size`` model together with what
 the method adds after it (DSP's temperature and prior correction, the size calibration offsets),
 so that one forward pass maps a normalised ``(B, C, Y, X)`` batch to the class probabilities
-``(B, K, Y, X)`` the method predicts. Its keyword arguments are written into the package's
-``rdf.yaml``; the state dict holds the network's weights under ``net.``.
+``(B, K, Y, X)`` the method predicts; ``rewis3d`` exports its 2D student the same way.
+:class:`MEWSProbabilities` and :class:`CPEWSProbabilities` rebuild the ViT methods. Their keyword
+arguments are written into the package's ``rdf.yaml``; the state dict holds the network's weights.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..engine.unet import UNet, UNetConfig
 
-KINDS = ("dsp", "size")
+KINDS = ("dsp", "size", "rewis3d")
 
 
 class SliceProbabilities(nn.Module):
@@ -22,8 +23,10 @@ class SliceProbabilities(nn.Module):
 
     Parameters
     ----------
-    kind : {"dsp", "size"}
-        ``dsp``: U-Net embedding + prototype head (class scores); ``size``: U-Net classifier.
+    kind : {"dsp", "size", "rewis3d"}
+        ``dsp``: U-Net embedding + prototype head (class scores); ``size``: U-Net classifier;
+        ``rewis3d``: its 2D student, a U-Net classifier with at least two outputs (the softmax
+        runs over all of them, then the first ``n_classes`` are kept, as the method does).
     in_channels, n_classes, depth, width : int
         The network's image channels, classes, U-Net down-sampling steps and base width.
     embed_dim, n_prototypes : int, default 64 and 5
@@ -58,22 +61,23 @@ class SliceProbabilities(nn.Module):
             self.net = UNet(
                 UNetConfig(
                     in_channels=in_channels,
-                    out_channels=n_classes,
+                    out_channels=max(n_classes, 2) if kind == "rewis3d" else n_classes,
                     depth=depth,
                     width=width,
                     head="classifier",
                 )
             )
-        self.scale = float(scale)
+        self.scale, self.n_classes = float(scale), int(n_classes)
+        n_outputs = max(n_classes, 2) if kind == "rewis3d" else n_classes
         shift_tensor = torch.tensor(
-            shift if shift is not None else [0.0] * n_classes, dtype=torch.float32
+            shift if shift is not None else [0.0] * n_outputs, dtype=torch.float32
         )
         self.register_buffer("shift", shift_tensor.view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, Y, X)`` normalised float32 -> ``(B, K, Y, X)`` probabilities."""
         scores = self.net(x).float() * self.scale + self.shift
-        return torch.softmax(scores, dim=1)
+        return torch.softmax(scores, dim=1)[:, : self.n_classes]
 
 
 class MEWSProbabilities(nn.Module):
@@ -145,3 +149,45 @@ class MEWSProbabilities(nn.Module):
             logits.transpose(0, 1), scale_factor=p, mode="bilinear", align_corners=False
         )
         return torch.softmax(logits, dim=1)
+
+
+class CPEWSProbabilities(nn.Module):
+    """Class probabilities of a CPEWS model: timm ViT, segmentation head and pixel refinement.
+
+    Mirrors :meth:`napari_wsseg.methods.cpews.method.CPEWSMethod._tile_probabilities` on one
+    tile: the :class:`~napari_wsseg.methods.cpews.model.CPEWSNet` logits, softmax over classes.
+    The state dict holds the network's weights under ``net.``.
+
+    Parameters
+    ----------
+    backbone : str
+        timm ViT name (built with ``pretrained=False``; the weights come from the state dict).
+    model_kwargs : dict or None
+        Extra timm arguments of the backbone (an in-domain ``wsseg pretrain`` backbone's shape).
+    in_channels, n_classes : int
+        Image channels and classes.
+    intermediate_block : int
+        The ViT block whose tokens feed the intermediate classifier (part of the weights).
+    mean, std : list of float
+        Per-channel normalisation of the backbone input.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        model_kwargs: dict | None,
+        in_channels: int,
+        n_classes: int,
+        intermediate_block: int,
+        mean: list[float],
+        std: list[float],
+    ) -> None:
+        super().__init__()
+        from ..methods.cpews.model import CPEWSNet, create_vit
+
+        vit = create_vit(backbone, model_kwargs)
+        self.net = CPEWSNet(vit, in_channels, n_classes, intermediate_block, mean, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, Y, X)`` normalised float32 -> ``(B, K, Y, X)`` probabilities."""
+        return torch.softmax(self.net(x), dim=1)

@@ -4,10 +4,12 @@ The package is described with ``bioimageio.spec`` (format 0.5) and written with
 :func:`bioimageio.spec.save_bioimageio_package`; no YAML is written by hand. It holds:
 
 - weights as a ``pytorch_state_dict`` whose architecture is
-  :class:`~napari_wsseg.export.architectures.SliceProbabilities` (dsp, size) or
-  :class:`~napari_wsseg.export.architectures.MEWSProbabilities` (mews: the ViT backbone's weights
-  travel with the heads), so ``napari-wsseg`` must be installed where the package runs; dsp and
-  size also as TorchScript, which needs nothing but torch;
+  :class:`~napari_wsseg.export.architectures.SliceProbabilities` (dsp, size, rewis3d's 2D
+  student), :class:`~napari_wsseg.export.architectures.MEWSProbabilities` (mews: the ViT
+  backbone's weights travel with the heads) or
+  :class:`~napari_wsseg.export.architectures.CPEWSProbabilities` (cpews), so ``napari-wsseg`` must
+  be installed where the package runs; the U-Net methods also as TorchScript, which needs nothing
+  but torch;
 - the model's intensity normalisation as pre-processing: ``ensure_dtype`` float32, then
   ``scale_linear`` with the fixed gain and offset of ``(x - low) / (high - low)``;
 - one output channel per class (named after the classes) holding class probabilities;
@@ -15,7 +17,8 @@ The package is described with ``bioimageio.spec`` (format 0.5) and written with
 - a README with the method, its paper, the classes, the annotation counts and the licence.
 
 Only methods whose whole prediction is one torch network on 2D slices can be exported
-(:data:`EXPORTABLE`); rf is refused with a one-line reason.
+(:data:`EXPORTABLE`); rf is refused with a one-line reason, and so is a rewis3d model whose
+``inference`` uses the 3D student.
 """
 
 from __future__ import annotations
@@ -44,7 +47,19 @@ EXPORTABLE = {
         "multiclass extreme weak supervision, Neurocomputing 680 (2026) 133290",
         "doi:10.1016/j.neucom.2026.133290",
     ),
+    "rewis3d": (
+        "Rewis3d: weakly supervised semantic segmentation with 2D-3D cross-modal consistency "
+        "(the 2D student is exported)",
+        None,
+    ),
+    "cpews": (
+        "Shao, Han, Li, Zhao & Yan, CPEWS: Contextual Prototype-Based End-to-End Weakly "
+        "Supervised Semantic Segmentation",
+        None,
+    ),
 }
+#: Methods whose exported network is a ViT (no TorchScript: a trace fixes the position embeddings).
+VIT_METHODS = ("mews", "cpews")
 REFUSED = {
     "rf": "a random forest on hand-made filter features is not a network the bioimage.io format "
     "can hold",
@@ -108,6 +123,7 @@ def export_bioimageio(
     method = read_model_config(model_dir).get("method")
     check_exportable(method)
     model = load_model(model_dir)
+    check_inference(model)
     work = Path(tempfile.mkdtemp(prefix="wsseg-export-"))
     (work / _TEMP_MARKER).write_text("created by wsseg export; safe to delete\n")
     try:
@@ -130,7 +146,7 @@ def check_exportable(method: str | None) -> None:
     ...
     napari_wsseg.errors.WssegError: rf models cannot be exported to bioimage.io: a random forest
     on hand-made filter features is not a network the bioimage.io format can hold; exportable
-    methods: dsp, size, mews
+    methods: dsp, size, mews, rewis3d, cpews
     """
     if method in EXPORTABLE:
         return
@@ -139,6 +155,16 @@ def check_exportable(method: str | None) -> None:
         f"{method} models cannot be exported to bioimage.io: {reason}; exportable "
         f"methods: {', '.join(EXPORTABLE)}"
     )
+
+
+def check_inference(model) -> None:
+    """Raise a one-line error for a rewis3d model that predicts with its 3D student."""
+    inference = getattr(model.config, "inference", "2d")
+    if model.name == "rewis3d" and inference != "2d":
+        raise WssegError(
+            f"rewis3d models with inference={inference!r} cannot be exported to bioimage.io: "
+            "a package here holds 2D networks only; retrain with --inference 2d (the default)"
+        )
 
 
 # ------------------------------------------------------------------------------- the network
@@ -157,6 +183,26 @@ def network_kwargs(model) -> dict:
             "temperature": float(cfg.temperature),
             "mean": list(backbone.mean),
             "std": list(backbone.std),
+        }
+    if model.name == "cpews":
+        net, info = model._require_net(), model.backbone_info
+        return {
+            "backbone": info.get("arch", cfg.backbone),
+            "model_kwargs": dict(info.get("model_kwargs") or {}),
+            "in_channels": int(model.n_channels),
+            "n_classes": len(model.classes),
+            "intermediate_block": int(net.intermediate),
+            "mean": [float(m) for m in net.mean.flatten()],
+            "std": [float(s) for s in net.std.flatten()],
+        }
+    if model.name == "rewis3d":
+        return {
+            "kind": "rewis3d",
+            "in_channels": int(model.n_channels),
+            "n_classes": len(model.classes),
+            "depth": int(cfg.depth_2d),
+            "width": int(cfg.width),
+            "shift": None,
         }
     kwargs = {
         "kind": model.name,
@@ -180,7 +226,9 @@ def network_kwargs(model) -> dict:
 
 def architecture_name(model) -> str:
     """The class in :mod:`napari_wsseg.export.architectures` that rebuilds ``model``."""
-    return "MEWSProbabilities" if model.name == "mews" else "SliceProbabilities"
+    return {"mews": "MEWSProbabilities", "cpews": "CPEWSProbabilities"}.get(
+        model.name, "SliceProbabilities"
+    )
 
 
 def build_network(model):
@@ -194,14 +242,19 @@ def build_network(model):
         network.heads.weight.data.copy_(model._heads.weight.detach().cpu())
         network.centroids.copy_(model._centroids.detach().cpu())
     else:
-        state = {k: v.detach().cpu() for k, v in model._require_net().state_dict().items()}
-        network.net.load_state_dict(state)
+        net = model.net_2d if model.name == "rewis3d" else model._require_net()
+        network.net.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
     return network.eval()
 
 
 def size_multiple(model) -> int:
     """Input sides must be multiples of this: the U-Net's ``2 ** depth`` or the ViT's patch."""
-    return int(model.backbone.patch_size) if model.name == "mews" else 2 ** int(model.config.depth)
+    if model.name == "mews":
+        return int(model.backbone.patch_size)
+    if model.name == "cpews":
+        return int(model._require_net().patch)
+    depth = model.config.depth_2d if model.name == "rewis3d" else model.config.depth
+    return 2 ** int(depth)
 
 
 # ---------------------------------------------------------------------------- description
@@ -218,7 +271,7 @@ def _describe(model, model_dir: Path, work: Path, licence, authors, image, name)
     weights = work / "weights.pt"
     torch.save(network.state_dict(), weights)
     scripted = None
-    if model.name != "mews":  # a traced ViT would fix its position embeddings to the trace's size
+    if model.name not in VIT_METHODS:  # a traced ViT fixes its position embeddings to the size
         scripted = work / "weights_torchscript.pt"
         _trace(network, model.normalization.apply(np.moveaxis(test_input, 1, -1)), scripted)
     readme = work / "README.md"
