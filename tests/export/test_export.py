@@ -138,6 +138,11 @@ def test_bad_licence_and_existing_package_are_clear_errors(trained, tmp_path, ca
     assert (tmp_path / "taken.zip").read_bytes() == b"user file"
     with pytest.raises(WssegError, match=r"\.zip"):
         export_bioimageio(models["size"], tmp_path / "model.yaml")
+    (tmp_path / "folder.zip").mkdir()
+    (tmp_path / "folder.zip" / "keep.txt").write_text("user file")
+    with pytest.raises(WssegError, match="is a folder"):
+        export_bioimageio(models["size"], tmp_path / "folder.zip", overwrite=True)
+    assert (tmp_path / "folder.zip" / "keep.txt").read_text() == "user file"
 
 
 @pytest.mark.parametrize("inference", ["3d", "average"])

@@ -118,6 +118,8 @@ def export_bioimageio(
         raise WssegError(
             f"--out {out} must end in .zip (a bioimage.io package); e.g. {out.stem}.zip"
         )
+    if out.is_dir():
+        raise WssegError(f"{out} is a folder; give a .zip file path for --out")
     if out.exists() and not overwrite:
         raise WssegError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     method = read_model_config(model_dir).get("method")
