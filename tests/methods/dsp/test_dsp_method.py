@@ -328,3 +328,44 @@ def test_a_model_saved_with_the_retired_boxes_exhaustive_option_still_loads(tmp_
         DSPMethod(
             boxes_exhaustive=False
         )  # as an option it is gone: exhaustiveness is annotation data
+
+
+def test_ema_keeps_the_mean_teacher_of_the_weights():
+    """With ema_momentum the kept weights are the running average of the student's. The first
+    step has learning rate 0 (warm-up), so after two steps with momentum m the teacher is
+    ``m * initial + (1 - m) * student``, and without L_PLF the student is the plain run's."""
+    image, ann = _small_problem()
+    options = TINY | {"max_steps": 2, "crop_size": 32}
+    plain = DSPMethod(**options)
+    plain.fit(as_image(image), ann, FitOptions(device="cpu", seed=3))
+    fresh = DSPMethod(**options)
+    fresh.classes, fresh.n_channels = plain.classes, plain.n_channels
+    torch.manual_seed(3)  # as fit() seeds before building the network
+    initial = fresh._build_net().state_dict()
+    averaged = DSPMethod(**(options | {"ema_momentum": 0.75}))
+    averaged.fit(as_image(image), ann, FitOptions(device="cpu", seed=3))
+    stepped, kept = plain.net.state_dict(), averaged.net.state_dict()
+    name = next(k for k, v in kept.items() if v.is_floating_point() and v.ndim == 4)
+    expected = 0.75 * initial[name] + 0.25 * stepped[name]
+    assert not torch.allclose(kept[name], stepped[name])
+    torch.testing.assert_close(kept[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_with_ema_the_teacher_makes_the_pseudo_labels(monkeypatch):
+    import napari_wsseg.methods.dsp.method as dsp_module
+
+    seen = []
+    original = dsp_module.filtered_pseudo_labels
+
+    def recording(logits, *args):
+        seen.append(logits.requires_grad)
+        return original(logits, *args)
+
+    monkeypatch.setattr(dsp_module, "filtered_pseudo_labels", recording)
+    image, ann = _small_problem()
+    options = TINY | {"max_steps": 2, "crop_size": 32, "plf_weight": 1.0, "plf_start": 0.0}
+    DSPMethod(**options).fit(as_image(image), ann, FitOptions(device="cpu", seed=3))
+    DSPMethod(**(options | {"ema_momentum": 0.9})).fit(
+        as_image(image), ann, FitOptions(device="cpu", seed=3)
+    )
+    assert seen == [True, True, False, False]  # the student's logits, then the teacher's

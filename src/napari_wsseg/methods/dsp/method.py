@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
+from ...engine.ema import EMATeacher
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
 from ...errors import WssegError
@@ -61,6 +62,7 @@ DSP_BOUNDS = {
     "plf_weight": (0, 1000),
     "plf_start": (0, 1),
     "plf_threshold": (0, 1),
+    "ema_momentum": (0, 0.99999),
     **UNET_TRAINING_BOUNDS,
     "random_crop_fraction": (0, 1),
     "weak_jitter": (0, 1),
@@ -97,6 +99,12 @@ class DSPConfig:
     plf_threshold : float, default 0.9
         Pixels whose filtered pseudo-label probability is below this are left out of L_PLF
         (FixMatch's confidence mask; 0 keeps every pixel, as the paper does, and measured worse).
+    ema_momentum : float, default 0.0
+        0: the model kept is the student's weights with the lowest smoothed supervised loss in
+        the second half of training. Above 0: an exponential moving average of the weights
+        (a mean teacher, updated after every step with this momentum) is kept instead, and it
+        makes the pseudo-labels of L_PLF. Not in the paper; a lever of the validation protocol
+        (docs/benchmarks.md).
     prior_correction : bool, default True
         Crops are drawn class-balanced, so the network learns as if every class were equally
         common. After training, the image's class prior is estimated as the mean predicted
@@ -138,6 +146,7 @@ class DSPConfig:
     plf_weight: float = 0.0
     plf_start: float = 0.5
     plf_threshold: float = 0.9
+    ema_momentum: float = 0.0
     prior_correction: bool = True
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -223,6 +232,11 @@ class DSPMethod(TorchSliceMethod):
     def halo(self) -> int:  # type: ignore[override]
         return UNetConfig(depth=self.config.depth).receptive_radius()
 
+    @property
+    def block_align(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Blocks start on the U-Net's pooling grid (cells of ``2 ** depth`` pixels)."""
+        return 1, 2**self.config.depth, 2**self.config.depth
+
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
         #: log(image prior / training prior) per class, added to the logits; None: no correction.
@@ -249,15 +263,20 @@ class DSPMethod(TorchSliceMethod):
         device, rng, generator = self._start_training(options)
         trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
+        teacher = trainer.teacher
         outcome = self._run_training(
             trainer,
             options,
             device,
             max_steps=cfg.max_steps or auto_max_steps(annotations, image.shape),
-            monitor="supervised",
+            monitor="supervised" if teacher is None else None,
             keep_best_after=max(cfg.plf_start, 0.5),
             autocast_cpu=cfg.cpu_bf16,
+            after_step=None if teacher is None else lambda step, fraction: teacher.update(self.net),
         )
+        if teacher is not None:
+            self.net.load_state_dict(teacher.state_dict())
+            self.net.eval()
         self.fit_info = outcome.summary()
         self.log_prior_shift = self._estimate_prior_shift(trainer) if cfg.prior_correction else None
         return outcome
@@ -332,6 +351,8 @@ class _DSPTrainStep:
         self.label_counts = np.zeros(
             len(method.classes), np.int64
         )  # labelled pixels L_CE saw, by class
+        #: The mean teacher (``ema_momentum`` > 0): the model kept, and the pseudo-labeller.
+        self.teacher = EMATeacher(self.net, cfg.ema_momentum) if cfg.ema_momentum > 0 else None
 
     def __call__(self, step: int, fraction: float) -> dict:
         cfg, generator = self.cfg, self.generator
@@ -357,7 +378,12 @@ class _DSPTrainStep:
         losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]
         total = losses["supervised"]
         if use_plf:
-            pseudo = filtered_pseudo_labels(weak, targets.allowed, targets.valid, cfg.plf_threshold)
+            labeller = (
+                weak if self.teacher is None else self.teacher(inputs[: len(crops)]) / cfg.tau
+            )
+            pseudo = filtered_pseudo_labels(
+                labeller, targets.allowed, targets.valid, cfg.plf_threshold
+            )
             losses["plf"] = plf_loss(logits[len(crops) :], pseudo)
             total = total + cfg.plf_weight * losses["plf"]
         losses["loss"] = total
