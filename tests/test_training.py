@@ -140,3 +140,72 @@ def test_cancel_ends_a_process_that_does_not_stop_within_the_grace_time(tiny, mo
     job.options.cancel = cancel
     outcome = run_training_in_subprocess(job)
     assert saved == [] and outcome.model_name is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_kept_process_serves_two_runs_and_filters_a_slice_only_once(tiny):
+    """Live mode's TrainingProcess: the same process, and rf's features of slice 0 are reused."""
+    from napari_wsseg.training import TrainingProcess
+
+    keeper = TrainingProcess()
+    infos, outcomes = [], []
+    try:
+        first = keeper.run(_rf_job(tiny), info=infos.append)
+        pid = keeper.pid
+        outcomes.append(first)
+        second = keeper.run(_rf_job(tiny, init=first.model_dir), info=infos.append)
+        outcomes.append(second)
+        assert [i.pid for i in infos] == [pid, pid] and [i.jobs for i in infos] == [1, 2]
+        assert first.feature_cache["computed"] == 1  # slice 0, once; the final prediction reuses
+        assert second.feature_cache == {"hits": 2, "computed": 0}  # fit and final prediction
+        assert second.warm and second.trained
+        np.testing.assert_array_equal(first.final.labels, second.final.labels)  # same clicks
+    finally:
+        keeper.close()
+        for outcome in outcomes:
+            remove_temporary_model(outcome.model_dir)
+    assert keeper.pid is None and not _alive(pid)  # ended and reaped: no zombie
+
+
+def test_a_user_error_keeps_the_process_and_a_cancel_that_is_not_obeyed_replaces_it(
+    tiny, monkeypatch
+):
+    from napari_wsseg.training import TrainingProcess, process
+
+    image, annotations, _ = tiny
+    boxes_only = Annotations(classes=annotations.classes, boxes=np.array([[0, 2, 2, 10, 10, 1]]))
+    keeper = TrainingProcess()
+    try:
+        with pytest.raises(WssegError, match="rf method learns from labelled pixels"):
+            keeper.run(TrainingJob(get_method("rf")(), image, boxes_only, FitOptions("cpu")))
+        pid = keeper.pid
+        assert pid is not None  # a user error does not end the process
+        monkeypatch.setattr(process, "CANCEL_GRACE_S", 0.0)
+        job = _rf_job(tiny, save_model=lambda method, folder: "never")
+        job.options.cancel = threading.Event()
+        job.options.cancel.set()
+        outcome = keeper.run(job)
+        assert not outcome.trained and outcome.model_name is None
+        assert keeper.pid is None and not _alive(pid)  # ended after the cancel, and reaped
+        monkeypatch.setattr(process, "CANCEL_GRACE_S", 1.0)
+        again = keeper.run(_rf_job(tiny))  # the next run starts a new process
+        assert again.trained and keeper.pid not in (None, pid)
+        remove_temporary_model(again.model_dir)
+    finally:
+        keeper.close()
+
+
+def test_the_visible_window_is_previewed_before_the_whole_slice(tiny):
+    window = (slice(8, 24), slice(16, 40))
+    shown = []
+    outcome = run_training(_rf_job(tiny, preview_region=window), preview=shown.append)
+    assert [(p.region, p.final) for p in shown] == [(window, False), (None, True)]
+    assert shown[0].labels.shape == (16, 24) and shown[1] is outcome.final
+    np.testing.assert_array_equal(shown[0].labels, outcome.final.labels[window])

@@ -172,7 +172,10 @@ class RandomForestMethod(Method):
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         if self.forest is None:
             raise ModelError("rf model is not trained; call fit() or load a model folder")
-        feats = self.features(slice_yxc)
+        memo = self.feature_memo
+        feats = memo.peek(memo.key(slice_yxc, self.normalization, self.config))
+        if feats is None:  # not a training slice: computed, not kept (prediction streams slices)
+            feats = self.features(slice_yxc)
         height, width, n_features = feats.shape
         known = self.forest.predict_proba(feats.reshape(-1, n_features))
         # Classes never labelled in training get probability 0.
@@ -256,6 +259,14 @@ class FeatureMemo:
         )
         digest.update(array.tobytes())
         return digest.hexdigest()[:40]
+
+    def peek(self, key: str) -> np.ndarray | None:
+        """The features under ``key`` if kept (counted as a hit), else None; computes nothing."""
+        features = self._entries.get(key)
+        if features is not None:
+            self._entries.move_to_end(key)
+            self.stats["hits"] += 1
+        return features
 
     def get(self, key: str, compute) -> np.ndarray:
         """The features under ``key``, computed with ``compute()`` and kept when missing."""

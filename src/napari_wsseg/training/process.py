@@ -6,10 +6,21 @@ user script without ``if __name__ == "__main__":`` would run again there (a seco
 project folder recreated). Parent and child talk over the child's stdin and stdout, which carry
 pickled messages between two processes of this package only (model files are never pickled):
 
-* parent -> child: the :class:`_ChildSpec` (with a warm-start model's folder), then
-  ``("cancel", None)`` and ``("z", slice)``;
-* child -> parent: ``("progress", event)``, ``("preview", result)``, then ``("done", outcome)``
-  or ``("error", (type name, message, is user error, traceback))``.
+* parent -> child: ``("job", spec)`` (a :class:`_ChildSpec`, with a warm-start model's folder),
+  then ``("cancel", None)`` and ``("z", slice)`` while that job runs; then the next
+  ``("job", spec)``, or the end of the stream (the parent closed its end), which ends the child;
+* child -> parent, per job: ``("info", ChildInfo)``, ``("progress", event)``,
+  ``("preview", result)``, then ``("done", outcome)`` or
+  ``("error", (type name, message, is user error, traceback))``.
+
+:func:`run_training_in_subprocess` starts one process per run and closes the stream after the
+``done``. :class:`TrainingProcess` (live mode) keeps one process for many runs: the spec of a
+later run carries no image when it is the image the process already holds (``image=None``), the
+process skips the start-up and imports, and it keeps rf's filter features
+(:class:`~napari_wsseg.methods.rf.FeatureMemo`, keyed by the slice's bytes, its normalisation and
+the filter bank, so an edited annotation can never be served stale features) from run to run:
+a later run filters only slices it has not seen. Each outcome's ``feature_cache`` says how many
+slices were filtered and reused.
 
 The child points its own file descriptor 1 at stderr before anything else runs, so a library
 that prints cannot corrupt the message stream; the child's log and tracebacks go to the parent's
@@ -21,12 +32,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
@@ -53,6 +65,8 @@ TEMPORARY_MARKER = ".wsseg-temporary"
 #: After Cancel, the process has this long to stop at a step boundary and hand back its model;
 #: then it is ended (nothing is kept): Cancel always returns within about a second.
 CANCEL_GRACE_S = 1.0
+#: A kept process that is closed gets this long to end by itself before it is killed.
+CLOSE_GRACE_S = 2.0
 
 
 @dataclass
@@ -61,7 +75,8 @@ class _ChildSpec:
 
     method_name: str
     config: dict
-    image: Image
+    #: None: the image of the process's previous job (a kept process).
+    image: Image | None
     annotations: Annotations
     options: FitOptions
     preview_every_s: float
@@ -69,15 +84,58 @@ class _ChildSpec:
     model_dir: str
     #: The model folder the child continues from (warm start); None trains from scratch.
     init_dir: str | None = None
+    #: The (y, x) window the viewer shows, predicted before the whole slice (None: no window).
+    preview_region: tuple[slice, slice] | None = None
 
 
 @dataclass
 class ChildInfo:
-    """What the training process reports about itself before it trains."""
+    """What the training process reports about itself before each job."""
 
     pid: int
     #: Worker threads scikit-learn / joblib would use for ``n_jobs=-1`` (all usable cores).
     n_jobs: int
+    #: Jobs this process has started, this one included (1 in a process started for one run).
+    jobs: int = 1
+
+
+@dataclass
+class _Child:
+    """The parent's handle on a training process: the process and both ends of the stream."""
+
+    process: subprocess.Popen
+    to_child: Connection
+    from_child: Connection
+
+    @classmethod
+    def start(cls) -> "_Child":
+        process = subprocess.Popen(
+            [sys.executable, "-m", "napari_wsseg.training"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        to_child = Connection(os.dup(process.stdin.fileno()), readable=False)
+        from_child = Connection(os.dup(process.stdout.fileno()), writable=False)
+        process.stdin.close()
+        process.stdout.close()
+        return cls(process, to_child, from_child)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def end(self, grace_s: float) -> None:
+        """Close the stream (the child then ends by itself), wait ``grace_s``, then kill; reap."""
+        self.to_child.close()
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass  # it does not exit: ended below
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.from_child.close()
 
 
 def run_training_in_subprocess(
@@ -105,6 +163,92 @@ def run_training_in_subprocess(
     RuntimeError
         The process failed otherwise or ended unexpectedly (one line; the traceback is logged).
     """
+    child = _Child.start()
+    try:
+        return _run_job(child, job, True, progress, preview, info, poll_s)
+    finally:
+        child.end(CANCEL_GRACE_S * 10)
+
+
+class TrainingProcess:
+    """One training process kept for many runs (live mode); :meth:`run` is like
+    :func:`run_training_in_subprocess`.
+
+    The process starts with the first run and serves the next ones: they skip the process start
+    and the imports, the image is sent once, and rf's features of the slices already seen stay
+    in the process (see the module docstring). A process that ended (killed after a Cancel that
+    did not stop in time, crashed, or failed with an error that is not a user error) is replaced
+    by a new one at the next run. :meth:`close` ends it; call it when the owner goes away. One
+    run at a time.
+
+    Attributes
+    ----------
+    pid : int or None
+        The process id while a process is kept.
+    """
+
+    def __init__(self) -> None:
+        self._child: _Child | None = None
+        self._image: Image | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.process.pid if child is not None and child.alive else None
+
+    def run(
+        self,
+        job: TrainingJob,
+        *,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        preview: Callable[[SlicePrediction], None] | None = None,
+        info: Callable[[ChildInfo], None] | None = None,
+        poll_s: float = 0.05,
+    ) -> TrainingOutcome:
+        """Run ``job`` in the kept process (started first if there is none); see the class."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("the training process is already running a job; one at a time")
+        try:
+            child = self._child
+            if child is None or not child.alive:
+                if child is not None:
+                    child.end(0.0)
+                child = self._child = _Child.start()
+                self._image = None
+            send_image = job.image is not self._image
+            try:
+                outcome = _run_job(child, job, send_image, progress, preview, info, poll_s)
+            except WssegError:
+                self._image = job.image  # a user error: the process holds the image and goes on
+                raise
+            except BaseException:
+                self._drop()  # crashed, or in an unknown state (e.g. out of memory)
+                raise
+            if child.alive:
+                self._image = job.image
+            else:
+                self._drop()  # ended after a Cancel that did not stop in time
+            return outcome
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """End the kept process (it stops a job it is running) and reap it; idempotent."""
+        child, self._child, self._image = self._child, None, None
+        if child is not None:
+            child.end(CLOSE_GRACE_S)
+
+    def _drop(self) -> None:
+        child, self._child, self._image = self._child, None, None
+        if child is not None:
+            child.end(0.0)
+
+
+def _run_job(
+    child: _Child, job: TrainingJob, send_image: bool, progress, preview, info, poll_s
+) -> TrainingOutcome:
+    """Send ``job`` to ``child``, relay its messages, and build the outcome of this side."""
     from ..methods.base import config_to_dict
 
     model_dir = Path(job.model_dir or _temporary_folder() / job.method.name)
@@ -113,37 +257,21 @@ def run_training_in_subprocess(
     spec = _ChildSpec(
         job.method.name,
         config_to_dict(job.method.config),
-        job.image,
+        job.image if send_image else None,
         job.annotations,
         options,
         job.preview_every_s if preview is not None else 0.0,
         int(job.preview_z),
         str(model_dir),
         init_dir,
+        job.preview_region,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_wsseg.training"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        close_fds=True,
-    )
-    to_child = Connection(os.dup(process.stdin.fileno()), readable=False)
-    from_child = Connection(os.dup(process.stdout.fileno()), writable=False)
-    process.stdin.close()
-    process.stdout.close()
     try:
-        _send(to_child, spec)
-        result = _relay(job, process, to_child, from_child, progress, preview, info, poll_s)
-        try:
-            process.wait(timeout=CANCEL_GRACE_S * 10)
-        except subprocess.TimeoutExpired:
-            pass  # it sent its result but does not exit: ended below
+        _send(child.to_child, ("job", spec))
+        result = _relay(
+            job, child.process, child.to_child, child.from_child, progress, preview, info, poll_s
+        )
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        to_child.close()
-        from_child.close()
         if init_dir is not None and not isinstance(job.init, (str, os.PathLike)):
             remove_temporary_model(init_dir)  # the copy of an in-memory model made above
     if result is None:  # cancelled and ended: nothing trained, nothing kept
@@ -206,13 +334,14 @@ def _relay(
             _send(to_child, ("cancel", None))
         if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
             process.kill()
+            process.wait()
             return None
         if int(job.preview_z) != sent_z:
             sent_z = int(job.preview_z)
             _send(to_child, ("z", sent_z))
-        if not from_child.poll(poll_s):
-            continue
         try:
+            if not from_child.poll(poll_s):
+                continue
             kind, payload = from_child.recv()
         except (EOFError, OSError):
             code = process.wait()
@@ -253,57 +382,82 @@ def _rebuild_error(name: str, message: str, user_error: bool, details: str) -> E
 
 
 # ------------------------------------------------------------------------------ in the child
+@dataclass
+class _ChildState:
+    """What the training process keeps between jobs, and the running job's cancel and slice."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    preview_z: list = field(default_factory=lambda: [0])
+    image: Image | None = None
+    #: Filter features by slice (rf's FeatureMemo), shared by every job of this process.
+    feature_memo: object | None = None
+    jobs: int = 0
+
+
 def child_main() -> None:
-    """Entry point of the training process (``python -m napari_wsseg.training``)."""
+    """Entry point of the training process (``python -m napari_wsseg.training``): serve jobs
+    until the parent closes the stream."""
     channel = os.dup(1)
     os.dup2(2, 1)  # prints of any library now go to stderr; the message channel stays clean
     to_parent = Connection(channel, readable=False)
     from_parent = Connection(os.dup(0), writable=False)
-    try:
-        spec = from_parent.recv()
-    except (EOFError, OSError):
-        return  # the parent went away before sending the job
-    cancel = threading.Event()
-    preview_z = [int(spec.preview_z)]
-    threading.Thread(target=_listen, args=(from_parent, cancel, preview_z), daemon=True).start()
-    try:
-        to_parent.send(("info", _child_info()))
-        outcome = _train(spec, to_parent, cancel, preview_z)
-        to_parent.send(("done", dataclasses.replace(outcome, method=None)))
-    except (
-        BaseException
-    ) as exc:  # sent to the parent, which shows it; the traceback goes to its log
-        import traceback
+    state = _ChildState()
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_listen, args=(from_parent, inbox, state), daemon=True).start()
+    while (item := inbox.get()) is not None:
+        spec, cancel = item
+        try:
+            state.jobs += 1
+            to_parent.send(("info", _child_info(state.jobs)))
+            outcome = _train(spec, to_parent, cancel, state)
+            to_parent.send(("done", dataclasses.replace(outcome, method=None)))
+        except BaseException as exc:  # sent to the parent, which shows it; traceback to its log
+            import traceback
 
-        _send(
-            to_parent,
-            (
-                "error",
-                (type(exc).__name__, str(exc), isinstance(exc, WssegError), traceback.format_exc()),
-            ),
-        )
+            _send(
+                to_parent,
+                (
+                    "error",
+                    (
+                        type(exc).__name__,
+                        str(exc),
+                        isinstance(exc, WssegError),
+                        traceback.format_exc(),
+                    ),
+                ),
+            )
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop serving
+                return
 
 
 def _train(
-    spec: _ChildSpec, to_parent: Connection, cancel: threading.Event, preview_z: list
+    spec: _ChildSpec, to_parent: Connection, cancel: threading.Event, state: _ChildState
 ) -> TrainingOutcome:
     from ..methods import get_method
-    from ..methods.base import config_from_dict
+    from ..methods.base import config_from_dict, load_model
 
+    if spec.image is not None:
+        state.image = spec.image
+    if state.image is None:
+        raise RuntimeError("the training process got a job without an image")
     method_class = get_method(spec.method_name)
     method = method_class(config=config_from_dict(method_class.config_class, spec.config))
+    init = load_model(spec.init_dir) if spec.init_dir else None
+    memo = _share_feature_memo(state, method, init)
+    before = dict(memo.stats) if memo is not None else {}
     job = TrainingJob(
         method,
-        spec.image,
+        state.image,
         spec.annotations,
         dataclasses.replace(spec.options, cancel=cancel),
-        preview_z=preview_z[0],
+        preview_z=state.preview_z[0],
         preview_every_s=spec.preview_every_s,
-        init=Path(spec.init_dir) if spec.init_dir else None,
+        init=init,
+        preview_region=spec.preview_region,
     )
 
     def on_progress(event: ProgressEvent) -> None:
-        job.preview_z = preview_z[0]
+        job.preview_z = state.preview_z[0]
         to_parent.send(("progress", event))
 
     outcome = run_training(
@@ -311,26 +465,53 @@ def _train(
         progress=throttle(on_progress),
         preview=lambda result: to_parent.send(("preview", result)),
     )
+    if memo is not None:
+        outcome.feature_cache = {k: memo.stats[k] - before.get(k, 0) for k in memo.stats}
     if outcome.trained:
         method.save(spec.model_dir, overwrite=True)  # a folder this run owns (see the parent)
     return outcome
 
 
-def _listen(from_parent: Connection, cancel: threading.Event, preview_z: list) -> None:
-    """Reader thread: cancel and slice changes from the parent; a vanished parent cancels."""
+def _share_feature_memo(state: _ChildState, method, init):
+    """Give ``method`` (and the warm-start model) the process's feature memo, if it keeps one.
+
+    The memo's keys hold the slice's bytes, normalisation and filter bank, so features are only
+    reused for the very same input: sharing it across jobs cannot give stale features.
+    """
+    if not hasattr(method, "feature_memo"):
+        return None
+    if state.feature_memo is None:
+        state.feature_memo = method.feature_memo
+    method.feature_memo = state.feature_memo
+    if init is not None and hasattr(init, "feature_memo"):
+        init.feature_memo = state.feature_memo
+    return state.feature_memo
+
+
+def _listen(from_parent: Connection, inbox: queue.Queue, state: _ChildState) -> None:
+    """Reader thread: jobs, cancel and slice changes from the parent.
+
+    The end of the stream (the parent closed it, or went away) cancels the running job and
+    ends the serving loop.
+    """
     while True:
         try:
             kind, value = from_parent.recv()
         except (EOFError, OSError):
-            cancel.set()
+            state.cancel.set()
+            inbox.put(None)
             return
-        if kind == "cancel":
-            cancel.set()
+        if kind == "job":
+            state.cancel = threading.Event()  # a cancel read after this is for this job
+            state.preview_z[0] = int(value.preview_z)
+            inbox.put((value, state.cancel))
+        elif kind == "cancel":
+            state.cancel.set()
         elif kind == "z":
-            preview_z[0] = int(value)
+            state.preview_z[0] = int(value)
 
 
-def _child_info() -> ChildInfo:
+def _child_info(jobs: int) -> ChildInfo:
     import joblib
 
-    return ChildInfo(os.getpid(), int(joblib.effective_n_jobs(-1)))
+    return ChildInfo(os.getpid(), int(joblib.effective_n_jobs(-1)), jobs)

@@ -51,6 +51,11 @@ class SlicePrediction:
     labels: np.ndarray
     uncertainty: np.ndarray
     step: int = 0
+    #: The (y, x) window of the slice the arrays cover; None: the whole slice.
+    region: tuple[slice, slice] | None = None
+    #: True for the run's final prediction of the slice (sent as a preview before the model is
+    #: saved, so the viewer shows it at once; the outcome carries the same).
+    final: bool = False
 
 
 @dataclass
@@ -78,6 +83,9 @@ class TrainingJob:
     #: The previous model to continue from (warm start): a trained method or its model folder;
     #: None trains from scratch. See :meth:`~napari_wsseg.methods.base.Method.fit`.
     init: Method | Path | None = None
+    #: The (y, x) window of the slice the viewer shows when the view is zoomed in: at the end of
+    #: the run it is predicted and previewed before the whole slice. None: the whole slice only.
+    preview_region: tuple[slice, slice] | None = None
 
 
 @dataclass
@@ -96,6 +104,9 @@ class TrainingOutcome:
     warnings: list[str] = field(default_factory=list)
     #: Whether the fit continued from ``TrainingJob.init`` (False: trained from scratch).
     warm: bool = False
+    #: Slices whose filter features this run ``computed`` and reused (``hits``), for methods
+    #: with a feature memo run in a :class:`~.process.TrainingProcess`; empty otherwise.
+    feature_cache: dict[str, int] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
@@ -109,6 +120,9 @@ def run_training(
     preview: Callable[[SlicePrediction], None] | None = None,
 ) -> TrainingOutcome:
     """Fit ``job.method``, previewing on the way, then predict the current slice and save.
+
+    The final prediction goes to ``preview`` (marked ``final``) as soon as it exists, before the
+    Dice scores and the save; with ``job.preview_region`` that window of the slice goes first.
 
     Returns
     -------
@@ -127,7 +141,7 @@ def run_training(
     fit, messages = _fit(job, options)
     warm = bool((job.method.training_summary or {}).get("warm_start"))
     try:
-        final = predict_slice(job.method, job.image, job.preview_z, step=fit.steps)
+        final = _predict_final(job, fit.steps, preview)
     except ModelError:
         if fit.stopped == "cancelled":
             return TrainingOutcome(
@@ -142,6 +156,27 @@ def run_training(
         outcome.model_name = job.save_model(job.method, None)
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _predict_final(job: TrainingJob, steps: int, preview) -> SlicePrediction:
+    """The final prediction of the current slice, each part handed to ``preview`` at once: the
+    window the viewer shows first (if it is only part of the slice), then the whole slice."""
+    z = job.preview_z
+    if preview is not None and _is_part_of_slice(job.preview_region, job.image):
+        preview(predict_slice(job.method, job.image, z, step=steps, region=job.preview_region))
+    final = predict_slice(job.method, job.image, z, step=steps)
+    final.final = True
+    if preview is not None:
+        preview(final)
+    return final
+
+
+def _is_part_of_slice(region: tuple[slice, slice] | None, image: Image) -> bool:
+    if region is None:
+        return False
+    _, height, width = image.shape
+    ys, xs = region
+    return (ys.stop - ys.start) * (xs.stop - xs.start) < height * width
 
 
 def _fit(job: TrainingJob, options: FitOptions) -> tuple[FitResult, list[str]]:
@@ -199,13 +234,20 @@ def entropy_map(proba: np.ndarray) -> np.ndarray:
     return (entropy / np.log(max(len(proba), 2))).astype(np.float32)
 
 
-def predict_slice(method: Method, image: Image, z: int, *, step: int = 0) -> SlicePrediction:
-    """Class ids and uncertainty of slice ``z``."""
+def predict_slice(
+    method: Method,
+    image: Image,
+    z: int,
+    *,
+    step: int = 0,
+    region: tuple[slice, slice] | None = None,
+) -> SlicePrediction:
+    """Class ids and uncertainty of slice ``z``, or of its ``(y, x)`` window ``region``."""
     from ..predict.slices import predict_slice_proba  # z neighbours for methods with halo_z > 0
 
-    proba = predict_slice_proba(method, image, z)
+    proba = predict_slice_proba(method, image, z, region)
     labels = np.argmax(proba, axis=0).astype(np.uint8)
-    return SlicePrediction(int(z), labels, entropy_map(proba), step)
+    return SlicePrediction(int(z), labels, entropy_map(proba), step, region)
 
 
 def dense_slices(annotations: Annotations) -> list[int]:
