@@ -10,15 +10,9 @@ import pytest
 import torch
 
 from napari_wsseg.engine.augment import Geometry
-from napari_wsseg.methods.dsp.losses import (
-    BatchTargets,
-    ce_loss,
-    dsp_loss,
-    filtered_pseudo_labels,
-    log_partition,
-    positives,
-    transform_targets,
-)
+from napari_wsseg.engine.weak_losses import log_partition, positives
+from napari_wsseg.engine.weak_targets import BatchTargets, transform_targets
+from napari_wsseg.methods.dsp.losses import ce_loss, dsp_loss, filtered_pseudo_labels
 
 WEIGHTS = {"mask": 0.1, "box": 0.2, "point": 0.3, "tag": 0.4}
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from napari_wsseg.annotations.model import Annotations, default_classes
 from napari_wsseg.engine.crops import Crop
-from napari_wsseg.methods.dsp.targets import AnnotationIndex
+from napari_wsseg.engine.weak_targets import AnnotationIndex
 
 SHAPE = (3, 10, 10)
 
