@@ -11,8 +11,10 @@ from napari_wsseg.methods.cpews.losses import (
     PrototypePools,
     anchor_features,
     batched_kmeans,
+    box_mil_loss,
     class_activation_maps,
     classification_loss,
+    exclusion_loss,
     ism_loss,
     ism_pseudo_labels,
     pdl_loss,
@@ -205,3 +207,53 @@ def test_pools_fill_ring_wise_and_give_topk_negatives():
     assert sorted(p_neg[1, :, 0].tolist()) == [3.0, 13.0] and neg_valid[1].all()
     # class 0's negatives were added last: anchors 0 (score .9) and 2 (.1) -> both, .9 first
     assert p_neg[0, :, 0].tolist() == [0.0, 2.0]
+
+
+def test_classification_loss_counts_only_known_classes(data):
+    features, valid, y, classifier = data
+    known = torch.tensor([[True, False, False], [True, True, True]])  # image 0: a box of class 0
+    loss, logits = classification_loss(features, valid, classifier, y, known)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = (bce(logits[0, :1], y[0, :1]) + bce(logits[1], y[1])) / 2
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    everything = classification_loss(features, valid, classifier, y, torch.ones(B, C, dtype=bool))
+    assert everything[0].item() == pytest.approx(
+        classification_loss(features, valid, classifier, y)[0].item(), abs=1e-6
+    )
+
+
+def test_pools_take_negatives_only_where_a_class_is_known_absent():
+    pools = PrototypePools(n_classes=3, dim=1, size=4, k=2, kmeans_iters=0)
+    anchors = torch.zeros(1, 3, 1)
+    y = torch.tensor([[1.0, 0.0, 0.0]])  # a box of class 0; class 2 ruled out, class 1 unknown
+    pools.update(anchors, y, torch.zeros(1, 3), absent=torch.tensor([[False, False, True]]))
+    assert pools.pos_count.tolist() == [1, 0, 0] and pools.neg_count.tolist() == [0, 0, 1]
+
+
+def test_box_mil_loss_is_the_best_pixel_of_each_box_row_and_column():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, generator=gen)
+    box = torch.zeros(2, 4, 5, dtype=torch.bool)
+    box[0, 1:3, 1:4] = True  # rows 1-2, columns 1-3
+    box[1, :, :] = True  # image 1 has no boxed class: its pixels do not count
+    boxed = torch.tensor([[False, True, True], [False, False, False]])
+    log_p = torch.log_softmax(logits, dim=1)
+    terms = []
+    for c in (1, 2):
+        terms += [max(log_p[0, c, r, x].item() for x in range(1, 4)) for r in (1, 2)]
+        terms += [max(log_p[0, c, r, x].item() for r in (1, 2)) for x in (1, 2, 3)]
+    expected = -sum(terms) / len(terms)
+    assert box_mil_loss(logits, box, boxed).item() == pytest.approx(expected, abs=1e-5)
+    assert box_mil_loss(logits, box, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_exclusion_loss_is_minus_log_of_the_allowed_probability():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 3, 2, 2, generator=gen)
+    allowed = torch.ones(1, 3, 2, 2, dtype=torch.bool)
+    allowed[0, 1, 0, :] = False  # class 1 ruled out of the first row
+    counted = torch.tensor([[[True, True], [False, True]]])
+    p = torch.softmax(logits, dim=1)[0]
+    expected = [-torch.log(p[0, 0, x] + p[2, 0, x]).item() for x in (0, 1)] + [0.0]
+    loss = exclusion_loss(logits, allowed, counted)
+    assert loss.item() == pytest.approx(sum(expected) / 3, abs=1e-5)

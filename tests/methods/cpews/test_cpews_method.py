@@ -110,11 +110,11 @@ def test_points_and_region_tags_together(scene):
     assert {"seg_points", "seg_tags", "cpews"} <= set(result.history[0])
 
 
-def test_boxes_alone_are_refused(scene):
+def test_sizes_alone_are_refused(scene):
     image, _, _ = scene
-    ann = Annotations(default_classes(3), boxes=[[0, 8, 8, 23, 29, 1]])
+    ann = Annotations(default_classes(3), sizes=[[0, 0, 0.8], [0, 1, 0.2]])
     with pytest.raises(
-        WssegError, match="cpews learns from region tags, slice tags, points or masks"
+        WssegError, match="cpews learns from region tags, slice tags, boxes, points or masks"
     ):
         _fit(ann, image)
 
@@ -160,3 +160,76 @@ def test_region_tags_alone_teach_an_object_class():
     predicted = method.predict_proba_slice(as_image(image).slice(0)).argmax(axis=0)
     assert (gt[0] == 0).mean() < 0.75
     assert (predicted == gt[0]).mean() > 0.9
+
+
+def test_boxes_become_training_images_with_only_their_class_known():
+    from napari_wsseg.methods.cpews.method import _training_images
+
+    ann = Annotations(
+        default_classes(3),
+        boxes=[[0, 1, 1, 3, 3, 1], [0, 1, 1, 3, 3, 2], [0, 5, 5, 7, 7, 2], [1, 0, 0, 2, 2, 1]],
+        exhaustive_boxes=[[0, 2], [1, 2]],
+        tags=[[1, 1]],
+    )
+    images = _training_images(ann, (2, 8, 8))
+    assert images.boxes.tolist() == [
+        [1, 0, 0, 7, 7],
+        [0, 1, 1, 3, 3],
+        [0, 5, 5, 7, 7],
+        [1, 0, 0, 2, 2],
+    ]
+    # the first image is slice 1's tag; then one image per distinct box rectangle
+    assert images.present.astype(int).tolist() == [[0, 1, 0], [0, 1, 1], [0, 0, 1], [0, 1, 0]]
+    assert images.boxed.astype(int).tolist() == [[0, 0, 0], [0, 1, 1], [0, 0, 1], [0, 1, 0]]
+    # a box leaves the other classes unknown, except those its slice's tags rule out (slice 1)
+    # and an exhaustively boxed class none of whose boxes it overlaps (none here in slice 0)
+    assert images.possible.astype(int).tolist() == [[0, 1, 0], [1, 1, 1], [1, 1, 1], [0, 1, 0]]
+
+
+@pytest.fixture(scope="module")
+def boxed_scene():
+    """Three object rectangles in one 64 x 64 slice, their boxes, and region tags of the two
+    16-pixel cells that hold background only (the only word on the object class is the boxes)."""
+    gt = np.zeros((1, 64, 64), np.uint8)
+    objects = [(6, 20, 8, 22), (30, 50, 34, 56), (40, 58, 6, 24)]
+    for y0, y1, x0, x1 in objects:
+        gt[0, y0:y1, x0:x1] = 1
+    image = (gt * 80 + np.random.default_rng(0).normal(0, 15, gt.shape)).astype(np.float32)
+    rows = simulate_annotations(gt, points=0, region_tags=16, seed=0).region_tags
+    cells = [tuple(r[[0, 2, 3, 4, 5]]) for r in rows]
+    classes = {cell: set(rows[[c == cell for c in cells], 1].tolist()) for cell in cells}
+    background = rows[[classes[c] == {0} for c in cells]]
+    boxes = [[0, y0, x0, y1 - 1, x1 - 1, 1] for y0, y1, x0, x1 in objects]
+    return as_image(image), gt[0] == 1, background, boxes
+
+
+def _boxed_fit(image, **annotations):
+    method = get_method("cpews")(
+        backbone="test_vit", max_steps=20, batch_size=4, region_size=32, lr=1e-3
+    )
+    result = method.fit(
+        image, Annotations(default_classes(2), **annotations), FitOptions(device="cpu", seed=0)
+    )
+    return method, result, method.predict_proba_slice(image.slice(0))[1]
+
+
+@pytest.mark.filterwarnings("ignore:annotations. class 1:UserWarning")
+def test_boxes_raise_their_class_inside_them(boxed_scene):
+    image, inside, background, boxes = boxed_scene
+    _, _, without = _boxed_fit(image, region_tags=background)
+    method, result, with_boxes = _boxed_fit(image, region_tags=background, boxes=boxes)
+    assert method.fit_info["training_images"] == 2 + 3  # two tagged cells, three boxes
+    assert np.isfinite(result.history[0]["seg_boxes"])
+    # without boxes nothing says the object class occurs; the boxes teach it where it is
+    assert with_boxes[inside].mean() > without[inside].mean() + 0.2
+    assert with_boxes[inside].mean() > with_boxes[~inside].mean() + 0.1
+
+
+def test_exhaustive_boxes_lower_their_class_outside_them(boxed_scene):
+    image, inside, background, boxes = boxed_scene
+    _, _, partial = _boxed_fit(image, region_tags=background, boxes=boxes)
+    _, result, exhaustive = _boxed_fit(
+        image, region_tags=background, boxes=boxes, exhaustive_boxes=[[0, 1]]
+    )
+    assert np.isfinite(result.history[0]["seg_excluded"])
+    assert exhaustive[~inside].mean() < partial[~inside].mean() - 0.05

@@ -29,16 +29,28 @@ EPS = 1e-6
 
 
 def classification_loss(
-    features: torch.Tensor, valid: torch.Tensor, classifier: torch.nn.Module, y: torch.Tensor
+    features: torch.Tensor,
+    valid: torch.Tensor,
+    classifier: torch.nn.Module,
+    y: torch.Tensor,
+    known: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-label soft-margin loss of the classifier on max-pooled valid tokens.
+
+    ``known`` ``(B, C)`` bool marks the classes whose presence ``y`` states (a box says that its
+    class is present and nothing of the others); the loss of each image is then the mean over its
+    known classes. None: every class is known (the plain multi-label soft margin).
 
     Returns ``(loss, logits (B, C))``.
     """
     masked = features.masked_fill(~valid[:, None], float("-inf"))
     pooled = masked.amax(dim=(2, 3), keepdim=True)  # (B, D, 1, 1)
     logits = classifier(pooled)[:, :, 0, 0]
-    return F.multilabel_soft_margin_loss(logits, y), logits
+    if known is None:
+        return F.multilabel_soft_margin_loss(logits, y), logits
+    terms = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * known
+    per_image = terms.sum(dim=1) / known.sum(dim=1).clamp(min=1)
+    return per_image.mean(), logits
 
 
 def class_activation_maps(features: torch.Tensor, classifier: torch.nn.Module) -> torch.Tensor:
@@ -112,15 +124,24 @@ class PrototypePools:
         self.pos_count = torch.zeros(n_classes, dtype=torch.long)
         self.neg_count = torch.zeros(n_classes, dtype=torch.long)
 
-    def update(self, anchors: torch.Tensor, y: torch.Tensor, scores: torch.Tensor) -> None:
-        """Add the ``(B, C, D)`` anchors of a batch: positives where ``y`` is 1, else negatives."""
+    def update(
+        self,
+        anchors: torch.Tensor,
+        y: torch.Tensor,
+        scores: torch.Tensor,
+        absent: torch.Tensor | None = None,
+    ) -> None:
+        """Add the ``(B, C, D)`` anchors of a batch: positives where ``y`` is 1, negatives where
+        ``absent`` ``(B, C)`` bool is True (None: wherever ``y`` is 0). A class neither present
+        nor known to be absent (other classes of a box) goes to neither pool."""
         anchors, y, scores = (
             anchors.detach().float().cpu(),
             y.cpu() > 0.5,
             scores.detach().float().cpu(),
         )
+        absent = ~y if absent is None else absent.cpu().bool()
         self._push(self.pos, None, self.pos_count, anchors, y, None)
-        self._push(self.neg, self.neg_score, self.neg_count, anchors, ~y, scores)
+        self._push(self.neg, self.neg_score, self.neg_count, anchors, absent, scores)
 
     def _push(self, pool, pool_scores, count, anchors, chosen, scores) -> None:
         b, c = torch.nonzero(chosen, as_tuple=True)  # entries in batch order, per class
@@ -232,3 +253,49 @@ def ssl_loss(
     phi &= (y > 0.5)[:, :, None] & valid.flatten(1)[:, None]
     phi &= (pos_valid.any(1) & neg_valid.any(1))[None, :, None]
     return (cams.flatten(2) * phi).sum() / phi.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------- segmentation head
+def exclusion_loss(
+    logits: torch.Tensor, allowed: torch.Tensor, counted: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the counted pixels of ``-log sum_{c allowed} p_c``: each pixel is of a class its
+    annotations allow (a region's tags; not a class exhaustively boxed elsewhere in the slice).
+
+    Parameters
+    ----------
+    logits : (B, K, H, W) float tensor
+    allowed : (B, K, H, W) or (B, K, 1, 1) bool tensor
+        The classes allowed at each pixel (every pixel allows at least one).
+    counted : (B, H, W) bool tensor
+        The pixels that take part.
+    """
+    log_p = F.log_softmax(logits, dim=1).masked_fill(~allowed, float("-inf"))
+    inside = -torch.logsumexp(log_p, dim=1)
+    return (inside * counted).sum() / counted.sum().clamp(min=1)
+
+
+def box_mil_loss(logits: torch.Tensor, box: torch.Tensor, boxed: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance loss of boxes: ``-log p_c`` at the most likely pixel of class ``c`` along
+    every row and every column of a box of class ``c`` (a tight box touches its object in each of
+    them).
+
+    Parameters
+    ----------
+    logits : (B, K, H, W) float tensor
+    box : (B, H, W) bool tensor
+        The box's pixels in each image (a rectangle; images without a box may hold anything).
+    boxed : (B, K) bool tensor
+        The classes a box of the image fits.
+
+    Returns
+    -------
+    Scalar tensor: the mean over all rows and columns of all boxes; 0 when no image has a box.
+    """
+    if not bool(boxed.any()):
+        return logits.sum() * 0.0
+    log_p = F.log_softmax(logits, dim=1).masked_fill(~box[:, None], float("-inf"))
+    rows = boxed[:, :, None] & box.any(dim=2)[:, None]  # (B, K, H)
+    cols = boxed[:, :, None] & box.any(dim=1)[:, None]  # (B, K, W)
+    values = torch.cat([log_p.amax(dim=3)[rows], log_p.amax(dim=2)[cols]])
+    return -values.mean()

@@ -27,6 +27,7 @@ from ...annotations.targets import tag_matrix
 from ...engine.crops import Crop, CropSampler, SliceStore, annotation_anchors
 from ...engine.results import FitResult
 from ...engine.vit import RANDOM_WEIGHTS, load_backbone
+from ...engine.weak_targets import AnnotationIndex
 from ...errors import ModelError, WssegError
 from ...io.image import Image
 from .._torch import TorchSliceMethod
@@ -34,8 +35,10 @@ from ..base import FitOptions, check_config, state_mapping
 from .losses import (
     PrototypePools,
     anchor_features,
+    box_mil_loss,
     class_activation_maps,
     classification_loss,
+    exclusion_loss,
     ism_loss,
     ism_pseudo_labels,
     pdl_loss,
@@ -249,12 +252,13 @@ def _check_usable(annotations: Annotations, n_classes: int) -> None:
     if not (
         len(annotations.region_tags)
         or len(annotations.tags)
+        or len(annotations.boxes)
         or len(annotations.points)
         or has_masks
     ):
         raise WssegError(
-            "cpews learns from region tags, slice tags, points or masks; boxes and sizes alone "
-            "are not used: add region tags (tags.csv with y0,x0,y1,x1) or points"
+            "cpews learns from region tags, slice tags, boxes, points or masks; sizes alone "
+            "are not used: add region tags (tags.csv with y0,x0,y1,x1), boxes or points"
         )
 
 
@@ -306,8 +310,8 @@ class _CPEWSTrainStep:
         self.cfg, self.net, self.device, self.rng = cfg, method.net, device, rng
         self.n_classes = len(method.classes)
         self.store = SliceStore(image, method.normalization)
-        self.boxes, self.present = _training_images(annotations, image.shape)
-        self.n_images = len(self.boxes)
+        self.images = _training_images(annotations, image.shape)
+        self.n_images = len(self.images.boxes)
         self.size = cfg.region_size
         self.pools = PrototypePools(
             self.n_classes,
@@ -316,10 +320,13 @@ class _CPEWSTrainStep:
             cfg.prototypes,
             cfg.kmeans_iters,
         )
-        self.masks = annotations.masks
-        self.points = annotations.points
+        self.index = AnnotationIndex(annotations, image.shape)
         labelled = Annotations(
-            annotations.classes, points=annotations.points, masks=annotations.masks
+            annotations.classes,
+            points=annotations.points,
+            masks=annotations.masks,
+            boxes=_exhaustively_boxed(annotations),
+            tags=annotations.exhaustive_boxes,  # a class exhaustively boxed nowhere in its slice
         )
         anchors = (
             annotation_anchors(labelled, image.shape, rng) if not labelled.is_empty() else None
@@ -335,34 +342,40 @@ class _CPEWSTrainStep:
         total = torch.zeros((), device=self.device)
         if self.n_images:
             losses |= self._image_losses()
-            total = total + losses["cpews"] + self.cfg.seg_weight * losses["seg_tags"]
+            seg = losses["seg_tags"] + losses["seg_boxes"]
+            total = total + losses["cpews"] + self.cfg.seg_weight * seg
         if self.sampler is not None:
-            losses["seg_points"] = self._point_loss()
-            total = total + self.cfg.seg_weight * losses["seg_points"]
+            losses |= self._crop_losses()
+            seg = losses["seg_points"] + losses["seg_excluded"]
+            total = total + self.cfg.seg_weight * seg
         losses["loss"] = total
         return losses
 
     # ---------------------------------------------------------------- tagged images
     def _image_losses(self) -> dict:
         cfg, net = self.cfg, self.net
-        x, valid_px, y = self._image_batch()
+        x, valid_px, (y, possible, boxed) = self._image_batch()
+        known = (y > 0.5) | ~possible
         f_m, f_h = net.features(x)
         valid = _token_validity(valid_px, net.patch, f_h.shape[2:])
-        cls_m, _ = classification_loss(f_m, valid, net.classifier_m, y)
-        cls_h, logits_h = classification_loss(f_h, valid, net.classifier_h, y)
+        cls_m, _ = classification_loss(f_m, valid, net.classifier_m, y, known)
+        cls_h, logits_h = classification_loss(f_h, valid, net.classifier_h, y, known)
         cam_m = class_activation_maps(f_m, net.classifier_m)
         cam_h = class_activation_maps(f_h, net.classifier_h)
-        ism = ism_loss(f_h, ism_pseudo_labels(cam_m.detach(), valid, y, cfg.alpha, cfg.beta))
+        competing = possible.float()  # unknown classes (a box's others) compete as well
+        ism = ism_loss(
+            f_h, ism_pseudo_labels(cam_m.detach(), valid, competing, cfg.alpha, cfg.beta)
+        )
         anchors = anchor_features(f_h, cam_h, valid)
         prototypes = [p.to(self.device) for p in self.pools.prototypes()]
         pdl = pdl_loss(anchors, y, *prototypes, cfg.temperature)
         ssl = ssl_loss(f_h, cam_h, valid, y, *prototypes)
-        self.pools.update(anchors, y, torch.sigmoid(logits_h))
+        self.pools.update(anchors, y, torch.sigmoid(logits_h), absent=~possible)
         cpews = cls_m + cls_h + cfg.lambda_ism * ism + cfg.lambda_pdl * pdl + cfg.lambda_ssl * ssl
         seg = net.segment(x, f_h)
-        seg_tags = _tag_exclusion_loss(seg, valid_px, y) + _pseudo_label_loss(
+        seg_tags = exclusion_loss(seg, possible[:, :, None, None], valid_px) + _pseudo_label_loss(
             seg,
-            ism_pseudo_labels(cam_h.detach(), valid, y, cfg.alpha, cfg.beta),
+            ism_pseudo_labels(cam_h.detach(), valid, competing, cfg.alpha, cfg.beta),
             valid_px,
             net.patch,
         )
@@ -374,17 +387,21 @@ class _CPEWSTrainStep:
             "ssl": ssl,
             "cpews": cpews,
             "seg_tags": seg_tags,
+            "seg_boxes": box_mil_loss(seg, valid_px, boxed),
         }
 
     def _image_batch(self):
+        """Pixels ``(B, C, S, S)``, region pixels ``(B, S, S)`` and the labels ``(y, possible,
+        boxed)`` (each ``(B, K)``) of ``batch_size`` random training images."""
+        images = self.images
         picks = self.rng.integers(0, self.n_images, self.cfg.batch_size)
-        pixels, valid = zip(*(self._read_image(self.boxes[i]) for i in picks))
-        y = torch.from_numpy(self.present[picks].astype(np.float32))
-        return (
-            torch.stack(pixels).to(self.device),
-            torch.stack(valid).to(self.device),
-            y.to(self.device),
+        pixels, valid = zip(*(self._read_image(images.boxes[i]) for i in picks))
+        labels = (
+            torch.from_numpy(images.present[picks].astype(np.float32)).to(self.device),
+            torch.from_numpy(images.possible[picks]).to(self.device),
+            torch.from_numpy(images.boxed[picks]).to(self.device),
         )
+        return torch.stack(pixels).to(self.device), torch.stack(valid).to(self.device), labels
 
     def _read_image(self, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """A ``size``-square window holding the region, and the region's pixels in it.
@@ -431,32 +448,28 @@ class _CPEWSTrainStep:
         return pixels, valid
 
     # ---------------------------------------------------------------- point crops
-    def _point_loss(self) -> torch.Tensor:
+    def _crop_losses(self) -> dict:
+        """Cross-entropy at points and mask pixels (``seg_points``) and the exclusion of the
+        classes that slice tags, region tags, sizes of 0 and exhaustive boxes rule out at each
+        pixel (``seg_excluded``; :class:`~napari_wsseg.engine.weak_targets.AnnotationIndex`)."""
         crops = self.sampler.sample(self.cfg.batch_size)
-        pixels, _ = zip(*(self.store.crop(c) for c in crops))
-        labels = torch.from_numpy(np.stack([self._crop_labels(c) for c in crops])).to(self.device)
+        pixels, inside = zip(*(self.store.crop(c) for c in crops))
+        targets = [self.index.crop_targets(c) for c in crops]
+        labels = torch.from_numpy(np.stack([t.labels for t in targets])).to(self.device)
+        allowed = np.stack([t.allowed for t in targets])
+        counted = np.stack(inside).astype(bool) & ~allowed.all(axis=1)
         logits = self.net(torch.from_numpy(np.stack(pixels)).to(self.device))
-        if not (labels >= 0).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, labels, ignore_index=-1)
-
-    def _crop_labels(self, crop: Crop) -> np.ndarray:
-        """``(S, S)`` int64 class of each point or mask pixel in the crop, -1 elsewhere."""
-        labels = np.full((crop.size, crop.size), -1, np.int64)
-        if self.masks is not None:
-            part = np.asarray(
-                self.masks[
-                    crop.z, max(crop.y, 0) : crop.y + crop.size, max(crop.x, 0) : crop.x + crop.size
-                ]
-            ).astype(np.int64)
-            oy, ox = max(-crop.y, 0), max(-crop.x, 0)
-            window = labels[oy : oy + part.shape[0], ox : ox + part.shape[1]]
-            window[part > 0] = part[part > 0] - 1
-        points = self.points[self.points[:, 0] == crop.z]
-        local = points[:, 1:3] - (crop.y, crop.x)
-        inside = np.all((local >= 0) & (local < crop.size), axis=1)
-        labels[local[inside, 0], local[inside, 1]] = points[inside, 3]
-        return labels
+        seg_points = (
+            F.cross_entropy(logits, labels, ignore_index=-1)
+            if (labels >= 0).any()
+            else logits.sum() * 0.0
+        )
+        excluded = exclusion_loss(
+            logits,
+            torch.from_numpy(allowed).to(self.device),
+            torch.from_numpy(counted).to(self.device),
+        )
+        return {"seg_points": seg_points, "seg_excluded": excluded}
 
 
 def _clamp(origin: int, last: int) -> int:
@@ -464,34 +477,92 @@ def _clamp(origin: int, last: int) -> int:
     return max(0, min(origin, last))
 
 
-def _training_images(annotations: Annotations, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes ``(N, 5)`` (z, y0, x0, y1, x1) and labels ``(N, C)`` of the tagged regions and of the
-    slices with slice tags (the whole slice)."""
+@dataclass(frozen=True)
+class _TrainingImages:
+    """The training "images": rectangles of slices and what is known of their classes.
+
+    Attributes
+    ----------
+    boxes : (N, 5) int64 array
+        Rows ``(z, y0, x0, y1, x1)``, corners inclusive.
+    present : (N, K) bool array
+        Classes known to occur in the image.
+    possible : (N, K) bool array
+        Classes that may occur: the present ones and those nothing rules out (a box says only
+        that its class is there). A tagged image's possible classes are its present ones.
+    boxed : (N, K) bool array
+        Classes whose box is the image (each of its rows and columns touches the object).
+    """
+
+    boxes: np.ndarray
+    present: np.ndarray
+    possible: np.ndarray
+    boxed: np.ndarray
+
+
+def _training_images(annotations: Annotations, shape) -> _TrainingImages:
+    """The tagged regions, the slices with slice tags (the whole slice) and the boxes."""
     regions = tag_regions(annotations)
     tagged, allowed = tag_matrix(annotations, int(shape[0]))
     zs = np.flatnonzero(tagged)
     whole = np.stack([zs, 0 * zs, 0 * zs, 0 * zs + shape[1] - 1, 0 * zs + shape[2] - 1], axis=1)
-    boxes = np.concatenate([regions.boxes, whole.reshape(-1, 5)]).astype(np.int64)
-    present = np.concatenate([regions.present, allowed[zs]]).astype(bool)
-    return boxes, present
+    tag_boxes = np.concatenate([regions.boxes, whole.reshape(-1, 5)]).astype(np.int64)
+    tag_present = np.concatenate([regions.present, allowed[zs]]).astype(bool)
+    box_boxes, box_present, box_possible = _box_images(annotations, allowed)
+    return _TrainingImages(
+        boxes=np.concatenate([tag_boxes, box_boxes]),
+        present=np.concatenate([tag_present, box_present]),
+        possible=np.concatenate([tag_present, box_possible]),
+        boxed=np.concatenate([np.zeros_like(tag_present), box_present]),
+    )
+
+
+def _box_images(annotations: Annotations, allowed: np.ndarray):
+    """``(boxes (R, 5), present (R, K), possible (R, K))`` of the distinct box rectangles.
+
+    A class is ruled out of a box by its slice's tags, or when it is exhaustively boxed in the
+    slice and none of its boxes overlaps this one.
+    """
+    rows = annotations.boxes
+    n_classes = annotations.n_classes
+    boxes, which = np.unique(rows[:, :5], axis=0, return_inverse=True)
+    boxes = boxes.reshape(-1, 5).astype(np.int64)
+    present = np.zeros((len(boxes), n_classes), bool)
+    present[np.asarray(which).ravel(), rows[:, 5]] = True
+    overlap = (
+        (boxes[:, None, 0] == rows[None, :, 0])
+        & (boxes[:, None, 1] <= rows[None, :, 3])
+        & (rows[None, :, 1] <= boxes[:, None, 3])
+        & (boxes[:, None, 2] <= rows[None, :, 4])
+        & (rows[None, :, 2] <= boxes[:, None, 4])
+    )  # (R, NB)
+    overlapped = (overlap.astype(np.int64) @ np.eye(n_classes, dtype=np.int64)[rows[:, 5]]) > 0
+    exhaustive = np.zeros((len(boxes), n_classes), bool)
+    for z, k in annotations.exhaustive_boxes:
+        exhaustive[boxes[:, 0] == z, k] = True
+    possible = allowed[boxes[:, 0]] & ~(exhaustive & ~overlapped)
+    return boxes, present, possible | present
+
+
+def _exhaustively_boxed(annotations: Annotations) -> np.ndarray:
+    """The boxes ``(N, 6)`` of the (slice, class) pairs that are exhaustively boxed."""
+    rows, pairs = annotations.boxes, annotations.exhaustive_boxes
+    keep = (rows[:, None, 0] == pairs[None, :, 0]) & (rows[:, None, 5] == pairs[None, :, 1])
+    return rows[keep.any(axis=1)]
 
 
 def _token_validity(valid_px: torch.Tensor, patch: int, grid) -> torch.Tensor:
-    """``(B, h, w)`` bool: tokens whose patch lies at least half inside the image."""
+    """``(B, h, w)`` bool: tokens whose patch lies at least half inside the image; for an image
+    smaller than that (a small box), the tokens it touches."""
     padded = F.pad(
         valid_px.float()[:, None],
         (0, grid[1] * patch - valid_px.shape[2], 0, grid[0] * patch - valid_px.shape[1]),
     )
-    return F.avg_pool2d(padded, patch)[:, 0] >= 0.5
-
-
-def _tag_exclusion_loss(
-    logits: torch.Tensor, valid_px: torch.Tensor, y: torch.Tensor
-) -> torch.Tensor:
-    """Mean over valid pixels of ``-log sum_{c tagged} p_c``: a region's pixels are of its tags."""
-    log_p = F.log_softmax(logits, dim=1).masked_fill(y[:, :, None, None] < 0.5, float("-inf"))
-    inside = -torch.logsumexp(log_p, dim=1)
-    return (inside * valid_px).sum() / valid_px.sum().clamp(min=1)
+    share = F.avg_pool2d(padded, patch)[:, 0]
+    valid = share >= 0.5
+    tiny = ~valid.flatten(1).any(dim=1)
+    valid[tiny] = share[tiny] > 0
+    return valid
 
 
 def _pseudo_label_loss(logits, token_labels, valid_px, patch: int) -> torch.Tensor:
