@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from qtpy.QtCore import Qt
 
 from napari_wsseg.methods.base import read_model_config
@@ -91,15 +92,20 @@ def test_live_mode_refreshes_the_prediction_after_a_click(
     prediction = _prediction(viewer)
     assert prediction is not None and prediction.data.any()
     assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]
+    pid = train.live_process.pid
+    assert pid is not None and train.last_outcome.feature_cache["computed"] == 1
     prediction.data[:] = 0  # so that the refresh is visible
     clicks.add(points, clicks.from_truth(labels, 1, seed=4))
     qtbot.waitUntil(lambda: train.live.runs == 2 and not train.is_running, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: _prediction(viewer).data.any(), timeout=WAIT_MS)
     assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]  # replaced, not piled up
+    assert train.live_process.pid == pid  # the same training process served both runs
+    assert train.last_outcome.warm and train.last_outcome.feature_cache["computed"] == 0
     assert viewer.layers.selection.active is points  # still annotating
     train.live_check.setChecked(False)
     clicks.add(points, clicks.from_truth(labels, 1, seed=5))
     assert not train.live.timer.isActive()  # off: edits start nothing
+    assert train.live_process.pid is None and not _alive(pid)  # live off ends the process
 
 
 def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
@@ -156,3 +162,67 @@ def test_a_model_trained_in_napari_seeds_a_separate_process_through_a_temporary_
     _train(train, qtbot)
     assert any(m.startswith("rf continued from the last model in") for m in notifications)
     assert len(copies) == 1 and not Path(copies[0]).exists()  # the copy is removed after the run
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _live_run(train, qtbot, runs: int) -> None:
+    qtbot.waitUntil(lambda: train.live.runs == runs and not train.is_running, timeout=WAIT_MS)
+
+
+def test_a_live_run_can_be_cancelled_and_closing_the_widget_ends_its_process(
+    annotate, clicks, small_2d, tmp_path, qtbot, notifications
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
+    points = train.session.layer("points")
+    train.live_check.setChecked(True)
+    clicks.add(points, clicks.from_truth(labels, 1, seed=3))
+    _live_run(train, qtbot, 1)
+    pid = train.live_process.pid
+    clicks.add(points, clicks.from_truth(labels, 1, seed=4))
+    qtbot.waitUntil(lambda: train.is_running, timeout=WAIT_MS)
+    train.cancel()  # as the Cancel button
+    _live_run(train, qtbot, 2)
+    assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]  # nothing new saved
+    assert any("cancelled" in m for m in notifications + [train.progress_label.text()])
+    clicks.add(points, clicks.from_truth(labels, 1, seed=5))
+    _live_run(train, qtbot, 3)  # live mode goes on after a cancel
+    assert not train.last_outcome.fit.stopped == "cancelled"
+    pid = train.live_process.pid or pid
+    train.setParent(None)
+    train.deleteLater()  # the widget goes away (its dock closed, the viewer closed)
+    qtbot.waitUntil(lambda: not _alive(pid), timeout=WAIT_MS)
+
+
+def test_a_zoomed_view_gets_its_visible_window_predicted_before_the_whole_slice(
+    annotate, clicks, small_2d, tmp_path, qtbot, monkeypatch
+):
+    from napari_wsseg.widgets import _layers as L
+
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
+    written = []
+    original = L.show_slice_result
+
+    def recording(*args, region=None, **kwargs):
+        written.append(region)
+        return original(*args, region=region, **kwargs)
+
+    monkeypatch.setattr(L, "show_slice_result", recording)
+    # a zoomed-in view; a hidden test viewer never draws, so set what napari's draw would set
+    train.session.image_layer.corner_pixels = np.array([[10, 20], [29, 41]])
+    train.live_check.setChecked(True)
+    clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=3))
+    _live_run(train, qtbot, 1)
+    assert written == [(slice(10, 30), slice(20, 42)), None]  # the window, then the whole slice
+    train.session.image_layer.corner_pixels = np.array([[0, 0], [63, 63]])  # all of it shown
+    clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=4))
+    _live_run(train, qtbot, 2)
+    assert written[2:] == [None]  # the whole slice once

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 from ._links import link
@@ -47,11 +48,13 @@ class LiveUpdater(QObject):
         link(train, train.session.changed, self.on_edit)
 
     def set_enabled(self, on: bool) -> None:
-        """Turn live mode on (a run follows the next edit) or off (queued runs are dropped)."""
+        """Turn live mode on (a run follows the next edit) or off (queued runs are dropped, the
+        live training process ends)."""
         self.enabled = bool(on)
         if not self.enabled:
             self.timer.stop()
             self.queued = False
+            self.train.release_live_process()
 
     def on_edit(self, *_) -> None:
         """An annotation changed: (re)start the quiet-time timer."""
@@ -72,3 +75,17 @@ class LiveUpdater(QObject):
             return
         if self.train.train(live=True) is not None:
             self.runs += 1
+
+
+def visible_window(image_layer, image) -> tuple[slice, slice] | None:
+    """The ``(y, x)`` window of ``image`` the canvas shows; None when it shows the whole slice.
+
+    From napari's ``corner_pixels`` of the image layer (data coordinates), clipped to the slice.
+    """
+    corners = np.asarray(image_layer.corner_pixels)
+    _, height, width = image.shape
+    y0, x0 = np.clip(corners[0, -2:], 0, [height - 1, width - 1]).astype(int)
+    y1, x1 = np.clip(corners[1, -2:], 0, [height - 1, width - 1]).astype(int)
+    if y1 <= y0 or x1 <= x0 or (y1 - y0 + 1) * (x1 - x0 + 1) >= height * width:
+        return None
+    return slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1)

@@ -40,6 +40,7 @@ from ..training import (
     SlicePrediction,
     TrainingJob,
     TrainingOutcome,
+    TrainingProcess,
     avoid_triton_llvm_crash,
     remove_temporary_model,
     run_training,
@@ -48,7 +49,7 @@ from ..training import (
 )
 from . import _layers as L
 from ._links import link
-from ._live import LiveUpdater
+from ._live import LiveUpdater, visible_window
 from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
 from ._pretrain import PretrainPanel
@@ -91,6 +92,12 @@ class TrainWidget(QWidget):
         self.job: TrainingJob | None = None
         self._cancel: threading.Event | None = None
         self._signals = _TrainSignals()
+        #: The training process live runs share ("separate process"); ended with the widget.
+        self.live_process = TrainingProcess()
+        #: What the last run that returned did (time, steps, feature reuse, ...).
+        self.last_outcome: TrainingOutcome | None = None
+        self._final_shown = False
+        self.destroyed.connect(lambda *_, p=self.live_process: p.close())
 
         self.method_combo = QComboBox()
         self.method_combo.addItems(available_methods())
@@ -225,7 +232,7 @@ class TrainWidget(QWidget):
             notify_error(str(exc))
             return None
         self.job = job
-        self.worker = self._start(job)
+        self.worker = self._start(job, live)
         return self.worker
 
     def cancel(self) -> None:
@@ -334,6 +341,7 @@ class TrainWidget(QWidget):
         if live:
             name = f"{method.name}-live"
         every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
+        region = visible_window(session.image_layer, image) if live else None
         job = TrainingJob(
             method,
             image,
@@ -344,14 +352,18 @@ class TrainWidget(QWidget):
             model_name=name,
             save_model=lambda m, folder: self._save_model(m, folder, name, method.name),
             init=self.warm_start_model(),
+            preview_region=region,
         )
         return job
 
-    def _start(self, job: TrainingJob):
+    def _start(self, job: TrainingJob, live: bool):
         from napari.qt.threading import create_worker
 
         avoid_triton_llvm_crash()
         run = RUN_MODES[self.run_combo.currentText()]
+        if live and run is run_training_in_subprocess:
+            run = self.live_process.run  # one process for all live runs: no start, features kept
+        self._final_shown = False
         worker = create_worker(
             run,
             job,
@@ -428,6 +440,12 @@ class TrainWidget(QWidget):
 
     def _on_preview(self, result: SlicePrediction) -> None:
         self._show(result)
+        self._final_shown = self._final_shown or result.final
+
+    def release_live_process(self) -> None:
+        """End the live runs' training process unless a run is using it (then at its end)."""
+        if not self.is_running:
+            self.live_process.close()
 
     def _show(self, result: SlicePrediction) -> None:
         session = self.session
@@ -440,11 +458,13 @@ class TrainWidget(QWidget):
             result.z,
             result.labels,
             result.uncertainty,
+            region=result.region,
             opacity=self.opacity_slider.value() / 100.0,
             project=session.project_folder,
         )
 
     def _on_returned(self, outcome: TrainingOutcome) -> None:
+        self.last_outcome = outcome
         cancelled = self._cancel is not None and self._cancel.is_set()
         for message in outcome.warnings:  # e.g. a warm start that fell back to a cold one
             notify_warning(message)
@@ -452,7 +472,8 @@ class TrainWidget(QWidget):
             self.progress_label.setText(f"{outcome.method.name}: cancelled; no model")
             notify_info(f"{outcome.method.name}: cancelled before a model was kept; nothing saved")
             return
-        self._show(outcome.final)
+        if not self._final_shown:  # normally already shown as the final preview
+            self._show(outcome.final)
         if cancelled:
             self._cancelled = (outcome, self.job.model_name)
             self.keep_button.setEnabled(self.session.project is not None)
@@ -496,6 +517,8 @@ class TrainWidget(QWidget):
         self.choose_default_start()
         if self.progress_bar.maximum() == 0:
             self.progress_bar.setRange(0, 1)
+        if not self.live.enabled:
+            self.live_process.close()
         self.live.run_finished()
 
 
