@@ -129,3 +129,19 @@ def test_rf_channel_mismatch_is_refused(phantom_2d, tmp_path):
     rgb = as_image(np.stack([image] * 3, axis=-1), channel_axis=-1)
     with pytest.raises(ModelError, match="3 channel"):
         predict_image(rf, rgb)
+
+
+def test_rf_says_once_per_fit_that_it_ignores_region_tags(phantom_2d):
+    image, labels, classes = phantom_2d
+    points = [[0, 5, 5, int(labels[5, 5])], [0, 40, 40, int(labels[40, 40])]]
+    region_tags = [[0, 0, 0, 0, 15, 15], [0, 1, 0, 0, 15, 15], [0, 0, 16, 16, 31, 31]]
+    ann = Annotations(classes=classes, points=points, region_tags=region_tags)
+    rf = RandomForestMethod(n_estimators=5)
+    for _ in range(2):  # a second fit starts a new summary: still one warning
+        with pytest.warns(UserWarning, match="rf ignores the 3 region tag row") as record:
+            rf.fit(as_image(image), ann, FitOptions(seed=0))
+        assert sum("region tag" in str(w.message) for w in record) == 1
+        notes = [w for w in rf.training_summary["warnings"] if "region tag" in w]
+        assert len(notes) == 1 and "use dsp or cpews" in notes[0]
+    rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
+    assert not any("region tag" in w for w in rf.training_summary["warnings"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,13 @@ class RandomForestMethod(Method):
                 "the rf method learns from labelled pixels: give points or a mask "
                 "(boxes, tags and sizes alone are not enough for rf)"
             )
+        if len(annotations.region_tags):
+            message = (
+                f"rf ignores the {len(annotations.region_tags)} region tag row(s): it learns from "
+                "labelled pixels only (points, masks); use dsp or cpews to learn from region tags"
+            )
+            warnings.warn(message, stacklevel=3)
+            self.training_summary.setdefault("warnings", []).append(message)
         if self.warm_init is not None:
             self.feature_memo = self.warm_init.feature_memo
         budget = Budget(options.time_budget_s, total_steps=len(slices) + 1, cancel=options.cancel)

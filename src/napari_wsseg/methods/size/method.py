@@ -200,6 +200,14 @@ class SizeMethod(TorchSliceMethod):
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         _check_trainable(annotations)
+        if len(annotations.region_tags):
+            message = (
+                f"the size method ignores the {len(annotations.region_tags)} region tag row(s): "
+                "a region tag gives no size of its slice (a region covering a whole slice is a "
+                "slice tag: write it in tags.csv without y0,x0,y1,x1); use dsp or cpews for them"
+            )
+            warnings.warn(message, stacklevel=3)
+            self.training_summary.setdefault("warnings", []).append(message)
         device, rng, generator = self._start_training(options)
         step = _SizeTrainStep(self, image, annotations, rng, generator, device)
         cfg = self.config
