@@ -158,6 +158,39 @@ def test_a_cancelled_run_resumes_to_the_weights_of_an_uninterrupted_run(finished
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in finished.history]
 
 
+class _SetAfter(threading.Event):
+    """A cancel flag that reads as set from its ``n``-th check on (counts every check)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_a_cancel_during_a_step_drops_it_and_the_resumed_run_still_matches(
+    phase, finished, image, tmp_path
+):
+    """The flag is checked between the ViT's blocks, so Cancel does not wait for a whole step
+    (seconds on a CPU). The dropped step must leave no trace: its views are drawn again on
+    resume and the resumed run ends with the uninterrupted run's weights."""
+    counting = _SetAfter(10**9)
+    pretrain(image, tmp_path / "count", dataclasses.replace(TINY, steps=1), cancel=counting)
+    per_step = counting.checks  # a one-step run: one check before the step, the rest inside
+    depth = len(build_model(finished.info).blocks)
+    assert per_step == 1 + 3 * depth + 2 * depth  # student x2, teacher forward; student backward
+    inside = 2 if phase == "forward" else per_step  # 1st block, or the backward's last block
+    cancel = _SetAfter(5 * per_step + inside)  # during the 6th step
+    stopped = pretrain(image, tmp_path / "run", TINY, device="cpu", cancel=cancel)
+    assert stopped.stopped == "cancelled" and stopped.steps == 5 and len(stopped.history) == 5
+    assert read_backbone_info(stopped.out).training["steps"] == 5
+    resumed = pretrain(image, tmp_path / "run", device="cpu", resume=True)
+    assert resumed.steps == 16 and _same(_weights(resumed.out), _weights(finished.out))
+
+
 def test_a_killed_run_loses_at_most_the_last_checkpoint_interval(finished, image, tmp_path):
     class Killed(Exception):
         pass

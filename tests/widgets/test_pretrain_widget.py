@@ -1,8 +1,10 @@
-"""The Train widget's "Learn features from this image" panel (issue 14): a tiny real run."""
+"""The Train widget's "Learn features from this image" panel (issue 14): tiny real runs, each in
+its own pretraining process."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -46,12 +48,15 @@ def test_learnt_features_become_the_projects_mews_backbone(
     annotate, small_3d, tmp_path, qtbot, notifications
 ):
     viewer, train, panel = _setup(annotate, small_3d, tmp_path, steps=4)
-    losses = []
+    losses, pids = [], []
     panel._signals.progress.connect(lambda e: losses.append(e.metrics.get("loss")))
+    panel._signals.started.connect(pids.append)
     worker = panel.learn()
     assert worker is not None and not panel.learn_button.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         pass
+    assert len(pids) == 1 and pids[0] != os.getpid()  # trained in another process
+    assert panel.child_pid is None  # and that process is gone
     folder = tmp_path / "proj" / "backbones" / "learned"
     info = json.loads((folder / "backbone.json").read_text())
     assert info["arch"] == "test_vit"
@@ -83,6 +88,25 @@ def test_cancel_keeps_a_checkpoint_and_the_next_press_resumes(annotate, small_3d
         panel.cancel()
     assert seen[0] > first  # continued from the checkpoint, not from step 0
     assert "cancelled (press Resume to continue)" in panel.label.text()
+
+
+def test_closing_the_widget_stops_the_process_and_keeps_a_resumable_checkpoint(
+    annotate, small_3d, tmp_path, qtbot
+):
+    viewer, train, panel = _setup(annotate, small_3d, tmp_path, steps=100_000)
+    seen = []
+    panel._signals.progress.connect(lambda e: seen.append(e.done))
+    worker = panel.learn()
+    qtbot.waitUntil(lambda: bool(seen) and seen[-1] >= 2, timeout=WAIT_MS)
+    pid = panel.child_pid
+    assert pid is not None and pid != os.getpid()
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        viewer.window.remove_dock_widget(train)
+        train.deleteLater()  # the panel, its child, goes with it
+    folder = tmp_path / "proj" / "backbones" / "learned"
+    assert can_resume(folder)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended and reaped
 
 
 def test_without_a_project_it_says_create_one(annotate, small_3d, notifications):

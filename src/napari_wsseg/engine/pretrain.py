@@ -289,8 +289,9 @@ def pretrain(
     progress : callable or None
         Receives :class:`~napari_wsseg.progress.ProgressEvent` (``metrics['loss']``).
     cancel : threading.Event or None
-        Checked before each step; when set, the run checkpoints, writes the backbone and returns
-        with ``stopped='cancelled'``.
+        Checked before each step and between the ViT's blocks (forward and backward); when set,
+        the step under way is dropped (nothing of it applied) and the run checkpoints, writes the
+        backbone and returns with ``stopped='cancelled'``: it stops within a block's time.
 
     Returns
     -------
@@ -400,13 +401,30 @@ class _Run:
     def train(
         self, out: Path, budget: Budget, checkpoint_every_s: float, report_every_s: float, progress
     ) -> str:
+        handles = _add_cancel_checks(self.student, self.teacher, budget.cancel)
+        try:
+            return self._train(out, budget, checkpoint_every_s, report_every_s, progress)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _train(
+        self, out: Path, budget: Budget, checkpoint_every_s: float, report_every_s: float, progress
+    ) -> str:
         stopped, last_checkpoint, last_report = "done", time.monotonic(), 0.0
         while self.planned is None or self.step < self.planned:
             if (reason := budget.stop_reason()) is not None:
                 stopped = reason
                 break
             tick = time.monotonic()
-            loss = self.train_step()
+            views_state = self.generator.get_state()
+            try:
+                loss = self.train_step()
+            except _Cancelled:
+                # Nothing of the dropped step was applied; its views are drawn again on resume.
+                self.generator.set_state(views_state)
+                stopped = "cancelled"
+                break
             spent = time.monotonic() - tick
             self.seconds += spent
             self.session_seconds += spent
@@ -571,6 +589,36 @@ class _Run:
 
 
 # ------------------------------------------------------------------ helpers
+class _Cancelled(Exception):
+    """Cancel was set during a step: the step is dropped before the optimiser applies it."""
+
+
+def _add_cancel_checks(student, teacher, cancel: threading.Event | None) -> list:
+    """Hooks that raise :class:`_Cancelled` between transformer blocks, forward and backward.
+
+    A default CPU step takes seconds (far more under load); checking only between steps would
+    make Cancel wait that long. Returns the hook handles (remove them after the run).
+    """
+    if cancel is None:
+        return []
+
+    def check(*_):
+        if cancel.is_set():
+            raise _Cancelled
+
+    def after_block(module, inputs, output):
+        check()
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(check)  # runs during backward; returns None: grad unchanged
+
+    handles = []
+    for model in (student, teacher):
+        backbone = model["backbone"]
+        for block in getattr(backbone, "blocks", [backbone]):
+            handles.append(block.register_forward_hook(after_block))
+    return handles
+
+
 def _forward(model: torch.nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
     return model["head"](model["backbone"](views))
 

@@ -1,12 +1,13 @@
 """The "Learn features from this image" panel: self-supervised pretraining for MEWS.
 
-:func:`napari_wsseg.engine.pretrain.pretrain` runs in a napari **thread worker** (not the
-separate training process: wiring a second long job through that process is not done yet), on
-the session's image, into the project's ``backbones/learned`` folder. Progress, loss and ETA
-come back as Qt signals; Cancel sets the event the run checks before each step (it then writes a
-checkpoint and the backbone so far); a folder with a checkpoint is resumed by the next press.
-When a backbone was written, the project records it as MEWS's default ``backbone_weights``
-and the Train widget fills it in whenever MEWS is chosen.
+:func:`napari_wsseg.engine.pretrain.pretrain` runs in a **separate Python process**
+(:mod:`napari_wsseg.training.pretrain_job`), on the session's image, into the project's
+``backbones/learned`` folder; a napari thread worker only waits on its pipe, so the viewer stays
+responsive for the hours a run may take. Progress, loss and ETA come back as Qt signals. Cancel
+makes the process drop the step under way, write a checkpoint and the backbone so far; a folder
+with a checkpoint is resumed by the next press. Closing the widget (or the viewer) cancels a run
+the same way. When a backbone was written, the project records it as MEWS's default
+``backbone_weights`` and the Train widget fills it in whenever MEWS is chosen.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ LEARN, RESUME = "Learn features from this image", "Resume learning features"
 
 class _Signals(QObject):
     progress = Signal(object)
+    #: The pretraining process's id, once it runs.
+    started = Signal(int)
 
 
 class PretrainPanel(QWidget):
@@ -64,8 +67,12 @@ class PretrainPanel(QWidget):
         self.on_backbone = on_backbone
         self.config = None
         self.worker = None
+        #: Process id of the running pretraining process (None: none runs).
+        self.child_pid: int | None = None
         self._cancel: threading.Event | None = None
         self._signals = _Signals()
+        self._running: set[threading.Event] = set()  # the cancel event of a run under way
+        self.destroyed.connect(lambda *_, runs=self._running: [e.set() for e in list(runs)])
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.0, 7 * 24 * 60.0)
         self.budget_spin.setValue(DEFAULT_BUDGET_MIN)
@@ -74,7 +81,7 @@ class PretrainPanel(QWidget):
         self.learn_button = QPushButton(LEARN)
         self.learn_button.setToolTip(
             "self-supervised training (DINO) of a small ViT on every slice of this image, no "
-            "labels; MEWS then uses it by default in this project (runs in a napari thread)"
+            "labels; MEWS then uses it by default in this project (runs in a separate process)"
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -95,10 +102,12 @@ class PretrainPanel(QWidget):
         self.learn_button.clicked.connect(self.learn)
         self.cancel_button.clicked.connect(self.cancel)
         self._signals.progress.connect(self._on_progress)
+        self._signals.started.connect(self._on_started)
 
     # ------------------------------------------------------------------------ public actions
     def learn(self):
-        """Start (or resume) pretraining in a thread worker; returns it (None: not started)."""
+        """Start (or resume) pretraining in its process, waited on by a thread worker; returns
+        the worker (None: not started)."""
         if self.worker is not None:
             notify_error("feature learning is already running; wait for it or press Cancel")
             return None
@@ -109,10 +118,8 @@ class PretrainPanel(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        from ..training import avoid_triton_llvm_crash
-
-        avoid_triton_llvm_crash()
         self._cancel = threading.Event()
+        self._running.add(self._cancel)
         budget = self.budget_spin.value() * 60.0 or None
         self.worker = create_worker(
             _pretrain,
@@ -123,6 +130,7 @@ class PretrainPanel(QWidget):
             self.device(),
             self._cancel,
             self._signals.progress.emit,
+            self._signals.started.emit,
             _ignore_errors=True,
             _start_thread=False,
         )
@@ -137,10 +145,11 @@ class PretrainPanel(QWidget):
         return self.worker
 
     def cancel(self) -> None:
-        """Stop at the next step; the checkpoint and the backbone so far are kept (resumable)."""
+        """Stop now (the step under way is dropped); the checkpoint and the backbone so far are
+        written and kept (resumable)."""
         if self._cancel is not None:
             self._cancel.set()
-            self.label.setText("cancelling…")
+            self.label.setText("cancelling: writing the checkpoint…")
 
     def refresh(self) -> None:
         """Show *Resume* when the project's backbone folder holds a checkpoint."""
@@ -159,6 +168,9 @@ class PretrainPanel(QWidget):
                 "(Annotate → New project…)"
             )
         return self.session.require_image(), project.backbone_dir()
+
+    def _on_started(self, pid: int) -> None:
+        self.child_pid = pid
 
     def _on_progress(self, event: ProgressEvent) -> None:
         set_progress_bar(self.progress_bar, event)
@@ -192,7 +204,9 @@ class PretrainPanel(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._running.discard(self._cancel)
         self._cancel = None
+        self.child_pid = None
         self.cancel_button.setEnabled(False)
         self.learn_button.setEnabled(True)
         if self.progress_bar.maximum() == 0:
@@ -200,18 +214,19 @@ class PretrainPanel(QWidget):
         self.refresh()
 
 
-def _pretrain(image, folder, config, budget_s, device: str, cancel, progress):
-    """Pretrain into ``folder``, resuming its checkpoint if it has one (in the worker thread)."""
-    from ..engine.pretrain import PretrainConfig, can_resume, pretrain
+def _pretrain(image, folder, config, budget_s, device: str, cancel, progress, started):
+    """Pretrain into ``folder`` in a separate process, resuming its checkpoint if it has one
+    (this runs in the worker thread, which only relays the process's messages)."""
+    from ..engine.pretrain import PretrainConfig, can_resume
+    from ..training.pretrain_job import PretrainJob, run_pretraining_in_subprocess
 
     resume = can_resume(folder)
-    return pretrain(
+    job = PretrainJob(
         image,
         folder,
         None if resume else (config or PretrainConfig()),
         time_budget_s=budget_s,
         device=device,
         resume=resume,
-        progress=progress,
-        cancel=cancel,
     )
+    return run_pretraining_in_subprocess(job, progress=progress, cancel=cancel, started=started)
