@@ -160,7 +160,15 @@ def check_exportable(method: str | None) -> None:
 
 
 def check_inference(model) -> None:
-    """Raise a one-line error for a rewis3d model that predicts with its 3D student."""
+    """Raise a one-line error for a rewis3d model that predicts with its 3D student, or a cpews
+    model that averages over several test scales (a package holds one forward pass)."""
+    scales = tuple(getattr(model.config, "test_scales", (1.0,)))
+    if model.name == "cpews" and scales != (1.0,):
+        raise WssegError(
+            f"cpews models with test_scales={scales} cannot be exported to bioimage.io: a "
+            "package holds one forward pass at one scale; retrain with --test-scales 1.0 "
+            "(the default)"
+        )
     inference = getattr(model.config, "inference", "2d")
     if model.name == "rewis3d" and inference != "2d":
         raise WssegError(

@@ -150,6 +150,10 @@ def _option_problem(value, kind, bound: tuple[float, float] | None) -> str | Non
 
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
+        if len(items) == 2 and items[1] is Ellipsis:  # tuple[T, ...]: up to 256 items
+            if not isinstance(value, (tuple, list)) or len(value) > 256:
+                return "a list of at most 256 numbers"
+            items = (items[0],) * len(value)
         if not isinstance(value, (tuple, list)) or len(value) != len(items):
             return f"a list of {len(items)} numbers"
         problems = [_option_problem(v, k, bound) for v, k in zip(value, items)]

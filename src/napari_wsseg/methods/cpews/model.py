@@ -4,6 +4,7 @@ The ViT's tokens after block ``intermediate_block`` (``F_m``) and after the last
 (``F_h``) are returned as ``(B, D, H/p, W/p)`` maps. The classifiers give the class scores and the
 CAMs of each; the segmentation head turns ``F_h`` into class logits per token, upsamples them to
 pixels and refines them with two 3x3 convolutions over the logits and the image.
+:func:`multiscale_probabilities` is the paper's multi-scale testing.
 """
 
 from __future__ import annotations
@@ -120,3 +121,33 @@ class CPEWSNet(nn.Module):
     def _as_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         patches = tokens[:, self.vit.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+
+
+def multiscale_probabilities(
+    net: CPEWSNet, tiles: torch.Tensor, scales: tuple[float, ...] = (1.0,)
+) -> torch.Tensor:
+    """Class probabilities ``(B, K, H, W)`` of ``(B, C, H, W)`` tiles, averaged over scales.
+
+    At each scale the tiles are resized (bilinear, anti-aliased when shrunk), classified, and the
+    softmax probabilities resized back (bilinear: convex weights, so they still sum to 1). A
+    scale that leaves the size unchanged is the plain forward pass, so ``scales=(1.0,)`` is
+    exactly ``softmax(net(tiles))``.
+    """
+    height, width = tiles.shape[2:]
+    total = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if size == (height, width):
+            proba = F.softmax(net(tiles), dim=1)
+        else:
+            resized = F.interpolate(
+                tiles, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+            )
+            proba = F.interpolate(
+                F.softmax(net(resized), dim=1),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+            )
+        total = proba if total is None else total + proba
+    return total / len(scales)
