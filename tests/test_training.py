@@ -157,8 +157,9 @@ def test_a_kept_process_serves_two_runs_and_filters_a_slice_only_once(tiny):
     keeper = TrainingProcess()
     infos, outcomes = [], []
     try:
-        first = keeper.run(_rf_job(tiny), info=infos.append)
+        keeper.prepare("rf")  # started (and importing) before the first run
         pid = keeper.pid
+        first = keeper.run(_rf_job(tiny), info=infos.append)
         outcomes.append(first)
         second = keeper.run(_rf_job(tiny, init=first.model_dir), info=infos.append)
         outcomes.append(second)

@@ -187,8 +187,10 @@ def test_a_live_run_can_be_cancelled_and_closing_the_widget_ends_its_process(
     clicks.add(points, clicks.from_truth(labels, 1, seed=3))
     _live_run(train, qtbot, 1)
     pid = train.live_process.pid
+    train.live_steps_spin.setValue(5)
     clicks.add(points, clicks.from_truth(labels, 1, seed=4))
     qtbot.waitUntil(lambda: train.is_running, timeout=WAIT_MS)
+    assert train.job.options.warm_steps == 5  # the live run's length (methods with steps)
     train.cancel()  # as the Cancel button
     _live_run(train, qtbot, 2)
     assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]  # nothing new saved

@@ -9,6 +9,8 @@ pickled messages between two processes of this package only (model files are nev
 * parent -> child: ``("job", spec)`` (a :class:`_ChildSpec`, with a warm-start model's folder),
   then ``("cancel", None)`` and ``("z", slice)`` while that job runs; then the next
   ``("job", spec)``, or the end of the stream (the parent closed its end), which ends the child;
+  ``("prepare", method name)`` (a kept process, before its first job) imports what that
+  method trains with, so the first run does not wait for the imports;
 * child -> parent, per job: ``("info", ChildInfo)``, ``("progress", event)``,
   ``("preview", result)``, then ``("done", outcome)`` or
   ``("error", (type name, message, is user error, traceback))``.
@@ -233,6 +235,19 @@ class TrainingProcess:
         finally:
             self._lock.release()
 
+    def prepare(self, method_name: str) -> None:
+        """Start the process now (if there is none) and have it import what ``method_name``
+        trains with, while the user is still annotating; returns at once."""
+        if not self._lock.acquire(blocking=False):
+            return  # a run is going: the process is started and prepared already
+        try:
+            if self._child is None or not self._child.alive:
+                self._drop()
+                self._child = _Child.start()
+            _send(self._child.to_child, ("prepare", method_name))
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """End the kept process (it stops a job it is running) and reap it; idempotent."""
         child, self._child, self._image = self._child, None, None
@@ -406,6 +421,9 @@ def child_main() -> None:
     threading.Thread(target=_listen, args=(from_parent, inbox, state), daemon=True).start()
     while (item := inbox.get()) is not None:
         spec, cancel = item
+        if isinstance(spec, str):
+            _prepare(spec)
+            continue
         try:
             state.jobs += 1
             to_parent.send(("info", _child_info(state.jobs)))
@@ -505,10 +523,28 @@ def _listen(from_parent: Connection, inbox: queue.Queue, state: _ChildState) -> 
             state.cancel = threading.Event()  # a cancel read after this is for this job
             state.preview_z[0] = int(value.preview_z)
             inbox.put((value, state.cancel))
+        elif kind == "prepare":
+            inbox.put((str(value), None))
         elif kind == "cancel":
             state.cancel.set()
         elif kind == "z":
             state.preview_z[0] = int(value)
+
+
+def _prepare(method_name: str) -> None:
+    """Import the method and the libraries its fit and prediction use (errors surface later,
+    in the job that needs them)."""
+    import importlib
+
+    try:
+        from ..methods import get_method
+
+        get_method(method_name)
+        libraries = ["torch"] if "torch" in sys.modules else ["sklearn.ensemble", "skimage.feature"]
+        for name in libraries:
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001 (the job reports the same problem to the user)
+        logger.debug("preparing %s failed", method_name, exc_info=True)
 
 
 def _child_info(jobs: int) -> ChildInfo:

@@ -51,7 +51,9 @@ class LiveUpdater(QObject):
         """Turn live mode on (a run follows the next edit) or off (queued runs are dropped, the
         live training process ends)."""
         self.enabled = bool(on)
-        if not self.enabled:
+        if self.enabled:
+            self.train.prepare_live_process()
+        else:
             self.timer.stop()
             self.queued = False
             self.train.release_live_process()

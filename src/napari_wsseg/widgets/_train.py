@@ -138,6 +138,13 @@ class TrainWidget(QWidget):
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(50)
         self.train_button = QPushButton("Train")
+        self.live_steps_spin = QSpinBox()
+        self.live_steps_spin.setRange(0, 1_000_000)
+        self.live_steps_spin.setSpecialValueText("method decides")
+        self.live_steps_spin.setToolTip(
+            "training steps of a live run that continues from the last model (dsp, size, mews, "
+            "...; rf has no steps); fewer steps refresh sooner"
+        )
         self.live_check = QCheckBox("live: retrain after each edit")
         self.live_check.setToolTip(
             "after the annotations change (1.5 s quiet), a short run continues from the last "
@@ -187,6 +194,9 @@ class TrainWidget(QWidget):
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         layout.addWidget(self.live_check)
+        form = QFormLayout()
+        form.addRow("live run steps", self.live_steps_spin)
+        layout.addLayout(form)
         layout.addWidget(self.keep_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
@@ -334,6 +344,7 @@ class TrainWidget(QWidget):
             seed=self.seed_spin.value(),
             time_budget_s=budget,
             cancel=self._cancel,
+            warm_steps=(self.live_steps_spin.value() or None) if live else None,
         )
         for message in warnings:
             notify_warning(f"{message}")
@@ -441,6 +452,11 @@ class TrainWidget(QWidget):
     def _on_preview(self, result: SlicePrediction) -> None:
         self._show(result)
         self._final_shown = self._final_shown or result.final
+
+    def prepare_live_process(self) -> None:
+        """Start the live runs' training process ahead of the first live run (imports done)."""
+        if RUN_MODES[self.run_combo.currentText()] is run_training_in_subprocess:
+            self.live_process.prepare(self.method_combo.currentText())
 
     def release_live_process(self) -> None:
         """End the live runs' training process unless a run is using it (then at its end)."""
