@@ -257,3 +257,20 @@ def test_exclusion_loss_is_minus_log_of_the_allowed_probability():
     expected = [-torch.log(p[0, 0, x] + p[2, 0, x]).item() for x in (0, 1)] + [0.0]
     loss = exclusion_loss(logits, allowed, counted)
     assert loss.item() == pytest.approx(sum(expected) / 3, abs=1e-5)
+
+
+def test_negatives_from_images_with_a_sibling_class_are_left_out_of_ssl_prototypes():
+    pools = PrototypePools(n_classes=3, dim=1, size=4, k=2, kmeans_iters=0)
+    siblings = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    anchors = torch.tensor([[[0.0], [1.0], [2.0]], [[3.0], [4.0], [5.0]]])
+    y = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # class 1 (0's sibling), then class 2
+    scores = torch.tensor([[0.9, 0.0, 0.1], [0.5, 0.3, 0.0]])
+    pools.update(anchors, y, scores, siblings=siblings)
+    # class 0's negatives: image 0 holds its sibling 1, image 1 does not
+    assert pools.neg_sibling[0, :2].tolist() == [True, False]
+    assert not pools.neg_sibling[1:].any()
+    all_neg, all_valid = pools.negative_prototypes()
+    assert all_neg[0, :, 0].tolist() == [0.0, 3.0] and all_valid[0].all()
+    kept, kept_valid = pools.negative_prototypes(without_siblings=True)
+    assert kept[0, 0, 0].item() == 3.0 and kept_valid[0].tolist() == [True, False]
+    assert torch.equal(kept[2], all_neg[2])  # class 2 has no sibling: the same negatives

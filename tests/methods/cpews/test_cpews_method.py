@@ -233,3 +233,12 @@ def test_exhaustive_boxes_lower_their_class_outside_them(boxed_scene):
     )
     assert np.isfinite(result.history[0]["seg_excluded"])
     assert exhaustive[~inside].mean() < partial[~inside].mean() - 0.05
+
+
+def test_superclasses_train_and_a_wrong_count_is_refused(scene):
+    image, _, ann = scene
+    method, result = _fit(ann, image, superclasses=(0, 1, 1), max_steps=3)
+    assert all(np.isfinite(h["ssl"]) for h in result.history)
+    assert method.config.superclasses == (0, 1, 1)
+    with pytest.raises(WssegError, match=r"superclasses gives 2 id\(s\) for 3 classes"):
+        _fit(ann, image, superclasses=(0, 1))

@@ -113,7 +113,8 @@ class PrototypePools:
 
     Pools are rings of ``size`` entries per class. A positive entry of class ``c`` is ``A_c`` of an
     image tagged with ``c``; a negative entry is ``A_c`` of an image without ``c``, stored with the
-    predicted probability of ``c`` (the top-K of those are the negative prototypes).
+    predicted probability of ``c`` (the top-K of those are the negative prototypes) and whether
+    the image holds a class of ``c``'s superclass (Eq. 12 leaves those out of L_SSL).
     """
 
     def __init__(self, n_classes: int, dim: int, size: int, k: int, kmeans_iters: int = 10):
@@ -121,6 +122,7 @@ class PrototypePools:
         self.pos = torch.zeros(n_classes, self.size, dim)
         self.neg = torch.zeros(n_classes, self.size, dim)
         self.neg_score = torch.full((n_classes, self.size), -1.0)
+        self.neg_sibling = torch.zeros(n_classes, self.size, dtype=torch.bool)
         self.pos_count = torch.zeros(n_classes, dtype=torch.long)
         self.neg_count = torch.zeros(n_classes, dtype=torch.long)
 
@@ -130,20 +132,31 @@ class PrototypePools:
         y: torch.Tensor,
         scores: torch.Tensor,
         absent: torch.Tensor | None = None,
+        siblings: torch.Tensor | None = None,
     ) -> None:
         """Add the ``(B, C, D)`` anchors of a batch: positives where ``y`` is 1, negatives where
         ``absent`` ``(B, C)`` bool is True (None: wherever ``y`` is 0). A class neither present
-        nor known to be absent (other classes of a box) goes to neither pool."""
+        nor known to be absent (other classes of a box) goes to neither pool. ``siblings``
+        ``(C, C)`` bool marks pairs of distinct classes of one superclass (None: no superclasses).
+        """
         anchors, y, scores = (
             anchors.detach().float().cpu(),
             y.cpu() > 0.5,
             scores.detach().float().cpu(),
         )
         absent = ~y if absent is None else absent.cpu().bool()
-        self._push(self.pos, None, self.pos_count, anchors, y, None)
-        self._push(self.neg, self.neg_score, self.neg_count, anchors, absent, scores)
+        with_sibling = (
+            torch.zeros_like(y)
+            if siblings is None
+            else (y.float() @ siblings.cpu().float().T) > 0  # (B, C): a sibling of c is present
+        )
+        self._push(self.pos, self.pos_count, anchors, y, ())
+        extras = ((self.neg_score, scores), (self.neg_sibling, with_sibling))
+        self._push(self.neg, self.neg_count, anchors, absent, extras)
 
-    def _push(self, pool, pool_scores, count, anchors, chosen, scores) -> None:
+    def _push(self, pool, count, anchors, chosen, extras) -> None:
+        """Write the chosen ``anchors[b, c]`` into class ``c``'s ring, and each ``(store, values)``
+        of ``extras`` at the same slots."""
         b, c = torch.nonzero(chosen, as_tuple=True)  # entries in batch order, per class
         if not len(c):
             return
@@ -152,8 +165,8 @@ class PrototypePools:
         rank = torch.arange(len(c)) - torch.searchsorted(c, c)  # position within its class
         slot = (count[c] + rank) % self.size
         pool[c, slot] = anchors[b, c]
-        if pool_scores is not None:
-            pool_scores[c, slot] = scores[b, c]
+        for store, values in extras:
+            store[c, slot] = values[b, c]
         count += torch.bincount(c, minlength=len(count))
 
     def ready(self) -> torch.Tensor:
@@ -164,12 +177,20 @@ class PrototypePools:
         """``(P_pos (C, K, D), pos_valid (C, K), P_neg (C, K, D), neg_valid (C, K))``."""
         pos_filled = torch.arange(self.size)[None] < self.pos_count.clamp(max=self.size)[:, None]
         p_pos, pos_valid = batched_kmeans(self.pos, pos_filled, self.k, self.kmeans_iters)
+        return (p_pos, pos_valid, *self.negative_prototypes())
+
+    def negative_prototypes(self, without_siblings: bool = False):
+        """``(P_neg (C, K, D), neg_valid (C, K))``: the top-K stored negatives by score; with
+        ``without_siblings``, only among entries whose image held no class of the same
+        superclass (Eq. 12)."""
         neg_filled = torch.arange(self.size)[None] < self.neg_count.clamp(max=self.size)[:, None]
+        if without_siblings:
+            neg_filled &= ~self.neg_sibling
         k = min(self.k, self.size)
         scores = self.neg_score.masked_fill(~neg_filled, float("-inf"))
         top = scores.topk(k, dim=1)
         p_neg = torch.gather(self.neg, 1, top.indices[:, :, None].expand(-1, -1, self.neg.shape[2]))
-        return p_pos, pos_valid, p_neg, torch.isfinite(top.values)
+        return p_neg, torch.isfinite(top.values)
 
 
 def batched_kmeans(

@@ -67,6 +67,7 @@ CPEWS_BOUNDS = {
     "tile": (32, 4096),
     "tile_overlap": (0, 1024),
     "test_scales": (0.25, 4.0),
+    "superclasses": (0, 255),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MODEL_KWARGS = ("patch_size", "in_chans", "img_size")
@@ -118,6 +119,11 @@ class CPEWSConfig:
         Multi-scale testing: each tile is classified resized by every scale and the class
         probabilities are averaged. The paper tests at several scales; e.g. (1.0, 0.5, 1.5) costs
         about 3.5 times the pixels (more in ViT attention), so the CPU default is one scale.
+    superclasses : tuple of int, default ()
+        One superclass id per class, for the paper's equation 12; empty: none. A negative
+        prototype of class ``c`` taken from an image that holds another class of ``c``'s
+        superclass is left out of L_SSL (the paper groups VOC classes, e.g. vehicles; EM classes
+        have no standard grouping).
     """
 
     backbone: str = "vit_small_patch16_224"
@@ -142,6 +148,7 @@ class CPEWSConfig:
     tile: int = 256
     tile_overlap: int = 32
     test_scales: tuple[float, ...] = (1.0,)
+    superclasses: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_config(self, "cpews", CPEWS_BOUNDS)
@@ -196,6 +203,7 @@ class CPEWSMethod(TorchSliceMethod):
     # ---------------------------------------------------------------- training
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         _check_usable(annotations, len(self.classes))
+        _check_superclasses(self.config.superclasses, self.classes)
         backbone_state = None
         if self.warm_init is not None:
             self.backbone_info = dict(self.warm_init.backbone_info)
@@ -273,6 +281,23 @@ def _check_usable(annotations: Annotations, n_classes: int) -> None:
         )
 
 
+def _check_superclasses(superclasses: tuple[int, ...], classes) -> None:
+    if superclasses and len(superclasses) != len(classes):
+        raise WssegError(
+            f"cpews superclasses gives {len(superclasses)} id(s) for {len(classes)} classes "
+            f"({', '.join(c.name for c in classes)[:200]}); give one superclass id per class, "
+            "e.g. 0,1,1, or none"
+        )
+
+
+def _sibling_matrix(superclasses: tuple[int, ...]) -> torch.Tensor | None:
+    """``(C, C)`` bool: distinct classes of one superclass; None without superclasses."""
+    if not superclasses:
+        return None
+    ids = torch.tensor(superclasses)
+    return (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool)
+
+
 def _checked_backbone_info(info: dict) -> dict:
     """The recorded backbone description, checked (a model folder is untrusted input)."""
     arch, kwargs = info.get("arch"), info.get("model_kwargs", {})
@@ -331,6 +356,7 @@ class _CPEWSTrainStep:
             cfg.prototypes,
             cfg.kmeans_iters,
         )
+        self.siblings = _sibling_matrix(tuple(cfg.superclasses))
         self.index = AnnotationIndex(annotations, image.shape)
         labelled = Annotations(
             annotations.classes,
@@ -380,8 +406,13 @@ class _CPEWSTrainStep:
         anchors = anchor_features(f_h, cam_h, valid)
         prototypes = [p.to(self.device) for p in self.pools.prototypes()]
         pdl = pdl_loss(anchors, y, *prototypes, cfg.temperature)
+        if self.siblings is not None:  # Eq. 12: L_SSL without negatives of a sibling's images
+            negatives = self.pools.negative_prototypes(without_siblings=True)
+            prototypes[2:] = [p.to(self.device) for p in negatives]
         ssl = ssl_loss(f_h, cam_h, valid, y, *prototypes)
-        self.pools.update(anchors, y, torch.sigmoid(logits_h), absent=~possible)
+        self.pools.update(
+            anchors, y, torch.sigmoid(logits_h), absent=~possible, siblings=self.siblings
+        )
         cpews = cls_m + cls_h + cfg.lambda_ism * ism + cfg.lambda_pdl * pdl + cfg.lambda_ssl * ssl
         seg = net.segment(x, f_h)
         seg_tags = exclusion_loss(seg, possible[:, :, None, None], valid_px) + _pseudo_label_loss(
