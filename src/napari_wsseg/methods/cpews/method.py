@@ -1,15 +1,18 @@
-"""Method ``cpews``: CPEWS (Shao et al.) trained from region tags, slice tags, points and masks.
+"""Method ``cpews``: CPEWS (Shao et al.) from region tags, slice tags, boxes, points and masks.
 
-Training "images" are the tagged regions (``Annotations.region_tags``) and the slices with slice
-tags; the tag set is the image-level label. A region is shown in a ``region_size`` window with its
-surroundings (shrunk to fit, without them, when larger), and only its own pixels and tokens
-count. On them the ViT is trained with the paper's Eq. 13:
-``L_cls^m + L_cls^h + lambda1 L_ISM + lambda2 L_PDL + lambda3 L_SSL`` (:mod:`.losses`).
-The per-pixel output is a segmentation head on the final features, trained on the same images
-with (a) the tags' exclusion (every pixel of a region belongs to one of its tagged classes) and
-(b) the final CAM's confident token labels, and on crops around points and mask pixels with
-cross-entropy when there are any. Prediction runs the head over tiles of each slice (volumes
-slice by slice). Imports no Qt.
+Training "images" are the tagged regions (``Annotations.region_tags``), the slices with slice
+tags and the box rectangles; the tag set (a box: its class, the other classes unknown) is the
+image-level label. A region is shown in a ``region_size`` window with its surroundings (shrunk to
+fit, without them, when larger), and only its own pixels and tokens count. On them the ViT is
+trained with the paper's Eq. 13:
+``L_cls^m + L_cls^h + lambda1 L_ISM + lambda2 L_PDL + lambda3 L_SSL`` (:mod:`.losses`; Eq. 12's
+superclasses optional). The per-pixel output is a segmentation head on the final features,
+trained on the same images with (a) the tags' exclusion (every pixel of a region belongs to one
+of its possible classes), (b) the final CAM's confident token labels and (c) a box's
+multiple-instance positives, and on crops around points, mask pixels and exhaustive boxes with
+cross-entropy and the exclusions of :class:`~napari_wsseg.engine.weak_targets.AnnotationIndex`.
+Prediction runs the head over tiles of each slice (volumes slice by slice), optionally averaged
+over scales. Imports no Qt.
 """
 
 from __future__ import annotations
