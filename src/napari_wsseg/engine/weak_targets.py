@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 
 from ..annotations.model import Annotations
-from ..annotations.region_tags import region_allowed, tag_regions
+from ..annotations.region_tags import TagRegions, region_allowed, tag_regions
 from ..annotations.targets import tag_matrix
 from .augment import Geometry
 from .crops import Crop, Crop3D
@@ -109,6 +109,9 @@ class AnnotationIndex:
         self.present[size_z[positive], size_class[positive]] = True
         self.present &= self.allowed_by_tags
         self.regions = tag_regions(annotations)
+        self._regions_by_z = {
+            int(z): self.regions.in_slice(int(z)) for z in np.unique(self.regions.boxes[:, 0])
+        }
         self.masks = annotations.masks
 
     def slice_allowed(self, z: int) -> np.ndarray:
@@ -135,8 +138,9 @@ class AnnotationIndex:
         exhaustive = self.exhaustive[crop.z]
         if exhaustive.any():
             allowed &= _box_coverage(boxes, crop, n_classes) | ~exhaustive[:, None, None]
-        if len(self.regions):
-            allowed &= region_allowed(self.regions, crop.z, crop.y, crop.x, size, size)
+        near = self._regions_touching(crop)
+        if len(near):
+            allowed &= region_allowed(near, crop.z, crop.y, crop.x, size, size)
         known = labels >= 0
         allowed[:, known] = np.arange(n_classes)[:, None] == labels[known][None, :]
         box_fields = _clip_boxes(boxes, crop)
@@ -149,10 +153,21 @@ class AnnotationIndex:
             and crop.x + size >= self.shape[2]
         )
         tagged = self.present[crop.z] & whole_slice
-        regions = _region_positives(self.regions.in_slice(crop.z), crop)
+        regions = _region_positives(near, crop)
         return CropTargets(
             labels, is_point, components, component_classes, allowed, *box_fields, tagged, *regions
         )
+
+    def _regions_touching(self, crop: Crop) -> TagRegions:
+        """The tagged regions of the crop's slice that overlap it (grid tags can number
+        thousands per slice; the others change nothing in the crop)."""
+        regions = self._regions_by_z.get(crop.z, self.regions.in_slice(-1))
+        b = regions.boxes
+        last_y, last_x = crop.y + crop.size - 1, crop.x + crop.size - 1
+        touching = (
+            (b[:, 1] <= last_y) & (b[:, 3] >= crop.y) & (b[:, 2] <= last_x) & (b[:, 4] >= crop.x)
+        )
+        return TagRegions(b[touching], regions.present[touching])
 
     def box_targets(self, box: Crop3D) -> list[CropTargets]:
         """The :class:`CropTargets` of each slice of a 3D ``box`` (``dy == dx``), in z order.

@@ -1,8 +1,10 @@
-"""rewis3d: losses against naive references, a tiny fit, save/load/predict, 2D refusal, seams."""
+"""rewis3d: losses against naive references, a tiny fit, save/load/predict, 2D refusal, seams,
+and learning from boxes, tags, sizes and region tags without a single click."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -156,3 +158,79 @@ def test_bad_options_are_refused():
         Rewis3dMethod(inference="both")
     with pytest.raises(WssegError, match="multiple of"):
         Rewis3dMethod(crop_yx=20)
+
+
+# ------------------------------------------------------- boxes, tags, sizes and region tags
+WEAK = {**TINY, "max_steps": 60, "crop_yx": 32, "lr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def weak_volume():
+    """(image, truth): a bright object of 12 x 14 pixels in slices 0-4 of 8, none in 5-7."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.3, 0.05, (8, 32, 32)).astype(np.float32)
+    truth = np.zeros(volume.shape, bool)
+    truth[:5, 8:20, 10:24] = True
+    volume[truth] += 0.5
+    return as_image(volume), truth
+
+
+def _boxes_and_tags(box_class: int) -> Annotations:
+    """Exhaustive boxes of ``box_class`` around the object in slices 1 and 3; slices 6 and 7
+    tagged with class 0 alone (classes 1 and 2 absent). No point, no mask."""
+    return Annotations(
+        default_classes(3),
+        boxes=[[z, 8, 10, 19, 23, box_class] for z in (1, 3)],
+        exhaustive_boxes=[[1, box_class], [3, box_class]],
+        tags=[[6, 0], [7, 0]],
+    )
+
+
+@pytest.fixture(scope="module")
+def boxed_probabilities(weak_volume):
+    """Probabilities ``(3, 8, 32, 32)`` of models trained with the boxes labelled 1 or 2."""
+    image, _ = weak_volume
+    out = {}
+    for box_class in (1, 2):
+        method = Rewis3dMethod(**WEAK)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            method.fit(image, _boxes_and_tags(box_class), FitOptions(device="cpu", seed=0))
+        assert not [w for w in caught if "not used" in str(w.message)]
+        out[box_class] = method.predict_proba_block(np.asarray(image.data))
+    return out
+
+
+def test_boxes_alone_teach_their_class_on_an_unannotated_slice(boxed_probabilities, weak_volume):
+    _, truth = weak_volume
+    inside = {k: p[:, 2][:, truth[2]].mean(axis=1) for k, p in boxed_probabilities.items()}
+    # the same boxes, labelled 1 in one run and 2 in the other: each run's box class wins inside
+    # the object of slice 2 (no annotation there) by a wide margin over the other run
+    assert inside[1][1] > inside[2][1] + 0.25, inside
+    assert inside[2][2] > inside[1][2] + 0.25, inside
+    for k, probs in boxed_probabilities.items():
+        assert probs[k, 2][truth[2]].mean() > probs[k, 2][~truth[2]].mean() + 0.2
+
+
+def test_tags_alone_make_the_untagged_classes_absent(boxed_probabilities):
+    for box_class, probs in boxed_probabilities.items():
+        other = 3 - box_class  # annotated by nothing but the tags of slices 6 and 7
+        slice6 = probs[:, 6].mean(axis=(1, 2))
+        assert slice6[0] > 0.5 and slice6[0] > slice6[other] + 0.3, slice6
+
+
+def test_sizes_and_region_tags_enter_both_branches_losses(weak_volume):
+    image, _ = weak_volume
+    annotations = Annotations(
+        default_classes(3),
+        region_tags=[[2, 1, 8, 10, 19, 23]],  # only class 1 in the object's rectangle
+        sizes=[[6, 0, 1.0], [6, 1, 0.0], [6, 2, 0.0]],  # slice 6: all class 0
+    )
+    method = Rewis3dMethod(**{**TINY, "max_steps": 4, "crop_yx": 32, "random_crop_fraction": 0})
+    with pytest.warns(UserWarning, match="fractions themselves are not used"):
+        result = method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    assert result.steps == 4
+    for step in result.history:  # every box holds slice 2 or 6 whole
+        for branch in ("2d", "3d"):
+            assert step[f"partial_{branch}"] > 0 and step[f"tag_{branch}"] > 0, step
+            assert step[f"ce_{branch}"] == 0 and step[f"box_{branch}"] == 0

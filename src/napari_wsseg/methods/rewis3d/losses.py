@@ -1,13 +1,17 @@
 """The losses of rewis3d (paper Eq. 2-7) on logits ``(B, K, ...)``. Imports no Qt.
 
 Voxels carry a target class, or -1 where they are unlabelled; ``valid`` marks voxels inside the
-image (crops are padded at its borders).
+image (crops are padded at its borders). The weak parts of the supervised loss (partial
+cross-entropy, box and tag positives) come from :mod:`napari_wsseg.engine.weak_losses`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+from ...engine.weak_losses import box_loss, partial_ce_loss, tag_loss
+from ...engine.weak_targets import BatchTargets
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -17,6 +21,36 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if not labelled.any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits, target.clamp(min=0), reduction="none")[labelled].mean()
+
+
+def supervised_terms(
+    logits: torch.Tensor, targets: BatchTargets, weights: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """L_S of one branch from every annotation kind, and its parts.
+
+    Parameters
+    ----------
+    logits : (B, K, H, W) float tensor
+        Class scores of ``B`` slices (a training box's slices).
+    targets : BatchTargets
+        The weak targets of the same slices.
+    weights : dict
+        Weights of the parts ``"partial"``, ``"box"`` and ``"tag"`` (the cross-entropy's is 1).
+
+    Returns
+    -------
+    dict of scalar tensors: ``"ce"`` (labelled voxels), ``"partial"`` (unlabelled voxels whose
+    allowed classes are restricted), ``"box"`` and ``"tag"`` (multiple-instance positives), each
+    unweighted and 0 when nothing in the batch gives it, and ``"supervised"``, their weighted sum.
+    """
+    parts = {
+        "ce": supervised_loss(logits, targets.labels),
+        "partial": partial_ce_loss(logits, targets),
+        "box": box_loss(logits, targets),
+        "tag": tag_loss(logits, targets),
+    }
+    total = parts["ce"] + sum(weights[k] * parts[k] for k in ("partial", "box", "tag"))
+    return parts | {"supervised": total}
 
 
 def consistency_loss(

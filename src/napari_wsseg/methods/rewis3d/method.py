@@ -7,7 +7,10 @@ whole box, and minimises (Eq. 4 and 7)
 
     sum over m in {2D, 3D} of (1 - β) L_S^m + β w_t^m L_U^m  +  λ(t) (L_C^2D + L_C^3D)
 
-L_S: cross-entropy on annotated voxels (points, masks/scribbles); L_U: KL from the branch's own
+L_S: cross-entropy on annotated voxels (points, masks/scribbles), plus, from dsp's weak targets
+(``engine/weak_targets.py``, one slice of the box at a time), a partial cross-entropy where tags,
+sizes of 0, region tags or exhaustive boxes exclude classes and multiple-instance positives of
+boxes, tags, sizes above 0 and region tags; L_U: KL from the branch's own
 teacher on unlabelled voxels, scaled by the share of confident teacher voxels w_t; L_C: the other
 branch's teacher's hard labels weighted by its confidence. λ is 0 during base training and then
 ramps up linearly. Students see noisier input than teachers. Prediction uses the 2D student (as
@@ -17,7 +20,7 @@ the paper), the 3D student or their average (``inference``). See ``docs/methods/
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +28,18 @@ import torch
 from torch import nn
 
 from ...annotations.model import Annotations
-from ...engine.crops import Crop3D, CropSampler, SliceStore, annotation_anchors
+from ...engine.crops import CropSampler, SliceStore, annotation_anchors
 from ...engine.devices import resolve_device
 from ...engine.ema import EMATeacher
 from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...engine.unet3d import UNet3D, UNet3DConfig, receptive_radius_zyx
+from ...engine.weak_targets import AnnotationIndex, BatchTargets, collate
 from ...errors import ModelError, WssegError
 from ...io.image import Image
 from ..base import FitOptions, Method, check_config, state_mapping
-from .losses import consistency_loss, cross_view_loss, cross_view_weight, supervised_loss
+from .losses import consistency_loss, cross_view_loss, cross_view_weight, supervised_terms
 
 WEIGHTS_FILE = "model.safetensors"
 INFERENCE = ("2d", "3d", "average")
@@ -56,6 +60,9 @@ REWIS3D_BOUNDS = {
     "ramp_fraction": (0, 1),
     "random_crop_fraction": (0, 1),
     "student_noise": (0, 10),
+    "partial_weight": (0, 100),
+    "box_weight": (0, 100),
+    "tag_weight": (0, 100),
 }
 
 
@@ -91,6 +98,10 @@ class Rewis3dConfig:
         Share of boxes at random places (unlabelled voxels for L_U and L_C).
     student_noise : float, default 0.1
         Standard deviation of the Gaussian noise added to the students' (normalised) input.
+    partial_weight, box_weight, tag_weight : float, default 1.0, 1.0 and 1.0
+        Weights in L_S of the partial cross-entropy (unlabelled voxels whose classes tags, sizes
+        of 0, region tags or exhaustive boxes restrict), of the box positives and of the tag
+        positives (tags and sizes above 0 of slices the box holds whole, and region tags).
     inference : str, default "2d"
         Which student predicts: "2d" (as the paper), "3d" or "average" of both.
     """
@@ -111,6 +122,9 @@ class Rewis3dConfig:
     ramp_fraction: float = 0.2
     random_crop_fraction: float = 0.5
     student_noise: float = 0.1
+    partial_weight: float = 1.0
+    box_weight: float = 1.0
+    tag_weight: float = 1.0
     inference: str = "2d"
 
     def __post_init__(self) -> None:
@@ -185,24 +199,13 @@ class Rewis3dMethod(Method):
                 f"rewis3d needs a volume, but image {image.name} has "
                 f"{image.n_slices} slice; use dsp or another 2D method for 2D images"
             )
-        unused = [
-            k
-            for k, n in (
-                ("boxes", len(annotations.boxes)),
-                ("tags", len(annotations.tags)),
-                ("sizes", len(annotations.sizes)),
-            )
-            if n
-        ]
-        if unused:
+        if len(annotations.sizes):
             message = (
-                f"rewis3d learns from points and masks only so far; the {', '.join(unused)} "
-                "are not used"
+                "rewis3d uses sizes only as present (fraction > 0) or absent (0) in their slice; "
+                "the fractions themselves are not used"
             )
             warnings.warn(message, stacklevel=3)
             self.training_summary.setdefault("warnings", []).append(message)
-        if len(annotations.points) == 0 and annotations.masks is None:
-            raise WssegError("rewis3d learns from points and masks; add clicks or a mask")
         if self.warm_init is not None:  # not supported yet: say so rather than claim it
             warnings.warn(
                 "rewis3d: training from scratch, not warm: warm start is not supported yet",
@@ -358,16 +361,17 @@ class _Steps:
         cfg = method.config
         self.method, self.cfg, self.teachers, self.device = method, cfg, teachers, device
         self.rng = np.random.default_rng(seed)
-        located = Annotations(
-            annotations.classes, points=annotations.points, masks=annotations.masks
-        )
-        anchors = annotation_anchors(located, image.shape, self.rng)
+        anchors = annotation_anchors(_sizes_as_tags(annotations), image.shape, self.rng)
         self.sampler = CropSampler(
             image.shape, anchors, cfg.crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
         )
         self.store = SliceStore(image, method.normalization)
-        self.points = np.asarray(annotations.points, dtype=np.int64).reshape(-1, 4)
-        self.masks = annotations.masks
+        self.index = AnnotationIndex(annotations, image.shape)
+        self.weights = {
+            "partial": cfg.partial_weight,
+            "box": cfg.box_weight,
+            "tag": cfg.tag_weight,
+        }
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, step: int, fraction: float) -> dict:
@@ -375,8 +379,8 @@ class _Steps:
         box = self.sampler.sample_3d(1, (cfg.crop_z, cfg.crop_yx, cfg.crop_yx))[0]
         pixels, valid = self.store.crop_3d(box)
         x = torch.from_numpy(pixels).to(self.device)
-        valid_t = torch.from_numpy(valid).to(self.device)[None]
-        target = torch.from_numpy(self._targets(box)).to(self.device)[None]
+        targets = collate(self.index.box_targets(box), list(valid)).to(self.device)
+        valid_t = targets.valid[None]
         noisy = x + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
             self.device
         )
@@ -385,11 +389,11 @@ class _Steps:
         t2d = _logits_2d(self.teachers["s2d"].module, x).detach()
         with torch.no_grad():
             t3d = self.teachers["s3d"](x[None])
-        unlabelled = valid_t & (target < 0)
+        unlabelled = valid_t & (targets.labels[None] < 0)
         terms = {}
         total = 0.0
         for name, student, teacher in (("2d", s2d, t2d), ("3d", s3d, t3d)):
-            sup = supervised_loss(student, target)
+            sup = _supervised(student, targets, self.weights, name, terms)
             kl, w_t = consistency_loss(student, teacher, unlabelled, cfg.tau)
             total = total + (1 - cfg.beta) * sup + cfg.beta * w_t * kl
             terms |= {f"sup_{name}": sup.detach(), f"kl_{name}": kl.detach()}
@@ -398,28 +402,21 @@ class _Steps:
         total = total + lam * cross
         return {"loss": total, **terms, "cross": cross.detach(), "lambda": torch.tensor(lam)}
 
-    def _targets(self, box: Crop3D) -> np.ndarray:
-        """``(dz, dy, dx)`` int64 classes of annotated voxels in ``box``, -1 elsewhere."""
-        dz, dy, dx = box.size_zyx
-        target = np.full((dz, dy, dx), -1, np.int64)
-        if self.masks is not None:
-            window = np.asarray(
-                self.masks[box.z : box.z + dz, box.y : box.y + dy, box.x : box.x + dx]
-            )
-            sub = target[: window.shape[0], : window.shape[1], : window.shape[2]]
-            sub[window > 0] = window[window > 0].astype(np.int64) - 1
-        p = self.points
-        inside = (
-            (p[:, 0] >= box.z)
-            & (p[:, 0] < box.z + dz)
-            & (p[:, 1] >= box.y)
-            & (p[:, 1] < box.y + dy)
-            & (p[:, 2] >= box.x)
-            & (p[:, 2] < box.x + dx)
-        )
-        for z, y, x, c in p[inside]:
-            target[z - box.z, y - box.y, x - box.x] = c
-        return target
+
+def _supervised(
+    logits: torch.Tensor, targets: BatchTargets, weights: dict, branch: str, terms: dict
+) -> torch.Tensor:
+    """L_S of one branch on its ``(1, K, dz, dy, dx)`` logits, each slice of the box a crop; its
+    parts go into ``terms`` as ``<part>_<branch>``."""
+    parts = supervised_terms(logits[0].transpose(0, 1), targets, weights)
+    terms |= {f"{k}_{branch}": v.detach() for k, v in parts.items() if k != "supervised"}
+    return parts["supervised"]
+
+
+def _sizes_as_tags(annotations: Annotations) -> Annotations:
+    """The annotations with each size above 0 also as a tag, so it anchors crops as a tag does."""
+    present = annotations.sizes[annotations.sizes[:, 2] > 0][:, :2].astype(np.int64)
+    return replace(annotations, tags=np.concatenate([annotations.tags, present]))
 
 
 def _logits_2d(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
