@@ -84,3 +84,14 @@ def test_slices_of_a_box_past_the_last_slice_are_empty():
 def test_a_box_not_square_in_y_and_x_is_refused():
     with pytest.raises(ValueError, match="square"):
         AnnotationIndex(_annotations(), SHAPE).box_targets(Crop3D(0, 0, 0, (2, 8, 6)))
+
+
+def test_a_crop_among_many_grid_region_tags_gets_what_all_regions_of_its_slice_allow():
+    from napari_wsseg.annotations.region_tags import region_allowed
+
+    rows = [[1, (y + x) % 3, y, x, y + 3, x + 3] for y in range(0, 12, 4) for x in range(0, 12, 4)]
+    index = AnnotationIndex(Annotations(default_classes(3), region_tags=rows), SHAPE)
+    for y, x, size in ((0, 0, 12), (3, 5, 4), (-2, 9, 6), (5, 0, 8)):
+        expected = region_allowed(index.regions, 1, y, x, size, size)
+        np.testing.assert_array_equal(index.crop_targets(Crop(1, y, x, size)).allowed, expected)
+        assert not expected.all()  # each crop overlaps some cell
