@@ -20,6 +20,7 @@ same bilinear interpolation at the click.
 
     .venv/bin/python benchmarks/pretrain.py --datasets drosophila_vnc,cdeep3m_mito \\
         --minutes 15,30,60,120 --out benchmarks/results/pretrain.jsonl
+    # is --fast-views (2-3x the windows/s) as good per minute? the same with --fast-views
     # smoke run (a few minutes of CPU, numbers meaningless): crop 256 x 256, 15 s budgets
     .venv/bin/python benchmarks/pretrain.py --crop 256 --minutes 0.25 --work /tmp/pt_smoke
 
@@ -88,7 +89,7 @@ def pretrain_child(image_path: Path, folder: Path, minutes: float, args) -> dict
             str(args.seed),
             "--time-budget",
             str(minutes * 60),
-        ]
+        ] + (["--fast-views"] if args.fast_views else [])
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -260,6 +261,7 @@ def run_dataset(name: str, args, out: Path | None) -> None:
         "seed": args.seed,
         "arch": args.arch,
         "patch_size": args.patch_size,
+        "fast_views": args.fast_views,
         "threads": _threads(),
     }
 
@@ -280,7 +282,7 @@ def run_dataset(name: str, args, out: Path | None) -> None:
     for i, minutes in enumerate(args.minutes):
         folder = (
             work / f"{name}_crop{args.crop or 'none'}_{args.arch}_p{args.patch_size}"
-            f"_{minutes:g}min_s{args.seed}"
+            f"{'_fast' if args.fast_views else ''}_{minutes:g}min_s{args.seed}"
         )
         run = pretrain_child(image_path, folder, minutes, args)
         info = read_backbone_info(folder)
@@ -335,6 +337,11 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="vit_tiny_patch16_224")
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--fast-views",
+        action="store_true",
+        help="pretrain with `wsseg pretrain --fast-views` (64/32 px views, 4 local crops)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(

@@ -718,7 +718,9 @@ def cmd_pretrain(args) -> int:
     }
     given = {k: v for k, v in given.items() if v is not None}
     config = PretrainConfig(**given) if given or not args.resume else None
-    cancel = threading.Event()  # Ctrl-C stops at the next step with a checkpoint (resumable)
+    if args.fast_views:
+        config = (config or PretrainConfig()).with_fast_views()
+    cancel = threading.Event()  # Ctrl-C stops within a block with a checkpoint (resumable)
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     update, close = tqdm_progress("pretrain")
     try:
@@ -797,6 +799,11 @@ def _add_pretrain_parser(sub) -> None:
         type=_finite(0, inclusive=False),
         default=120.0,
         help="seconds between checkpoints (default 120)",
+    )
+    p.add_argument(
+        "--fast-views",
+        action="store_true",
+        help="64/32 px views, 4 local crops: 2-3x faster on a CPU, effect on features unmeasured",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(

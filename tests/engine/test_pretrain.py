@@ -260,6 +260,14 @@ def test_a_user_folder_is_refused_and_left_untouched(image, tmp_path):
         pretrain(image, tmp_path / "file", TINY, device="cpu")
 
 
+def test_fast_views_change_only_the_views_and_keep_them_patch_multiples():
+    fast = TINY.with_fast_views()
+    assert (fast.global_px, fast.local_px, fast.n_local) == (64, 32, 4)
+    assert dataclasses.replace(fast, global_px=32, local_px=16, n_local=2) == TINY
+    with pytest.raises(WssegError, match="global_px=64 must be a multiple of patch_size=48"):
+        PretrainConfig(patch_size=48, global_px=96, local_px=48).with_fast_views()
+
+
 def test_bad_options_are_refused_before_the_folder_is_created(image, tmp_path):
     with pytest.raises(ModelError, match="unknown backbone 'vit_nope'"):
         pretrain(image, tmp_path / "out", PretrainConfig(arch="vit_nope"), device="cpu")
@@ -505,10 +513,13 @@ def test_cli_pretrain_then_train_mews_with_the_backbone(phantom, tmp_path, capsy
         "cpu",
         "--seed",
         "0",
+        "--fast-views",
     ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["stopped"] == "done" and report["steps"] == 3
+    trained = read_backbone_info(tmp_path / "bb").training["config"]
+    assert (trained["global_px"], trained["local_px"], trained["n_local"]) == (64, 32, 4)
     assert report["weights_hash"] == read_backbone_info(tmp_path / "bb").weights_hash
     assert main(argv) == 2  # the same --out again, without --resume
     assert "already holds a pretraining run; pass --resume" in capsys.readouterr().err

@@ -51,6 +51,7 @@ def test_learnt_features_become_the_projects_mews_backbone(
     losses, pids = [], []
     panel._signals.progress.connect(lambda e: losses.append(e.metrics.get("loss")))
     panel._signals.started.connect(pids.append)
+    panel.fast_views_check.setChecked(True)
     worker = panel.learn()
     assert worker is not None and not panel.learn_button.isEnabled()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
@@ -60,6 +61,12 @@ def test_learnt_features_become_the_projects_mews_backbone(
     folder = tmp_path / "proj" / "backbones" / "learned"
     info = json.loads((folder / "backbone.json").read_text())
     assert info["arch"] == "test_vit"
+    trained = info["training"]["config"]  # the panel's config with the fast views ticked
+    assert (trained["global_px"], trained["n_local"], trained["out_dim"]) == (
+        64,
+        4,
+        TINY["out_dim"],
+    )
     assert losses and all(isinstance(v, float) for v in losses)
     assert panel.label.text().startswith("features learnt for 4 steps")
     assert any("MEWS now uses backbone" in m for m in notifications), notifications

@@ -62,6 +62,10 @@ _CALIBRATION_STEPS = 3
 #: Slices whose bytes enter an image's content hash (evenly spaced), besides shape and dtype.
 _HASHED_SLICES = 8
 CHECKPOINT_DIR = "checkpoint"
+#: Cheaper multi-crop views (same recipe, smaller views, 4 local crops instead of 6): about
+#: 2-3x the windows per second of the defaults on a CPU (docs/pretrain.md). Their effect on the
+#: learnt features has not been measured, so they are an option (``--fast-views``), not the default.
+FAST_VIEWS = {"global_px": 64, "local_px": 32, "n_local": 4}
 _STATE_JSON = "latest.json"
 _log = logging.getLogger(__name__)
 
@@ -107,6 +111,7 @@ class PretrainConfig:
         Windows per step (each gives 2 global and ``n_local`` local views).
     global_px, local_px, n_local : int, default 96, 48, 6
         Multi-crop view sizes and count (:class:`~napari_wsseg.engine.multicrop.ViewSpec`).
+        With patch 8 they are most of a CPU step's cost (:meth:`with_fast_views`).
     out_dim, hidden_dim, bottleneck_dim : int, default 1024, 1024, 256
         DINO projection head sizes.
     lr, min_lr : float, default 5e-4 and 1e-6
@@ -181,6 +186,16 @@ class PretrainConfig:
     @property
     def views(self) -> ViewSpec:
         return ViewSpec(self.global_px, self.local_px, self.n_local)
+
+    def with_fast_views(self) -> "PretrainConfig":
+        """This config with :data:`FAST_VIEWS`' view sizes and count.
+
+        Raises
+        ------
+        WssegError
+            The view sizes are not multiples of ``patch_size`` (e.g. patch 48).
+        """
+        return dataclasses.replace(self, **FAST_VIEWS)
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -757,6 +772,7 @@ def _sha256(path: Path) -> str:
 
 __all__ = [
     "DEFAULT_ARCH",
+    "FAST_VIEWS",
     "can_resume",
     "PretrainConfig",
     "PretrainResult",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -78,6 +79,11 @@ class PretrainPanel(QWidget):
         self.budget_spin.setValue(DEFAULT_BUDGET_MIN)
         self.budget_spin.setSuffix(" min")
         self.budget_spin.setSpecialValueText("until done")
+        self.fast_views_check = QCheckBox("fast views")
+        self.fast_views_check.setToolTip(
+            "64/32 px views and 4 local crops instead of 96/48 px and 6: 2-3x faster on a CPU; "
+            "the effect on the learnt features has not been measured (new runs only)"
+        )
         self.learn_button = QPushButton(LEARN)
         self.learn_button.setToolTip(
             "self-supervised training (DINO) of a small ViT on every slice of this image, no "
@@ -92,6 +98,7 @@ class PretrainPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
         form.addRow("time budget", self.budget_spin)
+        form.addRow("", self.fast_views_check)
         layout.addLayout(form)
         row = QHBoxLayout()
         row.addWidget(self.learn_button)
@@ -113,6 +120,7 @@ class PretrainPanel(QWidget):
             return None
         try:
             image, folder = self._inputs()
+            config = self._new_run_config()
         except WssegError as exc:
             notify_error(str(exc))
             return None
@@ -125,7 +133,7 @@ class PretrainPanel(QWidget):
             _pretrain,
             image,
             folder,
-            self.config,
+            config,
             budget,
             self.device(),
             self._cancel,
@@ -168,6 +176,14 @@ class PretrainPanel(QWidget):
                 "(Annotate → New project…)"
             )
         return self.session.require_image(), project.backbone_dir()
+
+    def _new_run_config(self):
+        """The config of a new run: :attr:`config` (None: the defaults), with fast views if
+        ticked (a resumed run ignores it and keeps its own)."""
+        from ..engine.pretrain import PretrainConfig
+
+        config = self.config or PretrainConfig()
+        return config.with_fast_views() if self.fast_views_check.isChecked() else config
 
     def _on_started(self, pid: int) -> None:
         self.child_pid = pid
@@ -217,14 +233,14 @@ class PretrainPanel(QWidget):
 def _pretrain(image, folder, config, budget_s, device: str, cancel, progress, started):
     """Pretrain into ``folder`` in a separate process, resuming its checkpoint if it has one
     (this runs in the worker thread, which only relays the process's messages)."""
-    from ..engine.pretrain import PretrainConfig, can_resume
+    from ..engine.pretrain import can_resume
     from ..training.pretrain_job import PretrainJob, run_pretraining_in_subprocess
 
     resume = can_resume(folder)
     job = PretrainJob(
         image,
         folder,
-        None if resume else (config or PretrainConfig()),
+        None if resume else config,
         time_budget_s=budget_s,
         device=device,
         resume=resume,
