@@ -289,7 +289,7 @@ def _check_superclasses(superclasses: tuple[int, ...], classes) -> None:
         raise WssegError(
             f"cpews superclasses gives {len(superclasses)} id(s) for {len(classes)} classes "
             f"({', '.join(c.name for c in classes)[:200]}); give one superclass id per class, "
-            "e.g. 0,1,1, or none"
+            f"e.g. {','.join(['0'] * len(classes))}, or none"
         )
 
 
