@@ -145,3 +145,19 @@ def test_rf_says_once_per_fit_that_it_ignores_region_tags(phantom_2d):
         assert len(notes) == 1 and "use dsp or cpews" in notes[0]
     rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
     assert not any("region tag" in w for w in rf.training_summary["warnings"])
+
+
+def test_chunked_forest_prediction_equals_scikit_learns(phantom_2d, monkeypatch):
+    from napari_wsseg.methods import rf as rf_module
+
+    image, labels, classes = phantom_2d
+    rows = [[0, *np.argwhere(labels == k)[i], k] for k in range(len(classes)) for i in (0, 9)]
+    model = RandomForestMethod(n_estimators=12)
+    model.fit(as_image(image), Annotations(classes=classes, points=np.array(rows)), FitOptions())
+    features = model.features(image[..., None]).reshape(-1, model.forest.n_features_in_)
+    monkeypatch.setattr(rf_module, "PREDICT_CHUNK", 1000)  # several chunks, a ragged last one
+    np.testing.assert_allclose(
+        rf_module.forest_proba(model.forest, features),
+        model.forest.predict_proba(features),
+        atol=1e-12,
+    )

@@ -185,7 +185,7 @@ class RandomForestMethod(Method):
         if feats is None:  # not a training slice: computed, not kept (prediction streams slices)
             feats = self.features(slice_yxc)
         height, width, n_features = feats.shape
-        known = self.forest.predict_proba(feats.reshape(-1, n_features))
+        known = forest_proba(self.forest, feats.reshape(-1, n_features))
         # Classes never labelled in training get probability 0.
         proba = np.zeros((height * width, len(self.classes)), dtype=np.float32)
         proba[:, self.forest.classes_.astype(int)] = known
@@ -236,6 +236,39 @@ class RandomForestMethod(Method):
                 f"model file {path}: forest of {forest.n_features_in_} features but "
                 f"the filter bank in config.json gives {expected}; retrain the rf model"
             )
+
+
+#: Pixels per chunk of :func:`forest_proba`: small enough that a chunk's features stay in the CPU
+#: cache while all trees walk them (a third faster than scikit-learn's one pass per tree over a
+#: 1024 x 1024 slice, measured on 2 busy cores).
+PREDICT_CHUNK = 32768
+
+
+def forest_proba(forest, x: np.ndarray) -> np.ndarray:
+    """``forest.predict_proba(x)``: class probabilities ``(N, K)`` of ``(N, F)`` features.
+
+    Rows go in chunks of :data:`PREDICT_CHUNK` to a thread pool (scikit-learn's trees release
+    the GIL), each chunk through every tree in order, instead of every tree over all rows.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from joblib import effective_n_jobs
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    trees = forest.estimators_
+
+    def chunk_proba(start: int) -> np.ndarray:
+        rows = x[start : start + PREDICT_CHUNK]
+        total = np.zeros((len(rows), forest.n_classes_))
+        for tree in trees:
+            total += tree.predict_proba(rows, check_input=False)
+        return total
+
+    starts = range(0, len(x), PREDICT_CHUNK)
+    with ThreadPoolExecutor(max(1, min(effective_n_jobs(-1), len(starts)))) as pool:
+        parts = list(pool.map(chunk_proba, starts))
+    proba = np.concatenate(parts) if parts else np.zeros((0, forest.n_classes_))
+    return proba / len(trees)
 
 
 class FeatureMemo:
