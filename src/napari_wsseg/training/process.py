@@ -219,17 +219,19 @@ class TrainingProcess:
                 child = self._child = _Child.start()
                 self._image = None
             send_image = job.image is not self._image
+            self._image = None  # the process holds job.image once the job is sent
+
+            def sent() -> None:
+                self._image = job.image
+
             try:
-                outcome = _run_job(child, job, send_image, progress, preview, info, poll_s)
+                outcome = _run_job(child, job, send_image, progress, preview, info, poll_s, sent)
             except WssegError:
-                self._image = job.image  # a user error: the process holds the image and goes on
-                raise
+                raise  # a user error: the process goes on
             except BaseException:
                 self._drop()  # crashed, or in an unknown state (e.g. out of memory)
                 raise
-            if child.alive:
-                self._image = job.image
-            else:
+            if not child.alive:
                 self._drop()  # ended after a Cancel that did not stop in time
             return outcome
         finally:
@@ -261,9 +263,10 @@ class TrainingProcess:
 
 
 def _run_job(
-    child: _Child, job: TrainingJob, send_image: bool, progress, preview, info, poll_s
+    child: _Child, job: TrainingJob, send_image: bool, progress, preview, info, poll_s, sent=None
 ) -> TrainingOutcome:
-    """Send ``job`` to ``child``, relay its messages, and build the outcome of this side."""
+    """Send ``job`` to ``child`` (then call ``sent()``), relay its messages, and build the
+    outcome of this side."""
     from ..methods.base import config_to_dict
 
     model_dir = Path(job.model_dir or _temporary_folder() / job.method.name)
@@ -283,6 +286,8 @@ def _run_job(
     )
     try:
         _send(child.to_child, ("job", spec))
+        if sent is not None:
+            sent()
         result = _relay(
             job, child.process, child.to_child, child.from_child, progress, preview, info, poll_s
         )
@@ -424,6 +429,8 @@ def child_main() -> None:
         if isinstance(spec, str):
             _prepare(spec)
             continue
+        if spec.image is not None:
+            state.image = spec.image  # first: later jobs may rely on it even if this one fails
         try:
             state.jobs += 1
             to_parent.send(("info", _child_info(state.jobs)))
@@ -454,8 +461,6 @@ def _train(
     from ..methods import get_method
     from ..methods.base import config_from_dict, load_model
 
-    if spec.image is not None:
-        state.image = spec.image
     if state.image is None:
         raise RuntimeError("the training process got a job without an image")
     method_class = get_method(spec.method_name)

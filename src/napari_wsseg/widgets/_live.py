@@ -6,6 +6,12 @@ warm start from the last model when the Start choice allows it), whose final pre
 visible slice replaces the prediction layer. An edit made while a run is going marks one more
 run as queued; however many edits follow, exactly one run starts after the current one ends,
 on the annotations of that moment.
+
+Where a live run runs: with "separate process", in one training process kept for the whole live
+session (:class:`~napari_wsseg.training.TrainingProcess`, started when live is ticked, ended when
+it is unticked or the Train widget goes away), which keeps rf's filter features of the slices it
+has seen; with "napari process", in a thread as any run. When the view is zoomed in, the run
+predicts the window the canvas shows (:func:`visible_window`) before the whole slice.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ of the annotations taken when Train is pressed, so the viewer stays responsive a
 keep annotating. The worker runs :func:`~napari_wsseg.training.run_training` (no Qt);
 its progress and preview callbacks only emit Qt signals, and the slots on the main thread update
 the progress bar, the loss plot and the prediction / uncertainty layers. Cancel sets a
-:class:`threading.Event` the method checks between steps; the best model so far is kept.
+:class:`threading.Event` the method checks between steps; the best model so far is kept. Live
+runs (:mod:`._live`) in a separate process share one kept training process.
 """
 
 from __future__ import annotations
