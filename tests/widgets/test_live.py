@@ -80,7 +80,7 @@ def _prediction(viewer):
 
 
 def test_live_mode_refreshes_the_prediction_after_a_click(
-    annotate, clicks, small_2d, tmp_path, qtbot
+    annotate, clicks, small_2d, tmp_path, qtbot, notifications
 ):
     viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
     points = train.session.layer("points")
@@ -101,6 +101,8 @@ def test_live_mode_refreshes_the_prediction_after_a_click(
     assert Project.open(tmp_path / "proj").list_models() == ["rf-live"]  # replaced, not piled up
     assert train.live_process.pid == pid  # the same training process served both runs
     assert train.last_outcome.warm and train.last_outcome.feature_cache["computed"] == 0
+    assert train.progress_label.text().startswith("rf continued from the last model")
+    assert not any(m.startswith("rf ") for m in notifications)  # no toast per live run
     assert viewer.layers.selection.active is points  # still annotating
     train.live_check.setChecked(False)
     clicks.add(points, clicks.from_truth(labels, 1, seed=5))

@@ -98,6 +98,7 @@ class TrainWidget(QWidget):
         #: What the last run that returned did (time, steps, feature reuse, ...).
         self.last_outcome: TrainingOutcome | None = None
         self._final_shown = False
+        self._live_run = False
         self.destroyed.connect(lambda *_, p=self.live_process: p.close())
 
         self.method_combo = QComboBox()
@@ -243,6 +244,7 @@ class TrainWidget(QWidget):
             notify_error(str(exc))
             return None
         self.job = job
+        self._live_run = live
         self.worker = self._start(job, live)
         return self.worker
 
@@ -515,7 +517,8 @@ class TrainWidget(QWidget):
             self.session.last_model = outcome.model_dir or outcome.method
         self.session.last_model_name = outcome.model_name
         self.progress_label.setText(summary(outcome))
-        notify_info(summary(outcome))
+        if not self._live_run:  # a live run every few clicks: the label says it, no toast
+            notify_info(summary(outcome))
         self.suggest_panel.refresh()  # suggestions follow the new model
 
     def _on_error(self, exc: Exception, method_name: str) -> None:
