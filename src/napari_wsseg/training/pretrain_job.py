@@ -1,8 +1,9 @@
 """:func:`~napari_wsseg.engine.pretrain.pretrain` in a separate Python process. No Qt.
 
-The "Learn features from this image" panel runs pretraining for minutes to hours; in a thread of
-the napari process its GIL-bound Python between the torch kernels makes the viewer stutter. As
-for training (:mod:`.process`), the process is started as
+The "Learn features from this image" panel runs pretraining for minutes to hours; in its own
+process the run shares neither the GIL nor the memory of the viewer (an out-of-memory or a
+crash ends the run, not napari), and it stops cleanly when napari goes away. As for training
+(:mod:`.process`), the process is started as
 ``python -m napari_wsseg.training.pretrain_job`` (never the user's ``__main__``), and parent and
 child exchange pickled messages over the child's stdin and stdout (the backbone and checkpoints
 are safetensors + JSON files, never pickled):
