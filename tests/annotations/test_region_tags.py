@@ -16,9 +16,9 @@ from napari_wsseg.annotations.region_tags import region_allowed, tag_regions
 from napari_wsseg.annotations.validate import validate_annotations
 from napari_wsseg.cli import main
 from napari_wsseg.engine.crops import Crop
+from napari_wsseg.engine.weak_targets import AnnotationIndex
 from napari_wsseg.errors import AnnotationError
 from napari_wsseg.eval.simulate import grid_region_tags, simulate_annotations
-from napari_wsseg.methods.dsp.targets import AnnotationIndex
 from napari_wsseg.project import Project
 
 SHAPE = (3, 16, 16)
@@ -166,7 +166,8 @@ def test_dsp_region_tag_positive_is_the_mean_over_the_region_after_a_flip():
     import torch
 
     from napari_wsseg.engine.augment import Geometry
-    from napari_wsseg.methods.dsp.losses import collate, positives, transform_targets
+    from napari_wsseg.engine.weak_losses import positives
+    from napari_wsseg.engine.weak_targets import collate, transform_targets
 
     index = AnnotationIndex(_annotations(), SHAPE)
     crop = index.crop_targets(Crop(1, 0, 0, 16))

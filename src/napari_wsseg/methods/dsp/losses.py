@@ -34,19 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from ...engine.weak_losses import box_loss, log_partition, positives
-from ...engine.weak_targets import BatchTargets, collate, transform_targets
-
-#: Re-exported for ``method.py``, which imports them from here.
-__all__ = [
-    "KINDS",
-    "BatchTargets",
-    "ce_loss",
-    "collate",
-    "dsp_loss",
-    "filtered_pseudo_labels",
-    "plf_loss",
-    "transform_targets",
-]
+from ...engine.weak_targets import BatchTargets
 
 KINDS = ("mask", "box", "point", "tag")
 

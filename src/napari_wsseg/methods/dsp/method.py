@@ -30,21 +30,13 @@ from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_
 from ...engine.ema import EMATeacher
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
+from ...engine.weak_targets import AnnotationIndex, collate, transform_targets
 from ...errors import WssegError
 from ...io.image import Image
 from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
-from .losses import (
-    KINDS,
-    ce_loss,
-    collate,
-    dsp_loss,
-    filtered_pseudo_labels,
-    plf_loss,
-    transform_targets,
-)
+from .losses import KINDS, ce_loss, dsp_loss, filtered_pseudo_labels, plf_loss
 from .model import DSPNet
-from .targets import AnnotationIndex
 
 #: Inclusive (low, high) of each numeric DSP option. The highs are far above any useful value
 #: and keep a crafted config.json from asking for e.g. 10^8 prototypes or a 10^6-pixel tile.
