@@ -173,6 +173,7 @@ def main(argv=None) -> int:
                 "latency_s": round(clock.shown - edit, 3),
                 "max_stall_ms": stall["max_stall_ms"],
                 "p99_stall_ms": stall["p99_stall_ms"],
+                "child_run_training_s": round(outcome.seconds, 3),  # in the training process
                 "warm": bool(outcome.warm),
                 "feature_cache": outcome.feature_cache,
                 "process_pid": train.live_process.pid,

@@ -230,3 +230,25 @@ def test_a_zoomed_view_gets_its_visible_window_predicted_before_the_whole_slice(
     clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=4))
     _live_run(train, qtbot, 2)
     assert written[2:] == [None]  # the whole slice once
+
+
+def test_live_runs_without_a_project_keep_only_the_last_temporary_model(
+    annotate, clicks, small_2d, qtbot
+):
+    image, labels, classes = small_2d
+    viewer, _, annotate_widget = annotate(image, classes)  # no project
+    points = annotate_widget.session.layer("points")
+    clicks.add(points, clicks.from_truth(labels, 4))
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    train.method_combo.setCurrentText("rf")
+    train.options.set_values(n_estimators=10, sigma_max=4.0)
+    train.live_check.setChecked(True)
+    folders = []
+    for run, seed in ((1, 3), (2, 4), (3, 5)):
+        clicks.add(points, clicks.from_truth(labels, 1, seed=seed))
+        _live_run(train, qtbot, run)
+        folders.append(train.session.last_model)
+    assert [f.exists() for f in folders] == [False, False, True]
+    assert train.last_outcome.warm  # each run continued from the previous one's folder
+    train.live_check.setChecked(False)

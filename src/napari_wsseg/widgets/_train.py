@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import WssegError
 from ..methods import available_methods, get_method
+from ..methods.base import Method
 from ..progress import ProgressEvent
 from ..training import (
     SlicePrediction,
@@ -511,11 +512,16 @@ class TrainWidget(QWidget):
             return
         # a model trained in a separate process is loaded (from its folder) when it is used
         project = self.session.project
+        previous = self.session.last_model
         if outcome.model_name and project is not None:
             self.session.last_model = project.model_dir(outcome.model_name)
         else:
             self.session.last_model = outcome.model_dir or outcome.method
         self.session.last_model_name = outcome.model_name
+        if self._live_run and previous is not None and not isinstance(previous, Method):
+            # without a project each live run leaves a temporary model folder: keep only the
+            # last one (a folder is deleted only if it carries napari-wsseg's temporary marker)
+            remove_temporary_model(previous)
         self.progress_label.setText(summary(outcome))
         if not self._live_run:  # a live run every few clicks: the label says it, no toast
             notify_info(summary(outcome))
