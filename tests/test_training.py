@@ -210,3 +210,18 @@ def test_the_visible_window_is_previewed_before_the_whole_slice(tiny):
     assert [(p.region, p.final) for p in shown] == [(window, False), (None, True)]
     assert shown[0].labels.shape == (16, 24) and shown[1] is outcome.final
     np.testing.assert_array_equal(shown[0].labels, outcome.final.labels[window])
+
+
+def test_closing_a_kept_process_during_a_run_ends_it_without_an_error(tiny):
+    from napari_wsseg.training import TrainingProcess
+
+    keeper = TrainingProcess()
+    pids = []
+
+    def close_once_started(info):
+        pids.append(info.pid)
+        keeper.close()  # as the Train widget going away while a live run trains
+
+    outcome = keeper.run(_rf_job(tiny), info=close_once_started)
+    assert not outcome.trained and outcome.model_name is None
+    assert keeper.pid is None and not _alive(pids[0])

@@ -193,6 +193,7 @@ class TrainingProcess:
         self._child: _Child | None = None
         self._image: Image | None = None
         self._lock = threading.Lock()
+        self._closed_while_running = False
 
     @property
     def pid(self) -> int | None:
@@ -208,9 +209,13 @@ class TrainingProcess:
         info: Callable[[ChildInfo], None] | None = None,
         poll_s: float = 0.05,
     ) -> TrainingOutcome:
-        """Run ``job`` in the kept process (started first if there is none); see the class."""
+        """Run ``job`` in the kept process (started first if there is none); see the class.
+
+        A :meth:`close` while the job runs ends it: the outcome is then untrained (nothing saved).
+        """
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("the training process is already running a job; one at a time")
+        self._closed_while_running = False
         try:
             child = self._child
             if child is None or not child.alive:
@@ -230,6 +235,8 @@ class TrainingProcess:
                 raise  # a user error: the process goes on
             except BaseException:
                 self._drop()  # crashed, or in an unknown state (e.g. out of memory)
+                if self._closed_while_running:
+                    return TrainingOutcome(job.method, None, 0.0)  # ended by close(): no error
                 raise
             if not child.alive:
                 self._drop()  # ended after a Cancel that did not stop in time
@@ -252,6 +259,7 @@ class TrainingProcess:
 
     def close(self) -> None:
         """End the kept process (it stops a job it is running) and reap it; idempotent."""
+        self._closed_while_running = self._lock.locked()
         child, self._child, self._image = self._child, None, None
         if child is not None:
             child.end(CLOSE_GRACE_S)
