@@ -6,6 +6,9 @@ the output distribution of an exponential-moving-average *teacher* on the two gl
 teacher output is *centred* (a running mean is subtracted) and *sharpened* (a low softmax
 temperature); together they prevent the collapse to one constant output. Used by
 :mod:`napari_wsseg.engine.pretrain`.
+
+The head reads only the ViT's class token, so :func:`class_token_embedding` computes the last
+block for that token alone (the same result, less arithmetic).
 """
 
 from __future__ import annotations
@@ -150,3 +153,70 @@ def parameter_groups(module: nn.Module) -> list[dict]:
         skip = param.ndim <= 1 or name.endswith(".bias") or "token" in name or "pos_embed" in name
         (no_decay if skip else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def class_token_embedding(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``vit(x)`` of a timm class-token ViT, with the last block computed for the class token only.
+
+    The pooled output is the class token after the last block. That block's attention needs
+    keys and values of every token, but its queries, output projection and MLP only of the
+    class token: about 10/12 of the last block's products are skipped (of a ViT-T's 12 blocks,
+    ~7 % of a pretraining step) and the result is the same up to float rounding. Any other model
+    (other pooling, register tokens, another block or attention type) runs ``vit(x)``.
+
+    Parameters
+    ----------
+    vit : timm VisionTransformer
+        Built with ``num_classes=0`` (the pooled class token is its output).
+    x : (B, C, H, W) tensor
+
+    Returns
+    -------
+    (B, D) tensor
+    """
+    if not _has_plain_class_token(vit):
+        return vit(x)
+    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    *blocks, last = vit.blocks
+    for block in blocks:
+        x = block(x)
+    cls = x[:, :1] + last.drop_path1(last.ls1(_class_token_attention(last.attn, last.norm1(x))))
+    cls = cls + last.drop_path2(last.ls2(last.mlp(last.norm2(cls))))
+    return vit.head(vit.head_drop(vit.fc_norm(vit.norm(cls)[:, 0])))
+
+
+def _has_plain_class_token(vit: nn.Module) -> bool:
+    """True for timm's ViT pooled by its one class token, with plain blocks and attention."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(vit, VisionTransformer) or vit.global_pool != "token":
+        return False
+    if vit.num_prefix_tokens != 1 or not vit.has_class_token or vit.attn_pool is not None:
+        return False
+    last = vit.blocks[-1] if len(vit.blocks) else None
+    return (
+        type(last) is Block
+        and type(last.attn) is Attention
+        and getattr(last.attn, "gate", None) is None
+        and isinstance(vit.head, nn.Identity)
+    )
+
+
+def _class_token_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Attention.forward`` for the query of token 0 only: ``(B, 1, D)``."""
+    batch, n_tokens, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = heads * head_dim
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(x[:, :1], weight[:width], None if bias is None else bias[:width])
+    kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
+    q = attn.q_norm(q.reshape(batch, 1, heads, head_dim).transpose(1, 2))
+    k, v = kv.reshape(batch, n_tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    k = attn.k_norm(k)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    out = out.transpose(1, 2).reshape(batch, 1, width)
+    if getattr(attn, "norm", None) is not None:
+        out = attn.norm(out)
+    return attn.proj_drop(attn.proj(out))

@@ -50,7 +50,14 @@ from .backbones import (
     write_json_atomically,
 )
 from .devices import resolve_device
-from .dino import DINOHead, DINOLoss, cosine_schedule, ema_update, parameter_groups
+from .dino import (
+    DINOHead,
+    DINOLoss,
+    class_token_embedding,
+    cosine_schedule,
+    ema_update,
+    parameter_groups,
+)
 from .multicrop import ViewSampler, ViewSpec, estimate_mean_std, training_planes
 from .vit import _check_name
 
@@ -629,13 +636,16 @@ def _add_cancel_checks(student, teacher, cancel: threading.Event | None) -> list
     handles = []
     for model in (student, teacher):
         backbone = model["backbone"]
-        for block in getattr(backbone, "blocks", [backbone]):
+        blocks = list(getattr(backbone, "blocks", [backbone]))
+        if hasattr(blocks[-1], "mlp"):  # class_token_embedding calls the last block's parts
+            blocks[-1] = blocks[-1].mlp
+        for block in blocks:
             handles.append(block.register_forward_hook(after_block))
     return handles
 
 
 def _forward(model: torch.nn.ModuleDict, views: torch.Tensor) -> torch.Tensor:
-    return model["head"](model["backbone"](views))
+    return model["head"](class_token_embedding(model["backbone"], views))
 
 
 def can_resume(out) -> bool:
