@@ -2,8 +2,8 @@
 
 :func:`napari_wsseg.engine.pretrain.pretrain` runs in a **separate Python process**
 (:mod:`napari_wsseg.training.pretrain_job`), on the session's image, into the project's
-``backbones/learned`` folder; a napari thread worker only waits on its pipe, so the viewer stays
-responsive for the hours a run may take. Progress, loss and ETA come back as Qt signals. Cancel
+``backbones/learned`` folder; a napari thread worker only waits on its pipe, and the run shares
+neither the GIL nor the memory of the viewer. Progress, loss and ETA come back as Qt signals. Cancel
 makes the process drop the step under way, write a checkpoint and the backbone so far; a folder
 with a checkpoint is resumed by the next press. Closing the widget (or the viewer) cancels a run
 the same way. When a backbone was written, the project records it as MEWS's default
