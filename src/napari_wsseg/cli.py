@@ -1008,7 +1008,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         "--block",
         type=_parse_shape,
         default=None,
-        help="block shape Z,Y,X (Y,X for 2D images; default 64,512,512 or 512,512)",
+        help="block shape Z,Y,X (Y,X for 2D images; default 64,512,512 or 512,512, for mews "
+        "4,2048,2048: see docs/cli.md)",
     )
     p.add_argument(
         "--scheduler",

@@ -13,6 +13,7 @@ from napari_wsseg.annotations.model import Annotations, default_classes
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods import available_methods, get_method
 from napari_wsseg.methods.base import FitOptions, Method
+from napari_wsseg.predict import blocks
 from napari_wsseg.predict.blocks import (
     block_grid,
     block_region,
@@ -66,9 +67,9 @@ def small_volume(phantom_3d):
     return as_image(np.ascontiguousarray(image[:7, :64, :64])), labels[:7, :64, :64], classes
 
 
-def _trained(name, small_volume) -> Method:
-    image, labels, classes = small_volume
-    method = get_method(name)(**FAST_OPTIONS.get(name, {}))
+def _trained(name, volume, options=None) -> Method:
+    image, labels, classes = volume
+    method = get_method(name)(**(FAST_OPTIONS if options is None else options).get(name, {}))
     annotations = Annotations(classes=classes, points=_clicks(labels, len(classes)))
     method.fit(image, annotations, FitOptions(device="cpu", seed=0))
     return method
@@ -84,10 +85,10 @@ def _assert_same_prediction(blockwise: np.ndarray, whole: np.ndarray) -> None:
     np.testing.assert_array_equal(np.argmax(blockwise, 0)[checked], np.argmax(whole, 0)[checked])
 
 
-# A caveat on coverage: on 64 x 64 slices the y/x halo of dsp, size and mews (>= 64 px) makes
-# every block read whole slices, so for them this shows that the halo is large enough, not that
-# blocks narrower than the slice line up with its pooling grid and tiles (rewis3d's
-# block_align is exercised: its halo here is 29 px). A larger volume would cost minutes on a CPU.
+# On 64 x 64 slices the y/x halo of dsp, size and mews (>= 64 px) makes every block read whole
+# slices, so for them this shows that the halo is large enough; that blocks narrower than the
+# slice line up with its pooling grid and ViT tiles (block_align) is tested below on wider slices
+# (rewis3d's block_align is exercised here: its halo is 29 px).
 @pytest.mark.parametrize("name", available_methods())
 def test_block_wise_equals_whole_volume(name, small_volume):
     image = small_volume[0]
@@ -98,6 +99,56 @@ def test_block_wise_equals_whole_volume(name, small_volume):
         region = block_region(index, ODD_BLOCK, image.shape)
         blockwise[(slice(None), *region)] = predict_proba_region(model, image, region)
     _assert_same_prediction(blockwise, whole)
+
+
+#: Slices wider than an odd block plus its context on both sides, so blocks read part of a
+#: slice and their context starts inside it: where ``block_align`` matters.
+WIDE_VOLUME = (2, 192, 192)
+#: mews with tiles of 3 patches (48 px, stride 16 px), so 192 px slices hold 12 x 12 of them.
+ALIGNED_OPTIONS = {
+    **FAST_OPTIONS,
+    "mews": {**FAST_OPTIONS["mews"], "tile_patches": 3, "halo_patches": 1},
+}
+#: Aligned blocks equal whole slices to float rounding (measured: U-Nets 4e-7, mews 0, as oneDNN
+#: sums the same products in another order); unaligned ones differ by 4e-3 to 1 here.
+ALIGNED_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def wide_volume():
+    from napari_wsseg.sample import make_phantom
+
+    image, labels, classes = make_phantom(WIDE_VOLUME, seed=0)
+    return as_image(image), labels, classes
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("dsp", {}), ("size", {}), ("mews", {}), ("mews", {"halo_patches": 0})],
+    ids=["dsp", "size", "mews", "mews-tiles-without-halo"],
+)
+def test_aligned_blocks_equal_whole_slices_tightly(name, options, wide_volume, monkeypatch):
+    image = wide_volume[0]
+    model = _trained(name, wide_volume, {name: {**ALIGNED_OPTIONS[name], **options}})
+    halo, align = blocks.model_halo(model), blocks.model_align(model)
+    whole = model.predict_proba_block(np.asarray(image.data))
+    blockwise = np.empty_like(whole)
+    for index in block_grid(image.shape, ODD_BLOCK):
+        region = block_region(index, ODD_BLOCK, image.shape)
+        blockwise[(slice(None), *region)] = predict_proba_region(model, image, region)
+    np.testing.assert_allclose(blockwise, whole, atol=ALIGNED_ATOL, rtol=0)
+    top2 = np.sort(whole, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 2 * ALIGNED_ATOL
+    assert clear.mean() > 0.999
+    np.testing.assert_array_equal(np.argmax(blockwise, 0)[clear], np.argmax(whole, 0)[clear])
+    # the control: the same block with its context read from an unaligned start differs
+    region = block_region((0, 3, 3), ODD_BLOCK, image.shape)  # starts at y 69, x 87
+    assert (region[1].start - halo) % align[1] and (region[2].start - halo) % align[2]
+    context, _ = blocks.read_block_input(image, region, halo, align=align)
+    assert context.shape[1] < WIDE_VOLUME[1] and context.shape[2] < WIDE_VOLUME[2]  # a part
+    monkeypatch.setattr(blocks, "model_align", lambda model: (1, 1, 1))
+    unaligned = predict_proba_region(model, image, region)
+    assert np.abs(unaligned - whole[(slice(None), *region)]).max() > 100 * ALIGNED_ATOL
 
 
 def test_mews_halo_covers_a_feature_tile(small_volume):

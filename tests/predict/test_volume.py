@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -492,3 +494,119 @@ def test_resume_of_an_unreadable_store_names_it(model_dir, volume_zarr, tmp_path
         predict_volume(
             model_dir, volume_zarr, out, block=ODD_BLOCK, probabilities=True, resume=True
         )
+
+
+# ------------------------------------------------- a method's preferred block (min_block_yx)
+WIDE_SHAPE = (2, 600, 700)
+
+
+@pytest.fixture(scope="module")
+def wide_image():
+    from napari_wsseg.sample import make_phantom
+
+    return as_image(make_phantom(WIDE_SHAPE, seed=1)[0])
+
+
+def test_default_block_widens_to_the_method_preference(model_dir, wide_image, tmp_path):
+    model = load_model(model_dir)
+    whole = np.stack([model.predict_slice(wide_image.slice(z)) for z in range(2)])
+    plain = predict_volume(model, wide_image, tmp_path / "plain.zarr")
+    assert plain.n_blocks == 4  # 512 x 512 blocks over 600 x 700
+    model.min_block_yx = 1024  # wider than the image: one block of the whole slices
+    with warnings_as_errors():
+        wide = predict_volume(model, wide_image, tmp_path / "wide.zarr")
+    assert wide.n_blocks == 1
+    assert blocks.resolve_block(None, wide_image, model) == (39, 600, 700)  # 64*512*512 voxels
+    for out in ("plain.zarr", "wide.zarr"):
+        np.testing.assert_array_equal(read_labels(tmp_path / out), whole)
+
+
+def test_a_given_block_below_the_preference_warns_with_the_cost(model_dir, wide_image, tmp_path):
+    model = load_model(model_dir)
+    model.min_block_yx = 1024
+    with pytest.warns(blocks.SmallBlockWarning) as caught:
+        result = predict_volume(model, wide_image, tmp_path / "small.zarr", block=(2, 100, 700))
+    assert result.n_blocks == 6  # the given block is used
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "block 2,100,700 is smaller than the 1024 px" in message
+    assert "with its default block 39,600,700" in message
+    ratio = blocks.context_ratio(WIDE_SHAPE, (2, 100, 700), blocks.model_halo(model))
+    assert f"{ratio:.1f}x the pixels" in message and ratio > 1.1
+    with warnings_as_errors():  # at least the preferred size where the image has it: no warning
+        predict_volume(model, wide_image, tmp_path / "wide.zarr", block=(1, 600, 700))
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True, "big"])
+def test_a_bad_min_block_yx_names_the_method(model_dir, wide_image, tmp_path, value):
+    model = load_model(model_dir)
+    model.min_block_yx = value
+    with pytest.raises(ModelError, match="rf reports min_block_yx="):
+        predict_volume(model, wide_image, tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@contextlib.contextmanager
+def warnings_as_errors():
+    """A :class:`~napari_wsseg.predict.blocks.SmallBlockWarning` inside the block fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", blocks.SmallBlockWarning)
+        yield
+
+
+def _clicks(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Points ``(z, y, x, class)``: ``per_class`` random pixels of each class of 2D labels."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for cls in np.unique(labels):
+        ys, xs = np.nonzero(labels == cls)
+        rows += [[0, ys[i], xs[i], cls] for i in rng.choice(len(ys), per_class, replace=False)]
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM weights")
+def test_mews_default_block_costs_fewer_vit_tiles_and_equals_whole_slices(tmp_path):
+    """mews reads a whole ViT tile of context around each block; its preferred block (two tiles)
+    costs fewer backbone tiles than 512 px blocks, and both equal whole-slice prediction."""
+    from napari_wsseg.methods.mews.method import MEWSMethod
+    from napari_wsseg.sample import make_phantom
+
+    pixels, labels, classes = make_phantom((1280, 1280), seed=2)
+    image = as_image(pixels)
+    # tiles of 20 patches (320 px) with a core of 16 (256 px): halo 320 px, preferred block 640 px
+    # a feature cache that keeps only the last slice's features, so that every run computes
+    model = MEWSMethod(
+        backbone="test_vit",
+        backbone_weights="random",
+        max_steps=3,
+        tile_patches=20,
+        halo_patches=2,
+        cache_memory_mb=0.001,
+    )
+    annotations = Annotations(classes, points=_clicks(labels, 3))
+    model.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    assert (model.halo, model.block_align, model.min_block_yx) == (320, (1, 256, 256), 640)
+    counted: list[int] = []
+    forward = model.backbone._forward
+    model.backbone._forward = lambda batch: counted.append(len(batch)) or forward(batch)
+
+    def vit_tiles(run):
+        """(what ``run()`` returns, ViT tiles it computed)."""
+        before = len(counted)
+        return run(), sum(counted[before:])
+
+    with pytest.warns(blocks.SmallBlockWarning, match="mews prefers"):
+        small, small_tiles = vit_tiles(
+            lambda: predict_volume(model, image, tmp_path / "small.zarr", block=(512, 512))
+        )
+    default, default_tiles = vit_tiles(
+        lambda: predict_volume(model, image, tmp_path / "default.zarr")
+    )
+    whole, whole_tiles = vit_tiles(lambda: model.predict_slice(image.slice(0)))
+    assert model.feature_cache.stats["memory_hits"] == 0  # every tile counted was computed
+    assert (small.n_blocks, default.n_blocks) == (9, 4)  # 512 and 640 px blocks
+    # whole slice: 80 x 80 patches, 5 x 5 tiles. 640 px blocks: contexts of 60 and 64 patches
+    # (4 tiles each) per axis, 8 x 8. 512 px blocks: 52, 80 and 48 patches (4, 5, 3 tiles), 12 x 12
+    assert (whole_tiles, default_tiles, small_tiles) == (25, 64, 144)
+    for result in (small, default):
+        np.testing.assert_array_equal(read_labels(result.out), whole)

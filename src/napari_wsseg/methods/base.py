@@ -225,9 +225,9 @@ class Method(ABC):
     :meth:`predict_proba_slice`, :meth:`_save_weights` and :meth:`_load_weights`.
 
     Optional hooks, each with a working default (see ``docs/methods/adding-a-method.md``):
-    :attr:`halo`, :attr:`halo_z`, :attr:`main_options`, :meth:`predict_proba_batch` and
-    :meth:`predict_proba_block`. Prediction code calls these and never probes for other
-    attributes.
+    :attr:`halo`, :attr:`halo_z`, :attr:`block_align`, :attr:`min_block_yx`,
+    :attr:`main_options`, :meth:`predict_proba_batch` and :meth:`predict_proba_block`.
+    Prediction code calls these and never probes for other attributes.
     """
 
     name: ClassVar[str]
@@ -244,6 +244,11 @@ class Method(ABC):
     #: that pools (a U-Net pools in cells of ``2 ** depth``) sees the same pooling grid in every
     #: block as over the whole volume; ``(1, 1, 1)``: no rounding.
     block_align: ClassVar[tuple[int, int, int]] = (1, 1, 1)
+    #: Smallest block side in y and x that block-wise prediction chooses by default, for methods
+    #: whose halo is large next to the default 512 px block (each block then recomputes much
+    #: context: mews reads a whole ViT tile around every block). None: no preference. A ``--block``
+    #: the user gives is used as it is, with a warning naming the extra work when it is smaller.
+    min_block_yx: ClassVar[int | None] = None
     #: Options the GUI's form shows first, the others behind "more options"; empty: all shown.
     main_options: ClassVar[tuple[str, ...]] = ()
 

@@ -1,6 +1,7 @@
 """The block maths of block-wise prediction: the grid, block regions, halos, reading a block. No Qt.
 
-A volume is cut into blocks (default ``(64, 512, 512)`` voxels). :func:`predict_block` is the one
+A volume is cut into blocks (default ``(64, 512, 512)`` voxels; wider and thinner for a method
+with a ``min_block_yx``, see :func:`resolve_block`). :func:`predict_block` is the one
 pure function that predicts a block: it reads the block plus the context the model declares
 (``halo`` pixels in y and x, ``halo_z`` slices in z: 0 for the 2D methods), hands it to the model's
 ``predict_proba_block`` and crops the context away, so a block-wise prediction equals a
@@ -12,6 +13,7 @@ ties the three together.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +48,19 @@ class BlockPrediction:
     probabilities: np.ndarray | None = None
 
 
-def resolve_block(block, image: Image) -> tuple[int, int, int]:
+class SmallBlockWarning(UserWarning):
+    """A ``block`` smaller than the method's :attr:`~napari_wsseg.methods.base.Method.min_block_yx`:
+    correct, but each block recomputes much context."""
+
+
+def resolve_block(block, image: Image, model=None) -> tuple[int, int, int]:
     """Check a block shape against ``image`` and return it as ``(Z, Y, X)``.
 
     ``None`` gives :data:`DEFAULT_BLOCK_3D` for volumes and :data:`DEFAULT_BLOCK_2D` for 2D
-    images; a ``(Y, X)`` block on a volume means one slice per block.
+    images, widened in y and x to the ``model``'s ``min_block_yx`` (where the image is that
+    large) with fewer slices, so a block holds no more voxels than the default one. A ``(Y, X)``
+    block on a volume means one slice per block. A given block is used as it is; when it is
+    smaller than the model's ``min_block_yx`` a :class:`SmallBlockWarning` names the extra work.
 
     Examples
     --------
@@ -60,8 +70,10 @@ def resolve_block(block, image: Image) -> tuple[int, int, int]:
     >>> resolve_block(None, as_image(np.zeros((20, 20))))
     (1, 512, 512)
     """
+    min_yx = None if model is None else model_min_block_yx(model)
     if block is None:
-        block = DEFAULT_BLOCK_2D if image.was_2d else DEFAULT_BLOCK_3D
+        default = DEFAULT_BLOCK_2D if image.was_2d else DEFAULT_BLOCK_3D
+        return preferred_block((1, *default)[-3:], image.shape, min_yx)
     try:
         block = tuple(int(b) for b in block)
     except (TypeError, ValueError):
@@ -75,7 +87,81 @@ def resolve_block(block, image: Image) -> tuple[int, int, int]:
             f"image {image.name} is 2D {image.shape[1:]} but block {block} is 3D; give a Y,X block "
             f"such as {block[1]},{block[2]}"
         )
-    return (1, *block) if len(block) == 2 else block
+    block = (1, *block) if len(block) == 2 else block
+    if min_yx is not None:
+        _warn_if_small(block, image, model, min_yx)
+    return block
+
+
+def preferred_block(default, shape, min_yx: int | None) -> tuple[int, int, int]:
+    """``default`` ``(Z, Y, X)`` widened in y and x to ``min_yx`` (at most the image's extent),
+    with as many fewer slices as keep its voxel count (at least one slice).
+
+    Examples
+    --------
+    >>> preferred_block((64, 512, 512), (100, 4096, 4096), 2048)
+    (4, 2048, 2048)
+    >>> preferred_block((64, 512, 512), (100, 1500, 300), 2048)
+    (21, 1500, 512)
+    >>> preferred_block((64, 512, 512), (100, 4096, 4096), None)
+    (64, 512, 512)
+    """
+    z, y, x = (int(b) for b in default)
+    if min_yx is None:
+        return z, y, x
+    wide_y, wide_x = max(y, min(min_yx, int(shape[1]))), max(x, min(min_yx, int(shape[2])))
+    return max(1, z * y * x // (wide_y * wide_x)), wide_y, wide_x
+
+
+def context_ratio(shape, block, halo: int, align=(1, 1, 1)) -> float:
+    """Pixels a method processes per pixel of a slice when the slice is predicted in blocks.
+
+    Each block is read with ``halo`` pixels of context in y and x (clipped to the slice, its start
+    rounded down to ``align`` as :func:`read_block_input` does), so a method whose work grows with
+    the pixels it sees (a ViT's tiles, a network's convolutions) does this many times the work of
+    predicting the whole slice at once.
+
+    Examples
+    --------
+    >>> context_ratio((1, 2048, 2048), (1, 2048, 2048), 1024)
+    1.0
+    >>> round(context_ratio((1, 2048, 2048), (1, 512, 512), 1024, (1, 896, 896)), 2)
+    14.06
+    """
+
+    def read_along(axis: int) -> int:
+        length, size = int(shape[axis]), int(block[axis])
+        total = 0
+        for start in range(0, length, size):
+            low = max(start - halo, 0) // align[axis] * align[axis]
+            total += min(start + size + halo, length) - low
+        return total
+
+    return read_along(1) * read_along(2) / (int(shape[1]) * int(shape[2]))
+
+
+def _warn_if_small(block, image: Image, model, min_yx: int) -> None:
+    """A :class:`SmallBlockWarning` when ``block`` is narrower than ``min_yx`` where the image
+    is wider, naming the work it costs and the default block."""
+    shape = image.shape
+    if block[1] >= min(min_yx, shape[1]) and block[2] >= min(min_yx, shape[2]):
+        return
+    default = resolve_block(None, image, model)
+    halo, align = model_halo(model), model_align(model)
+    given, chosen = (
+        context_ratio(shape, block, halo, align),
+        context_ratio(shape, default, halo, align),
+    )
+    shown = ",".join(str(b) for b in (block[1:] if image.was_2d else block))
+    default_shown = ",".join(str(b) for b in (default[1:] if image.was_2d else default))
+    warnings.warn(
+        f"block {shown} is smaller than the {min_yx} px in y and x that {model.name} prefers: "
+        f"with {halo} px of context around each block it processes {given:.1f}x the pixels of "
+        f"each slice ({chosen:.1f}x with its default block {default_shown}); give no block, or "
+        f"one of at least {min_yx} px in y and x, to do less work",
+        SmallBlockWarning,
+        stacklevel=3,
+    )
 
 
 def block_grid(shape, block) -> list[BlockIndex]:
@@ -359,6 +445,26 @@ def model_align(model) -> tuple[int, int, int]:
             "integers (z, y, x): fix the method"
         )
     return align
+
+
+def model_min_block_yx(model) -> int | None:
+    """The model's ``min_block_yx`` (None, or a positive integer), checked.
+
+    Examples
+    --------
+    >>> from napari_wsseg.methods.rf import RandomForestMethod
+    >>> model_min_block_yx(RandomForestMethod()) is None
+    True
+    """
+    value = getattr(model, "min_block_yx", None)
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ModelError(
+            f"{model.name} reports min_block_yx={value!r}; it must be None or a positive "
+            "integer: fix the method"
+        )
+    return int(value)
 
 
 def _checked_halo(model, attribute: str, value) -> int:

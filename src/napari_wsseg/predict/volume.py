@@ -28,6 +28,7 @@ from .blocks import (
     DEFAULT_BLOCK_2D,
     DEFAULT_BLOCK_3D,
     BlockPrediction,
+    SmallBlockWarning,
     block_grid,
     block_region,
     model_align,
@@ -82,6 +83,7 @@ __all__ = [
     "probabilities_path",
     "check_output_location",
     "BlockPrediction",
+    "SmallBlockWarning",
     "PROGRESS_DIR",
     "RUN_ATTR",
     "BATCH_SLICES",
@@ -154,7 +156,11 @@ def predict_volume(
         class names and colours, and a pyramid once complete.
     block : tuple of int, optional
         Block shape ``(Z, Y, X)`` (``(Y, X)`` for 2D images, or one slice per block for volumes).
-        By default ``(64, 512, 512)`` for volumes and ``(512, 512)`` for 2D images.
+        By default ``(64, 512, 512)`` for volumes and ``(512, 512)`` for 2D images, widened in y
+        and x to the method's ``min_block_yx`` with as many fewer slices (mews: ``(4, 2048,
+        2048)`` with its default tiles; see :func:`~napari_wsseg.predict.blocks.resolve_block`).
+        A block narrower than ``min_block_yx`` is used, with a
+        :class:`~napari_wsseg.predict.blocks.SmallBlockWarning` naming the extra work.
     probabilities : bool, default False
         Also write class probabilities as uint8 (0..255) ``(C, Z, Y, X)`` to
         ``OUT_probabilities.zarr`` (see :func:`probabilities_path`).
@@ -230,7 +236,7 @@ def predict_volume(
     check_scheduler(scheduler, n_workers, model_dir)
     image, image_source = _resolve_image(image_or_path)
     model.check_image(image)
-    block = resolve_block(block, image)
+    block = resolve_block(block, image, model)
     halo, halo_z = model_halo(model), model_halo_z(model)
     out_path = check_output_location(out_path)
     probs_path = probabilities_path(out_path) if probabilities else None

@@ -208,11 +208,34 @@ class MEWSMethod(Method):
         """One feature tile (``tile_patches`` patches) of context in y and x.
 
         ViT attention mixes a whole tile, so a pixel's features depend on pixels up to a tile
-        away. With this halo a block of a slice no wider than a tile sees the whole slice, and
-        block-wise equals whole-slice prediction exactly; on wider slices a block's tiles start
-        elsewhere than the whole slice's, which changes predictions as tile overlaps do.
+        away. With this halo and :attr:`block_align`, the tiles whose features a block uses are
+        the whole slice's tiles, pixel for pixel, so block-wise equals whole-slice prediction.
+        With ``halo_patches=0`` one patch more: a tile then ends where the next core starts, and
+        the patch after a block (which bilinear upsampling reads) may start a tile.
         """
-        return self.config.tile_patches * self.backbone.patch_size
+        extra = 1 if self.config.halo_patches == 0 else 0
+        return (self.config.tile_patches + extra) * self.backbone.patch_size
+
+    @property
+    def block_align(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """The feature tiles' stride (``tile_patches - 2 * halo_patches`` patches) in y and x.
+
+        Context read from a multiple of it cuts the same tiles as the whole slice, except the
+        first, which lies in the halo.
+        """
+        cfg = self.config
+        stride = (cfg.tile_patches - 2 * cfg.halo_patches) * self.backbone.patch_size
+        return 1, stride, stride
+
+    @property
+    def min_block_yx(self) -> int:  # type: ignore[override]
+        """Two feature tiles (2048 px by default): blocks that wide recompute little context.
+
+        Each block reads a tile of context on every side. Counted ViT tiles per slice, default
+        tiling: 2048 x 2048 slice, 512 px blocks 121, two-tile blocks 9, whole slice 9;
+        4096 x 4096 slice, 625, 64 and 25 (``docs/methods/mews.md``).
+        """
+        return 2 * self.config.tile_patches * self.backbone.patch_size
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)

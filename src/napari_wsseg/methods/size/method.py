@@ -181,6 +181,11 @@ class SizeMethod(TorchSliceMethod):
     main_options = ("max_steps", "size_weight", "crf_weight")
     halo = 64
 
+    @property
+    def block_align(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """Blocks start on the U-Net's pooling grid (cells of ``2 ** depth`` pixels)."""
+        return 1, 2**self.config.depth, 2**self.config.depth
+
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
         self.class_bias: np.ndarray | None = None
