@@ -156,9 +156,9 @@ def _warn_if_small(block, image: Image, model, min_yx: int) -> None:
     default_shown = ",".join(str(b) for b in (default[1:] if image.was_2d else default))
     warnings.warn(
         f"block {shown} is smaller than the {min_yx} px in y and x that {model.name} prefers: "
-        f"with {halo} px of context around each block it processes {given:.1f}x the pixels of "
-        f"each slice ({chosen:.1f}x with its default block {default_shown}); give no block, or "
-        f"one of at least {min_yx} px in y and x, to do less work",
+        f"with {halo} px of context around each block, {model.name} processes {given:.1f}x the "
+        f"pixels of each slice ({chosen:.1f}x with its default block {default_shown}); give no "
+        f"--block, or one of at least {min_yx} px in y and x, to do less work",
         SmallBlockWarning,
         stacklevel=3,
     )
