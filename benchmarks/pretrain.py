@@ -21,6 +21,8 @@ same bilinear interpolation at the click.
     .venv/bin/python benchmarks/pretrain.py --datasets drosophila_vnc,cdeep3m_mito \\
         --minutes 15,30,60,120 --out benchmarks/results/pretrain.jsonl
     # is --fast-views (2-3x the windows/s) as good per minute? the same with --fast-views
+    # windows/s only (default, fast views, patch 16; phantom, no data sets), ~2 min on one core
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pretrain.py --throughput --batch 8
     # smoke run (a few minutes of CPU, numbers meaningless): crop 256 x 256, 15 s budgets
     .venv/bin/python benchmarks/pretrain.py --crop 256 --minutes 0.25 --work /tmp/pt_smoke
 
@@ -321,6 +323,64 @@ def run_dataset(name: str, args, out: Path | None) -> None:
         )
 
 
+# ------------------------------------------------------------------ throughput only
+#: View settings compared by ``--throughput`` (each on top of the defaults).
+THROUGHPUT_VARIANTS = {
+    "default": {},
+    "fast views": {"global_px": 64, "local_px": 32, "n_local": 4},
+    "patch 16": {"patch_size": 16},
+}
+
+
+def throughput(args, out: Path | None) -> None:
+    """Windows per second of each view setting on the phantom, by wall and by CPU time.
+
+    Variants alternate, ``args.rounds`` times, so that a change in the machine's load hits all
+    of them; the first step of each run (warm-up) is left out. CPU seconds (this process) are
+    less sensitive to other processes on a shared machine than wall seconds.
+    """
+    import torch
+
+    from napari_wsseg.engine.pretrain import PretrainConfig, pretrain
+    from napari_wsseg.io.image import as_image
+    from napari_wsseg.sample import make_phantom
+
+    image = as_image(make_phantom((8, 384, 384), seed=1, n_classes=4)[0], source="phantom")
+    steps = args.throughput_steps
+    for round_ in range(args.rounds):
+        for name, options in THROUGHPUT_VARIANTS.items():
+            config = PretrainConfig(
+                arch=args.arch, patch_size=args.patch_size, batch=args.batch, steps=steps
+            )
+            config = PretrainConfig.from_dict(config.to_dict() | options)
+            marks = []  # (wall, cpu) after each step
+            with tempfile.TemporaryDirectory() as folder:
+                pretrain(
+                    image,
+                    Path(folder) / "backbone",
+                    config,
+                    device=args.device,
+                    report_every_s=0,
+                    progress=lambda e: marks.append((time.perf_counter(), time.process_time())),
+                )
+            wall = (marks[-1][0] - marks[0][0]) / (len(marks) - 1)
+            cpu = (marks[-1][1] - marks[0][1]) / (len(marks) - 1)
+            _emit(
+                out,
+                {
+                    "throughput": name,
+                    "round": round_,
+                    "config": options,
+                    "batch": config.batch,
+                    "steps_timed": len(marks) - 1,
+                    "windows_per_s_wall": round(config.batch / wall, 2),
+                    "windows_per_s_cpu": round(config.batch / cpu, 2),
+                    "threads": torch.get_num_threads(),
+                    "load_average": round(os.getloadavg()[0], 1),
+                },
+            )
+
+
 def _threads() -> int:
     import torch
 
@@ -353,9 +413,22 @@ def main(argv=None) -> int:
         help="folder for the backbones (reused when finished)",
     )
     parser.add_argument("--out", default=None, help="append JSON lines here too")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only measure windows/s of the default, fast-view and patch-16 settings on the "
+        "phantom (no data sets, no probes)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--throughput: alternations")
+    parser.add_argument(
+        "--throughput-steps", type=int, default=4, help="--throughput: steps per run (>= 2)"
+    )
     args = parser.parse_args(argv)
     args.minutes = [float(m) for m in args.minutes.split(",")]
     out = Path(args.out) if args.out else None
+    if args.throughput:
+        throughput(args, out)
+        return 0
     for name in args.datasets.split(","):
         run_dataset(name, args, out)
     return 0
