@@ -121,7 +121,7 @@ def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
     viewer.window.add_dock_widget(train)
     train.run_combo.setCurrentText("napari process")
     train.method_combo.setCurrentText(slow_method)
-    train.options.set_values(steps=600)  # at least 6 s: the edits and the 1.5 s debounce fall in it
+    train.options.set_values(steps=600)  # at least 6 s: the edits and the 0.5 s debounce fall in it
     train.budget_spin.setValue(0)
     train.live_check.setChecked(True)
     clicks.add(points, clicks.from_truth(labels, 1, seed=1))

@@ -46,6 +46,16 @@ MAX_IN_MEMORY_VOXELS = 2**28
 
 
 # ------------------------------------------------------------------------------------- metadata
+def canvas_window(image_layer, image: Image) -> tuple[slice, slice]:
+    """The ``(y, x)`` window of ``image`` the canvas shows, from napari's ``corner_pixels`` of the
+    image layer (data coordinates), clipped to the slice."""
+    corners = np.asarray(image_layer.corner_pixels)
+    _, height, width = image.shape
+    y0, x0 = np.clip(corners[0, -2:], 0, [height - 1, width - 1]).astype(int)
+    y1, x1 = np.clip(corners[1, -2:], 0, [height - 1, width - 1]).astype(int)
+    return slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1)
+
+
 def layer_role(layer) -> str | None:
     """The napari-wsseg role of ``layer`` ('points', 'boxes', ...) or None."""
     meta = getattr(layer, "metadata", None) or {}

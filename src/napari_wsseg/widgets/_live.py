@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
+from ._layers import canvas_window
 from ._links import link
 
 if TYPE_CHECKING:
     from ._train import TrainWidget
 
 #: Quiet time after the last edit before a live run starts.
-DEBOUNCE_MS = 1500
+DEBOUNCE_MS = 500
 
 
 class LiveUpdater(QObject):
@@ -90,10 +90,8 @@ def visible_window(image_layer, image) -> tuple[slice, slice] | None:
 
     From napari's ``corner_pixels`` of the image layer (data coordinates), clipped to the slice.
     """
-    corners = np.asarray(image_layer.corner_pixels)
-    _, height, width = image.shape
-    y0, x0 = np.clip(corners[0, -2:], 0, [height - 1, width - 1]).astype(int)
-    y1, x1 = np.clip(corners[1, -2:], 0, [height - 1, width - 1]).astype(int)
-    if y1 <= y0 or x1 <= x0 or (y1 - y0 + 1) * (x1 - x0 + 1) >= height * width:
+    window = canvas_window(image_layer, image)
+    rows, cols = (w.stop - w.start for w in window)
+    if rows <= 1 or cols <= 1 or rows * cols >= image.shape[1] * image.shape[2]:
         return None
-    return slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1)
+    return window

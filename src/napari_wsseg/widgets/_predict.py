@@ -246,11 +246,7 @@ class PredictWidget(QWidget):
 
     def visible_region(self, image) -> tuple[slice, slice]:
         """The (y, x) window of the image the canvas shows (napari's ``corner_pixels``)."""
-        corners = np.asarray(self.session.image_layer.corner_pixels)  # (2, ndim) data coordinates
-        _, height, width = image.shape
-        y0, x0 = np.clip(corners[0, -2:], 0, [height - 1, width - 1]).astype(int)
-        y1, x1 = np.clip(corners[1, -2:], 0, [height - 1, width - 1]).astype(int)
-        return slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1)
+        return L.canvas_window(self.session.image_layer, image)
 
     def _ask_model_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder (with config.json)")
