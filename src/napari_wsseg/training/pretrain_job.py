@@ -22,7 +22,6 @@ cancel: it checkpoints and exits rather than train on unseen.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -36,11 +35,11 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import WssegError
 from ..io.image import Image
 from ..progress import ProgressEvent
+from ._pipe import rebuild_error, send
 
 if TYPE_CHECKING:
     from ..engine.pretrain import PretrainConfig, PretrainResult
 
-logger = logging.getLogger(__name__)
 
 #: After a cancel, the process has this long to drop its step, write its checkpoint and answer;
 #: then it is ended. A cancelled default ViT-T run answered in 0.5 s here; writing a ViT-S
@@ -123,7 +122,7 @@ def run_pretraining_in_subprocess(
     process.stdin.close()
     process.stdout.close()
     try:
-        _send(to_child, ("job", spec))
+        send(to_child, ("job", spec))
         return _relay(process, to_child, from_child, progress, cancel, started, poll_s)
     finally:
         to_child.close()  # the child's stream ends: it stops if it is still running
@@ -141,7 +140,7 @@ def _relay(process, to_child, from_child, progress, cancel, started, poll_s):
     while True:
         if cancelled_at is None and cancel is not None and cancel.is_set():
             cancelled_at = time.monotonic()
-            _send(to_child, ("cancel", None))
+            send(to_child, ("cancel", None))
         if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
             process.kill()
             raise RuntimeError(
@@ -163,27 +162,9 @@ def _relay(process, to_child, from_child, progress, cancel, started, poll_s):
         elif kind == "info" and started is not None:
             started(payload)
         elif kind == "error":
-            raise _rebuild_error(*payload)
+            raise rebuild_error(*payload, job="pretraining")
         elif kind == "done":
             return payload
-
-
-def _send(connection: Connection, message) -> None:
-    try:
-        connection.send(message)
-    except (BrokenPipeError, OSError):  # the process has ended; _relay reports how
-        pass
-
-
-def _rebuild_error(name: str, message: str, user_error: bool, details: str) -> Exception:
-    if user_error:
-        return WssegError(message)
-    logger.error("pretraining process failed:\n%s", details)
-    if name == "MemoryError":
-        return MemoryError(message)
-    if name == "OutOfMemoryError":
-        return RuntimeError(f"CUDA out of memory: {message}")
-    return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
 
 
 # ------------------------------------------------------------------------------ in the child
@@ -201,13 +182,13 @@ def child_main() -> None:
     threading.Thread(target=_listen, args=(from_parent, cancel), daemon=True).start()
     try:
         to_parent.send(("info", os.getpid()))
-        result = _pretrain(spec, cancel, lambda event: _send(to_parent, ("progress", event)))
-        _send(to_parent, ("done", result))
+        result = _pretrain(spec, cancel, lambda event: send(to_parent, ("progress", event)))
+        send(to_parent, ("done", result))
     except BaseException as exc:  # sent to the parent, which shows it; the traceback is logged
         import traceback
 
         user_error = isinstance(exc, WssegError)
-        _send(
+        send(
             to_parent, ("error", (type(exc).__name__, str(exc), user_error, traceback.format_exc()))
         )
 

@@ -50,6 +50,7 @@ from ..errors import WssegError
 from ..io.image import Image
 from ..methods.base import FitOptions
 from ..progress import ProgressEvent
+from ._pipe import rebuild_error, send
 from .run import (
     SlicePrediction,
     TrainingJob,
@@ -253,7 +254,7 @@ class TrainingProcess:
             if self._child is None or not self._child.alive:
                 self._drop()
                 self._child = _Child.start()
-            _send(self._child.to_child, ("prepare", method_name))
+            send(self._child.to_child, ("prepare", method_name))
         finally:
             self._lock.release()
 
@@ -293,7 +294,7 @@ def _run_job(
         job.preview_region,
     )
     try:
-        _send(child.to_child, ("job", spec))
+        send(child.to_child, ("job", spec))
         if sent is not None:
             sent()
         result = _relay(
@@ -359,14 +360,14 @@ def _relay(
     while True:
         if cancelled_at is None and was_cancelled(job):
             cancelled_at = time.monotonic()
-            _send(to_child, ("cancel", None))
+            send(to_child, ("cancel", None))
         if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
             process.kill()
             process.wait()
             return None
         if int(job.preview_z) != sent_z:
             sent_z = int(job.preview_z)
-            _send(to_child, ("z", sent_z))
+            send(to_child, ("z", sent_z))
         try:
             if not from_child.poll(poll_s):
                 continue
@@ -386,27 +387,9 @@ def _relay(
         elif kind == "info" and info is not None:
             info(payload)
         elif kind == "error":
-            raise _rebuild_error(*payload)
+            raise rebuild_error(*payload)
         elif kind == "done":
             return payload
-
-
-def _send(connection: Connection, message) -> None:
-    try:
-        connection.send(message)
-    except (BrokenPipeError, OSError):  # the process has ended; _relay reports how
-        pass
-
-
-def _rebuild_error(name: str, message: str, user_error: bool, details: str) -> Exception:
-    if user_error:
-        return WssegError(message)
-    logger.error("training process failed:\n%s", details)
-    if name == "MemoryError":
-        return MemoryError(message)
-    if name == "OutOfMemoryError":
-        return RuntimeError(f"CUDA out of memory: {message}")
-    return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
 
 
 # ------------------------------------------------------------------------------ in the child
@@ -447,7 +430,7 @@ def child_main() -> None:
         except BaseException as exc:  # sent to the parent, which shows it; traceback to its log
             import traceback
 
-            _send(
+            send(
                 to_parent,
                 (
                     "error",
