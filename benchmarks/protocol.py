@@ -233,8 +233,15 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def table(records: list[dict], dataset: str, split: str, scenarios, methods) -> str:
-    """Markdown table: scenario rows, per method mean +- std of mean foreground Dice and s/run."""
+def table(
+    records: list[dict], dataset: str, split: str, scenarios, methods, options: dict | None = None
+) -> str:
+    """Markdown table: scenario rows, per method mean +- std of mean foreground Dice and s/run.
+
+    Runs of a method other than rf count only with exactly ``options`` (default: none), so a
+    lever's runs never mix with the defaults' runs.
+    """
+    options = options or {}
     lines = [
         f"### {dataset} ({split} slices {list(getattr(SPLITS[dataset], split))})",
         "",
@@ -249,6 +256,7 @@ def table(records: list[dict], dataset: str, split: str, scenarios, methods) -> 
                 for r in records
                 if (r["dataset"], r["split"], r["scenario"], r["method"])
                 == (dataset, split, scenario, method)
+                and (method == "rf" or r["options"] == options)
             ]
             dice = np.array([r["mean_fg_dice"] for r in runs]) * 100
             seconds = np.array([r["train_s"] + r["predict_s"] for r in runs])
@@ -332,7 +340,15 @@ def main(argv=None) -> int:
                     )
         print()
         print(
-            table(read_records(args.results), dataset, args.split, scenarios, methods), flush=True
+            table(
+                read_records(args.results),
+                dataset,
+                args.split,
+                scenarios,
+                methods,
+                json.loads(args.options),
+            ),
+            flush=True,
         )
     return 0
 
