@@ -65,7 +65,14 @@ SCENARIOS = {
     "pts4_boxes_tags": {"points": 4, "boxes": 2, "tags": True},
     "scribbles": {"scribble_share": 0.01},
     "masks": {"masks": True},
+    # Issue 16: every cell of a coarse grid tagged with the classes in it, alone or with clicks,
+    # and as many clicks as those tagged cells are actions (see :func:`scenario_annotations`).
+    "rtags": {"points": 0, "region_tags": "coarse"},
+    "pts4_rtags": {"points": 4, "region_tags": "coarse"},
+    "pts_as_rtags": {"points": "as_rtags"},
 }
+#: Cells per side of the coarse counting grid (the Annotate widget's coarse grid: 5 x 5 cells).
+COARSE_GRID = 5
 #: Share of the annotated slices' pixels the simulated scribbles cover (about; at least this).
 SCRIBBLE_SHARE = 0.01
 
@@ -114,6 +121,10 @@ def scenario_annotations(scenario: str, labels, classes, slices, seed: int):
 
     kinds = dict(SCENARIOS[scenario])
     share = kinds.pop("scribble_share", None)
+    if kinds.get("region_tags") == "coarse":
+        kinds["region_tags"] = coarse_cell(labels.shape)
+    if kinds.get("points") == "as_rtags":
+        kinds["points"] = points_as_rtags(labels.shape, len(classes))
     if share is None:
         return simulate_annotations(
             labels,
@@ -124,6 +135,26 @@ def scenario_annotations(scenario: str, labels, classes, slices, seed: int):
             **kinds,
         )
     return _scribbles(labels, classes, slices, seed, share)
+
+
+def coarse_cell(shape) -> int:
+    """Side in pixels of a coarse-grid cell (:data:`COARSE_GRID` cells across the larger side)."""
+    return -(-max(shape[-2:]) // COARSE_GRID)
+
+
+def points_as_rtags(shape, n_classes: int) -> int:
+    """Clicks per class per slice that cost as many actions as tagging every coarse-grid cell of
+    the slice (one action per tagged cell; at least 1 click per class)."""
+    cell = coarse_cell(shape)
+    cells = -(-shape[-2] // cell) * -(-shape[-1] // cell)
+    return max(1, round(cells / n_classes))
+
+
+def count_actions(ann) -> int:
+    """Annotation cost in actions: a click, a box, a slice tag or a tagged region cell is one
+    (issue 16). Masks and scribbles are painted, not counted here."""
+    cells = {tuple(row) for row in np.asarray(ann.region_tags)[:, [0, 2, 3, 4, 5]].tolist()}
+    return len(ann.points) + len(ann.boxes) + len(ann.tags) + len(cells)
 
 
 def _scribbles(labels, classes, slices, seed: int, share: float):
@@ -157,6 +188,7 @@ def merge_annotations(parts):
         tags=np.concatenate([p.tags for p in parts]),
         masks=combined,
         exhaustive_boxes=np.concatenate([p.exhaustive_boxes for p in parts]),
+        region_tags=np.concatenate([p.region_tags for p in parts]),
     )
 
 
@@ -213,6 +245,7 @@ def run_one(job: dict, data) -> dict:
         "mask_share": round(mask_share, 4),
         "n_points": len(ann.points),
         "n_boxes": len(ann.boxes),
+        "n_actions": count_actions(ann),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

@@ -41,3 +41,22 @@ def test_check_split_refuses_neighbouring_groups(protocol):
         SystemExit, match=r"annotated and validation slices \(2, 3\) are equal or neighbours"
     ):
         protocol.check_split("x", bad, 10)
+
+
+def test_region_tag_scenarios_and_their_action_counts(protocol):
+    image, labels, classes = protocol.load_dataset("phantom")
+    slices = protocol.SPLITS["phantom"].annotated
+    cell = protocol.coarse_cell(labels.shape)
+    assert cell == 52  # 256 px / 5 cells, rounded up
+    tags_only = protocol.scenario_annotations("rtags", labels, classes, slices, seed=0)
+    assert len(tags_only.points) == 0 and len(tags_only.region_tags) > 0
+    cells = {tuple(r) for r in tags_only.region_tags[:, [0, 2, 3, 4, 5]].tolist()}
+    assert len(cells) == 25 * len(slices)  # every cell of the 5 x 5 grid of every slice
+    assert protocol.count_actions(tags_only) == len(cells)
+    both = protocol.scenario_annotations("pts4_rtags", labels, classes, slices, seed=0)
+    assert protocol.count_actions(both) == len(both.points) + len(cells)
+    matched = protocol.scenario_annotations("pts_as_rtags", labels, classes, slices, seed=0)
+    per_class = protocol.points_as_rtags(labels.shape, len(classes))
+    assert per_class == round(25 / len(classes))
+    assert len(matched.points) <= per_class * len(classes) * len(slices)
+    assert len(matched.points) >= 0.8 * per_class * len(classes) * len(slices)
