@@ -238,6 +238,7 @@ def run_one(job: dict, data) -> dict:
         "key": job_key(job),
         "mean_fg_dice": round(float(scores["mean_fg_dice"]), 4),
         "dice": {n: round(float(d), 4) for n, d in zip(names, scores["dice"])},
+        "confusion_matrix": scores["confusion_matrix"],  # rows: truth, columns: prediction
         "train_s": round(train_s, 1),
         "predict_s": round(predict_s, 1),
         "steps": int(getattr(result, "steps", 0) or 0),
