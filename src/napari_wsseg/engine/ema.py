@@ -104,3 +104,39 @@ def _check_same(teacher: dict, student: dict, what: str) -> None:
             f"EMA teacher and student {what} differ ({differing}); "
             "build the teacher from the same network"
         )
+
+
+def run_momentum(momentum: float, steps: int, horizon_share: float = 0.1) -> float:
+    """``momentum``, lowered so the average spans at most ``horizon_share`` of a ``steps``-step run.
+
+    An EMA with momentum m averages over about 1 / (1 - m) steps; over a short run that window
+    would reach back to weights the run has long left behind (0.99 averages ~100 steps, most of
+    an 80-step run).
+
+    Examples
+    --------
+    >>> run_momentum(0.99, 1200), run_momentum(0.99, 200), run_momentum(0.99, 5)
+    (0.99, 0.95, 0.0)
+    """
+    cap = 1.0 - 1.0 / (horizon_share * steps) if steps > 0 else 0.0
+    return min(check_momentum(momentum), max(cap, 0.0))
+
+
+def debiased_momentum(momentum: float, updates: int) -> float:
+    """Momentum of the ``updates``-th update (from 1) that makes the teacher the bias-corrected
+    average of the student's weights, ignoring the weights it was copied from.
+
+    With ``S_t = m S_(t-1) + (1 - m) w_t`` started from 0, the teacher ``S_t / (1 - m^t)`` (as
+    Adam corrects its moments) follows ``A_t = b_t A_(t-1) + (1 - b_t) w_t`` with
+    ``b_t = m (1 - m^(t-1)) / (1 - m^t)``: the first update copies the student, later ones
+    approach ``m``.
+
+    Examples
+    --------
+    >>> debiased_momentum(0.75, 1), round(debiased_momentum(0.75, 2), 4), debiased_momentum(0.0, 3)
+    (0.0, 0.4286, 0.0)
+    """
+    m = check_momentum(momentum)
+    if m in (0.0, 1.0) or updates <= 1:
+        return m if updates > 1 else 0.0
+    return m * (1.0 - m ** (updates - 1)) / (1.0 - m**updates)
