@@ -244,9 +244,10 @@ def test_a_killed_run_loses_at_most_the_last_checkpoint_interval(finished, image
 def test_a_time_budget_plans_the_steps_and_a_resume_keeps_that_plan(image, tmp_path):
     config = PretrainConfig(**{**TINY.to_dict(), "steps": None})
     first = pretrain(image, tmp_path / "run", config, device="cpu", time_budget_s=2.0)
-    # The plan is the budget divided by the time of the first steps; whether this session ends
-    # exactly on it depends on the machine's load, so only the relation is asserted.
-    assert first.planned_steps >= 3 and first.steps <= first.planned_steps
+    # The plan is the budget divided by the time of the first steps (of the steps made, when the
+    # budget ends before the calibration steps on a loaded machine); whether this session ends
+    # exactly on it depends on the load, so only the relation is asserted.
+    assert first.planned_steps is not None and 1 <= first.steps <= first.planned_steps
     assert first.stopped in ("done", "time_budget")
     assert read_backbone_info(first.out).training["planned_steps"] == first.planned_steps
     resumed = pretrain(image, tmp_path / "run", device="cpu", resume=True)

@@ -437,6 +437,10 @@ class _Run:
         while self.planned is None or self.step < self.planned:
             if (reason := budget.stop_reason()) is not None:
                 stopped = reason
+                if self.planned is None and self.session_steps and budget.seconds is not None:
+                    # the budget ran out before the calibration steps did (a slow or loaded
+                    # machine): plan from the steps made, so a resume keeps one schedule
+                    self.planned = self._planned_from_budget(budget)
                 break
             tick = time.monotonic()
             views_state = self.generator.get_state()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from multiprocessing.connection import Connection
 
 from ..errors import WssegError
@@ -32,3 +35,21 @@ def rebuild_error(
     if name == "OutOfMemoryError":
         return RuntimeError(f"CUDA out of memory: {message}")
     return RuntimeError(message if name == "RuntimeError" else f"{name}: {message}")
+
+
+def start_child(module: str) -> tuple[subprocess.Popen, Connection, Connection]:
+    """Start ``python -m module`` with a message stream on its stdin/stdout.
+
+    Returns the process and the parent's ends: a connection to the child and one from it.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        close_fds=True,
+    )
+    to_child = Connection(os.dup(process.stdin.fileno()), readable=False)
+    from_child = Connection(os.dup(process.stdout.fileno()), writable=False)
+    process.stdin.close()
+    process.stdout.close()
+    return process, to_child, from_child

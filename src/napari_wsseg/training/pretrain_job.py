@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import WssegError
 from ..io.image import Image
 from ..progress import ProgressEvent
-from ._pipe import rebuild_error, send
+from ._pipe import rebuild_error, send, start_child
 
 if TYPE_CHECKING:
     from ..engine.pretrain import PretrainConfig, PretrainResult
@@ -111,16 +111,7 @@ def run_pretraining_in_subprocess(
         "resume": job.resume,
         "checkpoint_every_s": job.checkpoint_every_s,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_wsseg.training.pretrain_job"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        close_fds=True,
-    )
-    to_child = Connection(os.dup(process.stdin.fileno()), readable=False)
-    from_child = Connection(os.dup(process.stdout.fileno()), writable=False)
-    process.stdin.close()
-    process.stdout.close()
+    process, to_child, from_child = start_child("napari_wsseg.training.pretrain_job")
     try:
         send(to_child, ("job", spec))
         return _relay(process, to_child, from_child, progress, cancel, started, poll_s)

@@ -50,7 +50,7 @@ from ..errors import WssegError
 from ..io.image import Image
 from ..methods.base import FitOptions
 from ..progress import ProgressEvent
-from ._pipe import rebuild_error, send
+from ._pipe import rebuild_error, send, start_child
 from .run import (
     SlicePrediction,
     TrainingJob,
@@ -112,17 +112,7 @@ class _Child:
 
     @classmethod
     def start(cls) -> "_Child":
-        process = subprocess.Popen(
-            [sys.executable, "-m", "napari_wsseg.training"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        to_child = Connection(os.dup(process.stdin.fileno()), readable=False)
-        from_child = Connection(os.dup(process.stdout.fileno()), writable=False)
-        process.stdin.close()
-        process.stdout.close()
-        return cls(process, to_child, from_child)
+        return cls(*start_child("napari_wsseg.training"))
 
     @property
     def alive(self) -> bool:
