@@ -1,8 +1,8 @@
 """The interactive loop (issue 17): warm vs cold retraining, and suggested vs random clicks.
 
-Datasets and slice groups come from ``benchmarks/protocol.py`` (:data:`SPLITS`, :func:`load_dataset`):
-clicks are simulated on the split's annotated slices and Dice is measured on its held-out slices
-(``--split validation`` by default, ``scored`` to report).
+Datasets and slice groups come from ``benchmarks/protocol.py`` (:data:`SPLITS`,
+:func:`load_dataset`): clicks are simulated on the split's annotated slices and Dice is
+measured on its held-out slices (``--split validation`` by default, ``scored`` to report).
 
 ``warm``: start from ``--start-points`` (4) clicks per class on every annotated slice, then in each
 of ``--rounds`` (5) rounds add 1 click per class per slice; retrain once from scratch (cold) and
@@ -16,9 +16,12 @@ the warm run took at most 60 s and is at least as good as the model it started f
 suggest.suggest` proposes on the annotated slices or at uniformly random pixels of the same slices,
 each labelled with its ground-truth class, and retrain from scratch. Per round: Dice of both arms.
 
-    .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc --seeds 0,1,2
-    .venv/bin/python benchmarks/interactive_loop.py suggest --method rf --dataset cdeep3m_mito --seeds 0,1,2
-    .venv/bin/python benchmarks/interactive_loop.py both --method rf --dataset phantom --rounds 2  # smoke
+    .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc \
+        --seeds 0,1,2
+    .venv/bin/python benchmarks/interactive_loop.py suggest --method rf --dataset cdeep3m_mito \
+        --seeds 0,1,2
+    .venv/bin/python benchmarks/interactive_loop.py both --method rf --dataset phantom \
+        --rounds 2  # smoke
 
 Each round is printed as a table row and, with ``--results FILE``, appended as one JSON line.
 """
@@ -37,6 +40,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import SPLITS, load_dataset, make_deterministic, merge_annotations  # noqa: E402
 
+#: rf's filter features of every slice seen, shared by all models of a run: they depend on the
+#: image and the filter bank, not on the forest, so sharing them changes no result and spares
+#: computing a 1024^2 slice's features again for every model (rf's "cold" is a new forest).
+SHARED_RF_FEATURES = None
+
 
 def dice(model, image, labels, slices: list[int], names: list[str]) -> float:
     """Mean foreground Dice of ``model`` on ``slices``."""
@@ -44,17 +52,27 @@ def dice(model, image, labels, slices: list[int], names: list[str]) -> float:
 
     pred = np.zeros(labels.shape, np.uint8)
     for z in slices:
-        pred[z] = model.predict_slice(image.slice(z))
+        raw = image.slice(z)
+        memo = getattr(model, "feature_memo", None)
+        if memo is not None:  # keep the held-out slices' features too (rf only)
+            memo.get(memo.key(raw, model.normalization, model.config), lambda: model.features(raw))
+        pred[z] = model.predict_slice(raw)
     return float(evaluate(pred, labels, slices=slices, class_names=names)["mean_fg_dice"])
 
 
 def train(method: str, options: dict, image, annotations, seed: int, *, init=None, device="cpu"):
-    """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given) and its seconds."""
+    """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given) and the
+    seconds it took."""
     from napari_wsseg.methods import get_method
     from napari_wsseg.methods.base import FitOptions
     from napari_wsseg.methods.warm import WarmStartWarning
 
+    global SHARED_RF_FEATURES
     model = get_method(method)(**options)
+    if hasattr(model, "feature_memo"):
+        if SHARED_RF_FEATURES is None:
+            SHARED_RF_FEATURES = model.feature_memo
+        model.feature_memo = SHARED_RF_FEATURES
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", WarmStartWarning)  # a cold start would make "warm" a lie
@@ -66,7 +84,9 @@ def clicks(labels, classes, slices, per_class: int, seed: int):
     """``per_class`` simulated clicks per class present on each of ``slices``."""
     from napari_wsseg.eval.simulate import simulate_annotations
 
-    return simulate_annotations(labels, slices=list(slices), seed=seed, classes=classes, points=per_class)
+    return simulate_annotations(
+        labels, slices=list(slices), seed=seed, classes=classes, points=per_class
+    )
 
 
 def with_points(annotations, points: np.ndarray):
@@ -81,7 +101,11 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
     from napari_wsseg.io.image import as_image
 
     image_zyx, labels, classes = data
-    image, names, annotated = as_image(image_zyx), [c.name for c in classes], SPLITS[args.dataset].annotated
+    image, names, annotated = (
+        as_image(image_zyx),
+        [c.name for c in classes],
+        SPLITS[args.dataset].annotated,
+    )
     ann = clicks(labels, classes, annotated, args.start_points, seed)
     cold, _ = train(args.method, args.options, image, ann, seed, device=args.device)
     warm = cold
@@ -91,16 +115,27 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
         start = warm if args.warm_from == "chain" else cold
         start_dice = dice(start, image, labels, held_out, names)
         cold, cold_s = train(args.method, args.options, image, ann, seed, device=args.device)
-        warm, warm_s = train(args.method, args.options, image, ann, seed, init=start, device=args.device)
+        warm, warm_s = train(
+            args.method, args.options, image, ann, seed, init=start, device=args.device
+        )
         warm_dice = dice(warm, image, labels, held_out, names)
-        records.append({
-            "bench": "warm", "dataset": args.dataset, "method": args.method, "seed": seed,
-            "warm_from": args.warm_from, "round": round_, "points": len(ann.points),
-            "start_dice": round(start_dice, 4),
-            "cold_dice": round(dice(cold, image, labels, held_out, names), 4), "cold_s": round(cold_s, 1),
-            "warm_dice": round(warm_dice, 4), "warm_s": round(warm_s, 1),
-            "target": bool(warm_s <= 60 and warm_dice >= start_dice),
-        })
+        records.append(
+            {
+                "bench": "warm",
+                "dataset": args.dataset,
+                "method": args.method,
+                "seed": seed,
+                "warm_from": args.warm_from,
+                "round": round_,
+                "points": len(ann.points),
+                "start_dice": round(start_dice, 4),
+                "cold_dice": round(dice(cold, image, labels, held_out, names), 4),
+                "cold_s": round(cold_s, 1),
+                "warm_dice": round(warm_dice, 4),
+                "warm_s": round(warm_s, 1),
+                "target": bool(warm_s <= 60 and warm_dice >= start_dice),
+            }
+        )
         print_row(records[-1])
     return records
 
@@ -111,27 +146,54 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
     from napari_wsseg.predict.suggest import SuggestConfig, suggest
 
     image_zyx, labels, classes = data
-    image, names, annotated = as_image(image_zyx), [c.name for c in classes], SPLITS[args.dataset].annotated
+    image, names, annotated = (
+        as_image(image_zyx),
+        [c.name for c in classes],
+        SPLITS[args.dataset].annotated,
+    )
     k = args.k or len(classes) * len(annotated)
     start = clicks(labels, classes, annotated, 1, seed)
     arms = {"suggested": start, "random": start}
-    models = {arm: train(args.method, args.options, image, start, seed, device=args.device)[0] for arm in arms}
+    models = {
+        arm: train(args.method, args.options, image, start, seed, device=args.device)[0]
+        for arm in arms
+    }
     rng = np.random.default_rng(seed + 17)
-    config = SuggestConfig(n=k, cell=args.cell, per_slice=max(1, -(-k // len(annotated))), seed=seed)
+    config = SuggestConfig(
+        n=k, cell=args.cell, per_slice=max(1, -(-k // len(annotated))), seed=seed
+    )
     records = []
     for round_ in range(1, args.rounds + 1):
-        found = suggest(models["suggested"], image, annotations=arms["suggested"], slices=list(annotated),
-                        config=config)
-        picks = {"suggested": np.array([[s.z, s.y, s.x] for s in found], np.int64).reshape(-1, 3),
-                 "random": random_pixels(rng, annotated, labels.shape[1:], k)}
-        record = {"bench": "suggest", "dataset": args.dataset, "method": args.method, "seed": seed,
-                  "round": round_, "k": k}
+        found = suggest(
+            models["suggested"],
+            image,
+            annotations=arms["suggested"],
+            slices=list(annotated),
+            config=config,
+        )
+        picks = {
+            "suggested": np.array([[s.z, s.y, s.x] for s in found], np.int64).reshape(-1, 3),
+            "random": random_pixels(rng, annotated, labels.shape[1:], k),
+        }
+        record = {
+            "bench": "suggest",
+            "dataset": args.dataset,
+            "method": args.method,
+            "seed": seed,
+            "round": round_,
+            "k": k,
+        }
         for arm, zyx in picks.items():
             labelled = np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]])
             arms[arm] = with_points(arms[arm], labelled)
-            models[arm], seconds = train(args.method, args.options, image, arms[arm], seed, device=args.device)
-            record |= {f"{arm}_points": len(arms[arm].points), f"{arm}_s": round(seconds, 1),
-                       f"{arm}_dice": round(dice(models[arm], image, labels, held_out, names), 4)}
+            models[arm], seconds = train(
+                args.method, args.options, image, arms[arm], seed, device=args.device
+            )
+            record |= {
+                f"{arm}_points": len(arms[arm].points),
+                f"{arm}_s": round(seconds, 1),
+                f"{arm}_dice": round(dice(models[arm], image, labels, held_out, names), 4),
+            }
         records.append(record)
         print_row(record)
     return records
@@ -140,31 +202,49 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
 def random_pixels(rng, slices, shape_yx, k: int) -> np.ndarray:
     """``k`` uniformly random ``(z, y, x)`` on ``slices``."""
     zs = rng.choice(np.asarray(slices), k)
-    return np.column_stack([zs, rng.integers(0, shape_yx[0], k), rng.integers(0, shape_yx[1], k)]).astype(np.int64)
+    return np.column_stack(
+        [zs, rng.integers(0, shape_yx[0], k), rng.integers(0, shape_yx[1], k)]
+    ).astype(np.int64)
 
 
 def print_row(record: dict) -> None:
     skip = ("bench", "dataset", "method")
-    print("  ".join(f"{key}={value}" for key, value in record.items() if key not in skip), flush=True)
+    print(
+        "  ".join(f"{key}={value}" for key, value in record.items() if key not in skip), flush=True
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("bench", choices=["warm", "suggest", "both"])
     parser.add_argument("--method", default="rf")
     parser.add_argument("--dataset", default="phantom", choices=list(SPLITS))
-    parser.add_argument("--split", choices=["validation", "scored"], default="validation",
-                        help="held-out slices Dice is measured on")
+    parser.add_argument(
+        "--split",
+        choices=["validation", "scored"],
+        default="validation",
+        help="held-out slices Dice is measured on",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--start-points", type=int, default=4, help="warm: clicks per class per slice at start")
-    parser.add_argument("--warm-from", choices=["chain", "cold"], default="chain",
-                        help="warm: continue from the previous warm model or the previous cold one")
+    parser.add_argument(
+        "--start-points", type=int, default=4, help="warm: clicks per class per slice at start"
+    )
+    parser.add_argument(
+        "--warm-from",
+        choices=["chain", "cold"],
+        default="chain",
+        help="warm: continue from the previous warm model or the previous cold one",
+    )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
     parser.add_argument("--options", default="{}", help="the method's options as JSON")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--results", type=Path, default=None, help="JSONL file to append records to")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="JSONL file to append records to"
+    )
     args = parser.parse_args(argv)
     args.options = json.loads(args.options)
     make_deterministic()
@@ -173,13 +253,19 @@ def main(argv=None) -> int:
     benches = ["warm", "suggest"] if args.bench == "both" else [args.bench]
     records = []
     for bench in benches:
-        print(f"# {bench}: {args.method} on {args.dataset}, Dice on {args.split} slices {held_out}", flush=True)
+        print(
+            f"# {bench}: {args.method} on {args.dataset}, Dice on {args.split} slices {held_out}",
+            flush=True,
+        )
         for seed in (int(s) for s in args.seeds.split(",") if s):
             records += (run_warm if bench == "warm" else run_suggest)(args, data, seed, held_out)
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as fh:
-            fh.writelines(json.dumps(r | {"split": args.split, "options": args.options}) + "\n" for r in records)
+            fh.writelines(
+                json.dumps(r | {"split": args.split, "options": args.options}) + "\n"
+                for r in records
+            )
     return 0
 
 
