@@ -159,8 +159,9 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
         for arm in arms
     }
     rng = np.random.default_rng(seed + 17)
+    picking = {} if args.pick_sigma is None else {"pick_sigma": args.pick_sigma}
     config = SuggestConfig(
-        n=k, cell=args.cell, per_slice=max(1, -(-k // len(annotated))), seed=seed
+        n=k, cell=args.cell, per_slice=max(1, -(-k // len(annotated))), seed=seed, **picking
     )
     records = []
     for round_ in range(1, args.rounds + 1):
@@ -182,6 +183,7 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
             "seed": seed,
             "round": round_,
             "k": k,
+            "pick_sigma": config.pick_sigma,
         }
         for arm, zyx in picks.items():
             labelled = np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]])
@@ -240,6 +242,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
+    parser.add_argument(
+        "--pick-sigma",
+        type=float,
+        default=None,
+        help="suggest: SuggestConfig.pick_sigma (default: the library's default)",
+    )
     parser.add_argument("--options", default="{}", help="the method's options as JSON")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(

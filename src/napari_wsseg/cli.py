@@ -591,6 +591,7 @@ def cmd_suggest(args) -> int:
         per_slice=args.per_slice,
         min_distance=args.min_distance,
         measure=args.measure,
+        pick_sigma=SuggestConfig.pick_sigma if args.pick_sigma is None else args.pick_sigma,
         seed=args.seed,
     )
     model = load_model(args.model)
@@ -674,6 +675,13 @@ def _add_suggest_parser(sub) -> None:
         default="entropy",
         choices=["entropy", "margin"],
         help="uncertainty measure (default entropy)",
+    )
+    p.add_argument(
+        "--pick-sigma",
+        type=float,
+        default=None,
+        help="Gaussian sigma (pixels) of the scores each cell's pixel is picked from; 0 picks "
+        "the most uncertain pixel (default 0)",
     )
     p.add_argument("--seed", type=_count(0), default=0, help="orders cells with equal scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

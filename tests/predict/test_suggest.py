@@ -122,6 +122,27 @@ def test_the_uncertain_region_comes_first():
     assert all(s.score == 0.0 or s.z != 0 for s in found)  # the sure slice is last, if at all
 
 
+def test_pick_sigma_moves_the_pixel_from_an_outline_into_an_uncertain_patch():
+    proba = _sure((64, 64))
+    proba = _unsure(proba, 10, 30, 10, 30, classes=(0, 1))  # a patch, fairly unsure
+    proba[:, 10:30, 10:30] = np.array([0.6, 0.4, 0.0])[:, None, None]
+    proba = _unsure(proba, 50, 51, 0, 64, classes=(0, 1))  # an outline, most unsure
+    model, image = _Scripted({0: proba}), _image(1, (64, 64))
+    sharp = suggest(model, image, config=SuggestConfig(n=1, cell=64))[0]
+    smooth = suggest(model, image, config=SuggestConfig(n=1, cell=64, pick_sigma=4))[0]
+    assert sharp.y == 50  # the single most uncertain pixel lies on the outline
+    assert 14 <= smooth.y < 26 and 14 <= smooth.x < 26  # the middle of the patch
+    assert smooth.score == sharp.score  # cells are ranked on the unsmoothed scores either way
+
+
+def test_labelled_pixels_are_never_picked_from_the_smoothed_scores():
+    proba = _unsure(_sure((32, 32)), 8, 24, 8, 24)
+    ann = Annotations(CLASSES, points=np.array([[0, 16, 16, 0]]))
+    model, image = _Scripted({0: proba}), _image(1, (32, 32))
+    found = suggest(model, image, annotations=ann, config=SuggestConfig(n=1, pick_sigma=3))[0]
+    assert (found.y, found.x) != (16, 16) and 8 <= found.y < 24 and 8 <= found.x < 24
+
+
 def test_classes_with_few_labels_are_preferred():
     proba = _unsure(_sure(), 0, 32, 0, 32, classes=(0, 1))  # bg vs cell: many labels
     proba = _unsure(proba, 96, 128, 96, 128, classes=(0, 2))  # bg vs rare: one label

@@ -10,9 +10,13 @@ the expected per-class weight ``sum_c p_c w_c / max_c w_c`` with ``w_c = ((1 + m
 n_c)) ** rarity_power``, where ``n_c`` counts the labels class c already has (points, boxes and
 mask pixels / :data:`MASK_PIXELS_PER_LABEL`), so pixels likely to belong to classes with few labels
 rank higher. Each grid cell (``cell`` x ``cell`` pixels) is scored by the mean pixel score and
-proposes its highest-scoring pixel that is not labelled yet. Cells are then taken best first,
-at most ``per_slice`` per slice and none closer than ``min_distance`` pixels to one already
-taken in the same slice, until ``n`` are found: suggestions are spread out, not ten in one spot.
+proposes its highest-scoring pixel that is not labelled yet; with ``pick_sigma`` > 0 the pixel is
+the maximum of the scores smoothed by a Gaussian of that many pixels, the middle of a patch of
+uncertain pixels rather than the single most uncertain pixel, which usually lies on an object's
+outline, where the true class is ambiguous and a click teaches little. Cells are then taken
+best first, at most ``per_slice`` per slice and none closer than ``min_distance`` pixels to one
+already taken in the same slice, until ``n`` are found: suggestions are spread out, not ten in
+one spot.
 
 The result is deterministic: equal scores are ordered by a permutation drawn from ``seed``.
 Imports no Qt; a widget runs :func:`suggest` in a worker and shows the result.
@@ -62,6 +66,9 @@ class SuggestConfig:
         Uncertainty measure: "entropy" or "margin".
     rarity_power : float, default 1.0
         How strongly classes with few labels are preferred; 0 turns the weighting off.
+    pick_sigma : float, default 0.0
+        Gaussian sigma in pixels of the scores the suggested pixel of a cell is picked from
+        (0: the cell's most uncertain pixel). Cells are ranked by their unsmoothed mean either way.
     seed : int, default 0
         Seeds the order of cells with equal scores.
     """
@@ -72,6 +79,7 @@ class SuggestConfig:
     min_distance: float | None = None
     measure: str = "entropy"
     rarity_power: float = 1.0
+    pick_sigma: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,7 +91,7 @@ class SuggestConfig:
             raise WssegError(
                 f"suggest measure {self.measure!r} is unknown; use one of {', '.join(MEASURES)}"
             )
-        for name in ("min_distance", "rarity_power"):
+        for name in ("min_distance", "rarity_power", "pick_sigma"):
             value = getattr(self, name)
             if value is None and name == "min_distance":
                 continue
@@ -226,9 +234,11 @@ def suggest(
             break
         proba = np.asarray(predict_slice_proba(model, image, z), dtype=np.float64)
         scores = pixel_scores(proba, weights, config.measure)
+        picks = _smoothed(scores, config.pick_sigma)
         if z in labelled:
             scores[labelled[z]] = -1.0  # never suggest a pixel that already has a label
-        for suggestion in _cell_candidates(z, scores, config.cell):
+            picks[labelled[z]] = -1.0
+        for suggestion in _cell_candidates(z, scores, config.cell, picks):
             candidates.append((-suggestion.score, float(order_key.random()), suggestion))
         report(progress, ProgressEvent(done + 1, len(zs), f"suggest: scored slice {z}"))
     candidates.sort(key=lambda item: (item[0], item[1]))
@@ -246,20 +256,37 @@ def pixel_scores(proba: np.ndarray, weights: np.ndarray, measure: str = "entropy
     return uncertainty(proba, measure) * rarity
 
 
-def _cell_candidates(z: int, scores: np.ndarray, cell: int) -> list[Suggestion]:
-    """One suggestion per grid cell holding an unlabelled pixel: its best pixel, the cell mean.
+def _smoothed(scores: np.ndarray, sigma: float) -> np.ndarray:
+    """``scores`` smoothed by a Gaussian of ``sigma`` pixels (a copy; unchanged for 0)."""
+    if sigma <= 0:
+        return scores.copy()
+    from scipy.ndimage import gaussian_filter
 
-    Labelled pixels carry a negative score; the image is padded to whole cells with such pixels.
+    return gaussian_filter(scores, sigma, mode="nearest")
+
+
+def _cell_candidates(
+    z: int, scores: np.ndarray, cell: int, picks: np.ndarray | None = None
+) -> list[Suggestion]:
+    """One suggestion per grid cell holding an unlabelled pixel: the cell's maximum of ``picks``
+    (default: of ``scores``), scored by the cell's mean of ``scores``.
+
+    Labelled pixels carry a negative score in both; the image is padded to whole cells with such
+    pixels.
     """
     height, width = scores.shape
     ny, nx = -(-height // cell), -(-width // cell)
-    padded = np.full((ny * cell, nx * cell), -1.0)
-    padded[:height, :width] = scores
-    blocks = padded.reshape(ny, cell, nx, cell).transpose(0, 2, 1, 3).reshape(ny, nx, cell * cell)
+
+    def cells(values: np.ndarray) -> np.ndarray:
+        padded = np.full((ny * cell, nx * cell), -1.0)
+        padded[:height, :width] = values
+        return padded.reshape(ny, cell, nx, cell).transpose(0, 2, 1, 3).reshape(ny, nx, -1)
+
+    blocks = cells(scores)
     free = blocks >= 0
     counts = free.sum(axis=2)
     means = np.where(free, blocks, 0.0).sum(axis=2) / np.maximum(counts, 1)
-    best = blocks.argmax(axis=2)
+    best = (blocks if picks is None else cells(picks)).argmax(axis=2)
     found = []
     for iy, ix in zip(*np.nonzero(counts)):
         y0, x0 = int(iy) * cell, int(ix) * cell
