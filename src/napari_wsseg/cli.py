@@ -681,7 +681,7 @@ def _add_suggest_parser(sub) -> None:
         type=float,
         default=None,
         help="Gaussian sigma (pixels) of the scores each cell's pixel is picked from; 0 picks "
-        "the most uncertain pixel (default 0)",
+        "the most uncertain pixel (default 6)",
     )
     p.add_argument("--seed", type=_count(0), default=0, help="orders cells with equal scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -128,7 +128,7 @@ def test_pick_sigma_moves_the_pixel_from_an_outline_into_an_uncertain_patch():
     proba[:, 10:30, 10:30] = np.array([0.6, 0.4, 0.0])[:, None, None]
     proba = _unsure(proba, 50, 51, 0, 64, classes=(0, 1))  # an outline, most unsure
     model, image = _Scripted({0: proba}), _image(1, (64, 64))
-    sharp = suggest(model, image, config=SuggestConfig(n=1, cell=64))[0]
+    sharp = suggest(model, image, config=SuggestConfig(n=1, cell=64, pick_sigma=0))[0]
     smooth = suggest(model, image, config=SuggestConfig(n=1, cell=64, pick_sigma=4))[0]
     assert sharp.y == 50  # the single most uncertain pixel lies on the outline
     assert 14 <= smooth.y < 26 and 14 <= smooth.x < 26  # the middle of the patch
