@@ -304,3 +304,12 @@ def test_mews_says_it_ignores_region_tags():
 
     with pytest.warns(UserWarning, match="ignoring 1 tags, 2 region_tags"):
         _warn_unused_annotations(_annotations())
+
+
+def test_region_tags_anchor_only_classes_that_no_click_locates():
+    from napari_wsseg.engine.crops import annotation_anchors
+
+    # a click of class 0 in slice 1: the region rows of class 0 add no anchors, class 2 keeps its
+    anchors = annotation_anchors(_annotations(), SHAPE, np.random.default_rng(0))
+    assert anchors[:, [0, 3]].tolist() == [[1, 0], [1, 2]] + [[2, 1]] * (len(anchors) - 2)
+    assert anchors[0].tolist() == [1, 2, 2, 0]  # the click itself, no random pixel of class 0

@@ -53,12 +53,14 @@ def annotation_anchors(
     """Anchor pixels ``(N, 4)`` int64 rows ``(z, y, x, class)`` for crop sampling.
 
     Points are anchors themselves; a box is one random pixel inside it, like one click
-    (thousands per box crowded out the few clicks of their class); masks give random pixels;
-    region tags one random pixel of their region per row; tags contribute random pixels of their
-    slice, but only for classes nothing else locates (a
-    tag says where a class is no better than a random crop, and hundreds of tag anchors would
-    crowd out the few clicks of the class). At most ``max_per_class`` anchors per class and kind
-    are kept (drawn at random), so big masks do not cost memory.
+    (thousands per box crowded out the few clicks of their class); masks give random pixels.
+    Region tags give one random pixel of their region per row and slice tags random pixels of
+    their slice, both only for classes nothing before them locates: a tag says where a class is
+    no better than a random crop (region) or not at all (slice), and hundreds of tag anchors would
+    crowd out the few clicks of the class (a coarse grid of region tags on drosophila_vnc gave 794
+    anchors next to 160 clicks and cost dsp 6.4 Dice, docs/benchmarks.md). At most
+    ``max_per_class`` anchors per class and kind are kept (drawn at random), so big masks do not
+    cost memory.
 
     Examples
     --------
@@ -69,9 +71,12 @@ def annotation_anchors(
     """
     parts = [annotations.points.astype(np.int64)]
     parts.append(_box_anchors(annotations.boxes, rng, max_per_class))
-    parts.append(_region_tag_anchors(annotations.region_tags, rng, max_per_class))
     if annotations.masks is not None:
         parts.append(_mask_anchors(np.asarray(annotations.masks), rng, max_per_class))
+    located = np.unique(np.concatenate(parts).reshape(-1, 4)[:, 3])
+    regions = annotations.region_tags
+    regions = regions[~np.isin(regions[:, 1], located)] if len(regions) else regions
+    parts.append(_region_tag_anchors(regions, rng, max_per_class))
     located = np.unique(np.concatenate(parts).reshape(-1, 4)[:, 3])
     tags = (
         annotations.tags[~np.isin(annotations.tags[:, 1], located)]
