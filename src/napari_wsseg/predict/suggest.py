@@ -220,7 +220,8 @@ def suggest(
     ...     def predict_proba_slice(self, s):
     ...         p = np.ones((2,) + s.shape[:2]); p[0, :, :8], p[1, :, :8] = 1, 0
     ...         return p / p.sum(0)
-    >>> found = suggest(Half(), as_image(np.zeros((16, 16))), config=SuggestConfig(n=2, cell=8))
+    >>> config = SuggestConfig(n=2, cell=8, pick_sigma=0)  # 0: the most uncertain pixel
+    >>> found = suggest(Half(), as_image(np.zeros((16, 16))), config=config)
     >>> sorted((s.y, s.x, s.score, s.x0) for s in found)  # the two right-hand cells
     [(0, 8, 1.0, 8), (8, 8, 1.0, 8)]
     """
