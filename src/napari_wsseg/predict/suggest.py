@@ -240,7 +240,8 @@ def suggest(
         picks = _smoothed(scores, config.pick_sigma)
         if z in labelled:
             scores[labelled[z]] = -1.0  # never suggest a pixel that already has a label
-            picks[labelled[z]] = -1.0
+            if picks is not None:
+                picks[labelled[z]] = -1.0
         for suggestion in _cell_candidates(z, scores, config.cell, picks):
             candidates.append((-suggestion.score, float(order_key.random()), suggestion))
         report(progress, ProgressEvent(done + 1, len(zs), f"suggest: scored slice {z}"))
@@ -259,10 +260,10 @@ def pixel_scores(proba: np.ndarray, weights: np.ndarray, measure: str = "entropy
     return uncertainty(proba, measure) * rarity
 
 
-def _smoothed(scores: np.ndarray, sigma: float) -> np.ndarray:
-    """``scores`` smoothed by a Gaussian of ``sigma`` pixels (a copy; unchanged for 0)."""
+def _smoothed(scores: np.ndarray, sigma: float) -> np.ndarray | None:
+    """``scores`` smoothed by a Gaussian of ``sigma`` pixels; None for 0 (pick from the scores)."""
     if sigma <= 0:
-        return scores.copy()
+        return None
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(scores, sigma, mode="nearest")
