@@ -12,6 +12,7 @@ the same way. When a backbone was written, the project records it as MEWS's defa
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import WssegError
 from ..progress import ProgressEvent
+from ._links import on_destroyed
 from ._notify import notify_error, notify_info, user_message
 from ._progress import set_progress_bar
 from ._session import session_for
@@ -73,7 +75,7 @@ class PretrainPanel(QWidget):
         self._cancel: threading.Event | None = None
         self._signals = _Signals()
         self._running: set[threading.Event] = set()  # the cancel event of a run under way
-        self.destroyed.connect(lambda *_, runs=self._running: [e.set() for e in list(runs)])
+        on_destroyed(self, functools.partial(_cancel_all, self._running))
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.0, 7 * 24 * 60.0)
         self.budget_spin.setValue(DEFAULT_BUDGET_MIN)
@@ -246,3 +248,8 @@ def _pretrain(image, folder, config, budget_s, device: str, cancel, progress, st
         resume=resume,
     )
     return run_pretraining_in_subprocess(job, progress=progress, cancel=cancel, started=started)
+
+
+def _cancel_all(runs: set[threading.Event]) -> None:
+    for cancel in list(runs):
+        cancel.set()

@@ -13,6 +13,7 @@ rectangle per tagged class, in the class colour, nested inside the cell.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +22,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox
 from ..annotations.region_tags import grid_cell, tag_regions
 from ..annotations.sizes import GRID_DIVISIONS
 from . import _layers as L
-from ._links import link
+from ._links import link, on_destroyed
 from ._notify import notify_info
 from ._session import ANNOTATION_ROLES
 
@@ -73,7 +74,8 @@ class RegionTagPanel(QGroupBox):
         link(self, self.session.classes_changed, lambda: self.draw(force=True))
         link(self, self.session.attached, lambda: self.draw(force=True))
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
-        self.destroyed.connect(lambda *_, v=self.viewer, f=self._on_mouse: _drop(v, f))
+        viewer, on_mouse = weakref.ref(self.viewer), weakref.WeakMethod(self._on_mouse)
+        on_destroyed(self, lambda: _drop(viewer(), on_mouse()))
 
     # ------------------------------------------------------------------------ public actions
     @property
@@ -234,6 +236,8 @@ def _cell_lines(shape_yx, cell: int) -> np.ndarray:
 
 
 def _drop(viewer, callback) -> None:
+    if viewer is None or callback is None:  # freed already
+        return
     try:
         viewer.mouse_drag_callbacks.remove(callback)
     except (ValueError, AttributeError, RuntimeError):  # already gone with the viewer

@@ -11,6 +11,7 @@ the Train widget asks the panel to update the suggestions it shows.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import WssegError
 from . import _layers as L
+from ._links import on_destroyed
 from ._notify import notify_error, notify_info, user_message
 from ._session import ANNOTATION_ROLES, session_for
 
@@ -212,7 +214,8 @@ class SuggestPanel(QWidget):
     def _bind_keys(self) -> None:
         self.viewer.bind_key(NEXT_KEY, lambda _=None: self.jump(1), overwrite=True)
         self.viewer.bind_key(PREVIOUS_KEY, lambda _=None: self.jump(-1), overwrite=True)
-        self.destroyed.connect(lambda *_, v=self.viewer: _unbind_keys(v))
+        viewer = weakref.ref(self.viewer)
+        on_destroyed(self, lambda: _unbind_keys(viewer()))
 
     def _on_error(self, exc: Exception) -> None:
         message = user_message(exc, "finding suggestions")
@@ -269,6 +272,8 @@ def camera(viewer):
 
 
 def _unbind_keys(viewer) -> None:
+    if viewer is None:  # freed already, its key bindings with it
+        return
     for key in (NEXT_KEY, PREVIOUS_KEY):
         try:
             viewer.bind_key(key, None)

@@ -50,7 +50,7 @@ from ..training import (
     throttle,
 )
 from . import _layers as L
-from ._links import link
+from ._links import link, on_destroyed
 from ._live import LiveUpdater, visible_window
 from ._notify import notify_error, notify_info, notify_warning, user_message
 from ._options import ConfigForm
@@ -100,7 +100,7 @@ class TrainWidget(QWidget):
         self.last_outcome: TrainingOutcome | None = None
         self._final_shown = False
         self._live_run = False
-        self.destroyed.connect(lambda *_, p=self.live_process: p.close())
+        on_destroyed(self, self.live_process.close)
 
         self.method_combo = QComboBox()
         self.method_combo.addItems(available_methods())
