@@ -212,6 +212,23 @@ def test_the_visible_window_is_previewed_before_the_whole_slice(tiny):
     np.testing.assert_array_equal(shown[0].labels, outcome.final.labels[window])
 
 
+def test_live_runs_preview_a_draft_of_the_slice_before_the_final_prediction(tiny):
+    image, annotations, _ = tiny
+    method = get_method("rf")(n_estimators=40)
+    shown = []
+    job = TrainingJob(method, image, annotations, FitOptions(device="cpu"), draft_first=True)
+    outcome = run_training(job, preview=shown.append)
+    assert [(p.region, p.final) for p in shown] == [(None, False), (None, True)]
+    assert shown[1] is outcome.final
+    assert method._draft_trees is None  # predictions after the draft use every tree
+
+
+def test_a_method_without_a_cheaper_version_previews_no_draft(tiny):
+    shown = []
+    run_training(_rf_job(tiny, draft_first=True), preview=shown.append)  # 5 trees: no draft
+    assert [(p.region, p.final) for p in shown] == [(None, True)]
+
+
 def test_closing_a_kept_process_during_a_run_ends_it_without_an_error(tiny):
     from napari_wsseg.training import TrainingProcess
 

@@ -161,3 +161,33 @@ def test_chunked_forest_prediction_equals_scikit_learns(phantom_2d, monkeypatch)
         model.forest.predict_proba(features),
         atol=1e-12,
     )
+
+
+def test_a_draft_predicts_with_the_first_trees_and_ends_with_the_with_block(phantom_2d):
+    from napari_wsseg.methods.rf import DRAFT_TREES
+
+    image, labels, classes = phantom_2d
+    rows = [[0, *np.argwhere(labels == k)[i], k] for k in range(len(classes)) for i in (0, 9)]
+    model = RandomForestMethod(n_estimators=2 * DRAFT_TREES)
+    model.fit(as_image(image), Annotations(classes=classes, points=np.array(rows)), FitOptions())
+    features = model.features(image[..., None]).reshape(-1, model.forest.n_features_in_)
+    first = np.mean([t.predict_proba(features) for t in model.forest.estimators_[:DRAFT_TREES]], 0)
+    full = model.predict_proba_slice(image[..., None])
+    with model.draft() as cheaper:
+        draft = model.predict_proba_slice(image[..., None])
+    assert cheaper
+    np.testing.assert_allclose(draft.reshape(len(classes), -1).T, first, atol=1e-6)
+    assert not np.allclose(draft, full)  # the subforest differs from the forest
+    np.testing.assert_array_equal(model.predict_proba_slice(image[..., None]), full)
+
+
+def test_a_small_forest_has_no_draft(phantom_2d):
+    from napari_wsseg.methods.rf import DRAFT_TREES
+
+    image, labels, classes = phantom_2d
+    rows = [[0, *np.argwhere(labels == k)[0], k] for k in range(len(classes))]
+    model = RandomForestMethod(n_estimators=2 * DRAFT_TREES - 1)
+    model.fit(as_image(image), Annotations(classes=classes, points=np.array(rows)), FitOptions())
+    with model.draft() as cheaper:
+        assert not cheaper
+        assert model._draft_trees is None

@@ -17,6 +17,7 @@ half-written model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -322,6 +323,12 @@ class Method(ABC):
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         """Class probabilities ``(C, Y, X)`` float32 of
         one raw (un-normalised) ``(Y, X, C)`` slice."""
+
+    def draft(self) -> contextlib.AbstractContextManager[bool]:
+        """``with method.draft() as cheaper:`` predictions inside may come from a cheaper version
+        of the model, which live mode shows before the full prediction; ``cheaper`` says whether
+        this method has one. By default it has not and predictions are unchanged."""
+        return contextlib.nullcontext(False)
 
     def predict_proba_batch(self, slices: list[np.ndarray]) -> list[np.ndarray]:
         """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice in ``slices``.

@@ -25,6 +25,7 @@ import hashlib
 import json
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,8 @@ class RandomForestMethod(Method):
         self.forest = None
         #: Features of the slices trained on; shared with the next model on a warm start.
         self.feature_memo = FeatureMemo()
+        #: Trees a prediction uses inside :meth:`draft` (None: all).
+        self._draft_trees: int | None = None
 
     # ---------------------------------------------------------------- features
     def features(self, slice_yxc: np.ndarray) -> np.ndarray:
@@ -185,11 +188,24 @@ class RandomForestMethod(Method):
         if feats is None:  # not a training slice: computed, not kept (prediction streams slices)
             feats = self.features(slice_yxc)
         height, width, n_features = feats.shape
-        known = forest_proba(self.forest, feats.reshape(-1, n_features))
+        known = forest_proba(self.forest, feats.reshape(-1, n_features), self._draft_trees)
         # Classes never labelled in training get probability 0.
         proba = np.zeros((height * width, len(self.classes)), dtype=np.float32)
         proba[:, self.forest.classes_.astype(int)] = known
         return proba.T.reshape(len(self.classes), height, width)
+
+    @contextmanager
+    def draft(self):
+        """Predictions inside use the first :data:`DRAFT_TREES` trees only (a forest of at most
+        twice as many has no cheaper version)."""
+        if self.forest is None or len(self.forest.estimators_) < 2 * DRAFT_TREES:
+            yield False
+            return
+        self._draft_trees = DRAFT_TREES
+        try:
+            yield True
+        finally:
+            self._draft_trees = None
 
     # ------------------------------------------------------------- persistence
     def _save_weights(self, folder: Path) -> None:
@@ -238,14 +254,20 @@ class RandomForestMethod(Method):
             )
 
 
+#: Trees of the draft prediction live mode shows before the full one (:meth:`~RandomForestMethod.
+#: draft`): the subforest predicts a 1024 x 1024 slice in a sixth of the time. Chosen on the
+#: validation slices of both real datasets (benchmarks/rf_draft.py, docs/benchmarks.md).
+DRAFT_TREES = 16
+
 #: Pixels per chunk of :func:`forest_proba`: small enough that a chunk's features stay in the CPU
 #: cache while all trees walk them (a third faster than scikit-learn's one pass per tree over a
 #: 1024 x 1024 slice, measured on 2 busy cores).
 PREDICT_CHUNK = 32768
 
 
-def forest_proba(forest, x: np.ndarray) -> np.ndarray:
-    """``forest.predict_proba(x)``: class probabilities ``(N, K)`` of ``(N, F)`` features.
+def forest_proba(forest, x: np.ndarray, n_trees: int | None = None) -> np.ndarray:
+    """``forest.predict_proba(x)``: class probabilities ``(N, K)`` of ``(N, F)`` features; with
+    ``n_trees``, of the subforest of the first ``n_trees`` trees.
 
     Rows go in chunks of :data:`PREDICT_CHUNK` to a thread pool (scikit-learn's trees release
     the GIL), each chunk through every tree in order, instead of every tree over all rows.
@@ -255,7 +277,7 @@ def forest_proba(forest, x: np.ndarray) -> np.ndarray:
     from joblib import effective_n_jobs
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    trees = forest.estimators_
+    trees = forest.estimators_[:n_trees]
 
     def chunk_proba(start: int) -> np.ndarray:
         rows = x[start : start + PREDICT_CHUNK]

@@ -89,6 +89,8 @@ class _ChildSpec:
     init_dir: str | None = None
     #: The (y, x) window the viewer shows, predicted before the whole slice (None: no window).
     preview_region: tuple[slice, slice] | None = None
+    #: Preview a draft of the slice first (``TrainingJob.draft_first``).
+    draft_first: bool = False
 
 
 @dataclass
@@ -282,6 +284,7 @@ def _run_job(
         str(model_dir),
         init_dir,
         job.preview_region,
+        job.draft_first,
     )
     try:
         send(child.to_child, ("job", spec))
@@ -458,6 +461,7 @@ def _train(
         preview_every_s=spec.preview_every_s,
         init=init,
         preview_region=spec.preview_region,
+        draft_first=spec.draft_first,
     )
 
     def on_progress(event: ProgressEvent) -> None:

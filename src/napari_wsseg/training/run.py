@@ -86,6 +86,9 @@ class TrainingJob:
     #: The (y, x) window of the slice the viewer shows when the view is zoomed in: at the end of
     #: the run it is predicted and previewed before the whole slice. None: the whole slice only.
     preview_region: tuple[slice, slice] | None = None
+    #: Preview a draft of the whole slice from a cheaper version of the model first, where the
+    #: method has one (:meth:`~napari_wsseg.methods.base.Method.draft`; live mode).
+    draft_first: bool = False
 
 
 @dataclass
@@ -160,10 +163,15 @@ def run_training(
 
 def _predict_final(job: TrainingJob, steps: int, preview) -> SlicePrediction:
     """The final prediction of the current slice, each part handed to ``preview`` at once: the
-    window the viewer shows first (if it is only part of the slice), then the whole slice."""
+    window the viewer shows first (if it is only part of the slice), or else with
+    ``job.draft_first`` a draft of the whole slice, then the whole slice."""
     z = job.preview_z
     if preview is not None and _is_part_of_slice(job.preview_region, job.image):
         preview(predict_slice(job.method, job.image, z, step=steps, region=job.preview_region))
+    elif preview is not None and job.draft_first:
+        with job.method.draft() as cheaper:
+            if cheaper:
+                preview(predict_slice(job.method, job.image, z, step=steps))
     final = predict_slice(job.method, job.image, z, step=steps)
     final.final = True
     if preview is not None:

@@ -368,6 +368,7 @@ class TrainWidget(QWidget):
             save_model=lambda m, folder: self._save_model(m, folder, name, method.name),
             init=self.warm_start_model(),
             preview_region=region,
+            draft_first=live,
         )
         return job
 
