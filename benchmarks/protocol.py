@@ -201,12 +201,16 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def run_one(job: dict, data) -> dict:
-    """Train and score one (dataset, split, method, scenario, seed); returns its record."""
+def run_one(job: dict, data, save_models: Path | None = None) -> dict:
+    """Train and score one (dataset, split, method, scenario, seed); returns its record.
+
+    With ``save_models`` the trained model is saved in a folder under it (named in the record's
+    ``model_dir``) for analyses after the run (e.g. ``benchmarks/posthoc.py``)."""
     from napari_wsseg.eval.metrics import evaluate
     from napari_wsseg.io.image import as_image
     from napari_wsseg.methods import get_method
     from napari_wsseg.methods.base import FitOptions
+    from napari_wsseg.predict.slices import predict_slice_proba
 
     image_zyx, labels, classes = data
     split = SPLITS[job["dataset"]]
@@ -220,11 +224,17 @@ def run_one(job: dict, data) -> dict:
         FitOptions(device=job["device"], seed=job["seed"], time_budget_s=job["time_budget_s"]),
     )
     train_s = time.perf_counter() - start
+    model_dir = None
+    if save_models is not None:
+        model_dir = save_models / f"{job['dataset']}_{job['method']}_{job['scenario']}_" + (
+            f"s{job['seed']}_{job_key(job)}"
+        )
+        method.save(model_dir, overwrite=True)
     slices = list(getattr(split, job["split"]))
     pred = np.zeros(labels.shape, np.uint8)
     start = time.perf_counter()
-    for z in slices:
-        pred[z] = method.predict_slice(image.slice(z))
+    for z in slices:  # with z context for methods that ask for it (rewis3d's 3D student)
+        pred[z] = np.argmax(predict_slice_proba(method, image, z), axis=0)
     predict_s = time.perf_counter() - start
     names = [c.name for c in classes]
     scores = evaluate(pred, labels, slices=slices, class_names=names)
@@ -234,21 +244,25 @@ def run_one(job: dict, data) -> dict:
         else np.count_nonzero(ann.masks)
         / (len(split.annotated) * labels.shape[1] * labels.shape[2])
     )
-    return job | {
-        "key": job_key(job),
-        "mean_fg_dice": round(float(scores["mean_fg_dice"]), 4),
-        "dice": {n: round(float(d), 4) for n, d in zip(names, scores["dice"])},
-        "confusion_matrix": scores["confusion_matrix"],  # rows: truth, columns: prediction
-        "train_s": round(train_s, 1),
-        "predict_s": round(predict_s, 1),
-        "steps": int(getattr(result, "steps", 0) or 0),
-        "stopped": getattr(result, "stopped", None),
-        "mask_share": round(mask_share, 4),
-        "n_points": len(ann.points),
-        "n_boxes": len(ann.boxes),
-        "n_actions": count_actions(ann),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    return (
+        job
+        | {
+            "key": job_key(job),
+            "mean_fg_dice": round(float(scores["mean_fg_dice"]), 4),
+            "dice": {n: round(float(d), 4) for n, d in zip(names, scores["dice"])},
+            "confusion_matrix": scores["confusion_matrix"],  # rows: truth, columns: prediction
+            "train_s": round(train_s, 1),
+            "predict_s": round(predict_s, 1),
+            "steps": int(getattr(result, "steps", 0) or 0),
+            "stopped": getattr(result, "stopped", None),
+            "mask_share": round(mask_share, 4),
+            "n_points": len(ann.points),
+            "n_boxes": len(ann.boxes),
+            "n_actions": count_actions(ann),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        | ({} if model_dir is None else {"model_dir": str(model_dir)})
+    )
 
 
 def job_key(job: dict) -> str:
@@ -319,6 +333,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-rf", action="store_true", help="skip the rf baseline runs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSONL file (appended)")
+    parser.add_argument(
+        "--save-models", type=Path, default=None, help="save each trained model in a folder here"
+    )
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -353,7 +370,7 @@ def main(argv=None) -> int:
                     }
                     if job_key(job) in done:
                         continue
-                    record = run_one(job, data)
+                    record = run_one(job, data, args.save_models)
                     with open(args.results, "a") as fh:
                         fh.write(json.dumps(record) + "\n")
                     print(
