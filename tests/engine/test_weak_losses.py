@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,25 +10,13 @@ import pytest
 import torch
 
 from napari_wsseg.engine.weak_losses import partial_ce_loss, tag_loss
-from napari_wsseg.engine.weak_targets import BatchTargets
+from napari_wsseg.engine.weak_targets import BatchTargets, CropTargets, collate
 
 
 def _targets(batch=2, classes=3, size=5, **given) -> BatchTargets:
-    values = dict(
-        labels=torch.full((batch, size, size), -1),
-        is_point=torch.zeros(batch, size, size, dtype=torch.bool),
-        components=torch.zeros(batch, size, size, dtype=torch.long),
-        component_classes=torch.zeros(0, dtype=torch.long),
-        allowed=torch.ones(batch, classes, size, size, dtype=torch.bool),
-        valid=torch.ones(batch, size, size, dtype=torch.bool),
-        boxes=torch.zeros(0, 4, dtype=torch.long),
-        box_index=torch.zeros(0, dtype=torch.long),
-        box_classes=torch.zeros(0, dtype=torch.long),
-        box_rows_valid=torch.zeros(0, dtype=torch.bool),
-        box_cols_valid=torch.zeros(0, dtype=torch.bool),
-        tagged=torch.zeros(batch, classes, dtype=torch.bool),
-    )
-    return BatchTargets(**(values | given))
+    """Empty targets of a (batch, classes, size, size) batch, overridden by ``given``."""
+    valid = [np.ones((size, size), bool)] * batch
+    return dataclasses.replace(collate([CropTargets.empty(size, classes)] * batch, valid), **given)
 
 
 def _probs(logits, b, y, x):

@@ -3,6 +3,7 @@ reference that loops over pixels, classes and positives exactly as Eq. 6-9 are w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from napari_wsseg.engine.augment import Geometry
 from napari_wsseg.engine.weak_losses import log_partition, positives
-from napari_wsseg.engine.weak_targets import BatchTargets, transform_targets
+from napari_wsseg.engine.weak_targets import BatchTargets, CropTargets, collate, transform_targets
 from napari_wsseg.methods.dsp.losses import ce_loss, dsp_loss, filtered_pseudo_labels
 
 WEIGHTS = {"mask": 0.1, "box": 0.2, "point": 0.3, "tag": 0.4}
@@ -19,22 +20,8 @@ WEIGHTS = {"mask": 0.1, "box": 0.2, "point": 0.3, "tag": 0.4}
 
 def _targets(batch=1, classes=2, size=4, **given) -> BatchTargets:
     """Empty targets of a (batch, classes, size, size) batch, overridden by ``given``."""
-    values = dict(
-        labels=torch.full((batch, size, size), -1),
-        is_point=torch.zeros(batch, size, size, dtype=torch.bool),
-        components=torch.zeros(batch, size, size, dtype=torch.long),
-        component_classes=torch.zeros(0, dtype=torch.long),
-        allowed=torch.ones(batch, classes, size, size, dtype=torch.bool),
-        valid=torch.ones(batch, size, size, dtype=torch.bool),
-        boxes=torch.zeros(0, 4, dtype=torch.long),
-        box_index=torch.zeros(0, dtype=torch.long),
-        box_classes=torch.zeros(0, dtype=torch.long),
-        box_rows_valid=torch.zeros(0, dtype=torch.bool),
-        box_cols_valid=torch.zeros(0, dtype=torch.bool),
-        tagged=torch.zeros(batch, classes, dtype=torch.bool),
-    )
-    values.update(given)
-    return BatchTargets(**values)
+    valid = [np.ones((size, size), bool)] * batch
+    return dataclasses.replace(collate([CropTargets.empty(size, classes)] * batch, valid), **given)
 
 
 # --------------------------------------------------------------------------------- pooling
