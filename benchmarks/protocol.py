@@ -226,9 +226,8 @@ def run_one(job: dict, data, save_models: Path | None = None) -> dict:
     train_s = time.perf_counter() - start
     model_dir = None
     if save_models is not None:
-        model_dir = save_models / f"{job['dataset']}_{job['method']}_{job['scenario']}_" + (
-            f"s{job['seed']}_{job_key(job)}"
-        )
+        name = f"{job['dataset']}_{job['method']}_{job['scenario']}_s{job['seed']}_{job_key(job)}"
+        model_dir = save_models / name
         method.save(model_dir, overwrite=True)
     slices = list(getattr(split, job["split"]))
     pred = np.zeros(labels.shape, np.uint8)
