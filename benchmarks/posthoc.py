@@ -4,13 +4,14 @@
 models of the records it is given and scores, on the record's split, the variants of a choice
 that does not change the training:
 
-* ``prior`` (dsp): the class-prior correction applied to the logits after training. ``none``: no
-  shift; ``one-step``: the saved shift log(image prior / training prior), the image prior being
-  the mean predicted probability (dsp's default); ``em``: the same correction iterated to its
+* ``prior`` (dsp, and any method): the class-prior correction applied to the logits after
+  training. ``none``: no shift; ``one-step``: log(image prior / training prior), the image prior
+  being the mean predicted probability (dsp's default; ``one-step, saved`` is the shift dsp saved,
+  estimated on random training crops); ``em``: the same correction iterated to its
   fixed point (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to
   new a priori probabilities"): the prior is re-estimated from the corrected probabilities until
-  it no longer changes. Its image prior is estimated on every ``--stride``-th pixel of the
-  annotated slices (the one-step shift saved with the model used random training crops).
+  it no longer changes. Both estimate the image prior on every ``--stride``-th pixel of the
+  annotated slices; the training prior is dsp's recorded one, else that of the record's clicks.
 * ``inference`` (rewis3d): predict from the 2D student, the 3D student or their average, each
   with the z context it asks for.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocol import SPLITS, load_dataset, read_records  # noqa: E402
+from protocol import SPLITS, load_dataset, read_records, scenario_annotations  # noqa: E402
 
 
 def em_prior(proba: np.ndarray, train_prior: np.ndarray, iterations: int = 200) -> np.ndarray:
@@ -59,22 +60,41 @@ def _shifted_labels(raw: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.argmax(np.log(np.maximum(raw, 1e-12)) + shift[:, None, None], axis=0)
 
 
+def training_prior(model, record: dict, labels, classes) -> np.ndarray:
+    """The class prior of the labelled pixels the model learnt from: dsp records it; for other
+    methods the record's simulated clicks are counted (add-one smoothed, as dsp does)."""
+    recorded = getattr(model, "fit_info", {}).get("train_prior")
+    if recorded is not None:
+        return np.asarray(recorded, dtype=np.float64)
+    split = SPLITS[record["dataset"]]
+    points = scenario_annotations(
+        record["scenario"], labels, classes, split.annotated, record["seed"]
+    ).points
+    counts = np.bincount(points[:, 3], minlength=len(classes)).astype(np.float64)
+    return (counts + 1) / (counts.sum() + len(counts))
+
+
 def prior_variants(model, image, labels, record: dict, stride: int) -> dict[str, np.ndarray]:
     """Predicted labels of the record's split slices per prior-correction variant."""
     from napari_wsseg.predict.slices import predict_slice_proba
 
-    saved = np.asarray(model.log_prior_shift or np.zeros(len(model.classes)))
-    model.log_prior_shift = None  # raw probabilities from here on
+    n_classes = len(model.classes)
+    saved = getattr(model, "log_prior_shift", None)
+    if saved is not None:
+        model.log_prior_shift = None  # raw probabilities from here on
     split = SPLITS[record["dataset"]]
     sample = np.concatenate(
         [
-            predict_slice_proba(model, image, z)[:, ::stride, ::stride].reshape(len(saved), -1).T
+            predict_slice_proba(model, image, z)[:, ::stride, ::stride].reshape(n_classes, -1).T
             for z in split.annotated
         ]
     )
-    train_prior = np.asarray(model.fit_info.get("train_prior"), dtype=np.float64)
+    train_prior = training_prior(model, record, labels, model.classes)
+    one_step = np.log(np.maximum(sample.mean(axis=0), 1e-6) / train_prior)
     em_shift = np.log(np.maximum(em_prior(sample, train_prior), 1e-6) / train_prior)
-    shifts = {"none": np.zeros_like(saved), "one-step": saved, "em": em_shift}
+    shifts = {"none": np.zeros(n_classes), "one-step": one_step, "em": em_shift}
+    if saved is not None:
+        shifts["one-step, saved"] = np.asarray(saved)
     out = {name: np.zeros(labels.shape, np.uint8) for name in shifts}
     for z in getattr(split, record["split"]):
         raw = predict_slice_proba(model, image, z)
