@@ -24,6 +24,7 @@ that does not change the training:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def inference_variants(model, image, labels, record: dict, stride: int) -> dict[
 
     out = {}
     for inference in ("2d", "3d", "average"):
-        model.config.inference = inference
+        model.config = dataclasses.replace(model.config, inference=inference)
         pred = np.zeros(labels.shape, np.uint8)
         for z in getattr(SPLITS[record["dataset"]], record["split"]):
             pred[z] = np.argmax(predict_slice_proba(model, image, z), axis=0)
