@@ -13,6 +13,9 @@ of the slice has been written into the prediction layer and the run has ended. P
 * ``latency_s``: edit -> layer updated (what the user waits for: the sum of the three);
 * ``first_shown_s``: edit -> the layer first changed in this run: rf's draft from its first
   trees (``RandomForestMethod.draft``), else the same as ``latency_s``;
+* ``to_first_progress_s``, ``to_fitted_s``, ``to_draft_emitted_s``: run start -> the run's first
+  progress event reached the worker thread / its fit ended / its draft prediction was emitted
+  (where the time of a run goes);
 * ``max_stall_ms``: the longest gap of a 5 ms main-thread timer from the edit until the run ended
   (gui_responsiveness.py's StallMeter), i.e. the longest time the viewer could not respond;
 * ``feature_cache``: slices whose rf features the run computed / reused.
@@ -81,21 +84,42 @@ class ClickClock:
         train.train = timed_train  # LiveUpdater calls train.train(live=True)
         # in the worker thread, at emit time
         train._signals.preview.connect(self._emitted, Qt.ConnectionType.DirectConnection)
+        train._signals.progress.connect(self._progress, Qt.ConnectionType.DirectConnection)
         # on the main thread, after the widget's own slot wrote the layer (connected before)
         train._signals.preview.connect(self._shown)
 
     def reset(self) -> None:
         self.started = self.emitted = self.shown = self.first_shown = None
+        self.first_progress = self.fitted = self.draft_emitted = None
+
+    def _progress(self, event) -> None:
+        """Progress events relayed from the run: the first one (rf: the features of the first
+        slice looked up) and the end of the fit (``done == total``)."""
+        if self.started is None:
+            return
+        now = time.perf_counter()
+        if self.first_progress is None:
+            self.first_progress = now
+        if event.done >= event.total and self.fitted is None:
+            self.fitted = now
 
     def _emitted(self, result) -> None:
-        if result.final and self.started is not None:
+        if self.started is None:
+            return
+        if result.final:
             self.emitted = time.perf_counter()
+        elif self.draft_emitted is None:
+            self.draft_emitted = time.perf_counter()
 
     def _shown(self, result) -> None:
         if self.started is not None and self.first_shown is None:
             self.first_shown = time.perf_counter()  # rf's draft, else the final prediction
         if result.final and self.emitted is not None:
             self.shown = time.perf_counter()
+
+
+def _since(start: float, then: float | None) -> float | None:
+    return None if then is None else round(then - start, 3)
 
 
 def main(argv=None) -> int:
@@ -176,6 +200,10 @@ def main(argv=None) -> int:
                 "show_s": round(clock.shown - clock.emitted, 3),
                 "latency_s": round(clock.shown - edit, 3),
                 "first_shown_s": round(clock.first_shown - edit, 3),
+                # run start -> first progress event of the run / fit done / draft emitted
+                "to_first_progress_s": _since(clock.started, clock.first_progress),
+                "to_fitted_s": _since(clock.started, clock.fitted),
+                "to_draft_emitted_s": _since(clock.started, clock.draft_emitted),
                 "max_stall_ms": stall["max_stall_ms"],
                 "p99_stall_ms": stall["p99_stall_ms"],
                 "child_run_training_s": round(outcome.seconds, 3),  # in the training process

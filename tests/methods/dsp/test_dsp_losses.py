@@ -54,6 +54,26 @@ def test_tag_positive_is_the_mean_over_valid_pixels():
     assert values.tolist() == [pytest.approx((4 + 5 + 6) / 3)] and classes.tolist() == [1]
 
 
+def test_max_tag_pooling_scores_the_best_pixel_of_a_region_tag():
+    """tag_pooling "max": the tag term is the cross-entropy of the tagged class at the pixel of
+    its region where that class scores highest; pixels outside the region do not count."""
+    logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    logits[0, 1, 0, 0] = 9.0  # outside the region: ignored
+    logits[0, 1, 2, 3] = 2.0  # the region's best pixel of class 1
+    logits[0, 0, 2, 3] = 0.5
+    targets = _targets(
+        size=4,
+        region_boxes=torch.tensor([[1, 1, 3, 3]]),
+        region_index=torch.tensor([0]),
+        region_classes=torch.tensor([1]),
+    )
+    weights = {"mask": 0.0, "box": 0.0, "point": 0.0, "tag": 1.0}
+    term = dsp_loss(logits, targets, weights, tag_pooling="max")["dsp_tag"]
+    assert float(term) == pytest.approx(math.log(math.exp(0.5) + math.exp(2.0)) - 2.0)
+    mean_term = dsp_loss(logits, targets, weights, tag_pooling="mean")["dsp_tag"]
+    assert float(mean_term) != pytest.approx(float(term))
+
+
 def test_box_positives_are_row_and_column_maxima():
     logits = torch.zeros(1, 2, 4, 5)
     logits[0, 1] = torch.tensor(
@@ -226,6 +246,29 @@ def test_vectorised_dsp_loss_equals_the_naive_reference():
     terms = dsp_loss(logits, targets, WEIGHTS)
     assert float(terms["dsp"]) == pytest.approx(_naive_dsp(logits, targets, WEIGHTS), rel=1e-9)
     assert all(float(terms[f"dsp_{kind}"]) > 0 for kind in WEIGHTS)
+
+
+def test_exclusions_outside_the_contrastive_term_leave_z_to_the_other_classes():
+    """exclusions "pseudo_labels" / "partial_ce": an excluded pixel is no negative of its
+    excluded class (Z_c as if every class were allowed); "partial_ce" adds the partial
+    cross-entropy on the pixels whose A(j) excludes a class."""
+    from napari_wsseg.engine.weak_losses import partial_ce_loss
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64) * 3
+    targets = _random_targets(gen)
+    assert not bool(targets.allowed.all())  # some pixels exclude a class
+    everything = dataclasses.replace(targets, allowed=torch.ones_like(targets.allowed))
+    plain = dsp_loss(logits, everything, WEIGHTS)
+    for exclusions in ("pseudo_labels", "partial_ce"):
+        terms = dsp_loss(logits, targets, WEIGHTS, exclusions=exclusions)
+        assert float(terms["dsp"]) == pytest.approx(float(plain["dsp"]), rel=1e-12)
+    assert "exclusion" not in dsp_loss(logits, targets, WEIGHTS, exclusions="pseudo_labels")
+    partial = dsp_loss(logits, targets, WEIGHTS, exclusions="partial_ce")["exclusion"]
+    assert float(partial) > 0
+    assert float(partial) == pytest.approx(float(partial_ce_loss(logits, targets)))
+    contrastive = dsp_loss(logits, targets, WEIGHTS)
+    assert float(contrastive["dsp"]) > float(plain["dsp"])  # extra negatives raise log Z_c
 
 
 def test_dsp_loss_is_zero_without_positives_and_has_gradients_with_them():

@@ -250,6 +250,8 @@ def test_a_single_class_is_refused():
         ({"tau": 0}, "must be positive"),
         ({"plf_start": 1.5}, "between 0 and 1"),
         ({"nonsense": 1}, "unknown option"),
+        ({"tag_pooling": "median"}, "tag_pooling='median' must be one of 'mean', 'max'"),
+        ({"exclusions": "none"}, "exclusions='none' must be one of 'contrastive'"),
     ],
 )
 def test_bad_options_are_refused(options, message):

@@ -33,15 +33,30 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ...engine.weak_losses import box_loss, log_partition, positives
+from ...engine.weak_losses import (
+    box_loss,
+    log_partition,
+    partial_ce_loss,
+    positives,
+    tag_loss,
+)
 from ...engine.weak_targets import BatchTargets
 
 KINDS = ("mask", "box", "point", "tag")
+#: How a tag's positive pools its area (``DSPConfig.tag_pooling``).
+TAG_POOLING = ("mean", "max")
+#: Where the classes a pixel is known not to be (tags, region tags, sizes of 0, exhaustive boxes)
+#: act (``DSPConfig.exclusions``).
+EXCLUSIONS = ("contrastive", "partial_ce", "pseudo_labels")
 
 
 # ------------------------------------------------------------------------------------ L_DSP
 def dsp_loss(
-    logits: torch.Tensor, targets: BatchTargets, weights: dict[str, float]
+    logits: torch.Tensor,
+    targets: BatchTargets,
+    weights: dict[str, float],
+    tag_pooling: str = "mean",
+    exclusions: str = "contrastive",
 ) -> dict[str, torch.Tensor]:
     """L_DSP by kind and in total (key ``"dsp"``).
 
@@ -52,23 +67,36 @@ def dsp_loss(
     targets : BatchTargets
     weights : dict
         λ by kind (``"mask"``, ``"box"``, ``"point"``, ``"tag"``).
+    tag_pooling : {"mean", "max"}
+        "mean": a tag's positive is its class's mean logit over the area, against ``Z_c`` (the
+        paper); "max": :func:`tag_loss`, the cross-entropy at the area's best pixel of the class.
+    exclusions : {"contrastive", "partial_ce", "pseudo_labels"}
+        "contrastive": a pixel whose ``A(j)`` excludes class c is a negative of c in ``Z_c`` (the
+        paper); otherwise ``Z_c`` holds the other classes' pixels only ("partial_ce" adds
+        :func:`partial_ce_loss` on those pixels under the key ``"exclusion"``, which the caller
+        weights; "pseudo_labels": exclusions only filter L_PLF's pseudo-labels).
 
     Returns
     -------
     dict of scalar tensors: ``"dsp_<kind>"`` (mean over that kind's positives, unweighted; 0 when
     there is none) and ``"dsp"`` (the weighted sum).
     """
-    log_z = log_partition(logits, targets.allowed, targets.valid)
+    allowed = targets.allowed if exclusions == "contrastive" else torch.ones_like(targets.allowed)
+    log_z = log_partition(logits, allowed, targets.valid)
     terms = {}
     total = logits.new_zeros(())
     for kind, (values, classes) in positives(logits, targets).items():
         if kind == "box":
             term = box_loss(logits, targets)
+        elif kind == "tag" and tag_pooling == "max":
+            term = tag_loss(logits, targets)
         else:
             term = (log_z[classes] - values).mean() if len(values) else logits.new_zeros(())
         terms[f"dsp_{kind}"] = term
         total = total + weights[kind] * term
     terms["dsp"] = total
+    if exclusions == "partial_ce":
+        terms["exclusion"] = partial_ce_loss(logits, targets)
     return terms
 
 

@@ -36,7 +36,15 @@ from ...errors import WssegError
 from ...io.image import Image
 from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
-from .losses import KINDS, ce_loss, dsp_loss, filtered_pseudo_labels, plf_loss
+from .losses import (
+    EXCLUSIONS,
+    KINDS,
+    TAG_POOLING,
+    ce_loss,
+    dsp_loss,
+    filtered_pseudo_labels,
+    plf_loss,
+)
 from .model import DSPNet
 
 #: Inclusive (low, high) of each numeric DSP option. The highs are far above any useful value
@@ -81,6 +89,16 @@ class DSPConfig:
         Softmax temperature (paper: 0.05).
     lambda_mask, lambda_box, lambda_point, lambda_tag : float, default 0.1
         Weights of the L_DSP terms by annotation type (paper: 0.1 each).
+    tag_pooling : str, default "mean"
+        How a tag's positive pools its area (the slice, or a region tag's rectangle): "mean"
+        (the paper's average pooling, scored against ``Z_c``) or "max" (multiple-instance:
+        the cross-entropy of the tagged class at the pixel where it scores highest, as boxes).
+    exclusions : str, default "contrastive"
+        Where the classes a pixel is known not to be (slice and region tags, sizes of 0,
+        exhaustive boxes) act besides L_PLF's pseudo-label filter: "contrastive" (the paper:
+        the pixel is a negative of each excluded class in ``Z_c``, Eq. 8), "partial_ce" (a
+        partial cross-entropy ``-log sum_{c in A(j)} p_c(j)`` on those pixels, weighted by
+        ``ce_weight``) or "pseudo_labels" (nowhere else).
     ce_weight : float, default 1.0
         Weight of L_CE (paper: 1).
     plf_weight : float, default 1.0
@@ -139,6 +157,8 @@ class DSPConfig:
     lambda_box: float = 0.1
     lambda_point: float = 0.1
     lambda_tag: float = 0.1
+    tag_pooling: str = "mean"
+    exclusions: str = "contrastive"
     ce_weight: float = 1.0
     plf_weight: float = 1.0
     plf_start: float = 0.5
@@ -177,6 +197,13 @@ class DSPConfig:
                 f"dsp crop_size {self.crop_size} is not a multiple of 2**depth = {2**self.depth}; "
                 f"use e.g. {-(-self.crop_size // 2**self.depth) * 2**self.depth}"
             )
+        for name, choices in (("tag_pooling", TAG_POOLING), ("exclusions", EXCLUSIONS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise WssegError(
+                    f"dsp option {name}={value!r} must be one of "
+                    f"{', '.join(map(repr, choices))}; use e.g. {name}={choices[0]!r}"
+                )
         if self.tau <= 0 or self.lr <= 0:
             raise WssegError(f"dsp tau ({self.tau}) and lr ({self.lr}) must be positive")
 
@@ -376,8 +403,11 @@ class _DSPTrainStep:
         weak = logits[: len(crops)]
         known = targets.labels[targets.labels >= 0]
         self.label_counts += torch.bincount(known, minlength=len(self.label_counts)).cpu().numpy()
-        losses = {"ce": ce_loss(weak, targets.labels)} | dsp_loss(weak, targets, cfg.lambdas)
-        losses["supervised"] = cfg.ce_weight * losses["ce"] + losses["dsp"]
+        losses = {"ce": ce_loss(weak, targets.labels)} | dsp_loss(
+            weak, targets, cfg.lambdas, cfg.tag_pooling, cfg.exclusions
+        )
+        ce_terms = losses["ce"] + losses.get("exclusion", 0.0)
+        losses["supervised"] = cfg.ce_weight * ce_terms + losses["dsp"]
         total = losses["supervised"]
         if use_plf:
             labeller = (
