@@ -138,6 +138,13 @@ def main(argv=None) -> int:
         default=0,
         help="steps of a live run (the widget's 'live run steps'; 0: the method's)",
     )
+    parser.add_argument(
+        "--pause-after-live",
+        type=float,
+        default=0.0,
+        help="extra seconds between ticking live and the first click (besides the 0.5 s before "
+        "every click; the kept process prepares meanwhile)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--trace", action="store_true", help="print what the worst stalls ran")
     args = parser.parse_args(argv)
@@ -173,6 +180,7 @@ def main(argv=None) -> int:
     first_s = time.perf_counter() - start
     clock = ClickClock(train)
     train.live_check.setChecked(True)
+    run_until(app, lambda: False, args.pause_after_live)
     meter = StallMeter()
     extra = click_rows(labels, args.clicks, seed=1)
     order = np.random.default_rng(2).permutation(len(extra))[: args.clicks]
@@ -222,6 +230,7 @@ def main(argv=None) -> int:
         "debounce_ms": DEBOUNCE_MS,
         "warm_steps": args.warm_steps or "method default",
         "first_training_s": round(first_s, 1),
+        "pause_after_live_s": args.pause_after_live,
         "load_avg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "cpus": len(os.sched_getaffinity(0)),
         "napari": napari.__version__,

@@ -175,6 +175,28 @@ def test_a_kept_process_serves_two_runs_and_filters_a_slice_only_once(tiny):
     assert keeper.pid is None and not _alive(pid)  # ended and reaped: no zombie
 
 
+def test_prepare_with_the_image_and_a_model_filters_the_slices_before_the_first_run(tiny, tmp_path):
+    """Live mode ticked after a Train run: the kept process gets the image and the model the next
+    run continues from, filters the annotated slices ahead, and that run filters nothing."""
+    from napari_wsseg.training import TrainingProcess
+
+    image, annotations, _ = tiny
+    trained = _rf_job(tiny).method
+    trained.fit(image, annotations, FitOptions("cpu"))
+    folder = trained.save(tmp_path / "rf-1")
+    keeper = TrainingProcess()
+    outcome = None
+    try:
+        keeper.prepare("rf", image, init=folder, annotations=annotations)
+        outcome = keeper.run(_rf_job(tiny, init=folder))  # same image: not sent again
+        assert outcome.trained and outcome.warm
+        assert outcome.feature_cache == {"hits": 2, "computed": 0}  # fit and final prediction
+    finally:
+        keeper.close()
+        if outcome is not None:
+            remove_temporary_model(outcome.model_dir)
+
+
 def test_a_user_error_keeps_the_process_and_a_cancel_that_is_not_obeyed_replaces_it(
     tiny, monkeypatch
 ):

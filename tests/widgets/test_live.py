@@ -110,6 +110,21 @@ def test_live_mode_refreshes_the_prediction_after_a_click(
     assert train.live_process.pid is None and not _alive(pid)  # live off ends the process
 
 
+def test_live_ticked_after_training_filters_the_slices_before_the_first_live_run(
+    annotate, clicks, small_2d, tmp_path, qtbot
+):
+    """Ticking live after a Train run hands the kept process the image and that model: the
+    annotated slice is filtered while the user is still annotating, not after the first click."""
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "separate process")
+    _train(train, qtbot)
+    train.live_check.setChecked(True)
+    clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=3))
+    _live_run(train, qtbot, 1)
+    assert train.last_outcome.warm
+    assert train.last_outcome.feature_cache == {"hits": 2, "computed": 0}
+    train.live_check.setChecked(False)
+
+
 def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
     annotate, clicks, small_2d, slow_method, qtbot
 ):
@@ -121,7 +136,7 @@ def test_rapid_edits_during_a_live_run_queue_exactly_one_more_run(
     viewer.window.add_dock_widget(train)
     train.run_combo.setCurrentText("napari process")
     train.method_combo.setCurrentText(slow_method)
-    train.options.set_values(steps=600)  # at least 6 s: the edits and the 0.5 s debounce fall in it
+    train.options.set_values(steps=600)  # at least 6 s: the edits and the debounce fall in it
     train.budget_spin.setValue(0)
     train.live_check.setChecked(True)
     clicks.add(points, clicks.from_truth(labels, 1, seed=1))

@@ -318,6 +318,12 @@ class Method(ABC):
     def _fit(self, image: Image, annotations: Annotations, options: FitOptions) -> FitResult:
         """Method-specific training; ``self.classes``/``normalization``/``n_channels`` are set."""
 
+    def warm_up(self, image: Image, annotations: Annotations) -> None:
+        """Compute ahead what a warm start from this trained model on ``annotations`` of ``image``
+        begins with, and keep it for that fit (rf: the filter features of the annotated slices).
+        By default there is nothing to compute. The kept training process of live mode calls it
+        while the user is still annotating."""
+
     # -------------------------------------------------------------- prediction
     @abstractmethod
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:

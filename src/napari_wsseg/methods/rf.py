@@ -179,6 +179,16 @@ class RandomForestMethod(Method):
         )
         return FitResult(stopped="done", steps=budget.total_steps, seconds=budget.elapsed)
 
+    def warm_up(self, image: Image, annotations: Annotations) -> None:
+        """Filter features of the slices with labelled pixels into the feature memo, with this
+        model's normalisation (the one a warm start from it keeps)."""
+        if self.normalization is None:
+            return
+        for z in _slices_with_pixel_labels(annotations):
+            raw = image.slice(int(z))
+            key = self.feature_memo.key(raw, self.normalization, self.config)
+            self.feature_memo.get(key, lambda: self.features(raw))
+
     # -------------------------------------------------------------- prediction
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         if self.forest is None:

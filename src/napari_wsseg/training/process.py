@@ -9,8 +9,11 @@ pickled messages between two processes of this package only (model files are nev
 * parent -> child: ``("job", spec)`` (a :class:`_ChildSpec`, with a warm-start model's folder),
   then ``("cancel", None)`` and ``("z", slice)`` while that job runs; then the next
   ``("job", spec)``, or the end of the stream (the parent closed its end), which ends the child;
-  ``("prepare", method name)`` (a kept process, before its first job) imports what that
-  method trains with, so the first run does not wait for the imports;
+  ``("prepare", spec)`` (a kept process, before its first job: a :class:`_PrepareSpec`) imports
+  what that method trains with and, given the image and the model the next run continues from,
+  has that model compute ahead what the run begins with (:meth:`~napari_wsseg.methods.base.
+  Method.warm_up`: rf's filter features of the annotated slices), so the first run waits for
+  neither;
 * child -> parent, per job: ``("info", ChildInfo)``, ``("progress", event)``,
   ``("preview", result)``, then ``("done", outcome)`` or
   ``("error", (type name, message, is user error, traceback))``.
@@ -91,6 +94,18 @@ class _ChildSpec:
     preview_region: tuple[slice, slice] | None = None
     #: Preview a draft of the slice first (``TrainingJob.draft_first``).
     draft_first: bool = False
+
+
+@dataclass
+class _PrepareSpec:
+    """What a kept process can do before its first job (picklable)."""
+
+    method_name: str
+    #: The image of the coming jobs (then sent with none of them); None: imports only.
+    image: Image | None = None
+    #: The model folder the coming run continues from, and the annotations it will train on.
+    init_dir: str | None = None
+    annotations: Annotations | None = None
 
 
 @dataclass
@@ -237,16 +252,33 @@ class TrainingProcess:
         finally:
             self._lock.release()
 
-    def prepare(self, method_name: str) -> None:
+    def prepare(
+        self,
+        method_name: str,
+        image: Image | None = None,
+        init: str | os.PathLike | None = None,
+        annotations: Annotations | None = None,
+    ) -> None:
         """Start the process now (if there is none) and have it import what ``method_name``
-        trains with, while the user is still annotating; returns at once."""
+        trains with, while the user is still annotating; returns at once.
+
+        With ``image`` the process keeps it for the coming runs, and with the model folder
+        ``init`` the next run continues from, that model computes ahead what a run on
+        ``annotations`` begins with (:meth:`~napari_wsseg.methods.base.Method.warm_up`).
+        """
         if not self._lock.acquire(blocking=False):
             return  # a run is going: the process is started and prepared already
         try:
             if self._child is None or not self._child.alive:
                 self._drop()
                 self._child = _Child.start()
-            send(self._child.to_child, ("prepare", method_name))
+            init_dir = (
+                str(init) if isinstance(init, (str, os.PathLike)) and image is not None else None
+            )
+            spec = _PrepareSpec(method_name, image, init_dir, annotations)
+            self._image = None
+            send(self._child.to_child, ("prepare", spec))
+            self._image = image
         finally:
             self._lock.release()
 
@@ -410,8 +442,8 @@ def child_main() -> None:
     threading.Thread(target=_listen, args=(from_parent, inbox, state), daemon=True).start()
     while (item := inbox.get()) is not None:
         spec, cancel = item
-        if isinstance(spec, str):
-            _prepare(spec)
+        if isinstance(spec, _PrepareSpec):
+            _prepare(spec, state)
             continue
         if spec.image is not None:
             state.image = spec.image  # first: later jobs may rely on it even if this one fails
@@ -514,27 +546,35 @@ def _listen(from_parent: Connection, inbox: queue.Queue, state: _ChildState) -> 
             state.preview_z[0] = int(value.preview_z)
             inbox.put((value, state.cancel))
         elif kind == "prepare":
-            inbox.put((str(value), None))
+            inbox.put((value, None))
         elif kind == "cancel":
             state.cancel.set()
         elif kind == "z":
             state.preview_z[0] = int(value)
 
 
-def _prepare(method_name: str) -> None:
-    """Import the method and the libraries its fit and prediction use (errors surface later,
-    in the job that needs them)."""
+def _prepare(spec: _PrepareSpec, state: _ChildState) -> None:
+    """Keep the image, import the method and the libraries its fit and prediction use, and let
+    the warm-start model compute ahead (errors surface later, in the job that needs them)."""
     import importlib
 
+    if spec.image is not None:
+        state.image = spec.image  # first: the parent sends the next job without it
     try:
         from ..methods import get_method
 
-        get_method(method_name)
+        get_method(spec.method_name)
         libraries = ["torch"] if "torch" in sys.modules else ["sklearn.ensemble", "skimage.feature"]
         for name in libraries:
             importlib.import_module(name)
+        if spec.init_dir and state.image is not None and spec.annotations is not None:
+            from ..methods.base import load_model
+
+            init = load_model(spec.init_dir)
+            _share_feature_memo(state, init, None)
+            init.warm_up(state.image, spec.annotations)
     except Exception:  # noqa: BLE001 (the job reports the same problem to the user)
-        logger.debug("preparing %s failed", method_name, exc_info=True)
+        logger.debug("preparing %s failed", spec.method_name, exc_info=True)
 
 
 def _child_info(jobs: int) -> ChildInfo:

@@ -26,8 +26,10 @@ from ._links import link
 if TYPE_CHECKING:
     from ._train import TrainWidget
 
-#: Quiet time after the last edit before a live run starts.
-DEBOUNCE_MS = 500
+#: Quiet time after the last edit before a live run starts: long enough to group the clicks of
+#: one burst (a run started mid-burst only queues one more), short against the 2 s a click may
+#: take to show its effect (it was 500 ms until session 8, a quarter of that).
+DEBOUNCE_MS = 250
 
 
 class LiveUpdater(QObject):

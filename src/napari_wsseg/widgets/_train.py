@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import WssegError
+from ..errors import AnnotationError, WssegError
 from ..methods import available_methods, get_method
 from ..methods.base import Method
 from ..progress import ProgressEvent
@@ -459,9 +459,21 @@ class TrainWidget(QWidget):
         self._final_shown = self._final_shown or result.final
 
     def prepare_live_process(self) -> None:
-        """Start the live runs' training process ahead of the first live run (imports done)."""
-        if RUN_MODES[self.run_combo.currentText()] is run_training_in_subprocess:
-            self.live_process.prepare(self.method_combo.currentText())
+        """Start the live runs' training process ahead of the first live run: imports done and,
+        when there is a model to continue from, the image sent and what the first live run
+        begins with computed (rf: the annotated slices' filter features)."""
+        if RUN_MODES[self.run_combo.currentText()] is not run_training_in_subprocess:
+            return
+        image = annotations = None
+        init = self.warm_start_model()
+        if init is not None:
+            try:
+                image = self.session.require_image()
+            except AnnotationError:
+                init = None  # no image to compute on: imports only
+            else:
+                annotations = self.session.snapshot()
+        self.live_process.prepare(self.method_combo.currentText(), image, init, annotations)
 
     def release_live_process(self) -> None:
         """End the live runs' training process unless a run is using it (then at its end)."""
