@@ -249,17 +249,18 @@ def test_vectorised_dsp_loss_equals_the_naive_reference():
 
 
 def test_exclusions_outside_the_contrastive_term_leave_z_to_the_other_classes():
-    """exclusions "pseudo_labels" / "partial_ce": an excluded pixel is no negative of its
-    excluded class (Z_c as if every class were allowed); "partial_ce" adds the partial
-    cross-entropy on the pixels whose A(j) excludes a class."""
+    """exclusions "pseudo_labels" / "partial_ce": an unlabelled pixel is no negative of a class
+    its A(j) excludes (labelled pixels still are); "partial_ce" adds the partial cross-entropy
+    on the pixels whose A(j) excludes a class."""
     from napari_wsseg.engine.weak_losses import partial_ce_loss
 
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64) * 3
     targets = _random_targets(gen)
-    assert not bool(targets.allowed.all())  # some pixels exclude a class
-    everything = dataclasses.replace(targets, allowed=torch.ones_like(targets.allowed))
-    plain = dsp_loss(logits, everything, WEIGHTS)
+    unlabelled = (targets.labels < 0)[:, None]
+    assert not bool((targets.allowed | ~unlabelled).all())  # unlabelled pixels exclude classes
+    only_labelled = dataclasses.replace(targets, allowed=targets.allowed | unlabelled)
+    plain = dsp_loss(logits, only_labelled, WEIGHTS)
     for exclusions in ("pseudo_labels", "partial_ce"):
         terms = dsp_loss(logits, targets, WEIGHTS, exclusions=exclusions)
         assert float(terms["dsp"]) == pytest.approx(float(plain["dsp"]), rel=1e-12)
@@ -269,6 +270,8 @@ def test_exclusions_outside_the_contrastive_term_leave_z_to_the_other_classes():
     assert float(partial) == pytest.approx(float(partial_ce_loss(logits, targets)))
     contrastive = dsp_loss(logits, targets, WEIGHTS)
     assert float(contrastive["dsp"]) > float(plain["dsp"])  # extra negatives raise log Z_c
+    labels_only = dsp_loss(logits, only_labelled, WEIGHTS, exclusions="pseudo_labels")
+    assert float(labels_only["dsp"]) == pytest.approx(float(plain["dsp"]), rel=1e-12)
 
 
 def test_dsp_loss_is_zero_without_positives_and_has_gradients_with_them():

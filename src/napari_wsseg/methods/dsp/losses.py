@@ -72,16 +72,19 @@ def dsp_loss(
         paper); "max": :func:`tag_loss`, the cross-entropy at the area's best pixel of the class.
     exclusions : {"contrastive", "partial_ce", "pseudo_labels"}
         "contrastive": a pixel whose ``A(j)`` excludes class c is a negative of c in ``Z_c`` (the
-        paper); otherwise ``Z_c`` holds the other classes' pixels only ("partial_ce" adds
-        :func:`partial_ce_loss` on those pixels under the key ``"exclusion"``, which the caller
-        weights; "pseudo_labels": exclusions only filter L_PLF's pseudo-labels).
+        paper); otherwise only labelled pixels (points, masks) are, and an unlabelled pixel
+        whose ``A(j)`` excludes classes is not ("partial_ce" adds :func:`partial_ce_loss` on
+        those pixels under the key ``"exclusion"``, which the caller weights; "pseudo_labels":
+        their exclusions only filter L_PLF's pseudo-labels).
 
     Returns
     -------
     dict of scalar tensors: ``"dsp_<kind>"`` (mean over that kind's positives, unweighted; 0 when
     there is none) and ``"dsp"`` (the weighted sum).
     """
-    allowed = targets.allowed if exclusions == "contrastive" else torch.ones_like(targets.allowed)
+    allowed = targets.allowed
+    if exclusions != "contrastive":  # labelled pixels stay negatives of the other classes
+        allowed = allowed | (targets.labels < 0)[:, None]
     log_z = log_partition(logits, allowed, targets.valid)
     terms = {}
     total = logits.new_zeros(())

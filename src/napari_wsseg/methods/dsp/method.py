@@ -94,11 +94,13 @@ class DSPConfig:
         (the paper's average pooling, scored against ``Z_c``) or "max" (multiple-instance:
         the cross-entropy of the tagged class at the pixel where it scores highest, as boxes).
     exclusions : str, default "contrastive"
-        Where the classes a pixel is known not to be (slice and region tags, sizes of 0,
-        exhaustive boxes) act besides L_PLF's pseudo-label filter: "contrastive" (the paper:
-        the pixel is a negative of each excluded class in ``Z_c``, Eq. 8), "partial_ce" (a
-        partial cross-entropy ``-log sum_{c in A(j)} p_c(j)`` on those pixels, weighted by
-        ``ce_weight``) or "pseudo_labels" (nowhere else).
+        Where the classes an unlabelled pixel is known not to be (slice and region tags, sizes
+        of 0, exhaustive boxes) act besides L_PLF's pseudo-label filter: "contrastive" (the
+        paper: the pixel is a negative of each excluded class in ``Z_c``, Eq. 8), "partial_ce"
+        (a partial cross-entropy ``-log sum_{c in A(j)} p_c(j)`` on those pixels, weighted by
+        ``ce_weight``) or "pseudo_labels" (nowhere else). Labelled pixels (points, masks) are
+        negatives of the other classes in every case, so without such annotations the three
+        train the same model.
     ce_weight : float, default 1.0
         Weight of L_CE (paper: 1).
     plf_weight : float, default 1.0
