@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_wsseg.widgets._annotate import AnnotateWidget
-    from napari_wsseg.widgets._live import DEBOUNCE_MS
+    from napari_wsseg.widgets._live import DEBOUNCE_MS, visible_window
     from napari_wsseg.widgets._train import TrainWidget
 
     image, labels, classes = load_data(1, args.size)
@@ -240,6 +240,8 @@ def main(argv=None) -> int:
         "median_run_s": float(np.median([r["run_s"] for r in results])),
         "max_stall_ms": max(r["max_stall_ms"] for r in results),
     }
+    window = visible_window(train.session.image_layer, train.session.image)
+    record["visible_window"] = None if window is None else [[w.start, w.stop] for w in window]
     print_table(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     records = json.loads(args.out.read_text()) if args.out.exists() else []

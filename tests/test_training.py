@@ -245,6 +245,20 @@ def test_live_runs_preview_a_draft_of_the_slice_before_the_final_prediction(tiny
     assert method._draft_trees is None  # predictions after the draft use every tree
 
 
+def test_a_draft_of_the_whole_slice_goes_before_the_visible_window(tiny):
+    """With a draft, a zoomed view gets the whole slice's draft first and no window: the draft
+    reuses the slice's features, a window would filter afresh and use every tree."""
+    image, annotations, _ = tiny
+    window = (slice(8, 24), slice(16, 40))
+    method = get_method("rf")(n_estimators=40)
+    job = TrainingJob(
+        method, image, annotations, FitOptions("cpu"), draft_first=True, preview_region=window
+    )
+    shown = []
+    run_training(job, preview=shown.append)
+    assert [(p.region, p.final) for p in shown] == [(None, False), (None, True)]
+
+
 def test_a_method_without_a_cheaper_version_previews_no_draft(tiny):
     shown = []
     run_training(_rf_job(tiny, draft_first=True), preview=shown.append)  # 5 trees: no draft

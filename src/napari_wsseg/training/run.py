@@ -162,16 +162,23 @@ def run_training(
 
 
 def _predict_final(job: TrainingJob, steps: int, preview) -> SlicePrediction:
-    """The final prediction of the current slice, each part handed to ``preview`` at once: the
-    window the viewer shows first (if it is only part of the slice), or else with
-    ``job.draft_first`` a draft of the whole slice, then the whole slice."""
+    """The final prediction of the current slice, each part handed to ``preview`` at once: with
+    ``job.draft_first`` a draft of the whole slice where the method has one, else the window the
+    viewer shows (if it is only part of the slice); then the whole slice.
+
+    The draft wins over the window: rf's draft of a whole slice reuses the slice's kept features
+    and 16 trees (0.2 s for 1024²), while a window's prediction filters the window afresh and
+    runs every tree (about 1 s for most of a 1024² slice; benchmarks/live_latency.py).
+    """
     z = job.preview_z
-    if preview is not None and _is_part_of_slice(job.preview_region, job.image):
-        preview(predict_slice(job.method, job.image, z, step=steps, region=job.preview_region))
-    elif preview is not None and job.draft_first:
+    drafted = False
+    if preview is not None and job.draft_first:
         with job.method.draft() as cheaper:
             if cheaper:
                 preview(predict_slice(job.method, job.image, z, step=steps))
+                drafted = True
+    if preview is not None and not drafted and _is_part_of_slice(job.preview_region, job.image):
+        preview(predict_slice(job.method, job.image, z, step=steps, region=job.preview_region))
     final = predict_slice(job.method, job.image, z, step=steps)
     final.final = True
     if preview is not None:
