@@ -164,6 +164,61 @@ def fitted_crop_size(crop_size: int, shape_yx: tuple[int, int], multiple: int) -
     return min(crop_size, -(-max(shape_yx) // multiple) * multiple)
 
 
+class RegionCropSampler:
+    """Crops that hold a whole tagged region, so that its tags' positives can be taken.
+
+    A region tag says a class is somewhere in its region; the positive pooled over the region is
+    only valid in a crop that holds all of it, and the crops around clicks are usually smaller than
+    a counting-grid cell (128 px against 205 px cells of a coarse grid on a 1024² slice). These
+    crops have the side of the largest usable region (rounded up to ``multiple``, at most
+    ``max_size``; larger regions are not drawn) and place a region drawn uniformly at a uniformly
+    random position inside.
+
+    Parameters
+    ----------
+    regions : (R, 5) int array
+        Rows ``(z, y0, x0, y1, x1)`` of the tagged rectangles (inclusive corners).
+    shape : (Z, Y, X)
+    multiple : int
+        The crop side is a multiple of this (the network's down-sampling factor).
+    max_size : int
+    rng : numpy Generator
+
+    Examples
+    --------
+    >>> sampler = RegionCropSampler(
+    ...     np.array([[0, 0, 0, 9, 19]]), (1, 64, 64), 8, 256, np.random.default_rng(0)
+    ... )
+    >>> sampler.size, len(sampler.sample(3))
+    (24, 3)
+    """
+
+    def __init__(self, regions, shape, multiple: int, max_size: int, rng) -> None:
+        boxes = np.asarray(regions, dtype=np.int64).reshape(-1, 5)
+        sides = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]) + 1
+        boxes = boxes[sides <= max_size]
+        self.size = (
+            int(-(-sides[sides <= max_size].max() // multiple) * multiple) if len(boxes) else 0
+        )
+        self.boxes, self.shape, self.rng = boxes, tuple(shape), rng
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def sample(self, n: int) -> list[Crop]:
+        """``n`` crops, each holding a whole region drawn uniformly (none without regions)."""
+        if not len(self.boxes) or n <= 0:
+            return []
+        rows = self.boxes[self.rng.integers(0, len(self.boxes), size=n)]
+        heights, widths = rows[:, 3] - rows[:, 1] + 1, rows[:, 4] - rows[:, 2] + 1
+        tops = rows[:, 1] - self.rng.integers(0, self.size - heights + 1)
+        lefts = rows[:, 2] - self.rng.integers(0, self.size - widths + 1)
+        # kept inside the image where it is larger than the crop: the region stays inside
+        tops = np.minimum(_clip_origin(tops, self.shape[1], self.size), rows[:, 1])
+        lefts = np.minimum(_clip_origin(lefts, self.shape[2], self.size), rows[:, 2])
+        return [Crop(int(z), int(y), int(x), self.size) for z, y, x in zip(rows[:, 0], tops, lefts)]
+
+
 class CropSampler:
     """Draws training crops: around anchors (by class) or at random places.
 

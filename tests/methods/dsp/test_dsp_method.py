@@ -389,3 +389,36 @@ def test_with_ema_the_teacher_makes_the_pseudo_labels(monkeypatch):
         as_image(image), ann, FitOptions(device="cpu", seed=3)
     )
     assert seen == [True, True, False, False]  # the student's logits, then the teacher's
+
+
+def test_region_crops_hold_whole_regions_larger_than_the_crop_and_take_their_positives(
+    phantom_3d,
+):
+    """region_crops: grid cells of 64 px never fit in 32 px click crops, so their tag positives
+    are only taken in the extra crops, which hold a whole cell each."""
+    from napari_wsseg.io.normalize import Normalization
+    from napari_wsseg.methods.dsp.method import _DSPTrainStep
+
+    image, labels, classes = phantom_3d
+    ann = simulate_annotations(
+        labels, slices=[0, 2], points=2, region_tags=64, seed=0, classes=classes
+    )
+    method = DSPMethod(**(TINY | {"crop_size": 32, "region_crops": 2}))
+    method.classes, method.n_channels = list(classes), 1
+    method.normalization = Normalization.from_image(as_image(image))
+    method.net = method._build_net()
+    step = _DSPTrainStep(
+        method,
+        as_image(image),
+        ann,
+        np.random.default_rng(0),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+    )
+    assert step.regions.size == 64 and len(step.regions) > 0
+    for crop in step.regions.sample(20):
+        assert len(step.index.crop_targets(crop).region_classes) > 0  # a whole region inside
+    for crop in step.sampler.sample(20):
+        assert len(step.index.crop_targets(crop).region_classes) == 0  # too small for one
+    losses = step(0, 0.0)
+    assert float(losses["regions"]) > 0 and torch.isfinite(losses["loss"])

@@ -27,7 +27,13 @@ from torch.nn import functional as F
 
 from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
-from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
+from ...engine.crops import (
+    CropSampler,
+    RegionCropSampler,
+    SliceStore,
+    annotation_anchors,
+    fitted_crop_size,
+)
 from ...engine.ema import EMATeacher, debiased_momentum, run_momentum
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
@@ -69,6 +75,8 @@ DSP_BOUNDS = {
     "weak_jitter": (0, 1),
     "strong_jitter": (0, 1),
     "cutout_holes": (0, 1000),
+    "region_crops": (0, 64),
+    "region_crop_max": (8, 4096),
     **UNET_TILE_BOUNDS,
 }
 
@@ -143,6 +151,13 @@ class DSPConfig:
         Brightness/contrast jitter of the weak and strong views (paper: 0.2, 0.4).
     cutout_holes : int, default 9
         Maximum CutOut holes in the strong view (paper: 9).
+    region_crops : int, default 0
+        Extra crops per step that each hold a whole tagged region (of size up to
+        ``region_crop_max`` pixels, rounded up to the network's multiple), in a second forward
+        pass: the tag positives of a region larger than ``crop_size`` are otherwise never taken.
+        They get L_CE and L_DSP as the other crops, not L_PLF. 0: none.
+    region_crop_max : int, default 512
+        Regions with a longer side are not drawn for region crops.
     cpu_bf16 : bool, default True
         bf16 autocast for training on CPUs that support it natively (about 2x faster there);
         prediction stays float32.
@@ -177,6 +192,8 @@ class DSPConfig:
     weak_jitter: float = 0.2
     strong_jitter: float = 0.4
     cutout_holes: int = 9
+    region_crops: int = 0
+    region_crop_max: int = 512
     cpu_bf16: bool = True
     tile: int = 512
     tile_overlap: int = 128
@@ -384,6 +401,9 @@ class _DSPTrainStep:
         )  # labelled pixels L_CE saw, by class
         #: The mean teacher (``ema_momentum`` > 0): the model kept, and the pseudo-labeller.
         self.teacher = EMATeacher(self.net, cfg.ema_momentum) if cfg.ema_momentum > 0 else None
+        self.regions = RegionCropSampler(
+            self.index.regions.boxes, image.shape, 2**cfg.depth, cfg.region_crop_max, rng
+        )
 
     def __call__(self, step: int, fraction: float) -> dict:
         cfg, generator = self.cfg, self.generator
@@ -411,6 +431,9 @@ class _DSPTrainStep:
         ce_terms = losses["ce"] + losses.get("exclusion", 0.0)
         losses["supervised"] = cfg.ce_weight * ce_terms + losses["dsp"]
         total = losses["supervised"]
+        if cfg.region_crops and len(self.regions):
+            losses["regions"] = self._region_loss()
+            total = total + losses["regions"]
         if use_plf:
             labeller = (
                 weak if self.teacher is None else self.teacher(inputs[: len(crops)]) / cfg.tau
@@ -422,3 +445,20 @@ class _DSPTrainStep:
             total = total + cfg.plf_weight * losses["plf"]
         losses["loss"] = total
         return losses
+
+    def _region_loss(self) -> torch.Tensor:
+        """L_CE + L_DSP on crops that each hold a whole tagged region (weak view only)."""
+        cfg = self.cfg
+        crops = self.regions.sample(cfg.region_crops)
+        pixels, valid = zip(*(self.store.crop(c) for c in crops))
+        targets = collate([self.index.crop_targets(c) for c in crops], list(valid))
+        geometries = random_geometries(len(crops), self.generator)
+        images = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)
+        targets = transform_targets(targets, geometries).to(self.device)
+        inputs = jitter(images, cfg.weak_jitter, self.generator).to(
+            self.device, memory_format=torch.channels_last
+        )
+        logits = self.net(inputs) / cfg.tau
+        terms = dsp_loss(logits, targets, cfg.lambdas, cfg.tag_pooling, cfg.exclusions)
+        ce_terms = ce_loss(logits, targets.labels) + terms.get("exclusion", 0.0)
+        return cfg.ce_weight * ce_terms + terms["dsp"]
