@@ -208,6 +208,15 @@ def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys
     assert message in lines[0]
 
 
+def test_a_choice_option_lists_its_choices(sample_dir, tmp_path, capsys):
+    """dsp's --tag-pooling takes one of its choices; another value is refused before training."""
+    argv = ["train", sample_dir / "image.tif", "--method", "dsp", "--out", tmp_path / "m"]
+    code, _, err = run(argv + ["--tag-pooling", "median"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--tag-pooling: invalid choice: 'median' (choose from 'mean', 'max')" in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_with_annotations_of_unknown_class(sample_dir, tmp_path, capsys):
     points = tmp_path / "points.csv"
     points.write_text("z,y,x,class\n0,5,5,0\n0,6,6,7\n")

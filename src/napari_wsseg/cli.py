@@ -1142,6 +1142,14 @@ def _add_method_options(parser: argparse.ArgumentParser, method: str) -> None:
                 default=argparse.SUPPRESS,
                 help=f"{summary} (default {default})".lstrip(),
             )
+        elif typing.get_origin(hints[field.name]) is typing.Literal:
+            group.add_argument(
+                flag,
+                dest=f"opt_{field.name}",
+                default=argparse.SUPPRESS,
+                choices=typing.get_args(hints[field.name]),
+                help=f"{summary} (default {default})".lstrip(),
+            )
         elif kind is tuple:
             group.add_argument(
                 flag,

@@ -161,6 +161,9 @@ def _option_problem(value, kind, bound: tuple[float, float] | None) -> str | Non
         return next((f"a list of {len(items)} numbers, each {p}" for p in problems if p), None)
     if kind is bool:
         return None if isinstance(value, bool) else "true or false"
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        return None if value in choices else "one of " + ", ".join(map(repr, choices))
     if kind is str:
         ok = isinstance(value, str) and len(value) <= MAX_OPTION_CHARS
         return None if ok else f"a text of at most {MAX_OPTION_CHARS} characters"

@@ -43,11 +43,6 @@ from ...engine.weak_losses import (
 from ...engine.weak_targets import BatchTargets
 
 KINDS = ("mask", "box", "point", "tag")
-#: How a tag's positive pools its area (``DSPConfig.tag_pooling``).
-TAG_POOLING = ("mean", "max")
-#: Where the classes a pixel is known not to be (tags, region tags, sizes of 0, exhaustive boxes)
-#: act (``DSPConfig.exclusions``).
-EXCLUSIONS = ("contrastive", "partial_ce", "pseudo_labels")
 
 
 # ------------------------------------------------------------------------------------ L_DSP

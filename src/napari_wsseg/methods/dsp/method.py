@@ -19,7 +19,7 @@ See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,9 +43,7 @@ from ...io.image import Image
 from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
 from .losses import (
-    EXCLUSIONS,
     KINDS,
-    TAG_POOLING,
     ce_loss,
     dsp_loss,
     filtered_pseudo_labels,
@@ -174,8 +172,8 @@ class DSPConfig:
     lambda_box: float = 0.1
     lambda_point: float = 0.1
     lambda_tag: float = 0.1
-    tag_pooling: str = "mean"
-    exclusions: str = "contrastive"
+    tag_pooling: Literal["mean", "max"] = "mean"
+    exclusions: Literal["contrastive", "partial_ce", "pseudo_labels"] = "contrastive"
     ce_weight: float = 1.0
     plf_weight: float = 1.0
     plf_start: float = 0.5
@@ -216,13 +214,6 @@ class DSPConfig:
                 f"dsp crop_size {self.crop_size} is not a multiple of 2**depth = {2**self.depth}; "
                 f"use e.g. {-(-self.crop_size // 2**self.depth) * 2**self.depth}"
             )
-        for name, choices in (("tag_pooling", TAG_POOLING), ("exclusions", EXCLUSIONS)):
-            value = getattr(self, name)
-            if value not in choices:
-                raise WssegError(
-                    f"dsp option {name}={value!r} must be one of "
-                    f"{', '.join(map(repr, choices))}; use e.g. {name}={choices[0]!r}"
-                )
         if self.tau <= 0 or self.lr <= 0:
             raise WssegError(f"dsp tau ({self.tau}) and lr ({self.lr}) must be positive")
 
