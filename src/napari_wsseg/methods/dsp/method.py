@@ -99,14 +99,16 @@ class DSPConfig:
         How a tag's positive pools its area (the slice, or a region tag's rectangle): "mean"
         (the paper's average pooling, scored against ``Z_c``) or "max" (multiple-instance:
         the cross-entropy of the tagged class at the pixel where it scores highest, as boxes).
-    exclusions : str, default "contrastive"
+    exclusions : str, default "pseudo_labels"
         Where the classes an unlabelled pixel is known not to be (slice and region tags, sizes
         of 0, exhaustive boxes) act besides L_PLF's pseudo-label filter: "contrastive" (the
         paper: the pixel is a negative of each excluded class in ``Z_c``, Eq. 8), "partial_ce"
         (a partial cross-entropy ``-log sum_{c in A(j)} p_c(j)`` on those pixels, weighted by
         ``ce_weight``) or "pseudo_labels" (nowhere else). Labelled pixels (points, masks) are
         negatives of the other classes in every case, so without such annotations the three
-        train the same model.
+        train the same model. "pseudo_labels" was chosen on the validation slices of both real
+        datasets with region tags (docs/benchmarks.md, session 8): as contrastive negatives
+        the exclusions made dsp call a class that is absent from many cells rarer everywhere.
     ce_weight : float, default 1.0
         Weight of L_CE (paper: 1).
     plf_weight : float, default 1.0
@@ -173,7 +175,7 @@ class DSPConfig:
     lambda_point: float = 0.1
     lambda_tag: float = 0.1
     tag_pooling: Literal["mean", "max"] = "mean"
-    exclusions: Literal["contrastive", "partial_ce", "pseudo_labels"] = "contrastive"
+    exclusions: Literal["contrastive", "partial_ce", "pseudo_labels"] = "pseudo_labels"
     ce_weight: float = 1.0
     plf_weight: float = 1.0
     plf_start: float = 0.5
