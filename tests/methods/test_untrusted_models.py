@@ -213,6 +213,10 @@ CONFIG_CRAFTS = {
         "counts",
     ),
     "warnings that are a number": (_set_key("training_summary", "warnings", value=7), "warnings"),
+    "a label count past int64": (  # found by test_fuzz: numpy's isfinite raised TypeError
+        _set_key("training_summary", "counts", "points", value=[-(2**63) - 1]),
+        "counts",
+    ),
 }
 
 

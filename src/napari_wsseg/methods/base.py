@@ -562,7 +562,10 @@ def _checked_summary(summary: dict) -> dict:
 
     def numbers(v):
         return isinstance(v, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x >= 0
+            isinstance(x, (int, float))
+            and not isinstance(x, bool)
+            and (isinstance(x, int) or math.isfinite(x))  # np.isfinite fails on ints past int64
+            and x >= 0
             for x in v
         )
 
