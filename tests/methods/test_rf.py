@@ -191,3 +191,60 @@ def test_a_small_forest_has_no_draft(phantom_2d):
     with model.draft() as cheaper:
         assert not cheaper
         assert model._draft_trees is None
+
+
+def _lopsided_clicks(labels, per_class: list[int], seed: int = 0) -> np.ndarray:
+    """Random clicks: ``per_class[c]`` of class c on a 2D label image, as (z, y, x, class) rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls, count in enumerate(per_class):
+        ys, xs = np.nonzero(labels == cls)
+        pick = rng.choice(len(ys), count, replace=False)
+        rows += [[0, ys[i], xs[i], cls] for i in pick]
+    return np.array(rows)
+
+
+def _fit_rf(image, classes, points, prior: str) -> RandomForestMethod:
+    rf = RandomForestMethod(n_estimators=20, prior=prior)
+    rf.fit(as_image(image), Annotations(classes=classes, points=points), FitOptions(seed=0))
+    return rf
+
+
+def test_rf_prior_reweights_the_same_forest(phantom_2d):
+    image, labels, classes = phantom_2d
+    # Class 0 clicked 8 times as often as the others: the training prior leans to it.
+    points = _lopsided_clicks(labels, [40] + [5] * (len(classes) - 1))
+    models = {p: _fit_rf(image, classes, points, p) for p in ("training", "balanced", "image")}
+    proba = {p: m.predict_proba_slice(image[..., None]) for p, m in models.items()}
+    assert models["training"].log_prior_shift is None
+    np.testing.assert_array_equal(
+        models["training"].forest.estimators_[0].tree_.threshold,
+        models["balanced"].forest.estimators_[0].tree_.threshold,
+    )
+    # Bayes' rule for the new prior, pixel by pixel, from the training prior's probabilities.
+    weights = np.exp(models["balanced"].log_prior_shift)
+    expected = proba["training"] * weights[:, None, None]
+    expected /= expected.sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(proba["balanced"], expected, atol=1e-5)
+    assert (proba["balanced"].argmax(0) == 0).sum() < (proba["training"].argmax(0) == 0).sum()
+    info = models["image"].prior_info
+    assert set(info) == {"train_prior", "image_prior"}
+    assert info["train_prior"][0] == pytest.approx(40 / (40 + 5 * (len(classes) - 1)), abs=1e-4)
+    assert sum(info["image_prior"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rf_prior_survives_save_and_load(phantom_2d, tmp_path):
+    image, labels, classes = phantom_2d
+    rf = _fit_rf(image, classes, _lopsided_clicks(labels, [20] + [4] * (len(classes) - 1)), "image")
+    rf.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert loaded.config.prior == "image"
+    np.testing.assert_allclose(loaded.log_prior_shift, rf.log_prior_shift)
+    np.testing.assert_array_equal(
+        loaded.predict_slice(image[..., None]), rf.predict_slice(image[..., None])
+    )
+
+
+def test_rf_prior_is_a_closed_choice():
+    with pytest.raises(WssegError, match="prior"):
+        RandomForestMethod(prior="uniform")

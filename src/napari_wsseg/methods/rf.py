@@ -28,6 +28,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from ..engine.results import FitResult
 from ..errors import ModelError, WssegError
 from ..io.image import Image
 from ..progress import Budget, ProgressEvent, report
-from .base import FitOptions, Method, check_config
+from .base import FitOptions, Method, check_config, state_numbers
 
 WEIGHTS_FILE = "model.safetensors"
 #: What older releases wrote (skops); such folders are refused with a clear message.
@@ -70,6 +71,13 @@ class RFConfig:
         Number of scales; None means one per octave between ``sigma_min`` and ``sigma_max``.
     max_samples_per_class : int, default 20000
         Labelled pixels used per class (a random subset of dense masks keeps training fast).
+    prior : str, default "training"
+        The class prior the forest predicts with. ``"training"``: that of the labelled pixels it
+        learnt from (a class clicked more often is predicted more often); ``"balanced"``: every
+        class equally likely, however the clicks fall; ``"image"``: the image's, estimated after
+        training as the mean predicted probability over pixels of the training slices (one
+        step, as dsp's ``prior_correction``). Not a training choice: the forest is the same,
+        its probabilities are re-weighted.
     """
 
     n_estimators: int = 100
@@ -78,6 +86,7 @@ class RFConfig:
     sigma_max: float = 16.0
     num_sigma: int | None = None
     max_samples_per_class: int = 20000
+    prior: Literal["training", "balanced", "image"] = "training"
 
     def __post_init__(self) -> None:
         check_config(self, "rf", RF_BOUNDS)
@@ -108,6 +117,11 @@ class RandomForestMethod(Method):
         self.feature_memo = FeatureMemo()
         #: Trees a prediction uses inside :meth:`draft` (None: all).
         self._draft_trees: int | None = None
+        #: log(target prior / training prior) per class, added to the log-probabilities; None:
+        #: no re-weighting (the ``"training"`` prior, or a model saved before the option).
+        self.log_prior_shift: list[float] | None = None
+        #: The priors behind :attr:`log_prior_shift`, kept in the model's state for the reader.
+        self.prior_info: dict = {}
 
     # ---------------------------------------------------------------- features
     def features(self, slice_yxc: np.ndarray) -> np.ndarray:
@@ -146,6 +160,10 @@ class RandomForestMethod(Method):
             self.feature_memo = self.warm_init.feature_memo
         budget = Budget(options.time_budget_s, total_steps=len(slices) + 1, cancel=options.cancel)
         xs, ys = [], []
+        # The "image" prior's pixels: their own generator, so the forest is the same whatever
+        # the prior option.
+        prior_rng = np.random.default_rng([options.seed or 0, 1])
+        prior_sample: list[np.ndarray] = []
         for done, z in enumerate(slices):
             if budget.should_stop():
                 return FitResult(stopped=budget.stop_reason(), steps=done, seconds=budget.elapsed)
@@ -154,6 +172,8 @@ class RandomForestMethod(Method):
             key = self.feature_memo.key(raw, self.normalization, self.config)
             feats = self.feature_memo.get(key, lambda: self.features(raw))
             xs.append(feats[coords[:, 0], coords[:, 1]])
+            if self.config.prior == "image":
+                prior_sample.append(_sample_pixels(feats, len(slices), prior_rng))
             ys.append(classes)
             report(
                 options.progress,
@@ -173,11 +193,34 @@ class RandomForestMethod(Method):
             n_jobs=-1,
             random_state=options.seed,
         ).fit(x, y)
+        self.log_prior_shift = self._prior_shift(y, prior_sample)
         report(
             options.progress,
             ProgressEvent(budget.total_steps, budget.total_steps, "forest trained"),
         )
         return FitResult(stopped="done", steps=budget.total_steps, seconds=budget.elapsed)
+
+    def _prior_shift(self, y: np.ndarray, pixel_features: list[np.ndarray]) -> list[float] | None:
+        """log(target prior / training prior) per class for the ``prior`` option; None for
+        ``"training"``. The training prior is the class frequency of the pixels the forest learnt
+        from; classes never labelled get 0 (the forest gives them probability 0 anyway)."""
+        if self.config.prior == "training":
+            self.prior_info = {}
+            return None
+        known = self.forest.classes_.astype(int)
+        counts = np.bincount(y, minlength=len(self.classes))[known].astype(np.float64)
+        train_prior = counts / counts.sum()
+        if self.config.prior == "balanced":
+            target = np.full(len(known), 1.0 / len(known))
+        else:
+            target = forest_proba(self.forest, np.concatenate(pixel_features)).mean(axis=0)
+        self.prior_info = {
+            "train_prior": np.round(train_prior, 4).tolist(),
+            f"{self.config.prior}_prior": np.round(target, 4).tolist(),
+        }
+        shift = np.zeros(len(self.classes))
+        shift[known] = np.log(np.maximum(target, 1e-6) / train_prior)
+        return shift.tolist()
 
     def warm_up(self, image: Image, annotations: Annotations) -> None:
         """Filter features of the slices with labelled pixels into the feature memo, with this
@@ -199,6 +242,10 @@ class RandomForestMethod(Method):
             feats = self.features(slice_yxc)
         height, width, n_features = feats.shape
         known = forest_proba(self.forest, feats.reshape(-1, n_features), self._draft_trees)
+        if self.log_prior_shift is not None:
+            known = reweighted(
+                known, np.exp(self.log_prior_shift)[self.forest.classes_.astype(int)]
+            )
         # Classes never labelled in training get probability 0.
         proba = np.zeros((height * width, len(self.classes)), dtype=np.float32)
         proba[:, self.forest.classes_.astype(int)] = known
@@ -218,6 +265,12 @@ class RandomForestMethod(Method):
             self._draft_trees = None
 
     # ------------------------------------------------------------- persistence
+    def _state_dict(self) -> dict:
+        return {"log_prior_shift": self.log_prior_shift, "prior": self.prior_info}
+
+    def _load_state_dict(self, state: dict) -> None:
+        self.log_prior_shift = state_numbers(state, "log_prior_shift", len(self.classes))
+
     def _save_weights(self, folder: Path) -> None:
         from safetensors.numpy import save_file
 
@@ -566,6 +619,27 @@ def _node_dtype() -> np.dtype:
     from sklearn.tree._tree import Tree
 
     return Tree(1, np.array([1], dtype=np.intp), 1).__getstate__()["nodes"].dtype
+
+
+#: Pixels of the training slices the ``"image"`` prior is estimated on (a forest of 100 trees
+#: predicts them in about 0.1 s on 2 cores).
+PRIOR_SAMPLE_PIXELS = 20_000
+
+
+def _sample_pixels(feats: np.ndarray, n_slices: int, rng) -> np.ndarray:
+    """Features ``(N, F)`` of this slice's share of :data:`PRIOR_SAMPLE_PIXELS` random pixels
+    (spread evenly over ``n_slices`` slices)."""
+    flat = feats.reshape(-1, feats.shape[-1])
+    count = min(max(1, PRIOR_SAMPLE_PIXELS // n_slices), len(flat))
+    return flat[rng.choice(len(flat), count, replace=False)]
+
+
+def reweighted(proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(N, K)`` multiplied by per-class ``weights`` and renormalised
+    (Bayes' rule for a change of class prior); rows that become all zero stay zero."""
+    scaled = proba * weights[None, :]
+    total = scaled.sum(axis=1, keepdims=True)
+    return np.divide(scaled, total, out=np.zeros_like(scaled), where=total > 0)
 
 
 def _slices_with_pixel_labels(annotations: Annotations) -> list[int]:

@@ -38,6 +38,7 @@ FREE_OPTIONS = frozenset(
         "max_depth",
         "max_samples_per_class",
         "random_crop_fraction",
+        "prior",
     }
 )
 #: Steps of a warm-started torch training (dsp, size) when FitOptions.warm_steps is None: 1/6 of
