@@ -10,6 +10,9 @@ once warm (``fit(..., init=...)``) from the previous round's warm model (``--war
 the plugin's loop does) or from its cold model (``--warm-from cold``). Per round: Dice and training
 seconds of both, the Dice of the model the warm run started from, and ``target`` (the issue's:
 the warm run took at most 60 s and is at least as good as the model it started from).
+``--start-model`` starts from a saved ``protocol.py --save-models`` pts4 model instead of the
+first cold training, ``--no-cold`` skips the cold retraining of each round (the target compares
+the warm model with the model it started from), ``--warm-steps`` sets the warm run's length.
 
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
@@ -18,6 +21,8 @@ each labelled with its ground-truth class, and retrain from scratch. Per round: 
 
     .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc \
         --seeds 0,1,2
+    .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset cdeep3m_mito \
+        --no-cold --warm-steps 100 --start-model 'models/cdeep3m_mito_dsp_pts4_s{seed}'
     .venv/bin/python benchmarks/interactive_loop.py suggest --method rf --dataset cdeep3m_mito \
         --seeds 0,1,2
     .venv/bin/python benchmarks/interactive_loop.py both --method rf --dataset phantom \
@@ -60,9 +65,19 @@ def dice(model, image, labels, slices: list[int], names: list[str]) -> float:
     return float(evaluate(pred, labels, slices=slices, class_names=names)["mean_fg_dice"])
 
 
-def train(method: str, options: dict, image, annotations, seed: int, *, init=None, device="cpu"):
-    """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given) and the
-    seconds it took."""
+def train(
+    method: str,
+    options: dict,
+    image,
+    annotations,
+    seed: int,
+    *,
+    init=None,
+    device="cpu",
+    warm_steps: int | None = None,
+):
+    """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given, for
+    ``warm_steps`` steps: None is the library's default) and the seconds it took."""
     from napari_wsseg.methods import get_method
     from napari_wsseg.methods.base import FitOptions
     from napari_wsseg.methods.warm import WarmStartWarning
@@ -76,7 +91,12 @@ def train(method: str, options: dict, image, annotations, seed: int, *, init=Non
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", WarmStartWarning)  # a cold start would make "warm" a lie
-        model.fit(image, annotations, FitOptions(device=device, seed=seed), init=init)
+        model.fit(
+            image,
+            annotations,
+            FitOptions(device=device, seed=seed, warm_steps=warm_steps),
+            init=init,
+        )
     return model, time.perf_counter() - start
 
 
@@ -107,30 +127,47 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
         SPLITS[args.dataset].annotated,
     )
     ann = clicks(labels, classes, annotated, args.start_points, seed)
-    cold, _ = train(args.method, args.options, image, ann, seed, device=args.device)
+    cold = (
+        start_model(args, ann, seed)
+        or train(args.method, args.options, image, ann, seed, device=args.device)[0]
+    )
     warm = cold
     records = []
     for round_ in range(1, args.rounds + 1):
         ann = merge_annotations([ann, clicks(labels, classes, annotated, 1, seed + 1000 * round_)])
         start = warm if args.warm_from == "chain" else cold
         start_dice = dice(start, image, labels, held_out, names)
-        cold, cold_s = train(args.method, args.options, image, ann, seed, device=args.device)
+        record = {
+            "bench": "warm",
+            "dataset": args.dataset,
+            "method": args.method,
+            "seed": seed,
+            "warm_from": args.warm_from,
+            "warm_steps": args.warm_steps,
+            "round": round_,
+            "points": len(ann.points),
+            "start_dice": round(start_dice, 4),
+        }
+        if not args.no_cold:
+            cold, cold_s = train(args.method, args.options, image, ann, seed, device=args.device)
+            record |= {
+                "cold_dice": round(dice(cold, image, labels, held_out, names), 4),
+                "cold_s": round(cold_s, 1),
+            }
         warm, warm_s = train(
-            args.method, args.options, image, ann, seed, init=start, device=args.device
+            args.method,
+            args.options,
+            image,
+            ann,
+            seed,
+            init=start,
+            device=args.device,
+            warm_steps=args.warm_steps,
         )
         warm_dice = dice(warm, image, labels, held_out, names)
         records.append(
-            {
-                "bench": "warm",
-                "dataset": args.dataset,
-                "method": args.method,
-                "seed": seed,
-                "warm_from": args.warm_from,
-                "round": round_,
-                "points": len(ann.points),
-                "start_dice": round(start_dice, 4),
-                "cold_dice": round(dice(cold, image, labels, held_out, names), 4),
-                "cold_s": round(cold_s, 1),
+            record
+            | {
                 "warm_dice": round(warm_dice, 4),
                 "warm_s": round(warm_s, 1),
                 "target": bool(warm_s <= 60 and warm_dice >= start_dice),
@@ -138,6 +175,26 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
         )
         print_row(records[-1])
     return records
+
+
+def start_model(args, annotations, seed: int):
+    """The model of ``--start-model`` (seed ``{seed}`` in the path is replaced), checked to have
+    learnt from as many clicks per class as ``annotations`` hold; None without the option.
+
+    A protocol run's saved model (``protocol.py --save-models``, scenario ``pts4``) was trained on
+    the same simulated clicks as the warm bench's start, so it spares the first cold training.
+    """
+    if args.start_model is None:
+        return None
+    from napari_wsseg.methods.base import load_model
+
+    folder = Path(args.start_model.replace("{seed}", str(seed)))
+    model = load_model(folder)
+    learnt = model.training_summary.get("counts", {}).get("points")
+    given = np.bincount(annotations.points[:, 3], minlength=len(annotations.classes)).tolist()
+    if learnt != given:
+        raise SystemExit(f"{folder} learnt from {learnt} clicks per class, the start has {given}")
+    return model
 
 
 def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
@@ -239,6 +296,18 @@ def main(argv=None) -> int:
         choices=["chain", "cold"],
         default="chain",
         help="warm: continue from the previous warm model or the previous cold one",
+    )
+    parser.add_argument(
+        "--start-model",
+        default=None,
+        help="warm: a saved model to start from instead of the first cold training "
+        "({seed} is replaced by the seed)",
+    )
+    parser.add_argument(
+        "--no-cold", action="store_true", help="warm: skip the cold retraining of each round"
+    )
+    parser.add_argument(
+        "--warm-steps", type=int, default=None, help="warm: steps of a warm run (library default)"
     )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
