@@ -267,3 +267,20 @@ def test_live_runs_without_a_project_keep_only_the_last_temporary_model(
     assert [f.exists() for f in folders] == [False, False, True]
     assert train.last_outcome.warm  # each run continued from the previous one's folder
     train.live_check.setChecked(False)
+
+
+def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
+    annotate, clicks, small_2d, tmp_path
+):
+    from napari_wsseg.methods.warm import LIVE_WARM_STEPS
+
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
+    train.method_combo.setCurrentText("dsp")
+    train.preview_check.setChecked(True)
+    pressed, live = train._build_job(live=False), train._build_job(live=True)
+    assert pressed.options.warm_steps is None  # a Train press: the method's warm-start length
+    assert pressed.preview_every_s > 0
+    assert live.options.warm_steps == LIVE_WARM_STEPS  # "live run steps" left to the method
+    assert live.preview_every_s == 0.0
+    train.live_steps_spin.setValue(7)
+    assert train._build_job(live=True).options.warm_steps == 7

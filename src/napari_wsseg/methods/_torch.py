@@ -27,7 +27,7 @@ from ..engine.tiling import predict_tiled_batch
 from ..engine.trainer import OptimConfig, run_training
 from ..errors import ModelError
 from .base import FitOptions, Method
-from .warm import TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
+from .warm import LIVE_WARM_STEPS, TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -52,6 +52,7 @@ class TorchSliceMethod(Method):
 
     #: Keep the network and its inputs channels-last (faster convolutions on CPU).
     channels_last: ClassVar[bool] = False
+    live_steps: ClassVar[int | None] = LIVE_WARM_STEPS
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)

@@ -255,6 +255,9 @@ class Method(ABC):
     min_block_yx: ClassVar[int | None] = None
     #: Options the GUI's form shows first, the others behind "more options"; empty: all shown.
     main_options: ClassVar[tuple[str, ...]] = ()
+    #: Training steps of a live run (the Train widget's live mode) when the user leaves "live run
+    #: steps" to the method; None: as long as a warm start (``FitOptions.warm_steps`` None).
+    live_steps: ClassVar[int | None] = None
 
     def __init__(self, config=None, **options: Any) -> None:
         if config is None:

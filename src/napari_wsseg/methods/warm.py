@@ -45,6 +45,10 @@ FREE_OPTIONS = frozenset(
 #: dsp's 1200-step cold run (about 3.5 min on 2 CPU cores), so roughly 35 s, estimated, not
 #: measured; a choice, not yet validated on the benchmark protocol.
 TORCH_WARM_STEPS = 200
+#: Steps of a live run of a torch slice method (dsp, size, cpews) unless the user sets them: a
+#: live run must show a click's effect within seconds (issue 17: 10 s for the deep methods), and
+#: 20 of dsp's steps took about 7 s of a 1024² live run on 2 CPU cores (session 8).
+LIVE_WARM_STEPS = 20
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1

@@ -145,13 +145,15 @@ class TrainWidget(QWidget):
         self.live_steps_spin.setRange(0, 1_000_000)
         self.live_steps_spin.setSpecialValueText("method decides")
         self.live_steps_spin.setToolTip(
-            "training steps of a live run that continues from the last model (dsp, size, mews, "
-            "...; rf has no steps); fewer steps refresh sooner"
+            "training steps of a live run that continues from the last model; fewer steps "
+            "refresh sooner. Left to the method: 20 for dsp, size and cpews, a warm start's "
+            "length for mews; rf has no steps"
         )
         self.live_check = QCheckBox("live: retrain after each edit")
         self.live_check.setToolTip(
-            "after the annotations change (1.5 s quiet), a short run continues from the last "
-            "model and refreshes the prediction of the current slice; saved as model METHOD-live"
+            "after the annotations change (a quarter second quiet), a short run continues from "
+            "the last model and refreshes the prediction of the current slice; saved as model "
+            "METHOD-live"
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -348,14 +350,15 @@ class TrainWidget(QWidget):
             seed=self.seed_spin.value(),
             time_budget_s=budget,
             cancel=self._cancel,
-            warm_steps=(self.live_steps_spin.value() or None) if live else None,
+            warm_steps=(self.live_steps_spin.value() or method.live_steps) if live else None,
         )
         for message in warnings:
             notify_warning(f"{message}")
         name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if live:
             name = f"{method.name}-live"
-        every = self.preview_every.value() if self.preview_check.isChecked() else 0.0
+        # A live run is seconds long: a mid-run preview would only delay its final prediction.
+        every = self.preview_every.value() if self.preview_check.isChecked() and not live else 0.0
         region = visible_window(session.image_layer, image) if live else None
         job = TrainingJob(
             method,
