@@ -20,6 +20,12 @@ of the slice has been written into the prediction layer and the run has ended. P
   (gui_responsiveness.py's StallMeter), i.e. the longest time the viewer could not respond;
 * ``feature_cache``: slices whose rf features the run computed / reused.
 
+With ``--corrective`` each click goes where the shown prediction is wrong (a random such pixel
+away from class borders, labelled with its true class), as a user corrects, and each click also
+records whether the prediction at that pixel shows the clicked class afterwards (``honoured``)
+and the share of correct pixels in the 65 x 65 window around it before and after
+(``window_accuracy_before`` / ``_after``): does a live run act where the user clicked?
+
 Run it under a display (Xvfb works); it prints a table and writes JSON::
 
     xvfb-run -a python benchmarks/live_latency.py --method rf
@@ -58,6 +64,36 @@ def click_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
         pick = coords[rng.choice(len(coords), min(per_class, len(coords)), replace=False)]
         rows.append(np.column_stack([pick, np.full(len(pick), k)]))
     return np.concatenate(rows).astype(np.int64)
+
+
+#: Half side of the window around a corrective click whose accuracy is recorded.
+WINDOW_HALF = 32
+
+
+def shown_prediction(viewer) -> np.ndarray:
+    """Class ids ``(Y, X)`` the prediction layer shows (its labels minus 1; -1 where empty)."""
+    from napari_wsseg.widgets import _layers as L
+
+    layer = L.find_layers(viewer.layers, "prediction")[0]
+    return np.asarray(layer.data).reshape(layer.data.shape[-2:]).astype(np.int64) - 1
+
+
+def corrective_row(labels: np.ndarray, shown: np.ndarray, rng) -> np.ndarray:
+    """One (y, x, class) click at a random wrongly shown pixel away from class borders."""
+    from scipy import ndimage as ndi
+
+    inner = np.zeros(labels.shape, bool)
+    for k in np.unique(labels):
+        inner |= ndi.binary_erosion(labels == k, iterations=3)
+    wrong = np.argwhere(inner & (shown != labels))
+    y, x = wrong[rng.integers(len(wrong))]
+    return np.array([y, x, labels[y, x]], np.int64)
+
+
+def window_accuracy(labels: np.ndarray, shown: np.ndarray, y: int, x: int) -> float:
+    rows = slice(max(0, y - WINDOW_HALF), y + WINDOW_HALF + 1)
+    cols = slice(max(0, x - WINDOW_HALF), x + WINDOW_HALF + 1)
+    return round(float(np.mean(shown[rows, cols] == labels[rows, cols])), 4)
 
 
 def add_points(points, rows: np.ndarray) -> None:
@@ -145,6 +181,17 @@ def main(argv=None) -> int:
         help="extra seconds between ticking live and the first click (besides the 0.5 s before "
         "every click; the kept process prepares meanwhile)",
     )
+    parser.add_argument(
+        "--corrective",
+        action="store_true",
+        help="click where the shown prediction is wrong and record whether the click shows",
+    )
+    parser.add_argument(
+        "--options",
+        default="{}",
+        help="the method's options as JSON for the first training, e.g. '{\"max_steps\": 200}' "
+        "(a step count instead of a budget makes it the same on a busy machine)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--trace", action="store_true", help="print what the worst stalls ran")
     args = parser.parse_args(argv)
@@ -171,6 +218,8 @@ def main(argv=None) -> int:
     train.run_combo.setCurrentText(args.run_in)
     train.budget_spin.setValue(args.budget)
     train.live_steps_spin.setValue(args.warm_steps)
+    if json.loads(args.options):
+        train.options.set_values(**json.loads(args.options))
     run_until(app, lambda: False, 2.0)  # first draw and imports settle
 
     load_before = os.getloadavg()
@@ -185,8 +234,12 @@ def main(argv=None) -> int:
     extra = click_rows(labels, args.clicks, seed=1)
     order = np.random.default_rng(2).permutation(len(extra))[: args.clicks]
     results = []
+    rng = np.random.default_rng(3)
     for i, row in enumerate(extra[order]):
         run_until(app, lambda: False, 0.5)
+        before = shown_prediction(viewer) if args.corrective else None
+        if before is not None:
+            row = corrective_row(labels, before, rng)
         clock.reset()
         meter.start()
         sampler = StackSampler(meter)
@@ -200,8 +253,20 @@ def main(argv=None) -> int:
             sampler.stop()
             sampler.report(meter.worst(2))
         outcome = train.last_outcome
+        if before is not None:
+            after = shown_prediction(viewer)
+            y, x = int(row[0]), int(row[1])
+            correction = {
+                "clicked": [y, x, int(row[2])],
+                "honoured": bool(after[y, x] == row[2]),
+                "window_accuracy_before": window_accuracy(labels, before, y, x),
+                "window_accuracy_after": window_accuracy(labels, after, y, x),
+            }
+        else:
+            correction = {}
         results.append(
-            {
+            correction
+            | {
                 "click": i + 1,
                 "debounce_s": round(clock.started - edit, 3),
                 "run_s": round(clock.emitted - clock.started, 3),
@@ -239,7 +304,11 @@ def main(argv=None) -> int:
         "median_first_shown_s": float(np.median([r["first_shown_s"] for r in results])),
         "median_run_s": float(np.median([r["run_s"] for r in results])),
         "max_stall_ms": max(r["max_stall_ms"] for r in results),
+        "corrective": args.corrective,
+        "options": json.loads(args.options),
     }
+    if args.corrective:
+        record["honoured"] = sum(r["honoured"] for r in results)
     window = visible_window(train.session.image_layer, train.session.image)
     record["visible_window"] = None if window is None else [[w.start, w.stop] for w in window]
     print_table(record)

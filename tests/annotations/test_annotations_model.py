@@ -26,3 +26,13 @@ def test_exhaustive_boxes_counted_and_kept_by_select_slices():
     kept = ann.select_slices([2, 5])
     assert kept.exhaustive_boxes.tolist() == [[2, 1], [5, 2]]
     assert kept.boxes[:, 0].tolist() == [2]
+
+
+def test_added_since_counts_repeated_rows_and_ignores_removed_ones():
+    classes = default_classes(2)
+    before = Annotations(classes, points=[[0, 1, 1, 0], [0, 1, 1, 0], [0, 9, 9, 1]])
+    after = Annotations(classes, points=[[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0], [2, 3, 4, 1]])
+    assert after.added_since(before).tolist() == [[0, 1, 1], [2, 3, 4]]
+    assert before.added_since(before).shape == (0, 3)
+    boxes = Annotations(classes, boxes=[[1, 10, 20, 30, 40, 0]])
+    assert boxes.added_since(Annotations(classes)).tolist() == [[1, 20, 30]]

@@ -69,6 +69,26 @@ def test_rare_classes_are_drawn_as_often_as_common_ones(rng):
     assert np.mean([c.z == 1 for c in proportional]) < 0.05
 
 
+def test_a_focus_takes_its_share_of_the_anchored_crops_and_none_changes_nothing():
+    anchors = np.array([[0, 5, 5, 0], [0, 50, 50, 1]])
+    focus = np.array([[1, 90, 70]])
+    sampler = CropSampler(
+        (2, 100, 80), anchors, 16, np.random.default_rng(0), focus=focus, focus_share=0.25
+    )
+    crops = sampler.sample(800)
+    on_focus = [c.z == 1 and c.y <= 90 < c.y + 16 and c.x <= 70 < c.x + 16 for c in crops]
+    assert 0.2 < np.mean(on_focus) < 0.3  # a quarter of the anchored crops (all crops here)
+    plain, empty = (
+        CropSampler((2, 100, 80), anchors, 16, np.random.default_rng(3), **extra).sample(50)
+        for extra in ({}, {"focus": np.zeros((0, 3), np.int64), "focus_share": 0.25})
+    )
+    assert plain == empty  # no focus rows: the same crops as without the option
+    outside = CropSampler(
+        (2, 100, 80), anchors, 16, np.random.default_rng(0), focus=[[5, 0, 0]], focus_share=0.5
+    )
+    assert all(c.z == 0 for c in outside.sample(50))  # a focus outside the image is dropped
+
+
 def test_without_anchors_all_crops_are_random(rng):
     crops = CropSampler((4, 64, 64), np.zeros((0, 4), np.int64), 16, rng).sample(100)
     assert len({c.z for c in crops}) == 4

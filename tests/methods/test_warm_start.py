@@ -124,6 +124,31 @@ def test_warm_steps_must_be_a_step_count():
             FitOptions(warm_steps=bad)
 
 
+def test_a_focus_steers_a_warm_dsp_run_only(small):
+    image, labels, classes = small
+    ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))
+    first = _fit("dsp", image, ann)
+    focus = np.array([[2, 60, 3]])
+
+    def trained(init, focus):
+        method = get_method("dsp")(**FAST["dsp"])
+        method.fit(image, ann, FitOptions(device="cpu", seed=1, focus=focus), init=init)
+        return _weights(method)
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(trained(first, focus), trained(first, None))  # crops moved to the focus
+    assert same(trained(None, focus), trained(None, None))  # a cold run has nothing to focus on
+
+
+def test_focus_must_be_zyx_rows():
+    assert FitOptions(focus=[[1, 2, 3]]).focus.dtype == np.int64
+    for bad in ([[1, 2]], [[1.5, 2, 3]], [1, 2, 3]):
+        with pytest.raises(WssegError, match="focus"):
+            FitOptions(focus=bad)
+
+
 def test_init_of_another_method_is_refused(small):
     image, labels, classes = small
     ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))

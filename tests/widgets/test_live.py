@@ -284,3 +284,6 @@ def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     assert live.preview_every_s == 0.0
     train.live_steps_spin.setValue(7)
     assert train._build_job(live=True).options.warm_steps == 7
+    assert pressed.options.focus is None
+    clicks.add(train.session.layer("points"), np.array([[3, 5, 1]]))  # y, x, class
+    assert train._build_job(live=True).options.focus.tolist() == [[0, 3, 5]]  # the new click

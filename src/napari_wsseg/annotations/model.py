@@ -7,6 +7,7 @@ Classes are integers ``0..C-1``; each has a name and a colour. Imports no Qt.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,6 +128,28 @@ class Annotations:
             and len(self.region_tags) == 0
         )
 
+    def added_since(self, earlier: "Annotations") -> np.ndarray:
+        """``(N, 3)`` int64 ``(z, y, x)`` of what this set has and ``earlier`` has not: each new
+        point, and the centre of each new box (a row counts as many times as it repeats).
+
+        Masks, tags, sizes and region tags are not compared.
+
+        Examples
+        --------
+        >>> before = Annotations(default_classes(2), points=[[0, 5, 5, 0]])
+        >>> after = Annotations(default_classes(2), points=[[0, 5, 5, 0], [1, 7, 8, 1]],
+        ...                     boxes=[[0, 2, 2, 6, 10, 1]])
+        >>> after.added_since(before).tolist()
+        [[1, 7, 8], [0, 4, 6]]
+        """
+        points = _new_rows(self.points, earlier.points)[:, :3]
+        boxes = _new_rows(self.boxes, earlier.boxes)
+        centres = np.stack(
+            [boxes[:, 0], (boxes[:, 1] + boxes[:, 3]) // 2, (boxes[:, 2] + boxes[:, 4]) // 2],
+            axis=1,
+        )
+        return np.concatenate([points, centres]).astype(np.int64)
+
     def annotated_slices(self) -> np.ndarray:
         """Sorted z indices that carry at least one annotation of any kind."""
         zs = [
@@ -190,6 +213,19 @@ class Annotations:
             exhaustive_boxes=self.exhaustive_boxes[np.isin(self.exhaustive_boxes[:, 0], keep)],
             region_tags=self.region_tags[np.isin(self.region_tags[:, 0], keep)],
         )
+
+
+def _new_rows(rows: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` beyond those ``earlier`` holds (as multisets: a row in ``rows`` twice
+    and in ``earlier`` once is new once)."""
+    seen = Counter(map(tuple, earlier.tolist()))
+    keep = []
+    for i, row in enumerate(map(tuple, rows.tolist())):
+        if seen[row]:
+            seen[row] -= 1
+        else:
+            keep.append(i)
+    return rows[keep].reshape(-1, rows.shape[1])
 
 
 def label_colors(classes: list[ClassInfo]) -> dict:

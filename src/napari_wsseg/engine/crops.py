@@ -238,6 +238,11 @@ class CropSampler:
         Classes are drawn with probability proportional to ``anchor_count ** class_power``:
         0 draws every annotated class equally often (rare classes oversampled), 1 follows the
         anchor counts.
+    focus : (M, 3) int array, optional
+        ``(z, y, x)`` places to look at most (a warm run's new annotations): each anchored crop
+        contains one of them instead of an anchor with probability ``focus_share``.
+    focus_share : float, default 0.0
+        Share of the anchored crops placed on ``focus`` (when it has rows).
     """
 
     def __init__(
@@ -248,8 +253,14 @@ class CropSampler:
         rng: np.random.Generator,
         random_fraction: float = 0.0,
         class_power: float = 0.0,
+        focus: np.ndarray | None = None,
+        focus_share: float = 0.0,
     ) -> None:
         self.shape = tuple(int(s) for s in shape)
+        self.focus = np.zeros((0, 3), np.int64) if focus is None else np.asarray(focus, np.int64)
+        inside = np.all((self.focus >= 0) & (self.focus < np.array(self.shape)), axis=1)
+        self.focus = self.focus[inside]
+        self.focus_share = float(focus_share) if len(self.focus) else 0.0
         self.crop_size = int(crop_size)
         self.rng = rng
         self.random_fraction = float(random_fraction) if len(anchors) else 1.0
@@ -316,11 +327,15 @@ class CropSampler:
         return np.stack([z, y, x], axis=1)
 
     def _anchor_points(self, n: int) -> np.ndarray:
+        n_focus = int(self.rng.binomial(n, self.focus_share)) if self.focus_share else 0
+        focused = self.focus[self.rng.integers(0, len(self.focus), n_focus)] if n_focus else None
+        n -= n_focus
         if n == 0:
-            return np.zeros((0, 3), np.int64)
+            return np.zeros((0, 3), np.int64) if focused is None else focused
         which = self.rng.choice(len(self.classes), size=n, p=self.class_probs)
         index = self.starts[which] + (self.rng.random(n) * self.counts[which]).astype(np.int64)
-        return self.anchors[index, :3]
+        anchored = self.anchors[index, :3]
+        return anchored if focused is None else np.concatenate([focused, anchored])
 
 
 def _clip_origin(origin: np.ndarray, length: int, size: int) -> np.ndarray:

@@ -54,6 +54,10 @@ class FitOptions:
     boundaries and makes :meth:`Method.fit` return early with the best model so far.
     ``warm_steps`` is the length of a warm-started training (``fit(..., init=...)``) of the
     methods that train steps; None means the method's default (``methods/warm.py``).
+    ``focus`` is an ``(N, 3)`` array of ``(z, y, x)`` places a warm run should look at most
+    (live mode: where the user annotated since the last run, see
+    :meth:`~napari_wsseg.annotations.model.Annotations.added_since`); a method that trains on
+    crops centres a share of them there (dsp), the others ignore it.
     """
 
     device: str = "auto"
@@ -62,12 +66,21 @@ class FitOptions:
     progress: ProgressCallback | None = None
     cancel: threading.Event | None = None
     warm_steps: int | None = None
+    focus: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         from .warm import check_warm_steps
 
         self.device = check_device_name(self.device)
         self.warm_steps = check_warm_steps(self.warm_steps)
+        if self.focus is not None:
+            focus = np.asarray(self.focus)
+            if focus.ndim != 2 or focus.shape[1] != 3 or not np.issubdtype(focus.dtype, np.integer):
+                raise WssegError(
+                    f"focus of shape {focus.shape} is not (N, 3) integer (z, y, x) rows; give "
+                    "pixel positions or no focus"
+                )
+            self.focus = focus.astype(np.int64)
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise WssegError(

@@ -49,6 +49,10 @@ TORCH_WARM_STEPS = 200
 #: live run must show a click's effect within seconds (issue 17: 10 s for the deep methods), and
 #: 20 of dsp's steps took about 7 s of a 1024² live run on 2 CPU cores (session 8).
 LIVE_WARM_STEPS = 20
+#: Share of a warm run's annotation crops centred on ``FitOptions.focus`` (live mode: the clicks
+#: and boxes added since the last run). A 20-step live run draws about 120 annotation crops; spread
+#: over every annotation alone, a new click among 200 would be in none of them half the time.
+FOCUS_SHARE = 0.25
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1

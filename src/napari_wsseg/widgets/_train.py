@@ -63,6 +63,8 @@ from ._suggest import SuggestPanel
 if TYPE_CHECKING:
     import napari
 
+    from ..annotations.model import Annotations
+
 DEVICES = ("auto", "cpu", "cuda")
 #: Where training runs: a separate Python process (the default: never competes with napari for
 #: the GIL, GPU memory and native crashes stay out of napari; costs a process start, imports and
@@ -93,6 +95,8 @@ class TrainWidget(QWidget):
         self.worker = None
         self.job: TrainingJob | None = None
         self._cancel: threading.Event | None = None
+        #: The annotations the last job was built on: a live run focuses on what was added since.
+        self._last_job_annotations: Annotations | None = None
         self._signals = _TrainSignals()
         #: The training process live runs share ("separate process"); ended with the widget.
         self.live_process = TrainingProcess()
@@ -351,7 +355,9 @@ class TrainWidget(QWidget):
             time_budget_s=budget,
             cancel=self._cancel,
             warm_steps=(self.live_steps_spin.value() or method.live_steps) if live else None,
+            focus=self._live_focus(annotations) if live else None,
         )
+        self._last_job_annotations = annotations
         for message in warnings:
             notify_warning(f"{message}")
         name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -374,6 +380,12 @@ class TrainWidget(QWidget):
             draft_first=live,
         )
         return job
+
+    def _live_focus(self, annotations: Annotations):
+        """Where a live run should look: the points and boxes added since the last job (None
+        before any job)."""
+        last = self._last_job_annotations
+        return None if last is None else annotations.added_since(last)
 
     def _start(self, job: TrainingJob, live: bool):
         from napari.qt.threading import create_worker

@@ -42,6 +42,7 @@ from ...errors import WssegError
 from ...io.image import Image
 from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
+from ..warm import FOCUS_SHARE
 from .losses import (
     KINDS,
     ce_loss,
@@ -297,7 +298,8 @@ class DSPMethod(TorchSliceMethod):
                 f"({', '.join(annotations.class_names)}); add a background class"
             )
         device, rng, generator = self._start_training(options)
-        trainer = _DSPTrainStep(self, image, annotations, rng, generator, device)
+        focus = options.focus if self.warm_init is not None else None
+        trainer = _DSPTrainStep(self, image, annotations, rng, generator, device, focus)
         cfg = self.config
         steps = cfg.max_steps or auto_max_steps(annotations, image.shape)
         teacher, momentum = trainer.teacher, run_momentum(cfg.ema_momentum, steps)
@@ -377,6 +379,7 @@ class _DSPTrainStep:
         rng: np.random.Generator,
         generator: torch.Generator,
         device: torch.device,
+        focus: np.ndarray | None = None,
     ) -> None:
         cfg = method.config
         self.cfg, self.net, self.device, self.generator = cfg, method.net, device, generator
@@ -387,7 +390,13 @@ class _DSPTrainStep:
         crop = fitted_crop_size(cfg.crop_size, image.shape[1:], 2**cfg.depth)
         anchors = annotation_anchors(annotations, image.shape, rng)
         self.sampler = CropSampler(
-            image.shape, anchors, crop, rng, random_fraction=cfg.random_crop_fraction
+            image.shape,
+            anchors,
+            crop,
+            rng,
+            random_fraction=cfg.random_crop_fraction,
+            focus=focus,
+            focus_share=FOCUS_SHARE,
         )
         self.label_counts = np.zeros(
             len(method.classes), np.int64
