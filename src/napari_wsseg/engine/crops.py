@@ -312,18 +312,20 @@ class CropSampler:
         n_random = self.rng.binomial(n, self.random_fraction) if self.random_fraction < 1 else n
         return np.concatenate([self._random_points(n_random), self._anchor_points(n - n_random)])
 
-    def sample_random(self, n: int) -> list[Crop]:
-        """``n`` crops placed uniformly at random in any slice."""
-        points = self._random_points(n)
+    def sample_random(self, n: int, rng: np.random.Generator | None = None) -> list[Crop]:
+        """``n`` crops placed uniformly at random in any slice (drawn with ``rng`` when given,
+        else the sampler's own generator)."""
+        points = self._random_points(n, rng or self.rng)
         size = self.crop_size
         tops = _clip_origin(points[:, 1] - size // 2, self.shape[1], size)
         lefts = _clip_origin(points[:, 2] - size // 2, self.shape[2], size)
         return [Crop(int(z), int(y), int(x), size) for z, y, x in zip(points[:, 0], tops, lefts)]
 
-    def _random_points(self, n: int) -> np.ndarray:
-        z = self.rng.integers(0, self.shape[0], n)
-        y = self.rng.integers(0, self.shape[1], n)
-        x = self.rng.integers(0, self.shape[2], n)
+    def _random_points(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = rng or self.rng
+        z = rng.integers(0, self.shape[0], n)
+        y = rng.integers(0, self.shape[1], n)
+        x = rng.integers(0, self.shape[2], n)
         return np.stack([z, y, x], axis=1)
 
     def _anchor_points(self, n: int) -> np.ndarray:

@@ -8,7 +8,8 @@ probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
 
 Warm start (``fit(..., init=previous)``): the network starts from the previous model's weights
 and trains ``FitOptions.warm_steps`` steps (default :data:`~napari_wsseg.methods.warm.
-TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model.
+TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model,
+at a tenth of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..engine.tiling import predict_tiled_batch
 from ..engine.trainer import OptimConfig, run_training
 from ..errors import ModelError
 from .base import FitOptions, Method
-from .warm import LIVE_WARM_STEPS, TORCH_WARM_STEPS, WARM_WARMUP_FRACTION
+from .warm import LIVE_WARM_STEPS, TORCH_WARM_STEPS, WARM_LR_FACTOR, WARM_WARMUP_FRACTION
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -95,7 +96,10 @@ class TorchSliceMethod(Method):
         if self.warm_init is not None:
             net.load_state_dict(self.warm_init._require_net().state_dict())
             self.config = dataclasses.replace(
-                self.config, max_steps=self._warm_steps, warmup_fraction=WARM_WARMUP_FRACTION
+                self.config,
+                max_steps=self._warm_steps,
+                warmup_fraction=WARM_WARMUP_FRACTION,
+                lr=self.config.lr * WARM_LR_FACTOR,
             )
         self.net = self._place(net, device)
         return (

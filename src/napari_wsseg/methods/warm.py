@@ -53,6 +53,12 @@ LIVE_WARM_STEPS = 20
 #: and boxes added since the last run). A 20-step live run draws about 120 annotation crops; spread
 #: over every annotation alone, a new click among 200 would be in none of them half the time.
 FOCUS_SHARE = 0.25
+#: A warm run's peak learning rate as a share of the configured one. A fresh AdamW moves every
+#: weight by about the learning rate per step whatever its gradient, so the cold run's peak
+#: knocks a trained model off: on drosophila_vnc (validation, seed 0) one 100-step warm run after
+#: adding a click per class and slice took dsp from 56.3 to 46.3 Dice at the full rate, 53.4 at
+#: 0.3 and 55.3 at 0.1 (session 9; benchmarks/interactive_loop.py warm).
+WARM_LR_FACTOR = 0.1
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1
