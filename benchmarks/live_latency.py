@@ -192,6 +192,11 @@ def main(argv=None) -> int:
         help="the method's options as JSON for the first training, e.g. '{\"max_steps\": 200}' "
         "(a step count instead of a budget makes it the same on a busy machine)",
     )
+    parser.add_argument(
+        "--no-focus",
+        action="store_true",
+        help="live runs get no focus on the new clicks (to measure what the focus does)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--trace", action="store_true", help="print what the worst stalls ran")
     args = parser.parse_args(argv)
@@ -218,6 +223,8 @@ def main(argv=None) -> int:
     train.run_combo.setCurrentText(args.run_in)
     train.budget_spin.setValue(args.budget)
     train.live_steps_spin.setValue(args.warm_steps)
+    if args.no_focus:
+        train._live_focus = lambda annotations: None
     if json.loads(args.options):
         train.options.set_values(**json.loads(args.options))
     run_until(app, lambda: False, 2.0)  # first draw and imports settle
@@ -305,6 +312,7 @@ def main(argv=None) -> int:
         "median_run_s": float(np.median([r["run_s"] for r in results])),
         "max_stall_ms": max(r["max_stall_ms"] for r in results),
         "corrective": args.corrective,
+        "focus": not args.no_focus,
         "options": json.loads(args.options),
     }
     if args.corrective:
