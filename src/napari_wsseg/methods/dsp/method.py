@@ -340,9 +340,10 @@ class DSPMethod(TorchSliceMethod):
             return None
         net, tau = self._require_net(), self.config.tau
         net.eval()
-        # The same crops for a seed however long the run was: the estimate of 32 crops moves
-        # the Dice by about 2 points from one crop draw to another (drosophila_vnc, session 9),
-        # which would drown what a warm run changed.
+        # The same crops for a seed however long the run was: from one draw of 32 crops to
+        # another the Dice moved by up to 1.6 points (5 draws; 128 crops: 1.1 over 3;
+        # drosophila_vnc, session 9), as much as a warm run changes, so successive warm runs
+        # are compared on the same crops.
         crops = trainer.sampler.sample_random(n_crops, np.random.default_rng([seed, 2]))
         sums = torch.zeros(len(self.classes), dtype=torch.float64)
         with torch.no_grad():
