@@ -9,7 +9,7 @@ probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
 Warm start (``fit(..., init=previous)``): the network starts from the previous model's weights
 and trains ``FitOptions.warm_steps`` steps (default :data:`~napari_wsseg.methods.warm.
 TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model,
-at a tenth of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`).
+at 3 % of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class DSPConfig:
         Above 0: an exponential moving average of the weights (a mean teacher, updated after
         every step with this momentum) makes the pseudo-labels of L_PLF and is the model kept.
         The average is bias-corrected (it ignores the initial weights) and spans at most a tenth
-        of the run (:func:`~napari_wsseg.engine.ema.run_momentum`: 0.95 for a 200-step warm run).
+        of the run (:func:`~napari_wsseg.engine.ema.run_momentum`: 0.9 for a 100-step warm run).
         0: the student makes them, and the model kept is the student's weights with the lowest
         smoothed supervised loss in the second half of training. Not in the paper; chosen on the
         validation protocol (docs/benchmarks.md, session 5).
