@@ -60,7 +60,7 @@ FOCUS_SHARE = 0.25
 #: rounds (benchmarks/interactive_loop.py warm, session 9, seed 0) a tenth drifted down on
 #: drosophila_vnc (56.3 → 52.7, 52.6, 50.5, 53.0, 51.7; cdeep3m_mito 56.0 → 57.1, 56.9, 57.0,
 #: 58.7, 57.6); 0.03 gave 56.4, 57.0, 54.5 and 56.0, 56.9, 57.7 (3 rounds): better on average,
-#: though a round can still lose 2.5 points (mostly the rare classes' prior shift).
+#: though a round can still lose 2.5 points (cause not yet analysed).
 WARM_LR_FACTOR = 0.03
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
