@@ -168,7 +168,7 @@ def test_a_draft_predicts_with_the_first_trees_and_ends_with_the_with_block(phan
 
     image, labels, classes = phantom_2d
     rows = [[0, *np.argwhere(labels == k)[i], k] for k in range(len(classes)) for i in (0, 9)]
-    model = RandomForestMethod(n_estimators=2 * DRAFT_TREES)
+    model = RandomForestMethod(n_estimators=2 * DRAFT_TREES, prior="training")  # the trees' votes
     model.fit(as_image(image), Annotations(classes=classes, points=np.array(rows)), FitOptions())
     features = model.features(image[..., None]).reshape(-1, model.forest.n_features_in_)
     first = np.mean([t.predict_proba(features) for t in model.forest.estimators_[:DRAFT_TREES]], 0)
