@@ -14,6 +14,12 @@ the warm run took at most 60 s and is at least as good as the model it started f
 first cold training, ``--no-cold`` skips the cold retraining of each round (the target compares
 the warm model with the model it started from), ``--warm-steps`` sets the warm run's length.
 
+``live``: from the same start, ``--clicks`` corrective clicks on the first annotated slice (each
+at a random wrongly predicted pixel, labelled with its true class), each followed by a warm run
+of ``--live-steps`` (20) focused on it (``FitOptions.focus``; ``--no-focus`` to compare). Per
+click: whether the pixel then shows the clicked class and the accuracy of the 65 x 65 window
+around it before and after; Dice on the held-out slices at the start and after the last click.
+
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
 suggest.suggest` proposes on the annotated slices or at uniformly random pixels of the same slices,
@@ -75,6 +81,7 @@ def train(
     init=None,
     device="cpu",
     warm_steps: int | None = None,
+    focus=None,
 ):
     """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given, for
     ``warm_steps`` steps: None is the library's default) and the seconds it took."""
@@ -94,7 +101,7 @@ def train(
         model.fit(
             image,
             annotations,
-            FitOptions(device=device, seed=seed, warm_steps=warm_steps),
+            FitOptions(device=device, seed=seed, warm_steps=warm_steps, focus=focus),
             init=init,
         )
     return model, time.perf_counter() - start
@@ -174,6 +181,67 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
             }
         )
         print_row(records[-1])
+    return records
+
+
+def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
+    """Live mode without the GUI: corrective clicks on one annotated slice, each followed by a
+    short warm run focused on it (as the Train widget's live mode runs); one record per click."""
+    from live_latency import corrective_row, window_accuracy
+
+    from napari_wsseg.io.image import as_image
+
+    image_zyx, labels, classes = data
+    image, names, annotated = (
+        as_image(image_zyx),
+        [c.name for c in classes],
+        SPLITS[args.dataset].annotated,
+    )
+    ann = clicks(labels, classes, annotated, args.start_points, seed)
+    model = (
+        start_model(args, ann, seed)
+        or train(args.method, args.options, image, ann, seed, device=args.device)[0]
+    )
+    z, rng = annotated[0], np.random.default_rng(seed + 5)
+    start_dice = dice(model, image, labels, held_out, names)
+    records = []
+    for click in range(1, args.clicks + 1):
+        before = model.predict_slice(image.slice(z))
+        y, x, cls = corrective_row(labels[z], before, rng)
+        ann = with_points(ann, np.array([[z, y, x, cls]]))
+        model, seconds = train(
+            args.method,
+            args.options,
+            image,
+            ann,
+            seed,
+            init=model,
+            device=args.device,
+            warm_steps=args.live_steps,
+            focus=None if args.no_focus else np.array([[z, y, x]]),
+        )
+        after = model.predict_slice(image.slice(z))
+        records.append(
+            {
+                "bench": "live",
+                "dataset": args.dataset,
+                "method": args.method,
+                "seed": seed,
+                "click": click,
+                "live_steps": args.live_steps,
+                "focus": not args.no_focus,
+                "clicked": [int(z), int(y), int(x), int(cls)],
+                "honoured": bool(after[y, x] == cls),
+                "window_accuracy_before": window_accuracy(labels[z], before, y, x),
+                "window_accuracy_after": window_accuracy(labels[z], after, y, x),
+                "train_s": round(seconds, 1),
+            }
+        )
+        print_row(records[-1])
+    end_dice = dice(model, image, labels, held_out, names)
+    for record in records:
+        record |= {"start_dice": round(start_dice, 4), "end_dice": round(end_dice, 4)}
+    print(f"  start_dice={start_dice:.4f}  end_dice={end_dice:.4f}", flush=True)
     return records
 
 
@@ -277,7 +345,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("bench", choices=["warm", "suggest", "both"])
+    parser.add_argument("bench", choices=["warm", "suggest", "both", "live"])
     parser.add_argument("--method", default="rf")
     parser.add_argument("--dataset", default="phantom", choices=list(SPLITS))
     parser.add_argument(
@@ -309,6 +377,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--warm-steps", type=int, default=None, help="warm: steps of a warm run (library default)"
     )
+    parser.add_argument("--clicks", type=int, default=6, help="live: corrective clicks")
+    parser.add_argument("--live-steps", type=int, default=20, help="live: steps of each run")
+    parser.add_argument(
+        "--no-focus", action="store_true", help="live: runs get no focus on the new click"
+    )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
     parser.add_argument(
@@ -328,6 +401,7 @@ def main(argv=None) -> int:
     data = load_dataset(args.dataset)
     held_out = list(getattr(SPLITS[args.dataset], args.split))
     benches = ["warm", "suggest"] if args.bench == "both" else [args.bench]
+    runs = {"warm": run_warm, "suggest": run_suggest, "live": run_live}
     records = []
     for bench in benches:
         print(
@@ -335,7 +409,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         for seed in (int(s) for s in args.seeds.split(",") if s):
-            records += (run_warm if bench == "warm" else run_suggest)(args, data, seed, held_out)
+            records += runs[bench](args, data, seed, held_out)
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as fh:
