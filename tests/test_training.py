@@ -234,6 +234,15 @@ def test_the_visible_window_is_previewed_before_the_whole_slice(tiny):
     np.testing.assert_array_equal(shown[0].labels, outcome.final.labels[window])
 
 
+def test_a_window_of_most_of_the_slice_is_not_predicted_first(tiny):
+    image, _, _ = tiny
+    _, height, width = image.shape
+    window = (slice(0, height), slice(0, width * 3 // 4))  # 75 % of the slice
+    shown = []
+    run_training(_rf_job(tiny, preview_region=window), preview=shown.append)
+    assert [(p.region, p.final) for p in shown] == [(None, True)]  # the whole slice at once
+
+
 def test_live_runs_preview_a_draft_of_the_slice_before_the_final_prediction(tiny):
     image, annotations, _ = tiny
     method = get_method("rf")(n_estimators=40)

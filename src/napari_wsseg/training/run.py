@@ -164,7 +164,8 @@ def run_training(
 def _predict_final(job: TrainingJob, steps: int, preview) -> SlicePrediction:
     """The final prediction of the current slice, each part handed to ``preview`` at once: with
     ``job.draft_first`` a draft of the whole slice where the method has one, else the window the
-    viewer shows (if it is only part of the slice); then the whole slice.
+    viewer shows (if it is at most :data:`WINDOW_FIRST_MAX_SHARE` of the slice); then the whole
+    slice.
 
     The draft wins over the window: rf's draft of a whole slice reuses the slice's kept features
     and 16 trees (0.2 s for 1024²), while a window's prediction filters the window afresh and
@@ -186,12 +187,19 @@ def _predict_final(job: TrainingJob, steps: int, preview) -> SlicePrediction:
     return final
 
 
+#: Largest share of the slice a visible window may cover and still be predicted before the whole
+#: slice: a bigger window costs most of the whole slice's time and then delays it (dsp, live
+#: runs, a canvas showing 60 % of a 1024² slice: window 2.4 s, then the slice 3 s; session 9).
+WINDOW_FIRST_MAX_SHARE = 0.5
+
+
 def _is_part_of_slice(region: tuple[slice, slice] | None, image: Image) -> bool:
+    """Whether ``region`` is a window small enough to be predicted before the whole slice."""
     if region is None:
         return False
     _, height, width = image.shape
     ys, xs = region
-    return (ys.stop - ys.start) * (xs.stop - xs.start) < height * width
+    return (ys.stop - ys.start) * (xs.stop - xs.start) <= WINDOW_FIRST_MAX_SHARE * height * width
 
 
 def _fit(job: TrainingJob, options: FitOptions) -> tuple[FitResult, list[str]]:
