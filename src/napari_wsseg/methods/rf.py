@@ -71,15 +71,16 @@ class RFConfig:
         Number of scales; None means one per octave between ``sigma_min`` and ``sigma_max``.
     max_samples_per_class : int, default 20000
         Labelled pixels used per class (a random subset of dense masks keeps training fast).
-    prior : str, default "image"
+    prior : str, default "training"
         The class prior the forest predicts with. ``"training"``: that of the labelled pixels it
-        learnt from (a class clicked more often is predicted more often; the only behaviour
-        before session 9); ``"balanced"``: every class equally likely, however the clicks fall;
-        ``"image"``: the image's, estimated after training as the mean predicted probability
-        over pixels of the training slices (one step, as dsp's ``prior_correction``). Not a
-        training choice: the forest is the same, its probabilities are re-weighted. ``"image"``
-        was chosen on the validation slices of both real datasets (3 seeds, docs/benchmarks.md:
-        +2.3 to +11.8 Dice on drosophila_vnc, -0.8 to -2.8 on cdeep3m_mito).
+        learnt from (a class clicked more often is predicted more often); ``"balanced"``: every
+        class equally likely, however the clicks fall; ``"image"``: the image's, estimated after
+        training as the mean predicted probability over pixels of the training slices (one
+        step, as dsp's ``prior_correction``). Not a training choice: the forest is the same,
+        its probabilities are re-weighted. ``"image"`` gained 2.3 to 11.8 Dice on drosophila_vnc
+        and lost 0.8 to 2.8 on cdeep3m_mito (validation, 3 seeds), but with clicks where
+        :func:`~napari_wsseg.predict.suggest.suggest` points it fell to about 20 Dice on
+        drosophila_vnc, so it is not the default (docs/benchmarks.md, session 9).
     """
 
     n_estimators: int = 100
@@ -88,7 +89,7 @@ class RFConfig:
     sigma_max: float = 16.0
     num_sigma: int | None = None
     max_samples_per_class: int = 20000
-    prior: Literal["training", "balanced", "image"] = "image"
+    prior: Literal["training", "balanced", "image"] = "training"
 
     def __post_init__(self) -> None:
         check_config(self, "rf", RF_BOUNDS)
