@@ -142,6 +142,22 @@ def test_a_focus_steers_a_warm_dsp_run_only(small):
     assert same(trained(None, focus), trained(None, None))  # a cold run has nothing to focus on
 
 
+def test_warm_lr_factor_changes_the_warm_run_not_the_saved_options(small):
+    image, labels, classes = small
+    ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))
+    first = _fit("dsp", image, ann)
+    weights = []
+    for factor in (None, 0.5):
+        method = get_method("dsp")(**FAST["dsp"])
+        method.fit(image, ann, FitOptions(device="cpu", warm_lr_factor=factor), init=first)
+        weights.append(_weights(method))
+        assert method.config.lr == get_method("dsp")(**FAST["dsp"]).config.lr  # its own option
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for bad in (0, 1.5, True, "0.1"):
+        with pytest.raises(WssegError, match="warm_lr_factor"):
+            FitOptions(warm_lr_factor=bad)
+
+
 def test_focus_must_be_zyx_rows():
     assert FitOptions(focus=[[1, 2, 3]]).focus.dtype == np.int64
     for bad in ([[1, 2]], [[1.5, 2, 3]], [1, 2, 3]):

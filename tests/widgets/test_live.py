@@ -272,7 +272,7 @@ def test_live_runs_without_a_project_keep_only_the_last_temporary_model(
 def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     annotate, clicks, small_2d, tmp_path
 ):
-    from napari_wsseg.methods.warm import LIVE_WARM_STEPS
+    from napari_wsseg.methods.warm import LIVE_LR_FACTOR, LIVE_WARM_STEPS
 
     viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
     train.method_combo.setCurrentText("dsp")
@@ -285,5 +285,7 @@ def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     train.live_steps_spin.setValue(7)
     assert train._build_job(live=True).options.warm_steps == 7
     assert pressed.options.focus is None
+    assert pressed.options.warm_lr_factor is None  # a Train press: WARM_LR_FACTOR
+    assert live.options.warm_lr_factor == LIVE_LR_FACTOR
     clicks.add(train.session.layer("points"), np.array([[3, 5, 1]]))  # y, x, class
     assert train._build_job(live=True).options.focus.tolist() == [[0, 3, 5]]  # the new click

@@ -60,6 +60,7 @@ class TorchSliceMethod(Method):
         self.net: torch.nn.Module | None = None
         self.fit_info: dict = {}
         self._warm_steps = TORCH_WARM_STEPS
+        self._warm_lr_factor = WARM_LR_FACTOR
 
     @abstractmethod
     def _build_net(self) -> torch.nn.Module:
@@ -79,6 +80,7 @@ class TorchSliceMethod(Method):
         options = options or FitOptions()
         configured = self.config
         self._warm_steps = options.warm_steps or TORCH_WARM_STEPS
+        self._warm_lr_factor = options.warm_lr_factor or WARM_LR_FACTOR
         try:
             return super().fit(image, annotations, options, init=init)
         finally:
@@ -99,7 +101,7 @@ class TorchSliceMethod(Method):
                 self.config,
                 max_steps=self._warm_steps,
                 warmup_fraction=WARM_WARMUP_FRACTION,
-                lr=self.config.lr * WARM_LR_FACTOR,
+                lr=self.config.lr * self._warm_lr_factor,
             )
         self.net = self._place(net, device)
         return (

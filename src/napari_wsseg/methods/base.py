@@ -57,7 +57,10 @@ class FitOptions:
     ``focus`` is an ``(N, 3)`` array of ``(z, y, x)`` places a warm run should look at most
     (live mode: where the user annotated since the last run, see
     :meth:`~napari_wsseg.annotations.model.Annotations.added_since`); a method that trains on
-    crops centres a share of them there (dsp), the others ignore it.
+    crops centres a share of them there (dsp), the others ignore it. ``warm_lr_factor`` is the
+    share of the configured learning rate a warm run of a torch method trains at; None means
+    :data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR` (live runs take
+    :data:`~napari_wsseg.methods.warm.LIVE_LR_FACTOR`).
     """
 
     device: str = "auto"
@@ -67,6 +70,7 @@ class FitOptions:
     cancel: threading.Event | None = None
     warm_steps: int | None = None
     focus: np.ndarray | None = None
+    warm_lr_factor: float | None = None
 
     def __post_init__(self) -> None:
         from .warm import check_warm_steps
@@ -81,6 +85,14 @@ class FitOptions:
                     "pixel positions or no focus"
                 )
             self.focus = focus.astype(np.int64)
+        factor = self.warm_lr_factor
+        if factor is not None and not (
+            isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor <= 1
+        ):
+            raise WssegError(
+                f"warm_lr_factor {factor!r} is not a share of the learning rate; give a number "
+                "in (0, 1] or None for the default"
+            )
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise WssegError(

@@ -62,6 +62,12 @@ FOCUS_SHARE = 0.25
 #: 58.7, 57.6); 0.03 gave 56.4, 57.0, 54.5 and 56.0, 56.9, 57.7 (3 rounds): better on average,
 #: though a round can still lose 2.5 points (cause not yet analysed).
 WARM_LR_FACTOR = 0.03
+#: A live run's learning-rate share (``FitOptions.warm_lr_factor`` from the Train widget). Six
+#: corrective clicks on drosophila_vnc slice 0, each followed by a focused 20-step dsp run
+#: (session 9, benchmarks/interactive_loop.py live and live_latency.py --corrective): at
+#: WARM_LR_FACTOR none showed; at 0.1, 5 showed and the validation Dice went 56.3 -> 52.2; at 0.3
+#: all 6 showed and it went to 42.6. A trade between the slice being corrected and the rest.
+LIVE_LR_FACTOR = 0.1
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1
