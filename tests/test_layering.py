@@ -35,8 +35,9 @@ RANKS = {
     "widgets": 5,
 }
 APPLICATION = 4  # predict, eval, project, sample and other core modules beside them
-#: Modules of ``methods`` that every method may import; methods never import each other.
-SHARED_METHOD_MODULES = ("methods", "methods.base", "methods._torch")
+#: Modules of ``methods`` that every method may import; methods never import each other
+#: (``methods.warm``: the warm-start policy, not itself a method).
+SHARED_METHOD_MODULES = ("methods", "methods.base", "methods._torch", "methods.warm")
 
 
 def _core_modules() -> list[str]:
