@@ -125,23 +125,11 @@ def with_points(annotations, points: np.ndarray):
 
 def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
     """Warm vs cold retraining over the rounds; one record per round."""
-    from napari_wsseg.io.image import as_image
-
-    image_zyx, labels, classes = data
-    image, names, annotated = (
-        as_image(image_zyx),
-        [c.name for c in classes],
-        SPLITS[args.dataset].annotated,
-    )
-    ann = clicks(labels, classes, annotated, args.start_points, seed)
-    cold = (
-        start_model(args, ann, seed)
-        or train(args.method, args.options, image, ann, seed, device=args.device)[0]
-    )
+    image, labels, names, annotated, ann, cold = starting_point(args, data, seed)
     warm = cold
     records = []
     for round_ in range(1, args.rounds + 1):
-        ann = merge_annotations([ann, clicks(labels, classes, annotated, 1, seed + 1000 * round_)])
+        ann = merge_annotations([ann, clicks(labels, data[2], annotated, 1, seed + 1000 * round_)])
         start = warm if args.warm_from == "chain" else cold
         start_dice = dice(start, image, labels, held_out, names)
         record = {
@@ -189,19 +177,7 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
     short warm run focused on it (as the Train widget's live mode runs); one record per click."""
     from live_latency import corrective_row, window_accuracy
 
-    from napari_wsseg.io.image import as_image
-
-    image_zyx, labels, classes = data
-    image, names, annotated = (
-        as_image(image_zyx),
-        [c.name for c in classes],
-        SPLITS[args.dataset].annotated,
-    )
-    ann = clicks(labels, classes, annotated, args.start_points, seed)
-    model = (
-        start_model(args, ann, seed)
-        or train(args.method, args.options, image, ann, seed, device=args.device)[0]
-    )
+    image, labels, names, annotated, ann, model = starting_point(args, data, seed)
     z, rng = annotated[0], np.random.default_rng(seed + 5)
     start_dice = dice(model, image, labels, held_out, names)
     records = []
@@ -243,6 +219,22 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
         record |= {"start_dice": round(start_dice, 4), "end_dice": round(end_dice, 4)}
     print(f"  start_dice={start_dice:.4f}  end_dice={end_dice:.4f}", flush=True)
     return records
+
+
+def starting_point(args, data, seed: int):
+    """What the warm and live benches start from: the image, labels, class names, annotated
+    slices, ``--start-points`` clicks per class on them, and a model of those clicks
+    (``--start-model``, else trained from scratch)."""
+    from napari_wsseg.io.image import as_image
+
+    image_zyx, labels, classes = data
+    image, annotated = as_image(image_zyx), SPLITS[args.dataset].annotated
+    ann = clicks(labels, classes, annotated, args.start_points, seed)
+    model = (
+        start_model(args, ann, seed)
+        or train(args.method, args.options, image, ann, seed, device=args.device)[0]
+    )
+    return image, labels, [c.name for c in classes], annotated, ann, model
 
 
 def start_model(args, annotations, seed: int):
