@@ -16,9 +16,11 @@ the warm model with the model it started from), ``--warm-steps`` sets the warm r
 
 ``live``: from the same start, ``--clicks`` corrective clicks on the first annotated slice (each
 at a random wrongly predicted pixel, labelled with its true class), each followed by a warm run
-of ``--live-steps`` (20) focused on it (``FitOptions.focus``; ``--no-focus`` to compare). Per
-click: whether the pixel then shows the clicked class and the accuracy of the 65 x 65 window
-around it before and after; Dice on the held-out slices at the start and after the last click.
+of ``--live-steps`` (20) focused on it (``FitOptions.focus``; ``--no-focus`` to compare) at
+``--live-lr-factor`` of the learning rate (default: the live rate), continuing from the previous
+click's model or, with ``--rebase``, from the start model focused on all clicks so far. Per
+click: whether the pixel then shows the clicked class, how many of the clicks so far show, the
+accuracy of the 65 x 65 window around it before and after, and the Dice on the held-out slices.
 
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
@@ -82,9 +84,11 @@ def train(
     device="cpu",
     warm_steps: int | None = None,
     focus=None,
+    warm_lr_factor: float | None = None,
 ):
     """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given, for
-    ``warm_steps`` steps: None is the library's default) and the seconds it took."""
+    ``warm_steps`` steps at ``warm_lr_factor`` of the learning rate: None is the library's
+    default) and the seconds it took."""
     from napari_wsseg.methods import get_method
     from napari_wsseg.methods.base import FitOptions
     from napari_wsseg.methods.warm import WarmStartWarning
@@ -101,7 +105,13 @@ def train(
         model.fit(
             image,
             annotations,
-            FitOptions(device=device, seed=seed, warm_steps=warm_steps, focus=focus),
+            FitOptions(
+                device=device,
+                seed=seed,
+                warm_steps=warm_steps,
+                focus=focus,
+                warm_lr_factor=warm_lr_factor,
+            ),
             init=init,
         )
     return model, time.perf_counter() - start
@@ -174,27 +184,34 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
 
 def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
     """Live mode without the GUI: corrective clicks on one annotated slice, each followed by a
-    short warm run focused on it (as the Train widget's live mode runs); one record per click."""
+    short warm run focused on it (as the Train widget's live mode runs); one record per click.
+
+    Each run continues from the previous run's model, or with ``--rebase`` from the start model
+    with a focus on every click so far (so the drift of the runs does not add up)."""
     from live_latency import corrective_row, window_accuracy
 
-    image, labels, names, annotated, ann, model = starting_point(args, data, seed)
+    image, labels, names, annotated, ann, base = starting_point(args, data, seed)
     z, rng = annotated[0], np.random.default_rng(seed + 5)
-    start_dice = dice(model, image, labels, held_out, names)
-    records = []
+    start_dice = dice(base, image, labels, held_out, names)
+    print(f"  start_dice={start_dice:.4f}", flush=True)
+    model, clicked, records = base, np.zeros((0, 4), np.int64), []
     for click in range(1, args.clicks + 1):
         before = model.predict_slice(image.slice(z))
         y, x, cls = corrective_row(labels[z], before, rng)
-        ann = with_points(ann, np.array([[z, y, x, cls]]))
+        clicked = np.vstack([clicked, [[z, y, x, cls]]])
+        ann = with_points(ann, clicked[-1:])
+        focus = clicked[:, :3] if args.rebase else clicked[-1:, :3]
         model, seconds = train(
             args.method,
             args.options,
             image,
             ann,
             seed,
-            init=model,
+            init=base if args.rebase else model,
             device=args.device,
             warm_steps=args.live_steps,
-            focus=None if args.no_focus else np.array([[z, y, x]]),
+            focus=None if args.no_focus else focus,
+            warm_lr_factor=args.live_lr_factor,
         )
         after = model.predict_slice(image.slice(z))
         records.append(
@@ -205,19 +222,21 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
                 "seed": seed,
                 "click": click,
                 "live_steps": args.live_steps,
+                "live_lr_factor": args.live_lr_factor,
                 "focus": not args.no_focus,
+                "rebase": args.rebase,
                 "clicked": [int(z), int(y), int(x), int(cls)],
                 "honoured": bool(after[y, x] == cls),
+                "clicks_shown": int(sum(after[r[1], r[2]] == r[3] for r in clicked)),
                 "window_accuracy_before": window_accuracy(labels[z], before, y, x),
                 "window_accuracy_after": window_accuracy(labels[z], after, y, x),
                 "train_s": round(seconds, 1),
+                "held_out_dice": round(dice(model, image, labels, held_out, names), 4),
             }
         )
         print_row(records[-1])
-    end_dice = dice(model, image, labels, held_out, names)
     for record in records:
-        record |= {"start_dice": round(start_dice, 4), "end_dice": round(end_dice, 4)}
-    print(f"  start_dice={start_dice:.4f}  end_dice={end_dice:.4f}", flush=True)
+        record |= {"start_dice": round(start_dice, 4), "end_dice": records[-1]["held_out_dice"]}
     return records
 
 
@@ -374,6 +393,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--no-focus", action="store_true", help="live: runs get no focus on the new click"
     )
+    parser.add_argument(
+        "--live-lr-factor",
+        type=float,
+        default=None,
+        help="live: share of the learning rate of each run (default: the live rate, "
+        "LIVE_LR_FACTOR)",
+    )
+    parser.add_argument(
+        "--rebase",
+        action="store_true",
+        help="live: every run starts from the start model, focused on all clicks so far",
+    )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
     parser.add_argument(
@@ -389,6 +420,10 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     args.options = json.loads(args.options)
+    if args.bench == "live" and args.live_lr_factor is None:
+        from napari_wsseg.methods.warm import LIVE_LR_FACTOR
+
+        args.live_lr_factor = LIVE_LR_FACTOR
     make_deterministic()
     data = load_dataset(args.dataset)
     held_out = list(getattr(SPLITS[args.dataset], args.split))

@@ -151,6 +151,27 @@ def test_no_prior_correction_without_labelled_pixels_or_when_off():
     assert method.log_prior_shift is None
 
 
+def test_a_warm_run_keeps_the_previous_prior_correction_and_a_cold_one_estimates_its_own():
+    image, ann = _small_problem()
+    more = Annotations(ann.classes, points=np.vstack([ann.points, [[1, 8, 8, 1]]]))
+    cold = DSPMethod(**(TINY | {"max_steps": 3, "crop_size": 32}))
+    cold.fit(as_image(image), ann, FitOptions(device="cpu"))
+    cold.log_prior_shift = [0.5, -0.5]  # not what any estimate on this image gives
+    warm = DSPMethod(**(TINY | {"max_steps": 3, "crop_size": 32}))
+    warm.fit(as_image(image), more, FitOptions(device="cpu", warm_steps=2), init=cold)
+    assert warm.log_prior_shift == [0.5, -0.5]
+    assert warm.fit_info["prior_shift"] == "kept from the previous model"
+    assert not any(torch.equal(a, b) for a, b in zip(_weights(warm), _weights(cold)))
+    # a previous model without a correction (it saw no labelled pixel) leaves it to the estimate
+    cold.log_prior_shift = None
+    warm.fit(as_image(image), more, FitOptions(device="cpu", warm_steps=2), init=cold)
+    assert warm.log_prior_shift is not None and "image_prior" in warm.fit_info
+
+
+def _weights(method):
+    return [p.detach() for p in method.net.parameters()]
+
+
 def _small_problem(n_slices=2, size=32):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (n_slices, size, size), dtype=np.uint8)

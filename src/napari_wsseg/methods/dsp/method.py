@@ -135,7 +135,11 @@ class DSPConfig:
         Crops are drawn class-balanced, so the network learns as if every class were equally
         common. After training, the image's class prior is estimated as the mean predicted
         probability over random crops (one EM step of Saerens et al. 2002) and predictions are
-        re-weighted by it over the prior of the labelled pixels seen in training. Not in the paper.
+        re-weighted by it over the prior of the labelled pixels seen in training. A warm run keeps
+        the previous model's correction: its few steps (20 in a live run, around one new click)
+        see too few labelled pixels to estimate the training prior, and re-estimating it cost
+        1.6 of the 2.1 Dice points the first live run lost (drosophila_vnc, session 10). Not in
+        the paper.
     lr, weight_decay, warmup_fraction : float, default 2e-3, 0.01, 0.05
         AdamW (β 0.9/0.999) with linear warm-up then cosine decay (paper: lr 6e-5, 100 epochs).
     max_steps : int or None, default None
@@ -324,10 +328,19 @@ class DSPMethod(TorchSliceMethod):
             self.net.load_state_dict(teacher.state_dict())
             self.net.eval()
         self.fit_info = outcome.summary()
-        self.log_prior_shift = (
-            self._estimate_prior_shift(trainer, options.seed) if cfg.prior_correction else None
-        )
+        self.log_prior_shift = self._prior_shift_after(trainer, options.seed)
         return outcome
+
+    def _prior_shift_after(self, trainer: "_DSPTrainStep", seed: int) -> list[float] | None:
+        """The prior correction of the model just trained: a warm run keeps the previous
+        model's (see ``prior_correction``), a cold one estimates it."""
+        if not self.config.prior_correction:
+            return None
+        previous = None if self.warm_init is None else self.warm_init.log_prior_shift
+        if previous is not None:
+            self.fit_info["prior_shift"] = "kept from the previous model"
+            return list(previous)
+        return self._estimate_prior_shift(trainer, seed)
 
     def _estimate_prior_shift(
         self, trainer: "_DSPTrainStep", seed: int, n_crops: int = 32
@@ -342,8 +355,7 @@ class DSPMethod(TorchSliceMethod):
         net.eval()
         # The same crops for a seed however long the run was: from one draw of 32 crops to
         # another the Dice moved by up to 1.6 points (5 draws; 128 crops: 1.1 over 3;
-        # drosophila_vnc, session 9), as much as a warm run changes, so successive warm runs
-        # are compared on the same crops.
+        # drosophila_vnc, session 9), so runs of different lengths compare on the same crops.
         crops = trainer.sampler.sample_random(n_crops, np.random.default_rng([seed, 2]))
         sums = torch.zeros(len(self.classes), dtype=torch.float64)
         with torch.no_grad():
