@@ -20,7 +20,9 @@ of ``--live-steps`` (20) focused on it (``FitOptions.focus``; ``--no-focus`` to 
 ``--live-lr-factor`` of the learning rate (default: the live rate), continuing from the previous
 click's model or, with ``--rebase``, from the start model focused on all clicks so far. Per
 click: whether the pixel then shows the clicked class, how many of the clicks so far show, the
-accuracy of the 65 x 65 window around it before and after, and the Dice on the held-out slices.
+accuracy of the 65 x 65 window around it before and after, and the Dice on the held-out slices;
+with ``--consolidate``, the held-out Dice of a *Train* press (a default warm run on every
+annotation) from the last live model and from the start model.
 
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
@@ -235,9 +237,34 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
             }
         )
         print_row(records[-1])
+    summary = {"start_dice": round(start_dice, 4), "end_dice": records[-1]["held_out_dice"]}
+    if args.consolidate:
+        summary |= consolidate(
+            args, (image, labels, names), ann, clicked, seed, held_out, model, base
+        )
+        print("  " + "  ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     for record in records:
-        record |= {"start_dice": round(start_dice, 4), "end_dice": records[-1]["held_out_dice"]}
+        record |= summary
     return records
+
+
+def consolidate(args, data, annotations, clicked, seed, held_out, live, base) -> dict:
+    """What a *Train* press (a warm run of the library's default length and rate on every
+    annotation) gives after the live clicks: continued from the last live model, or from the
+    model the live session started from: held-out Dice of each and how many of the live clicks
+    (``clicked``, z y x class rows) it shows."""
+    image, labels, names = data
+    z = clicked[0, 0]
+    out = {}
+    for arm, init in (("from_live", live), ("from_start", base)):
+        model, seconds = train(
+            args.method, args.options, image, annotations, seed, init=init, device=args.device
+        )
+        out[f"train_{arm}_dice"] = round(dice(model, image, labels, held_out, names), 4)
+        shown = model.predict_slice(image.slice(z))
+        out[f"train_{arm}_clicks_shown"] = int(sum(shown[r[1], r[2]] == r[3] for r in clicked))
+        out[f"train_{arm}_s"] = round(seconds, 1)
+    return out
 
 
 def starting_point(args, data, seed: int):
@@ -399,6 +426,12 @@ def main(argv=None) -> int:
         default=None,
         help="live: share of the learning rate of each run (default: the live rate, "
         "LIVE_LR_FACTOR)",
+    )
+    parser.add_argument(
+        "--consolidate",
+        action="store_true",
+        help="live: after the clicks, one Train-press warm run from the last live model and "
+        "one from the start model, on all annotations",
     )
     parser.add_argument(
         "--rebase",

@@ -264,9 +264,38 @@ def test_live_runs_without_a_project_keep_only_the_last_temporary_model(
         clicks.add(points, clicks.from_truth(labels, 1, seed=seed))
         _live_run(train, qtbot, run)
         folders.append(train.session.last_model)
-    assert [f.exists() for f in folders] == [False, False, True]
-    assert train.last_outcome.warm  # each run continued from the previous one's folder
+    # the first run (no model yet) trained from scratch: a Train press would continue from it,
+    # so its folder is kept; of the warm live runs only the last one's folder is
+    assert [f.exists() for f in folders] == [True, False, True]
+    assert train.last_outcome.warm
+    assert train.warm_start_model(live=True) == folders[2]
+    assert train.warm_start_model() == folders[0]
+    assert "press Train" not in train.progress_label.text()  # rf's live fit is a full one
     train.live_check.setChecked(False)
+
+
+def test_a_train_press_after_live_runs_continues_from_the_last_trained_model(
+    annotate, clicks, small_2d, tmp_path, qtbot
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
+    _train(train, qtbot)
+    trained = train.session.last_model
+    points = train.session.layer("points")
+    train.live_check.setChecked(True)
+    for run, seed in ((1, 3), (2, 4)):
+        clicks.add(points, clicks.from_truth(labels, 1, seed=seed))
+        _live_run(train, qtbot, run)
+    live_model = tmp_path / "proj" / "models" / "rf-live"
+    assert train.session.last_model == live_model and train.last_outcome.warm
+    assert train._build_job(live=True).init == live_model  # live runs follow each other
+    assert train._build_job().init == trained  # a Train press: not the live model's drift
+    train.live_check.setChecked(False)
+    _train(train, qtbot)
+    again = train.session.last_model
+    assert again not in (trained, live_model)
+    assert train._build_job().init == again == train._build_job(live=True).init
+    train.start_combo.setCurrentText(START_SCRATCH)
+    assert train._build_job().init is None
 
 
 def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
@@ -289,3 +318,21 @@ def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     assert live.options.warm_lr_factor == LIVE_LR_FACTOR
     clicks.add(train.session.layer("points"), np.array([[3, 5, 1]]))  # y, x, class
     assert train._build_job(live=True).options.focus.tolist() == [[0, 3, 5]]  # the new click
+
+
+def test_a_live_run_of_a_deep_method_says_a_train_press_learns_the_edits_fully(
+    annotate, clicks, small_2d, tmp_path, qtbot
+):
+    viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
+    train.method_combo.setCurrentText("dsp")
+    tiny = {"depth": 2, "width": 8, "embed_dim": 16, "crop_size": 32, "batch_size": 2}
+    train.options.set_values(**tiny, max_steps=3, cpu_bf16=False)
+    _train(train, qtbot)
+    assert "press Train" not in train.progress_label.text()
+    train.live_steps_spin.setValue(2)
+    train.live_check.setChecked(True)
+    clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=3))
+    _live_run(train, qtbot, 1)
+    assert train.last_outcome.warm
+    assert "press Train to learn your new annotations fully" in train.progress_label.text()
+    train.live_check.setChecked(False)

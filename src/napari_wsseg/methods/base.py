@@ -283,6 +283,9 @@ class Method(ABC):
     #: Training steps of a live run (the Train widget's live mode) when the user leaves "live run
     #: steps" to the method; None: as long as a warm start (``FitOptions.warm_steps`` None).
     live_steps: ClassVar[int | None] = None
+    #: Whether a warm fit learns the new annotations as fully as a cold one (rf: it refits its
+    #: forest on all of them); False: a warm fit is a short continuation of the previous model.
+    warm_fit_is_complete: ClassVar[bool] = False
 
     def __init__(self, config=None, **options: Any) -> None:
         if config is None:

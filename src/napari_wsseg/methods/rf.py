@@ -106,6 +106,7 @@ class RandomForestMethod(Method):
     name = "rf"
     config_class = RFConfig
     main_options = ("n_estimators", "sigma_max")
+    warm_fit_is_complete = True  # a warm fit reuses filter features and grows a new forest
 
     @property
     def halo(self) -> int:  # type: ignore[override]

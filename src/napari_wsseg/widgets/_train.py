@@ -98,6 +98,9 @@ class TrainWidget(QWidget):
         self._cancel: threading.Event | None = None
         #: The annotations the last job was built on: a live run focuses on what was added since.
         self._last_job_annotations: Annotations | None = None
+        #: The model of the last run that was not a warm live run: a *Train* press continues
+        #: from it rather than from a live model (see :meth:`warm_start_model`).
+        self._base = None
         self._signals = _TrainSignals()
         #: The training process live runs share ("separate process"); ended with the widget.
         self.live_process = TrainingProcess()
@@ -292,6 +295,7 @@ class TrainWidget(QWidget):
             self.session.project.model_dir(kept),
             kept,
         )
+        self._base = self.session.last_model  # kept on purpose: the next Train continues it
         notify_info(f"cancelled run kept as model '{kept}'")
         return kept
 
@@ -302,21 +306,45 @@ class TrainWidget(QWidget):
         warm = info is not None and info == (self.method_combo.currentText(), names)
         self.start_combo.setCurrentText(START_CONTINUE if warm else START_SCRATCH)
 
-    def warm_start_model(self):
-        """The model the next training continues from (a method or its folder), or None."""
+    def warm_start_model(self, *, live: bool = False):
+        """The model the next training continues from (a method or its folder), or None.
+
+        A live run continues from the last model, live or not; a *Train* press from the last
+        model that was not a warm live run (:meth:`_trained_base`) when it is still usable, so
+        that what a live session's short runs pulled towards the corrected slice is not carried
+        into the model a *Train* press makes of all the annotations.
+        """
         if self.start_combo.currentText() != START_CONTINUE:
             return None
-        info = self._last_model_info()
+        base = None if live else self._trained_base()
+        if base is not None:
+            return base
+        info = self._model_info(self.session.last_model)
         if info is None or info[0] != self.method_combo.currentText():
             return None
         return self.session.last_model
 
+    def _trained_base(self):
+        """The model of the last run that was not a warm live run, while it is usable for the
+        chosen method and the current classes; None otherwise (also once the session has
+        forgotten its last model, e.g. for another image)."""
+        if self.session.last_model is None:
+            return None
+        names = [c.name for c in self.session.classes]
+        if self._model_info(self._base) != (self.method_combo.currentText(), names):
+            return None
+        return self._base
+
     def _last_model_info(self) -> tuple[str, list[str]] | None:
         """(method name, class names) of the session's last model; None without a usable one."""
+        return self._model_info(self.session.last_model)
+
+    @staticmethod
+    def _model_info(model) -> tuple[str, list[str]] | None:
+        """(method name, class names) of a trained method or model folder; None when unusable."""
         from ..errors import ModelError
         from ..methods.base import Method, read_model_config
 
-        model = self.session.last_model
         if isinstance(model, Method):
             return model.name, [c.name for c in model.classes]
         if model is None:
@@ -348,6 +376,7 @@ class TrainWidget(QWidget):
         image = session.require_image()
         annotations, warnings = session.validated_snapshot()
         method = get_method(self.method_combo.currentText())(config=self.options.config())
+        init = self.warm_start_model(live=live)
         budget = self.budget_spin.value() or None
         self._cancel = threading.Event()
         options = FitOptions(
@@ -377,7 +406,7 @@ class TrainWidget(QWidget):
             preview_every_s=every,
             model_name=name,
             save_model=lambda m, folder: self._save_model(m, folder, name, method.name),
-            init=self.warm_start_model(),
+            init=init,
             preview_region=region,
             draft_first=live,
         )
@@ -482,7 +511,7 @@ class TrainWidget(QWidget):
         if RUN_MODES[self.run_combo.currentText()] is not run_training_in_subprocess:
             return
         image = annotations = None
-        init = self.warm_start_model()
+        init = self.warm_start_model(live=True)
         if init is not None:
             try:
                 image = self.session.require_image()
@@ -548,14 +577,30 @@ class TrainWidget(QWidget):
         else:
             self.session.last_model = outcome.model_dir or outcome.method
         self.session.last_model_name = outcome.model_name
-        if self._live_run and previous is not None and not isinstance(previous, Method):
+        if not (self._live_run and outcome.warm):
+            self._base = self.session.last_model
+        if (
+            self._live_run
+            and previous not in (None, self._base)
+            and not isinstance(previous, Method)
+        ):
             # without a project each live run leaves a temporary model folder: keep only the
             # last one (a folder is deleted only if it carries napari-wsseg's temporary marker)
             remove_temporary_model(previous)
-        self.progress_label.setText(summary(outcome))
+        self.progress_label.setText(summary(outcome) + self._live_hint(outcome))
         if not self._live_run:  # a live run every few clicks: the label says it, no toast
             notify_info(summary(outcome))
         self.suggest_panel.refresh()  # suggestions follow the new model
+
+    def _live_hint(self, outcome: TrainingOutcome) -> str:
+        """For a short live run, that a Train press learns the new annotations fully; empty
+        otherwise."""
+        if not (self._live_run and outcome.warm) or outcome.method.warm_fit_is_complete:
+            return ""
+        return (
+            ". A live run is a quick correction: press Train to learn your new annotations fully "
+            "(it continues from the last trained model)"
+        )
 
     def _on_error(self, exc: Exception, method_name: str) -> None:
         message = user_message(exc, f"training {method_name}")
