@@ -46,12 +46,14 @@ FREE_OPTIONS = frozenset(
 #: CPU cores (1024² slices, session 9; it was 200, estimated at 35 s, in fact about 100 s).
 TORCH_WARM_STEPS = 100
 #: Steps of a live run of a torch slice method (dsp, size, cpews) unless the user sets them: a
-#: live run must show a click's effect within seconds (issue 17: 10 s for the deep methods), and
-#: 20 of dsp's steps took about 7 s of a 1024² live run on 2 CPU cores (session 8).
-LIVE_WARM_STEPS = 20
+#: live run must show a click's effect within seconds (issue 17: 10 s for the deep methods). On
+#: 2 idle CPU cores (1024² slice, session 10) a click showed on the whole slice 7.3-8.3 s later
+#: with 10 steps, 12.7-14.1 s with 20; over 6 corrective clicks per dataset 9 of 12 showed at
+#: once with 10 steps, 10 of 12 with 20 (benchmarks/interactive_loop.py live).
+LIVE_WARM_STEPS = 10
 #: Share of a warm run's annotation crops centred on ``FitOptions.focus`` (live mode: the clicks
-#: and boxes added since the last run). A 20-step live run draws about 120 annotation crops; spread
-#: over every annotation alone, a new click among 200 would be in none of them half the time.
+#: and boxes added since the last run). A 10-step live run draws about 60 annotation crops; spread
+#: over every annotation alone, a new click among 200 would be in none of them 3 times in 4.
 FOCUS_SHARE = 0.25
 #: A warm run's peak learning rate as a share of the configured one. A fresh AdamW moves every
 #: weight by about the learning rate per step whatever its gradient, so the cold run's peak
