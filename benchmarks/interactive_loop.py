@@ -16,13 +16,14 @@ the warm model with the model it started from), ``--warm-steps`` sets the warm r
 
 ``live``: from the same start, ``--clicks`` corrective clicks on the first annotated slice (each
 at a random wrongly predicted pixel, labelled with its true class), each followed by a warm run
-of ``--live-steps`` (20) focused on it (``FitOptions.focus``; ``--no-focus`` to compare) at
-``--live-lr-factor`` of the learning rate (default: the live rate), continuing from the previous
-click's model or, with ``--rebase``, from the start model focused on all clicks so far. Per
-click: whether the pixel then shows the clicked class, how many of the clicks so far show, the
-accuracy of the 65 x 65 window around it before and after, and the Dice on the held-out slices;
-with ``--consolidate``, the held-out Dice of a *Train* press (a default warm run on every
-annotation) from the last live model and from the start model.
+of ``--live-steps`` (default: the library's live length, 10 since session 10) focused on it
+(``FitOptions.focus``; ``--no-focus`` to compare) at ``--live-lr-factor`` of the learning rate
+(default: the live rate), continuing from the previous click's model or, with ``--rebase``, from
+the start model focused on all clicks so far. Per click: whether the pixel then shows the
+clicked class, how many of the clicks so far show, the accuracy of the 65 x 65 window around it
+before and after, and the Dice on the held-out slices; with ``--consolidate``, the held-out Dice
+of a *Train* press (a default warm run on every annotation) from the last live model and from
+the start model.
 
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
@@ -416,7 +417,12 @@ def main(argv=None) -> int:
         "--warm-steps", type=int, default=None, help="warm: steps of a warm run (library default)"
     )
     parser.add_argument("--clicks", type=int, default=6, help="live: corrective clicks")
-    parser.add_argument("--live-steps", type=int, default=20, help="live: steps of each run")
+    parser.add_argument(
+        "--live-steps",
+        type=int,
+        default=None,
+        help="live: steps of each run (default: LIVE_WARM_STEPS; it was 20 until session 10)",
+    )
     parser.add_argument(
         "--no-focus", action="store_true", help="live: runs get no focus on the new click"
     )
@@ -453,10 +459,11 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     args.options = json.loads(args.options)
-    if args.bench == "live" and args.live_lr_factor is None:
-        from napari_wsseg.methods.warm import LIVE_LR_FACTOR
+    if args.bench == "live":
+        from napari_wsseg.methods.warm import LIVE_LR_FACTOR, LIVE_WARM_STEPS
 
-        args.live_lr_factor = LIVE_LR_FACTOR
+        args.live_lr_factor = args.live_lr_factor or LIVE_LR_FACTOR
+        args.live_steps = args.live_steps or LIVE_WARM_STEPS
     make_deterministic()
     data = load_dataset(args.dataset)
     held_out = list(getattr(SPLITS[args.dataset], args.split))

@@ -132,8 +132,9 @@ class TrainWidget(QWidget):
         self.start_combo = QComboBox()
         self.start_combo.addItems([START_CONTINUE, START_SCRATCH])
         self.start_combo.setToolTip(
-            "continue: a short run from the last model of this method (same classes); "
-            "from scratch: a full training that ignores it"
+            "continue: a short run from the last model of this method (same classes; after "
+            "live runs, from the last one Train made); from scratch: a full training that "
+            "ignores it"
         )
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
