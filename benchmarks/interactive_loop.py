@@ -88,10 +88,11 @@ def train(
     warm_steps: int | None = None,
     focus=None,
     warm_lr_factor: float | None = None,
+    warm_keep: float | None = None,
 ):
     """A model of ``method`` trained on ``annotations`` (warm from ``init`` when given, for
-    ``warm_steps`` steps at ``warm_lr_factor`` of the learning rate: None is the library's
-    default) and the seconds it took."""
+    ``warm_steps`` steps at ``warm_lr_factor`` of the learning rate, keeping ``warm_keep`` of
+    ``init``'s weights: None is the library's default) and the seconds it took."""
     from napari_wsseg.methods import get_method
     from napari_wsseg.methods.base import FitOptions
     from napari_wsseg.methods.warm import WarmStartWarning
@@ -114,6 +115,7 @@ def train(
                 warm_steps=warm_steps,
                 focus=focus,
                 warm_lr_factor=warm_lr_factor,
+                warm_keep=warm_keep,
             ),
             init=init,
         )
@@ -152,6 +154,7 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
             "seed": seed,
             "warm_from": args.warm_from,
             "warm_steps": args.warm_steps,
+            "warm_keep": args.warm_keep,
             "round": round_,
             "points": len(ann.points),
             "start_dice": round(start_dice, 4),
@@ -171,6 +174,7 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
             init=start,
             device=args.device,
             warm_steps=args.warm_steps,
+            warm_keep=args.warm_keep,
         )
         warm_dice = dice(warm, image, labels, held_out, names)
         records.append(
@@ -215,6 +219,7 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
             warm_steps=args.live_steps,
             focus=None if args.no_focus else focus,
             warm_lr_factor=args.live_lr_factor,
+            warm_keep=args.live_keep,
         )
         after = model.predict_slice(image.slice(z))
         records.append(
@@ -226,6 +231,7 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
                 "click": click,
                 "live_steps": args.live_steps,
                 "live_lr_factor": args.live_lr_factor,
+                "live_keep": args.live_keep,
                 "focus": not args.no_focus,
                 "rebase": args.rebase,
                 "clicked": [int(z), int(y), int(x), int(cls)],
@@ -259,7 +265,14 @@ def consolidate(args, data, annotations, clicked, seed, held_out, live, base) ->
     out = {}
     for arm, init in (("from_live", live), ("from_start", base)):
         model, seconds = train(
-            args.method, args.options, image, annotations, seed, init=init, device=args.device
+            args.method,
+            args.options,
+            image,
+            annotations,
+            seed,
+            init=init,
+            device=args.device,
+            warm_keep=args.warm_keep,
         )
         out[f"train_{arm}_dice"] = round(dice(model, image, labels, held_out, names), 4)
         shown = model.predict_slice(image.slice(z))
@@ -416,6 +429,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--warm-steps", type=int, default=None, help="warm: steps of a warm run (library default)"
     )
+    parser.add_argument(
+        "--warm-keep",
+        type=float,
+        default=None,
+        help="warm (and --consolidate): share of the previous weights a warm model keeps "
+        "(FitOptions.warm_keep; default: the library's)",
+    )
     parser.add_argument("--clicks", type=int, default=6, help="live: corrective clicks")
     parser.add_argument(
         "--live-steps",
@@ -432,6 +452,12 @@ def main(argv=None) -> int:
         default=None,
         help="live: share of the learning rate of each run (default: the live rate, "
         "LIVE_LR_FACTOR)",
+    )
+    parser.add_argument(
+        "--live-keep",
+        type=float,
+        default=None,
+        help="live: share of the previous weights each live model keeps (default: the library's)",
     )
     parser.add_argument(
         "--consolidate",

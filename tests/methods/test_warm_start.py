@@ -158,6 +158,35 @@ def test_warm_lr_factor_changes_the_warm_run_not_the_saved_options(small):
             FitOptions(warm_lr_factor=bad)
 
 
+@pytest.mark.parametrize("name", ["dsp", "size"])
+def test_warm_keep_blends_the_trained_weights_with_the_previous_ones(name, small):
+    image, labels, classes = small
+    ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))
+    first = _fit(name, image, ann)
+    previous = _weights(first)
+
+    def warm(keep):
+        method = get_method(name)(**FAST[name])
+        method.fit(image, ann, FitOptions(device="cpu", seed=1, warm_keep=keep), init=first)
+        return method
+
+    trained, kept = _weights(warm(0.0)), warm(0.25)
+    assert kept.fit_info["warm_keep"] == 0.25
+    blended = _weights(kept)
+    for key, value in blended.items():
+        if value.is_floating_point():
+            expected = 0.25 * previous[key] + 0.75 * trained[key]
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    assert _weights(first).keys() == previous.keys()  # the previous model is left as it was
+    assert all(torch.equal(_weights(first)[k], previous[k]) for k in previous)
+    cold = get_method(name)(**FAST[name])
+    cold.fit(image, ann, FitOptions(device="cpu", warm_keep=0.5))
+    assert "warm_keep" not in cold.fit_info  # nothing to keep in a cold run
+    for bad in (1, -0.1, True, "0.5"):
+        with pytest.raises(WssegError, match="warm_keep"):
+            FitOptions(warm_keep=bad)
+
+
 def test_focus_must_be_zyx_rows():
     assert FitOptions(focus=[[1, 2, 3]]).focus.dtype == np.int64
     for bad in ([[1, 2]], [[1.5, 2, 3]], [1, 2, 3]):

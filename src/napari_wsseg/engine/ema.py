@@ -64,7 +64,7 @@ class EMATeacher:
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """``teacher = momentum * teacher + (1 - momentum) * student`` for parameters and float
-    buffers; other buffers are copied.
+    buffers; other buffers are copied. ``student`` may live on another device.
 
     Raises
     ------
@@ -78,11 +78,12 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     _check_same(teacher_params, student_params, "parameters")
     _check_same(teacher_buffers, student_buffers, "buffers")
     for name, value in teacher_params.items():
-        value.mul_(momentum).add_(student_params[name].detach().to(value.dtype), alpha=1 - momentum)
+        source = student_params[name].detach().to(value.device, value.dtype)
+        value.mul_(momentum).add_(source, alpha=1 - momentum)
     for name, value in teacher_buffers.items():
         source = student_buffers[name].detach()
         if value.is_floating_point():
-            value.mul_(momentum).add_(source.to(value.dtype), alpha=1 - momentum)
+            value.mul_(momentum).add_(source.to(value.device, value.dtype), alpha=1 - momentum)
         else:
             value.copy_(source)
 

@@ -9,7 +9,9 @@ probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
 Warm start (``fit(..., init=previous)``): the network starts from the previous model's weights
 and trains ``FitOptions.warm_steps`` steps (default :data:`~napari_wsseg.methods.warm.
 TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model,
-at 3 % of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`).
+at 3 % of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`); the trained
+weights are then blended with the previous ones (``FitOptions.warm_keep``, default
+:data:`~napari_wsseg.methods.warm.WARM_KEEP`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ import numpy as np
 import torch
 
 from ..engine.devices import resolve_device
+from ..engine.ema import ema_update
 from ..engine.results import FitResult
 from ..engine.tiling import predict_tiled_batch
 from ..engine.trainer import OptimConfig, run_training
 from ..errors import ModelError
 from .base import FitOptions, Method
-from .warm import LIVE_WARM_STEPS, TORCH_WARM_STEPS, WARM_LR_FACTOR, WARM_WARMUP_FRACTION
+from .warm import (
+    LIVE_WARM_STEPS,
+    TORCH_WARM_STEPS,
+    WARM_KEEP,
+    WARM_LR_FACTOR,
+    WARM_WARMUP_FRACTION,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -75,16 +84,27 @@ class TorchSliceMethod(Method):
         """Train, from scratch or (with ``init``) warm: see :meth:`Method.fit`.
 
         A warm run trains with ``max_steps`` and ``warmup_fraction`` replaced for its duration;
-        the model keeps (and saves) its own options.
+        the model keeps (and saves) its own options. Its trained weights are then blended with
+        ``init``'s (``options.warm_keep``).
         """
         options = options or FitOptions()
         configured = self.config
         self._warm_steps = options.warm_steps or TORCH_WARM_STEPS
         self._warm_lr_factor = options.warm_lr_factor or WARM_LR_FACTOR
         try:
-            return super().fit(image, annotations, options, init=init)
+            outcome = super().fit(image, annotations, options, init=init)
         finally:
             self.config = configured
+        keep = WARM_KEEP if options.warm_keep is None else options.warm_keep
+        if self.training_summary.get("warm_start") and keep > 0:
+            self._keep_previous(init, keep)
+        return outcome
+
+    def _keep_previous(self, previous: "TorchSliceMethod", keep: float) -> None:
+        """Blend the trained network with ``previous``'s: ``keep * previous + (1 - keep) *
+        trained`` for every weight and batch-norm statistic."""
+        ema_update(self._require_net(), previous._require_net(), 1.0 - keep)
+        self.fit_info["warm_keep"] = keep
 
     def _start_training(self, options: FitOptions):
         """Seed torch and numpy from ``options.seed`` and build the network on the device; on a

@@ -60,7 +60,9 @@ class FitOptions:
     crops centres a share of them there (dsp), the others ignore it. ``warm_lr_factor`` is the
     share of the configured learning rate a warm run of a torch method trains at; None means
     :data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR` (live runs take
-    :data:`~napari_wsseg.methods.warm.LIVE_LR_FACTOR`).
+    :data:`~napari_wsseg.methods.warm.LIVE_LR_FACTOR`). ``warm_keep`` is the share of the
+    previous model's weights a warm torch model keeps: its weights end as ``warm_keep *
+    previous + (1 - warm_keep) * trained``; None means :data:`~napari_wsseg.methods.warm.WARM_KEEP`.
     """
 
     device: str = "auto"
@@ -71,6 +73,7 @@ class FitOptions:
     warm_steps: int | None = None
     focus: np.ndarray | None = None
     warm_lr_factor: float | None = None
+    warm_keep: float | None = None
 
     def __post_init__(self) -> None:
         from .warm import check_warm_steps
@@ -92,6 +95,14 @@ class FitOptions:
             raise WssegError(
                 f"warm_lr_factor {factor!r} is not a share of the learning rate; give a number "
                 "in (0, 1] or None for the default"
+            )
+        keep = self.warm_keep
+        if keep is not None and not (
+            isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0 <= keep < 1
+        ):
+            raise WssegError(
+                f"warm_keep {keep!r} is not a share of the previous model's weights; give a "
+                "number in [0, 1) or None for the default"
             )
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):

@@ -70,6 +70,11 @@ WARM_LR_FACTOR = 0.03
 #: WARM_LR_FACTOR none showed; at 0.1, 5 showed and the validation Dice went 56.3 -> 52.2; at 0.3
 #: all 6 showed and it went to 42.6. A trade between the slice being corrected and the rest.
 LIVE_LR_FACTOR = 0.1
+#: Share of the previous model's weights a warm torch model keeps (``FitOptions.warm_keep``):
+#: the trained weights are blended with the ones the run started from (weight averaging of a
+#: fine-tuned model with its start, as WiSE-FT; batch-norm statistics are blended too), which
+#: holds what the previous model knew while the run learns the new annotations.
+WARM_KEEP = 0.0
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1
