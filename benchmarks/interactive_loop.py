@@ -10,9 +10,11 @@ once warm (``fit(..., init=...)``) from the previous round's warm model (``--war
 the plugin's loop does) or from its cold model (``--warm-from cold``). Per round: Dice and training
 seconds of both, the Dice of the model the warm run started from, and ``target`` (the issue's:
 the warm run took at most 60 s and is at least as good as the model it started from).
-``--start-model`` starts from a saved ``protocol.py --save-models`` pts4 model instead of the
-first cold training, ``--no-cold`` skips the cold retraining of each round (the target compares
-the warm model with the model it started from), ``--warm-steps`` sets the warm run's length.
+``--warm-keep`` sets the share of the previous weights a warm model keeps (``--live-keep`` for
+the live bench). ``--start-model`` starts from a saved ``protocol.py --save-models`` pts4 model
+instead of the first cold training, ``--no-cold`` skips the cold retraining of each round (the
+target compares the warm model with the model it started from), ``--warm-steps`` sets the warm
+run's length.
 
 ``live``: from the same start, ``--clicks`` corrective clicks on the first annotated slice (each
 at a random wrongly predicted pixel, labelled with its true class), each followed by a warm run
@@ -28,7 +30,8 @@ the start model.
 ``suggest``: start from 1 click per class per annotated slice; in each round add ``--k`` clicks
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
 suggest.suggest` proposes on the annotated slices or at uniformly random pixels of the same slices,
-each labelled with its ground-truth class, and retrain from scratch. Per round: Dice of both arms.
+each labelled with its ground-truth class, and retrain from scratch (``--warm``: continue each
+arm's previous model, as a Train press does). Per round: Dice of both arms.
 
     .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc \
         --seeds 0,1,2
@@ -331,10 +334,8 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
     k = args.k or len(classes) * len(annotated)
     start = clicks(labels, classes, annotated, 1, seed)
     arms = {"suggested": start, "random": start}
-    models = {
-        arm: train(args.method, args.options, image, start, seed, device=args.device)[0]
-        for arm in arms
-    }
+    first = train(args.method, args.options, image, start, seed, device=args.device)[0]
+    models = dict.fromkeys(arms, first)  # training is deterministic: one start model for both
     rng = np.random.default_rng(seed + 17)
     picking = {} if args.pick_sigma is None else {"pick_sigma": args.pick_sigma}
     config = SuggestConfig(
@@ -361,12 +362,19 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
             "round": round_,
             "k": k,
             "pick_sigma": config.pick_sigma,
+            "warm": args.warm,
         }
         for arm, zyx in picks.items():
             labelled = np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]])
             arms[arm] = with_points(arms[arm], labelled)
             models[arm], seconds = train(
-                args.method, args.options, image, arms[arm], seed, device=args.device
+                args.method,
+                args.options,
+                image,
+                arms[arm],
+                seed,
+                init=models[arm] if args.warm else None,
+                device=args.device,
             )
             record |= {
                 f"{arm}_points": len(arms[arm].points),
@@ -471,6 +479,12 @@ def main(argv=None) -> int:
         help="live: every run starts from the start model, focused on all clicks so far",
     )
     parser.add_argument("--k", type=int, default=None, help="suggest: clicks added per round")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="suggest: each round continues the arm's previous model (a Train press with the "
+        "library's warm defaults) instead of training from scratch",
+    )
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
     parser.add_argument(
         "--pick-sigma",
