@@ -465,7 +465,7 @@ def main(argv=None) -> int:
         "--live-keep",
         type=float,
         default=None,
-        help="live: share of the previous weights each live model keeps (default: the library's)",
+        help="live: share of the previous weights each live model keeps (default: LIVE_KEEP)",
     )
     parser.add_argument(
         "--consolidate",
@@ -500,9 +500,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.options = json.loads(args.options)
     if args.bench == "live":
-        from napari_wsseg.methods.warm import LIVE_LR_FACTOR, LIVE_WARM_STEPS
+        from napari_wsseg.methods.warm import LIVE_KEEP, LIVE_LR_FACTOR, LIVE_WARM_STEPS
 
         args.live_lr_factor = args.live_lr_factor or LIVE_LR_FACTOR
+        args.live_keep = LIVE_KEEP if args.live_keep is None else args.live_keep
         args.live_steps = args.live_steps or LIVE_WARM_STEPS
     make_deterministic()
     data = load_dataset(args.dataset)

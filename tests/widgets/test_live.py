@@ -301,7 +301,7 @@ def test_a_train_press_after_live_runs_continues_from_the_last_trained_model(
 def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     annotate, clicks, small_2d, tmp_path
 ):
-    from napari_wsseg.methods.warm import LIVE_LR_FACTOR, LIVE_WARM_STEPS
+    from napari_wsseg.methods.warm import LIVE_KEEP, LIVE_LR_FACTOR, LIVE_WARM_STEPS
 
     viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
     train.method_combo.setCurrentText("dsp")
@@ -316,6 +316,8 @@ def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     assert pressed.options.focus is None
     assert pressed.options.warm_lr_factor is None  # a Train press: WARM_LR_FACTOR
     assert live.options.warm_lr_factor == LIVE_LR_FACTOR
+    assert pressed.options.warm_keep is None  # a Train press: WARM_KEEP
+    assert live.options.warm_keep == LIVE_KEEP
     clicks.add(train.session.layer("points"), np.array([[3, 5, 1]]))  # y, x, class
     assert train._build_job(live=True).options.focus.tolist() == [[0, 3, 5]]  # the new click
 

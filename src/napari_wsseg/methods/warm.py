@@ -75,6 +75,10 @@ LIVE_LR_FACTOR = 0.1
 #: fine-tuned model with its start, as WiSE-FT; batch-norm statistics are blended too), which
 #: holds what the previous model knew while the run learns the new annotations.
 WARM_KEEP = 0.0
+#: The share a live run's model keeps (the Train widget passes it as ``FitOptions.warm_keep``): a
+#: live model is a quick correction the next Train press does not continue from, and keeping
+#: the previous weights would halve what a click shows.
+LIVE_KEEP = 0.0
 #: Linear warm-up share of a warm run. AdamW's moments are not saved with a model, so the
 #: optimiser restarts from zero and a short ramp keeps its first large steps off the weights.
 WARM_WARMUP_FRACTION = 0.1

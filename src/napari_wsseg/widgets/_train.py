@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 from ..errors import AnnotationError, WssegError
 from ..methods import available_methods, get_method
 from ..methods.base import Method
-from ..methods.warm import LIVE_LR_FACTOR
+from ..methods.warm import LIVE_KEEP, LIVE_LR_FACTOR
 from ..progress import ProgressEvent
 from ..training import (
     SlicePrediction,
@@ -388,6 +388,7 @@ class TrainWidget(QWidget):
             warm_steps=(self.live_steps_spin.value() or method.live_steps) if live else None,
             focus=self._live_focus(annotations) if live else None,
             warm_lr_factor=LIVE_LR_FACTOR if live else None,
+            warm_keep=LIVE_KEEP if live else None,
         )
         self._last_job_annotations = annotations
         for message in warnings:
