@@ -9,9 +9,9 @@ probabilities (:meth:`~TorchSliceMethod._tile_probabilities`).
 Warm start (``fit(..., init=previous)``): the network starts from the previous model's weights
 and trains ``FitOptions.warm_steps`` steps (default :data:`~napari_wsseg.methods.warm.
 TORCH_WARM_STEPS`) with a short warm-up, as the optimiser's moments are not saved with a model,
-at 3 % of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`); the trained
-weights are then blended with the previous ones (``FitOptions.warm_keep``, default
-:data:`~napari_wsseg.methods.warm.WARM_KEEP`).
+at 3 % of the learning rate (:data:`~napari_wsseg.methods.warm.WARM_LR_FACTOR`); with
+``FitOptions.warm_keep`` > 0 the trained weights are then blended with the previous ones (default
+:data:`~napari_wsseg.methods.warm.WARM_KEEP`, 0).
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class TorchSliceMethod(Method):
         """Train, from scratch or (with ``init``) warm: see :meth:`Method.fit`.
 
         A warm run trains with ``max_steps`` and ``warmup_fraction`` replaced for its duration;
-        the model keeps (and saves) its own options. Its trained weights are then blended with
-        ``init``'s (``options.warm_keep``).
+        the model keeps (and saves) its own options. With ``options.warm_keep`` > 0 its trained
+        weights are then blended with ``init``'s.
         """
         options = options or FitOptions()
         configured = self.config

@@ -72,8 +72,10 @@ WARM_LR_FACTOR = 0.03
 LIVE_LR_FACTOR = 0.1
 #: Share of the previous model's weights a warm torch model keeps (``FitOptions.warm_keep``):
 #: the trained weights are blended with the ones the run started from (weight averaging of a
-#: fine-tuned model with its start, as WiSE-FT; batch-norm statistics are blended too), which
-#: holds what the previous model knew while the run learns the new annotations.
+#: fine-tuned model with its start, as WiSE-FT; batch-norm statistics are blended too). 0: over 5
+#: warm dsp rounds (validation, seed 0, session 11) keeping half cut drosophila_vnc's fall at
+#: round 5 (55.1 against 52.7) but slowed cdeep3m_mito's gains on every round (mean 57.4 against
+#: 57.7), so it did not help on both real datasets.
 WARM_KEEP = 0.0
 #: The share a live run's model keeps (the Train widget passes it as ``FitOptions.warm_keep``): a
 #: live model is a quick correction the next Train press does not continue from, and keeping
