@@ -31,7 +31,9 @@ the start model.
 (default: one per class per annotated slice), either at the pixels :func:`~napari_wsseg.predict.
 suggest.suggest` proposes on the annotated slices or at uniformly random pixels of the same slices,
 each labelled with its ground-truth class, and retrain from scratch (``--warm``: continue each
-arm's previous model, as a Train press does). Per round: Dice of both arms.
+arm's previous model, as a Train press does). ``--measures entropy,disagreement`` adds one
+suggested arm per ranking measure (``suggested_disagreement``: the model's EMA teacher against its
+student). Per round: Dice of every arm.
 
     .venv/bin/python benchmarks/interactive_loop.py warm --method dsp --dataset drosophila_vnc \
         --seeds 0,1,2
@@ -48,6 +50,7 @@ Each round is printed as a table row and, with ``--results FILE``, appended as o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -333,9 +336,10 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
     )
     k = args.k or len(classes) * len(annotated)
     start = clicks(labels, classes, annotated, 1, seed)
-    arms = {"suggested": start, "random": start}
+    measures = {suggested_arm(m): m for m in args.measures.split(",")}
+    arms = dict.fromkeys([*measures, "random"], start)
     first = train(args.method, args.options, image, start, seed, device=args.device)[0]
-    models = dict.fromkeys(arms, first)  # training is deterministic: one start model for both
+    models = dict.fromkeys(arms, first)  # training is deterministic: one start model for all
     rng = np.random.default_rng(seed + 17)
     picking = {} if args.pick_sigma is None else {"pick_sigma": args.pick_sigma}
     config = SuggestConfig(
@@ -343,17 +347,17 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
     )
     records = []
     for round_ in range(1, args.rounds + 1):
-        found = suggest(
-            models["suggested"],
-            image,
-            annotations=arms["suggested"],
-            slices=list(annotated),
-            config=config,
-        )
-        picks = {
-            "suggested": np.array([[s.z, s.y, s.x] for s in found], np.int64).reshape(-1, 3),
-            "random": random_pixels(rng, annotated, labels.shape[1:], k),
-        }
+        picks = {}
+        for arm, measure in measures.items():
+            found = suggest(
+                models[arm],
+                image,
+                annotations=arms[arm],
+                slices=list(annotated),
+                config=dataclasses.replace(config, measure=measure),
+            )
+            picks[arm] = np.array([[s.z, s.y, s.x] for s in found], np.int64).reshape(-1, 3)
+        picks["random"] = random_pixels(rng, annotated, labels.shape[1:], k)
         record = {
             "bench": "suggest",
             "dataset": args.dataset,
@@ -363,6 +367,7 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
             "k": k,
             "pick_sigma": config.pick_sigma,
             "warm": args.warm,
+            "measures": args.measures,
         }
         for arm, zyx in picks.items():
             labelled = np.column_stack([zyx, labels[zyx[:, 0], zyx[:, 1], zyx[:, 2]]])
@@ -384,6 +389,12 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
         records.append(record)
         print_row(record)
     return records
+
+
+def suggested_arm(measure: str) -> str:
+    """The record prefix of the arm that follows suggestions ranked by ``measure`` ("suggested"
+    for entropy, as before other measures were compared)."""
+    return "suggested" if measure == "entropy" else f"suggested_{measure}"
 
 
 def random_pixels(rng, slices, shape_yx, k: int) -> np.ndarray:
@@ -486,6 +497,12 @@ def main(argv=None) -> int:
         "library's warm defaults) instead of training from scratch",
     )
     parser.add_argument("--cell", type=int, default=64, help="suggest: grid cell side in pixels")
+    parser.add_argument(
+        "--measures",
+        default="entropy",
+        help="suggest: comma-separated SuggestConfig measures, one suggested arm each "
+        "(entropy, margin, disagreement)",
+    )
     parser.add_argument(
         "--pick-sigma",
         type=float,

@@ -673,8 +673,9 @@ def _add_suggest_parser(sub) -> None:
     p.add_argument(
         "--measure",
         default="entropy",
-        choices=["entropy", "margin"],
-        help="uncertainty measure (default entropy)",
+        choices=["entropy", "margin", "disagreement"],
+        help="uncertainty measure (default entropy); disagreement: between a dsp model's EMA "
+        "teacher and its student",
     )
     p.add_argument(
         "--pick-sigma",

@@ -122,6 +122,59 @@ def test_the_uncertain_region_comes_first():
     assert all(s.score == 0.0 or s.z != 0 for s in found)  # the sure slice is last, if at all
 
 
+class _TwoMinds(_Scripted):
+    """A scripted model with a second opinion: ``seconds[z]`` for slice z."""
+
+    def __init__(self, maps, seconds) -> None:
+        super().__init__(maps)
+        self.seconds = seconds
+
+    @property
+    def has_second_opinion(self) -> bool:
+        return True
+
+    def second_opinion_slice(self, slice_yxc):
+        return self.seconds[int(slice_yxc[0, 0, 0])]
+
+
+def test_disagreement_is_the_normalised_jensen_shannon_divergence():
+    rng = np.random.default_rng(1)
+    p, q = (rng.dirichlet([0.5] * 3, size=(4, 5)).transpose(2, 0, 1) for _ in range(2))
+    middle = (p + q) / 2
+
+    def kl(a, b):
+        return np.sum(a * np.log(a / b), axis=0)
+
+    expected = (kl(p, middle) + kl(q, middle)) / 2 / np.log(2)
+    np.testing.assert_allclose(uncertainty(p, "disagreement", q), expected, atol=1e-9)
+    np.testing.assert_allclose(uncertainty(p, "disagreement", p), 0.0, atol=1e-12)
+    with pytest.raises(WssegError, match="second opinion"):
+        uncertainty(p, "disagreement")
+
+
+def test_disagreement_ranks_where_the_two_networks_differ_not_where_both_are_unsure():
+    both_unsure = _unsure(_sure(), 0, 32, 0, 32)  # entropy's pick: both networks unsure here
+    maps = {0: both_unsure}
+    second = both_unsure.copy()
+    second[:, 64:96, 64:96] = np.array([0.0, 1.0, 0.0])[:, None, None]  # sure, but of another class
+    model, image = _TwoMinds(maps, {0: second}), _image(1)
+    by_entropy = suggest(model, image, config=SuggestConfig(n=1, cell=32))
+    by_disagreement = suggest(
+        model, image, config=SuggestConfig(n=1, cell=32, measure="disagreement")
+    )
+    assert (by_entropy[0].y0, by_entropy[0].x0) == (0, 0)
+    assert (by_disagreement[0].y0, by_disagreement[0].x0) == (64, 64)
+    assert by_disagreement == suggest(
+        model, image, config=SuggestConfig(n=1, cell=32, measure="disagreement")
+    )
+
+
+def test_disagreement_needs_a_model_with_a_second_opinion():
+    model, image = _noisy_model(n_slices=1)
+    with pytest.raises(WssegError, match="single network.*entropy or margin"):
+        suggest(model, image, config=SuggestConfig(measure="disagreement"))
+
+
 def test_pick_sigma_moves_the_pixel_from_an_outline_into_an_uncertain_patch():
     proba = _sure((64, 64))
     proba = _unsure(proba, 10, 30, 10, 30, classes=(0, 1))  # a patch, fairly unsure
@@ -261,6 +314,9 @@ def test_cli_suggest_writes_best_first_csv(phantom_3d, tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--measure", "disagreement"]) == 2  # rf: one network
+    err = capsys.readouterr().err
+    assert "single network" in err and len(err.splitlines()) == 1
 
 
 def test_edge_cells_of_an_image_not_a_multiple_of_the_cell_are_clipped():

@@ -40,6 +40,8 @@ from .warm import (
 )
 
 WEIGHTS_FILE = "model.safetensors"
+#: The student's weights, beside the kept EMA teacher's, in a mean-teacher model's folder.
+STUDENT_WEIGHTS_FILE = "student.safetensors"
 
 #: Inclusive bounds of the schedule and crop options the U-Net methods (dsp, size) share.
 UNET_TRAINING_BOUNDS = {
@@ -67,6 +69,9 @@ class TorchSliceMethod(Method):
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
         self.net: torch.nn.Module | None = None
+        #: The last student of a mean-teacher run whose kept ``net`` is the EMA teacher (None:
+        #: no teacher); its predictions are the model's second opinion.
+        self.student: torch.nn.Module | None = None
         self.fit_info: dict = {}
         self._warm_steps = TORCH_WARM_STEPS
         self._warm_lr_factor = WARM_LR_FACTOR
@@ -114,6 +119,7 @@ class TorchSliceMethod(Method):
         """
         device = resolve_device(options.device)
         torch.manual_seed(options.seed)
+        self.student = None
         net = self._build_net()
         if self.warm_init is not None:
             net.load_state_dict(self.warm_init._require_net().state_dict())
@@ -173,13 +179,27 @@ class TorchSliceMethod(Method):
         """Class probabilities ``(C, Y, X)`` float32 of each raw ``(Y, X, C)`` slice."""
         return self._network_proba(slices)
 
-    def _network_proba(self, slices: list[np.ndarray]) -> list[np.ndarray]:
-        """The network's probabilities of each slice, tiled and blended.
+    @property
+    def has_second_opinion(self) -> bool:  # type: ignore[override]
+        return self.student is not None
+
+    def second_opinion_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        """The student's class probabilities of one slice (a mean-teacher model's second
+        opinion; see :meth:`Method.second_opinion_slice`)."""
+        if self.student is None:
+            return super().second_opinion_slice(slice_yxc)
+        return self._network_proba([slice_yxc], self.student)[0]
+
+    def _network_proba(
+        self, slices: list[np.ndarray], net: torch.nn.Module | None = None
+    ) -> list[np.ndarray]:
+        """The probabilities of each slice from ``net`` (default: the model's network), tiled
+        and blended.
 
         Same-sized slices share forward passes on a GPU; on a CPU a bigger batch is no faster
         and only raises peak memory, so slices go one at a time.
         """
-        net = self._require_net()
+        net = net if net is not None else self._require_net()
         arrays = [self._check_slice(s) for s in slices]
         device = next(net.parameters()).device
         per_pass = len(arrays) if device.type == "cuda" else 1
@@ -214,24 +234,37 @@ class TorchSliceMethod(Method):
     def _save_weights(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        weights = self._require_net().state_dict()
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
-            str(folder / WEIGHTS_FILE),
-        )
+        networks = {WEIGHTS_FILE: self._require_net(), STUDENT_WEIGHTS_FILE: self.student}
+        for filename, net in networks.items():
+            if net is not None:
+                weights = net.state_dict()
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                    str(folder / filename),
+                )
 
     def _load_weights(self, folder: Path) -> None:
-        """Load the weights after checking, without allocating, that their shapes are the ones
-        config.json's architecture implies (a crafted config cannot make us build a huge
-        network)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        """Load the network, and the student where the folder has one (models saved before
+        students were kept have none)."""
         path = folder / WEIGHTS_FILE
         if not path.is_file():
             raise ModelError(
                 f"model folder {folder}: {WEIGHTS_FILE} is missing; retrain the {self.name} model"
             )
+        device = resolve_device("auto")
+        self.net = self._place(self._read_net(path), device).eval()
+        student = folder / STUDENT_WEIGHTS_FILE
+        self.student = (
+            self._place(self._read_net(student), device).eval() if student.is_file() else None
+        )
+
+    def _read_net(self, path: Path) -> torch.nn.Module:
+        """A network with the weights of ``path``, after checking, without allocating, that
+        their shapes are the ones config.json's architecture implies (a crafted config cannot
+        make us build a huge network)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in self._build_net().state_dict().items()}
         mismatch = _shape_mismatch(_stored_shapes(path), expected)
@@ -252,7 +285,7 @@ class TorchSliceMethod(Method):
             ) from None
         if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
             raise ModelError(f"model file {path} holds NaN or infinite weights; retrain the model")
-        self.net = self._place(net, resolve_device("auto")).eval()
+        return net
 
 
 def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:

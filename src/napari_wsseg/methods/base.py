@@ -402,6 +402,22 @@ class Method(ABC):
         slices = self.predict_proba_batch(list(block_zyxc))
         return np.stack([np.asarray(p, dtype=np.float32) for p in slices], axis=1)
 
+    @property
+    def has_second_opinion(self) -> bool:
+        """Whether :meth:`second_opinion_slice` answers: the model keeps a second network of
+        its own, such as the student of a mean-teacher pair. By default it keeps one."""
+        return False
+
+    def second_opinion_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, Y, X)`` float32 of one raw ``(Y, X, C)`` slice from the
+        model's second network (see :attr:`has_second_opinion`). Where the two networks disagree
+        the model has not settled, so a label there is expected to help
+        (:mod:`napari_wsseg.predict.suggest`'s ``disagreement`` measure)."""
+        raise ModelError(
+            f"the {self.name} model keeps a single network, so it has no second opinion; "
+            "rank suggestions by entropy or margin instead"
+        )
+
     def predict_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
         """Labels ``(Y, X)`` uint8 of one raw ``(Y, X, C)`` slice."""
         return np.argmax(self.predict_proba_slice(slice_yxc), axis=0).astype(np.uint8)

@@ -5,7 +5,9 @@ From a trained model's class probabilities on the chosen slices, every pixel get
     score(p) = uncertainty(p) * rarity(p)
 
 ``uncertainty`` is the entropy of the probabilities divided by log(C) (or, with ``measure
-="margin"``, one minus the gap between the two largest), both from 0 (sure) to 1; ``rarity`` is
+="margin"``, one minus the gap between the two largest; with ``measure="disagreement"``, the
+Jensen-Shannon divergence between the model's two networks divided by log 2, for models that keep
+a second one, such as dsp's student beside its EMA teacher), all from 0 (sure) to 1; ``rarity`` is
 the expected per-class weight ``sum_c p_c w_c / max_c w_c`` with ``w_c = ((1 + mean n) / (1 +
 n_c)) ** rarity_power``, where ``n_c`` counts the labels class c already has (points, boxes and
 mask pixels / :data:`MASK_PIXELS_PER_LABEL`), so pixels likely to belong to classes with few labels
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 #: Mask pixels counted as one label when weighting classes (a short scribble is worth a click).
 MASK_PIXELS_PER_LABEL = 64
-MEASURES = ("entropy", "margin")
+MEASURES = ("entropy", "margin", "disagreement")
 CSV_HEADER = ("z", "y", "x", "score", "y0", "x0", "y1", "x1")
 
 
@@ -63,7 +65,9 @@ class SuggestConfig:
     min_distance : float or None, default None
         Smallest distance in pixels between two suggestions of one slice; None means ``cell``.
     measure : str, default "entropy"
-        Uncertainty measure: "entropy" or "margin".
+        Uncertainty measure: "entropy", "margin" or "disagreement" (between the model's two
+        networks; only for models with a second opinion, see
+        :attr:`~napari_wsseg.methods.base.Method.has_second_opinion`).
     rarity_power : float, default 1.0
         How strongly classes with few labels are preferred; 0 turns the weighting off.
     pick_sigma : float, default 6.0
@@ -128,14 +132,19 @@ class Suggestion:
         return (self.z, self.y, self.x, round(self.score, 6), self.y0, self.x0, self.y1, self.x1)
 
 
-def uncertainty(proba: np.ndarray, measure: str = "entropy") -> np.ndarray:
-    """Per-pixel uncertainty from 0 (sure) to 1 of ``(C, Y, X)`` probabilities.
+def uncertainty(
+    proba: np.ndarray, measure: str = "entropy", second: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-pixel uncertainty from 0 (sure) to 1 of ``(C, Y, X)`` probabilities; ``second``: the
+    model's second opinion, which the "disagreement" measure compares them with.
 
     Examples
     --------
     >>> p = np.array([[[1.0, 0.5]], [[0.0, 0.5]]])
     >>> uncertainty(p).round(3).tolist(), uncertainty(p, "margin").round(3).tolist()
     ([[0.0, 1.0]], [[0.0, 1.0]])
+    >>> uncertainty(p, "disagreement", p[::-1]).round(3).tolist()  # opposite sure vs both unsure
+    [[1.0, 0.0]]
     """
     proba = np.clip(np.asarray(proba, dtype=np.float64), 0.0, 1.0)
     n_classes = proba.shape[0]
@@ -144,8 +153,21 @@ def uncertainty(proba: np.ndarray, measure: str = "entropy") -> np.ndarray:
     if measure == "margin":
         top = np.sort(proba, axis=0)
         return 1.0 - (top[-1] - top[-2])
-    entropy = -np.sum(proba * np.log(np.maximum(proba, 1e-12)), axis=0)
-    return np.clip(entropy / math.log(n_classes) + 0.0, 0.0, 1.0)  # + 0.0 turns -0.0 into 0.0
+    if measure == "disagreement":
+        if second is None or np.shape(second) != proba.shape:
+            raise WssegError(
+                f"the disagreement measure needs a second opinion of shape {proba.shape}, got "
+                f"{None if second is None else np.shape(second)}"
+            )
+        second = np.clip(np.asarray(second, dtype=np.float64), 0.0, 1.0)
+        middle = (proba + second) / 2
+        js = _entropy(middle) - (_entropy(proba) + _entropy(second)) / 2
+        return np.clip(js / math.log(2) + 0.0, 0.0, 1.0)
+    return np.clip(_entropy(proba) / math.log(n_classes) + 0.0, 0.0, 1.0)  # + 0.0: no -0.0
+
+
+def _entropy(proba: np.ndarray) -> np.ndarray:
+    return -np.sum(proba * np.log(np.maximum(proba, 1e-12)), axis=0)
 
 
 def class_weights(label_counts: np.ndarray, power: float = 1.0) -> np.ndarray:
@@ -227,6 +249,13 @@ def suggest(
     """
     config = config or SuggestConfig()
     model.check_image(image)
+    disagreement = config.measure == "disagreement"
+    if disagreement and not getattr(model, "has_second_opinion", False):
+        raise WssegError(
+            f"the {getattr(model, 'name', 'given')} model keeps a single network, so it cannot "
+            "rank by disagreement; use the entropy or margin measure, or a dsp model trained "
+            "with its mean teacher"
+        )
     zs = _check_slices(slices, image.n_slices)
     weights = class_weights(_counts_for(model, annotations), config.rarity_power)
     labelled = _labelled_masks(annotations, image.shape) if annotations is not None else {}
@@ -236,7 +265,8 @@ def suggest(
         if is_cancelled(cancel):
             break
         proba = np.asarray(predict_slice_proba(model, image, z), dtype=np.float64)
-        scores = pixel_scores(proba, weights, config.measure)
+        second = model.second_opinion_slice(image.slice(z)) if disagreement else None
+        scores = pixel_scores(proba, weights, config.measure, second)
         picks = _smoothed(scores, config.pick_sigma)
         if z in labelled:
             scores[labelled[z]] = -1.0  # never suggest a pixel that already has a label
@@ -249,15 +279,21 @@ def suggest(
     return _spread([c[2] for c in candidates], config)
 
 
-def pixel_scores(proba: np.ndarray, weights: np.ndarray, measure: str = "entropy") -> np.ndarray:
-    """``uncertainty * rarity`` of each pixel of ``(C, Y, X)`` probabilities (see the module)."""
+def pixel_scores(
+    proba: np.ndarray,
+    weights: np.ndarray,
+    measure: str = "entropy",
+    second: np.ndarray | None = None,
+) -> np.ndarray:
+    """``uncertainty * rarity`` of each pixel of ``(C, Y, X)`` probabilities (see the module);
+    ``second``: the model's second opinion, for the "disagreement" measure."""
     if len(weights) != proba.shape[0]:
         raise WssegError(
             f"the model gives {proba.shape[0]} class probabilities but {len(weights)} class "
             "weights were given; use annotations with the model's classes"
         )
     rarity = np.tensordot(weights, proba, axes=1)
-    return uncertainty(proba, measure) * rarity
+    return uncertainty(proba, measure, second) * rarity
 
 
 def _smoothed(scores: np.ndarray, sigma: float) -> np.ndarray | None:

@@ -9,7 +9,8 @@ to each crop and its targets, and minimises
 
 with L_CE and L_DSP on a weakly augmented view (jitter 0.2) and L_PLF on a strongly augmented view
 (jitter 0.4 + CutOut) against filtered pseudo-labels of the weak view, made by a mean teacher (an
-exponential moving average of the weights, ``ema_momentum``), which is also the model kept. As the
+exponential moving average of the weights, ``ema_momentum``), which is also the model kept (the
+last student is kept too, as the model's second opinion for suggestions). As the
 paper starts its methods from a U-Net trained with L_CE, L_PLF starts after ``plf_start`` of the
 schedule. After training, the class prior the class-balanced sampling implied is corrected
 (``prior_correction``).
@@ -18,6 +19,7 @@ See ``docs/methods/dsp.md`` for the defaults and how they were chosen.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -325,6 +327,7 @@ class DSPMethod(TorchSliceMethod):
             after_step=None if teacher is None else update_teacher,
         )
         if teacher is not None:
+            self.student = copy.deepcopy(self.net).eval()  # the second opinion of suggestions
             self.net.load_state_dict(teacher.state_dict())
             self.net.eval()
         self.fit_info = outcome.summary()
