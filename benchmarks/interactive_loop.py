@@ -66,6 +66,8 @@ from protocol import SPLITS, load_dataset, make_deterministic, merge_annotations
 #: image and the filter bank, not on the forest, so sharing them changes no result and spares
 #: computing a 1024^2 slice's features again for every model (rf's "cold" is a new forest).
 SHARED_RF_FEATURES = None
+#: ``--time-budget``: seconds every training of the run may take (None: the method's steps).
+TIME_BUDGET_S: float | None = None
 
 
 def dice(model, image, labels, slices: list[int], names: list[str]) -> float:
@@ -118,6 +120,7 @@ def train(
             FitOptions(
                 device=device,
                 seed=seed,
+                time_budget_s=TIME_BUDGET_S,
                 warm_steps=warm_steps,
                 focus=focus,
                 warm_lr_factor=warm_lr_factor,
@@ -191,7 +194,7 @@ def run_warm(args, data, seed: int, held_out: list[int]) -> list[dict]:
                 "target": bool(warm_s <= 60 and warm_dice >= start_dice),
             }
         )
-        print_row(records[-1])
+        emit(args, records[-1])
     return records
 
 
@@ -249,7 +252,7 @@ def run_live(args, data, seed: int, held_out: list[int]) -> list[dict]:
                 "held_out_dice": round(dice(model, image, labels, held_out, names), 4),
             }
         )
-        print_row(records[-1])
+        emit(args, records[-1])
     summary = {"start_dice": round(start_dice, 4), "end_dice": records[-1]["held_out_dice"]}
     if args.consolidate:
         summary |= consolidate(
@@ -387,7 +390,7 @@ def run_suggest(args, data, seed: int, held_out: list[int]) -> list[dict]:
                 f"{arm}_dice": round(dice(models[arm], image, labels, held_out, names), 4),
             }
         records.append(record)
-        print_row(record)
+        emit(args, record)
     return records
 
 
@@ -403,6 +406,17 @@ def random_pixels(rng, slices, shape_yx, k: int) -> np.ndarray:
     return np.column_stack(
         [zs, rng.integers(0, shape_yx[0], k), rng.integers(0, shape_yx[1], k)]
     ).astype(np.int64)
+
+
+def emit(args, record: dict) -> None:
+    """Print the record as a row and, with ``--results``, append it at once (a stopped run keeps
+    the rounds it finished)."""
+    print_row(record)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as fh:
+            extra = {"split": args.split, "options": args.options, "time_budget_s": TIME_BUDGET_S}
+            fh.write(json.dumps(record | extra) + "\n")
 
 
 def print_row(record: dict) -> None:
@@ -512,10 +526,19 @@ def main(argv=None) -> int:
     parser.add_argument("--options", default="{}", help="the method's options as JSON")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds each training may take, cold and warm (the Train widget's budget; "
+        "default: none, the method's own step count)",
+    )
+    parser.add_argument(
         "--results", type=Path, default=None, help="JSONL file to append records to"
     )
     args = parser.parse_args(argv)
     args.options = json.loads(args.options)
+    global TIME_BUDGET_S
+    TIME_BUDGET_S = args.time_budget
     if args.bench == "live":
         from napari_wsseg.methods.warm import LIVE_KEEP, LIVE_LR_FACTOR, LIVE_WARM_STEPS
 
@@ -527,21 +550,13 @@ def main(argv=None) -> int:
     held_out = list(getattr(SPLITS[args.dataset], args.split))
     benches = ["warm", "suggest"] if args.bench == "both" else [args.bench]
     runs = {"warm": run_warm, "suggest": run_suggest, "live": run_live}
-    records = []
     for bench in benches:
         print(
             f"# {bench}: {args.method} on {args.dataset}, Dice on {args.split} slices {held_out}",
             flush=True,
         )
         for seed in (int(s) for s in args.seeds.split(",") if s):
-            records += runs[bench](args, data, seed, held_out)
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as fh:
-            fh.writelines(
-                json.dumps(r | {"split": args.split, "options": args.options}) + "\n"
-                for r in records
-            )
+            runs[bench](args, data, seed, held_out)  # each record is emitted as it is made
     return 0
 
 

@@ -27,6 +27,11 @@ DEFAULT_COLORS = (
 )
 
 
+#: Mask pixels counted as one label (a short scribble is worth a click) where labels are counted,
+#: e.g. to weight the classes of suggestions.
+MASK_PIXELS_PER_LABEL = 64
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """One segmentation class: its name and display colour (``#rrggbb``)."""
@@ -226,6 +231,24 @@ def _new_rows(rows: np.ndarray, earlier: np.ndarray) -> np.ndarray:
         else:
             keep.append(i)
     return rows[keep].reshape(-1, rows.shape[1])
+
+
+def labels_per_class(counts: dict, n_classes: int) -> np.ndarray:
+    """Labels per class, points + boxes + mask pixels / :data:`MASK_PIXELS_PER_LABEL`, from
+    annotation counts (:meth:`Annotations.counts`, or a trained model's stored
+    ``training_summary["counts"]``, whose kinds may be missing: they count 0).
+
+    Examples
+    --------
+    >>> labels_per_class({"points": [3, 1], "boxes": [0, 2], "mask_pixels": [128, 0]}, 2).tolist()
+    [5.0, 3.0]
+    """
+    total = np.zeros(n_classes)
+    for key, divisor in (("points", 1), ("boxes", 1), ("mask_pixels", MASK_PIXELS_PER_LABEL)):
+        values = counts.get(key) if isinstance(counts, dict) else None
+        if isinstance(values, (list, tuple, np.ndarray)) and len(values) == n_classes:
+            total += np.asarray(values, dtype=np.float64) / divisor
+    return total
 
 
 def label_colors(classes: list[ClassInfo]) -> dict:

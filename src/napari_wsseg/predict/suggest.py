@@ -4,21 +4,22 @@ From a trained model's class probabilities on the chosen slices, every pixel get
 
     score(p) = uncertainty(p) * rarity(p)
 
-``uncertainty`` is the entropy of the probabilities divided by log(C) (or, with ``measure
-="margin"``, one minus the gap between the two largest; with ``measure="disagreement"``, the
-Jensen-Shannon divergence between the model's two networks divided by log 2, for models that keep
-a second one, such as dsp's student beside its EMA teacher), all from 0 (sure) to 1; ``rarity`` is
-the expected per-class weight ``sum_c p_c w_c / max_c w_c`` with ``w_c = ((1 + mean n) / (1 +
-n_c)) ** rarity_power``, where ``n_c`` counts the labels class c already has (points, boxes and
-mask pixels / :data:`MASK_PIXELS_PER_LABEL`), so pixels likely to belong to classes with few labels
-rank higher. Each grid cell (``cell`` x ``cell`` pixels) is scored by the mean pixel score and
-proposes its highest-scoring pixel that is not labelled yet; with ``pick_sigma`` > 0 the pixel is
-the maximum of the scores smoothed by a Gaussian of that many pixels, the middle of a patch of
-uncertain pixels rather than the single most uncertain pixel, which usually lies on an object's
-outline, where the true class is ambiguous and a click teaches little. Cells are then taken
-best first, at most ``per_slice`` per slice and none closer than ``min_distance`` pixels to one
-already taken in the same slice, until ``n`` are found: suggestions are spread out, not ten in
-one spot.
+``uncertainty`` is the entropy of the probabilities divided by log(C) (or, with
+``measure="margin"``, one minus the gap between the two largest; with ``measure="disagreement"``,
+the Jensen-Shannon divergence between the model's two networks divided by log 2, for models that
+keep a second one, such as dsp's student beside its EMA teacher), all from 0 (sure) to 1;
+``rarity`` is the expected per-class weight ``sum_c p_c w_c / max_c w_c`` with
+``w_c = ((1 + mean n) / (1 + n_c)) ** rarity_power``, where ``n_c`` counts the labels class c
+already has (points, boxes and mask pixels /
+:data:`~napari_wsseg.annotations.model.MASK_PIXELS_PER_LABEL`), so pixels likely to belong to
+classes with few labels rank higher. Each grid cell (``cell`` x ``cell`` pixels) is scored by the
+mean pixel score and proposes its highest-scoring pixel that is not labelled yet; with
+``pick_sigma`` > 0 the pixel is the maximum of the scores smoothed by a Gaussian of that many
+pixels, the middle of a patch of uncertain pixels rather than the single most uncertain pixel,
+which usually lies on an object's outline, where the true class is ambiguous and a click teaches
+little. Cells are then taken best first, at most ``per_slice`` per slice and none closer than
+``min_distance`` pixels to one already taken in the same slice, until ``n`` are found: suggestions
+are spread out, not ten in one spot.
 
 The result is deterministic: equal scores are ordered by a permutation drawn from ``seed``.
 Imports no Qt; a widget runs :func:`suggest` in a worker and shows the result.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..annotations.model import labels_per_class
 from ..errors import WssegError
 from ..io.image import Image
 from ..progress import ProgressCallback, ProgressEvent, is_cancelled, report
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
     from ..annotations.model import Annotations
     from ..methods.base import Method
 
-#: Mask pixels counted as one label when weighting classes (a short scribble is worth a click).
-MASK_PIXELS_PER_LABEL = 64
 MEASURES = ("entropy", "margin", "disagreement")
 CSV_HEADER = ("z", "y", "x", "score", "y0", "x0", "y1", "x1")
 
@@ -186,9 +186,8 @@ def class_weights(label_counts: np.ndarray, power: float = 1.0) -> np.ndarray:
 
 
 def label_counts(annotations: "Annotations") -> np.ndarray:
-    """Labels per class: points + boxes + mask pixels / :data:`MASK_PIXELS_PER_LABEL`."""
-    counts = annotations.counts()
-    return counts["points"] + counts["boxes"] + counts["mask_pixels"] / MASK_PIXELS_PER_LABEL
+    """Labels per class (:func:`~napari_wsseg.annotations.model.labels_per_class`)."""
+    return labels_per_class(annotations.counts(), annotations.n_classes)
 
 
 def suggest(
@@ -375,15 +374,8 @@ def _counts_for(model: "Method", annotations: "Annotations | None") -> np.ndarra
                 "give the annotations the model was trained for"
             )
         return label_counts(annotations)
-    counts = (
-        model.training_summary.get("counts", {}) if isinstance(model.training_summary, dict) else {}
-    )
-    total = np.zeros(n_classes)
-    for key, divisor in (("points", 1), ("boxes", 1), ("mask_pixels", MASK_PIXELS_PER_LABEL)):
-        values = counts.get(key)
-        if isinstance(values, list) and len(values) == n_classes:
-            total += np.asarray(values, dtype=np.float64) / divisor
-    return total
+    summary = model.training_summary if isinstance(model.training_summary, dict) else {}
+    return labels_per_class(summary.get("counts", {}), n_classes)
 
 
 def _labelled_masks(
