@@ -322,7 +322,7 @@ def test_a_live_run_of_a_deep_method_is_short_and_shows_no_mid_run_preview(
     assert train._build_job(live=True).options.focus.tolist() == [[0, 3, 5]]  # the new click
 
 
-def test_a_live_run_of_a_deep_method_says_a_train_press_learns_the_edits_fully(
+def test_a_continued_run_of_a_deep_method_says_how_to_learn_the_edits_fully(
     annotate, clicks, small_2d, tmp_path, qtbot
 ):
     viewer, train, labels = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
@@ -336,5 +336,9 @@ def test_a_live_run_of_a_deep_method_says_a_train_press_learns_the_edits_fully(
     clicks.add(train.session.layer("points"), clicks.from_truth(labels, 1, seed=3))
     _live_run(train, qtbot, 1)
     assert train.last_outcome.warm
-    assert "press Train to learn your new annotations fully" in train.progress_label.text()
+    assert "press Train to learn your new annotations" in train.progress_label.text()
     train.live_check.setChecked(False)
+    _train(train, qtbot)  # a Train press continues too: a short refresh of a deep method
+    assert train.last_outcome.warm
+    text = train.progress_label.text()
+    assert "short refresh" in text and "from scratch" in text and "press Train" not in text
