@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import entr
 
 from ..annotations.model import labels_per_class
 from ..errors import WssegError
@@ -167,7 +168,7 @@ def uncertainty(
 
 
 def _entropy(proba: np.ndarray) -> np.ndarray:
-    return -np.sum(proba * np.log(np.maximum(proba, 1e-12)), axis=0)
+    return entr(proba).sum(axis=0)
 
 
 def class_weights(label_counts: np.ndarray, power: float = 1.0) -> np.ndarray:
@@ -183,11 +184,6 @@ def class_weights(label_counts: np.ndarray, power: float = 1.0) -> np.ndarray:
     counts = np.asarray(label_counts, dtype=np.float64)
     weights = ((1.0 + counts.mean()) / (1.0 + counts)) ** power
     return weights / weights.max()
-
-
-def label_counts(annotations: "Annotations") -> np.ndarray:
-    """Labels per class (:func:`~napari_wsseg.annotations.model.labels_per_class`)."""
-    return labels_per_class(annotations.counts(), annotations.n_classes)
 
 
 def suggest(
@@ -373,7 +369,7 @@ def _counts_for(model: "Method", annotations: "Annotations | None") -> np.ndarra
                 f"annotations have classes {annotations.class_names} but the model {names}; "
                 "give the annotations the model was trained for"
             )
-        return label_counts(annotations)
+        return labels_per_class(annotations.counts(), annotations.n_classes)
     summary = model.training_summary if isinstance(model.training_summary, dict) else {}
     return labels_per_class(summary.get("counts", {}), n_classes)
 
