@@ -55,6 +55,15 @@ SPLITS = {
     "phantom": Split(annotated=(0, 3, 5, 8), validation=(10, 11), scored=(13, 14, 15)),
 }
 
+#: Voxel size (z, y, x) in nm of each dataset, as a user would give it (``--voxel-size``): from
+#: the dataset READMEs (cdeep3m_mito's is inferred from the data's name there); the phantom is
+#: isotropic. Only methods that see volumes (rewis3d's 3D U-Net) use it.
+VOXEL_SIZES_NM = {
+    "drosophila_vnc": (50.0, 4.6, 4.6),
+    "cdeep3m_mito": (40.0, 5.9, 5.9),
+    "phantom": (1.0, 1.0, 1.0),
+}
+
 #: Scenario name -> what the annotator gives on every annotated slice (per class present).
 SCENARIOS = {
     "pts1": {"points": 1},
@@ -216,6 +225,8 @@ def run_one(job: dict, data, save_models: Path | None = None) -> dict:
     split = SPLITS[job["dataset"]]
     ann = scenario_annotations(job["scenario"], labels, classes, split.annotated, job["seed"])
     image = as_image(image_zyx)
+    if job.get("voxel_size_zyx"):
+        image.voxel_size_zyx = tuple(job["voxel_size_zyx"])
     method = get_method(job["method"])(**job["options"])
     start = time.perf_counter()
     result = method.fit(
@@ -266,10 +277,9 @@ def run_one(job: dict, data, save_models: Path | None = None) -> dict:
 
 def job_key(job: dict) -> str:
     """What makes two runs the same run (the resume key)."""
-    fields = {
-        k: job[k]
-        for k in ("dataset", "split", "method", "scenario", "seed", "time_budget_s", "options")
-    }
+    keys = ("dataset", "split", "method", "scenario", "seed", "time_budget_s", "options")
+    # runs before session 13 had no voxel size (isotropic); their keys stay what they were
+    fields = {k: job[k] for k in keys + ("voxel_size_zyx",) if k in job}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -366,6 +376,7 @@ def main(argv=None) -> int:
                         "device": args.device,
                         "time_budget_s": None if method == "rf" else args.time_budget,
                         "options": {} if method == "rf" else json.loads(args.options),
+                        "voxel_size_zyx": list(VOXEL_SIZES_NM[dataset]),
                     }
                     if job_key(job) in done:
                         continue

@@ -3,7 +3,8 @@
 :class:`SliceProbabilities` wraps the network of a ``dsp`` or ``size`` model together with what
 the method adds after it (DSP's temperature and prior correction, the size calibration offsets),
 so that one forward pass maps a normalised ``(B, C, Y, X)`` batch to the class probabilities
-``(B, K, Y, X)`` the method predicts; ``rewis3d`` exports its 2D student the same way.
+``(B, K, Y, X)`` the method predicts; ``rewis3d`` exports its 2D student (and its prior
+correction) the same way.
 :class:`MEWSProbabilities` and :class:`CPEWSProbabilities` rebuild the ViT methods. Their keyword
 arguments are written into the package's ``rdf.yaml``; the state dict holds the network's weights.
 """
@@ -34,8 +35,8 @@ class SliceProbabilities(nn.Module):
     scale : float, default 1.0
         Multiplies the network output (DSP: ``1 / tau``).
     shift : list of float, optional
-        Added per class before the softmax (DSP: log prior shift; size: calibration offsets).
-        None adds nothing.
+        Added per class before the softmax (dsp, rewis3d: log prior shift; size: calibration
+        offsets). None adds nothing.
     """
 
     def __init__(

@@ -212,7 +212,9 @@ def network_kwargs(model) -> dict:
             "n_classes": len(model.classes),
             "depth": int(cfg.depth_2d),
             "width": int(cfg.width),
-            "shift": None,
+            "shift": None
+            if model.log_prior_shift is None
+            else [float(s) for s in model.log_prior_shift],
         }
     kwargs = {
         "kind": model.name,

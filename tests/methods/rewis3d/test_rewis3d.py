@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from napari_wsseg.annotations.model import Annotations, default_classes
+from napari_wsseg.engine.unet import UNet
+from napari_wsseg.engine.unet3d import UNet3D
 from napari_wsseg.errors import WssegError
 from napari_wsseg.io.image import as_image
 from napari_wsseg.methods.base import FitOptions, load_model
@@ -234,3 +236,82 @@ def test_sizes_and_region_tags_enter_both_branches_losses(weak_volume):
         for branch in ("2d", "3d"):
             assert step[f"partial_{branch}"] > 0 and step[f"tag_{branch}"] > 0, step
             assert step[f"ce_{branch}"] == 0 and step[f"box_{branch}"] == 0
+
+
+# ------------------------------------------------------------------ prior correction, batches
+def test_class_prior_correction_is_estimated_stored_and_applied(trained, tiny_volume, tmp_path):
+    method, _ = trained
+    image_prior, seen = (np.array(method.fit_info[k]) for k in ("image_prior", "labelled_voxels"))
+    assert image_prior.sum() == pytest.approx(1.0, abs=1e-3) and seen.sum() > 0
+    smoothed_train_prior = (seen + 1) / (seen.sum() + len(seen))
+    np.testing.assert_allclose(
+        method.log_prior_shift, np.log(image_prior / smoothed_train_prior), atol=2e-3
+    )
+    block = np.asarray(tiny_volume[0].data)
+    corrected = method.predict_proba_block(block)
+    shift, method.log_prior_shift = method.log_prior_shift, None
+    try:
+        plain = method.predict_proba_block(block)
+    finally:
+        method.log_prior_shift = shift
+    reweighted = plain * np.exp(np.array(shift))[:, None, None, None]
+    np.testing.assert_allclose(corrected, reweighted / reweighted.sum(axis=0), atol=1e-5)
+    assert not np.allclose(corrected, plain, atol=1e-3)  # the shift is not a no-op here
+    reloaded = load_model(method.save(tmp_path / "model"))
+    assert reloaded.log_prior_shift == pytest.approx(shift)
+
+
+def test_no_prior_correction_without_labelled_voxels_or_when_off(weak_volume, tiny_volume):
+    image, _ = weak_volume
+    method = Rewis3dMethod(**{**TINY, "max_steps": 2, "crop_yx": 32})
+    method.fit(image, _boxes_and_tags(1), FitOptions(device="cpu", seed=0))
+    assert method.log_prior_shift is None  # boxes and tags label no voxel
+    image, annotations = tiny_volume
+    method = Rewis3dMethod(**{**TINY, "max_steps": 2, "prior_correction": False})
+    method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    assert method.log_prior_shift is None and "image_prior" not in method.fit_info
+
+
+def test_every_box_of_a_batch_is_trained_on_with_its_own_targets(tiny_volume):
+    """Two boxes per step, each flipped or turned on its own: every box holds the click it is
+    anchored on, so L_S sees at least one labelled voxel per box and at most the 4 clicks."""
+    image, annotations = tiny_volume
+    method = Rewis3dMethod(
+        **{**TINY, "max_steps": 3, "batch_size": 2, "crop_yx": 32, "random_crop_fraction": 0}
+    )
+    result = method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    assert result.steps == 3 and all(np.isfinite(step["loss"]) for step in result.history)
+    seen = method.fit_info["labelled_voxels"]
+    assert len(seen) == 2 and 3 * 2 <= sum(seen) <= 3 * 2 * 4, seen
+
+
+@pytest.mark.parametrize("branch", ["2d", "3d"])
+def test_one_branch_alone_trains_that_student_with_its_teacher_only(tiny_volume, branch):
+    """The ablations' baselines: the other student keeps its initial weights, no cross term."""
+    image, annotations = tiny_volume
+    options = {**TINY, "max_steps": 3, "branches": branch, "inference": branch}
+    method = Rewis3dMethod(**options)
+    result = method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    untrained = Rewis3dMethod(**{**options, "max_steps": 1})
+    untrained.classes, untrained.n_channels = method.classes, method.n_channels
+    untrained.voxel_size_zyx = method.voxel_size_zyx
+    torch.manual_seed(0)
+    initial = {"2d": UNet(untrained._config_2d()), "3d": UNet3D(untrained._config_3d())}
+    other = "3d" if branch == "2d" else "2d"
+    nets = {"2d": method.net_2d, "3d": method.net_3d}
+    for name, tensor in nets[other].state_dict().items():
+        torch.testing.assert_close(tensor, initial[other].state_dict()[name])
+    assert any(
+        not torch.equal(tensor, initial[branch].state_dict()[name])
+        for name, tensor in nets[branch].state_dict().items()
+    )
+    last = result.history[-1]
+    assert f"sup_{branch}" in last and f"sup_{other}" not in last and "cross" not in last
+
+
+def test_predicting_with_a_student_that_does_not_train_is_refused():
+    with pytest.raises(WssegError, match="branches='2d' does not train") as info:
+        Rewis3dMethod(branches="2d", inference="average")
+    assert "\n" not in str(info.value)
+    with pytest.raises(WssegError, match="branches"):
+        Rewis3dMethod(branches="4d")

@@ -37,6 +37,7 @@ from ...engine.crops import (
     fitted_crop_size,
 )
 from ...engine.ema import EMATeacher, debiased_momentum, run_momentum
+from ...engine.prior import log_prior_shift, training_prior
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
 from ...engine.weak_targets import AnnotationIndex, collate, transform_targets
@@ -371,12 +372,11 @@ class DSPMethod(TorchSliceMethod):
                     (proba * torch.from_numpy(np.stack(valid))[:, None]).sum(dim=(0, 2, 3)).double()
                 )
         image_prior = (sums / sums.sum()).numpy()
-        train_prior = (counts + 1) / (counts.sum() + len(counts))
         self.fit_info |= {
             "image_prior": np.round(image_prior, 4).tolist(),
-            "train_prior": np.round(train_prior, 4).tolist(),
+            "train_prior": np.round(training_prior(counts), 4).tolist(),
         }
-        return np.log(np.maximum(image_prior, 1e-6) / train_prior).tolist()
+        return log_prior_shift(image_prior, counts).tolist()
 
     # -------------------------------------------------------------- prediction
     def _tile_probabilities(self, net: DSPNet, tiles: torch.Tensor) -> torch.Tensor:

@@ -28,27 +28,32 @@ import torch
 from torch import nn
 
 from ...annotations.model import Annotations
-from ...engine.crops import CropSampler, SliceStore, annotation_anchors
+from ...engine.augment import apply_geometries, jitter, random_geometries
+from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
 from ...engine.devices import resolve_device
 from ...engine.ema import EMATeacher
+from ...engine.prior import log_prior_shift, training_prior
 from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
 from ...engine.unet3d import UNet3D, UNet3DConfig, receptive_radius_zyx
-from ...engine.weak_targets import AnnotationIndex, BatchTargets, collate
+from ...engine.weak_targets import AnnotationIndex, BatchTargets, collate, transform_targets
 from ...errors import ModelError, WssegError
 from ...io.image import Image
-from ..base import FitOptions, Method, check_config, state_mapping
+from ..base import FitOptions, Method, check_config, state_mapping, state_numbers
 from .losses import consistency_loss, cross_view_loss, cross_view_weight, supervised_terms
 
 WEIGHTS_FILE = "model.safetensors"
 INFERENCE = ("2d", "3d", "average")
+#: ``branches`` option -> the students trained (the other one keeps its initial weights).
+BRANCHES = {"both": ("2d", "3d"), "2d": ("2d",), "3d": ("3d",)}
 REWIS3D_BOUNDS = {
     "depth_2d": (0, 5),
     "depth_3d": (0, 5),
     "width": (1, 128),
     "crop_z": (1, 256),
     "crop_yx": (8, 1024),
+    "batch_size": (1, 256),
     "max_steps": (1, 1_000_000),
     "lr": (0, 1),
     "weight_decay": (0, 10),
@@ -60,6 +65,7 @@ REWIS3D_BOUNDS = {
     "ramp_fraction": (0, 1),
     "random_crop_fraction": (0, 1),
     "student_noise": (0, 10),
+    "jitter": (0, 1),
     "partial_weight": (0, 100),
     "box_weight": (0, 100),
     "tag_weight": (0, 100),
@@ -68,26 +74,34 @@ REWIS3D_BOUNDS = {
 
 @dataclass(frozen=True)
 class Rewis3dConfig:
-    """Options of rewis3d. Defaults are CPU-sized guesses, not yet chosen on the protocol.
+    """Options of rewis3d. ``beta`` was chosen on the protocol's validation slices (one seed so
+    far, docs/benchmarks.md, session 13); the box, batch, width and step defaults are CPU-sized
+    (dsp's crops per step and steps), not chosen on the protocol.
 
     Attributes
     ----------
     depth_2d, depth_3d : int, default 3 and 3
         Down-sampling steps of the 2D and the 3D U-Net (the 3D one pools z only where voxels are
         near-isotropic).
-    width : int, default 8
+    width : int, default 16
         Channels at full resolution of both U-Nets.
-    crop_z, crop_yx : int, default 8 and 48
+    crop_z, crop_yx : int, default 4 and 128
         Training box of ``crop_z`` slices and ``crop_yx`` pixels square (a multiple of
         ``2 ** max(depth_2d, depth_3d)``).
-    max_steps : int, default 300
-        Training steps (one box each) unless the time budget ends training first.
+    batch_size : int, default 2
+        Boxes per step. Each gets one random flip / quarter turn in y and x (the same for all
+        its slices and both students).
+    max_steps : int, default 1200
+        Training steps unless the time budget ends training first.
     lr, weight_decay : float, default 1e-3 and 1e-4
         AdamW settings of both students.
     ema_momentum : float, default 0.99
         Teacher update ``α`` of Eq. 1.
-    beta : float, default 0.5
-        Balance of supervised and unlabelled terms (Eq. 4).
+    beta : float, default 0.0
+        Balance of supervised and unlabelled terms (Eq. 4; the paper gives no value). 0 drops
+        the KL to each branch's own teacher: the teachers then only make the cross-view
+        pseudo-labels. With 0.5 the method scored 30.2 / 53.5 on the validation slices of
+        drosophila_vnc / cdeep3m_mito, with 0 40.7 / 54.8 (seed 0, docs/benchmarks.md).
     tau : float, default 0.8
         Teacher confidence threshold of ``w_t`` (Eq. 3).
     cross_lambda : float, default 0.1
@@ -98,34 +112,54 @@ class Rewis3dConfig:
         Share of boxes at random places (unlabelled voxels for L_U and L_C).
     student_noise : float, default 0.1
         Standard deviation of the Gaussian noise added to the students' (normalised) input.
+    jitter : float, default 0.2
+        Brightness/contrast jitter of the students' input, one draw per box (dsp's weak view).
     partial_weight, box_weight, tag_weight : float, default 1.0, 1.0 and 1.0
         Weights in L_S of the partial cross-entropy (unlabelled voxels whose classes tags, sizes
         of 0, region tags or exhaustive boxes restrict), of the box positives and of the tag
         positives (tags and sizes above 0 of slices the box holds whole, and region tags).
     inference : str, default "2d"
         Which student predicts: "2d" (as the paper), "3d" or "average" of both.
+    branches : str, default "both"
+        Which students train: "both" (the method), "2d" or "3d" alone, each with its teacher
+        and without cross-view terms (the paper's mean-teacher baseline and its 3D
+        counterpart, for ablations). ``inference`` must use a trained student.
+    prior_correction : bool, default True
+        Boxes are drawn around annotations, every class equally often, so the students learn as
+        if every class were equally common. After training the image's class prior is estimated
+        as the mean predicted probability over random boxes and predictions are re-weighted by
+        it over the prior of the labelled voxels seen in training (as dsp does;
+        ``engine/prior.py``). Not in the paper.
+    cpu_bf16 : bool, default True
+        bf16 autocast for training the 2D U-Net on CPUs that support it natively (the 3D U-Net
+        trains in float32 on a CPU); prediction stays float32.
     """
 
     depth_2d: int = 3
     depth_3d: int = 3
-    width: int = 8
-    crop_z: int = 8
-    crop_yx: int = 48
-    max_steps: int = 300
+    width: int = 16
+    crop_z: int = 4
+    crop_yx: int = 128
+    batch_size: int = 2
+    max_steps: int = 1200
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ema_momentum: float = 0.99
-    beta: float = 0.5
+    beta: float = 0.0
     tau: float = 0.8
     cross_lambda: float = 0.1
     base_fraction: float = 0.3
     ramp_fraction: float = 0.2
     random_crop_fraction: float = 0.5
     student_noise: float = 0.1
+    jitter: float = 0.2
     partial_weight: float = 1.0
     box_weight: float = 1.0
     tag_weight: float = 1.0
     inference: str = "2d"
+    branches: str = "both"
+    prior_correction: bool = True
+    cpu_bf16: bool = True
 
     def __post_init__(self) -> None:
         check_config(self, "rewis3d", REWIS3D_BOUNDS)
@@ -133,6 +167,16 @@ class Rewis3dConfig:
             raise WssegError(
                 f"rewis3d option inference={self.inference!r} must be one of "
                 f"{', '.join(INFERENCE)}; use such a value (default '2d')"
+            )
+        if self.branches not in BRANCHES:
+            raise WssegError(
+                f"rewis3d option branches={self.branches!r} must be one of "
+                f"{', '.join(BRANCHES)}; use such a value (default 'both')"
+            )
+        if self.branches != "both" and self.inference != self.branches:
+            raise WssegError(
+                f"rewis3d option inference={self.inference!r} predicts with a student that "
+                f"branches={self.branches!r} does not train; use inference={self.branches!r}"
             )
         multiple = 2 ** max(self.depth_2d, self.depth_3d)
         if self.crop_yx % multiple:
@@ -155,6 +199,8 @@ class Rewis3dMethod(Method):
         self.net_3d: UNet3D | None = None
         self.voxel_size_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self.fit_info: dict = {}
+        #: log(image prior / training prior) per class (``prior_correction``); None: none.
+        self.log_prior_shift: list[float] | None = None
 
     # ------------------------------------------------------------- context
     @property
@@ -219,7 +265,8 @@ class Rewis3dMethod(Method):
             UNet(self._config_2d()).to(device),
             UNet3D(self._config_3d()).to(device),
         )
-        students = nn.ModuleDict({"s2d": self.net_2d, "s3d": self.net_3d})
+        nets = {"s2d": self.net_2d, "s3d": self.net_3d}
+        students = nn.ModuleDict({f"s{b}": nets[f"s{b}"] for b in BRANCHES[self.config.branches]})
         teachers = {k: EMATeacher(net, self.config.ema_momentum) for k, net in students.items()}
         step_fn = _Steps(self, image, annotations, teachers, device, options.seed)
         cfg = self.config
@@ -231,12 +278,46 @@ class Rewis3dMethod(Method):
             cancel=options.cancel,
             progress=options.progress,
             optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps),
+            autocast_cpu=cfg.cpu_bf16,
             after_step=lambda step, fraction: [t.update(students[k]) for k, t in teachers.items()],
         )
-        self.fit_info = {"steps": result.steps, "stopped": result.stopped}
+        self.fit_info = {
+            "steps": result.steps,
+            "stopped": result.stopped,
+            "labelled_voxels": step_fn.label_counts.tolist(),  # by class, as L_S saw them
+        }
         self.net_2d.cpu().eval()
         self.net_3d.cpu().eval()
+        self.log_prior_shift = None
+        if cfg.prior_correction:
+            self.log_prior_shift = self._estimate_prior_shift(step_fn, options.seed)
         return result
+
+    def _estimate_prior_shift(self, steps: "_Steps", seed: int, n_boxes: int = 16):
+        """log(image prior / training prior): the image prior is the mean predicted probability
+        (of the students ``inference`` names) over random boxes, the training prior the class
+        frequency of the labelled voxels L_S saw. None when training saw no labelled voxel or
+        there are fewer than 2 classes."""
+        counts = steps.label_counts
+        if counts.sum() == 0 or len(self.classes) < 2:
+            return None
+        anywhere = CropSampler(  # no anchors: every box at random; the same boxes for a seed
+            steps.store.image.shape,
+            np.zeros((0, 4)),
+            steps.size[1],
+            np.random.default_rng([seed, 2]),
+        )
+        sums = np.zeros(len(self.classes))
+        for box in anywhere.sample_3d(n_boxes, steps.size):
+            pixels, valid = steps.store.crop_3d(box)
+            probs = self._probabilities(torch.from_numpy(pixels)).numpy()
+            sums += (probs * valid[None]).sum(axis=(1, 2, 3))
+        image_prior = sums / sums.sum()
+        self.fit_info |= {
+            "image_prior": np.round(image_prior, 4).tolist(),
+            "train_prior": np.round(training_prior(counts), 4).tolist(),
+        }
+        return log_prior_shift(image_prior, counts).tolist()
 
     # ---------------------------------------------------------- prediction
     def predict_proba_slice(self, slice_yxc: np.ndarray) -> np.ndarray:
@@ -267,6 +348,15 @@ class Rewis3dMethod(Method):
         if block.ndim == 3:
             block = block[..., None]
         x = torch.from_numpy(np.moveaxis(self.normalization.apply(block), -1, 0).astype(np.float32))
+        probs = self._probabilities(x)
+        if self.log_prior_shift is not None:
+            probs = probs * torch.tensor(self.log_prior_shift).exp()[:, None, None, None]
+            probs = probs / probs.sum(dim=0, keepdim=True)
+        return probs.numpy().astype(np.float32)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(K, Z, Y, X)`` probabilities of the students ``inference`` names on a normalised
+        ``(C, Z, Y, X)`` block, before any prior correction."""
         with torch.no_grad():
             parts = []
             if self.config.inference in ("2d", "average"):
@@ -274,16 +364,21 @@ class Rewis3dMethod(Method):
             if self.config.inference in ("3d", "average"):
                 parts.append(_probs_3d(self.net_3d, x))
             probs = sum(parts) / len(parts)
-        return probs[: len(self.classes)].numpy().astype(np.float32)
+        return probs[: len(self.classes)]
 
     # ---------------------------------------------------------- persistence
     def _state_dict(self) -> dict:
-        return {"fit": self.fit_info, "voxel_size_zyx": list(self.voxel_size_zyx)}
+        return {
+            "fit": self.fit_info,
+            "voxel_size_zyx": list(self.voxel_size_zyx),
+            "log_prior_shift": self.log_prior_shift,
+        }
 
     def _load_state_dict(self, state: dict) -> None:
         from ...io.voxel_size import check_voxel_size
 
         self.fit_info = state_mapping(state, "fit")
+        self.log_prior_shift = state_numbers(state, "log_prior_shift", len(self.classes))
         self.voxel_size_zyx = check_voxel_size(
             state.get("voxel_size_zyx", (1.0, 1.0, 1.0)), 3, source="rewis3d state voxel_size_zyx"
         )
@@ -362,8 +457,13 @@ class _Steps:
         self.method, self.cfg, self.teachers, self.device = method, cfg, teachers, device
         self.rng = np.random.default_rng(seed)
         anchors = annotation_anchors(_sizes_as_tags(annotations), image.shape, self.rng)
+        crop_yx = fitted_crop_size(
+            cfg.crop_yx, image.shape[1:], 2 ** max(cfg.depth_2d, cfg.depth_3d)
+        )
+        #: Training box ``(dz, dy, dx)``: the configured one, no larger than the image in y/x.
+        self.size = (cfg.crop_z, crop_yx, crop_yx)
         self.sampler = CropSampler(
-            image.shape, anchors, cfg.crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
+            image.shape, anchors, crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
         )
         self.store = SliceStore(image, method.normalization)
         self.index = AnnotationIndex(annotations, image.shape)
@@ -373,30 +473,52 @@ class _Steps:
             "tag": cfg.tag_weight,
         }
         self.generator = torch.Generator().manual_seed(seed)
+        self.branches = BRANCHES[cfg.branches]
+        #: Labelled voxels L_S saw, by class (the training prior of ``prior_correction``).
+        self.label_counts = np.zeros(len(method.classes), np.int64)
 
     def __call__(self, step: int, fraction: float) -> dict:
-        cfg = self.cfg
-        box = self.sampler.sample_3d(1, (cfg.crop_z, cfg.crop_yx, cfg.crop_yx))[0]
-        pixels, valid = self.store.crop_3d(box)
-        x = torch.from_numpy(pixels).to(self.device)
-        targets = collate(self.index.box_targets(box), list(valid)).to(self.device)
-        valid_t = targets.valid[None]
-        noisy = x + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
+        cfg, size = self.cfg, self.size
+        boxes = self.sampler.sample_3d(cfg.batch_size, size)
+        pixels, valid = zip(*(self.store.crop_3d(box) for box in boxes))
+        per_slice = [t for box in boxes for t in self.index.box_targets(box)]
+        targets = collate(per_slice, [v for box_valid in valid for v in box_valid])
+        geometries = random_geometries(len(boxes), self.generator)
+        x = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)  # (B, C, Z, Y, X)
+        slice_geometries = [g for g in geometries for _ in range(cfg.crop_z)]
+        targets = transform_targets(targets, slice_geometries).to(self.device)
+        known = targets.labels[targets.labels >= 0]
+        self.label_counts += torch.bincount(known, minlength=len(self.label_counts)).cpu().numpy()
+        x = x.to(self.device)
+        noisy = jitter(x.flatten(1, 2), cfg.jitter, self.generator).view_as(x)
+        noisy = noisy + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
             self.device
         )
-        s2d = _logits_2d(self.method.net_2d, noisy)
-        s3d = self.method.net_3d(noisy[None])
-        t2d = _logits_2d(self.teachers["s2d"].module, x).detach()
-        with torch.no_grad():
-            t3d = self.teachers["s3d"](x[None])
-        unlabelled = valid_t & (targets.labels[None] < 0)
+        outputs = {}  # branch -> (student logits, teacher logits), (B, K, Z, Y, X)
+        if "2d" in self.branches:
+            outputs["2d"] = (
+                _logits_2d(self.method.net_2d, noisy),
+                _logits_2d(self.teachers["s2d"].module, x).detach(),
+            )
+        if "3d" in self.branches:
+            # The 3D U-Net trains in float32 on a CPU: its bf16 backward there crashed the
+            # process ("double free or corruption", torch 2.14.1); on CUDA it runs under autocast.
+            with torch.autocast("cpu", enabled=False):
+                s3d = self.method.net_3d(noisy.float())
+                with torch.no_grad():
+                    outputs["3d"] = (s3d, self.teachers["s3d"](x.float()))
+        valid_t = targets.valid.view(len(boxes), *size)
+        unlabelled = valid_t & (targets.labels.view(len(boxes), *size) < 0)
         terms = {}
         total = 0.0
-        for name, student, teacher in (("2d", s2d, t2d), ("3d", s3d, t3d)):
+        for name, (student, teacher) in outputs.items():
             sup = _supervised(student, targets, self.weights, name, terms)
             kl, w_t = consistency_loss(student, teacher, unlabelled, cfg.tau)
             total = total + (1 - cfg.beta) * sup + cfg.beta * w_t * kl
             terms |= {f"sup_{name}": sup.detach(), f"kl_{name}": kl.detach()}
+        if len(outputs) < 2:
+            return {"loss": total, **terms}
+        (s2d, t2d), (s3d, t3d) = outputs["2d"], outputs["3d"]
         lam = cross_view_weight(fraction, cfg.base_fraction, cfg.ramp_fraction, cfg.cross_lambda)
         cross = cross_view_loss(s2d, t3d, valid_t) + cross_view_loss(s3d, t2d, valid_t)
         total = total + lam * cross
@@ -406,9 +528,10 @@ class _Steps:
 def _supervised(
     logits: torch.Tensor, targets: BatchTargets, weights: dict, branch: str, terms: dict
 ) -> torch.Tensor:
-    """L_S of one branch on its ``(1, K, dz, dy, dx)`` logits, each slice of the box a crop; its
-    parts go into ``terms`` as ``<part>_<branch>``."""
-    parts = supervised_terms(logits[0].transpose(0, 1), targets, weights)
+    """L_S of one branch on its ``(B, K, dz, dy, dx)`` logits, each slice of each box a crop (box
+    by box, as the targets); its parts go into ``terms`` as ``<part>_<branch>``."""
+    slices = logits.transpose(1, 2).flatten(0, 1)  # (B * dz, K, dy, dx)
+    parts = supervised_terms(slices, targets, weights)
     terms |= {f"{k}_{branch}": v.detach() for k, v in parts.items() if k != "supervised"}
     return parts["supervised"]
 
@@ -420,5 +543,7 @@ def _sizes_as_tags(annotations: Annotations) -> Annotations:
 
 
 def _logits_2d(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(1, K, Z, Y, X)`` logits of the 2D U-Net on the slices of ``x`` ``(C, Z, Y, X)``."""
-    return net(x.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)[None]
+    """``(B, K, Z, Y, X)`` logits of the 2D U-Net on the slices of boxes ``x`` (B, C, Z, Y, X)."""
+    batch, _, depth = x.shape[:3]
+    logits = net(x.transpose(1, 2).flatten(0, 1))  # (B * Z, K, Y, X)
+    return logits.unflatten(0, (batch, depth)).transpose(1, 2)
