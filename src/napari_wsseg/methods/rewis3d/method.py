@@ -1,9 +1,9 @@
 """Method ``rewis3d``: a 2D and a 3D branch, each a student with an EMA teacher, that teach each
 other across views (Rewis3d, sections 3.2-3.4, on image volumes). Imports no Qt.
 
-Each step draws one 3D box ``(dz, dy, dx)`` around annotations (or at random, for the
-unlabelled terms), runs the 2D U-Net on its xy slices and the anisotropy-aware 3D U-Net on the
-whole box, and minimises (Eq. 4 and 7)
+Each step draws ``batch_size`` 3D boxes ``(dz, dy, dx)`` around annotations (or at random, for
+the unlabelled terms), each flipped or turned in y/x, runs the 2D U-Net on their xy slices and the
+anisotropy-aware 3D U-Net on the whole boxes, and minimises (Eq. 4 and 7)
 
     sum over m in {2D, 3D} of (1 - β) L_S^m + β w_t^m L_U^m  +  λ(t) (L_C^2D + L_C^3D)
 
@@ -13,8 +13,10 @@ sizes of 0, region tags or exhaustive boxes exclude classes and multiple-instanc
 boxes, tags, sizes above 0 and region tags; L_U: KL from the branch's own
 teacher on unlabelled voxels, scaled by the share of confident teacher voxels w_t; L_C: the other
 branch's teacher's hard labels weighted by its confidence. λ is 0 during base training and then
-ramps up linearly. Students see noisier input than teachers. Prediction uses the 2D student (as
-the paper), the 3D student or their average (``inference``). See ``docs/methods/rewis3d.md``.
+ramps up linearly (β is 0 by default: chosen on the validation protocol, the L_U terms cost
+accuracy). Students see jittered, noisier input than teachers. Prediction uses the 2D student (as
+the paper), the 3D student or their average (``inference``), re-weighted by the image's class
+prior (``prior_correction``). See ``docs/methods/rewis3d.md``.
 """
 
 from __future__ import annotations
