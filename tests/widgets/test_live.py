@@ -342,3 +342,17 @@ def test_a_continued_run_of_a_deep_method_says_how_to_learn_the_edits_fully(
     assert train.last_outcome.warm
     text = train.progress_label.text()
     assert "short refresh" in text and "from scratch" in text and "press Train" not in text
+
+
+def test_two_trainings_in_one_second_get_two_model_folders(annotate, clicks, small_2d, tmp_path):
+    """Automatic model names carry the time to the second; a second name in the same second must
+    not point at (and replace) the first model."""
+    _, train, _ = _setup(annotate, clicks, small_2d, tmp_path, "napari process")
+    project = train.session.project
+    first = train._automatic_model_name("rf")
+    project.model_dir(first).mkdir(parents=True)
+    second = train._automatic_model_name("rf")
+    if second.split("-")[:3] == first.split("-")[:3]:  # the clock did not tick in between
+        assert second == f"{first}-2"
+    project.model_dir(second).mkdir(parents=True)
+    assert train._automatic_model_name("rf") not in (first, second)

@@ -393,7 +393,7 @@ class TrainWidget(QWidget):
         self._last_job_annotations = annotations
         for message in warnings:
             notify_warning(f"{message}")
-        name = self.model_name.text().strip() or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = self.model_name.text().strip() or self._automatic_model_name(method.name)
         if live:
             name = f"{method.name}-live"
         # A live run is seconds long: a mid-run preview would only delay its final prediction.
@@ -448,6 +448,16 @@ class TrainWidget(QWidget):
         self.cancel_button.setEnabled(True)
         QTimer.singleShot(0, worker.start)  # after the caller has connected to the worker's signals
         return worker
+
+    def _automatic_model_name(self, method_name: str) -> str:
+        """``<method>-<date>-<time>``, with ``-2``, ``-3``, ... when the project already has a
+        model of that name: two runs started within one second must not replace each other."""
+        base = f"{method_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        project, name, count = self.session.project, base, 1
+        while project is not None and project.model_dir(name).exists():
+            count += 1
+            name = f"{base}-{count}"
+        return name
 
     def _save_model(self, method, folder, name: str, method_name: str) -> str | None:
         """Save the trained ``method`` (or copy ``folder``, where the training process saved it)
