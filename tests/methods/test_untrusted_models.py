@@ -252,13 +252,13 @@ def test_architecture_options_must_match_the_stored_tensor_shapes(
     from napari_wsseg.methods.dsp import method as dsp_method
 
     built_on = []
-    real = dsp_method.DSPNet
+    real = dsp_method.PrototypeUNet
 
     def recording(*args):
         built_on.append(torch.get_default_device().type)
         return real(*args)
 
-    monkeypatch.setattr(dsp_method, "DSPNet", recording)
+    monkeypatch.setattr(dsp_method, "PrototypeUNet", recording)
     folder = _rewrite_config(
         dsp_folder, tmp_path, _set_key("config", "prototypes_per_class", value=100)
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.prototypes import PrototypeUNet
 from ..engine.unet import UNet, UNetConfig
 
 KINDS = ("dsp", "size", "rewis3d")
@@ -55,9 +56,7 @@ class SliceProbabilities(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"unknown network kind '{kind}'; use one of {', '.join(KINDS)}")
         if kind == "dsp":
-            from ..methods.dsp.model import DSPNet
-
-            self.net = DSPNet(in_channels, n_classes, depth, width, embed_dim, n_prototypes)
+            self.net = PrototypeUNet(in_channels, n_classes, depth, width, embed_dim, n_prototypes)
         else:
             self.net = UNet(
                 UNetConfig(

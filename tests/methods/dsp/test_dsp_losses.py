@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from napari_wsseg.engine.augment import Geometry
+from napari_wsseg.engine.prototype_losses import ce_loss, dsp_loss, filtered_pseudo_labels
 from napari_wsseg.engine.weak_losses import log_partition, positives
 from napari_wsseg.engine.weak_targets import BatchTargets, CropTargets, collate, transform_targets
-from napari_wsseg.methods.dsp.losses import ce_loss, dsp_loss, filtered_pseudo_labels
 
 WEIGHTS = {"mask": 0.1, "box": 0.2, "point": 0.3, "tag": 0.4}
 

@@ -38,6 +38,14 @@ from ...engine.crops import (
 )
 from ...engine.ema import EMATeacher, debiased_momentum, run_momentum
 from ...engine.prior import log_prior_shift, training_prior
+from ...engine.prototype_losses import (
+    KINDS,
+    ce_loss,
+    dsp_loss,
+    filtered_pseudo_labels,
+    plf_loss,
+)
+from ...engine.prototypes import PrototypeUNet
 from ...engine.results import FitResult
 from ...engine.unet import UNetConfig
 from ...engine.weak_targets import AnnotationIndex, collate, transform_targets
@@ -46,14 +54,6 @@ from ...io.image import Image
 from .._torch import UNET_TILE_BOUNDS, UNET_TRAINING_BOUNDS, TorchSliceMethod
 from ..base import FitOptions, check_config, state_mapping, state_numbers
 from ..warm import FOCUS_SHARE
-from .losses import (
-    KINDS,
-    ce_loss,
-    dsp_loss,
-    filtered_pseudo_labels,
-    plf_loss,
-)
-from .model import DSPNet
 
 #: Inclusive (low, high) of each numeric DSP option. The highs are far above any useful value
 #: and keep a crafted config.json from asking for e.g. 10^8 prototypes or a 10^6-pixel tile.
@@ -286,9 +286,9 @@ class DSPMethod(TorchSliceMethod):
         #: log(image prior / training prior) per class, added to the logits; None: no correction.
         self.log_prior_shift: list[float] | None = None
 
-    def _build_net(self) -> DSPNet:
+    def _build_net(self) -> PrototypeUNet:
         cfg = self.config
-        return DSPNet(
+        return PrototypeUNet(
             self.n_channels,
             len(self.classes),
             cfg.depth,
@@ -379,7 +379,7 @@ class DSPMethod(TorchSliceMethod):
         return log_prior_shift(image_prior, counts).tolist()
 
     # -------------------------------------------------------------- prediction
-    def _tile_probabilities(self, net: DSPNet, tiles: torch.Tensor) -> torch.Tensor:
+    def _tile_probabilities(self, net: PrototypeUNet, tiles: torch.Tensor) -> torch.Tensor:
         shift = torch.tensor(self.log_prior_shift or [0.0] * len(self.classes), device=tiles.device)
         return F.softmax(net(tiles) / self.config.tau + shift[None, :, None, None], dim=1)
 

@@ -1,4 +1,5 @@
-"""The DSP network: a U-Net with an embedding head and learned class prototypes. Imports no Qt.
+"""A prototype network (DSP, Reiß et al. 2023): a U-Net with an embedding head and learned class
+prototypes; dsp's network and rewis3d's 2D student. Imports no Qt.
 
 Each class ``c`` has ``K`` prototypes ``p_c^j``; the class score of a pixel embedding ``f`` is the
 mean cosine similarity ``s_c(f) = 1/K sum_j cos(f, p_c^j)`` (Eq. 1-2 of Reiß et al. 2023), and
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...engine.unet import UNet, UNetConfig
+from .unet import UNet, UNetConfig
 
 
 class PrototypeHead(nn.Module):
@@ -45,7 +46,7 @@ class PrototypeHead(nn.Module):
         return projection.float() / norm
 
 
-class DSPNet(nn.Module):
+class PrototypeUNet(nn.Module):
     """U-Net embedding backbone + :class:`PrototypeHead`; ``forward`` returns class scores ``s``."""
 
     def __init__(

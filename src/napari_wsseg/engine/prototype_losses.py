@@ -1,4 +1,5 @@
-"""The DSP losses, vectorised: L_CE, L_DSP (Eq. 6-9 of Reiß et al. 2023) and L_PLF. Imports no Qt.
+"""The DSP losses of a prototype network, vectorised: L_CE, L_DSP (Eq. 6-9 of Reiß et al. 2023)
+and L_PLF. Shared by dsp and rewis3d's prototype student. Imports no Qt.
 
 Notation: ``logits = s / tau`` with ``s`` the ``(B, C, H, W)`` class scores (mean cosine
 similarity to a class's prototypes). For a positive association ``v`` (a pooled logit) of class
@@ -33,14 +34,14 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ...engine.weak_losses import (
+from .weak_losses import (
     box_loss,
     log_partition,
     partial_ce_loss,
     positives,
     tag_loss,
 )
-from ...engine.weak_targets import BatchTargets
+from .weak_targets import BatchTargets
 
 KINDS = ("mask", "box", "point", "tag")
 
