@@ -27,6 +27,9 @@ TINY = {
     "mews": dict(backbone="test_vit", backbone_weights="random", max_steps=3),
     "cpews": dict(backbone="test_vit", max_steps=3, batch_size=2, region_size=32),
     "rewis3d": dict(max_steps=3, depth_2d=2, depth_3d=2, width=4, crop_z=4, crop_yx=16),
+    "rewis3d-classifier": dict(
+        max_steps=3, depth_2d=2, depth_3d=2, width=4, crop_z=4, crop_yx=16, student_2d="classifier"
+    ),
 }
 #: Methods trained on a small volume (the others on one 2D slice).
 VOLUME_METHODS = ("rewis3d",)
@@ -44,9 +47,9 @@ def trained(tmp_path_factory):
     volume_annotations = simulate_annotations(volume_labels, classes=classes, points=3, seed=0)
     models = {}
     for name, options in TINY.items():
-        method = get_method(name)(**options)
+        method = get_method(name.split("-")[0])(**options)  # "<method>-<variant>"
         data, weak = (
-            (volume, volume_annotations) if name in VOLUME_METHODS else (image, annotations)
+            (volume, volume_annotations) if method.name in VOLUME_METHODS else (image, annotations)
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mews ignores sizes; random backbone weights

@@ -206,7 +206,7 @@ def network_kwargs(model) -> dict:
             "std": [float(s) for s in net.std.flatten()],
         }
     if model.name == "rewis3d":
-        return {
+        kwargs = {
             "kind": "rewis3d",
             "in_channels": int(model.n_channels),
             "n_classes": len(model.classes),
@@ -216,6 +216,14 @@ def network_kwargs(model) -> dict:
             if model.log_prior_shift is None
             else [float(s) for s in model.log_prior_shift],
         }
+        if cfg.student_2d == "prototype":  # the same network and head as dsp's
+            kwargs |= {
+                "kind": "dsp",
+                "embed_dim": int(cfg.embed_dim),
+                "n_prototypes": int(cfg.prototypes_per_class),
+                "scale": float(model.scale_2d),
+            }
+        return kwargs
     kwargs = {
         "kind": model.name,
         "in_channels": int(model.n_channels),

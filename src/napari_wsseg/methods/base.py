@@ -585,6 +585,9 @@ def _model_from_meta(meta: dict) -> Method:
         values, dict
     ):  # options older releases wrote that no longer change a trained model
         values = {key: value for key, value in values.items() if key not in retired}
+        # Options added since: a folder without one was trained as its older value said.
+        implied = getattr(method_class.config_class, "implied_by_older_models", {})
+        values = {**implied, **values}
     model = method_class(config_from_dict(method_class.config_class, values))
     model.classes = _classes_from_meta(meta["classes"])
     n_channels = meta["n_channels"]

@@ -3,7 +3,9 @@ and learning from boxes, tags, sizes and region tags without a single click."""
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from napari_wsseg.annotations.model import Annotations, default_classes
-from napari_wsseg.engine.unet import UNet
+from napari_wsseg.engine.ema import EMATeacher, debiased_momentum
+from napari_wsseg.engine.prototypes import PrototypeUNet
 from napari_wsseg.engine.unet3d import UNet3D
 from napari_wsseg.errors import WssegError
 from napari_wsseg.io.image import as_image
@@ -22,7 +25,7 @@ from napari_wsseg.methods.rewis3d.losses import (
     cross_view_weight,
     supervised_loss,
 )
-from napari_wsseg.methods.rewis3d.method import Rewis3dMethod
+from napari_wsseg.methods.rewis3d.method import Rewis3dMethod, _Steps
 from napari_wsseg.predict.blocks import block_grid, block_region, predict_proba_region
 
 TINY = {"max_steps": 10, "depth_2d": 2, "depth_3d": 2, "width": 4, "crop_z": 4, "crop_yx": 16}
@@ -107,14 +110,94 @@ def trained(tiny_volume):
     return method, result
 
 
-def test_fit_runs_its_steps_and_records_all_terms(trained):
+def test_fit_runs_its_steps_with_a_prototype_2d_student(trained):
     method, result = trained
     assert result.steps == 10 and result.stopped == "done"
-    last = result.history[-1]
-    for key in ("sup_2d", "sup_3d", "kl_2d", "kl_3d", "cross", "lambda"):
-        assert key in last and np.isfinite(last[key])
-    assert result.history[0]["lambda"] == 0.0  # base training: no cross-view term yet
+    assert all(np.isfinite(step["loss"]) for step in result.history)
+    assert isinstance(method.net_2d, PrototypeUNet) and method.scale_2d == 20.0
     assert method.voxel_size_zyx == (0.02, 0.005, 0.005)
+
+
+def _step_terms(method, image, annotations, fractions):
+    """The terms of one training step of ``method`` (fitted on ``image``) at each fraction."""
+    students = {"s2d": method.net_2d.train(), "s3d": method.net_3d.train()}
+    teachers = {key: EMATeacher(net) for key, net in students.items()}
+    steps = _Steps(method, image, annotations, teachers, torch.device("cpu"), seed=0)
+    return [{k: float(v) for k, v in steps(0, f).items()} for f in fractions]
+
+
+@pytest.mark.parametrize(
+    "options, early, late",
+    [
+        # dsp's terms on the 2D student's own crops, L_PLF from plf_start; the 3D branch's
+        # supervised and KL terms; the cross-view terms after base training
+        ({}, {"ce_2d", "dsp_2d", "sup_3d", "kl_3d"}, {"plf_2d", "cross"}),
+        ({"crops_2d": 0}, {"ce_2d", "dsp_2d", "sup_3d", "kl_3d", "cross"}, {"plf_2d"}),
+        ({"student_2d": "classifier"}, {"sup_2d", "kl_2d", "sup_3d", "kl_3d"}, {"cross"}),
+        (
+            {"student_2d": "classifier", "crops_2d": 0},
+            {"sup_2d", "kl_2d", "sup_3d", "kl_3d", "cross"},
+            set(),
+        ),
+    ],
+)
+def test_each_2d_student_has_its_terms_early_and_late(tiny_volume, options, early, late):
+    image, annotations = tiny_volume
+    method = Rewis3dMethod(**{**TINY, "max_steps": 1, **options})
+    method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    before, after = _step_terms(method, image, annotations, (0.1, 0.9))
+    assert early <= set(before) and not late & set(before), before
+    assert early | late <= set(after), after
+    assert before["lambda"] == 0.0 and after["lambda"] == pytest.approx(0.1)
+    assert all(np.isfinite(v) for v in (*before.values(), *after.values()))
+
+
+def test_the_prototype_student_learns_its_own_crops_annotations(tiny_volume):
+    """Every one of its 8 crops is anchored on a click (no random share): L_CE sees clicks at
+    every step, while boxes of 4 slices hold at most one annotated slice."""
+    image, annotations = tiny_volume
+    options = {**TINY, "max_steps": 1, "branches": "2d", "random_crop_fraction_2d": 0}
+    method = Rewis3dMethod(**options)
+    method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    terms = _step_terms(method, image, annotations, [0.2] * 4)
+    assert all(t["ce_2d"] > 0 and t["dsp_2d"] > 0 for t in terms), terms
+    assert not {"sup_3d", "cross"} & set(terms[0])
+
+
+class _StopAfter(threading.Event):
+    """A cancel flag that reads as set from its ``n + 1``-th check on (one check per step)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks > self.n
+
+
+def test_kept_teachers_are_the_bias_corrected_average_of_the_students(tiny_volume):
+    """Without a term that feeds the teacher back (3D branch alone, beta 0) the student runs the
+    same with and without keep_teachers. Two steps of a 20-step schedule (step 0 has learning
+    rate 0: warm-up); the kept teacher is the debiased EMA of the initial and the last student,
+    with momentum 0.5 (0.6 lowered to span a tenth of 20 steps)."""
+    image, annotations = tiny_volume
+    options = {**TINY, "max_steps": 20, "branches": "3d", "inference": "3d", "beta": 0.0}
+    fitted = {}
+    for keep in (False, True):
+        method = Rewis3dMethod(**options, keep_teachers=keep, ema_momentum=0.6)
+        cancel = _StopAfter(2)
+        result = method.fit(image, annotations, FitOptions(device="cpu", seed=0, cancel=cancel))
+        assert result.steps == 2
+        fitted[keep] = dict(method.net_3d.named_parameters())
+    torch.manual_seed(0)
+    method._new_net_2d()
+    initial = dict(UNet3D(method._config_3d()).named_parameters())
+    b = debiased_momentum(0.5, 2)
+    for name, kept in fitted[True].items():
+        expected = b * initial[name] + (1 - b) * fitted[False][name]
+        torch.testing.assert_close(kept, expected, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(fitted[True][k], fitted[False][k]) for k in initial)
 
 
 def test_save_load_predict_round_trip(trained, tiny_volume, tmp_path):
@@ -160,6 +243,28 @@ def test_bad_options_are_refused():
         Rewis3dMethod(inference="both")
     with pytest.raises(WssegError, match="multiple of"):
         Rewis3dMethod(crop_yx=20)
+    with pytest.raises(WssegError, match="student_2d='unet' must be one of"):
+        Rewis3dMethod(student_2d="unet")
+
+
+def test_a_model_folder_from_before_the_prototype_student_loads_as_it_was_trained(
+    tiny_volume, tmp_path
+):
+    """Older folders lack student_2d and keep_teachers: they hold a classifier 2D student."""
+    image, annotations = tiny_volume
+    method = Rewis3dMethod(**{**TINY, "max_steps": 2, "student_2d": "classifier"})
+    method.fit(image, annotations, FitOptions(device="cpu", seed=0))
+    folder = method.save(tmp_path / "older")
+    meta = json.loads((folder / "config.json").read_text())
+    added = ("student_2d", "keep_teachers", "crops_2d", "embed_dim", "plf_start")
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in added}
+    (folder / "config.json").write_text(json.dumps(meta))
+    loaded = load_model(folder)
+    assert loaded.config.student_2d == "classifier" and not loaded.config.keep_teachers
+    block = np.asarray(image.data)
+    np.testing.assert_allclose(
+        loaded.predict_proba_block(block), method.predict_proba_block(block), atol=1e-6
+    )
 
 
 # ------------------------------------------------------- boxes, tags, sizes and region tags
@@ -190,11 +295,16 @@ def _boxes_and_tags(box_class: int) -> Annotations:
 
 @pytest.fixture(scope="module")
 def boxed_probabilities(weak_volume):
-    """Probabilities ``(3, 8, 32, 32)`` of models trained with the boxes labelled 1 or 2."""
+    """Probabilities ``(3, 8, 32, 32)`` of models trained with the boxes labelled 1 or 2; the 2D
+    student a classifier trained as the 3D one (the prototype student: see below)."""
+    return _boxed_probabilities(weak_volume, {**WEAK, "student_2d": "classifier", "crops_2d": 0})
+
+
+def _boxed_probabilities(weak_volume, options):
     image, _ = weak_volume
     out = {}
     for box_class in (1, 2):
-        method = Rewis3dMethod(**WEAK)
+        method = Rewis3dMethod(**options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             method.fit(image, _boxes_and_tags(box_class), FitOptions(device="cpu", seed=0))
@@ -212,6 +322,16 @@ def test_boxes_alone_teach_their_class_on_an_unannotated_slice(boxed_probabiliti
     assert inside[2][2] > inside[1][2] + 0.25, inside
     for k, probs in boxed_probabilities.items():
         assert probs[k, 2][truth[2]].mean() > probs[k, 2][~truth[2]].mean() + 0.2
+
+
+def test_the_prototype_student_learns_boxes_alone_slowly(weak_volume):
+    """dsp's losses weigh a box's positives by lambda_dsp (0.1): after 200 steps each run's box
+    class leads the other run's inside the object, by a few hundredths only."""
+    _, truth = weak_volume
+    probabilities = _boxed_probabilities(weak_volume, {**WEAK, "max_steps": 200})
+    inside = {k: p[:, 2][:, truth[2]].mean(axis=1) for k, p in probabilities.items()}
+    assert inside[1][1] > inside[2][1] + 0.01, inside
+    assert inside[2][2] > inside[1][2] + 0.01, inside
 
 
 def test_tags_alone_make_the_untagged_classes_absent(boxed_probabilities):
@@ -232,10 +352,10 @@ def test_sizes_and_region_tags_enter_both_branches_losses(weak_volume):
     with pytest.warns(UserWarning, match="fractions themselves are not used"):
         result = method.fit(image, annotations, FitOptions(device="cpu", seed=0))
     assert result.steps == 4
-    for step in result.history:  # every box holds slice 2 or 6 whole
-        for branch in ("2d", "3d"):
-            assert step[f"partial_{branch}"] > 0 and step[f"tag_{branch}"] > 0, step
-            assert step[f"ce_{branch}"] == 0 and step[f"box_{branch}"] == 0
+    for step in result.history:  # every box and every crop holds slice 2 or 6 whole
+        assert step["partial_3d"] > 0 and step["tag_3d"] > 0, step
+        assert step["ce_3d"] == 0 and step["box_3d"] == 0
+        assert step["dsp_2d"] > 0 and step["ce_2d"] == 0  # the region tag's positive in L_DSP
 
 
 # ------------------------------------------------------------------ prior correction, batches
@@ -276,9 +396,9 @@ def test_every_box_of_a_batch_is_trained_on_with_its_own_targets(tiny_volume):
     """Two boxes per step, each flipped or turned on its own: every box holds the click it is
     anchored on, so L_S sees at least one labelled voxel per box and at most the 4 clicks."""
     image, annotations = tiny_volume
-    method = Rewis3dMethod(
-        **{**TINY, "max_steps": 3, "batch_size": 2, "crop_yx": 32, "random_crop_fraction": 0}
-    )
+    options = {"max_steps": 3, "batch_size": 2, "crop_yx": 32, "random_crop_fraction": 0}
+    # crops_2d 0: the 2D student learns on the boxes too, so every labelled voxel seen is a box's
+    method = Rewis3dMethod(**{**TINY, **options, "crops_2d": 0})
     result = method.fit(image, annotations, FitOptions(device="cpu", seed=0))
     assert result.steps == 3 and all(np.isfinite(step["loss"]) for step in result.history)
     seen = method.fit_info["labelled_voxels"]
@@ -296,7 +416,7 @@ def test_one_branch_alone_trains_that_student_with_its_teacher_only(tiny_volume,
     untrained.classes, untrained.n_channels = method.classes, method.n_channels
     untrained.voxel_size_zyx = method.voxel_size_zyx
     torch.manual_seed(0)
-    initial = {"2d": UNet(untrained._config_2d()), "3d": UNet3D(untrained._config_3d())}
+    initial = {"2d": untrained._new_net_2d(), "3d": UNet3D(untrained._config_3d())}
     other = "3d" if branch == "2d" else "2d"
     nets = {"2d": method.net_2d, "3d": method.net_3d}
     for name, tensor in nets[other].state_dict().items():
@@ -306,7 +426,8 @@ def test_one_branch_alone_trains_that_student_with_its_teacher_only(tiny_volume,
         for name, tensor in nets[branch].state_dict().items()
     )
     last = result.history[-1]
-    assert f"sup_{branch}" in last and f"sup_{other}" not in last and "cross" not in last
+    own_term = {"2d": "ce_2d", "3d": "sup_3d"}
+    assert own_term[branch] in last and own_term[other] not in last and "cross" not in last
 
 
 def test_predicting_with_a_student_that_does_not_train_is_refused():

@@ -23,17 +23,20 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...annotations.model import Annotations
-from ...engine.augment import apply_geometries, jitter, random_geometries
+from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
 from ...engine.devices import resolve_device
-from ...engine.ema import EMATeacher
+from ...engine.ema import EMATeacher, debiased_momentum, run_momentum
 from ...engine.prior import log_prior_shift, training_prior
+from ...engine.prototype_losses import KINDS, ce_loss, dsp_loss, filtered_pseudo_labels, plf_loss
+from ...engine.prototypes import PrototypeUNet
 from ...engine.results import FitResult
 from ...engine.trainer import OptimConfig, run_training
 from ...engine.unet import UNet, UNetConfig
@@ -48,10 +51,12 @@ WEIGHTS_FILE = "model.safetensors"
 INFERENCE = ("2d", "3d", "average")
 #: ``branches`` option -> the students trained (the other one keeps its initial weights).
 BRANCHES = {"both": ("2d", "3d"), "2d": ("2d",), "3d": ("3d",)}
+STUDENTS_2D = ("prototype", "classifier")
 REWIS3D_BOUNDS = {
     "depth_2d": (0, 5),
     "depth_3d": (0, 5),
     "width": (1, 128),
+    "width_3d": (0, 128),
     "crop_z": (1, 256),
     "crop_yx": (8, 1024),
     "batch_size": (1, 256),
@@ -70,6 +75,16 @@ REWIS3D_BOUNDS = {
     "partial_weight": (0, 100),
     "box_weight": (0, 100),
     "tag_weight": (0, 100),
+    "embed_dim": (1, 1024),
+    "prototypes_per_class": (1, 100),
+    "prototype_tau": (0, 10),
+    "lambda_dsp": (0, 1000),
+    "plf_start": (0, 1),
+    "plf_threshold": (0, 1),
+    "strong_jitter": (0, 1),
+    "cutout_holes": (0, 1000),
+    "crops_2d": (0, 256),
+    "random_crop_fraction_2d": (0, 1),
 }
 
 
@@ -84,8 +99,9 @@ class Rewis3dConfig:
     depth_2d, depth_3d : int, default 3 and 3
         Down-sampling steps of the 2D and the 3D U-Net (the 3D one pools z only where voxels are
         near-isotropic).
-    width : int, default 16
-        Channels at full resolution of both U-Nets.
+    width, width_3d : int, default 16 and 0
+        Channels at full resolution of the U-Nets; ``width_3d`` above 0 gives the 3D U-Net its
+        own width (0: ``width``).
     crop_z, crop_yx : int, default 4 and 128
         Training box of ``crop_z`` slices and ``crop_yx`` pixels square (a multiple of
         ``2 ** max(depth_2d, depth_3d)``).
@@ -97,7 +113,7 @@ class Rewis3dConfig:
     lr, weight_decay : float, default 1e-3 and 1e-4
         AdamW settings of both students.
     ema_momentum : float, default 0.99
-        Teacher update ``α`` of Eq. 1.
+        Teacher update ``α`` of Eq. 1, bias-corrected and lowered for short runs as dsp's.
     beta : float, default 0.5
         Balance of supervised and unlabelled terms (Eq. 4; the paper gives no value). Against 0
         (no KL to each branch's own teacher) on the validation slices, seeds 0-1: 33.5 / 53.3
@@ -120,8 +136,32 @@ class Rewis3dConfig:
         Weights in L_S of the partial cross-entropy (unlabelled voxels whose classes tags, sizes
         of 0, region tags or exhaustive boxes restrict), of the box positives and of the tag
         positives (tags and sizes above 0 of slices the box holds whole, and region tags).
+    student_2d : str, default "prototype"
+        The 2D branch: "prototype", dsp's network and losses (``engine/prototypes.py``: a U-Net
+        embedding scored against learned class prototypes, L_CE + L_DSP on the annotations, and
+        in place of the KL to its teacher, L_PLF: the teacher's filtered, confident hard labels
+        supervise a strongly augmented view, from ``plf_start`` of the run; ``beta`` then weighs
+        only the 3D branch), or "classifier", a U-Net classifier trained as the 3D branch.
+    embed_dim, prototypes_per_class, prototype_tau, lambda_dsp : default 64, 5, 0.05 and 0.1
+        The prototype student's embedding size, prototypes per class, softmax temperature and
+        weight of each L_DSP term (dsp's defaults).
+    plf_start, plf_threshold : float, default 0.5 and 0.9
+        The prototype student's L_PLF starts after this share of the run and keeps pixels whose
+        filtered pseudo-label probability reaches the threshold (dsp's defaults).
+    strong_jitter, cutout_holes : default 0.4 and 9
+        The prototype student's strongly augmented view: brightness/contrast jitter and up to
+        this many CutOut holes per slice (dsp's defaults).
+    crops_2d, random_crop_fraction_2d : default 8 and 0.25
+        The 2D student learns its own terms (prototype: L_CE, L_DSP, L_PLF; classifier: L_S
+        and the KL to its teacher) on this many 2D crops per step, drawn as dsp draws them
+        (around annotations, every class equally often, this share at random), and sees the
+        boxes only in the cross-view terms. The boxes' slices hold few annotated pixels (clicks
+        lie on a few slices, a box spans ``crop_z``); 0 trains it on the boxes' slices alone.
+    keep_teachers : bool, default True
+        Keep each trained branch's EMA teacher as its network after training (as dsp keeps its
+        mean teacher), rather than the student (the paper).
     inference : str, default "2d"
-        Which student predicts: "2d" (as the paper), "3d" or "average" of both.
+        Which branch predicts: "2d" (as the paper), "3d" or "average" of both.
     branches : str, default "both"
         Which students train: "both" (the method), "2d" or "3d" alone, each with its teacher
         and without cross-view terms (the paper's mean-teacher baseline and its 3D
@@ -140,6 +180,7 @@ class Rewis3dConfig:
     depth_2d: int = 3
     depth_3d: int = 3
     width: int = 16
+    width_3d: int = 0
     crop_z: int = 4
     crop_yx: int = 128
     batch_size: int = 2
@@ -158,13 +199,38 @@ class Rewis3dConfig:
     partial_weight: float = 1.0
     box_weight: float = 1.0
     tag_weight: float = 1.0
+    student_2d: str = "prototype"
+    embed_dim: int = 64
+    prototypes_per_class: int = 5
+    prototype_tau: float = 0.05
+    lambda_dsp: float = 0.1
+    plf_start: float = 0.5
+    plf_threshold: float = 0.9
+    strong_jitter: float = 0.4
+    cutout_holes: int = 9
+    crops_2d: int = 8
+    random_crop_fraction_2d: float = 0.25
+    keep_teachers: bool = True
     inference: str = "2d"
     branches: str = "both"
     prior_correction: bool = True
     cpu_bf16: bool = True
 
+    #: Options added since the first rewis3d models: a model folder without them was trained
+    #: with a U-Net classifier as its 2D student and predicts with the students.
+    implied_by_older_models: ClassVar[dict] = {"student_2d": "classifier", "keep_teachers": False}
+
     def __post_init__(self) -> None:
         check_config(self, "rewis3d", REWIS3D_BOUNDS)
+        if self.student_2d not in STUDENTS_2D:
+            raise WssegError(
+                f"rewis3d option student_2d={self.student_2d!r} must be one of "
+                f"{', '.join(STUDENTS_2D)}; use such a value (default 'prototype')"
+            )
+        if self.prototype_tau <= 0:
+            raise WssegError(
+                f"rewis3d option prototype_tau={self.prototype_tau} must be positive; use e.g. 0.05"
+            )
         if self.inference not in INFERENCE:
             raise WssegError(
                 f"rewis3d option inference={self.inference!r} must be one of "
@@ -197,7 +263,7 @@ class Rewis3dMethod(Method):
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
-        self.net_2d: UNet | None = None
+        self.net_2d: UNet | PrototypeUNet | None = None
         self.net_3d: UNet3D | None = None
         self.voxel_size_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
         self.fit_info: dict = {}
@@ -231,12 +297,30 @@ class Rewis3dMethod(Method):
             width=self.config.width,
         )
 
+    def _new_net_2d(self) -> UNet | PrototypeUNet:
+        cfg = self.config
+        if cfg.student_2d == "classifier":
+            return UNet(self._config_2d())
+        return PrototypeUNet(
+            self.n_channels or 1,
+            len(self.classes),
+            cfg.depth_2d,
+            cfg.width,
+            cfg.embed_dim,
+            cfg.prototypes_per_class,
+        )
+
+    @property
+    def scale_2d(self) -> float:
+        """Multiplies the 2D network's output into logits (the prototype temperature's 1 / τ)."""
+        return 1.0 / self.config.prototype_tau if self.config.student_2d == "prototype" else 1.0
+
     def _config_3d(self) -> UNet3DConfig:
         return UNet3DConfig(
             in_channels=self.n_channels or 1,
             out_channels=max(len(self.classes), 2),
             depth=self.config.depth_3d,
-            width=self.config.width,
+            width=self.config.width_3d or self.config.width,
             voxel_size_zyx=tuple(self.voxel_size_zyx),
         )
 
@@ -246,6 +330,11 @@ class Rewis3dMethod(Method):
             raise WssegError(
                 f"rewis3d needs a volume, but image {image.name} has "
                 f"{image.n_slices} slice; use dsp or another 2D method for 2D images"
+            )
+        if self.config.student_2d == "prototype" and len(self.classes) < 2:
+            raise WssegError(
+                f"rewis3d needs at least 2 classes, got {len(self.classes)} "
+                f"({', '.join(annotations.class_names)}); add a background class"
             )
         if len(annotations.sizes):
             message = (
@@ -264,7 +353,7 @@ class Rewis3dMethod(Method):
         torch.manual_seed(options.seed)
         device = resolve_device(options.device)
         self.net_2d, self.net_3d = (
-            UNet(self._config_2d()).to(device),
+            self._new_net_2d().to(device),
             UNet3D(self._config_3d()).to(device),
         )
         nets = {"s2d": self.net_2d, "s3d": self.net_3d}
@@ -281,8 +370,11 @@ class Rewis3dMethod(Method):
             progress=options.progress,
             optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps),
             autocast_cpu=cfg.cpu_bf16,
-            after_step=lambda step, fraction: [t.update(students[k]) for k, t in teachers.items()],
+            after_step=lambda step, fraction: _update_teachers(teachers, students, cfg, step),
         )
+        if cfg.keep_teachers:
+            for key, teacher in teachers.items():
+                students[key].load_state_dict(teacher.state_dict())
         self.fit_info = {
             "steps": result.steps,
             "stopped": result.stopped,
@@ -362,7 +454,7 @@ class Rewis3dMethod(Method):
         with torch.no_grad():
             parts = []
             if self.config.inference in ("2d", "average"):
-                parts.append(_probs_2d(self.net_2d, x))
+                parts.append(_probs_2d(self.net_2d, x, self.scale_2d))
             if self.config.inference in ("3d", "average"):
                 parts.append(_probs_3d(self.net_3d, x))
             probs = sum(parts) / len(parts)
@@ -403,7 +495,7 @@ class Rewis3dMethod(Method):
             raise ModelError(
                 f"model folder {folder}: cannot read {WEIGHTS_FILE} ({exc}); retrain"
             ) from None
-        self.net_2d, self.net_3d = UNet(self._config_2d()), UNet3D(self._config_3d())
+        self.net_2d, self.net_3d = self._new_net_2d(), UNet3D(self._config_3d())
         for prefix, net in (("s2d.", self.net_2d), ("s3d.", self.net_3d)):
             part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
@@ -416,10 +508,20 @@ class Rewis3dMethod(Method):
             net.eval()
 
 
-def _probs_2d(net: UNet, x: torch.Tensor) -> torch.Tensor:
-    """``(K, Z, Y, X)`` softmax of the 2D U-Net on each slice of ``x`` ``(C, Z, Y, X)``."""
+def _update_teachers(teachers: dict, students: nn.ModuleDict, cfg: Rewis3dConfig, step: int):
+    """The EMA update of every teacher after a step, bias-corrected (a teacher starts from the
+    random weights of its student, which its first updates must not keep) and spanning at most
+    a tenth of a short run, as dsp's (:func:`~napari_wsseg.engine.ema.run_momentum`)."""
+    momentum = debiased_momentum(run_momentum(cfg.ema_momentum, cfg.max_steps), step + 1)
+    for key, teacher in teachers.items():
+        teacher.update(students[key], momentum)
+
+
+def _probs_2d(net: nn.Module, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(K, Z, Y, X)`` softmax of the 2D network's output times ``scale`` on each slice of ``x``
+    ``(C, Z, Y, X)``."""
     slices = _pad_yx(x.permute(1, 0, 2, 3), net.size_multiple)
-    logits = net(slices)[..., : x.shape[2], : x.shape[3]]
+    logits = net(slices)[..., : x.shape[2], : x.shape[3]] * scale
     return torch.softmax(logits, dim=1).permute(1, 0, 2, 3)
 
 
@@ -444,7 +546,8 @@ def _pad_yx(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class _Steps:
-    """One training step: a box, both students and teachers, the losses of Eq. 4 and 7."""
+    """One training step: boxes for the 3D branch and the cross-view terms, the 2D student's
+    own crops (``crops_2d``), both students and teachers, the losses of Eq. 4 and 7."""
 
     def __init__(
         self,
@@ -467,6 +570,9 @@ class _Steps:
         self.sampler = CropSampler(
             image.shape, anchors, crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
         )
+        self.sampler_2d = CropSampler(
+            image.shape, anchors, crop_yx, self.rng, random_fraction=cfg.random_crop_fraction_2d
+        )
         self.store = SliceStore(image, method.normalization)
         self.index = AnnotationIndex(annotations, image.shape)
         self.weights = {
@@ -476,31 +582,32 @@ class _Steps:
         }
         self.generator = torch.Generator().manual_seed(seed)
         self.branches = BRANCHES[cfg.branches]
-        #: Labelled voxels L_S saw, by class (the training prior of ``prior_correction``).
+        #: The 2D student learns its supervised and own-teacher terms on crops of its own.
+        self.own_crops = "2d" in self.branches and cfg.crops_2d > 0
+        #: Labelled voxels the supervised terms saw, by class (``prior_correction``).
         self.label_counts = np.zeros(len(method.classes), np.int64)
 
     def __call__(self, step: int, fraction: float) -> dict:
-        cfg, size = self.cfg, self.size
-        boxes = self.sampler.sample_3d(cfg.batch_size, size)
-        pixels, valid = zip(*(self.store.crop_3d(box) for box in boxes))
-        per_slice = [t for box in boxes for t in self.index.box_targets(box)]
-        targets = collate(per_slice, [v for box_valid in valid for v in box_valid])
-        geometries = random_geometries(len(boxes), self.generator)
-        x = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)  # (B, C, Z, Y, X)
-        slice_geometries = [g for g in geometries for _ in range(cfg.crop_z)]
-        targets = transform_targets(targets, slice_geometries).to(self.device)
-        known = targets.labels[targets.labels >= 0]
-        self.label_counts += torch.bincount(known, minlength=len(self.label_counts)).cpu().numpy()
-        x = x.to(self.device)
-        noisy = jitter(x.flatten(1, 2), cfg.jitter, self.generator).view_as(x)
-        noisy = noisy + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
-            self.device
+        cfg = self.cfg
+        terms: dict = {}
+        total = self._own_crops_loss(fraction, terms) if self.own_crops else 0.0
+        both = len(self.branches) == 2
+        lam = (
+            cross_view_weight(fraction, cfg.base_fraction, cfg.ramp_fraction, cfg.cross_lambda)
+            if both
+            else 0.0
         )
+        if both:
+            terms["lambda"] = torch.tensor(lam)
+        if self.own_crops and self.branches == ("2d",):  # no 3D branch: no boxes needed
+            return {"loss": total, **terms}
+        x, noisy, targets = self._boxes()
         outputs = {}  # branch -> (student logits, teacher logits), (B, K, Z, Y, X)
-        if "2d" in self.branches:
+        if "2d" in self.branches and (not self.own_crops or lam > 0):
+            scale = self.method.scale_2d
             outputs["2d"] = (
-                _logits_2d(self.method.net_2d, noisy),
-                _logits_2d(self.teachers["s2d"].module, x).detach(),
+                _logits_2d(self.method.net_2d, noisy) * scale,
+                _logits_2d(self.teachers["s2d"].module, x).detach() * scale,
             )
         if "3d" in self.branches:
             # The 3D U-Net trains in float32 on a CPU: its bf16 backward there crashed the
@@ -509,11 +616,22 @@ class _Steps:
                 s3d = self.method.net_3d(noisy.float())
                 with torch.no_grad():
                     outputs["3d"] = (s3d, self.teachers["s3d"](x.float()))
-        valid_t = targets.valid.view(len(boxes), *size)
-        unlabelled = valid_t & (targets.labels.view(len(boxes), *size) < 0)
-        terms = {}
-        total = 0.0
+        size, n_boxes = self.size, len(x)
+        valid_t = targets.valid.view(n_boxes, *size)
+        unlabelled = valid_t & (targets.labels.view(n_boxes, *size) < 0)
         for name, (student, teacher) in outputs.items():
+            if name == "2d" and self.own_crops:
+                continue  # its own terms came from its crops; here only the cross-view ones
+            if name == "2d" and cfg.student_2d == "prototype":
+                total = total + self._prototype_loss(
+                    _as_slices(student),
+                    _as_slices(teacher),
+                    _as_slices(x),
+                    targets,
+                    fraction,
+                    terms,
+                )
+                continue
             sup = _supervised(student, targets, self.weights, name, terms)
             kl, w_t = consistency_loss(student, teacher, unlabelled, cfg.tau)
             total = total + (1 - cfg.beta) * sup + cfg.beta * w_t * kl
@@ -521,10 +639,96 @@ class _Steps:
         if len(outputs) < 2:
             return {"loss": total, **terms}
         (s2d, t2d), (s3d, t3d) = outputs["2d"], outputs["3d"]
-        lam = cross_view_weight(fraction, cfg.base_fraction, cfg.ramp_fraction, cfg.cross_lambda)
         cross = cross_view_loss(s2d, t3d, valid_t) + cross_view_loss(s3d, t2d, valid_t)
         total = total + lam * cross
-        return {"loss": total, **terms, "cross": cross.detach(), "lambda": torch.tensor(lam)}
+        return {"loss": total, **terms, "cross": cross.detach()}
+
+    def _boxes(self) -> tuple[torch.Tensor, torch.Tensor, BatchTargets]:
+        """A batch of boxes: clean ``(B, C, Z, Y, X)`` (the teachers' input), the students'
+        jittered and noisy copy, and the targets of their slices (box by box)."""
+        cfg, size = self.cfg, self.size
+        boxes = self.sampler.sample_3d(cfg.batch_size, size)
+        pixels, valid = zip(*(self.store.crop_3d(box) for box in boxes))
+        per_slice = [t for box in boxes for t in self.index.box_targets(box)]
+        targets = collate(per_slice, [v for box_valid in valid for v in box_valid])
+        geometries = random_geometries(len(boxes), self.generator)
+        x = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries)
+        slice_geometries = [g for g in geometries for _ in range(cfg.crop_z)]
+        targets = transform_targets(targets, slice_geometries).to(self.device)
+        self._count_labels(targets)
+        x = x.to(self.device)
+        return x, self._student_view(x.flatten(1, 2)).view_as(x), targets
+
+    def _student_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The students' input: ``x`` (B, C', Y, X) jittered per sample, plus Gaussian noise."""
+        cfg = self.cfg
+        noisy = jitter(x, cfg.jitter, self.generator)
+        return noisy + cfg.student_noise * torch.randn(x.shape, generator=self.generator).to(
+            self.device
+        )
+
+    def _count_labels(self, targets: BatchTargets) -> None:
+        known = targets.labels[targets.labels >= 0]
+        self.label_counts += torch.bincount(known, minlength=len(self.label_counts)).cpu().numpy()
+
+    def _own_crops_loss(self, fraction: float, terms: dict) -> torch.Tensor:
+        """The 2D student's own terms on ``crops_2d`` crops of its own (dsp's sampling: around
+        annotations, every class equally often, plus a random share)."""
+        crops = self.sampler_2d.sample(self.cfg.crops_2d)
+        pixels, valid = zip(*(self.store.crop(c) for c in crops))
+        targets = collate([self.index.crop_targets(c) for c in crops], list(valid))
+        geometries = random_geometries(len(crops), self.generator)
+        x = apply_geometries(torch.from_numpy(np.stack(pixels)), geometries).to(self.device)
+        targets = transform_targets(targets, geometries).to(self.device)
+        self._count_labels(targets)
+        scale = self.method.scale_2d
+        student = self.method.net_2d(self._student_view(x)) * scale
+        if self.cfg.student_2d == "prototype":
+            return self._prototype_loss(student, None, x, targets, fraction, terms)
+        teacher = self.teachers["s2d"](x).detach() * scale
+        sup = supervised_terms(student, targets, self.weights)["supervised"]
+        unlabelled = targets.valid & (targets.labels < 0)
+        kl, w_t = consistency_loss(student, teacher, unlabelled, self.cfg.tau)
+        terms |= {"sup_2d": sup.detach(), "kl_2d": kl.detach()}
+        return (1 - self.cfg.beta) * sup + self.cfg.beta * w_t * kl
+
+    def _prototype_loss(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor | None,
+        x: torch.Tensor,
+        targets: BatchTargets,
+        fraction: float,
+        terms: dict,
+    ) -> torch.Tensor:
+        """dsp's loss for the prototype 2D student (its Eq. 10): L_CE + L_DSP on the student's
+        view and, from ``plf_start``, L_PLF of a strongly augmented view of the clean slices
+        ``x`` (N, C, Y, X) against the teacher's filtered pseudo-labels. ``student``,
+        ``teacher``: ``(N, K, Y, X)`` logits (None: the teacher runs here, when L_PLF needs
+        it)."""
+        cfg = self.cfg
+        lambdas = dict.fromkeys(KINDS, cfg.lambda_dsp)
+        ce = ce_loss(student, targets.labels)
+        contrastive = dsp_loss(student, targets, lambdas, exclusions="pseudo_labels")["dsp"]
+        terms |= {"ce_2d": ce.detach(), "dsp_2d": contrastive.detach()}
+        loss = ce + contrastive
+        if fraction < cfg.plf_start:
+            return loss
+        strong, _ = cutout(
+            jitter(x, cfg.strong_jitter, self.generator), self.generator, cfg.cutout_holes
+        )
+        strong_logits = self.method.net_2d(strong) * self.method.scale_2d
+        if teacher is None:
+            teacher = self.teachers["s2d"](x) * self.method.scale_2d
+        pseudo = filtered_pseudo_labels(teacher, targets.allowed, targets.valid, cfg.plf_threshold)
+        plf = plf_loss(strong_logits, pseudo)
+        terms["plf_2d"] = plf.detach()
+        return loss + plf
+
+
+def _as_slices(boxes: torch.Tensor) -> torch.Tensor:
+    """``(B, C, Z, Y, X)`` -> ``(B * Z, C, Y, X)``, box by box (the order of the targets)."""
+    return boxes.transpose(1, 2).flatten(0, 1)
 
 
 def _supervised(
