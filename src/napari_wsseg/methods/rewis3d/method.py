@@ -90,8 +90,9 @@ REWIS3D_BOUNDS = {
 
 @dataclass(frozen=True)
 class Rewis3dConfig:
-    """Options of rewis3d. ``beta`` was compared on the protocol's validation slices (seeds 0-1,
-    docs/benchmarks.md, session 13); the box, batch, width and step defaults are CPU-sized (dsp's
+    """Options of rewis3d. ``beta`` (session 13), the 2D student, ``lr``, ``weight_decay`` and
+    ``student_noise`` (session 14) were compared on the protocol's validation slices of both real
+    datasets (docs/benchmarks.md); the box, batch, width and step defaults are CPU-sized (dsp's
     crops per step and steps), not chosen on the protocol.
 
     Attributes
@@ -117,8 +118,9 @@ class Rewis3dConfig:
     ema_momentum : float, default 0.99
         Teacher update ``α`` of Eq. 1, bias-corrected and lowered for short runs as dsp's.
     beta : float, default 0.5
-        Balance of supervised and unlabelled terms (Eq. 4; the paper gives no value). Against 0
-        (no KL to each branch's own teacher) on the validation slices, seeds 0-1: 33.5 / 53.3
+        Balance of supervised and unlabelled terms (Eq. 4; the paper gives no value) of the 3D
+        branch and of a classifier 2D student. Compared with the classifier 2D student (session
+        13) against 0 (no KL to each branch's own teacher), validation, seeds 0-1: 33.5 / 53.3
         mean foreground Dice on drosophila_vnc / cdeep3m_mito against 44.2 / 41.5 — 0.6 ahead on
         the two-dataset mean, the protocol's rule, but 10.7 behind on drosophila_vnc; without the
         KL one cdeep3m_mito seed collapsed (28.1 against 53.0). A value between is unmeasured.
