@@ -741,7 +741,7 @@ def _supervised(
 ) -> torch.Tensor:
     """L_S of one branch on its ``(B, K, dz, dy, dx)`` logits, each slice of each box a crop (box
     by box, as the targets); its parts go into ``terms`` as ``<part>_<branch>``."""
-    slices = logits.transpose(1, 2).flatten(0, 1)  # (B * dz, K, dy, dx)
+    slices = _as_slices(logits)  # (B * dz, K, dy, dx)
     parts = supervised_terms(slices, targets, weights)
     terms |= {f"{k}_{branch}": v.detach() for k, v in parts.items() if k != "supervised"}
     return parts["supervised"]
