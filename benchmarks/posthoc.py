@@ -14,11 +14,17 @@ that does not change the training:
   annotated slices; the training prior is dsp's recorded one, else that of the record's clicks.
 * ``inference`` (rewis3d): predict from the 2D student, the 3D student or their average, each
   with the z context it asks for.
+* ``score``: the saved model as it is. With ``--split scored`` it scores models trained in
+  validation runs on the scored slices: training sees only the annotated slices, never the
+  split, so this is the scored run of the same model (a run cut by a time budget would not
+  repeat its step count exactly).
 
     .venv/bin/python benchmarks/posthoc.py prior \\
         --results benchmarks/results/protocol_session7.jsonl
     .venv/bin/python benchmarks/posthoc.py inference --results benchmarks/results/protocol.jsonl \\
         --method rewis3d
+    .venv/bin/python benchmarks/posthoc.py score --results benchmarks/results/protocol.jsonl \\
+        --method rewis3d --split scored
 """
 
 from __future__ import annotations
@@ -118,7 +124,17 @@ def inference_variants(model, image, labels, record: dict, stride: int) -> dict[
     return out
 
 
-ANALYSES = {"prior": prior_variants, "inference": inference_variants}
+def as_saved(model, image, labels, record: dict, stride: int) -> dict[str, np.ndarray]:
+    """Predicted labels of the record's split slices from the saved model as it is."""
+    from napari_wsseg.predict.slices import predict_slice_proba
+
+    pred = np.zeros(labels.shape, np.uint8)
+    for z in getattr(SPLITS[record["dataset"]], record["split"]):
+        pred[z] = np.argmax(predict_slice_proba(model, image, z), axis=0)
+    return {"saved": pred}
+
+
+ANALYSES = {"prior": prior_variants, "inference": inference_variants, "score": as_saved}
 
 
 def main(argv=None) -> int:
@@ -130,6 +146,12 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default="dsp")
     parser.add_argument("--stride", type=int, default=4, help="prior: pixel stride of the sample")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here too")
+    parser.add_argument(
+        "--split",
+        choices=sorted(("validation", "scored")),
+        default=None,
+        help="score these slices instead of the record's split (training never saw either)",
+    )
     args = parser.parse_args(argv)
 
     from napari_wsseg.eval.metrics import evaluate
@@ -137,7 +159,9 @@ def main(argv=None) -> int:
     from napari_wsseg.methods.base import load_model
 
     records = [
-        r for r in read_records(args.results) if r["method"] == args.method and "model_dir" in r
+        r | {"trained_in_split": r["split"], "split": args.split or r["split"]}
+        for r in read_records(args.results)
+        if r["method"] == args.method and "model_dir" in r
     ]
     if not records:
         raise SystemExit(f"{args.results}: no {args.method} record with a saved model_dir")
@@ -153,8 +177,12 @@ def main(argv=None) -> int:
         for variant, pred in variants.items():
             scores = evaluate(pred, labels, slices=zs, class_names=[c.name for c in classes])
             row = {
-                k: record[k] for k in ("dataset", "split", "method", "scenario", "seed", "options")
+                k: record[k]
+                for k in ("dataset", "split", "trained_in_split", "method", "scenario", "seed")
             } | {
+                "options": record["options"],
+                "steps": record.get("steps"),
+                "model_dir": record["model_dir"],
                 "analysis": args.analysis,
                 "variant": variant,
                 "mean_fg_dice": round(float(scores["mean_fg_dice"]), 4),

@@ -73,7 +73,11 @@ DEVICES = ("auto", "cpu", "cuda")
 #: separate process kept every measured stall under 100 ms on an idle machine, for rf too; see
 #: docs/benchmarks.md (GUI responsiveness).
 RUN_MODES = {"separate process": run_training_in_subprocess, "napari process": run_training}
-DEFAULT_BUDGET_S = 60.0
+#: No time budget by default: the method's own run length (dsp: 1200 steps, about 10 minutes on 2
+#: CPU cores; a continued run 100 steps). A first dsp training cut to 60 s scored 19.2 / 45.0
+#: mean foreground Dice against 39.9 / 54.7 for the full run (1 click per class and slice on 8
+#: slices, drosophila_vnc / cdeep3m_mito validation slices, seed 0; docs/benchmarks.md session 12).
+DEFAULT_BUDGET_S = 0.0
 #: Where a training starts: from the last model of the method (warm start, a short run) or anew.
 START_CONTINUE = "continue from last model"
 START_SCRATCH = "from scratch"
@@ -611,8 +615,8 @@ class TrainWidget(QWidget):
         from 1 click per class and slice plus 3 rounds of 1 more, continued dsp runs stayed at
         41.7 and 56.6 Dice where full trainings from scratch reached 50.4 and 60.0
         (drosophila_vnc, cdeep3m_mito, validation slices, session 12). A training from scratch
-        cut to the default 60 s budget is worse than continuing: 27.7 and 54.3 against 41.6 and
-        55.9 after the first round."""
+        cut to a 60 s budget is worse than continuing: 27.7 and 54.3 against 41.6 and 55.9
+        after the first round."""
         if not outcome.warm or outcome.method.warm_fit_is_complete:
             return ""
         if self._live_run:
@@ -622,7 +626,7 @@ class TrainWidget(QWidget):
             )
         return (
             ". A continued run is a short refresh: after many new annotations, train from "
-            "scratch with time budget 0 (the method's full run) to learn them fully"
+            "scratch without a time budget (the method's full run) to learn them fully"
         )
 
     def _on_error(self, exc: Exception, method_name: str) -> None:
