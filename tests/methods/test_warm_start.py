@@ -23,6 +23,15 @@ FAST = {
     "size": {"max_steps": 4, "batch_size": 2, "crop_size": 32},
     "mews": {"backbone": "test_vit", "backbone_weights": "random", "max_steps": 3},
     "rf": {"n_estimators": 5},
+    "rewis3d": {
+        "max_steps": 4,
+        "depth_2d": 2,
+        "depth_3d": 2,
+        "width": 4,
+        "crop_z": 4,
+        "crop_yx": 32,
+        "prior_correction": False,
+    },
 }
 
 
@@ -44,7 +53,17 @@ def small(phantom_3d):
 
 
 def _weights(method) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in method.net.state_dict().items()}
+    """Every weight and buffer of the method's network(s), by name."""
+    nets = (
+        {"2d.": method.net_2d, "3d.": method.net_3d}
+        if hasattr(method, "net_3d")
+        else {"": method.net}
+    )
+    return {
+        f"{prefix}{k}": v.detach().clone()
+        for prefix, net in nets.items()
+        for k, v in net.state_dict().items()
+    }
 
 
 def _fit(name, image, annotations, *, init=None, seed=0, warm_steps=None):
@@ -55,7 +74,7 @@ def _fit(name, image, annotations, *, init=None, seed=0, warm_steps=None):
     return method
 
 
-@pytest.mark.parametrize("name", ["dsp", "size"])
+@pytest.mark.parametrize("name", ["dsp", "size", "rewis3d"])
 def test_warm_start_resumes_from_the_saved_model_and_changes_it(name, small, tmp_path):
     image, labels, classes = small
     first = _fit(name, image, Annotations(classes, points=_clicks(labels, len(classes), 2, 0)))
@@ -158,7 +177,7 @@ def test_warm_lr_factor_changes_the_warm_run_not_the_saved_options(small):
             FitOptions(warm_lr_factor=bad)
 
 
-@pytest.mark.parametrize("name", ["dsp", "size"])
+@pytest.mark.parametrize("name", ["dsp", "size", "rewis3d"])
 def test_warm_keep_blends_the_trained_weights_with_the_previous_ones(name, small):
     image, labels, classes = small
     ann = Annotations(classes, points=_clicks(labels, len(classes), 2, 0))

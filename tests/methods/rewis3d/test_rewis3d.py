@@ -3,6 +3,7 @@ and learning from boxes, tags, sizes and region tags without a single click."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -25,7 +26,8 @@ from napari_wsseg.methods.rewis3d.losses import (
     cross_view_weight,
     supervised_loss,
 )
-from napari_wsseg.methods.rewis3d.method import Rewis3dMethod, _Steps
+from napari_wsseg.methods.rewis3d.method import Rewis3dMethod, _Steps, _warm_schedule
+from napari_wsseg.methods.warm import WarmStartWarning
 from napari_wsseg.predict.blocks import block_grid, block_region, predict_proba_region
 
 TINY = {"max_steps": 10, "depth_2d": 2, "depth_3d": 2, "width": 4, "crop_z": 4, "crop_yx": 16}
@@ -436,3 +438,29 @@ def test_predicting_with_a_student_that_does_not_train_is_refused():
     assert "\n" not in str(info.value)
     with pytest.raises(WssegError, match="branches"):
         Rewis3dMethod(branches="4d")
+
+
+def test_a_warm_run_has_every_term_from_its_first_step(trained, tiny_volume):
+    """Both branches and their teachers are trained already: no base phase, L_PLF at once."""
+    image, annotations = tiny_volume
+    method, _ = trained
+    cold = method.config
+    method.config = _warm_schedule(cold, FitOptions(warm_steps=7, warm_lr_factor=0.1))
+    try:
+        (first,) = _step_terms(method, image, annotations, [0.0])
+    finally:
+        method.config = cold
+    assert {"plf_2d", "cross"} <= set(first) and first["lambda"] == pytest.approx(0.1)
+    warm = _warm_schedule(cold, FitOptions(warm_steps=7, warm_lr_factor=0.1))
+    assert (warm.max_steps, warm.lr) == (7, pytest.approx(cold.lr * 0.1))
+
+
+def test_a_previous_model_of_another_voxel_size_gives_a_cold_start(trained, tiny_volume):
+    image, annotations = tiny_volume
+    previous, _ = trained
+    isotropic = dataclasses.replace(image, voxel_size_zyx=None)  # unknown: (1, 1, 1)
+    method = Rewis3dMethod(**TINY)
+    with pytest.warns(WarmStartWarning, match="voxel size .* differs from the previous model"):
+        result = method.fit(isotropic, annotations, FitOptions(device="cpu"), init=previous)
+    assert result.steps == TINY["max_steps"] and method.training_summary["warm_start"] is False
+    assert method.voxel_size_zyx == (1.0, 1.0, 1.0)

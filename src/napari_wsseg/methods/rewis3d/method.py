@@ -16,6 +16,13 @@ branch's teacher's hard labels weighted by its confidence. λ is 0 during base t
 ramps up linearly. Students see jittered, noisier input than teachers. Prediction uses the 2D
 student (as the paper), the 3D student or their average (``inference``), re-weighted by the
 image's class prior (``prior_correction``). See ``docs/methods/rewis3d.md``.
+
+Warm start (``fit(..., init=previous)``, as the other U-Net methods): both students start from the
+previous model's networks (its teachers, when it kept them) and train ``FitOptions.warm_steps``
+steps (default :data:`~napari_wsseg.methods.warm.TORCH_WARM_STEPS`) at a share of the learning
+rate, with the cross-view terms and L_PLF on from the first step; a live run places a share of
+its boxes and crops on ``FitOptions.focus``. A previous model of another voxel size gives a cold
+start with a warning (its 3D U-Net has another shape).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from ...annotations.model import Annotations
 from ...engine.augment import apply_geometries, cutout, jitter, random_geometries
 from ...engine.crops import CropSampler, SliceStore, annotation_anchors, fitted_crop_size
 from ...engine.devices import resolve_device
-from ...engine.ema import EMATeacher, debiased_momentum, run_momentum
+from ...engine.ema import EMATeacher, debiased_momentum, ema_update, run_momentum
 from ...engine.prior import log_prior_shift, training_prior
 from ...engine.prototype_losses import KINDS, ce_loss, dsp_loss, filtered_pseudo_labels, plf_loss
 from ...engine.prototypes import PrototypeUNet
@@ -45,6 +52,15 @@ from ...engine.weak_targets import AnnotationIndex, BatchTargets, collate, trans
 from ...errors import ModelError, WssegError
 from ...io.image import Image
 from ..base import FitOptions, Method, check_config, state_mapping, state_numbers
+from ..warm import (
+    FOCUS_SHARE,
+    LIVE_WARM_STEPS,
+    TORCH_WARM_STEPS,
+    WARM_KEEP,
+    WARM_LR_FACTOR,
+    WARM_WARMUP_FRACTION,
+    WarmStartWarning,
+)
 from .losses import consistency_loss, cross_view_loss, cross_view_weight, supervised_terms
 
 WEIGHTS_FILE = "model.safetensors"
@@ -265,6 +281,7 @@ class Rewis3dMethod(Method):
     name = "rewis3d"
     config_class = Rewis3dConfig
     main_options = ("max_steps", "inference")
+    live_steps = LIVE_WARM_STEPS
 
     def __init__(self, config=None, **options) -> None:
         super().__init__(config, **options)
@@ -348,38 +365,22 @@ class Rewis3dMethod(Method):
             )
             warnings.warn(message, stacklevel=3)
             self.training_summary.setdefault("warnings", []).append(message)
-        if self.warm_init is not None:  # not supported yet: say so rather than claim it
-            warnings.warn(
-                "rewis3d: training from scratch, not warm: warm start is not supported yet",
-                stacklevel=3,
-            )
-            self.training_summary["warm_start"] = False
         self.voxel_size_zyx = tuple(image.voxel_size_zyx or (1.0, 1.0, 1.0))
+        warm = self._warm_source()
         torch.manual_seed(options.seed)
         device = resolve_device(options.device)
-        self.net_2d, self.net_3d = (
-            self._new_net_2d().to(device),
-            UNet3D(self._config_3d()).to(device),
-        )
-        nets = {"s2d": self.net_2d, "s3d": self.net_3d}
-        students = nn.ModuleDict({f"s{b}": nets[f"s{b}"] for b in BRANCHES[self.config.branches]})
-        teachers = {k: EMATeacher(net, self.config.ema_momentum) for k, net in students.items()}
-        step_fn = _Steps(self, image, annotations, teachers, device, options.seed)
-        cfg = self.config
-        result = run_training(
-            students,
-            step_fn,
-            device=device,
-            time_budget_s=options.time_budget_s,
-            cancel=options.cancel,
-            progress=options.progress,
-            optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps),
-            autocast_cpu=cfg.cpu_bf16,
-            after_step=lambda step, fraction: _update_teachers(teachers, students, cfg, step),
-        )
-        if cfg.keep_teachers:
-            for key, teacher in teachers.items():
-                students[key].load_state_dict(teacher.state_dict())
+        self.net_2d, self.net_3d = self._new_net_2d(), UNet3D(self._config_3d())
+        if warm is not None:
+            self.net_2d.load_state_dict(warm.net_2d.state_dict())
+            self.net_3d.load_state_dict(warm.net_3d.state_dict())
+        self.net_2d, self.net_3d = self.net_2d.to(device), self.net_3d.to(device)
+        configured = self.config
+        if warm is not None:
+            self.config = _warm_schedule(configured, options)
+        try:
+            result, step_fn = self._train(image, annotations, options, device, warm is not None)
+        finally:
+            self.config = configured
         self.fit_info = {
             "steps": result.steps,
             "stopped": result.stopped,
@@ -387,10 +388,60 @@ class Rewis3dMethod(Method):
         }
         self.net_2d.cpu().eval()
         self.net_3d.cpu().eval()
+        keep = WARM_KEEP if options.warm_keep is None else options.warm_keep
+        if warm is not None and keep > 0:
+            ema_update(self.net_2d, warm.net_2d, 1.0 - keep)
+            ema_update(self.net_3d, warm.net_3d, 1.0 - keep)
+            self.fit_info["warm_keep"] = keep
+        cfg = self.config
         self.log_prior_shift = None
         if cfg.prior_correction:
             self.log_prior_shift = self._estimate_prior_shift(step_fn, options.seed)
         return result
+
+    def _warm_source(self) -> "Rewis3dMethod | None":
+        """The model this fit continues from (``fit(..., init=...)``), or None: a previous model
+        whose voxel size differs has a 3D U-Net of another shape, so training starts cold."""
+        warm = self.warm_init
+        if warm is None or tuple(warm.voxel_size_zyx) == self.voxel_size_zyx:
+            return warm
+        warnings.warn(
+            f"rewis3d: training from scratch, not warm: the image's voxel size "
+            f"{self.voxel_size_zyx} differs from the previous model's {tuple(warm.voxel_size_zyx)}",
+            WarmStartWarning,
+            stacklevel=4,
+        )
+        self.training_summary["warm_start"] = False
+        return None
+
+    def _train(self, image, annotations, options: FitOptions, device, warm: bool):
+        """The training loop of both students (or the one ``branches`` names) with their EMA
+        teachers; the kept teachers replace the students (``keep_teachers``). Returns the
+        trainer's result and the step function (its label counts feed the prior)."""
+        cfg = self.config
+        nets = {"s2d": self.net_2d, "s3d": self.net_3d}
+        students = nn.ModuleDict({f"s{b}": nets[f"s{b}"] for b in BRANCHES[cfg.branches]})
+        teachers = {k: EMATeacher(net, cfg.ema_momentum) for k, net in students.items()}
+        focus = options.focus if warm else None
+        step_fn = _Steps(self, image, annotations, teachers, device, options.seed, focus)
+        optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, max_steps=cfg.max_steps)
+        if warm:
+            optim = replace(optim, warmup_fraction=WARM_WARMUP_FRACTION)
+        result = run_training(
+            students,
+            step_fn,
+            device=device,
+            time_budget_s=options.time_budget_s,
+            cancel=options.cancel,
+            progress=options.progress,
+            optim=optim,
+            autocast_cpu=cfg.cpu_bf16,
+            after_step=lambda step, fraction: _update_teachers(teachers, students, cfg, step),
+        )
+        if cfg.keep_teachers:
+            for key, teacher in teachers.items():
+                students[key].load_state_dict(teacher.state_dict())
+        return result, step_fn
 
     def _estimate_prior_shift(self, steps: "_Steps", seed: int, n_boxes: int = 16):
         """log(image prior / training prior): the image prior is the mean predicted probability
@@ -513,6 +564,20 @@ class Rewis3dMethod(Method):
             net.eval()
 
 
+def _warm_schedule(cfg: Rewis3dConfig, options: FitOptions) -> Rewis3dConfig:
+    """The options of a warm run: a short run (``options.warm_steps``, else
+    :data:`~napari_wsseg.methods.warm.TORCH_WARM_STEPS`) at a share of the learning rate, with
+    every term on from its first step (both branches and their teachers are trained already)."""
+    return replace(
+        cfg,
+        max_steps=options.warm_steps or TORCH_WARM_STEPS,
+        lr=cfg.lr * (options.warm_lr_factor or WARM_LR_FACTOR),
+        base_fraction=0.0,
+        ramp_fraction=0.0,
+        plf_start=0.0,
+    )
+
+
 def _update_teachers(teachers: dict, students: nn.ModuleDict, cfg: Rewis3dConfig, step: int):
     """The EMA update of every teacher after a step, bias-corrected (a teacher starts from the
     random weights of its student, which its first updates must not keep) and spanning at most
@@ -562,6 +627,7 @@ class _Steps:
         teachers: dict,
         device: torch.device,
         seed: int,
+        focus: np.ndarray | None = None,
     ) -> None:
         cfg = method.config
         self.method, self.cfg, self.teachers, self.device = method, cfg, teachers, device
@@ -572,11 +638,13 @@ class _Steps:
         )
         #: Training box ``(dz, dy, dx)``: the configured one, no larger than the image in y/x.
         self.size = (cfg.crop_z, crop_yx, crop_yx)
+        # a warm (live) run places a share of the anchored boxes and crops on ``focus``
+        placed = {"focus": focus, "focus_share": FOCUS_SHARE}
         self.sampler = CropSampler(
-            image.shape, anchors, crop_yx, self.rng, random_fraction=cfg.random_crop_fraction
+            image.shape, anchors, crop_yx, self.rng, cfg.random_crop_fraction, **placed
         )
         self.sampler_2d = CropSampler(
-            image.shape, anchors, crop_yx, self.rng, random_fraction=cfg.random_crop_fraction_2d
+            image.shape, anchors, crop_yx, self.rng, cfg.random_crop_fraction_2d, **placed
         )
         self.store = SliceStore(image, method.normalization)
         self.index = AnnotationIndex(annotations, image.shape)
